@@ -1,0 +1,243 @@
+//! Errors, one enum per area, each variant something a person can act on,
+//! and the exit status each maps to (DESIGN.md: 0 ok, 1 other, 2 usage,
+//! 3 wrong factor, 4 corrupt or tampered, 5 no usable slot).
+//!
+//! Must never: carry secret material in a message.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// The process exit statuses of the command-line contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitStatus {
+    /// Success.
+    Ok = 0,
+    /// Any other failure (I/O, refused operation).
+    Other = 1,
+    /// Bad command line.
+    Usage = 2,
+    /// Wrong password, PIN or recovery key.
+    WrongFactor = 3,
+    /// Archive or keyring corrupt or tampered with.
+    Corrupt = 4,
+    /// No slot could be used (device absent, locked out, nothing supplied).
+    NoUsableSlot = 5,
+}
+
+/// Why one slot failed to give up the backup key.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// The recovery key is not the one for this slot.
+    #[error("wrong recovery key{}", hint.as_deref().map(|h| format!(": {h}")).unwrap_or_default())]
+    WrongRecoveryKey {
+        /// Which digit looks mistyped, when that can be told.
+        hint: Option<String>,
+    },
+    /// The password is not the one for this slot.
+    #[error("wrong password")]
+    WrongPassword,
+    /// The PIN was refused.
+    #[error("wrong PIN{}", tries_left.map(|n| format!(" ({n} tries left)")).unwrap_or_default())]
+    WrongPin {
+        /// Tries left before the device locks, when it tells.
+        tries_left: Option<u32>,
+    },
+    /// The device this slot needs is not there.
+    #[error("{what} not found: {hint}")]
+    DeviceNotFound {
+        /// The device looked for.
+        what: String,
+        /// What to do about it.
+        hint: String,
+    },
+    /// The device refuses further attempts for now, or for good.
+    #[error("{what} is locked: {hint}")]
+    LockedOut {
+        /// The device or record that is locked.
+        what: String,
+        /// How long, and what to do.
+        hint: String,
+    },
+    /// The device works but will not release the key in this state
+    /// (e.g. PCRs differ from enrollment).
+    #[error("{0}")]
+    PolicyRefused(String),
+    /// The slot's stored parameters are malformed or hostile.
+    #[error("slot field `{field}` is invalid: {reason}")]
+    Malformed {
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The device failed in a way not listed above.
+    #[error("{0}")]
+    Device(String),
+}
+
+impl SlotError {
+    /// The exit status this failure maps to when it is the deciding one.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            SlotError::WrongRecoveryKey { .. }
+            | SlotError::WrongPassword
+            | SlotError::WrongPin { .. } => ExitStatus::WrongFactor,
+            SlotError::Malformed { .. } => ExitStatus::Corrupt,
+            SlotError::DeviceNotFound { .. }
+            | SlotError::LockedOut { .. }
+            | SlotError::PolicyRefused(_)
+            | SlotError::Device(_) => ExitStatus::NoUsableSlot,
+        }
+    }
+}
+
+/// One slot that was tried, and how it failed.
+#[derive(Debug)]
+pub struct Attempt {
+    /// `id (kind)` of the slot.
+    pub slot: String,
+    /// Why it failed.
+    pub error: SlotError,
+}
+
+/// Every failure the library reports.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A keyring file failed to parse or check.
+    #[error("keyring {}: {what}", path.display())]
+    KeyringCorrupt {
+        /// The keyring file.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        what: String,
+    },
+    /// The keyring's MAC or key id does not match the unlocked backup key.
+    #[error(
+        "keyring {} was modified outside coffer ({what}); restore it from a copy you trust, or re-create it with `coffer init` and your recovery key",
+        path.display()
+    )]
+    KeyringTampered {
+        /// The keyring file.
+        path: PathBuf,
+        /// What did not match.
+        what: String,
+    },
+    /// No keyring at the path.
+    #[error("no keyring at {}: create one with `coffer init`, or name one with --keyring", path.display())]
+    NoKeyring {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// Refusing to overwrite an existing file.
+    #[error("{} already exists; refusing to overwrite it{hint}", path.display())]
+    AlreadyExists {
+        /// The file.
+        path: PathBuf,
+        /// What to do instead.
+        hint: String,
+    },
+    /// Every slot tried failed, or none could be tried.
+    #[error("{0}")]
+    Unlock(UnlockFailure),
+    /// An archive is corrupt, truncated or tampered with.
+    #[error("archive {what}")]
+    ArchiveCorrupt {
+        /// What is wrong.
+        what: String,
+    },
+    /// The operation was refused (e.g. removing the last slot).
+    #[error("{0}")]
+    Refused(String),
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The exit status for this error.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            Error::Io { .. } | Error::AlreadyExists { .. } | Error::Refused(_) => ExitStatus::Other,
+            Error::NoKeyring { .. } => ExitStatus::Other,
+            Error::KeyringCorrupt { .. }
+            | Error::KeyringTampered { .. }
+            | Error::ArchiveCorrupt { .. } => ExitStatus::Corrupt,
+            Error::Unlock(u) => u.exit_status(),
+            Error::Usage(_) => ExitStatus::Usage,
+        }
+    }
+}
+
+/// Unlocking failed: the slots tried and why, or that none could be tried.
+#[derive(Debug)]
+pub struct UnlockFailure {
+    /// The slots tried, in order.
+    pub attempts: Vec<Attempt>,
+    /// Slots skipped because their factor was not supplied and no prompt
+    /// was possible, as `id (kind)`.
+    pub skipped: Vec<String>,
+}
+
+impl UnlockFailure {
+    /// 3 if any slot was given a wrong factor, else 4 if a slot was
+    /// malformed, else 5.
+    pub fn exit_status(&self) -> ExitStatus {
+        let statuses: Vec<_> = self.attempts.iter().map(|a| a.error.exit_status()).collect();
+        if statuses.contains(&ExitStatus::WrongFactor) {
+            ExitStatus::WrongFactor
+        } else if statuses.contains(&ExitStatus::Corrupt) {
+            ExitStatus::Corrupt
+        } else {
+            ExitStatus::NoUsableSlot
+        }
+    }
+}
+
+impl fmt::Display for UnlockFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.attempts.is_empty() {
+            write!(f, "no usable slot: nothing to unlock with")?;
+            if !self.skipped.is_empty() {
+                write!(
+                    f,
+                    " (skipped {} for want of a factor; give --recovery-key-file, --password-file or --pin-file, or run in a terminal)",
+                    self.skipped.join(", ")
+                )?;
+            }
+            return Ok(());
+        }
+        match self.exit_status() {
+            ExitStatus::WrongFactor => write!(f, "could not unlock")?,
+            _ => write!(f, "no usable slot")?,
+        }
+        for a in &self.attempts {
+            write!(f, "\n  slot {}: {}", a.slot, a.error)?;
+        }
+        if !self.skipped.is_empty() {
+            write!(f, "\n  not tried (no factor given): {}", self.skipped.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
