@@ -201,7 +201,11 @@ impl UnlockFailure {
     /// 3 if any slot was given a wrong factor, else 4 if a slot was
     /// malformed, else 5.
     pub fn exit_status(&self) -> ExitStatus {
-        let statuses: Vec<_> = self.attempts.iter().map(|a| a.error.exit_status()).collect();
+        let statuses: Vec<_> = self
+            .attempts
+            .iter()
+            .map(|a| a.error.exit_status())
+            .collect();
         if statuses.contains(&ExitStatus::WrongFactor) {
             ExitStatus::WrongFactor
         } else if statuses.contains(&ExitStatus::Corrupt) {
@@ -233,7 +237,11 @@ impl fmt::Display for UnlockFailure {
             write!(f, "\n  slot {}: {}", a.slot, a.error)?;
         }
         if !self.skipped.is_empty() {
-            write!(f, "\n  not tried (no factor given): {}", self.skipped.join(", "))?;
+            write!(
+                f,
+                "\n  not tried (no factor given): {}",
+                self.skipped.join(", ")
+            )?;
         }
         Ok(())
     }

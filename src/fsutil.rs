@@ -39,7 +39,9 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Finish a temp file: fsync it, rename it to `path` (refusing to replace
 /// an existing file unless `replace`), fsync the folder.
 pub fn persist(tmp: tempfile::NamedTempFile, path: &Path, replace: bool) -> Result<()> {
-    tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(tmp.path(), e))?;
     if replace {
         tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     } else {
@@ -87,8 +89,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         write_atomic(&p, b"one", false).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert!(matches!(write_atomic(&p, b"two", false), Err(Error::AlreadyExists { .. })));
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(
+            write_atomic(&p, b"two", false),
+            Err(Error::AlreadyExists { .. })
+        ));
         write_atomic(&p, b"three", true).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"three");
         // No temp files left behind.

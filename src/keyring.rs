@@ -121,7 +121,8 @@ impl Keyring {
         let key = bk.derive(None, label::KEYRING_MAC);
         let mut bytes = Vec::new();
         canonical_json(&Value::Object(self.body()), &mut bytes);
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key.as_ref()).expect("any key length");
+        let mut mac =
+            <HmacSha256 as KeyInit>::new_from_slice(key.as_ref()).expect("any key length");
         mac.update(&bytes);
         mac
     }
@@ -155,7 +156,8 @@ impl Keyring {
         if bytes.len() as u64 > MAX_FILE_LEN {
             return Err(corrupt(format!("larger than {MAX_FILE_LEN} bytes")));
         }
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not JSON: {e}")))?;
         check_shape(&v, 0, "keyring").map_err(corrupt)?;
         let Value::Object(mut m) = v else {
             return Err(corrupt("is not a JSON object".into()));
@@ -172,7 +174,11 @@ impl Keyring {
                     path.display()
                 )));
             }
-            None => return Err(corrupt("field `version` is missing or not an integer".into())),
+            None => {
+                return Err(corrupt(
+                    "field `version` is missing or not an integer".into(),
+                ));
+            }
         }
         let key_id = match m.remove("key_id") {
             Some(Value::String(s)) => KeyId::from_hex(&s)
@@ -205,7 +211,9 @@ impl Keyring {
             what: what.into(),
         };
         if bk.key_id() != self.key_id {
-            return Err(tampered("its key id is not that of the key its slots unwrap"));
+            return Err(tampered(
+                "its key id is not that of the key its slots unwrap",
+            ));
         }
         // verify_slice compares in constant time.
         self.mac_state(bk)
@@ -229,10 +237,15 @@ impl Keyring {
     /// Add a slot and re-MAC under `bk` (which the caller just unlocked).
     pub fn add_slot(&mut self, bk: &BackupKey, slot: SlotRecord) -> Result<()> {
         if self.slots.len() >= MAX_SLOTS {
-            return Err(Error::Refused(format!("a keyring holds at most {MAX_SLOTS} slots")));
+            return Err(Error::Refused(format!(
+                "a keyring holds at most {MAX_SLOTS} slots"
+            )));
         }
         if self.slots.iter().any(|s| s.id == slot.id) {
-            return Err(Error::Refused(format!("slot id {} is already taken", slot.id)));
+            return Err(Error::Refused(format!(
+                "slot id {} is already taken",
+                slot.id
+            )));
         }
         self.slots.push(slot);
         self.mac = self.compute_mac(bk);
@@ -411,14 +424,19 @@ mod tests {
             "id": "0badcafe", "kind": "quantum-token", "created": 1, "wrapped": B64.encode([9u8; 40]),
             "qubits": 42, "params": {"nested": ["a", "b"]}
         });
-        kr.add_slot(&bk, SlotRecord::from_json(&future).unwrap()).unwrap();
+        kr.add_slot(&bk, SlotRecord::from_json(&future).unwrap())
+            .unwrap();
         let text = kr.to_bytes();
         let mut back = Keyring::parse(&text, Path::new("k")).unwrap();
         back.verify(&bk, Path::new("k")).unwrap();
         let (rec2, _) = recovery::enroll(&bk);
         back.add_slot(&bk, rec2).unwrap();
         let again = Keyring::parse(&back.to_bytes(), Path::new("k")).unwrap();
-        let kept = again.slots.iter().find(|s| s.id == SlotId::parse("0badcafe").unwrap()).unwrap();
+        let kept = again
+            .slots
+            .iter()
+            .find(|s| s.id == SlotId::parse("0badcafe").unwrap())
+            .unwrap();
         assert!(matches!(kept.params, SlotParams::Unknown(_)));
         assert_eq!(kept.to_json(), future);
     }
@@ -431,23 +449,72 @@ mod tests {
         let edited = text.replace(&format!("\"created\": {created}"), "\"created\": 5");
         assert_ne!(edited, text);
         let parsed = Keyring::parse(edited.as_bytes(), Path::new("k")).unwrap();
-        assert!(matches!(parsed.verify(&bk, Path::new("k")), Err(Error::KeyringTampered { .. })));
+        assert!(matches!(
+            parsed.verify(&bk, Path::new("k")),
+            Err(Error::KeyringTampered { .. })
+        ));
     }
 
     #[test]
     fn malformed_keyrings_name_the_field() {
         let (_, kr) = sample();
         let good: Value = serde_json::from_slice(&kr.to_bytes()).unwrap();
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
-            (Box::new(|v| { v["key_id"] = "zz".into(); }), "key_id"),
-            (Box::new(|v| { v["mac"] = "AAAA".into(); }), "mac"),
-            (Box::new(|v| { v.as_object_mut().unwrap().remove("slots"); }), "slots"),
-            (Box::new(|v| { v["slots"][0]["wrapped"] = "AAAA".into(); }), "wrapped"),
-            (Box::new(|v| { v["slots"][0]["id"] = 5.into(); }), "id"),
-            (Box::new(|v| { v["slots"][0]["extra"] = 5.into(); }), "extra"),
-            (Box::new(|v| { v["format"] = "age".into(); }), "format"),
-            (Box::new(|v| { v["slots"][0]["created"] = serde_json::json!(1.5); }), "non-integer"),
-            (Box::new(|v| { v["surprise"] = true.into(); }), "surprise"),
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|v| {
+                    v["key_id"] = "zz".into();
+                }),
+                "key_id",
+            ),
+            (
+                Box::new(|v| {
+                    v["mac"] = "AAAA".into();
+                }),
+                "mac",
+            ),
+            (
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("slots");
+                }),
+                "slots",
+            ),
+            (
+                Box::new(|v| {
+                    v["slots"][0]["wrapped"] = "AAAA".into();
+                }),
+                "wrapped",
+            ),
+            (
+                Box::new(|v| {
+                    v["slots"][0]["id"] = 5.into();
+                }),
+                "id",
+            ),
+            (
+                Box::new(|v| {
+                    v["slots"][0]["extra"] = 5.into();
+                }),
+                "extra",
+            ),
+            (
+                Box::new(|v| {
+                    v["format"] = "age".into();
+                }),
+                "format",
+            ),
+            (
+                Box::new(|v| {
+                    v["slots"][0]["created"] = serde_json::json!(1.5);
+                }),
+                "non-integer",
+            ),
+            (
+                Box::new(|v| {
+                    v["surprise"] = true.into();
+                }),
+                "surprise",
+            ),
         ];
         for (edit, field) in cases {
             let mut v = good.clone();

@@ -57,7 +57,7 @@ impl SlotId {
 
 impl fmt::Display for SlotId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -249,10 +249,13 @@ impl SlotRecord {
 
     /// The JSON object stored for this slot (docs/format.md).
     pub fn to_json(&self) -> Value {
-        let mut m = self.params.to_fields();
+        // Member order is for people reading the file; the MAC covers the
+        // canonical (sorted) form.
+        let mut m = Map::new();
         m.insert("id".into(), Value::String(self.id.0.clone()));
         m.insert("kind".into(), Value::String(self.params.kind().to_owned()));
         m.insert("created".into(), Value::from(self.created));
+        m.extend(self.params.to_fields());
         m.insert("wrapped".into(), Value::String(B64.encode(self.wrapped.0)));
         Value::Object(m)
     }
@@ -351,7 +354,10 @@ pub fn unlock<'s>(
     };
     for slot in ordered(slots, selector, factors)? {
         let Some(kind) = slot.params.as_slot() else {
-            failure.skipped.push(format!("{} (kind not supported by this build)", slot.label()));
+            failure.skipped.push(format!(
+                "{} (kind not supported by this build)",
+                slot.label()
+            ));
             continue;
         };
         let ctx = UnlockContext { factors, ui, slot };

@@ -79,10 +79,16 @@ impl Cost {
             reason,
         };
         if self.p_cost == 0 || self.p_cost > MAX_P_COST {
-            return Err(bad("p_cost", format!("{} is outside 1..={MAX_P_COST}", self.p_cost)));
+            return Err(bad(
+                "p_cost",
+                format!("{} is outside 1..={MAX_P_COST}", self.p_cost),
+            ));
         }
         if self.t_cost == 0 || self.t_cost > MAX_T_COST {
-            return Err(bad("t_cost", format!("{} is outside 1..={MAX_T_COST}", self.t_cost)));
+            return Err(bad(
+                "t_cost",
+                format!("{} is outside 1..={MAX_T_COST}", self.t_cost),
+            ));
         }
         if self.m_cost_kib > MAX_M_COST_KIB {
             return Err(bad(
@@ -94,7 +100,10 @@ impl Cost {
             ));
         }
         if self.m_cost_kib < 8 * self.p_cost {
-            return Err(bad("m_cost_kib", format!("{} KiB is below 8 × p_cost", self.m_cost_kib)));
+            return Err(bad(
+                "m_cost_kib",
+                format!("{} KiB is below 8 × p_cost", self.m_cost_kib),
+            ));
         }
         Ok(())
     }
@@ -147,7 +156,11 @@ fn derive(password: &SecretString, salt: &[u8], cost: Cost) -> Result<Kek, SlotE
 }
 
 /// Enroll a password for `bk` with the given cost. Refuses an empty password.
-pub fn enroll(bk: &BackupKey, password: &SecretString, cost: Cost) -> Result<SlotRecord, SlotError> {
+pub fn enroll(
+    bk: &BackupKey,
+    password: &SecretString,
+    cost: Cost,
+) -> Result<SlotRecord, SlotError> {
     if password.expose_secret().is_empty() {
         return Err(SlotError::Malformed {
             field: "password".into(),
@@ -217,7 +230,9 @@ mod tests {
     fn right_password_opens_wrong_does_not() {
         let bk = BackupKey::generate();
         let rec = enroll(&bk, &pw("correct horse"), FAST).unwrap();
-        let SlotParams::Password(p) = &rec.params else { panic!() };
+        let SlotParams::Password(p) = &rec.params else {
+            panic!()
+        };
         let kek = p.kek(&pw("correct horse")).unwrap();
         assert_eq!(rec.wrapped.unwrap(&kek).unwrap().expose(), bk.expose());
         let kek = p.kek(&pw("correct horse ")).unwrap();
@@ -236,13 +251,15 @@ mod tests {
         );
     }
 
-    /// RFC 9106 §5.3 test vector cannot be used (it needs secret and
-    /// associated data); this pins our derivation to a fixed output instead,
-    /// so that a dependency upgrade cannot silently change KEKs.
+    /// Cross-checked against libargon2 (argon2-cffi `hash_secret_raw`,
+    /// type ID, t=1, m=64, p=1): a dependency upgrade must not change KEKs.
     #[test]
     fn derivation_vector() {
         let kek = derive(&pw("password"), &[0x11; 16], FAST).unwrap();
-        assert_eq!(hex::encode(kek.expose()), include_str!("../../tests/vectors/argon2id-fast.hex").trim());
+        assert_eq!(
+            hex::encode(kek.expose()),
+            include_str!("../../tests/vectors/argon2id-fast.hex").trim()
+        );
     }
 
     #[test]
@@ -255,14 +272,32 @@ mod tests {
             salt: B64.encode([0u8; 16]),
         };
         let err = hostile.kek(&pw("x")).err().unwrap();
-        assert!(matches!(err, SlotError::Malformed { ref field, .. } if field == "m_cost_kib"), "{err}");
+        assert!(
+            matches!(err, SlotError::Malformed { ref field, .. } if field == "m_cost_kib"),
+            "{err}"
+        );
         for (t, p, field) in [(10_000, 4, "t_cost"), (3, 0, "p_cost"), (3, 1000, "p_cost")] {
-            let h = PasswordParams { t_cost: t, p_cost: p, m_cost_kib: 65536, ..hostile.clone() };
+            let h = PasswordParams {
+                t_cost: t,
+                p_cost: p,
+                m_cost_kib: 65536,
+                ..hostile.clone()
+            };
             let err = h.kek(&pw("x")).err().unwrap();
-            assert!(matches!(err, SlotError::Malformed { field: ref f, .. } if f == field), "{err}");
+            assert!(
+                matches!(err, SlotError::Malformed { field: ref f, .. } if f == field),
+                "{err}"
+            );
         }
-        let bad_kdf = PasswordParams { kdf: "pbkdf2".into(), m_cost_kib: 64, ..hostile.clone() };
-        assert!(matches!(bad_kdf.kek(&pw("x")), Err(SlotError::Malformed { .. })));
+        let bad_kdf = PasswordParams {
+            kdf: "pbkdf2".into(),
+            m_cost_kib: 64,
+            ..hostile.clone()
+        };
+        assert!(matches!(
+            bad_kdf.kek(&pw("x")),
+            Err(SlotError::Malformed { .. })
+        ));
     }
 
     #[test]

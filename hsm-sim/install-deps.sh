@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what coffer's build, demo and tests need on Debian 12, as root.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential pkg-config      # C parts of dependencies (zstd)
+  swtpm swtpm-tools tpm2-tools libtss2-dev   # TPM 2.0 simulator and tools
+  softhsm2 opensc                 # PKCS#11 token simulator and pkcs11-tool
+  age                             # benches/compare-age.sh
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing packages: ${missing[*]}; run as root (or: sudo $0)" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: cargo not found. coffer needs Rust 1.89 or newer (rustup.rs); Debian 12's packaged Rust is too old." >&2
+  exit 1
+fi
+for c in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+    rustup component add "$c" >&2 || true
+  fi
+done

@@ -1,0 +1,386 @@
+//! The `coffer` command line: argument definitions (clap), reading factor
+//! files, and the commands. Terminal prompts live in [`term`].
+//!
+//! Must never: print a secret except the new recovery key at `init`, and
+//! that only to the terminal or the file the person named.
+
+pub mod term;
+
+use clap::{Args, Parser, Subcommand};
+use coffer::error::{Error, Result};
+use coffer::keyring::{Keyring, KeyringFile};
+use coffer::slot::{self, Factors, password, recovery};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use term::TerminalUi;
+use zeroize::Zeroizing;
+
+/// Largest secret file read, bytes.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// coffer keeps backups readable only by their owner.
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, about, long_about = None)]
+pub struct Cli {
+    /// Keyring file [default: $COFFER_KEYRING, else $XDG_CONFIG_HOME/coffer/keyring.json]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub keyring: Option<PathBuf>,
+    /// Machine-readable output on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Say nothing but errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Say which slot unlocked, and more
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub unlock: UnlockArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to unlock, for commands that need the backup key.
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Read the recovery key from FILE (- for standard input)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub recovery_key_file: Option<PathBuf>,
+    /// Read the password from FILE (- for standard input)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Read the PIN of a hardware slot from FILE (- for standard input)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+    /// Unlock with this slot only (a slot id, or a kind such as `password`)
+    #[arg(long, global = true, value_name = "ID|KIND")]
+    pub slot: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a keyring: a new backup key and its recovery slot. Shows the
+    /// recovery key once.
+    Init {
+        /// Write the new recovery key to FILE (mode 0600) instead of showing it
+        #[arg(long, value_name = "FILE")]
+        recovery_key_out: Option<PathBuf>,
+    },
+    /// Add a slot (unlocks with an existing one first)
+    #[command(subcommand)]
+    Enroll(EnrollKind),
+    /// List the slots
+    Slots,
+    /// Remove a slot (never the last one)
+    Remove {
+        /// The slot's id, as `coffer slots` shows it
+        slot_id: String,
+    },
+}
+
+/// The kinds of slot `enroll` can add.
+#[derive(Debug, Subcommand)]
+pub enum EnrollKind {
+    /// A password (Argon2id)
+    Password {
+        /// Read the new password from FILE (- for standard input);
+        /// otherwise it is asked for twice on the terminal
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+}
+
+/// What a command run needs besides its arguments.
+pub struct Env {
+    /// Prompts and messages.
+    pub ui: TerminalUi,
+    /// Factors read from files.
+    pub factors: Factors,
+    /// The keyring.
+    pub keyring: KeyringFile,
+}
+
+/// Read a secret from a file, or standard input for `-`; one trailing
+/// newline is dropped. Refuses files over 64 KiB.
+pub fn read_secret_file(path: &Path) -> Result<SecretString> {
+    let mut bytes = Zeroizing::new(Vec::new());
+    let res = if path == Path::new("-") {
+        std::io::stdin()
+            .take(MAX_SECRET_FILE + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_end(&mut bytes))
+    };
+    res.map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(Error::Usage(format!(
+            "{}: larger than {MAX_SECRET_FILE} bytes; that is not a secret file",
+            path.display()
+        )));
+    }
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| Error::Usage(format!("{}: not UTF-8 text", path.display())))?;
+    Ok(SecretString::from(text.to_owned()))
+}
+
+fn check_one_stdin(paths: &[Option<&PathBuf>]) -> Result<()> {
+    let n = paths
+        .iter()
+        .flatten()
+        .filter(|p| p.as_os_str() == "-")
+        .count();
+    if n > 1 {
+        return Err(Error::Usage(
+            "only one secret can be read from standard input (-)".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Cli {
+    /// Build the environment: keyring path, factors from files, the Ui.
+    pub fn env(&self) -> Result<Env> {
+        let u = &self.unlock;
+        let new_pw = match &self.command {
+            Command::Enroll(EnrollKind::Password { new_password_file }) => {
+                new_password_file.as_ref()
+            }
+            _ => None,
+        };
+        check_one_stdin(&[
+            u.recovery_key_file.as_ref(),
+            u.password_file.as_ref(),
+            u.pin_file.as_ref(),
+            new_pw,
+        ])?;
+        let read = |p: &Option<PathBuf>| p.as_deref().map(read_secret_file).transpose();
+        let factors = Factors {
+            recovery_key: read(&u.recovery_key_file)?,
+            password: read(&u.password_file)?,
+            pin: read(&u.pin_file)?,
+        };
+        let path = match &self.keyring {
+            Some(p) => p.clone(),
+            None => KeyringFile::default_path().ok_or_else(|| {
+                Error::Usage("no keyring path: set --keyring, COFFER_KEYRING or HOME".into())
+            })?,
+        };
+        Ok(Env {
+            ui: TerminalUi::new(self.quiet),
+            factors,
+            keyring: KeyringFile::new(path),
+        })
+    }
+}
+
+/// Run the parsed command line.
+pub fn run(cli: &Cli) -> Result<()> {
+    let env = cli.env()?;
+    match &cli.command {
+        Command::Init { recovery_key_out } => init(cli, &env, recovery_key_out.as_deref()),
+        Command::Enroll(kind) => enroll(cli, &env, kind),
+        Command::Slots => slots(cli, &env),
+        Command::Remove { slot_id } => remove(cli, &env, slot_id),
+    }
+}
+
+/// Unlock `keyring` with the factors and prompts at hand.
+fn unlock(cli: &Cli, env: &Env, keyring: &Keyring) -> Result<coffer::key::BackupKey> {
+    let (bk, used) = slot::unlock(
+        &keyring.slots,
+        cli.unlock.slot.as_deref(),
+        &env.factors,
+        &env.ui,
+    )?;
+    keyring.verify(&bk, &env.keyring.path)?;
+    if cli.verbose {
+        env.ui.info(&format!("unlocked with slot {}", used.label()));
+    }
+    Ok(bk)
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)
+        .map_err(std::io::Error::from)
+        .and_then(|_| writeln!(out))
+        .map_err(|e| Error::io("<stdout>", e))
+}
+
+fn init(cli: &Cli, env: &Env, recovery_out: Option<&Path>) -> Result<()> {
+    let kf = &env.keyring;
+    let exists = || {
+        Error::AlreadyExists {
+        path: kf.path.clone(),
+        hint: ": a keyring is there already (`coffer slots` shows it); move it away first if you mean to start over".into(),
+    }
+    };
+    if kf.exists() {
+        return Err(exists());
+    }
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if recovery_out.is_none() && !interactive {
+        return Err(Error::Usage(
+            "init shows the new recovery key on a terminal; without one, give --recovery-key-out FILE".into(),
+        ));
+    }
+    let lock = kf.lock()?;
+    if kf.exists() {
+        return Err(exists());
+    }
+    let bk = coffer::key::BackupKey::generate();
+    let (record, key) = recovery::enroll(&bk);
+    let slot_id = record.id.clone();
+    let keyring = Keyring::new(&bk, vec![record]);
+
+    let mut written: Option<&Path> = None;
+    match recovery_out {
+        Some(p) if p == Path::new("-") => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", key.display().as_str()).map_err(|e| Error::io("<stdout>", e))?;
+        }
+        Some(p) => {
+            let mut text = Zeroizing::new(key.display().to_string());
+            text.push('\n');
+            coffer::fsutil::write_atomic(p, text.as_bytes(), false).map_err(|e| match e {
+                Error::AlreadyExists { path, .. } => Error::AlreadyExists {
+                    path,
+                    hint: ": choose another --recovery-key-out".into(),
+                },
+                e => e,
+            })?;
+            written = Some(p);
+        }
+        None => env.ui.show_recovery_key(&key)?,
+    }
+    if let Err(e) = kf.store(&keyring, &lock, true) {
+        if let Some(p) = written {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    let key_id = keyring.key_id.to_string();
+    if cli.json {
+        print_json(&json!({
+            "keyring": kf.path,
+            "key_id": key_id,
+            "slot": slot_id.as_str(),
+        }))?;
+    } else {
+        env.ui.info(&format!(
+            "created keyring {} (key id {key_id}) with recovery slot {slot_id}",
+            kf.path.display()
+        ));
+        if let Some(p) = written {
+            env.ui.info(&format!(
+                "the recovery key is in {}: write it down or store it offline, then delete the file",
+                p.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn new_password(env: &Env, file: Option<&Path>) -> Result<SecretString> {
+    if let Some(f) = file {
+        return read_secret_file(f);
+    }
+    env.ui.new_secret("New password")?.ok_or_else(|| {
+        Error::Usage(
+            "enroll password needs a terminal to ask for the new password, or --new-password-file FILE".into(),
+        )
+    })
+}
+
+fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
+    let kf = &env.keyring;
+    let lock = kf.lock()?;
+    let mut keyring = kf.load()?;
+    let bk = unlock(cli, env, &keyring)?;
+    let record = match kind {
+        EnrollKind::Password { new_password_file } => {
+            let pw = new_password(env, new_password_file.as_deref())?;
+            if pw.expose_secret().is_empty() {
+                return Err(Error::Usage("the new password is empty".into()));
+            }
+            password::enroll(&bk, &pw, password::Cost::default())
+                .map_err(|e| Error::Refused(e.to_string()))?
+        }
+    };
+    let (id, kind) = (record.id.clone(), record.params.kind().to_owned());
+    keyring.add_slot(&bk, record)?;
+    kf.store(&keyring, &lock, false)?;
+    if cli.json {
+        print_json(&json!({"slot": id.as_str(), "kind": kind}))?;
+    } else {
+        env.ui.info(&format!("enrolled slot {id} ({kind})"));
+    }
+    Ok(())
+}
+
+fn slots(cli: &Cli, env: &Env) -> Result<()> {
+    let keyring = env.keyring.load()?;
+    if cli.json {
+        return print_json(&json!({
+            "keyring": env.keyring.path,
+            "key_id": keyring.key_id.to_string(),
+            "slots": keyring.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+        }));
+    }
+    let mut out = std::io::stdout().lock();
+    let mut w = |s: String| writeln!(out, "{s}").map_err(|e| Error::io("<stdout>", e));
+    w(format!(
+        "keyring {} (key id {})",
+        env.keyring.path.display(),
+        keyring.key_id
+    ))?;
+    w(format!(
+        "{:<10} {:<10} {:<20} DETAILS",
+        "ID", "KIND", "ENROLLED"
+    ))?;
+    for s in &keyring.slots {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.created);
+        let when = humantime::format_rfc3339_seconds(when).to_string();
+        let detail = s
+            .params
+            .as_slot()
+            .map(|k| k.describe())
+            .unwrap_or_else(|| "not supported by this build; kept as is".into());
+        w(format!(
+            "{:<10} {:<10} {:<20} {detail}",
+            s.id,
+            s.params.kind(),
+            when
+        ))?;
+    }
+    Ok(())
+}
+
+fn remove(cli: &Cli, env: &Env, id: &str) -> Result<()> {
+    let kf = &env.keyring;
+    let lock = kf.lock()?;
+    let mut keyring = kf.load()?;
+    if !keyring.slots.iter().any(|s| s.id.as_str() == id) {
+        return Err(Error::Refused(format!(
+            "no slot {id} (`coffer slots` lists them)"
+        )));
+    }
+    let bk = unlock(cli, env, &keyring)?;
+    let removed = keyring.remove_slot(&bk, id)?;
+    kf.store(&keyring, &lock, false)?;
+    if cli.json {
+        print_json(&json!({"removed": removed.id.as_str(), "kind": removed.params.kind()}))?;
+    } else {
+        env.ui.info(&format!("removed slot {}", removed.label()));
+    }
+    Ok(())
+}

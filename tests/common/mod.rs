@@ -1,0 +1,97 @@
+//! Shared fixtures for the integration tests: a private keyring folder and
+//! the real `coffer` binary.
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+
+/// A temp folder holding a keyring, a recovery key file and a password file.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn keyring(&self) -> PathBuf {
+        self.path("keyring.json")
+    }
+
+    pub fn recovery_key(&self) -> PathBuf {
+        self.path("recovery.txt")
+    }
+
+    /// `coffer` with this home's keyring, no terminal, clean environment.
+    pub fn coffer(&self) -> Command {
+        let mut c = Command::cargo_bin("coffer").expect("binary built");
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("COFFER_KEYRING", self.keyring())
+            .current_dir(self.dir.path());
+        c
+    }
+
+    /// `coffer init` writing the recovery key to recovery.txt.
+    pub fn init(&self) {
+        self.coffer()
+            .args(["init", "--recovery-key-out"])
+            .arg(self.recovery_key())
+            .assert()
+            .success();
+    }
+
+    /// Write `text` to `name` in this home and return its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Enroll a password slot (unlocking with the recovery key).
+    pub fn enroll_password(&self, password: &str) {
+        let f = self.write("new-password.txt", password);
+        self.coffer()
+            .args(["enroll", "password", "--new-password-file"])
+            .arg(&f)
+            .arg("--recovery-key-file")
+            .arg(self.recovery_key())
+            .assert()
+            .success();
+    }
+
+    pub fn keyring_json(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.keyring()).unwrap()).unwrap()
+    }
+
+    pub fn recovery_key_text(&self) -> String {
+        std::fs::read_to_string(self.recovery_key())
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+/// Unix permission bits of `p`.
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Every file name in a folder, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
