@@ -16,7 +16,7 @@ pub fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// A temp file beside `path`, mode 0600, named `.NAME.tmp-XXXXXX`.
+/// A temp file beside `path`, mode 0600, named `NAME.tmp-XXXXXX`.
 pub fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = parent_dir(path);
     let name = path
@@ -24,7 +24,7 @@ pub fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "coffer".into());
     tempfile::Builder::new()
-        .prefix(&format!(".{name}.tmp-"))
+        .prefix(&format!("{name}.tmp-"))
         .tempfile_in(&dir)
         .map_err(|e| Error::io(&dir, e))
 }

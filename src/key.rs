@@ -24,6 +24,8 @@ pub(crate) mod label {
     pub const KEY_ID: &[u8] = b"coffer/v1 key id";
     pub const KEYRING_MAC: &[u8] = b"coffer/v1 keyring mac";
     pub const RECOVERY_KEK: &[u8] = b"coffer/v1 recovery kek";
+    pub const ARCHIVE_HEADER_MAC: &[u8] = b"coffer/v1 archive header mac";
+    pub const ARCHIVE_PAYLOAD: &[u8] = b"coffer/v1 archive payload";
 }
 
 /// Fill `buf` from the operating system's CSPRNG.

@@ -1,0 +1,334 @@
+//! Archives: seal files, folders or a byte stream under the backup key, and
+//! open them again (docs/format.md, "Archive").
+//!
+//! Owns: the order of operations that keeps output safe. `seal` writes a
+//! temp file beside the target and renames it only after the last chunk is
+//! on disk; `open` unpacks into a temp folder (or file) beside the target
+//! and renames it into place only after the final chunk authenticated. On
+//! any error the temp output is removed and the target is untouched.
+//!
+//! Must never: write outside the target folder, follow a symlink it wrote,
+//! or overwrite an existing target unless asked (`force`).
+
+pub mod header;
+pub mod pack;
+pub mod stream;
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::key::BackupKey;
+use crate::slot::SlotRecord;
+pub use header::Header;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use stream::{StreamError, StreamReader, StreamWriter};
+
+/// zstd level used when compressing (zstd's default).
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// Whether to compress the payload before encrypting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Store as is.
+    None,
+    /// zstd, level [`ZSTD_LEVEL`].
+    Zstd,
+}
+
+/// What to seal.
+pub enum Source {
+    /// Files and folders, each stored under its own name.
+    Paths(Vec<PathBuf>),
+    /// A byte stream (e.g. standard input), stored as is.
+    Stream(Box<dyn Read + Send>),
+}
+
+/// Receives progress: plaintext bytes sealed or opened so far.
+pub trait Progress: Sync {
+    /// `n` more bytes were processed.
+    fn advance(&self, n: u64);
+}
+
+/// No progress display.
+pub struct NoProgress;
+impl Progress for NoProgress {
+    fn advance(&self, _: u64) {}
+}
+
+/// Options for sealing.
+#[derive(Debug, Clone, Copy)]
+pub struct SealOptions {
+    /// Compression of the payload.
+    pub compression: Compression,
+    /// Plaintext bytes per chunk (a power of two, 4 KiB to 4 MiB).
+    pub chunk_size: u32,
+}
+
+impl Default for SealOptions {
+    fn default() -> Self {
+        Self {
+            compression: Compression::None,
+            chunk_size: header::DEFAULT_CHUNK,
+        }
+    }
+}
+
+struct Counting<'p, T> {
+    inner: T,
+    progress: &'p dyn Progress,
+}
+
+impl<T: Write> Write for Counting<'_, T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<T: Read> Read for Counting<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}
+
+/// Map an I/O error met while reading a payload: authentication failures
+/// are corruption (exit 4), the rest are I/O errors on `path`.
+fn payload_error(e: io::Error, path: &Path) -> Error {
+    match StreamError::find(&e) {
+        Some(s) => Error::ArchiveCorrupt {
+            what: s.to_string(),
+        },
+        None => Error::io(path, e),
+    }
+}
+
+/// Seal `source` under `bk` into `out`; the header carries `slots`.
+/// Returns `out` after the last chunk was written (not yet fsynced).
+pub fn seal<W: Write + Send + 'static>(
+    bk: &BackupKey,
+    slots: &[SlotRecord],
+    source: Source,
+    opts: SealOptions,
+    mut out: W,
+    exclude: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<W> {
+    let mut flags = 0;
+    if matches!(source, Source::Paths(_)) {
+        flags |= header::FLAG_TAR;
+    }
+    if opts.compression == Compression::Zstd {
+        flags |= header::FLAG_ZSTD;
+    }
+    let header = Header::new(bk, flags, opts.chunk_size, slots.to_vec());
+    let out_err = |e| Error::io("<archive output>", e);
+    out.write_all(&header.to_bytes()).map_err(out_err)?;
+    let sw = StreamWriter::new(header.payload_key(bk), opts.chunk_size as usize, out);
+    let counted = Counting {
+        inner: sw,
+        progress,
+    };
+    let counted = match opts.compression {
+        Compression::None => write_source(source, counted, exclude)?,
+        Compression::Zstd => {
+            let enc = zstd::Encoder::new(counted, ZSTD_LEVEL).map_err(out_err)?;
+            write_source(source, enc, exclude)?
+                .finish()
+                .map_err(out_err)?
+        }
+    };
+    counted.inner.finish().map_err(out_err)
+}
+
+fn write_source<W: Write>(source: Source, mut w: W, exclude: Option<&Path>) -> Result<W> {
+    match source {
+        Source::Paths(paths) => pack::pack(&paths, w, exclude),
+        Source::Stream(mut r) => {
+            io::copy(&mut r, &mut w).map_err(|e| Error::io("<input>", e))?;
+            Ok(w)
+        }
+    }
+}
+
+/// Seal into the file `path`: a temp file beside it, fsynced, then renamed.
+/// An existing `path` is replaced only with `force`.
+pub fn seal_to_path(
+    bk: &BackupKey,
+    slots: &[SlotRecord],
+    source: Source,
+    opts: SealOptions,
+    path: &Path,
+    force: bool,
+    progress: &dyn Progress,
+) -> Result<()> {
+    refuse_existing(path, force)?;
+    let tmp = fsutil::temp_beside(path)?;
+    let file = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
+    let file = seal(
+        bk,
+        slots,
+        source,
+        opts,
+        io::BufWriter::with_capacity(1 << 20, file),
+        Some(tmp.path()),
+        progress,
+    )?;
+    file.into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?
+        .sync_all()
+        .map_err(|e| Error::io(path, e))?;
+    fsutil::persist(tmp, path, force)
+}
+
+fn refuse_existing(path: &Path, force: bool) -> Result<()> {
+    if !force && path.symlink_metadata().is_ok() {
+        return Err(Error::AlreadyExists {
+            path: path.to_path_buf(),
+            hint: ": give --force to replace it".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The payload of an archive as a reader: authenticated, decompressed.
+/// Reaches end of file only after the last chunk authenticated.
+pub fn payload<R: Read + Send + 'static>(
+    header: &Header,
+    bk: &BackupKey,
+    input: R,
+) -> Result<Box<dyn Read + Send>> {
+    header.verify(bk)?;
+    let sr = StreamReader::new(header.payload_key(bk), header.chunk_size as usize, input);
+    Ok(if header.flags & header::FLAG_ZSTD != 0 {
+        Box::new(DrainOnEof(
+            zstd::Decoder::new(sr).map_err(|e| Error::io("<archive>", e))?,
+        ))
+    } else {
+        Box::new(sr)
+    })
+}
+
+/// zstd stops reading at the end of its frame; keep reading the stream
+/// beneath to its authenticated end, so trailing chunks are checked too.
+struct DrainOnEof(zstd::Decoder<'static, io::BufReader<StreamReader>>);
+
+impl Read for DrainOnEof {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let rest = self.0.get_mut().get_mut().drain()?;
+            let buffered = self.0.get_mut().buffer().len() as u64;
+            if rest + buffered != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "data after the end of the compressed payload",
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Authenticate every chunk and write nothing. Returns the plaintext
+/// length (after decompression).
+pub fn verify<R: Read + Send + 'static>(
+    header: &Header,
+    bk: &BackupKey,
+    input: R,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let p = payload(header, bk, input)?;
+    let mut counted = Counting { inner: p, progress };
+    io::copy(&mut counted, &mut io::sink()).map_err(|e| payload_error(e, Path::new("<archive>")))
+}
+
+/// Open into `out` as the plaintext is authenticated, chunk by chunk
+/// (a tar payload is written as the tar stream). The caller must treat the
+/// output as void unless this returns `Ok`.
+pub fn open_to_writer<R: Read + Send + 'static, W: Write>(
+    header: &Header,
+    bk: &BackupKey,
+    input: R,
+    out: &mut W,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let p = payload(header, bk, input)?;
+    let mut counted = Counting { inner: p, progress };
+    let n = io::copy(&mut counted, out).map_err(|e| payload_error(e, Path::new("<output>")))?;
+    out.flush().map_err(|e| Error::io("<output>", e))?;
+    Ok(n)
+}
+
+/// Open into `dst`: a folder for a tar payload, a file for a stream. The
+/// output appears at `dst` only after everything authenticated; an existing
+/// `dst` is replaced only with `force`.
+pub fn open_to_path<R: Read + Send + 'static>(
+    header: &Header,
+    bk: &BackupKey,
+    input: R,
+    dst: &Path,
+    force: bool,
+    progress: &dyn Progress,
+) -> Result<()> {
+    refuse_existing(dst, force)?;
+    let p = payload(header, bk, input)?;
+    let mut counted = Counting { inner: p, progress };
+    if header.flags & header::FLAG_TAR == 0 {
+        let mut tmp = fsutil::temp_beside(dst)?;
+        io::copy(&mut counted, &mut tmp).map_err(|e| payload_error(e, dst))?;
+        return fsutil::persist(tmp, dst, force);
+    }
+    let parent = fsutil::parent_dir(dst);
+    let name = dst
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{}: not a folder name", dst.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{name}.tmp-"))
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io(&parent, e))?;
+    pack::unpack(&mut counted, tmp.path()).map_err(|e| match e {
+        Error::Io { source, path } => match StreamError::find(&source) {
+            Some(s) => Error::ArchiveCorrupt {
+                what: s.to_string(),
+            },
+            None => Error::Io { path, source },
+        },
+        e => e,
+    })?;
+    // Everything up to the last chunk must authenticate before the folder
+    // becomes visible: tar stops reading at its end-of-archive marker.
+    io::copy(&mut counted, &mut io::sink()).map_err(|e| payload_error(e, dst))?;
+    replace_dir(tmp, dst, force)
+}
+
+fn replace_dir(tmp: tempfile::TempDir, dst: &Path, force: bool) -> Result<()> {
+    let parent = fsutil::parent_dir(dst);
+    let mut old: Option<tempfile::TempDir> = None;
+    if force && dst.symlink_metadata().is_ok() {
+        // Move the old target aside into a temp folder that removes it.
+        let aside = tempfile::Builder::new()
+            .prefix(".coffer-replaced-")
+            .tempdir_in(&parent)
+            .map_err(|e| Error::io(&parent, e))?;
+        std::fs::rename(dst, aside.path().join("old")).map_err(|e| Error::io(dst, e))?;
+        old = Some(aside);
+    }
+    let kept = tmp.keep();
+    if let Err(e) = std::fs::rename(&kept, dst) {
+        let _ = std::fs::remove_dir_all(&kept);
+        if let Some(o) = &old {
+            let _ = std::fs::rename(o.path().join("old"), dst);
+        }
+        return Err(Error::io(dst, e));
+    }
+    drop(old);
+    fsutil::sync_dir(&parent)
+}

@@ -1,0 +1,252 @@
+//! `seal`, `open`, `verify`, `inspect`: the command-line side of archives.
+//!
+//! Sealing unlocks the keyring (its MAC checked) and copies its slots into
+//! the archive header. Opening unlocks with the keyring's slots when the
+//! keyring holds the archive's key, and with the archive's own slot copies
+//! otherwise, so an archive plus any one factor is enough.
+//!
+//! Must never: write an archive to a terminal, or leave partial output.
+
+use super::{Cli, CompressArg, Env, print_json, unlock};
+use coffer::archive::{self, Compression, Header, NoProgress, Progress, SealOptions, Source};
+use coffer::error::{Error, Result};
+use coffer::key::BackupKey;
+use coffer::slot::{self, SlotRecord};
+use serde_json::json;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+/// A byte counter on stderr, when it is a terminal and not `-q`.
+struct TermProgress(indicatif::ProgressBar);
+
+impl Progress for TermProgress {
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+}
+
+fn progress(cli: &Cli, verb: &str) -> Box<dyn Progress> {
+    if cli.quiet || !std::io::stderr().is_terminal() {
+        return Box::new(NoProgress);
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_message(verb.to_owned());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    Box::new(TermProgress(bar))
+}
+
+fn is_dash(p: &Path) -> bool {
+    p.as_os_str() == "-"
+}
+
+type Input = Box<dyn Read + Send>;
+
+/// Open the archive (or stdin) and read its header.
+fn read_archive(path: &Path) -> Result<(Header, Input)> {
+    let mut input: Input = if is_dash(path) {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?)
+    };
+    let header = Header::read(&mut input).map_err(|e| match e {
+        Error::Io { source, .. } => Error::io(path, source),
+        e => e,
+    })?;
+    Ok((header, input))
+}
+
+/// Unlock an archive's key: with the keyring's slots when the keyring holds
+/// this key (slots enrolled since sealing count too), then the archive's
+/// own copies.
+fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<BackupKey> {
+    let mut slots: Vec<SlotRecord> = Vec::new();
+    match env.keyring.load() {
+        Ok(k) if k.key_id == header.key_id => slots.extend(k.slots),
+        Ok(_) if cli.verbose => env
+            .ui
+            .info("the keyring holds another backup key; unlocking with the archive's own slots"),
+        Err(e) if cli.verbose && env.keyring.exists() => env
+            .ui
+            .info(&format!("{e}; unlocking with the archive's own slots")),
+        _ => {}
+    }
+    for s in &header.slots {
+        if !slots.iter().any(|k| k.id == s.id) {
+            slots.push(s.clone());
+        }
+    }
+    let (bk, used) = slot::unlock(&slots, cli.unlock.slot.as_deref(), &env.factors, &env.ui)?;
+    if cli.verbose {
+        env.ui.info(&format!("unlocked with slot {}", used.label()));
+    }
+    Ok(bk)
+}
+
+pub(super) fn seal(
+    cli: &Cli,
+    env: &Env,
+    paths: &[PathBuf],
+    output: &Path,
+    compress: CompressArg,
+    force: bool,
+) -> Result<()> {
+    let source = if paths.iter().any(|p| is_dash(p)) {
+        if paths.len() > 1 {
+            return Err(Error::Usage(
+                "`-` (standard input) must be the only thing sealed".into(),
+            ));
+        }
+        Source::Stream(Box::new(std::io::stdin()))
+    } else {
+        for p in paths {
+            p.symlink_metadata().map_err(|e| Error::io(p, e))?;
+        }
+        Source::Paths(paths.to_vec())
+    };
+    if is_dash(output) && std::io::stdout().is_terminal() {
+        return Err(Error::Usage(
+            "refusing to write an archive to a terminal: redirect standard output or give -o FILE"
+                .into(),
+        ));
+    }
+    let keyring = env.keyring.load()?;
+    let bk = unlock(cli, env, &keyring)?;
+    let opts = SealOptions {
+        compression: match compress {
+            CompressArg::None => Compression::None,
+            CompressArg::Zstd => Compression::Zstd,
+        },
+        ..SealOptions::default()
+    };
+    let bar = progress(cli, "sealing");
+    if is_dash(output) {
+        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        archive::seal(&bk, &keyring.slots, source, opts, out, None, bar.as_ref())?;
+    } else {
+        archive::seal_to_path(
+            &bk,
+            &keyring.slots,
+            source,
+            opts,
+            output,
+            force,
+            bar.as_ref(),
+        )?;
+    }
+    drop(bar);
+    if cli.json {
+        print_json(&json!({"archive": output, "key_id": keyring.key_id.to_string()}))?;
+    } else if !is_dash(output) {
+        env.ui.info(&format!(
+            "sealed into {} (key id {})",
+            output.display(),
+            keyring.key_id
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn open(
+    cli: &Cli,
+    env: &Env,
+    archive_path: &Path,
+    output: &Path,
+    force: bool,
+) -> Result<()> {
+    let (header, input) = read_archive(archive_path)?;
+    let bk = unlock_archive(cli, env, &header)?;
+    let bar = progress(cli, "opening");
+    if is_dash(output) {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        archive::open_to_writer(&header, &bk, input, &mut out, bar.as_ref())?;
+    } else {
+        archive::open_to_path(&header, &bk, input, output, force, bar.as_ref())?;
+    }
+    drop(bar);
+    if cli.json {
+        print_json(&json!({"archive": archive_path, "output": output}))?;
+    } else if !is_dash(output) {
+        env.ui.info(&format!(
+            "opened {} into {}",
+            archive_path.display(),
+            output.display()
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
+    let (header, input) = read_archive(archive_path)?;
+    let bk = unlock_archive(cli, env, &header)?;
+    let bar = progress(cli, "verifying");
+    let n = archive::verify(&header, &bk, input, bar.as_ref())?;
+    drop(bar);
+    if cli.json {
+        print_json(&json!({"archive": archive_path, "ok": true, "plaintext_bytes": n}))?;
+    } else {
+        env.ui.info(&format!(
+            "{}: intact ({n} bytes of content authenticated)",
+            archive_path.display()
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
+    let (header, _) = read_archive(archive_path)?;
+    let size = std::fs::metadata(archive_path)
+        .ok()
+        .filter(|_| !is_dash(archive_path))
+        .map(|m| m.len());
+    let content = if header.flags & archive::header::FLAG_TAR != 0 {
+        "files"
+    } else {
+        "stream"
+    };
+    let compression = if header.flags & archive::header::FLAG_ZSTD != 0 {
+        "zstd"
+    } else {
+        "none"
+    };
+    let created = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(header.created),
+    )
+    .to_string();
+    if cli.json {
+        return print_json(&json!({
+            "archive": archive_path,
+            "version": archive::header::VERSION,
+            "key_id": header.key_id.to_string(),
+            "created": created,
+            "content": content,
+            "compression": compression,
+            "chunk_size": header.chunk_size,
+            "size": size,
+            "header_size": header.len(),
+            "slots": header.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+        }));
+    }
+    println!("archive      {}", archive_path.display());
+    println!("key id       {}", header.key_id);
+    println!("created      {created}");
+    println!(
+        "content      {content}, compression {compression}, chunks of {} KiB",
+        header.chunk_size / 1024
+    );
+    if let Some(s) = size {
+        println!("size         {s} bytes (header {})", header.len());
+    }
+    println!("slots (not authenticated until unlocked):");
+    for s in &header.slots {
+        let detail = s
+            .params
+            .as_slot()
+            .map(|k| k.describe())
+            .unwrap_or_else(|| "not supported by this build".into());
+        println!("  {:<10} {:<10} {detail}", s.id, s.params.kind());
+    }
+    Ok(())
+}
