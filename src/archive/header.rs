@@ -127,22 +127,26 @@ impl Header {
     /// Read a header from `r`, with limits checked before allocating.
     pub fn read<R: Read>(r: &mut R) -> Result<Self> {
         let mut fixed = [0u8; FIXED_LEN];
-        read_exact(r, &mut fixed, "header")?;
+        r.read_exact(&mut fixed[..8]).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => corrupt("is not a coffer archive (too short)"),
+            _ => Error::io("<archive>", e),
+        })?;
         if &fixed[..8] != MAGIC {
             return Err(corrupt("is not a coffer archive (bad magic bytes)"));
         }
+        read_exact(r, &mut fixed[8..], "header")?;
         let be16 = |o: usize| u16::from_be_bytes([fixed[o], fixed[o + 1]]);
         let be32 = |o: usize| u32::from_be_bytes(fixed[o..o + 4].try_into().expect("4 bytes"));
         let version = be16(8);
         if version != VERSION {
-            return Err(Error::Refused(format!(
-                "archive version {version} is not one this coffer reads ({VERSION}): upgrade coffer"
+            return Err(corrupt(format!(
+                "header: version {version} is not one this coffer reads ({VERSION}); the archive is damaged, or made by a newer coffer"
             )));
         }
         let flags = be16(10);
         if flags & !KNOWN_FLAGS != 0 {
-            return Err(Error::Refused(format!(
-                "archive flags {flags:#06x} include some this coffer does not know: upgrade coffer"
+            return Err(corrupt(format!(
+                "header: flags {flags:#06x} include unknown ones; the archive is damaged, or made by a newer coffer"
             )));
         }
         let chunk_size = be32(12);
