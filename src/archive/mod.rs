@@ -134,9 +134,19 @@ pub fn seal<W: Write + Send + 'static>(
         inner: sw,
         progress,
     };
-    let counted = match opts.compression {
-        Compression::None => write_source(source, counted, exclude)?,
-        Compression::Zstd => {
+    let counted = match (opts.compression, source) {
+        // The common stream case reads straight into chunk buffers.
+        (Compression::None, Source::Stream(mut r)) => {
+            let mut counted = counted;
+            let n = counted
+                .inner
+                .read_from(&mut r)
+                .map_err(|e| Error::io("<input>", e))?;
+            progress.advance(n);
+            counted
+        }
+        (Compression::None, source) => write_source(source, counted, exclude)?,
+        (Compression::Zstd, source) => {
             let enc = zstd::Encoder::new(counted, ZSTD_LEVEL).map_err(out_err)?;
             write_source(source, enc, exclude)?
                 .finish()
@@ -170,19 +180,9 @@ pub fn seal_to_path(
     refuse_existing(path, force)?;
     let tmp = fsutil::temp_beside(path)?;
     let file = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
-    let file = seal(
-        bk,
-        slots,
-        source,
-        opts,
-        io::BufWriter::with_capacity(1 << 20, file),
-        Some(tmp.path()),
-        progress,
-    )?;
-    file.into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?
-        .sync_all()
-        .map_err(|e| Error::io(path, e))?;
+    // Chunks are written whole; no buffering needed.
+    let file = seal(bk, slots, source, opts, file, Some(tmp.path()), progress)?;
+    file.sync_all().map_err(|e| Error::io(path, e))?;
     fsutil::persist(tmp, path, force)
 }
 
@@ -258,9 +258,15 @@ pub fn open_to_writer<R: Read + Send + 'static, W: Write>(
     out: &mut W,
     progress: &dyn Progress,
 ) -> Result<u64> {
-    let p = payload(header, bk, input)?;
-    let mut counted = Counting { inner: p, progress };
-    let n = io::copy(&mut counted, out).map_err(|e| payload_error(e, Path::new("<output>")))?;
+    let n = if header.flags & header::FLAG_ZSTD == 0 {
+        header.verify(bk)?;
+        StreamReader::new(header.payload_key(bk), header.chunk_size as usize, input)
+            .copy_to(out, &mut |n| progress.advance(n))
+    } else {
+        let p = payload(header, bk, input)?;
+        io::copy(&mut Counting { inner: p, progress }, out)
+    }
+    .map_err(|e| payload_error(e, Path::new("<output>")))?;
     out.flush().map_err(|e| Error::io("<output>", e))?;
     Ok(n)
 }

@@ -17,7 +17,7 @@
 use crossbeam_channel::{Receiver, Sender, bounded};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -127,6 +127,45 @@ pub fn workers() -> usize {
         .unwrap_or(1)
 }
 
+/// A fixed set of chunk buffers that travel from where chunks are filled
+/// to where they are consumed and back. Filling blocks while all are in
+/// flight, which bounds memory (including the reorder buffer when one
+/// worker falls behind), and a steady stream allocates nothing.
+fn buffer_pool(count: usize, capacity: usize) -> (BufferSource, BufferSink) {
+    let (tx, rx) = bounded(count);
+    for _ in 0..count {
+        tx.send(Vec::with_capacity(capacity))
+            .expect("room for every buffer");
+    }
+    (BufferSource(rx), BufferSink(tx))
+}
+
+/// Where chunk buffers are taken from.
+struct BufferSource(Receiver<Vec<u8>>);
+
+impl BufferSource {
+    /// An empty buffer; `None` once the consuming side is gone.
+    fn get(&self) -> Option<Vec<u8>> {
+        let mut v = self.0.recv().ok()?;
+        v.clear();
+        Some(v)
+    }
+}
+
+/// Where consumed chunk buffers go back to.
+struct BufferSink(Sender<Vec<u8>>);
+
+impl BufferSink {
+    fn put(&self, v: Vec<u8>) {
+        if v.capacity() > 0 {
+            let _ = self.0.try_send(v);
+        }
+    }
+}
+
+/// Buffers in flight per worker thread.
+const BUFFERS_PER_WORKER: usize = 4;
+
 struct Job {
     index: u64,
     last: bool,
@@ -145,6 +184,7 @@ pub struct StreamWriter<W: Write + Send + 'static> {
     jobs: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<io::Result<W>>>,
+    buffers: BufferSource,
 }
 
 impl<W: Write + Send + 'static> StreamWriter<W> {
@@ -167,10 +207,12 @@ impl<W: Write + Send + 'static> StreamWriter<W> {
             })
             .collect();
         drop(done_tx);
-        let writer = std::thread::spawn(move || write_in_order(done_rx, out));
+        let (buffers, sink) = buffer_pool(BUFFERS_PER_WORKER * n + 2, chunk_size + TAG_LEN);
+        let writer = std::thread::spawn(move || write_in_order(done_rx, out, &sink));
         Self {
             chunk_size,
-            current: Vec::with_capacity(chunk_size),
+            current: buffers.get().expect("a fresh pool has buffers"),
+            buffers,
             index: 0,
             jobs: Some(job_tx),
             workers,
@@ -179,7 +221,13 @@ impl<W: Write + Send + 'static> StreamWriter<W> {
     }
 
     fn send(&mut self, last: bool) -> io::Result<()> {
-        let data = std::mem::replace(&mut self.current, Vec::with_capacity(self.chunk_size));
+        let Some(fresh) = self.buffers.get() else {
+            return Err(self
+                .join()
+                .err()
+                .unwrap_or_else(|| io::Error::other("archive writer stopped")));
+        };
+        let data = std::mem::replace(&mut self.current, fresh);
         let job = Job {
             index: self.index,
             last,
@@ -215,6 +263,38 @@ impl<W: Write + Send + 'static> StreamWriter<W> {
         }
     }
 
+    /// Read `input` to its end straight into chunk buffers (no copy
+    /// through an intermediate buffer). Returns the bytes read.
+    pub fn read_from<R: Read>(&mut self, input: &mut R) -> io::Result<u64> {
+        let mut total = 0u64;
+        loop {
+            if self.current.len() == self.chunk_size {
+                // A full chunk: it is not the last one only if more follows.
+                let mut probe = [0u8; 1];
+                match input.read(&mut probe) {
+                    Ok(0) => return Ok(total),
+                    Ok(_) => {
+                        self.send(false)?;
+                        self.current.push(probe[0]);
+                        total += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let start = self.current.len();
+            self.current.resize(self.chunk_size, 0);
+            let n = read_full(input, &mut self.current[start..]);
+            let got = *n.as_ref().unwrap_or(&0);
+            self.current.truncate(start + got);
+            total += got as u64;
+            n?;
+            if start + got < self.chunk_size {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Seal the last chunk, wait for every chunk to be written, and return
     /// the output (not yet flushed to disk: the caller fsyncs).
     pub fn finish(mut self) -> io::Result<W> {
@@ -223,13 +303,18 @@ impl<W: Write + Send + 'static> StreamWriter<W> {
     }
 }
 
-fn write_in_order<W: Write>(done: Receiver<Done>, mut out: W) -> io::Result<W> {
+fn write_in_order<W: Write>(
+    done: Receiver<Done>,
+    mut out: W,
+    buffers: &BufferSink,
+) -> io::Result<W> {
     let mut next = 0u64;
     let mut pending: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     for (index, _, data) in done {
         pending.insert(index, data.map_err(StreamError::into_io)?);
         while let Some(d) = pending.remove(&next) {
             out.write_all(&d)?;
+            buffers.put(d);
             next += 1;
         }
     }
@@ -276,6 +361,7 @@ pub struct StreamReader {
     pos: usize,
     finished: bool,
     plaintext_len: u64,
+    buffers: BufferSink,
 }
 
 /// Read until `buf` is full or the input ends; returns bytes read.
@@ -311,7 +397,8 @@ impl StreamReader {
         }
         // Threads are detached: they end when the channels close. The input
         // thread may block reading stdin, so nothing waits for it.
-        std::thread::spawn(move || read_chunks(input, chunk_size, job_tx, done_tx));
+        let (source, buffers) = buffer_pool(BUFFERS_PER_WORKER * n + 2, chunk_size + TAG_LEN);
+        std::thread::spawn(move || read_chunks(input, chunk_size, job_tx, done_tx, &source));
         Self {
             done: done_rx,
             pending: BTreeMap::new(),
@@ -320,6 +407,7 @@ impl StreamReader {
             pos: 0,
             finished: false,
             plaintext_len: 0,
+            buffers,
         }
     }
 
@@ -340,7 +428,7 @@ impl StreamReader {
                 let data = data.map_err(StreamError::into_io)?;
                 self.finished = last;
                 self.plaintext_len += data.len() as u64;
-                self.current = data;
+                self.buffers.put(std::mem::replace(&mut self.current, data));
                 self.pos = 0;
                 return Ok(true);
             }
@@ -356,14 +444,21 @@ impl StreamReader {
     }
 }
 
-fn read_chunks<R: Read>(mut input: R, chunk_size: usize, jobs: Sender<Job>, done: Sender<Done>) {
+fn read_chunks<R: Read>(
+    mut input: R,
+    chunk_size: usize,
+    jobs: Sender<Job>,
+    done: Sender<Done>,
+    buffers: &BufferSource,
+) {
     let full = chunk_size + TAG_LEN;
     let mut offset = 0u64;
     let fail = |index: u64, e: StreamError| {
         let _ = done.send((index, false, Err(e)));
     };
     let read = |input: &mut R| -> Result<Vec<u8>, ()> {
-        let mut buf = vec![0u8; full];
+        let mut buf = buffers.get().ok_or(())?;
+        buf.resize(full, 0);
         match read_full(input, &mut buf) {
             Ok(n) => {
                 buf.truncate(n);
@@ -411,16 +506,53 @@ fn read_chunks<R: Read>(mut input: R, chunk_size: usize, jobs: Sender<Job>, done
 
 impl Read for StreamReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl io::BufRead for StreamReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.current.len() {
-            if self.finished || out.is_empty() {
-                return Ok(0);
+            if self.finished {
+                return Ok(&[]);
             }
             self.next_chunk()?;
         }
-        let n = (self.current.len() - self.pos).min(out.len());
-        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(&self.current[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.current.len());
+    }
+}
+
+impl StreamReader {
+    /// Write the plaintext to `out` chunk by chunk, each chunk only after
+    /// it authenticated. Returns the bytes written.
+    pub fn copy_to<W: Write>(
+        &mut self,
+        out: &mut W,
+        progress: &mut dyn FnMut(u64),
+    ) -> io::Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let chunk = self.fill_buf()?;
+            if chunk.is_empty() {
+                return Ok(total);
+            }
+            let n = chunk.len();
+            out.write_all(chunk)?;
+            self.consume(n);
+            total += n as u64;
+            progress(n as u64);
+        }
     }
 }
 

@@ -44,10 +44,31 @@ fn is_dash(p: &Path) -> bool {
 
 type Input = Box<dyn Read + Send>;
 
+/// Standard input as an unbuffered file (a duplicate of fd 0): chunks are
+/// read whole, so std's line-oriented buffering would only add copies.
+fn stdin_file() -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("<stdin>", e))?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Standard output as an unbuffered file (a duplicate of fd 1).
+fn stdout_file() -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("<stdout>", e))?;
+    Ok(std::fs::File::from(fd))
+}
+
 /// Open the archive (or stdin) and read its header.
 fn read_archive(path: &Path) -> Result<(Header, Input)> {
     let mut input: Input = if is_dash(path) {
-        Box::new(std::io::stdin())
+        Box::new(stdin_file()?)
     } else {
         Box::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?)
     };
@@ -99,7 +120,7 @@ pub(super) fn seal(
                 "`-` (standard input) must be the only thing sealed".into(),
             ));
         }
-        Source::Stream(Box::new(std::io::stdin()))
+        Source::Stream(Box::new(stdin_file()?))
     } else {
         for p in paths {
             p.symlink_metadata().map_err(|e| Error::io(p, e))?;
@@ -123,8 +144,15 @@ pub(super) fn seal(
     };
     let bar = progress(cli, "sealing");
     if is_dash(output) {
-        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-        archive::seal(&bk, &keyring.slots, source, opts, out, None, bar.as_ref())?;
+        archive::seal(
+            &bk,
+            &keyring.slots,
+            source,
+            opts,
+            stdout_file()?,
+            None,
+            bar.as_ref(),
+        )?;
     } else {
         archive::seal_to_path(
             &bk,
@@ -160,7 +188,7 @@ pub(super) fn open(
     let bk = unlock_archive(cli, env, &header)?;
     let bar = progress(cli, "opening");
     if is_dash(output) {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        let mut out = stdout_file()?;
         archive::open_to_writer(&header, &bk, input, &mut out, bar.as_ref())?;
     } else {
         archive::open_to_path(&header, &bk, input, output, force, bar.as_ref())?;
