@@ -78,12 +78,24 @@ impl Header {
     pub fn new(bk: &BackupKey, flags: u16, chunk_size: u32, slots: Vec<SlotRecord>) -> Self {
         let mut salt = [0u8; SALT_LEN];
         crate::key::random_bytes(&mut salt);
+        Self::with_salt(bk, flags, chunk_size, slots, salt, crate::slot::now_unix())
+    }
+
+    /// A header with the given salt and time: for known-answer vectors
+    /// only. A salt must never be reused for real archives.
+    pub fn with_salt(
+        bk: &BackupKey,
+        flags: u16,
+        chunk_size: u32,
+        slots: Vec<SlotRecord>,
+        salt: [u8; SALT_LEN],
+        created: u64,
+    ) -> Self {
         let mut slot_bytes = Vec::new();
         canonical_json(
             &serde_json::Value::Array(slots.iter().map(SlotRecord::to_json).collect()),
             &mut slot_bytes,
         );
-        let created = crate::slot::now_unix();
         let mut raw = Vec::with_capacity(FIXED_LEN + slot_bytes.len());
         raw.extend_from_slice(MAGIC);
         raw.extend_from_slice(&VERSION.to_be_bytes());

@@ -1,0 +1,329 @@
+//! Known-answer vectors (docs/format.md) and the archive testkit.
+//!
+//! The keyring and archive vectors are built from fixed inputs and must
+//! match the files in tests/vectors/ byte for byte: a change to the format
+//! or to a derivation fails here. The testkit (tests/testdata/archives/)
+//! holds archives made by this version, one file per case with the expected
+//! outcome beside it, so every later version must still open them.
+//!
+//! `cargo test --test vectors -- --ignored regenerate` rewrites them; only
+//! ever do that for a new format version.
+
+mod common;
+
+use coffer::archive::header::{FLAG_TAR, FLAG_ZSTD, Header};
+use coffer::archive::stream::StreamWriter;
+use coffer::key::{BackupKey, Kek};
+use coffer::keyring::Keyring;
+use coffer::slot::recovery::RecoveryKey;
+use coffer::slot::{SlotId, SlotParams, SlotRecord, recovery::RecoveryParams};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+fn vectors() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+fn testkit_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/archives")
+}
+
+/// BK = 00 01 .. 1f; recovery entropy = 00 01 .. 1d.
+fn vector_key() -> BackupKey {
+    BackupKey::from_bytes(core::array::from_fn(|i| i as u8))
+}
+
+fn vector_recovery() -> RecoveryKey {
+    RecoveryKey::from_entropy(&core::array::from_fn(|i| i as u8))
+}
+
+fn vector_keyring() -> Keyring {
+    let bk = vector_key();
+    let slot = SlotRecord {
+        id: SlotId::parse("00000001").unwrap(),
+        created: 1_700_000_000,
+        wrapped: bk.wrap(&vector_recovery().kek()),
+        params: SlotParams::Recovery(RecoveryParams {}),
+    };
+    Keyring::new(&bk, vec![slot])
+}
+
+fn seal_with(bk: &BackupKey, flags: u16, chunk: u32, salt: u8, payload: &[u8]) -> Vec<u8> {
+    seal_with_slots(bk, vector_keyring().slots, flags, chunk, salt, payload)
+}
+
+fn seal_with_slots(
+    bk: &BackupKey,
+    slots: Vec<SlotRecord>,
+    flags: u16,
+    chunk: u32,
+    salt: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let header = Header::with_salt(bk, flags, chunk, slots, [salt; 32], 1_700_000_000);
+    let mut out = header.to_bytes();
+    let mut w = StreamWriter::new(header.payload_key(bk), chunk as usize, Vec::new());
+    w.write_all(payload).unwrap();
+    out.extend(w.finish().unwrap());
+    out
+}
+
+fn stream_vector() -> Vec<u8> {
+    seal_with(&vector_key(), 0, 4096, 0x11, b"hello, coffer\n")
+}
+
+#[test]
+fn keyring_vector_matches_the_spec() {
+    let want = std::fs::read(vectors().join("keyring-v1.json")).unwrap();
+    assert_eq!(
+        String::from_utf8(vector_keyring().to_bytes()).unwrap(),
+        String::from_utf8(want.clone()).unwrap()
+    );
+    let parsed = Keyring::parse(&want, Path::new("keyring-v1.json")).unwrap();
+    parsed.verify(&vector_key(), Path::new("v")).unwrap();
+    let key_text = std::fs::read_to_string(vectors().join("recovery-v1.txt")).unwrap();
+    assert_eq!(key_text.trim(), vector_recovery().display().as_str());
+    let kek = RecoveryKey::parse(&key_text).unwrap().kek();
+    assert_eq!(
+        parsed.slots[0].wrapped.unwrap(&kek).unwrap().expose(),
+        vector_key().expose()
+    );
+}
+
+#[test]
+fn derived_values_match_the_spec() {
+    // The numbers docs/format.md quotes for the vector key.
+    let bk = vector_key();
+    let kek: Kek = vector_recovery().kek();
+    let text = std::fs::read_to_string(vectors().join("derived-v1.txt")).unwrap();
+    let want = |name: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .to_owned()
+    };
+    assert_eq!(bk.key_id().to_string(), want("key id"));
+    assert_eq!(hex::encode(kek.expose()), want("recovery kek"));
+    assert_eq!(hex::encode(bk.wrap(&kek).0), want("wrapped"));
+}
+
+#[test]
+fn archive_vector_matches_the_spec() {
+    let want = std::fs::read(vectors().join("archive-v1-stream.coffer")).unwrap();
+    assert_eq!(hex::encode(stream_vector()), hex::encode(&want));
+}
+
+#[test]
+fn archive_vector_opens_with_the_recovery_key() {
+    let h = common::Home::new();
+    std::fs::copy(vectors().join("recovery-v1.txt"), h.recovery_key()).unwrap();
+    h.coffer()
+        .arg("open")
+        .arg(vectors().join("archive-v1-stream.coffer"))
+        .args(["-o", "-", "--recovery-key-file", "recovery.txt"])
+        .assert()
+        .success()
+        .stdout("hello, coffer\n");
+}
+
+/// The testkit cases: name, and how to make the archive bytes.
+fn testkit_cases() -> Vec<(&'static str, Vec<u8>)> {
+    let bk = vector_key();
+    let three_chunks: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut hd = tar::Header::new_ustar();
+    hd.set_path("folder/hello.txt").unwrap();
+    hd.set_size(6);
+    hd.set_mode(0o644);
+    hd.set_mtime(1_700_000_000);
+    hd.set_cksum();
+    tar.append(&hd, &b"hello\n"[..]).unwrap();
+    let tar = tar.into_inner().unwrap();
+    let zstd_tar = zstd::encode_all(&tar[..], 3).unwrap();
+
+    let good = seal_with(&bk, 0, 4096, 0x22, &three_chunks);
+    let mut cases = vec![
+        ("stream-empty", seal_with(&bk, 0, 4096, 0x21, b"")),
+        ("stream-three-chunks", good.clone()),
+        (
+            "stream-exact-chunk",
+            seal_with(&bk, 0, 4096, 0x23, &[9u8; 4096]),
+        ),
+        ("folder", seal_with(&bk, FLAG_TAR, 4096, 0x24, &tar)),
+        (
+            "folder-zstd",
+            seal_with(&bk, FLAG_TAR | FLAG_ZSTD, 4096, 0x25, &zstd_tar),
+        ),
+    ];
+    let hl = Header::read(&mut &good[..]).unwrap().len();
+    let mut flip = good.clone();
+    flip[hl - 10] ^= 1;
+    cases.push(("bad-header-mac", flip));
+    let mut flip = good.clone();
+    flip[40] ^= 1; // inside the salt
+    cases.push(("bad-header-salt", flip));
+    // A damaged wrapped key in the slot copy reads as a wrong factor: no
+    // check can tell the two apart before the key is recovered.
+    let mut flip = good.clone();
+    flip[hl - 40] ^= 1;
+    cases.push(("damaged-slot", flip));
+    let mut flip = good.clone();
+    flip[hl + 4096 + 16 + 3] ^= 0x80;
+    cases.push(("bad-chunk", flip));
+    cases.push(("truncated-last-chunk", good[..good.len() - 10].to_vec()));
+    cases.push((
+        "truncated-at-boundary",
+        good[..hl + 2 * (4096 + 16)].to_vec(),
+    ));
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(&[0u8; 16]);
+    cases.push(("trailing-data", trailing));
+    // Sealed under another backup key, with that key's own recovery slot:
+    // our recovery key is the wrong factor.
+    let other = BackupKey::from_bytes([0xee; 32]);
+    let other_slot = SlotRecord {
+        id: SlotId::parse("00000002").unwrap(),
+        created: 1_700_000_000,
+        wrapped: other.wrap(&RecoveryKey::from_entropy(&[0xdd; 30]).kek()),
+        params: SlotParams::Recovery(RecoveryParams {}),
+    };
+    cases.push((
+        "other-key",
+        seal_with_slots(&other, vec![other_slot], 0, 4096, 0x26, b"not yours"),
+    ));
+    // Our slots, but a header naming (and MACed under) another key: the
+    // slots unwrap a key whose id does not match.
+    cases.push(("swapped-key", seal_with(&other, 0, 4096, 0x27, b"swapped")));
+    let mut version = good.clone();
+    version[9] = 2;
+    cases.push(("unknown-version", version));
+    cases
+}
+
+/// What a testkit case expects: `ok` with the payload's SHA-256 (as
+/// `open -o -` writes it: the tar stream for folders), or an exit status.
+fn expectation(name: &str, payload: Option<&[u8]>) -> String {
+    match (name, payload) {
+        (_, Some(p)) => format!(
+            "expect: ok\npayload-sha256: {}\n",
+            hex::encode(Sha256::digest(p))
+        ),
+        ("other-key" | "damaged-slot", None) => "expect: exit 3\n".into(),
+        _ => "expect: exit 4\n".into(),
+    }
+}
+
+#[test]
+#[ignore = "rewrites the vectors; only for a new format version"]
+fn regenerate() {
+    std::fs::create_dir_all(vectors()).unwrap();
+    std::fs::create_dir_all(testkit_dir()).unwrap();
+    std::fs::write(
+        vectors().join("keyring-v1.json"),
+        vector_keyring().to_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        vectors().join("recovery-v1.txt"),
+        format!("{}\n", vector_recovery().display().as_str()),
+    )
+    .unwrap();
+    let bk = vector_key();
+    let kek = vector_recovery().kek();
+    std::fs::write(
+        vectors().join("derived-v1.txt"),
+        format!(
+            "key id: {}\nrecovery kek: {}\nwrapped: {}\n",
+            bk.key_id(),
+            hex::encode(kek.expose()),
+            hex::encode(bk.wrap(&kek).0)
+        ),
+    )
+    .unwrap();
+    std::fs::write(vectors().join("archive-v1-stream.coffer"), stream_vector()).unwrap();
+    let three: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    for (name, bytes) in testkit_cases() {
+        std::fs::write(testkit_dir().join(format!("{name}.coffer")), &bytes).unwrap();
+        let payload: Option<Vec<u8>> = match name {
+            "stream-empty" => Some(vec![]),
+            "stream-three-chunks" => Some(three.clone()),
+            "stream-exact-chunk" => Some(vec![9u8; 4096]),
+            "folder" | "folder-zstd" => None, // filled below from the real open
+            _ => None,
+        };
+        let expect = match name {
+            "folder" | "folder-zstd" => {
+                let h = common::Home::new();
+                std::fs::copy(vectors().join("recovery-v1.txt"), h.recovery_key()).unwrap();
+                let out = h
+                    .coffer()
+                    .arg("open")
+                    .arg(testkit_dir().join(format!("{name}.coffer")))
+                    .args(["-o", "-", "--recovery-key-file", "recovery.txt"])
+                    .assert()
+                    .success();
+                expectation(name, Some(&out.get_output().stdout))
+            }
+            _ => expectation(name, payload.as_deref()),
+        };
+        std::fs::write(testkit_dir().join(format!("{name}.expect")), expect).unwrap();
+    }
+}
+
+/// Every testkit archive opens (or fails) exactly as its .expect says.
+#[test]
+fn testkit() {
+    let h = common::Home::new();
+    std::fs::copy(vectors().join("recovery-v1.txt"), h.recovery_key()).unwrap();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(testkit_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "coffer"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 12, "testkit is incomplete: {cases:?}");
+    for case in cases {
+        let expect = std::fs::read_to_string(case.with_extension("expect")).unwrap();
+        let out = h
+            .coffer()
+            .arg("open")
+            .arg(&case)
+            .args(["-o", "-", "--recovery-key-file", "recovery.txt"])
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap();
+        if let Some(sum) = expect
+            .lines()
+            .find_map(|l| l.strip_prefix("payload-sha256: "))
+        {
+            assert_eq!(
+                code,
+                0,
+                "{}: {}",
+                case.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                hex::encode(Sha256::digest(&out.stdout)),
+                sum,
+                "{}",
+                case.display()
+            );
+        } else {
+            let want: i32 = expect
+                .trim()
+                .strip_prefix("expect: exit ")
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(
+                code,
+                want,
+                "{}: {}",
+                case.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
