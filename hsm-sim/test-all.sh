@@ -15,5 +15,22 @@ step cargo clippy --workspace --all-targets --no-default-features -- -D warnings
 RUSTDOCFLAGS="-D warnings" step cargo doc --workspace --no-deps --quiet
 step cargo test --workspace --no-default-features
 step cargo test --workspace
+
+# Fuzz targets: built, then run briefly on mutations of the testkit
+# archives and the keyring vector (uninstrumented on stable Rust; real
+# coverage-guided fuzzing: `cargo +nightly fuzz run header`).
+fuzz_smoke() {
+  (cd fuzz && cargo build --quiet)
+  local seeds
+  seeds=$(mktemp -d)
+  cp tests/testdata/archives/*.coffer tests/vectors/*.coffer "$seeds/"
+  fuzz/target/debug/header -runs=200000 -max_total_time=30 "$seeds" 2>&1 | tail -1
+  fuzz/target/debug/stream -runs=5000 -max_total_time=30 "$seeds" 2>&1 | tail -1
+  rm -rf "$seeds"; seeds=$(mktemp -d)
+  cp tests/vectors/keyring-v1.json "$seeds/"
+  fuzz/target/debug/keyring -runs=200000 -max_total_time=30 "$seeds" 2>&1 | tail -1
+  rm -rf "$seeds"
+}
+step fuzz_smoke
 echo
 echo "== all checks passed"
