@@ -221,17 +221,18 @@ impl Keyring {
             .map_err(|_| tampered("its MAC does not match"))
     }
 
-    /// Unlock with the slots (see [`slot::unlock`]), then check key id and MAC.
+    /// Unlock with the slots (see [`slot::unlock`]), then check key id and
+    /// MAC. Returns the key and the slot that gave it up.
     pub fn unlock(
         &self,
         path: &Path,
         selector: Option<&str>,
         factors: &Factors,
         ui: &dyn Ui,
-    ) -> Result<BackupKey> {
-        let (bk, _) = slot::unlock(&self.slots, selector, factors, ui)?;
+    ) -> Result<(BackupKey, &SlotRecord)> {
+        let (bk, used) = slot::unlock(&self.slots, selector, factors, ui)?;
         self.verify(&bk, path)?;
-        Ok(bk)
+        Ok((bk, used))
     }
 
     /// Add a slot and re-MAC under `bk` (which the caller just unlocked).
