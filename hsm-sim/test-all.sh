@@ -8,13 +8,17 @@ cd "$(dirname "$0")/.."
 bash hsm-sim/install-deps.sh
 
 step() { echo; echo "== $*"; "$@"; }
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+# cargo test, keeping its result lines for the summary at the end.
+tests() { cargo test "$@" 2>&1 | tee -a "$results"; }
 
 step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
 step cargo clippy --workspace --all-targets --no-default-features -- -D warnings
 RUSTDOCFLAGS="-D warnings" step cargo doc --workspace --no-deps --quiet
-step cargo test --workspace --no-default-features
-step cargo test --workspace
+step tests --workspace --no-default-features
+step tests --workspace
 
 # Fuzz targets: built, then run briefly on mutations of the testkit
 # archives and the keyring vector (uninstrumented on stable Rust; real
@@ -34,3 +38,4 @@ fuzz_smoke() {
 step fuzz_smoke
 echo
 echo "== all checks passed"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
