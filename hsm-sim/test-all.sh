@@ -20,6 +20,10 @@ RUSTDOCFLAGS="-D warnings" step cargo doc --workspace --no-deps --quiet
 step tests --workspace --no-default-features
 step tests --workspace
 
+# An independent reader written from docs/format.md alone (Python) must
+# agree with every vector and testkit case.
+step bash tests/independent/run.sh
+
 # Fuzz targets: built, then run briefly on mutations of the testkit
 # archives and the keyring vector (uninstrumented on stable Rust; real
 # coverage-guided fuzzing: `cargo +nightly fuzz run header`).

@@ -181,8 +181,8 @@ impl Header {
         read_exact(r, &mut raw[FIXED_LEN..], "header slot list")?;
         let mut mac = [0u8; MAC_LEN];
         read_exact(r, &mut mac, "header MAC")?;
-        let value: serde_json::Value = serde_json::from_slice(&raw[FIXED_LEN..])
-            .map_err(|e| corrupt(format!("header: slot list is not JSON: {e}")))?;
+        let value = crate::keyring::parse_strict_json(&raw[FIXED_LEN..])
+            .map_err(|e| corrupt(format!("header: slot list is not valid JSON: {e}")))?;
         let serde_json::Value::Array(list) = value else {
             return Err(corrupt("header: slot list is not a JSON array"));
         };
