@@ -75,7 +75,7 @@ pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
 
 /// Parse JSON under coffer's rules (docs/format.md §3): integers only,
 /// no member name twice in an object, containers nested at most
-/// [`MAX_DEPTH`] deep (the top-level value is at depth 1).
+/// 16 deep (the top-level value is at depth 1).
 pub fn parse_strict_json(bytes: &[u8]) -> std::result::Result<Value, String> {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_slice(bytes);
