@@ -158,6 +158,20 @@ impl Tpm {
             .build()
     }
 
+    /// The name of the storage primary this TPM derives from the template
+    /// (nameAlg ‖ SHA-256 of its public area), as `tpm2_readpublic -n`
+    /// writes it; for checking that coffer and tpm2-tools agree.
+    pub fn primary_name(&mut self) -> Result<Vec<u8>, SlotError> {
+        self.scoped(|t| {
+            let primary = t.create_primary()?;
+            let name = t
+                .ctx
+                .tr_get_name(primary.into())
+                .map_err(tss("reading the primary's name"))?;
+            Ok(name.value().to_vec())
+        })
+    }
+
     fn create_primary(&mut self) -> Result<KeyHandle, SlotError> {
         let template = Self::primary_template().map_err(tss("primary template"))?;
         let r = self
@@ -171,11 +185,7 @@ impl Tpm {
                         "the TPM owner hierarchy has a password; coffer needs it empty (as tpm2-tools' defaults do)".into(),
                     )
                 }
-                Some(Tss2ResponseCodeKind::Lockout) => SlotError::LockedOut {
-                    what: "the TPM".into(),
-                    hint: "it is in dictionary-attack lockout; wait, then try again, or unlock with another slot".into(),
-                },
-                _ => tss("creating the storage primary")(e),
+                _ => self.fail("creating the storage primary", e),
             })?;
         self.loaded.push(r.key_handle.into());
         Ok(r.key_handle)
@@ -329,7 +339,7 @@ impl Tpm {
                 .execute_with_session(Some(s), |c| {
                     c.create(primary, template, auth, Some(data), None, None)
                 })
-                .map_err(tss("creating the sealed object"))?;
+                .map_err(|e| t.fail("creating the sealed object", e))?;
             let public = PublicBuffer::try_from(created.out_public)
                 .and_then(|p| p.marshall())
                 .map_err(tss("marshalling the public area"))?;
@@ -365,7 +375,7 @@ impl Tpm {
                     ) => SlotError::PolicyRefused(format!(
                         "this TPM cannot load the slot's sealed object ({e}): it was enrolled on another TPM, or the TPM was cleared since; unlock with another slot, then re-enroll"
                     )),
-                    _ => tss("loading the sealed object")(e),
+                    _ => t.fail("loading the sealed object", e),
                 })?;
             t.loaded.push(sealed.into());
             let session = if policy.is_empty() {
@@ -410,11 +420,20 @@ impl Tpm {
                     tries_left: self.tries_left(),
                 }
             }
+            _ => self.fail("unsealing", e),
+        }
+    }
+
+    /// Any command's failure: dictionary-attack lockout (which also stops
+    /// the storage primary from authorizing a load, as its template has no
+    /// noDA), else the TPM's own words.
+    fn fail(&mut self, what: &str, e: TssError) -> SlotError {
+        match kind(&e) {
             Some(Tss2ResponseCodeKind::Lockout) => SlotError::LockedOut {
                 what: "the TPM".into(),
                 hint: self.lockout_hint(),
             },
-            _ => tss("unsealing")(e),
+            _ => tss(what)(e),
         }
     }
 

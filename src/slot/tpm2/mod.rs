@@ -309,15 +309,9 @@ impl Tpm2Params {
         Ok(Checked { blobs, pcrs, pin })
     }
 
-    /// The TCTI to unlock with: the environment's, else the default. The
-    /// stored hint is only shown.
-    fn tcti(&self) -> String {
-        resolve_tcti(None)
-    }
-
-    /// Unseal the KEK (for tests and `tpm2-tools` comparisons the KEK is
-    /// what matters; [`Slot::unwrap`] goes on to unwrap the backup key).
-    pub fn unseal_kek(&self, pin: Option<&SecretString>) -> Result<Kek, SlotError> {
+    /// Unseal the KEK from the TPM at `tcti`, with `pin` if the slot needs
+    /// one. Each call opens its own connection and flushes what it loaded.
+    pub fn unseal_kek(&self, tcti: &str, pin: Option<&SecretString>) -> Result<Kek, SlotError> {
         let checked = self.check()?;
         let auth = match (&checked.pin, pin) {
             (Some((salt, n)), Some(p)) => Some(pin_auth(p, salt, *n)?),
@@ -328,12 +322,30 @@ impl Tpm2Params {
             pcrs: checked.pcrs.as_ref().map(|(a, p)| (*a, p.as_slice())),
             auth: auth.as_ref().map(|a| a.as_slice()),
         };
-        let tcti = self.tcti();
-        let mut tpm = Tpm::open(&tcti).map_err(|e| self.with_hint(e))?;
+        let mut tpm = Tpm::open(tcti).map_err(|e| self.with_hint(e))?;
         let data = tpm.unseal(&checked.blobs, &policy)?;
         let bytes = <[u8; KEY_LEN]>::try_from(data.as_slice())
             .map_err(|_| malformed("private", "the sealed data is not a 32-byte KEK"))?;
         Ok(Kek::from_bytes(bytes))
+    }
+
+    /// Recover the backup key through the TPM at `tcti`: unseal the KEK,
+    /// then unwrap `wrapped`. [`Slot::unwrap`] does this with the TCTI from
+    /// the environment ([`resolve_tcti`]); the slot's own `tcti_hint` is
+    /// never used to connect.
+    pub fn unwrap_via(
+        &self,
+        wrapped: &WrappedKey,
+        tcti: &str,
+        pin: Option<&SecretString>,
+    ) -> Result<BackupKey, SlotError> {
+        let kek = self.unseal_kek(tcti, pin)?;
+        wrapped.unwrap(&kek).map_err(|_| {
+            malformed(
+                "wrapped",
+                "the KEK sealed in the TPM does not unwrap this slot's key",
+            )
+        })
     }
 
     fn with_hint(&self, e: SlotError) -> SlotError {
@@ -364,9 +376,10 @@ impl Slot for Tpm2Params {
         if let Err(e) = self.check() {
             return Some(Err(e));
         }
+        let tcti = resolve_tcti(None);
         let pin = if self.pin {
             // Ask only once the TPM answers: no PIN prompt for an absent TPM.
-            if let Err(e) = Tpm::open(&self.tcti()) {
+            if let Err(e) = Tpm::open(&tcti) {
                 return Some(Err(self.with_hint(e)));
             }
             let pin = ctx.secret(&ctx.factors.pin, "TPM PIN")?;
@@ -377,14 +390,7 @@ impl Slot for Tpm2Params {
         } else {
             None
         };
-        Some(self.unseal_kek(pin.as_ref()).and_then(|kek| {
-            wrapped.unwrap(&kek).map_err(|_| {
-                malformed(
-                    "wrapped",
-                    "the KEK sealed in the TPM does not unwrap this slot's key",
-                )
-            })
-        }))
+        Some(self.unwrap_via(wrapped, &tcti, pin.as_ref()))
     }
 
     fn describe(&self) -> String {
