@@ -342,3 +342,246 @@ fn primary_matches_tpm2_createprimary() {
     assert_eq!(hex::encode(ours), hex::encode(theirs));
     assert_nothing_loaded(&tpm);
 }
+
+// ---------------------------------------------------------------------------
+// The command line: the real binary, no terminal, a fresh process (and so a
+// fresh TPM connection) for every step.
+
+use common::Home;
+use predicates::prelude::*;
+
+/// `coffer` aimed at `tpm` through TPM2TOOLS_TCTI.
+fn coffer(h: &Home, tpm: &SwTpm) -> assert_cmd::Command {
+    let mut c = h.coffer();
+    c.env("TPM2TOOLS_TCTI", tpm.tcti());
+    c
+}
+
+/// init + `enroll tpm2 ARGS` (unlocking with the recovery key) + a sealed
+/// archive `a.coffer`.
+fn home_with_tpm_slot(tpm: &SwTpm, args: &[&str]) -> Home {
+    let h = Home::new();
+    h.init();
+    coffer(&h, tpm)
+        .args(["enroll", "tpm2", "--recovery-key-file", "recovery.txt"])
+        .args(args)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("(tpm2)"));
+    h.write("data.txt", "nightly backup\n");
+    coffer(&h, tpm)
+        .args([
+            "seal",
+            "data.txt",
+            "-o",
+            "a.coffer",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success();
+    h
+}
+
+#[test]
+fn cli_unattended_unlock_needs_no_terminal_and_no_factor() {
+    let tpm = SwTpm::start();
+    let h = home_with_tpm_slot(&tpm, &[]);
+    let kr = h.keyring_json();
+    let slot = kr["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "tpm2")
+        .expect("tpm2 slot in the keyring")
+        .clone();
+    assert_eq!(slot["pin"], false);
+    assert!(slot.get("pcrs").is_none());
+    // No terminal, no factor files: the TPM slot opens by itself.
+    for cmd in [
+        &["verify", "a.coffer"][..],
+        &["seal", "data.txt", "-o", "b.coffer"],
+    ] {
+        coffer(&h, &tpm)
+            .arg("-v")
+            .args(cmd)
+            .assert()
+            .success()
+            .stderr(predicate::str::contains("(tpm2)"));
+    }
+    coffer(&h, &tpm)
+        .args(["open", "b.coffer", "-o", "out"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(h.path("out/data.txt")).unwrap(),
+        "nightly backup\n"
+    );
+    coffer(&h, &tpm)
+        .arg("slots")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("TPM 2.0"));
+    // After a reboot of the TPM too.
+    let mut tpm = tpm;
+    tpm.restart();
+    coffer(&h, &tpm)
+        .args(["verify", "a.coffer"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn cli_changed_pcr_exits_5_and_falls_back_to_the_recovery_key() {
+    let tpm = SwTpm::start();
+    let h = home_with_tpm_slot(&tpm, &["--pcrs", "7"]);
+    coffer(&h, &tpm)
+        .args(["verify", "a.coffer"])
+        .assert()
+        .success();
+    tpm.pcr_extend(7, PCR_CHANGE);
+    coffer(&h, &tpm)
+        .args(["verify", "a.coffer"])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains(
+            "boot state differs from enrollment",
+        ));
+    coffer(&h, &tpm)
+        .args([
+            "-v",
+            "verify",
+            "a.coffer",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("(recovery)"));
+    // Re-enrolling binds the new boot state.
+    coffer(&h, &tpm)
+        .args([
+            "enroll",
+            "tpm2",
+            "--pcrs",
+            "sha256:7",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success();
+    coffer(&h, &tpm)
+        .args(["-v", "seal", "data.txt", "-o", "c.coffer"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("(tpm2)"));
+}
+
+#[test]
+fn cli_pin_slot_wrong_pin_exits_3_then_lockout_exits_5() {
+    let tpm = SwTpm::start();
+    let h = Home::new();
+    h.init();
+    h.write("pin.txt", "24680\n");
+    h.write("bad-pin.txt", "13579\n");
+    coffer(&h, &tpm)
+        .args(["enroll", "tpm2", "--pcrs", "7", "--new-pin-file", "pin.txt"])
+        .args(["--recovery-key-file", "recovery.txt"])
+        .assert()
+        .success();
+    assert_eq!(h.keyring_json()["slots"][1]["pin"], true);
+    // Without a PIN and without a terminal the slot is skipped: exit 5.
+    coffer(&h, &tpm)
+        .args(["enroll", "password", "--new-password-file", "pin.txt"])
+        .assert()
+        .code(5);
+    coffer(&h, &tpm)
+        .arg("slots")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("PCRs sha256:7, PIN"));
+    // The right PIN opens.
+    h.write("new.txt", "another password");
+    coffer(&h, &tpm)
+        .args(["-v", "enroll", "password", "--new-password-file", "new.txt"])
+        .args(["--pin-file", "pin.txt"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("(tpm2)"));
+    // A wrong PIN: exit 3, with the tries left.
+    let tries = coffer_hsm_sim::swtpm::DA_MAX_TRIES;
+    for left in (0..tries).rev() {
+        h.write("data.txt", "x");
+        coffer(&h, &tpm)
+            .args([
+                "seal", "data.txt", "-o", "x.coffer", "--force", "--slot", "tpm2",
+            ])
+            .args(["--pin-file", "bad-pin.txt"])
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains(format!(
+                "wrong PIN ({left} tries left)"
+            )));
+    }
+    // Locked out: exit 5, saying so and for how long; even the right PIN.
+    coffer(&h, &tpm)
+        .args(["seal", "data.txt", "-o", "x.coffer", "--slot", "tpm2"])
+        .args(["--pin-file", "pin.txt"])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains("locked").and(predicate::str::contains("60 s")));
+    // The other slots still work.
+    coffer(&h, &tpm)
+        .args(["seal", "data.txt", "-o", "x.coffer", "--force"])
+        .args(["--recovery-key-file", "recovery.txt"])
+        .assert()
+        .success();
+    coffer(&h, &tpm)
+        .args(["seal", "data.txt", "-o", "x.coffer", "--force"])
+        .args(["--password-file", "new.txt"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn cli_absent_tpm_exits_5() {
+    let tpm = SwTpm::start();
+    let h = home_with_tpm_slot(&tpm, &[]);
+    let gone = tpm.tcti();
+    drop(tpm);
+    let run = |args: &[&str]| {
+        let mut c = h.coffer();
+        c.env("TPM2TOOLS_TCTI", &gone).args(args);
+        c
+    };
+    run(&["verify", "a.coffer"])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains("not found"));
+    run(&["enroll", "tpm2", "--recovery-key-file", "recovery.txt"])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains("not found"));
+    run(&["verify", "a.coffer", "--recovery-key-file", "recovery.txt"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn cli_bad_pcr_list_is_a_usage_error() {
+    let h = Home::new();
+    h.init();
+    for bad in ["24", "md5:7", "seven"] {
+        h.coffer()
+            .args([
+                "enroll",
+                "tpm2",
+                "--pcrs",
+                bad,
+                "--recovery-key-file",
+                "recovery.txt",
+            ])
+            .assert()
+            .code(2);
+    }
+}
