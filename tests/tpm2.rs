@@ -112,7 +112,7 @@ fn changed_pcr_is_refused_as_boot_state() {
     let tpm = SwTpm::start();
     let (_, rec) = enroll(&tpm, Some("7"), None);
     tpm.pcr_extend(7, PCR_CHANGE);
-    let err = unlock(&tpm, &rec, None).err().expect("refused");
+    let err = unlock(&tpm, &rec, None).expect_err("refused");
     assert!(matches!(err, SlotError::PolicyRefused(_)), "{err:?}");
     assert!(
         err.to_string()
@@ -132,7 +132,7 @@ fn changed_pcr_with_right_pin_is_still_refused() {
     let tpm = SwTpm::start();
     let (_, rec) = enroll(&tpm, Some("7"), Some("2468"));
     tpm.pcr_extend(7, PCR_CHANGE);
-    let err = unlock(&tpm, &rec, Some("2468")).err().expect("refused");
+    let err = unlock(&tpm, &rec, Some("2468")).expect_err("refused");
     assert!(matches!(err, SlotError::PolicyRefused(_)), "{err:?}");
 }
 
@@ -140,7 +140,7 @@ fn changed_pcr_with_right_pin_is_still_refused() {
 fn wrong_pin_tells_tries_left() {
     let tpm = SwTpm::start();
     let (bk, rec) = enroll(&tpm, None, Some("2468"));
-    let err = unlock(&tpm, &rec, Some("2469")).err().expect("wrong PIN");
+    let err = unlock(&tpm, &rec, Some("2469")).expect_err("wrong PIN");
     assert!(
         matches!(err, SlotError::WrongPin { tries_left: Some(n) } if n == coffer_hsm_sim::swtpm::DA_MAX_TRIES - 1),
         "{err:?}"
@@ -160,7 +160,7 @@ fn repeated_wrong_pins_lock_out_and_say_for_how_long() {
     let (bk_nopin, rec_nopin) = enroll(&tpm, None, None);
     let mut last = None;
     for _ in 0..coffer_hsm_sim::swtpm::DA_MAX_TRIES {
-        let err = unlock(&tpm, &rec, Some("0000")).err().expect("wrong PIN");
+        let err = unlock(&tpm, &rec, Some("0000")).expect_err("wrong PIN");
         assert!(matches!(err, SlotError::WrongPin { .. }), "{err:?}");
         last = Some(err);
     }
@@ -174,14 +174,14 @@ fn repeated_wrong_pins_lock_out_and_say_for_how_long() {
         "{last:?}"
     );
     // Now even the right PIN is refused, and the error says why and how long.
-    let err = unlock(&tpm, &rec, Some("2468")).err().expect("locked out");
+    let err = unlock(&tpm, &rec, Some("2468")).expect_err("locked out");
     assert!(matches!(err, SlotError::LockedOut { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("locked") && msg.contains("60 s"), "{msg}");
     assert_eq!(err.exit_status(), ExitStatus::NoUsableSlot);
     // The storage primary of tpm2-tools' template is itself DA-protected,
     // so during lockout a slot without PIN cannot load either: it says so.
-    let err = unlock(&tpm, &rec_nopin, None).err().expect("locked out");
+    let err = unlock(&tpm, &rec_nopin, None).expect_err("locked out");
     assert!(matches!(err, SlotError::LockedOut { .. }), "{err:?}");
     // Clearing the lockout (lockout hierarchy auth) brings both back.
     tpm.run("tpm2_dictionarylockout", &["-c"]);
@@ -201,8 +201,7 @@ fn absent_tpm_is_device_not_found() {
     drop(tpm);
     let err = params(&rec)
         .unwrap_via(&rec.wrapped, &tcti, None)
-        .err()
-        .expect("no TPM");
+        .expect_err("no TPM");
     assert!(matches!(err, SlotError::DeviceNotFound { .. }), "{err:?}");
     assert_eq!(err.exit_status(), ExitStatus::NoUsableSlot);
     let err = tpm2::enroll(
@@ -212,8 +211,7 @@ fn absent_tpm_is_device_not_found() {
             ..Default::default()
         },
     )
-    .err()
-    .expect("no TPM to enroll with");
+    .expect_err("no TPM to enroll with");
     assert!(matches!(err, SlotError::DeviceNotFound { .. }), "{err:?}");
 }
 
@@ -222,7 +220,7 @@ fn blob_from_another_tpm_is_refused() {
     let a = SwTpm::start();
     let b = SwTpm::start();
     let (_, rec) = enroll(&a, None, None);
-    let err = unlock(&b, &rec, None).err().expect("other TPM");
+    let err = unlock(&b, &rec, None).expect_err("other TPM");
     assert!(
         matches!(err, SlotError::PolicyRefused(ref m) if m.contains("another TPM")),
         "{err:?}"

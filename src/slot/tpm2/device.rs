@@ -359,7 +359,7 @@ impl Tpm {
     ) -> Result<Zeroizing<Vec<u8>>, SlotError> {
         let public = unmarshal_public(&blobs.public)?;
         let private = unmarshal_private(&blobs.private)?;
-        let r = self.scoped(|t| {
+        self.scoped(|t| {
             let primary = t.create_primary()?;
             let s = t.salted_session(primary, SessionType::Hmac)?;
             t.session_attrs(s, false, false)?;
@@ -401,8 +401,7 @@ impl Tpm {
                 Ok(data) => Ok(Zeroizing::new(data.value().to_vec())),
                 Err(e) => Err(t.unseal_error(e, policy)),
             }
-        });
-        r
+        })
     }
 
     /// Map an unseal failure to what a person can act on.
