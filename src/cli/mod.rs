@@ -412,7 +412,7 @@ fn new_pin(env: &Env, file: Option<&Path>) -> Result<SecretString> {
 fn enroll_failure(kind: &str, error: coffer::error::SlotError) -> Error {
     Error::Unlock(coffer::error::UnlockFailure {
         attempts: vec![coffer::error::Attempt {
-            slot: format!("new {kind} slot"),
+            slot: format!("{kind} (enrolling)"),
             error,
         }],
         skipped: Vec::new(),

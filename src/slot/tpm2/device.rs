@@ -92,11 +92,18 @@ impl Tpm {
                     .into(),
             )
         })?;
-        let ctx = Context::new(conf).map_err(|e| {
-            not_found(format!(
-                "{e}; set --tcti or TPM2TOOLS_TCTI, or check that the TPM device exists and you may open it (group tss)"
-            ))
-        })?;
+        let why = match &conf {
+            TctiNameConf::Device(_) => {
+                "cannot open the TPM device: does it exist, and may you open it (usually group tss)? Another TPM: --tcti or TPM2TOOLS_TCTI"
+            }
+            TctiNameConf::Tabrmd(_) => {
+                "the TPM access broker (tpm2-abrmd) does not answer; is it running? Another TPM: --tcti or TPM2TOOLS_TCTI"
+            }
+            _ => {
+                "nothing answers there: is the TPM simulator running? Another TPM: --tcti or TPM2TOOLS_TCTI"
+            }
+        };
+        let ctx = Context::new(conf).map_err(|_| not_found(why.into()))?;
         Ok(Self {
             ctx,
             tcti: tcti.to_owned(),
@@ -570,6 +577,34 @@ mod tests {
             .marshall()
             .unwrap();
         assert!(unmarshal_public(&primary).is_err());
+    }
+
+    proptest::proptest! {
+        /// The blobs come from a keyring or archive header: tss's C
+        /// unmarshalling must refuse garbage without panicking, and only
+        /// canonical encodings may pass.
+        #[test]
+        fn arbitrary_blobs_are_refused_or_canonical(
+            b in proptest::collection::vec(proptest::num::u8::ANY, 0..700),
+        ) {
+            if let Ok(p) = unmarshal_public(&b) {
+                let again = PublicBuffer::try_from(p).unwrap().marshall().unwrap();
+                proptest::prop_assert_eq!(again, b.clone());
+            }
+            let _ = unmarshal_private(&b);
+        }
+
+        #[test]
+        fn mutated_public_blobs_never_panic(i in 0usize..200, x in proptest::num::u8::ANY) {
+            let policy = Policy { pcrs: None, auth: None };
+            let t = Tpm::sealed_template(&policy, Digest::default()).unwrap();
+            let mut b = PublicBuffer::try_from(t).unwrap().marshall().unwrap();
+            let n = b.len();
+            b[i % n] ^= x;
+            let _ = unmarshal_public(&b);
+            b.truncate(i % n);
+            let _ = unmarshal_public(&b);
+        }
     }
 
     #[test]

@@ -137,11 +137,12 @@ impl std::fmt::Display for PcrSpec {
 /// The TCTI to use: `explicit` (from `--tcti`), else `TPM2TOOLS_TCTI`, else
 /// `TCTI`, else [`DEFAULT_TCTI`].
 pub fn resolve_tcti(explicit: Option<&str>) -> String {
+    let env = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
     explicit
-        .map(str::to_owned)
-        .or_else(|| std::env::var("TPM2TOOLS_TCTI").ok())
-        .or_else(|| std::env::var("TCTI").ok())
         .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .or_else(|| env("TPM2TOOLS_TCTI"))
+        .or_else(|| env("TCTI"))
         .unwrap_or_else(|| DEFAULT_TCTI.to_owned())
 }
 
