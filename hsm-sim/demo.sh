@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end, in a throwaway folder: build coffer, create a
-# keyring (recovery key), enroll a password, list the slots.
+# keyring (recovery key), enroll a password, seal a folder, open it again
+# with the password, then on a "new laptop" (no keyring) with only the
+# archive and the recovery key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hsm-sim/install-deps.sh
@@ -11,13 +13,43 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export COFFER_KEYRING="$work/keyring.json"
 cd "$work"
+say() { echo; echo "== $*"; }
 
-echo "== coffer init (recovery key written to a 0600 file for this demo)"
+say "coffer init (the recovery key goes to a 0600 file for this demo)"
 "$COFFER" init --recovery-key-out recovery.txt
-echo "== coffer enroll password (unlocking with the recovery key)"
+say "coffer enroll password (unlocking with the recovery key)"
 printf 'demo password\n' > password.txt
 "$COFFER" enroll password --recovery-key-file recovery.txt --new-password-file password.txt
-echo "== coffer slots"
+say "coffer slots"
 "$COFFER" slots
+
+mkdir -p documents/photos documents/empty
+echo "the plan" > documents/plan.txt
+head -c 3000000 /dev/urandom > documents/photos/cat.jpg
+ln -s plan.txt documents/latest
+say "coffer seal documents -o backup.coffer (unlocking with the password)"
+"$COFFER" seal documents -o backup.coffer --password-file password.txt
+say "coffer inspect backup.coffer (no factor needed)"
+"$COFFER" inspect backup.coffer
+say "coffer verify backup.coffer"
+"$COFFER" verify backup.coffer --password-file password.txt
+say "coffer open backup.coffer -o restored"
+"$COFFER" open backup.coffer -o restored --password-file password.txt
+diff -r documents restored/documents && echo "restored copy is identical"
+
+say "a new laptop: no keyring, only the archive and the recovery key"
+mkdir laptop && cp backup.coffer recovery.txt laptop/
+(cd laptop && COFFER_KEYRING="$PWD/none.json" "$COFFER" open backup.coffer -o restored --recovery-key-file recovery.txt)
+diff -r documents laptop/restored/documents && echo "restored copy is identical"
+
+say "a tampered archive is refused and leaves nothing behind"
+cp backup.coffer tampered.coffer
+printf '\x01' | dd of=tampered.coffer bs=1 seek=100000 conv=notrunc status=none
+set +e
+"$COFFER" open tampered.coffer -o from-tampered --password-file password.txt
+status=$?
+set -e
+echo "exit status $status; from-tampered exists: $([ -e from-tampered ] && echo yes || echo no)"
+[ "$status" = 4 ] && [ ! -e from-tampered ]
 echo
 echo "demo: ok"

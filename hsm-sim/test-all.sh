@@ -8,12 +8,38 @@ cd "$(dirname "$0")/.."
 bash hsm-sim/install-deps.sh
 
 step() { echo; echo "== $*"; "$@"; }
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+# cargo test, keeping its result lines for the summary at the end.
+tests() { cargo test "$@" 2>&1 | tee -a "$results"; }
 
 step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
 step cargo clippy --workspace --all-targets --no-default-features -- -D warnings
 RUSTDOCFLAGS="-D warnings" step cargo doc --workspace --no-deps --quiet
-step cargo test --workspace --no-default-features
-step cargo test --workspace
+step tests --workspace --no-default-features
+step tests --workspace
+
+# An independent reader written from docs/format.md alone (Python) must
+# agree with every vector and testkit case.
+step bash tests/independent/run.sh
+
+# Fuzz targets: built, then run briefly on mutations of the testkit
+# archives and the keyring vector (uninstrumented on stable Rust; real
+# coverage-guided fuzzing: `cargo +nightly fuzz run header`).
+fuzz_smoke() {
+  (cd fuzz && cargo build --quiet)
+  local seeds
+  seeds=$(mktemp -d)
+  cp tests/testdata/archives/*.coffer tests/vectors/*.coffer "$seeds/"
+  fuzz/target/debug/header -runs=200000 -max_total_time=30 "$seeds" 2>&1 | tail -1
+  fuzz/target/debug/stream -runs=5000 -max_total_time=30 "$seeds" 2>&1 | tail -1
+  rm -rf "$seeds"; seeds=$(mktemp -d)
+  cp tests/vectors/keyring-v1.json "$seeds/"
+  fuzz/target/debug/keyring -runs=200000 -max_total_time=30 "$seeds" 2>&1 | tail -1
+  rm -rf "$seeds"
+}
+step fuzz_smoke
 echo
 echo "== all checks passed"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$results"

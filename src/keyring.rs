@@ -73,22 +73,96 @@ pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn check_shape(v: &Value, depth: usize, at: &str) -> std::result::Result<(), String> {
-    if depth > MAX_DEPTH {
-        return Err(format!("{at} nests deeper than {MAX_DEPTH} levels"));
+/// Parse JSON under coffer's rules (docs/format.md §3): integers only,
+/// no member name twice in an object, containers nested at most
+/// [`MAX_DEPTH`] deep (the top-level value is at depth 1).
+pub fn parse_strict_json(bytes: &[u8]) -> std::result::Result<Value, String> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = Strict { depth: 1 }
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+struct Strict {
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Value, D::Error> {
+        d.deserialize_any(self)
     }
-    match v {
-        Value::Number(n) if n.as_u64().is_none() && n.as_i64().is_none() => {
-            Err(format!("{at} holds a non-integer number"))
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<Value, E> {
+        Err(E::custom("a number is not an integer (or is out of range)"))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Value, A::Error> {
+        if self.depth > MAX_DEPTH {
+            return Err(serde::de::Error::custom(format!(
+                "nested deeper than {MAX_DEPTH} levels"
+            )));
         }
-        Value::Object(m) => m
-            .iter()
-            .try_for_each(|(k, x)| check_shape(x, depth + 1, &format!("{at}.{k}"))),
-        Value::Array(a) => a
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, x)| check_shape(x, depth + 1, &format!("{at}[{i}]"))),
-        _ => Ok(()),
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(Strict {
+            depth: self.depth + 1,
+        })? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Value, A::Error> {
+        if self.depth > MAX_DEPTH {
+            return Err(serde::de::Error::custom(format!(
+                "nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!(
+                    "member `{k}` appears twice"
+                )));
+            }
+            let v = map.next_value_seed(Strict {
+                depth: self.depth + 1,
+            })?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -156,9 +230,8 @@ impl Keyring {
         if bytes.len() as u64 > MAX_FILE_LEN {
             return Err(corrupt(format!("larger than {MAX_FILE_LEN} bytes")));
         }
-        let v: Value =
-            serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not JSON: {e}")))?;
-        check_shape(&v, 0, "keyring").map_err(corrupt)?;
+        let v = parse_strict_json(bytes)
+            .map_err(|e| corrupt(format!("not JSON as a keyring must be: {e}")))?;
         let Value::Object(mut m) = v else {
             return Err(corrupt("is not a JSON object".into()));
         };
@@ -221,17 +294,18 @@ impl Keyring {
             .map_err(|_| tampered("its MAC does not match"))
     }
 
-    /// Unlock with the slots (see [`slot::unlock`]), then check key id and MAC.
+    /// Unlock with the slots (see [`slot::unlock`]), then check key id and
+    /// MAC. Returns the key and the slot that gave it up.
     pub fn unlock(
         &self,
         path: &Path,
         selector: Option<&str>,
         factors: &Factors,
         ui: &dyn Ui,
-    ) -> Result<BackupKey> {
-        let (bk, _) = slot::unlock(&self.slots, selector, factors, ui)?;
+    ) -> Result<(BackupKey, &SlotRecord)> {
+        let (bk, used) = slot::unlock(&self.slots, selector, factors, ui)?;
         self.verify(&bk, path)?;
-        Ok(bk)
+        Ok((bk, used))
     }
 
     /// Add a slot and re-MAC under `bk` (which the caller just unlocked).
@@ -507,7 +581,7 @@ mod tests {
                 Box::new(|v| {
                     v["slots"][0]["created"] = serde_json::json!(1.5);
                 }),
-                "non-integer",
+                "not an integer",
             ),
             (
                 Box::new(|v| {
@@ -525,6 +599,15 @@ mod tests {
         }
         let err = Keyring::parse(b"{", Path::new("k")).unwrap_err();
         assert!(matches!(err, Error::KeyringCorrupt { .. }));
+        // A member named twice is refused, not resolved by either copy.
+        let text = String::from_utf8(kr.to_bytes()).unwrap();
+        let twice = text.replacen("\"version\": 1,", "\"version\": 1, \"version\": 1,", 1);
+        assert_ne!(twice, text);
+        let err = Keyring::parse(twice.as_bytes(), Path::new("k")).unwrap_err();
+        assert!(err.to_string().contains("appears twice"), "{err}");
+        let deep = format!("{}{}", "[".repeat(20), "]".repeat(20));
+        let err = Keyring::parse(deep.as_bytes(), Path::new("k")).unwrap_err();
+        assert!(err.to_string().contains("deeper"), "{err}");
     }
 
     #[test]

@@ -56,7 +56,7 @@ fn stream_round_trips_at_every_interesting_size() {
     for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7, 5 << 20] {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
         let ct = seal_stream(&h, &data, "s.coffer");
-        let header_len = Header::read(&mut &ct[..]).unwrap().len();
+        let header_len = Header::read(&mut &ct[..]).unwrap().encoded_len();
         let chunks = len.div_ceil(CHUNK).max(1);
         assert_eq!(
             ct.len(),
@@ -323,7 +323,7 @@ fn tampering_is_detected_and_leaves_nothing() {
     let h = home();
     let data: Vec<u8> = (0..3 * CHUNK + 100).map(|i| i as u8).collect();
     let ct = seal_stream(&h, &data, "t.coffer");
-    let hl = Header::read(&mut &ct[..]).unwrap().len();
+    let hl = Header::read(&mut &ct[..]).unwrap().encoded_len();
     let full = CHUNK + TAG_LEN;
     // Truncation at every chunk boundary and inside chunks and header.
     let mut cuts = vec![0, 8, hl - 1, hl, hl + 1, hl + full / 2, ct.len() - 1];

@@ -156,7 +156,7 @@ fn testkit_cases() -> Vec<(&'static str, Vec<u8>)> {
             seal_with(&bk, FLAG_TAR | FLAG_ZSTD, 4096, 0x25, &zstd_tar),
         ),
     ];
-    let hl = Header::read(&mut &good[..]).unwrap().len();
+    let hl = Header::read(&mut &good[..]).unwrap().encoded_len();
     let mut flip = good.clone();
     flip[hl - 10] ^= 1;
     cases.push(("bad-header-mac", flip));

@@ -126,14 +126,9 @@ impl Header {
         b
     }
 
-    /// Total header length in bytes.
-    pub fn len(&self) -> usize {
+    /// Length of the encoded header in bytes (where the payload starts).
+    pub fn encoded_len(&self) -> usize {
         self.raw.len() + MAC_LEN
-    }
-
-    /// Never true: a header has at least its fixed part.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Read a header from `r`, with limits checked before allocating.
@@ -186,8 +181,8 @@ impl Header {
         read_exact(r, &mut raw[FIXED_LEN..], "header slot list")?;
         let mut mac = [0u8; MAC_LEN];
         read_exact(r, &mut mac, "header MAC")?;
-        let value: serde_json::Value = serde_json::from_slice(&raw[FIXED_LEN..])
-            .map_err(|e| corrupt(format!("header: slot list is not JSON: {e}")))?;
+        let value = crate::keyring::parse_strict_json(&raw[FIXED_LEN..])
+            .map_err(|e| corrupt(format!("header: slot list is not valid JSON: {e}")))?;
         let serde_json::Value::Array(list) = value else {
             return Err(corrupt("header: slot list is not a JSON array"));
         };
@@ -248,7 +243,7 @@ mod tests {
     fn round_trip_and_verify() {
         let (bk, h) = sample();
         let bytes = h.to_bytes();
-        assert_eq!(bytes.len(), h.len());
+        assert_eq!(bytes.len(), h.encoded_len());
         let back = Header::read(&mut &bytes[..]).unwrap();
         back.verify(&bk).unwrap();
         assert_eq!(back.slots, h.slots);

@@ -253,7 +253,7 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
             "compression": compression,
             "chunk_size": header.chunk_size,
             "size": size,
-            "header_size": header.len(),
+            "header_size": header.encoded_len(),
             "slots": header.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
         }));
     }
@@ -265,7 +265,7 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
         header.chunk_size / 1024
     );
     if let Some(s) = size {
-        println!("size         {s} bytes (header {})", header.len());
+        println!("size         {s} bytes (header {})", header.encoded_len());
     }
     println!("slots (not authenticated until unlocked):");
     for s in &header.slots {

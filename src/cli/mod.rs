@@ -10,7 +10,7 @@ pub mod term;
 use clap::{Args, Parser, Subcommand};
 use coffer::error::{Error, Result};
 use coffer::keyring::{Keyring, KeyringFile};
-use coffer::slot::{self, Factors, password, recovery};
+use coffer::slot::{Factors, password, recovery};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use std::io::{IsTerminal, Read, Write};
@@ -287,13 +287,12 @@ pub fn run(cli: &Cli) -> Result<()> {
 
 /// Unlock `keyring` with the factors and prompts at hand.
 pub(crate) fn unlock(cli: &Cli, env: &Env, keyring: &Keyring) -> Result<coffer::key::BackupKey> {
-    let (bk, used) = slot::unlock(
-        &keyring.slots,
+    let (bk, used) = keyring.unlock(
+        &env.keyring.path,
         cli.unlock.slot.as_deref(),
         &env.factors,
         &env.ui,
     )?;
-    keyring.verify(&bk, &env.keyring.path)?;
     if cli.verbose {
         env.ui.info(&format!("unlocked with slot {}", used.label()));
     }

@@ -341,12 +341,15 @@ fn ordered<'s>(
         }
         None => slots.iter().collect(),
     };
-    // Stable: keyring order within each class.
+    // Stable: keyring order within each class; among equals, the recovery
+    // key goes last (it is the factor of last resort, kept in a drawer).
     chosen.sort_by_key(|s| {
-        s.params
+        let class = s
+            .params
             .as_slot()
             .map(|k| k.interaction(factors))
-            .unwrap_or(Interaction::Prompt)
+            .unwrap_or(Interaction::Prompt);
+        (class, matches!(s.params, SlotParams::Recovery(_)))
     });
     Ok(chosen)
 }
@@ -384,4 +387,87 @@ pub fn unlock<'s>(
         }
     }
     Err(Error::Unlock(failure))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A Ui that records the prompts it was shown and answers nothing.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Ui for Recorder {
+        fn message(&self, _: &str) {}
+        fn request_secret(&self, prompt: &str) -> Option<SecretString> {
+            self.0.lock().unwrap().push(prompt.to_owned());
+            None
+        }
+    }
+
+    fn slots() -> (BackupKey, Vec<SlotRecord>) {
+        let (bk, slots, _) = slots_and_key();
+        (bk, slots)
+    }
+
+    fn slots_and_key() -> (BackupKey, Vec<SlotRecord>, recovery::RecoveryKey) {
+        let bk = BackupKey::generate();
+        let (rec, key) = recovery::enroll(&bk);
+        let cheap = password::Cost {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        let pw = password::enroll(&bk, &SecretString::from("pw"), cheap).unwrap();
+        (bk, vec![rec, pw], key)
+    }
+
+    #[test]
+    fn prompts_ask_for_the_password_before_the_recovery_key() {
+        let (_, slots) = slots();
+        let ui = Recorder::default();
+        let err = unlock(&slots, None, &Factors::default(), &ui)
+            .err()
+            .unwrap();
+        let asked = ui.0.lock().unwrap().clone();
+        assert!(asked[0].starts_with("Password"), "{asked:?}");
+        assert!(asked[1].starts_with("Recovery key"), "{asked:?}");
+        // Nothing was tried: exit 5, both listed as skipped.
+        let Error::Unlock(f) = err else { panic!() };
+        assert_eq!(f.skipped.len(), 2);
+        assert_eq!(f.exit_status(), crate::ExitStatus::NoUsableSlot);
+    }
+
+    #[test]
+    fn a_supplied_factor_is_used_without_prompting() {
+        let (bk, slots) = slots();
+        let ui = Recorder::default();
+        let factors = Factors {
+            password: Some(SecretString::from("pw")),
+            ..Factors::default()
+        };
+        let (got, used) = unlock(&slots, None, &factors, &ui).unwrap();
+        assert_eq!(got.expose(), bk.expose());
+        assert_eq!(used.params.kind(), "password");
+        assert!(ui.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_wrong_factor_falls_through_to_the_next_slot() {
+        let (bk, slots, key) = slots_and_key();
+        let ui = crate::ui::NonInteractive::default();
+        let mut factors = Factors {
+            password: Some(SecretString::from("wrong")),
+            ..Factors::default()
+        };
+        let Error::Unlock(f) = unlock(&slots, None, &factors, &ui).err().unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.exit_status(), crate::ExitStatus::WrongFactor);
+        factors.recovery_key = Some(SecretString::from(key.display().to_string()));
+        let (got, used) = unlock(&slots, None, &factors, &ui).unwrap();
+        assert_eq!(got.expose(), bk.expose());
+        assert_eq!(used.params.kind(), "recovery");
+    }
 }
