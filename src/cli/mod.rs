@@ -150,7 +150,7 @@ pub enum EnrollKind {
         /// Bind to the boot state in these PCRs: `7`, `0,7` or `sha256:0,7`
         /// (none by default)
         #[arg(long, value_name = "LIST")]
-        pcrs: Option<slot::tpm2::PcrSpec>,
+        pcrs: Option<coffer::slot::tpm2::PcrSpec>,
         /// Also require a PIN (asked twice on the terminal, or --new-pin-file)
         #[arg(long)]
         with_pin: bool,
@@ -448,12 +448,12 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
             } else {
                 None
             };
-            let opts = slot::tpm2::EnrollOptions {
+            let opts = coffer::slot::tpm2::EnrollOptions {
                 tcti: tcti.clone(),
                 pcrs: pcrs.clone(),
                 pin,
             };
-            slot::tpm2::enroll(&bk, &opts).map_err(|e| enroll_failure("tpm2", e))?
+            coffer::slot::tpm2::enroll(&bk, &opts).map_err(|e| enroll_failure("tpm2", e))?
         }
     };
     let (id, kind) = (record.id.clone(), record.params.kind().to_owned());

@@ -58,6 +58,23 @@ pub struct Blobs {
     pub private: Vec<u8>,
 }
 
+/// A sealed object parsed from [`Blobs`], ready to load.
+pub struct Sealed {
+    public: Public,
+    private: Private,
+}
+
+impl Sealed {
+    /// Parse and check the blobs (sizes, canonical encoding, object type)
+    /// without a TPM.
+    pub fn parse(blobs: &Blobs) -> Result<Self, SlotError> {
+        Ok(Self {
+            public: unmarshal_public(&blobs.public)?,
+            private: unmarshal_private(&blobs.private)?,
+        })
+    }
+}
+
 /// An open connection to one TPM, which flushes what it loaded.
 pub struct Tpm {
     ctx: Context,
@@ -304,7 +321,7 @@ impl Tpm {
     /// The sealed-data object's public template: KeyedHash, nameAlg SHA-256,
     /// fixedTPM|fixedParent; userWithAuth only without a policy (so that the
     /// PIN alone cannot bypass a PCR policy); noDA only without a PIN.
-    fn sealed_template(policy: &Policy<'_>, digest: Digest) -> Result<Public, TssError> {
+    pub(crate) fn sealed_template(policy: &Policy<'_>, digest: Digest) -> Result<Public, TssError> {
         let attrs = ObjectAttributesBuilder::new()
             .with_fixed_tpm(true)
             .with_fixed_parent(true)
@@ -361,11 +378,10 @@ impl Tpm {
     /// response is encrypted, satisfying `policy`.
     pub fn unseal(
         &mut self,
-        blobs: &Blobs,
+        sealed: &Sealed,
         policy: &Policy<'_>,
     ) -> Result<Zeroizing<Vec<u8>>, SlotError> {
-        let public = unmarshal_public(&blobs.public)?;
-        let private = unmarshal_private(&blobs.private)?;
+        let (public, private) = (sealed.public.clone(), sealed.private.clone());
         self.scoped(|t| {
             let primary = t.create_primary()?;
             let s = t.salted_session(primary, SessionType::Hmac)?;
@@ -605,6 +621,30 @@ mod tests {
             b.truncate(i % n);
             let _ = unmarshal_public(&b);
         }
+    }
+
+    /// A blob coffer sealed (PCR 7 + PIN) on swtpm, also the fuzz seed:
+    /// it parses, and its attributes are the ones promised: fixedTPM,
+    /// fixedParent, userWithAuth clear (the PIN cannot bypass the PCR
+    /// policy), DA-protected, a policy set.
+    #[test]
+    fn vector_pcr7_pin_blob() {
+        let seed = include_bytes!("../../../fuzz/seeds/tpm2_slot/pcr7-pin.bin");
+        let (n, rest) = seed.split_first().unwrap();
+        let (public, private) = rest.split_at(usize::from(*n));
+        let sealed = Sealed::parse(&Blobs {
+            public: public.to_vec(),
+            private: private.to_vec(),
+        })
+        .unwrap();
+        let a = sealed.public.object_attributes();
+        assert!(a.fixed_tpm() && a.fixed_parent());
+        assert!(!a.user_with_auth() && !a.no_da() && !a.sensitive_data_origin());
+        assert_eq!(sealed.public.auth_policy().len(), 32);
+        assert_eq!(
+            sealed.public.name_hashing_algorithm(),
+            HashingAlgorithm::Sha256
+        );
     }
 
     #[test]

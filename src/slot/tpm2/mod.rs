@@ -21,7 +21,7 @@ use crate::error::SlotError;
 use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use device::{Blobs, Policy, Tpm};
+use device::{Blobs, Policy, Sealed, Tpm};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
@@ -251,7 +251,7 @@ fn malformed(field: &str, reason: impl Into<String>) -> SlotError {
 
 /// The checked form of [`Tpm2Params`].
 struct Checked {
-    blobs: Blobs,
+    sealed: Sealed,
     pcrs: Option<(HashingAlgorithm, Vec<u8>)>,
     pin: Option<([u8; PIN_SALT_LEN], u32)>,
 }
@@ -266,10 +266,10 @@ impl Tpm2Params {
             }
             B64.decode(s).map_err(|_| malformed(field, "not base64"))
         };
-        let blobs = Blobs {
+        let sealed = Sealed::parse(&Blobs {
             public: blob("public", &self.public)?,
             private: blob("private", &self.private)?,
-        };
+        })?;
         let pcrs = match (&self.pcr_bank, self.pcrs.is_empty()) {
             (None, true) => None,
             (Some(bank), false) => {
@@ -307,7 +307,13 @@ impl Tpm2Params {
                 ));
             }
         };
-        Ok(Checked { blobs, pcrs, pin })
+        Ok(Checked { sealed, pcrs, pin })
+    }
+
+    /// Check every field against its limits, and parse the sealed object,
+    /// without a TPM. Unlocking does this before anything else.
+    pub fn validate(&self) -> Result<(), SlotError> {
+        self.check().map(|_| ())
     }
 
     /// Unseal the KEK from the TPM at `tcti`, with `pin` if the slot needs
@@ -324,7 +330,7 @@ impl Tpm2Params {
             auth: auth.as_ref().map(|a| a.as_slice()),
         };
         let mut tpm = Tpm::open(tcti).map_err(|e| self.with_hint(e))?;
-        let data = tpm.unseal(&checked.blobs, &policy)?;
+        let data = tpm.unseal(&checked.sealed, &policy)?;
         let bytes = <[u8; KEY_LEN]>::try_from(data.as_slice())
             .map_err(|_| malformed("private", "the sealed data is not a 32-byte KEK"))?;
         Ok(Kek::from_bytes(bytes))
@@ -418,10 +424,22 @@ impl Slot for Tpm2Params {
 mod tests {
     use super::*;
 
+    /// Well-formed parameters (a real sealed-object template, a dummy
+    /// private blob) that the tests below spoil one field at a time.
     fn params() -> Tpm2Params {
+        use tss_esapi::traits::Marshall;
+        let policy = Policy {
+            pcrs: None,
+            auth: None,
+        };
+        let public = Tpm::sealed_template(&policy, Default::default()).unwrap();
+        let public = tss_esapi::structures::PublicBuffer::try_from(public)
+            .unwrap()
+            .marshall()
+            .unwrap();
         Tpm2Params {
-            public: B64.encode([0u8; 10]),
-            private: B64.encode([0u8; 2]),
+            public: B64.encode(public),
+            private: B64.encode([0u8, 2, 9, 9]),
             pcr_bank: None,
             pcrs: vec![],
             pin: false,
