@@ -128,6 +128,33 @@ fn changed_pcr_is_refused_as_boot_state() {
 }
 
 #[test]
+fn pcrs_of_an_inactive_bank_are_refused_at_enrollment() {
+    let mut tpm = SwTpm::start();
+    // Leave only the sha256 bank active (takes effect at the next boot).
+    tpm.run(
+        "tpm2_pcrallocate",
+        &["sha1:none+sha256:all+sha384:none+sha512:none"],
+    );
+    tpm.restart();
+    let err = tpm2::enroll(
+        &BackupKey::generate(),
+        &EnrollOptions {
+            tcti: Some(tpm.tcti()),
+            pcrs: Some("sha1:7".parse().unwrap()),
+            pin: None,
+        },
+    )
+    .expect_err("sha1 is not measured");
+    assert!(
+        matches!(err, SlotError::PolicyRefused(ref m) if m.contains("does not measure PCR 7")),
+        "{err:?}"
+    );
+    assert_nothing_loaded(&tpm);
+    let (bk, rec) = enroll(&tpm, Some("sha256:7"), None);
+    assert_eq!(unlock(&tpm, &rec, None).unwrap().expose(), bk.expose());
+}
+
+#[test]
 fn changed_pcr_with_right_pin_is_still_refused() {
     let tpm = SwTpm::start();
     let (_, rec) = enroll(&tpm, Some("7"), Some("2468"));

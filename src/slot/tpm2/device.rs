@@ -274,6 +274,44 @@ impl Tpm {
             .map_err(tss("building the PCR selection"))
     }
 
+    /// Refuse PCRs the TPM does not measure: PolicyPCR over a bank that is
+    /// not allocated would bind nothing at all.
+    fn check_pcrs_allocated(
+        &mut self,
+        bank: HashingAlgorithm,
+        pcrs: &[u8],
+    ) -> Result<(), SlotError> {
+        let (data, _) = self
+            .ctx
+            .execute_without_session(|c| c.get_capability(CapabilityType::AssignedPcr, 0, 1))
+            .map_err(tss("reading the PCR banks"))?;
+        let CapabilityData::AssignedPcr(list) = data else {
+            return Err(SlotError::Device(
+                "the TPM did not list its PCR banks".into(),
+            ));
+        };
+        let have = list
+            .get_selections()
+            .iter()
+            .find(|s| s.hashing_algorithm() == bank);
+        let missing: Vec<String> = pcrs
+            .iter()
+            .filter(|&&i| {
+                let slot = PcrSlot::try_from(1u32 << i).ok();
+                !matches!((have, slot), (Some(h), Some(s)) if h.is_selected(s))
+            })
+            .map(u8::to_string)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(SlotError::PolicyRefused(format!(
+                "this TPM does not measure PCR {} in its {bank:?} bank, so binding to it would bind nothing; choose PCRs of an active bank (`tpm2_getcap pcrs` lists them)",
+                missing.join(",")
+            )))
+        }
+    }
+
     /// Run the policy commands on `session` (a trial or a real policy session).
     fn run_policy(&mut self, session: AuthSession, policy: &Policy<'_>) -> Result<(), SlotError> {
         let ps = PolicySession::try_from(session).map_err(tss("policy session"))?;
@@ -342,6 +380,9 @@ impl Tpm {
     pub fn seal(&mut self, secret: &[u8], policy: &Policy<'_>) -> Result<Blobs, SlotError> {
         self.scoped(|t| {
             let primary = t.create_primary()?;
+            if let Some((bank, pcrs)) = policy.pcrs {
+                t.check_pcrs_allocated(bank, pcrs)?;
+            }
             let digest = if policy.is_empty() {
                 Digest::default()
             } else {
