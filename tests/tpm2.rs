@@ -290,6 +290,31 @@ fn unlock_falls_back_to_the_recovery_key() {
     assert!(err.to_string().contains("tpm2"), "{err}");
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn the_kek_never_crosses_the_bus_in_the_clear() {
+    let tpm = SwTpm::start();
+    for (pcrs, with_pin) in [(None, None), (Some("7"), Some("1357"))] {
+        let (bk, rec) = enroll(&tpm, pcrs, with_pin);
+        assert_eq!(unlock(&tpm, &rec, with_pin).unwrap().expose(), bk.expose());
+        let kek = params(&rec)
+            .unseal_kek(&tpm.tcti(), with_pin.map(pin).as_ref())
+            .unwrap();
+        let traffic = tpm.bus_traffic();
+        assert!(traffic.len() > 1000, "swtpm logged no traffic");
+        // Sealed (TPM2_Create) and unsealed three times: never in the clear.
+        assert!(!contains(&traffic, kek.expose()), "KEK seen on the bus");
+        // The probe works: tpm2_unseal without an encrypted session shows it.
+        if pcrs.is_none() {
+            unseal_with_tpm2_tools(&tpm, &rec, &[]);
+            assert!(contains(&tpm.bus_traffic(), kek.expose()));
+        }
+    }
+}
+
 /// Write the slot's blobs as tpm2-tools' files; unseal them with
 /// tpm2_createprimary + tpm2_load + tpm2_unseal; return what came out.
 fn unseal_with_tpm2_tools(tpm: &SwTpm, rec: &SlotRecord, auth: &[&str]) -> Vec<u8> {

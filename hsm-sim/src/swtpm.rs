@@ -106,7 +106,9 @@ impl SwTpm {
                 .arg(format!("dir={}", state.display()))
                 .args(["--flags", "startup-clear,not-need-init"])
                 .arg("--log")
-                .arg(format!("file={},level=1", log.display()))
+                // Level 20 logs every command and response in hex, which
+                // `bus_traffic` reads back.
+                .arg(format!("file={},level=20", log.display()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -201,6 +203,25 @@ impl SwTpm {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+        out
+    }
+
+    /// Every byte of every command and response swtpm has seen so far
+    /// (from its level-20 log), concatenated: what a probe on the bus
+    /// between the host and a hardware TPM would capture.
+    pub fn bus_traffic(&self) -> Vec<u8> {
+        let log = std::fs::read_to_string(self.state.path().join("swtpm.log")).unwrap_or_default();
+        let mut out = Vec::new();
+        for line in log.lines() {
+            let tokens: Vec<&str> = line.split_whitespace().collect();
+            let hex_line = !tokens.is_empty()
+                && tokens
+                    .iter()
+                    .all(|t| t.len() == 2 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+            if hex_line {
+                out.extend(tokens.iter().map(|t| u8::from_str_radix(t, 16).unwrap()));
+            }
+        }
         out
     }
 
