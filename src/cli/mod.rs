@@ -139,6 +139,26 @@ pub enum EnrollKind {
         #[arg(long, value_name = "FILE")]
         new_password_file: Option<PathBuf>,
     },
+    /// A TPM 2.0: a key sealed in the TPM; unlocks with nobody present
+    /// unless a PIN is set
+    #[cfg(feature = "tpm2")]
+    Tpm2 {
+        /// The TPM, as a tpm2-tss TCTI [default: $TPM2TOOLS_TCTI, else
+        /// $TCTI, else device:/dev/tpmrm0]
+        #[arg(long, value_name = "TCTI")]
+        tcti: Option<String>,
+        /// Bind to the boot state in these PCRs: `7`, `0,7` or `sha256:0,7`
+        /// (none by default)
+        #[arg(long, value_name = "LIST")]
+        pcrs: Option<coffer::slot::tpm2::PcrSpec>,
+        /// Also require a PIN (asked twice on the terminal, or --new-pin-file)
+        #[arg(long)]
+        with_pin: bool,
+        /// Read the new PIN from FILE (- for standard input); implies
+        /// --with-pin
+        #[arg(long, value_name = "FILE")]
+        new_pin_file: Option<PathBuf>,
+    },
 }
 
 /// What a command run needs besides its arguments.
@@ -202,6 +222,8 @@ impl Cli {
             Command::Enroll(EnrollKind::Password { new_password_file }) => {
                 new_password_file.as_ref()
             }
+            #[cfg(feature = "tpm2")]
+            Command::Enroll(EnrollKind::Tpm2 { new_pin_file, .. }) => new_pin_file.as_ref(),
             _ => None,
         };
         let dash = PathBuf::from("-");
@@ -370,6 +392,32 @@ fn new_password(env: &Env, file: Option<&Path>) -> Result<SecretString> {
     })
 }
 
+#[cfg(feature = "tpm2")]
+fn new_pin(env: &Env, file: Option<&Path>) -> Result<SecretString> {
+    if let Some(f) = file {
+        return read_secret_file(f);
+    }
+    env.ui.new_secret("New TPM PIN")?.ok_or_else(|| {
+        Error::Usage(
+            "enroll tpm2 --with-pin needs a terminal to ask for the new PIN, or --new-pin-file FILE"
+                .into(),
+        )
+    })
+}
+
+/// A device that failed while enrolling: reported like a slot that failed
+/// to unlock, so that an absent or locked device exits 5 and a wrong PIN 3.
+#[cfg(feature = "tpm2")]
+fn enroll_failure(kind: &str, error: coffer::error::SlotError) -> Error {
+    Error::Unlock(coffer::error::UnlockFailure {
+        attempts: vec![coffer::error::Attempt {
+            slot: format!("{kind} (enrolling)"),
+            error,
+        }],
+        skipped: Vec::new(),
+    })
+}
+
 fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
     let kf = &env.keyring;
     let lock = kf.lock()?;
@@ -383,6 +431,29 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
             }
             password::enroll(&bk, &pw, password::Cost::default())
                 .map_err(|e| Error::Refused(e.to_string()))?
+        }
+        #[cfg(feature = "tpm2")]
+        EnrollKind::Tpm2 {
+            tcti,
+            pcrs,
+            with_pin,
+            new_pin_file,
+        } => {
+            let pin = if *with_pin || new_pin_file.is_some() {
+                let pin = new_pin(env, new_pin_file.as_deref())?;
+                if pin.expose_secret().is_empty() {
+                    return Err(Error::Usage("the new PIN is empty".into()));
+                }
+                Some(pin)
+            } else {
+                None
+            };
+            let opts = coffer::slot::tpm2::EnrollOptions {
+                tcti: tcti.clone(),
+                pcrs: pcrs.clone(),
+                pin,
+            };
+            coffer::slot::tpm2::enroll(&bk, &opts).map_err(|e| enroll_failure("tpm2", e))?
         }
     };
     let (id, kind) = (record.id.clone(), record.params.kind().to_owned());
