@@ -14,6 +14,8 @@
 //! unwrap, or put one in an error.
 
 pub mod password;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 pub mod recovery;
 
 use crate::error::{Attempt, Error, SlotError, UnlockFailure};
@@ -160,6 +162,9 @@ pub enum SlotParams {
     Recovery(recovery::RecoveryParams),
     /// An Argon2id password.
     Password(password::PasswordParams),
+    /// A key on a PKCS#11 token.
+    #[cfg(feature = "pkcs11")]
+    Pkcs11(pkcs11::Pkcs11Params),
     /// A kind this build does not know; preserved on rewrite.
     Unknown(UnknownSlot),
 }
@@ -170,6 +175,8 @@ impl SlotParams {
         match self {
             SlotParams::Recovery(_) => recovery::KIND,
             SlotParams::Password(_) => password::KIND,
+            #[cfg(feature = "pkcs11")]
+            SlotParams::Pkcs11(_) => pkcs11::KIND,
             SlotParams::Unknown(u) => &u.kind,
         }
     }
@@ -179,6 +186,8 @@ impl SlotParams {
         match self {
             SlotParams::Recovery(p) => Some(p),
             SlotParams::Password(p) => Some(p),
+            #[cfg(feature = "pkcs11")]
+            SlotParams::Pkcs11(p) => Some(p),
             SlotParams::Unknown(_) => None,
         }
     }
@@ -189,6 +198,8 @@ impl SlotParams {
         Ok(match kind {
             recovery::KIND => SlotParams::Recovery(serde_json::from_value(v).map_err(typed)?),
             password::KIND => SlotParams::Password(serde_json::from_value(v).map_err(typed)?),
+            #[cfg(feature = "pkcs11")]
+            pkcs11::KIND => SlotParams::Pkcs11(serde_json::from_value(v).map_err(typed)?),
             _ => SlotParams::Unknown(UnknownSlot {
                 kind: kind.to_owned(),
                 fields,
@@ -200,6 +211,8 @@ impl SlotParams {
         let v = match self {
             SlotParams::Recovery(p) => serde_json::to_value(p),
             SlotParams::Password(p) => serde_json::to_value(p),
+            #[cfg(feature = "pkcs11")]
+            SlotParams::Pkcs11(p) => serde_json::to_value(p),
             SlotParams::Unknown(u) => return u.fields.clone(),
         }
         .expect("slot parameters serialize");
