@@ -143,6 +143,14 @@ fn malformed(field: &str, reason: impl Into<String>) -> SlotError {
     }
 }
 
+/// A module error in a line: `C_Login: CKR_PIN_INCORRECT`-like, short.
+fn ck_text(e: &CkError) -> String {
+    match e {
+        CkError::Pkcs11(rv, f) => format!("C_{f:?} returned {rv:?}"),
+        e => e.to_string(),
+    }
+}
+
 /// Map a module error to what a person can act on.
 fn ck_error(e: CkError, what: &str) -> SlotError {
     match &e {
@@ -158,7 +166,7 @@ fn ck_error(e: CkError, what: &str) -> SlotError {
             | RvError::TokenNotRecognized,
             _,
         ) => not_found(what, "insert the token, or check the module's configuration"),
-        _ => SlotError::Device(format!("{what}: {e}")),
+        _ => SlotError::Device(format!("{what}: {}", ck_text(&e))),
     }
 }
 
@@ -239,10 +247,12 @@ impl Token {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => {
                 return Err(not_found(
-                    mname,
                     format!(
-                        "it failed to start ({e}); check its configuration (for SoftHSM2: SOFTHSM2_CONF and the token folder)"
+                        "PKCS#11 token (module {} failed to start: {})",
+                        module.display(),
+                        ck_text(&e)
                     ),
+                    "check the token is there and the module's configuration (for SoftHSM2: SOFTHSM2_CONF and its token folder)",
                 ));
             }
         }
@@ -250,9 +260,13 @@ impl Token {
         let mut found = Vec::new();
         let slots = ctx.get_slots_with_token().map_err(|e| ck_error(e, &what))?;
         for slot in slots {
+            // SoftHSM (and others) show an empty, uninitialised token too.
             let Ok(info) = ctx.get_token_info(slot) else {
                 continue;
             };
+            if !info.token_initialized() {
+                continue;
+            }
             let matches = |k: &str, v: &str| uri.attr(k).is_none_or(|want| want == v.trim_end());
             if matches("token", info.label())
                 && matches("serial", info.serial_number())
@@ -791,6 +805,31 @@ mod tests {
         let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, eph);
         let kek2 = agreement::agree_ephemeral(tok, &peer, |s| ecdh_kek(s, &eph, &tok_pub)).unwrap();
         assert_eq!(kek.expose(), kek2.expose());
+    }
+
+    #[test]
+    fn module_errors_map_to_exit_statuses() {
+        use crate::error::ExitStatus;
+        use cryptoki::context::Function;
+        let st = |rv| ck_error(CkError::Pkcs11(rv, Function::Login), "t").exit_status();
+        assert_eq!(st(RvError::PinIncorrect), ExitStatus::WrongFactor);
+        assert_eq!(st(RvError::PinLocked), ExitStatus::NoUsableSlot);
+        assert!(matches!(
+            ck_error(CkError::Pkcs11(RvError::PinLocked, Function::Login), "t"),
+            SlotError::LockedOut { .. }
+        ));
+        assert!(matches!(
+            ck_error(
+                CkError::Pkcs11(RvError::TokenNotPresent, Function::OpenSession),
+                "t"
+            ),
+            SlotError::DeviceNotFound { .. }
+        ));
+        let e = ck_error(
+            CkError::Pkcs11(RvError::GeneralError, Function::Initialize),
+            "t",
+        );
+        assert_eq!(e.to_string(), "t: C_Initialize returned GeneralError");
     }
 
     #[test]
