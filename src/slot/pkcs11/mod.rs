@@ -136,6 +136,13 @@ fn not_found(what: impl Into<String>, hint: impl Into<String>) -> SlotError {
     }
 }
 
+fn no_pin() -> SlotError {
+    malformed(
+        "pin",
+        "the token needs its user PIN: give --pin-file, pin-source= in the URI, or run in a terminal",
+    )
+}
+
 fn malformed(field: &str, reason: impl Into<String>) -> SlotError {
     SlotError::Malformed {
         field: field.into(),
@@ -312,7 +319,7 @@ impl Token {
         let res = if self.info.protected_authentication_path() {
             session.login(UserType::User, None)
         } else {
-            let pin = pin.ok_or_else(|| SlotError::WrongPin { tries_left: None })?;
+            let pin = pin.ok_or(SlotError::WrongPin { tries_left: None })?;
             session.login(
                 UserType::User,
                 Some(&SecretString::from(pin.expose_secret().to_owned())),
@@ -464,7 +471,7 @@ pub fn enroll(
     match opts.mechanism {
         Pkcs11Mechanism::Ecdh => {
             if opts.generate {
-                let p = get_pin().ok_or(SlotError::WrongPin { tries_left: None })?;
+                let p = get_pin().ok_or_else(no_pin)?;
                 token.login(&session, Some(&p))?;
                 refuse_existing(
                     &token,
@@ -500,7 +507,7 @@ pub fn enroll(
                 .map_err(|e| ck_error(e, &token.what))?;
             if found.is_empty() {
                 // Some tokens show public keys only after login.
-                let p = get_pin().ok_or(SlotError::WrongPin { tries_left: None })?;
+                let p = get_pin().ok_or_else(no_pin)?;
                 token.login(&session, Some(&p))?;
             }
             let h = find_one(&token, &session, &uri, &t, "EC public key")?;
@@ -508,7 +515,7 @@ pub fn enroll(
             ecdh_record(bk, module, &uri, &point)
         }
         Pkcs11Mechanism::AesGcm => {
-            let p = get_pin().ok_or(SlotError::WrongPin { tries_left: None })?;
+            let p = get_pin().ok_or_else(no_pin)?;
             token.login(&session, Some(&p))?;
             let h = if opts.generate {
                 refuse_existing(
