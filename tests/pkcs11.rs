@@ -212,6 +212,44 @@ fn wrong_pin_is_exit_3_and_the_right_one_still_works() {
 }
 
 #[test]
+fn the_pin_comes_from_pin_source_or_the_slot_is_skipped() {
+    let r = Rig::new();
+    let pin = r.h.path("pin.txt");
+    let uri = format!(
+        "pkcs11:token=coffer;object=k?pin-source=file:{}",
+        pin.display()
+    );
+    r.enroll(&["--generate", "--uri", &uri]).success();
+    assert_eq!(r.pkcs11_slot()["uri"], uri);
+    // No --pin-file: the URI's pin-source is read.
+    r.coffer()
+        .args(["--slot", "pkcs11", "seal", "secret.txt", "-o", "a.coffer"])
+        .assert()
+        .success();
+    // Without any PIN and no terminal the slot is skipped: exit 5.
+    r.enroll(&["--generate", "--uri", "pkcs11:token=coffer;object=k2"])
+        .success();
+    let kr = r.h.keyring_json();
+    let id = kr["slots"].as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    r.coffer()
+        .args([
+            "--slot",
+            &id,
+            "seal",
+            "secret.txt",
+            "--force",
+            "-o",
+            "a.coffer",
+        ])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains("for want of a factor"));
+}
+
+#[test]
 fn a_uri_without_token_is_pinned_to_the_only_token() {
     let r = Rig::new();
     r.enroll(&["--generate", "--uri", "pkcs11:object=k"])

@@ -545,13 +545,15 @@ pub fn enroll(
             let kek = Kek::generate();
             let mut iv = [0u8; GCM_IV_LEN];
             crate::key::random_bytes(&mut iv);
-            let mut iv_param = iv;
-            let params =
-                GcmParams::new(&mut iv_param, AES_GCM_AAD, (GCM_TAG_LEN as u64 * 8).into())
+            let ct = {
+                let params = GcmParams::new(&mut iv, AES_GCM_AAD, (GCM_TAG_LEN as u64 * 8).into())
                     .map_err(|e| SlotError::Device(format!("AES-GCM parameters: {e}")))?;
-            let ct = session
-                .encrypt(&Mechanism::AesGcm(params), h, kek.expose())
-                .map_err(|e| ck_error(e, &token.what))?;
+                session
+                    .encrypt(&Mechanism::AesGcm(params), h, kek.expose())
+                    .map_err(|e| ck_error(e, &token.what))?
+            };
+            // `iv` now holds the IV the token used: a FIPS-mode HSM may
+            // replace ours with one it generated.
             if ct.len() != KEY_LEN + GCM_TAG_LEN {
                 return Err(SlotError::Device(format!(
                     "{}: AES-GCM gave {} bytes, not {}",

@@ -67,9 +67,11 @@ fn pct_decode(s: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn pct_encode(out: &mut String, v: &[u8], all: bool) {
+/// Percent-encode `v`: every byte if `all` (for `id`), else all but
+/// unreserved characters and `extra` (RFC 7512 allows more; this is enough).
+fn pct_encode(out: &mut String, v: &[u8], all: bool, extra: &[u8]) {
     for &c in v {
-        if !all && (c.is_ascii_alphanumeric() || b"-._~".contains(&c)) {
+        if !all && (c.is_ascii_alphanumeric() || b"-._~".contains(&c) || extra.contains(&c)) {
             out.push(c as char);
         } else {
             let _ = write!(out, "%{c:02X}");
@@ -180,7 +182,7 @@ impl Pkcs11Uri {
             }
             s.push_str(k);
             s.push('=');
-            pct_encode(&mut s, v, k == "id");
+            pct_encode(&mut s, v, k == "id", b":@");
         }
         let q: Vec<_> = self
             .query
@@ -191,7 +193,7 @@ impl Pkcs11Uri {
             s.push(if i == 0 { '?' } else { '&' });
             s.push_str(k);
             s.push('=');
-            pct_encode(&mut s, v, false);
+            pct_encode(&mut s, v, false, b":@/");
         }
         s
     }
@@ -257,7 +259,7 @@ mod tests {
         assert!(!s.contains("1234"), "{s}");
         assert_eq!(
             s,
-            "pkcs11:token=My%20Token;object=k%3B1;id=%01%02?pin-source=%2Frun%2Fpin"
+            "pkcs11:token=My%20Token;object=k%3B1;id=%01%02?pin-source=/run/pin"
         );
         let back = Pkcs11Uri::parse(&s).unwrap();
         assert_eq!(back.attr("object"), Some("k;1"));
