@@ -647,13 +647,24 @@ impl Pkcs11Params {
             )
         })?;
         let uri = Pkcs11Uri::parse(&self.uri).map_err(|e| malformed("uri", e))?;
+        let extra =
+            |field: &str| malformed(field, format!("not a member of a {} slot", mech.name()));
         match mech {
             Pkcs11Mechanism::Ecdh => {
                 point_field(&self.public_key, "public_key")?;
                 point_field(&self.ephemeral, "ephemeral")?;
+                if self.sealed_kek.is_some() {
+                    return Err(extra("sealed_kek"));
+                }
             }
             Pkcs11Mechanism::AesGcm => {
                 self.sealed()?;
+                if self.public_key.is_some() {
+                    return Err(extra("public_key"));
+                }
+                if self.ephemeral.is_some() {
+                    return Err(extra("ephemeral"));
+                }
             }
         }
         Ok((mech, uri))
@@ -857,6 +868,12 @@ mod tests {
         assert!(ecdh_wrap_kek(&point).is_err(), "not on the curve");
     }
 
+    fn point() -> [u8; 65] {
+        let mut p = [9u8; 65];
+        p[0] = 4;
+        p
+    }
+
     #[test]
     fn stored_fields_are_checked_before_the_token() {
         let p = Pkcs11Params {
@@ -870,6 +887,33 @@ mod tests {
         assert!(
             matches!(p.checked(), Err(SlotError::Malformed { field, .. }) if field == "ephemeral")
         );
+        let good = Pkcs11Params {
+            ephemeral: Some(B64.encode(point())),
+            public_key: Some(B64.encode(point())),
+            ..p.clone()
+        };
+        assert!(good.checked().is_ok());
+        let mixed = Pkcs11Params {
+            sealed_kek: Some(B64.encode([0u8; 60])),
+            ..good.clone()
+        };
+        assert!(
+            matches!(mixed.checked(), Err(SlotError::Malformed { field, .. }) if field == "sealed_kek")
+        );
+        let gcm = Pkcs11Params {
+            mechanism: "aes-gcm".into(),
+            ..mixed
+        };
+        assert!(
+            matches!(gcm.checked(), Err(SlotError::Malformed { field, .. }) if field == "public_key")
+        );
+        // The slot JSON round-trips, and unknown members are refused.
+        let rec = SlotRecord::new(SlotParams::Pkcs11(good), WrappedKey([0u8; 40]));
+        let json = rec.to_json();
+        assert_eq!(SlotRecord::from_json(&json).unwrap(), rec);
+        let mut bad = json.clone();
+        bad["pin"] = "1234".into();
+        assert!(SlotRecord::from_json(&bad).is_err());
         let p = Pkcs11Params {
             mechanism: "rsa".into(),
             ..p
