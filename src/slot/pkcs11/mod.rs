@@ -113,8 +113,8 @@ pub struct Pkcs11Params {
     pub sealed_kek: Option<String>,
 }
 
-/// What `enroll` needs to know.
-#[derive(Debug, Clone)]
+/// What `enroll` needs to know. `Debug` never shows the URI's `pin-value`.
+#[derive(Clone)]
 pub struct EnrollOptions {
     /// The module to load.
     pub module: PathBuf,
@@ -127,6 +127,21 @@ pub struct EnrollOptions {
     /// ecdh only: wrap to this public key (DER SubjectPublicKeyInfo or a raw
     /// uncompressed point) without touching the token.
     pub public_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for EnrollOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uri = Pkcs11Uri::parse(&self.uri)
+            .map(|u| u.to_stored())
+            .unwrap_or_else(|_| "(unparsed)".into());
+        f.debug_struct("EnrollOptions")
+            .field("module", &self.module)
+            .field("uri", &uri)
+            .field("mechanism", &self.mechanism)
+            .field("generate", &self.generate)
+            .field("public_key", &self.public_key.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 fn not_found(what: impl Into<String>, hint: impl Into<String>) -> SlotError {

@@ -56,7 +56,7 @@ fn pct_decode(s: &str) -> Result<Vec<u8>, String> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-escape at byte {i}"))?;
+                .ok_or_else(|| format!("bad percent-escape at byte {i} of a value"))?;
             out.push(hex);
             i += 3;
         } else {
@@ -88,10 +88,11 @@ fn parse_attrs(
     if part.is_empty() {
         return Ok(());
     }
-    for a in part.split(sep) {
+    for (i, a) in part.split(sep).enumerate() {
+        // Not echoed: it may be a mistyped `pin-value`.
         let (k, v) = a
             .split_once('=')
-            .ok_or_else(|| format!("attribute `{a}` has no `=`"))?;
+            .ok_or_else(|| format!("attribute {} has no `=`", i + 1))?;
         let k = k.to_ascii_lowercase();
         if k.is_empty() {
             return Err("an attribute has an empty name".into());
