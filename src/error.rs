@@ -162,6 +162,10 @@ pub enum Error {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// Enrolling a slot failed at its device or factor (exit status as for
+    /// the same failure when unlocking).
+    #[error("enroll: {0}")]
+    Enroll(SlotError),
 }
 
 impl Error {
@@ -183,6 +187,7 @@ impl Error {
             | Error::ArchiveCorrupt { .. } => ExitStatus::Corrupt,
             Error::Unlock(u) => u.exit_status(),
             Error::Usage(_) => ExitStatus::Usage,
+            Error::Enroll(e) => e.exit_status(),
         }
     }
 }

@@ -8,3 +8,4 @@
 
 pub mod swtpm;
 pub use swtpm::SwTpm;
+pub mod softhsm;

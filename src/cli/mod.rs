@@ -159,6 +159,39 @@ pub enum EnrollKind {
         #[arg(long, value_name = "FILE")]
         new_pin_file: Option<PathBuf>,
     },
+    /// A key on a PKCS#11 token (HSM, smart card, SoftHSM); the PIN comes
+    /// from the URI's pin-source, --pin-file, or a prompt
+    #[cfg(feature = "pkcs11")]
+    Pkcs11 {
+        /// The token's PKCS#11 module (a shared library)
+        #[arg(long, env = "COFFER_PKCS11_MODULE", value_name = "PATH")]
+        module: Option<PathBuf>,
+        /// RFC 7512 URI naming the token and key, e.g.
+        /// 'pkcs11:token=backup;object=coffer'
+        #[arg(long, value_name = "URI")]
+        uri: String,
+        /// Make the key on the token (sensitive, never extractable)
+        #[arg(long)]
+        generate: bool,
+        /// How the token protects the key-encryption key
+        #[arg(long, value_enum, default_value_t = MechanismArg::Ecdh)]
+        mechanism: MechanismArg,
+        /// ecdh: wrap to this public key (DER or PEM SubjectPublicKeyInfo,
+        /// e.g. from `pkcs11-tool --read-object --type pubkey`) without
+        /// touching the token
+        #[arg(long, value_name = "FILE", conflicts_with = "generate")]
+        public_key: Option<PathBuf>,
+    },
+}
+
+/// `--mechanism` values of `enroll pkcs11`.
+#[cfg(feature = "pkcs11")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MechanismArg {
+    /// EC P-256 key on the token; wrapping needs only its public key
+    Ecdh,
+    /// AES-256 key on the token encrypts the key-encryption key
+    AesGcm,
 }
 
 /// What a command run needs besides its arguments.
@@ -405,19 +438,6 @@ fn new_pin(env: &Env, file: Option<&Path>) -> Result<SecretString> {
     })
 }
 
-/// A device that failed while enrolling: reported like a slot that failed
-/// to unlock, so that an absent or locked device exits 5 and a wrong PIN 3.
-#[cfg(feature = "tpm2")]
-fn enroll_failure(kind: &str, error: coffer::error::SlotError) -> Error {
-    Error::Unlock(coffer::error::UnlockFailure {
-        attempts: vec![coffer::error::Attempt {
-            slot: format!("{kind} (enrolling)"),
-            error,
-        }],
-        skipped: Vec::new(),
-    })
-}
-
 fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
     let kf = &env.keyring;
     let lock = kf.lock()?;
@@ -453,8 +473,24 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
                 pcrs: pcrs.clone(),
                 pin,
             };
-            coffer::slot::tpm2::enroll(&bk, &opts).map_err(|e| enroll_failure("tpm2", e))?
+            coffer::slot::tpm2::enroll(&bk, &opts).map_err(Error::Enroll)?
         }
+        #[cfg(feature = "pkcs11")]
+        EnrollKind::Pkcs11 {
+            module,
+            uri,
+            generate,
+            mechanism,
+            public_key,
+        } => enroll_pkcs11(
+            env,
+            &bk,
+            module.as_deref(),
+            uri,
+            *generate,
+            *mechanism,
+            public_key.as_deref(),
+        )?,
     };
     let (id, kind) = (record.id.clone(), record.params.kind().to_owned());
     keyring.add_slot(&bk, record)?;
@@ -465,6 +501,77 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
         env.ui.info(&format!("enrolled slot {id} ({kind})"));
     }
     Ok(())
+}
+
+#[cfg(feature = "pkcs11")]
+fn enroll_pkcs11(
+    env: &Env,
+    bk: &coffer::key::BackupKey,
+    module: Option<&Path>,
+    uri: &str,
+    generate: bool,
+    mechanism: MechanismArg,
+    public_key: Option<&Path>,
+) -> Result<coffer::slot::SlotRecord> {
+    use coffer::slot::pkcs11;
+    let parsed =
+        pkcs11::uri::Pkcs11Uri::parse(uri).map_err(|e| Error::Usage(format!("--uri: {e}")))?;
+    let module = module
+        .map(Path::to_path_buf)
+        .or_else(|| parsed.attr("module-path").map(PathBuf::from))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "enroll pkcs11 needs the token's module: --module PATH, {} or module-path= in the URI",
+                pkcs11::MODULE_ENV
+            ))
+        })?;
+    let mechanism = match mechanism {
+        MechanismArg::Ecdh => pkcs11::Pkcs11Mechanism::Ecdh,
+        MechanismArg::AesGcm => pkcs11::Pkcs11Mechanism::AesGcm,
+    };
+    let public_key = match public_key {
+        None => None,
+        Some(_) if mechanism != pkcs11::Pkcs11Mechanism::Ecdh => {
+            return Err(Error::Usage(
+                "--public-key works with --mechanism ecdh only".into(),
+            ));
+        }
+        Some(p) => Some(read_public_key(p)?),
+    };
+    let opts = pkcs11::EnrollOptions {
+        module,
+        uri: uri.to_owned(),
+        mechanism,
+        generate,
+        public_key,
+    };
+    pkcs11::enroll(bk, &opts, env.factors.pin.as_ref(), &env.ui).map_err(|e| match e {
+        coffer::error::SlotError::Malformed { field, reason } => {
+            Error::Usage(format!("{field}: {reason}"))
+        }
+        e => Error::Enroll(e),
+    })
+}
+
+/// A public key file: DER, or PEM (`-----BEGIN PUBLIC KEY-----`).
+#[cfg(feature = "pkcs11")]
+fn read_public_key(p: &Path) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+    let Some(text) = std::str::from_utf8(&bytes)
+        .ok()
+        .filter(|t| t.trim_start().starts_with("-----BEGIN PUBLIC KEY-----"))
+    else {
+        return Ok(bytes);
+    };
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|_| Error::Usage(format!("{}: PEM body is not base64", p.display())))
 }
 
 fn slots(cli: &Cli, env: &Env) -> Result<()> {

@@ -14,6 +14,8 @@
 //! unwrap, or put one in an error.
 
 pub mod password;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 pub mod recovery;
 #[cfg(feature = "tpm2")]
 pub mod tpm2;
@@ -165,6 +167,9 @@ pub enum SlotParams {
     /// A KEK sealed in a TPM 2.0.
     #[cfg(feature = "tpm2")]
     Tpm2(tpm2::Tpm2Params),
+    /// A key on a PKCS#11 token.
+    #[cfg(feature = "pkcs11")]
+    Pkcs11(pkcs11::Pkcs11Params),
     /// A kind this build does not know; preserved on rewrite.
     Unknown(UnknownSlot),
 }
@@ -177,6 +182,8 @@ impl SlotParams {
             SlotParams::Password(_) => password::KIND,
             #[cfg(feature = "tpm2")]
             SlotParams::Tpm2(_) => tpm2::KIND,
+            #[cfg(feature = "pkcs11")]
+            SlotParams::Pkcs11(_) => pkcs11::KIND,
             SlotParams::Unknown(u) => &u.kind,
         }
     }
@@ -188,6 +195,8 @@ impl SlotParams {
             SlotParams::Password(p) => Some(p),
             #[cfg(feature = "tpm2")]
             SlotParams::Tpm2(p) => Some(p),
+            #[cfg(feature = "pkcs11")]
+            SlotParams::Pkcs11(p) => Some(p),
             SlotParams::Unknown(_) => None,
         }
     }
@@ -200,6 +209,8 @@ impl SlotParams {
             password::KIND => SlotParams::Password(serde_json::from_value(v).map_err(typed)?),
             #[cfg(feature = "tpm2")]
             tpm2::KIND => SlotParams::Tpm2(serde_json::from_value(v).map_err(typed)?),
+            #[cfg(feature = "pkcs11")]
+            pkcs11::KIND => SlotParams::Pkcs11(serde_json::from_value(v).map_err(typed)?),
             _ => SlotParams::Unknown(UnknownSlot {
                 kind: kind.to_owned(),
                 fields,
@@ -213,6 +224,8 @@ impl SlotParams {
             SlotParams::Password(p) => serde_json::to_value(p),
             #[cfg(feature = "tpm2")]
             SlotParams::Tpm2(p) => serde_json::to_value(p),
+            #[cfg(feature = "pkcs11")]
+            SlotParams::Pkcs11(p) => serde_json::to_value(p),
             SlotParams::Unknown(u) => return u.fields.clone(),
         }
         .expect("slot parameters serialize");

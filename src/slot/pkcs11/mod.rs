@@ -1,0 +1,940 @@
+//! The PKCS#11 token slot: a key on a token named by an RFC 7512 URI, used
+//! through the token's module (loaded at run time by `cryptoki`).
+//!
+//! Mechanisms:
+//! - `ecdh` (default): an EC P-256 key pair on the token. Wrapping needs only
+//!   its public point: ephemeral P-256 ECDH in software, then
+//!   KEK = HKDF-SHA256(shared x, salt = ephemeral ‖ recipient, info =
+//!   `coffer/v1 pkcs11 ecdh kek`). Unwrapping asks the token for
+//!   `C_DeriveKey(CKM_ECDH1_DERIVE, CKD_NULL)` with the ephemeral point.
+//! - `aes-gcm`: an AES-256 key on the token encrypts a random KEK
+//!   (`C_Encrypt`, CKM_AES_GCM, random 96-bit IV, 128-bit tag, AAD =
+//!   `coffer/v1 pkcs11 aes-gcm kek`), for tokens that refuse to hand out a
+//!   derived secret.
+//!
+//! Tokens are found by label/serial/manufacturer/model, never by slot
+//! number (SoftHSM renumbers slots).
+//!
+//! Owns: talking to the module, mapping its return values to [`SlotError`].
+//! Must never: store a PIN (a URI's `pin-value` is dropped before storing),
+//! keep the derived secret or the KEK past the unwrap, or leave a derived
+//! object on the token.
+
+pub mod uri;
+
+use super::{Factors, Interaction, Slot, SlotParams, SlotRecord, UnlockContext};
+use crate::error::SlotError;
+use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey};
+use crate::ui::Ui;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use uri::Pkcs11Uri;
+use zeroize::Zeroizing;
+
+/// The kind name in the keyring.
+pub const KIND: &str = "pkcs11";
+/// The environment variable naming the default module.
+pub const MODULE_ENV: &str = "COFFER_PKCS11_MODULE";
+/// HKDF `info` for the ECDH mechanism's KEK (part of the format).
+pub const ECDH_KEK_INFO: &[u8] = b"coffer/v1 pkcs11 ecdh kek";
+/// AES-GCM additional data binding the sealed KEK to its use.
+pub const AES_GCM_AAD: &[u8] = b"coffer/v1 pkcs11 aes-gcm kek";
+/// Length of an uncompressed P-256 point.
+pub const P256_POINT_LEN: usize = 65;
+/// AES-GCM IV length, bytes.
+pub const GCM_IV_LEN: usize = 12;
+/// AES-GCM tag length, bytes.
+pub const GCM_TAG_LEN: usize = 16;
+/// DER of the P-256 curve OID (CKA_EC_PARAMS of a P-256 key).
+const P256_OID_DER: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// DER prefix of a P-256 SubjectPublicKeyInfo holding an uncompressed point.
+const P256_SPKI_PREFIX: &[u8] = &[
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// How the token protects the KEK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pkcs11Mechanism {
+    /// EC P-256 key on the token, ECDH (default).
+    #[default]
+    Ecdh,
+    /// AES-256 key on the token, AES-GCM encryption of a random KEK.
+    AesGcm,
+}
+
+impl Pkcs11Mechanism {
+    /// The name as stored and given on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pkcs11Mechanism::Ecdh => "ecdh",
+            Pkcs11Mechanism::AesGcm => "aes-gcm",
+        }
+    }
+
+    /// Parse a stored or typed name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ecdh" => Some(Self::Ecdh),
+            "aes-gcm" => Some(Self::AesGcm),
+            _ => None,
+        }
+    }
+}
+
+/// Public parameters of a PKCS#11 slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Params {
+    /// Path of the PKCS#11 module used at enrollment.
+    pub module: String,
+    /// The RFC 7512 URI naming the token and key (never with `pin-value`).
+    pub uri: String,
+    /// `ecdh` or `aes-gcm`.
+    pub mechanism: String,
+    /// ecdh: the token key's public point (uncompressed, base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// ecdh: the ephemeral public point (uncompressed, base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral: Option<String>,
+    /// aes-gcm: IV ‖ ciphertext ‖ tag of the KEK (base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_kek: Option<String>,
+}
+
+/// What `enroll` needs to know. `Debug` never shows the URI's `pin-value`.
+#[derive(Clone)]
+pub struct EnrollOptions {
+    /// The module to load.
+    pub module: PathBuf,
+    /// The URI naming the token and key.
+    pub uri: String,
+    /// Which mechanism.
+    pub mechanism: Pkcs11Mechanism,
+    /// Make a new key on the token (refused if one matches the URI already).
+    pub generate: bool,
+    /// ecdh only: wrap to this public key (DER SubjectPublicKeyInfo or a raw
+    /// uncompressed point) without touching the token.
+    pub public_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for EnrollOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uri = Pkcs11Uri::parse(&self.uri)
+            .map(|u| u.to_stored())
+            .unwrap_or_else(|_| "(unparsed)".into());
+        f.debug_struct("EnrollOptions")
+            .field("module", &self.module)
+            .field("uri", &uri)
+            .field("mechanism", &self.mechanism)
+            .field("generate", &self.generate)
+            .field("public_key", &self.public_key.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+fn not_found(what: impl Into<String>, hint: impl Into<String>) -> SlotError {
+    SlotError::DeviceNotFound {
+        what: what.into(),
+        hint: hint.into(),
+    }
+}
+
+fn no_pin() -> SlotError {
+    malformed(
+        "pin",
+        "the token needs its user PIN: give --pin-file, pin-source= in the URI, or run in a terminal",
+    )
+}
+
+fn malformed(field: &str, reason: impl Into<String>) -> SlotError {
+    SlotError::Malformed {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A module error in a line: `C_Login: CKR_PIN_INCORRECT`-like, short.
+fn ck_text(e: &CkError) -> String {
+    match e {
+        CkError::Pkcs11(rv, f) => format!("C_{f:?} returned {rv:?}"),
+        e => e.to_string(),
+    }
+}
+
+/// Map a module error to what a person can act on.
+fn ck_error(e: CkError, what: &str) -> SlotError {
+    match &e {
+        CkError::Pkcs11(RvError::PinIncorrect, _) => SlotError::WrongPin { tries_left: None },
+        CkError::Pkcs11(RvError::PinLocked, _) => SlotError::LockedOut {
+            what: what.into(),
+            hint: "the user PIN is locked after too many wrong tries; the token's security officer can reset it".into(),
+        },
+        CkError::Pkcs11(
+            RvError::TokenNotPresent
+            | RvError::DeviceRemoved
+            | RvError::SlotIdInvalid
+            | RvError::TokenNotRecognized,
+            _,
+        ) => not_found(what, "insert the token, or check the module's configuration"),
+        _ => SlotError::Device(format!("{what}: {}", ck_text(&e))),
+    }
+}
+
+/// Take a P-256 public key as a raw uncompressed point, a DER OCTET STRING
+/// around one (CKA_EC_POINT), or a DER SubjectPublicKeyInfo (what
+/// `pkcs11-tool --read-object --type pubkey` and `openssl` write).
+pub fn p256_point(bytes: &[u8]) -> Result<[u8; P256_POINT_LEN], String> {
+    let raw = if bytes.len() == P256_POINT_LEN {
+        bytes
+    } else if bytes.len() == P256_POINT_LEN + 2 && bytes[0] == 0x04 && bytes[1] == 0x41 {
+        &bytes[2..]
+    } else if let Some(p) = bytes.strip_prefix(P256_SPKI_PREFIX) {
+        p
+    } else {
+        return Err(format!(
+            "{} bytes: not an uncompressed P-256 point or a P-256 SubjectPublicKeyInfo",
+            bytes.len()
+        ));
+    };
+    let point: [u8; P256_POINT_LEN] = raw
+        .try_into()
+        .map_err(|_| "not an uncompressed P-256 point".to_string())?;
+    if point[0] != 0x04 {
+        return Err("not an uncompressed P-256 point".into());
+    }
+    Ok(point)
+}
+
+/// Wrap-side ECDH in software: a fresh ephemeral key, agreed with
+/// `recipient`. Returns the KEK and the ephemeral public point.
+pub fn ecdh_wrap_kek(
+    recipient: &[u8; P256_POINT_LEN],
+) -> Result<(Kek, [u8; P256_POINT_LEN]), String> {
+    use ring::agreement;
+    let rng = ring::rand::SystemRandom::new();
+    let eph = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
+        .map_err(|_| "could not make an ephemeral P-256 key")?;
+    let eph_pub: [u8; P256_POINT_LEN] = eph
+        .compute_public_key()
+        .map_err(|_| "could not compute the ephemeral public key")?
+        .as_ref()
+        .try_into()
+        .map_err(|_| "ephemeral public key is not 65 bytes")?;
+    let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, recipient);
+    let kek =
+        agreement::agree_ephemeral(eph, &peer, |shared| ecdh_kek(shared, &eph_pub, recipient))
+            .map_err(|_| "the public key is not a valid P-256 point")?;
+    Ok((kek, eph_pub))
+}
+
+fn ecdh_kek(shared: &[u8], eph: &[u8], recipient: &[u8]) -> Kek {
+    let mut salt = [0u8; 2 * P256_POINT_LEN];
+    salt[..P256_POINT_LEN].copy_from_slice(eph);
+    salt[P256_POINT_LEN..].copy_from_slice(recipient);
+    Kek::derive(Some(&salt), shared, ECDH_KEK_INFO)
+}
+
+/// An initialized module and the one token the URI names.
+struct Token {
+    ctx: Pkcs11,
+    slot: cryptoki::slot::Slot,
+    info: cryptoki::slot::TokenInfo,
+    what: String,
+}
+
+impl Token {
+    fn open(module: &Path, uri: &Pkcs11Uri) -> Result<Self, SlotError> {
+        let mname = format!("PKCS#11 module {}", module.display());
+        let ctx = Pkcs11::new(module).map_err(|e| {
+            not_found(
+                mname.clone(),
+                format!(
+                    "it did not load ({e}); install it, or name it with --module or {MODULE_ENV}"
+                ),
+            )
+        })?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => {
+                return Err(not_found(
+                    format!(
+                        "PKCS#11 token (module {} failed to start: {})",
+                        module.display(),
+                        ck_text(&e)
+                    ),
+                    "check the token is there and the module's configuration (for SoftHSM2: SOFTHSM2_CONF and its token folder)",
+                ));
+            }
+        }
+        let what = format!("PKCS#11 {}", uri.describe_token());
+        let mut found = Vec::new();
+        let slots = ctx.get_slots_with_token().map_err(|e| ck_error(e, &what))?;
+        for slot in slots {
+            // SoftHSM (and others) show an empty, uninitialised token too.
+            let Ok(info) = ctx.get_token_info(slot) else {
+                continue;
+            };
+            if !info.token_initialized() {
+                continue;
+            }
+            let matches = |k: &str, v: &str| uri.attr(k).is_none_or(|want| want == v.trim_end());
+            if matches("token", info.label())
+                && matches("serial", info.serial_number())
+                && matches("manufacturer", info.manufacturer_id())
+                && matches("model", info.model())
+            {
+                found.push((slot, info));
+            }
+        }
+        if found.len() > 1 {
+            return Err(SlotError::Device(format!(
+                "{what}: {} tokens match; name one with token= or serial= in the URI",
+                found.len()
+            )));
+        }
+        let Some((slot, info)) = found.pop() else {
+            return Err(not_found(
+                what,
+                format!(
+                    "no such token behind {mname}; insert it, or check the URI (`pkcs11-tool --module {} --list-token-slots` lists tokens)",
+                    module.display()
+                ),
+            ));
+        };
+        Ok(Self {
+            ctx,
+            slot,
+            info,
+            what,
+        })
+    }
+
+    fn session(&self, rw: bool) -> Result<Session, SlotError> {
+        let s = if rw {
+            self.ctx.open_rw_session(self.slot)
+        } else {
+            self.ctx.open_ro_session(self.slot)
+        };
+        s.map_err(|e| ck_error(e, &self.what))
+    }
+
+    fn login(&self, session: &Session, pin: Option<&SecretString>) -> Result<(), SlotError> {
+        let res = if self.info.protected_authentication_path() {
+            session.login(UserType::User, None)
+        } else {
+            let pin = pin.ok_or(SlotError::WrongPin { tries_left: None })?;
+            session.login(
+                UserType::User,
+                Some(&SecretString::from(pin.expose_secret().to_owned())),
+            )
+        };
+        match res {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                let after = self.ctx.get_token_info(self.slot).ok();
+                Err(match after {
+                    Some(i) if i.user_pin_locked() => ck_error(
+                        CkError::Pkcs11(RvError::PinLocked, cryptoki::context::Function::Login),
+                        &self.what,
+                    ),
+                    Some(i) if i.user_pin_final_try() => SlotError::WrongPin {
+                        tries_left: Some(1),
+                    },
+                    _ => SlotError::WrongPin { tries_left: None },
+                })
+            }
+            Err(e) => Err(ck_error(e, &self.what)),
+        }
+    }
+}
+
+fn key_template(uri: &Pkcs11Uri, class: ObjectClass, key_type: KeyType) -> Vec<Attribute> {
+    let mut t = vec![Attribute::Class(class), Attribute::KeyType(key_type)];
+    if let Some(l) = uri.attr("object") {
+        t.push(Attribute::Label(l.as_bytes().to_vec()));
+    }
+    if let Some(id) = uri.id() {
+        t.push(Attribute::Id(id.to_vec()));
+    }
+    t
+}
+
+/// The one object matching `template`; not found and ambiguous are errors
+/// that name what was looked for.
+fn find_one(
+    token: &Token,
+    session: &Session,
+    uri: &Pkcs11Uri,
+    template: &[Attribute],
+    kind: &str,
+) -> Result<ObjectHandle, SlotError> {
+    let found = session
+        .find_objects(template)
+        .map_err(|e| ck_error(e, &token.what))?;
+    let what = format!("{kind} {} on {}", uri.describe_object(), token.what);
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(not_found(
+            what,
+            "no such key (or it is of another type); check object= and id= in the URI (`pkcs11-tool --list-objects` lists keys)",
+        )),
+        many => Err(SlotError::Device(format!(
+            "{what}: {} keys match; add id= to the URI",
+            many.len()
+        ))),
+    }
+}
+
+/// Read a PIN from a URI's `pin-source` (a file path or `file:` URI).
+fn pin_from_source(src: &str) -> Result<SecretString, SlotError> {
+    let path = src.strip_prefix("file:").unwrap_or(src);
+    let bytes = Zeroizing::new(
+        std::fs::read(path)
+            .map_err(|e| malformed("uri", format!("pin-source {path} could not be read: {e}")))?,
+    );
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| malformed("uri", format!("pin-source {path} is not UTF-8")))?;
+    Ok(SecretString::from(
+        text.trim_end_matches(['\r', '\n']).to_owned(),
+    ))
+}
+
+/// The PIN from the URI (`pin-value`, then `pin-source`), if it names one.
+fn uri_pin(uri: &Pkcs11Uri) -> Result<Option<SecretString>, SlotError> {
+    if let Some(v) = uri.attr("pin-value") {
+        return Ok(Some(SecretString::from(v.to_owned())));
+    }
+    uri.attr("pin-source").map(pin_from_source).transpose()
+}
+
+fn ec_point_of(token: &Token, session: &Session, h: ObjectHandle) -> Result<[u8; 65], SlotError> {
+    let attrs = session
+        .get_attributes(h, &[AttributeType::EcParams, AttributeType::EcPoint])
+        .map_err(|e| ck_error(e, &token.what))?;
+    let mut point = None;
+    for a in attrs {
+        match a {
+            Attribute::EcParams(p) if p != P256_OID_DER => {
+                return Err(SlotError::Device(format!(
+                    "the key on {} is not on curve P-256 (prime256v1); coffer needs a P-256 key",
+                    token.what
+                )));
+            }
+            Attribute::EcPoint(p) => point = Some(p),
+            _ => {}
+        }
+    }
+    let p = point.ok_or_else(|| {
+        SlotError::Device(format!(
+            "{}: the public key has no CKA_EC_POINT",
+            token.what
+        ))
+    })?;
+    p256_point(&p).map_err(|e| SlotError::Device(format!("{}: public key {e}", token.what)))
+}
+
+/// Enroll a PKCS#11 slot for `bk`. `pin` is asked for only when the token
+/// needs it (generating a key, aes-gcm, or a public key that needs login).
+pub fn enroll(
+    bk: &BackupKey,
+    opts: &EnrollOptions,
+    pin: Option<&SecretString>,
+    ui: &dyn Ui,
+) -> Result<SlotRecord, SlotError> {
+    let mut uri = Pkcs11Uri::parse(&opts.uri).map_err(|e| malformed("uri", e))?;
+    if !uri.names_object() {
+        return Err(malformed(
+            "uri",
+            "it names no key: add object=LABEL or id=HEX (percent-encoded)",
+        ));
+    }
+    let module = opts.module.display().to_string();
+    let uri_pin = uri_pin(&uri)?;
+    let prompt = format!("PIN for PKCS#11 {}: ", uri.describe_token());
+    let get_pin = || -> Option<SecretString> {
+        uri_pin
+            .clone()
+            .or_else(|| pin.cloned())
+            .or_else(|| ui.request_secret(&prompt))
+    };
+    if let (Some(spki), Pkcs11Mechanism::Ecdh) = (&opts.public_key, opts.mechanism) {
+        // Public-key-only enrollment: the token is not touched.
+        if !uri.names_token() {
+            return Err(malformed("uri", "name the token (token= or serial=)"));
+        }
+        let point = p256_point(spki).map_err(|e| malformed("public key", e))?;
+        return ecdh_record(bk, module, &uri, &point);
+    }
+    let token = Token::open(&opts.module, &uri)?;
+    if !uri.names_token() {
+        // Pin the token by label so a second token cannot be mistaken for it.
+        uri.set("token", token.info.label().trim_end().as_bytes());
+    }
+    let session = token.session(true)?;
+    match opts.mechanism {
+        Pkcs11Mechanism::Ecdh => {
+            if opts.generate {
+                let p = get_pin().ok_or_else(no_pin)?;
+                token.login(&session, Some(&p))?;
+                refuse_existing(
+                    &token,
+                    &session,
+                    &uri,
+                    ObjectClass::PRIVATE_KEY,
+                    KeyType::EC,
+                )?;
+                let mut pubt = key_template(&uri, ObjectClass::PUBLIC_KEY, KeyType::EC);
+                pubt.extend([
+                    Attribute::Token(true),
+                    Attribute::Private(false),
+                    Attribute::EcParams(P256_OID_DER.to_vec()),
+                    Attribute::Derive(true),
+                ]);
+                let mut privt = key_template(&uri, ObjectClass::PRIVATE_KEY, KeyType::EC);
+                privt.extend([
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Derive(true),
+                ]);
+                let (h, _) = session
+                    .generate_key_pair(&Mechanism::EccKeyPairGen, &pubt, &privt)
+                    .map_err(|e| ck_error(e, &token.what))?;
+                let point = ec_point_of(&token, &session, h)?;
+                return ecdh_record(bk, module, &uri, &point);
+            }
+            let t = key_template(&uri, ObjectClass::PUBLIC_KEY, KeyType::EC);
+            let found = session
+                .find_objects(&t)
+                .map_err(|e| ck_error(e, &token.what))?;
+            if found.is_empty() {
+                // Some tokens show public keys only after login.
+                let p = get_pin().ok_or_else(no_pin)?;
+                token.login(&session, Some(&p))?;
+            }
+            let h = find_one(&token, &session, &uri, &t, "EC public key")?;
+            let point = ec_point_of(&token, &session, h)?;
+            ecdh_record(bk, module, &uri, &point)
+        }
+        Pkcs11Mechanism::AesGcm => {
+            let p = get_pin().ok_or_else(no_pin)?;
+            token.login(&session, Some(&p))?;
+            let h = if opts.generate {
+                refuse_existing(
+                    &token,
+                    &session,
+                    &uri,
+                    ObjectClass::SECRET_KEY,
+                    KeyType::AES,
+                )?;
+                let mut t = key_template(&uri, ObjectClass::SECRET_KEY, KeyType::AES);
+                t.extend([
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Encrypt(true),
+                    Attribute::Decrypt(true),
+                ]);
+                session
+                    .generate_key(&Mechanism::AesKeyGen, &t)
+                    .map_err(|e| ck_error(e, &token.what))?
+            } else {
+                let t = key_template(&uri, ObjectClass::SECRET_KEY, KeyType::AES);
+                find_one(&token, &session, &uri, &t, "AES key")?
+            };
+            let kek = Kek::generate();
+            let mut iv = [0u8; GCM_IV_LEN];
+            crate::key::random_bytes(&mut iv);
+            let ct = {
+                let params = GcmParams::new(&mut iv, AES_GCM_AAD, (GCM_TAG_LEN as u64 * 8).into())
+                    .map_err(|e| SlotError::Device(format!("AES-GCM parameters: {e}")))?;
+                session
+                    .encrypt(&Mechanism::AesGcm(params), h, kek.expose())
+                    .map_err(|e| ck_error(e, &token.what))?
+            };
+            // `iv` now holds the IV the token used: a FIPS-mode HSM may
+            // replace ours with one it generated.
+            if ct.len() != KEY_LEN + GCM_TAG_LEN {
+                return Err(SlotError::Device(format!(
+                    "{}: AES-GCM gave {} bytes, not {}",
+                    token.what,
+                    ct.len(),
+                    KEY_LEN + GCM_TAG_LEN
+                )));
+            }
+            let mut sealed = iv.to_vec();
+            sealed.extend_from_slice(&ct);
+            let params = Pkcs11Params {
+                module,
+                uri: uri.to_stored(),
+                mechanism: Pkcs11Mechanism::AesGcm.name().into(),
+                public_key: None,
+                ephemeral: None,
+                sealed_kek: Some(B64.encode(sealed)),
+            };
+            Ok(SlotRecord::new(SlotParams::Pkcs11(params), bk.wrap(&kek)))
+        }
+    }
+}
+
+fn refuse_existing(
+    token: &Token,
+    session: &Session,
+    uri: &Pkcs11Uri,
+    class: ObjectClass,
+    key_type: KeyType,
+) -> Result<(), SlotError> {
+    let t = key_template(uri, class, key_type);
+    let found = session
+        .find_objects(&t)
+        .map_err(|e| ck_error(e, &token.what))?;
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(SlotError::Device(format!(
+            "{}: a key {} exists already; enroll it without --generate, or choose another label",
+            token.what,
+            uri.describe_object()
+        )))
+    }
+}
+
+fn ecdh_record(
+    bk: &BackupKey,
+    module: String,
+    uri: &Pkcs11Uri,
+    point: &[u8; P256_POINT_LEN],
+) -> Result<SlotRecord, SlotError> {
+    let (kek, eph) = ecdh_wrap_kek(point).map_err(|e| malformed("public key", e))?;
+    let params = Pkcs11Params {
+        module,
+        uri: uri.to_stored(),
+        mechanism: Pkcs11Mechanism::Ecdh.name().into(),
+        public_key: Some(B64.encode(point)),
+        ephemeral: Some(B64.encode(eph)),
+        sealed_kek: None,
+    };
+    Ok(SlotRecord::new(SlotParams::Pkcs11(params), bk.wrap(&kek)))
+}
+
+fn point_field(v: &Option<String>, field: &str) -> Result<[u8; P256_POINT_LEN], SlotError> {
+    let v = v
+        .as_deref()
+        .ok_or_else(|| malformed(field, "missing for mechanism ecdh"))?;
+    B64.decode(v.as_bytes())
+        .ok()
+        .and_then(|b| p256_point(&b).ok())
+        .ok_or_else(|| malformed(field, "not an uncompressed P-256 point in base64"))
+}
+
+impl Pkcs11Params {
+    fn module_path(&self) -> PathBuf {
+        // A module moved (another machine, another distribution): the
+        // environment names where it is now.
+        let stored = PathBuf::from(&self.module);
+        match std::env::var_os(MODULE_ENV) {
+            Some(m) if !stored.exists() && !m.is_empty() => PathBuf::from(m),
+            _ => stored,
+        }
+    }
+
+    /// Check the stored fields before touching the token.
+    fn checked(&self) -> Result<(Pkcs11Mechanism, Pkcs11Uri), SlotError> {
+        let mech = Pkcs11Mechanism::parse(&self.mechanism).ok_or_else(|| {
+            malformed(
+                "mechanism",
+                format!("`{}` is not ecdh or aes-gcm", self.mechanism),
+            )
+        })?;
+        let uri = Pkcs11Uri::parse(&self.uri).map_err(|e| malformed("uri", e))?;
+        let extra =
+            |field: &str| malformed(field, format!("not a member of a {} slot", mech.name()));
+        match mech {
+            Pkcs11Mechanism::Ecdh => {
+                point_field(&self.public_key, "public_key")?;
+                point_field(&self.ephemeral, "ephemeral")?;
+                if self.sealed_kek.is_some() {
+                    return Err(extra("sealed_kek"));
+                }
+            }
+            Pkcs11Mechanism::AesGcm => {
+                self.sealed()?;
+                if self.public_key.is_some() {
+                    return Err(extra("public_key"));
+                }
+                if self.ephemeral.is_some() {
+                    return Err(extra("ephemeral"));
+                }
+            }
+        }
+        Ok((mech, uri))
+    }
+
+    fn sealed(&self) -> Result<Vec<u8>, SlotError> {
+        self.sealed_kek
+            .as_deref()
+            .and_then(|s| B64.decode(s.as_bytes()).ok())
+            .filter(|b| b.len() == GCM_IV_LEN + KEY_LEN + GCM_TAG_LEN)
+            .ok_or_else(|| malformed("sealed_kek", "not 60 bytes of base64"))
+    }
+
+    /// Ask the token for the KEK.
+    fn kek(&self, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
+        let (mech, uri) = match self.checked() {
+            Ok(x) => x,
+            Err(e) => return Some(Err(e)),
+        };
+        let token = match Token::open(&self.module_path(), &uri) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        // The token is here: now the PIN is worth asking for.
+        let pin = if token.info.protected_authentication_path() {
+            None
+        } else {
+            let from_uri = match uri_pin(&uri) {
+                Ok(p) => p,
+                Err(e) => return Some(Err(e)),
+            };
+            Some(from_uri.or_else(|| ctx.secret(&ctx.factors.pin, "PIN"))?)
+        };
+        Some(self.kek_on(&token, &uri, mech, pin.as_ref()))
+    }
+
+    fn kek_on(
+        &self,
+        token: &Token,
+        uri: &Pkcs11Uri,
+        mech: Pkcs11Mechanism,
+        pin: Option<&SecretString>,
+    ) -> Result<Kek, SlotError> {
+        let session = token.session(false)?;
+        token.login(&session, pin)?;
+        match mech {
+            Pkcs11Mechanism::Ecdh => {
+                let recipient = point_field(&self.public_key, "public_key")?;
+                let eph = point_field(&self.ephemeral, "ephemeral")?;
+                let t = key_template(uri, ObjectClass::PRIVATE_KEY, KeyType::EC);
+                let h = find_one(token, &session, uri, &t, "EC private key")?;
+                let mech = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), &eph));
+                let template = [
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::GENERIC_SECRET),
+                    Attribute::ValueLen((KEY_LEN as u64).into()),
+                    Attribute::Token(false),
+                    Attribute::Sensitive(false),
+                    Attribute::Extractable(true),
+                ];
+                let derived = session
+                    .derive_key(&mech, h, &template)
+                    .map_err(|e| ck_error(e, &token.what))?;
+                let value = session.get_attributes(derived, &[AttributeType::Value]);
+                // Destroy the derived object whatever happened.
+                let destroyed = session.destroy_object(derived);
+                let mut shared = Zeroizing::new(Vec::new());
+                for a in value.map_err(|e| ck_error(e, &token.what))? {
+                    if let Attribute::Value(mut v) = a {
+                        shared.extend_from_slice(&v);
+                        zeroize::Zeroize::zeroize(&mut v);
+                    }
+                }
+                destroyed.map_err(|e| ck_error(e, &token.what))?;
+                if shared.len() != KEY_LEN {
+                    return Err(SlotError::Device(format!(
+                        "{}: ECDH gave {} bytes, not {KEY_LEN}",
+                        token.what,
+                        shared.len()
+                    )));
+                }
+                Ok(ecdh_kek(&shared, &eph, &recipient))
+            }
+            Pkcs11Mechanism::AesGcm => {
+                let sealed = self.sealed()?;
+                let t = key_template(uri, ObjectClass::SECRET_KEY, KeyType::AES);
+                let h = find_one(token, &session, uri, &t, "AES key")?;
+                let mut iv: [u8; GCM_IV_LEN] =
+                    sealed[..GCM_IV_LEN].try_into().expect("length checked");
+                let params = GcmParams::new(&mut iv, AES_GCM_AAD, (GCM_TAG_LEN as u64 * 8).into())
+                    .map_err(|e| SlotError::Device(format!("AES-GCM parameters: {e}")))?;
+                let plain = Zeroizing::new(
+                    session
+                        .decrypt(&Mechanism::AesGcm(params), h, &sealed[GCM_IV_LEN..])
+                        .map_err(|e| match e {
+                            CkError::Pkcs11(RvError::EncryptedDataInvalid, _) => SlotError::Device(format!(
+                                "the AES key {} on {} did not open this slot: it is not the key enrolled",
+                                uri.describe_object(),
+                                token.what
+                            )),
+                            e => ck_error(e, &token.what),
+                        })?,
+                );
+                let k: [u8; KEY_LEN] = plain.as_slice().try_into().map_err(|_| {
+                    SlotError::Device(format!(
+                        "{}: AES-GCM gave a KEK of the wrong length",
+                        token.what
+                    ))
+                })?;
+                Ok(Kek::from_bytes(k))
+            }
+        }
+    }
+}
+
+impl Slot for Pkcs11Params {
+    fn interaction(&self, _factors: &Factors) -> Interaction {
+        Interaction::Device
+    }
+
+    fn unwrap(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &UnlockContext<'_>,
+    ) -> Option<Result<BackupKey, SlotError>> {
+        Some(self.kek(ctx)?.and_then(|kek| {
+            wrapped.unwrap(&kek).map_err(|_| {
+                SlotError::Device(format!(
+                    "the token key {} did not unwrap this slot: it is not the key enrolled",
+                    self.uri
+                ))
+            })
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {} (module {})", self.mechanism, self.uri, self.module)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn software_ecdh_wrap_matches_a_manual_agreement() {
+        use ring::agreement;
+        let rng = ring::rand::SystemRandom::new();
+        // The "token" key, in software here.
+        let tok = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng).unwrap();
+        let tok_pub: [u8; 65] = tok
+            .compute_public_key()
+            .unwrap()
+            .as_ref()
+            .try_into()
+            .unwrap();
+        let (kek, eph) = ecdh_wrap_kek(&tok_pub).unwrap();
+        let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, eph);
+        let kek2 = agreement::agree_ephemeral(tok, &peer, |s| ecdh_kek(s, &eph, &tok_pub)).unwrap();
+        assert_eq!(kek.expose(), kek2.expose());
+    }
+
+    #[test]
+    fn module_errors_map_to_exit_statuses() {
+        use crate::error::ExitStatus;
+        use cryptoki::context::Function;
+        let st = |rv| ck_error(CkError::Pkcs11(rv, Function::Login), "t").exit_status();
+        assert_eq!(st(RvError::PinIncorrect), ExitStatus::WrongFactor);
+        assert_eq!(st(RvError::PinLocked), ExitStatus::NoUsableSlot);
+        assert!(matches!(
+            ck_error(CkError::Pkcs11(RvError::PinLocked, Function::Login), "t"),
+            SlotError::LockedOut { .. }
+        ));
+        assert!(matches!(
+            ck_error(
+                CkError::Pkcs11(RvError::TokenNotPresent, Function::OpenSession),
+                "t"
+            ),
+            SlotError::DeviceNotFound { .. }
+        ));
+        let e = ck_error(
+            CkError::Pkcs11(RvError::GeneralError, Function::Initialize),
+            "t",
+        );
+        assert_eq!(e.to_string(), "t: C_Initialize returned GeneralError");
+    }
+
+    #[test]
+    fn public_keys_parse_in_three_encodings() {
+        let mut point = [7u8; 65];
+        point[0] = 4;
+        let mut octet = vec![0x04, 0x41];
+        octet.extend_from_slice(&point);
+        let mut spki = P256_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(&point);
+        for enc in [&point[..], &octet, &spki] {
+            assert_eq!(p256_point(enc).unwrap(), point);
+        }
+        assert!(p256_point(&spki[1..]).is_err());
+        assert!(p256_point(&[2u8; 65]).is_err());
+        assert!(ecdh_wrap_kek(&point).is_err(), "not on the curve");
+    }
+
+    fn point() -> [u8; 65] {
+        let mut p = [9u8; 65];
+        p[0] = 4;
+        p
+    }
+
+    #[test]
+    fn stored_fields_are_checked_before_the_token() {
+        let p = Pkcs11Params {
+            module: "/nonexistent.so".into(),
+            uri: "pkcs11:token=t;object=k".into(),
+            mechanism: "ecdh".into(),
+            public_key: Some(B64.encode([4u8; 65])),
+            ephemeral: Some(B64.encode([1u8; 10])),
+            sealed_kek: None,
+        };
+        assert!(
+            matches!(p.checked(), Err(SlotError::Malformed { field, .. }) if field == "ephemeral")
+        );
+        let good = Pkcs11Params {
+            ephemeral: Some(B64.encode(point())),
+            public_key: Some(B64.encode(point())),
+            ..p.clone()
+        };
+        assert!(good.checked().is_ok());
+        let mixed = Pkcs11Params {
+            sealed_kek: Some(B64.encode([0u8; 60])),
+            ..good.clone()
+        };
+        assert!(
+            matches!(mixed.checked(), Err(SlotError::Malformed { field, .. }) if field == "sealed_kek")
+        );
+        let gcm = Pkcs11Params {
+            mechanism: "aes-gcm".into(),
+            ..mixed
+        };
+        assert!(
+            matches!(gcm.checked(), Err(SlotError::Malformed { field, .. }) if field == "public_key")
+        );
+        // The slot JSON round-trips, and unknown members are refused.
+        let rec = SlotRecord::new(SlotParams::Pkcs11(good), WrappedKey([0u8; 40]));
+        let json = rec.to_json();
+        assert_eq!(SlotRecord::from_json(&json).unwrap(), rec);
+        let mut bad = json.clone();
+        bad["pin"] = "1234".into();
+        assert!(SlotRecord::from_json(&bad).is_err());
+        let p = Pkcs11Params {
+            mechanism: "rsa".into(),
+            ..p
+        };
+        assert!(
+            matches!(p.checked(), Err(SlotError::Malformed { field, .. }) if field == "mechanism")
+        );
+    }
+}
