@@ -5,3 +5,6 @@
 //! on `Drop`. When a simulator is missing the fixture panics with the command
 //! that installs it: a test that needs a device never silently skips.
 #![forbid(unsafe_code)]
+
+pub mod pcsc;
+pub use pcsc::VirtualCard;

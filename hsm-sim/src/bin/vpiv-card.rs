@@ -3,7 +3,9 @@
 //! Owns: one process = one card. The PIV application is Nitrokey's
 //! `piv-authenticator` running on trussed's software platform with RAM
 //! storage, so every start is a factory-fresh card (PIN 123456, PUK 12345678,
-//! the default management key) and all state dies with the process. The
+//! the default management key) and all state dies with the process, unless
+//! `--state DIR` keeps its flash in files, so that a stopped card (a YubiKey
+//! unplugged) comes back with its keys. The
 //! socket side (vpcd framing: big-endian u16 length + payload, 1-byte control
 //! codes for power off/on, reset and ATR) is the published `vpicc` crate.
 //!
@@ -13,7 +15,7 @@
 //! PIV semantics beyond those rules: PIN checks, keys and ECDH are all
 //! piv-authenticator's.
 //!
-//! Must never: persist state to disk, listen on anything but the loopback vpcd
+//! Must never: write anywhere but its `--state` directory, listen on anything but the loopback vpcd
 //! connection it opens itself, or be used as a real security device (trussed's
 //! virtual platform is for testing only; its RNG and storage are not hardened).
 #![forbid(unsafe_code)]
@@ -28,7 +30,7 @@ use trussed::backend::BackendId;
 use trussed::serde_extensions::{ExtensionDispatch, ExtensionId, ExtensionImpl};
 use trussed::service::ServiceResources;
 use trussed::types::{Context, CoreContext};
-use trussed::virt::{self, StoreConfig};
+use trussed::virt::{self, StorageConfig, StoreConfig};
 use trussed_auth::AuthExtension;
 use trussed_auth_backend::{AuthBackend, AuthContext, FilesystemLayout};
 use trussed_chunked::ChunkedExtension;
@@ -39,9 +41,11 @@ use trussed_hpke::HpkeExtension;
 use trussed_staging::{StagingBackend, StagingContext};
 use trussed_wrap_key_to_file::WrapKeyToFileExtension;
 
-const USAGE: &str = "usage: vpiv-card [--port N] [--serial N]
+const USAGE: &str = "usage: vpiv-card [--port N] [--serial N] [--state DIR]
   Connects to vpcd on 127.0.0.1:N (default 35963) and acts as a PIV card until
-  vpcd closes the connection. --serial sets what GET SERIAL reports.";
+  vpcd closes the connection. --serial sets what GET SERIAL reports. --state
+  keeps the card's flash in DIR (internal.bin, external.bin) so a restarted
+  card still has its keys and PIN; without it the card lives in RAM.";
 
 /// The ATR we answer vpcd's GET ATR with: vpicc's default, which announces
 /// T=1 only (TD1 = 0x81, TD2 = 0x01), as PIV tokens on USB do.
@@ -64,6 +68,7 @@ const MAX_SHORT_RESPONSE: usize = 256;
 fn main() -> ExitCode {
     let mut port: u16 = vpicc::DEFAULT_PORT;
     let mut serial: u32 = 5_437_251; // piv-authenticator's own made-up serial
+    let mut state: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -73,6 +78,10 @@ fn main() -> ExitCode {
             },
             "--serial" => match args.next().and_then(|v| v.parse().ok()) {
                 Some(s) => serial = s,
+                None => return usage(),
+            },
+            "--state" => match args.next() {
+                Some(d) => state = Some(d.into()),
                 None => return usage(),
             },
             "-h" | "--help" => {
@@ -102,7 +111,15 @@ fn main() -> ExitCode {
     };
     eprintln!("vpiv-card: connected to vpcd on 127.0.0.1:{port}, serial {serial}");
 
-    let result = virt::with_platform(StoreConfig::ram(), |platform| {
+    let store = match &state {
+        None => StoreConfig::ram(),
+        Some(dir) => StoreConfig {
+            internal: StorageConfig::filesystem(dir.join("internal.bin")),
+            external: StorageConfig::filesystem(dir.join("external.bin")),
+            volatile: StorageConfig::ram(),
+        },
+    };
+    let result = virt::with_platform(store, |platform| {
         platform.run_client_with_backends(
             "piv",
             Dispatcher::default(),
