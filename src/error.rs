@@ -156,6 +156,10 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// A new slot's device refused or failed at enrollment (wrong PIN,
+    /// card absent, PIN blocked).
+    #[error("cannot enroll: {0}")]
+    Enroll(SlotError),
     /// The operation was refused (e.g. removing the last slot).
     #[error("{0}")]
     Refused(String),
@@ -182,6 +186,7 @@ impl Error {
             | Error::KeyringTampered { .. }
             | Error::ArchiveCorrupt { .. } => ExitStatus::Corrupt,
             Error::Unlock(u) => u.exit_status(),
+            Error::Enroll(e) => e.exit_status(),
             Error::Usage(_) => ExitStatus::Usage,
         }
     }
