@@ -58,7 +58,7 @@ if ! pgrep -x pcscd >/dev/null; then
   echo $! >"$RUN/pcscd.pid"
 fi
 
-cargo build --quiet -p coffer-hsm-sim --bin vpiv-card
+cargo build --quiet -p coffer-hsm-sim --features card --bin vpiv-card
 stop_pid card
 mkdir -p "$RUN/card-state"
 target/debug/vpiv-card --state "$RUN/card-state" >"$RUN/card.log" 2>&1 &

@@ -178,6 +178,8 @@ fn card_binary() -> PathBuf {
                 "--quiet",
                 "-p",
                 "coffer-hsm-sim",
+                "--features",
+                "card",
                 "--bin",
                 "vpiv-card",
             ])

@@ -433,9 +433,7 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
                         let text = read_secret_file(f)?;
                         hex::decode(text.expose_secret().trim())
                             .map(Zeroizing::new)
-                            .map_err(|_| {
-                                Error::Usage(format!("{}: not hex digits", f.display()))
-                            })
+                            .map_err(|_| Error::Usage(format!("{}: not hex digits", f.display())))
                     })
                     .transpose()?;
                 yk::KeySource::Generate {
@@ -456,12 +454,14 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
             };
             let pin = match &env.factors.pin {
                 Some(p) => p.clone(),
-                None => coffer::ui::Ui::request_secret(&env.ui, "YubiKey PIN: ").ok_or_else(|| {
-                    Error::Usage(
-                        "enroll yubikey needs the card's PIN: --pin-file FILE, or a terminal"
-                            .into(),
-                    )
-                })?,
+                None => {
+                    coffer::ui::Ui::request_secret(&env.ui, "YubiKey PIN: ").ok_or_else(|| {
+                        Error::Usage(
+                            "enroll yubikey needs the card's PIN: --pin-file FILE, or a terminal"
+                                .into(),
+                        )
+                    })?
+                }
             };
             let opts = yk::EnrollOptions {
                 serial: *serial,

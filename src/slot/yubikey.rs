@@ -42,7 +42,8 @@ pub const DEFAULT_PIN: &str = "123456";
 /// SEC1 uncompressed P-256 point length.
 const POINT_LEN: usize = 65;
 
-const PCSCD_HINT: &str = "plug the YubiKey in; if it is, start pcscd (`sudo systemctl start pcscd`, or `sudo pcscd`)";
+const PCSCD_HINT: &str =
+    "plug the YubiKey in; if it is, start pcscd (`sudo systemctl start pcscd`, or `sudo pcscd`)";
 
 /// PIN policy of a key generated at enrollment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -247,10 +248,17 @@ pub struct EnrollOptions {
     pub key: KeySource,
 }
 
-/// Parse a PEM public key (`-----BEGIN PUBLIC KEY-----`, P-256).
-pub fn public_key_from_pem(pem: &str) -> Result<p256::PublicKey, String> {
+/// Parse a PEM public key (`-----BEGIN PUBLIC KEY-----`, P-256); text
+/// around the PEM block (a tool's messages) is ignored.
+pub fn public_key_from_pem(text: &str) -> Result<p256::PublicKey, String> {
     use p256::pkcs8::DecodePublicKey as _;
-    p256::PublicKey::from_public_key_pem(pem.trim())
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    let pem = match (text.find(BEGIN), text.find(END)) {
+        (Some(b), Some(e)) if b < e => &text[b..e + END.len()],
+        _ => return Err("no `-----BEGIN PUBLIC KEY-----` block".into()),
+    };
+    p256::PublicKey::from_public_key_pem(pem)
         .map_err(|e| format!("not a P-256 public key in PEM: {e}"))
 }
 
@@ -299,9 +307,7 @@ pub fn enroll(
                 })?,
             };
             yk.authenticate(mgm).map_err(|_| {
-                SlotError::PolicyRefused(format!(
-                    "YubiKey {serial} refused the management key"
-                ))
+                SlotError::PolicyRefused(format!("YubiKey {serial} refused the management key"))
             })?;
             let spki = piv::generate(
                 &mut yk,
@@ -436,8 +442,10 @@ impl Slot for YubikeyParams {
             }
         }
         if self.touch_policy != "never" {
-            ctx.ui
-                .message(&format!("Touch your YubiKey {} (if it is blinking)", self.serial));
+            ctx.ui.message(&format!(
+                "Touch your YubiKey {} (if it is blinking)",
+                self.serial
+            ));
         }
         let shared = match card_ecdh(&mut yk, serial, n, &eph) {
             Ok(s) => s,
