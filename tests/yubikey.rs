@@ -210,6 +210,61 @@ fn enroll_a_key_that_yubico_piv_tool_generated() {
 }
 
 #[test]
+fn wrong_serial_and_empty_piv_slot_are_refused() {
+    let card = VirtualCard::start();
+    personalize(&card);
+    let s = setup(&card);
+    let a = s
+        .home
+        .coffer()
+        .args(["enroll", "yubikey", "--generate", "--serial", "1"])
+        .arg("--management-key-file")
+        .arg(&s.mgm)
+        .arg("--pin-file")
+        .arg(&s.pin)
+        .arg("--recovery-key-file")
+        .arg(s.home.recovery_key())
+        .assert()
+        .code(5);
+    assert!(stderr(&a).contains("YubiKey 1 not found"), "{}", stderr(&a));
+
+    // Nothing in PIV slot 85: the enrollment check finds no key there.
+    let other = p256::SecretKey::from_slice(&[5u8; 32])
+        .unwrap()
+        .public_key();
+    use p256::pkcs8::EncodePublicKey as _;
+    let pem = other
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap();
+    let pem_file = s.home.write("pub85.pem", &pem);
+    let a = s
+        .home
+        .coffer()
+        .args([
+            "enroll",
+            "yubikey",
+            "--piv-slot",
+            "85",
+            "--serial",
+            &s.serial,
+        ])
+        .arg("--public-key-file")
+        .arg(&pem_file)
+        .arg("--pin-file")
+        .arg(&s.pin)
+        .arg("--recovery-key-file")
+        .arg(s.home.recovery_key())
+        .assert()
+        .failure();
+    assert!(
+        stderr(&a).contains("PIV slot 85 holds no usable key"),
+        "{}",
+        stderr(&a)
+    );
+    assert_eq!(s.home.keyring_json()["slots"].as_array().unwrap().len(), 1);
+}
+
+#[test]
 fn default_pin_and_management_key_are_refused_with_advice() {
     let card = VirtualCard::start();
     let s = setup(&card);

@@ -155,10 +155,10 @@ pub enum EnrollKind {
         #[arg(long)]
         generate: bool,
         /// With --generate: when the key needs the PIN
-        #[arg(long, value_enum, default_value_t = coffer::slot::yubikey::DEFAULT_PIN_POLICY)]
+        #[arg(long, value_enum, default_value_t = coffer::slot::yubikey::DEFAULT_PIN_POLICY, requires = "generate")]
         pin_policy: coffer::slot::yubikey::PinPolicyArg,
         /// With --generate: when the key needs a touch
-        #[arg(long, value_enum, default_value_t = coffer::slot::yubikey::DEFAULT_TOUCH_POLICY)]
+        #[arg(long, value_enum, default_value_t = coffer::slot::yubikey::DEFAULT_TOUCH_POLICY, requires = "generate")]
         touch_policy: coffer::slot::yubikey::TouchPolicyArg,
         /// With --generate: read the management key (48 hex digits) from
         /// FILE; without it, the card's PIN-protected management key

@@ -488,6 +488,40 @@ mod tests {
     }
 
     #[test]
+    fn card_errors_map_to_what_a_person_can_do() {
+        use crate::ExitStatus;
+        let e = card_error(Some(7), "verify PIN", yubikey::Error::WrongPin { tries: 2 });
+        assert_eq!(e.exit_status(), ExitStatus::WrongFactor);
+        assert_eq!(e.to_string(), "wrong PIN (2 tries left)");
+        for blocked in [
+            yubikey::Error::WrongPin { tries: 0 },
+            yubikey::Error::PinLocked,
+        ] {
+            let e = card_error(Some(7), "verify PIN", blocked);
+            assert_eq!(e.exit_status(), ExitStatus::NoUsableSlot);
+            assert!(e.to_string().contains("PUK"), "{e}");
+        }
+        let e = card_error(Some(7), "open", yubikey::Error::NotFound);
+        assert_eq!(e.exit_status(), ExitStatus::NoUsableSlot);
+        assert!(e.to_string().contains("YubiKey 7 not found"), "{e}");
+        assert!(e.to_string().contains("start pcscd"), "{e}");
+        let several = card_error(None, "open", yubikey::Error::PcscError { inner: None });
+        assert!(several.to_string().contains("--serial"), "{several}");
+    }
+
+    #[test]
+    fn public_keys_are_read_from_pem_amid_other_text() {
+        use p256::pkcs8::EncodePublicKey as _;
+        let key = p256::SecretKey::from_slice(&[3u8; 32])
+            .unwrap()
+            .public_key();
+        let pem = key.to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        let noisy = format!("Successfully generated a new private key.\n{pem}\n");
+        assert_eq!(public_key_from_pem(&noisy).unwrap(), key);
+        assert!(public_key_from_pem("nothing here").is_err());
+    }
+
+    #[test]
     fn piv_slots_are_checked() {
         assert_eq!(parse_piv_slot("82"), Ok(0x82));
         assert_eq!(parse_piv_slot("95"), Ok(0x95));

@@ -489,3 +489,38 @@ impl ExtensionDispatch for Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_data_reads_every_apdu_case() {
+        assert_eq!(command_data(&[0, 0xA4, 4, 0]), Some(&[][..])); // case 1
+        assert_eq!(command_data(&[0, 0xCA, 0, 0, 0x10]), Some(&[][..])); // case 2
+        assert_eq!(
+            command_data(&[0, 0x20, 0, 0x80, 2, 1, 2]),
+            Some(&[1, 2][..])
+        ); // case 3
+        assert_eq!(
+            command_data(&[0, 0x87, 0x11, 0x82, 1, 9, 0]),
+            Some(&[9][..])
+        ); // case 4
+        assert_eq!(command_data(&[0, 0xCB, 0, 0, 0, 1, 0]), Some(&[][..])); // extended Le
+        assert_eq!(
+            command_data(&[0, 0xDB, 0, 0, 0, 0, 2, 7, 8]),
+            Some(&[7, 8][..])
+        ); // extended Lc
+        assert_eq!(command_data(&[0, 0x20, 0, 0x80, 5, 1]), None); // short of data
+    }
+
+    #[test]
+    fn apdus_are_built_short_or_extended() {
+        assert_eq!(apdu(0, 0xA4, 4, 0, &[]), vec![0, 0xA4, 4, 0]);
+        assert_eq!(apdu(0, 0xA4, 4, 0, &[1, 2]), vec![0, 0xA4, 4, 0, 2, 1, 2]);
+        let long = vec![0x55; 300];
+        let built = apdu(0, 0xDB, 0x3F, 0xFF, &long);
+        assert_eq!(&built[4..7], &[0, 0x01, 0x2C]);
+        assert_eq!(command_data(&built), Some(&long[..]));
+    }
+}
