@@ -438,3 +438,43 @@ fn real_yubikey_enroll_generate_then_open() {
         coffer::slot::unlock(std::slice::from_ref(&enrolled), None, &factors, &ui).unwrap();
     assert_eq!(got.expose(), bk.expose());
 }
+
+/// A card reset (the `yubikey` crate resets on drop) ends the PIN session,
+/// as on a real card: the compatibility layer's one stateful rule.
+#[test]
+fn a_card_reset_forgets_the_verified_pin() {
+    use base64::Engine as _;
+    use yubikey::piv::{AlgorithmId, RetiredSlotId, SlotId};
+    let card = VirtualCard::start();
+    personalize(&card);
+    let ui = coffer::ui::NonInteractive::default();
+    let opts = yk::EnrollOptions {
+        serial: Some(card.serial()),
+        piv_slot: 0x86,
+        key: yk::KeySource::Generate {
+            pin_policy: yk::PinPolicyArg::Once,
+            touch_policy: yk::TouchPolicyArg::Never,
+            management_key: Some(hex::decode(MGM).unwrap().into()),
+        },
+    };
+    let enrolled = yk::enroll(&BackupKey::generate(), opts, &SecretString::from(PIN), &ui).unwrap();
+    let SlotParams::Yubikey(params) = &enrolled.params else {
+        panic!("not a yubikey slot")
+    };
+    let eph = base64::engine::general_purpose::STANDARD
+        .decode(&params.ephemeral)
+        .unwrap();
+    let slot = SlotId::Retired(RetiredSlotId::R5);
+
+    let serial = yubikey::Serial(card.serial());
+    let mut y = yubikey::YubiKey::open_by_serial(serial).unwrap();
+    y.verify_pin(PIN.as_bytes()).unwrap();
+    assert!(yubikey::piv::decrypt_data(&mut y, &eph, AlgorithmId::EccP256, slot).is_ok());
+    drop(y); // disconnects with SCARD_RESET_CARD
+
+    let mut y = yubikey::YubiKey::open_by_serial(serial).unwrap();
+    assert!(
+        yubikey::piv::decrypt_data(&mut y, &eph, AlgorithmId::EccP256, slot).is_err(),
+        "the PIN was still verified after a reset"
+    );
+}
