@@ -6,10 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hsm-sim/install-deps.sh
+# pcscd + vpcd for the YubiKey tests (the fixture starts its own cards).
+bash hsm-sim/pcsc.sh
 
 step() { echo; echo "== $*"; "$@"; }
 results=$(mktemp)
-trap 'rm -f "$results"' EXIT
+trap 'rm -f "$results"; bash hsm-sim/pcsc.sh stop >/dev/null 2>&1 || true' EXIT
 # cargo test, keeping its result lines for the summary at the end.
 tests() { cargo test "$@" 2>&1 | tee -a "$results"; }
 

@@ -156,16 +156,16 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// A new slot's device refused or failed at enrollment (wrong PIN,
+    /// card absent, PIN blocked).
+    #[error("cannot enroll: {0}")]
+    Enroll(SlotError),
     /// The operation was refused (e.g. removing the last slot).
     #[error("{0}")]
     Refused(String),
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
-    /// Enrolling a slot failed at its device or factor (exit status as for
-    /// the same failure when unlocking).
-    #[error("enroll: {0}")]
-    Enroll(SlotError),
 }
 
 impl Error {
@@ -186,8 +186,8 @@ impl Error {
             | Error::KeyringTampered { .. }
             | Error::ArchiveCorrupt { .. } => ExitStatus::Corrupt,
             Error::Unlock(u) => u.exit_status(),
-            Error::Usage(_) => ExitStatus::Usage,
             Error::Enroll(e) => e.exit_status(),
+            Error::Usage(_) => ExitStatus::Usage,
         }
     }
 }

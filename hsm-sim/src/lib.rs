@@ -8,4 +8,6 @@
 
 pub mod swtpm;
 pub use swtpm::SwTpm;
+pub mod pcsc;
 pub mod softhsm;
+pub use pcsc::VirtualCard;

@@ -182,6 +182,37 @@ pub enum EnrollKind {
         #[arg(long, value_name = "FILE", conflicts_with = "generate")]
         public_key: Option<PathBuf>,
     },
+    /// A YubiKey (PIV): a P-256 key in one of its PIV slots. The card's PIN
+    /// comes from --pin-file or a prompt; the default PIN and management
+    /// key are refused.
+    #[cfg(feature = "yubikey")]
+    Yubikey {
+        /// The card's serial number (needed when several cards are present)
+        #[arg(long)]
+        serial: Option<u32>,
+        /// The PIV slot holding the key: a retired slot 82..95, or 9d
+        #[arg(long, value_name = "SLOT", default_value = "82", value_parser = coffer::slot::yubikey::parse_piv_slot)]
+        piv_slot: u8,
+        /// Generate a new P-256 key on the card in that PIV slot (replacing
+        /// what is there); needs the management key
+        #[arg(long)]
+        generate: bool,
+        /// With --generate: when the key needs the PIN
+        #[arg(long, value_enum, default_value_t = coffer::slot::yubikey::DEFAULT_PIN_POLICY, requires = "generate")]
+        pin_policy: coffer::slot::yubikey::PinPolicyArg,
+        /// With --generate: when the key needs a touch
+        #[arg(long, value_enum, default_value_t = coffer::slot::yubikey::DEFAULT_TOUCH_POLICY, requires = "generate")]
+        touch_policy: coffer::slot::yubikey::TouchPolicyArg,
+        /// With --generate: read the management key (48 hex digits) from
+        /// FILE; without it, the card's PIN-protected management key
+        #[arg(long, value_name = "FILE", requires = "generate")]
+        management_key_file: Option<PathBuf>,
+        /// Without --generate: the public key (PEM) of the key already in
+        /// the PIV slot, e.g. what `yubico-piv-tool -a generate -o` wrote;
+        /// without it, the card is asked (YubiKey firmware 5.3+)
+        #[arg(long, value_name = "FILE", conflicts_with = "generate")]
+        public_key_file: Option<PathBuf>,
+    },
 }
 
 /// `--mechanism` values of `enroll pkcs11`.
@@ -491,6 +522,64 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
             *mechanism,
             public_key.as_deref(),
         )?,
+        #[cfg(feature = "yubikey")]
+        EnrollKind::Yubikey {
+            serial,
+            piv_slot,
+            generate,
+            pin_policy,
+            touch_policy,
+            management_key_file,
+            public_key_file,
+        } => {
+            use coffer::slot::yubikey as yk;
+            let key = if *generate {
+                let management_key = management_key_file
+                    .as_deref()
+                    .map(|f| {
+                        let text = read_secret_file(f)?;
+                        hex::decode(text.expose_secret().trim())
+                            .map(Zeroizing::new)
+                            .map_err(|_| Error::Usage(format!("{}: not hex digits", f.display())))
+                    })
+                    .transpose()?;
+                yk::KeySource::Generate {
+                    pin_policy: *pin_policy,
+                    touch_policy: *touch_policy,
+                    management_key,
+                }
+            } else {
+                let public = public_key_file
+                    .as_deref()
+                    .map(|f| {
+                        let pem = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+                        yk::public_key_from_pem(&pem)
+                            .map_err(|e| Error::Usage(format!("{}: {e}", f.display())))
+                    })
+                    .transpose()?;
+                yk::KeySource::Existing(public)
+            };
+            let pin = match &env.factors.pin {
+                Some(p) => p.clone(),
+                None => {
+                    coffer::ui::Ui::request_secret(&env.ui, "YubiKey PIN: ").ok_or_else(|| {
+                        Error::Usage(
+                            "enroll yubikey needs the card's PIN: --pin-file FILE, or a terminal"
+                                .into(),
+                        )
+                    })?
+                }
+            };
+            let opts = yk::EnrollOptions {
+                serial: *serial,
+                piv_slot: *piv_slot,
+                key,
+            };
+            yk::enroll(&bk, opts, &pin, &env.ui).map_err(|e| match e {
+                coffer::error::SlotError::PolicyRefused(m) => Error::Refused(m),
+                e => Error::Enroll(e),
+            })?
+        }
     };
     let (id, kind) = (record.id.clone(), record.params.kind().to_owned());
     keyring.add_slot(&bk, record)?;

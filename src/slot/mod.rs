@@ -19,6 +19,8 @@ pub mod pkcs11;
 pub mod recovery;
 #[cfg(feature = "tpm2")]
 pub mod tpm2;
+#[cfg(feature = "yubikey")]
+pub mod yubikey;
 
 use crate::error::{Attempt, Error, SlotError, UnlockFailure};
 use crate::key::{BackupKey, WRAPPED_LEN, WrappedKey};
@@ -170,6 +172,9 @@ pub enum SlotParams {
     /// A key on a PKCS#11 token.
     #[cfg(feature = "pkcs11")]
     Pkcs11(pkcs11::Pkcs11Params),
+    /// A P-256 key in a YubiKey's PIV slot.
+    #[cfg(feature = "yubikey")]
+    Yubikey(yubikey::YubikeyParams),
     /// A kind this build does not know; preserved on rewrite.
     Unknown(UnknownSlot),
 }
@@ -184,6 +189,8 @@ impl SlotParams {
             SlotParams::Tpm2(_) => tpm2::KIND,
             #[cfg(feature = "pkcs11")]
             SlotParams::Pkcs11(_) => pkcs11::KIND,
+            #[cfg(feature = "yubikey")]
+            SlotParams::Yubikey(_) => yubikey::KIND,
             SlotParams::Unknown(u) => &u.kind,
         }
     }
@@ -197,6 +204,8 @@ impl SlotParams {
             SlotParams::Tpm2(p) => Some(p),
             #[cfg(feature = "pkcs11")]
             SlotParams::Pkcs11(p) => Some(p),
+            #[cfg(feature = "yubikey")]
+            SlotParams::Yubikey(p) => Some(p),
             SlotParams::Unknown(_) => None,
         }
     }
@@ -211,6 +220,8 @@ impl SlotParams {
             tpm2::KIND => SlotParams::Tpm2(serde_json::from_value(v).map_err(typed)?),
             #[cfg(feature = "pkcs11")]
             pkcs11::KIND => SlotParams::Pkcs11(serde_json::from_value(v).map_err(typed)?),
+            #[cfg(feature = "yubikey")]
+            yubikey::KIND => SlotParams::Yubikey(serde_json::from_value(v).map_err(typed)?),
             _ => SlotParams::Unknown(UnknownSlot {
                 kind: kind.to_owned(),
                 fields,
@@ -226,6 +237,8 @@ impl SlotParams {
             SlotParams::Tpm2(p) => serde_json::to_value(p),
             #[cfg(feature = "pkcs11")]
             SlotParams::Pkcs11(p) => serde_json::to_value(p),
+            #[cfg(feature = "yubikey")]
+            SlotParams::Yubikey(p) => serde_json::to_value(p),
             SlotParams::Unknown(u) => return u.fields.clone(),
         }
         .expect("slot parameters serialize");

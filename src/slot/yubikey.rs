@@ -1,0 +1,542 @@
+//! The YubiKey (PIV) slot: a P-256 key in a PIV slot of a YubiKey (or any
+//! PIV card the `yubikey` crate can open), reached over PC/SC through pcscd.
+//!
+//! Wrap uses only the card's public key: an ephemeral P-256 key agrees with
+//! it (ECDH), and HKDF-SHA256 (salt = ephemeral public key || card public
+//! key, both SEC1 uncompressed; info [`HKDF_INFO`]) turns the shared x
+//! coordinate into the KEK. So enrolling again or re-wrapping needs neither
+//! the card nor its PIN ([`YubikeyParams::rewrap`]). Unwrap verifies the PIN,
+//! then the card does the ECDH with the stored ephemeral public key.
+//!
+//! Defaults follow age-plugin-yubikey: a retired slot, a key generated on
+//! the card, PIN policy once, touch policy always.
+//!
+//! Must never: keep the PIN or the management key past the call that needs
+//! it, put either in an error or `Debug`, or touch a card whose serial is not
+//! the enrolled one. It never uses the default PIN or management key.
+
+use super::{Factors, Interaction, Slot, SlotParams, SlotRecord, UnlockContext};
+use crate::error::SlotError;
+use crate::key::{BackupKey, Kek, WrappedKey};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use yubikey::piv::{self, AlgorithmId, RetiredSlotId, SlotId};
+use yubikey::{MgmKey, PinPolicy, Serial, TouchPolicy, YubiKey};
+use zeroize::Zeroizing;
+
+/// The kind name in the keyring.
+pub const KIND: &str = "yubikey";
+/// HKDF info string of the KEK derivation.
+pub const HKDF_INFO: &[u8] = b"coffer/v1 yubikey kek";
+/// Default PIV slot: the first retired key-management slot (0x82).
+pub const DEFAULT_PIV_SLOT: u8 = 0x82;
+/// Default PIN policy for a key generated at enrollment.
+pub const DEFAULT_PIN_POLICY: PinPolicyArg = PinPolicyArg::Once;
+/// Default touch policy for a key generated at enrollment.
+pub const DEFAULT_TOUCH_POLICY: TouchPolicyArg = TouchPolicyArg::Always;
+/// The PIN every PIV card ships with.
+pub const DEFAULT_PIN: &str = "123456";
+/// SEC1 uncompressed P-256 point length.
+const POINT_LEN: usize = 65;
+
+const PCSCD_HINT: &str =
+    "plug the YubiKey in; if it is, start pcscd (`sudo systemctl start pcscd`, or `sudo pcscd`)";
+
+/// PIN policy of a key generated at enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PinPolicyArg {
+    /// PIN once per session.
+    Once,
+    /// PIN before every use.
+    Always,
+    /// No PIN (the card alone unwraps; not recommended).
+    Never,
+}
+
+/// Touch policy of a key generated at enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TouchPolicyArg {
+    /// Touch for every use.
+    Always,
+    /// Touch, then 15 s without.
+    Cached,
+    /// No touch.
+    Never,
+}
+
+impl PinPolicyArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Once => "once",
+            Self::Always => "always",
+            Self::Never => "never",
+        }
+    }
+    fn to_piv(self) -> PinPolicy {
+        match self {
+            Self::Once => PinPolicy::Once,
+            Self::Always => PinPolicy::Always,
+            Self::Never => PinPolicy::Never,
+        }
+    }
+}
+
+impl TouchPolicyArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::Cached => "cached",
+            Self::Never => "never",
+        }
+    }
+    fn to_piv(self) -> TouchPolicy {
+        match self {
+            Self::Always => TouchPolicy::Always,
+            Self::Cached => TouchPolicy::Cached,
+            Self::Never => TouchPolicy::Never,
+        }
+    }
+}
+
+/// Public parameters of a YubiKey slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct YubikeyParams {
+    /// The card's serial number.
+    pub serial: u32,
+    /// The PIV slot holding the key, two hex digits (`82`..`95`, `9d`).
+    pub piv_slot: String,
+    /// The card key's public key, SEC1 uncompressed, base64.
+    pub public_key: String,
+    /// The ephemeral public key of the wrap, SEC1 uncompressed, base64.
+    pub ephemeral: String,
+    /// PIN policy (`once`, `always`, `never`, or `unknown` for a key the
+    /// card made before enrollment).
+    pub pin_policy: String,
+    /// Touch policy (`always`, `cached`, `never`, or `unknown`).
+    pub touch_policy: String,
+}
+
+/// Parse a PIV slot as `--piv-slot` and the keyring write it: retired key
+/// management slots 82..95, or 9d (key management).
+pub fn parse_piv_slot(s: &str) -> Result<u8, String> {
+    let n = u8::from_str_radix(s, 16).map_err(|_| format!("`{s}` is not two hex digits"))?;
+    if (0x82..=0x95).contains(&n) || n == 0x9d {
+        Ok(n)
+    } else {
+        Err(format!(
+            "`{s}` is not a key-management PIV slot (82..95 or 9d)"
+        ))
+    }
+}
+
+fn piv_slot_id(n: u8) -> SlotId {
+    if n == 0x9d {
+        SlotId::KeyManagement
+    } else {
+        SlotId::Retired(RetiredSlotId::try_from(n).expect("checked range"))
+    }
+}
+
+fn malformed(field: &str, reason: &str) -> SlotError {
+    SlotError::Malformed {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn decode_point(field: &str, b64: &str) -> Result<p256::PublicKey, SlotError> {
+    B64.decode(b64.as_bytes())
+        .ok()
+        .filter(|b| b.len() == POINT_LEN)
+        .and_then(|b| p256::PublicKey::from_sec1_bytes(&b).ok())
+        .ok_or_else(|| malformed(field, "not a P-256 point (SEC1 uncompressed, base64)"))
+}
+
+fn sec1(p: &p256::PublicKey) -> Vec<u8> {
+    p.to_encoded_point(false).as_bytes().to_vec()
+}
+
+fn kek_from_shared(shared_x: &[u8], ephemeral: &[u8], card: &[u8]) -> Kek {
+    let mut salt = Vec::with_capacity(2 * POINT_LEN);
+    salt.extend_from_slice(ephemeral);
+    salt.extend_from_slice(card);
+    Kek::derive(Some(&salt), shared_x, HKDF_INFO)
+}
+
+/// Wrap to a card public key: (ephemeral public key SEC1, KEK).
+fn wrap_to(card: &p256::PublicKey) -> (Vec<u8>, Kek) {
+    let secret = loop {
+        let mut b = Zeroizing::new([0u8; 32]);
+        crate::key::random_bytes(b.as_mut());
+        if let Ok(s) = p256::SecretKey::from_slice(b.as_ref()) {
+            break s;
+        }
+    };
+    let eph = sec1(&secret.public_key());
+    let shared = p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), card.as_affine());
+    let kek = kek_from_shared(shared.raw_secret_bytes().as_slice(), &eph, &sec1(card));
+    (eph, kek)
+}
+
+/// Map the `yubikey` crate's errors to what a person can act on.
+fn card_error(serial: Option<u32>, op: &str, e: yubikey::Error) -> SlotError {
+    let what = match serial {
+        Some(s) => format!("YubiKey {s}"),
+        None => "YubiKey".to_owned(),
+    };
+    match e {
+        yubikey::Error::NotFound => SlotError::DeviceNotFound {
+            what,
+            hint: PCSCD_HINT.into(),
+        },
+        yubikey::Error::PcscError { inner: None } => SlotError::DeviceNotFound {
+            what,
+            hint: "several cards are present; name one with --serial".into(),
+        },
+        yubikey::Error::PcscError { inner: Some(p) } => SlotError::DeviceNotFound {
+            what,
+            hint: format!("PC/SC said: {p}; {PCSCD_HINT}"),
+        },
+        yubikey::Error::WrongPin { tries: 0 } | yubikey::Error::PinLocked => SlotError::LockedOut {
+            what: format!("{what} PIN"),
+            hint: "blocked after too many wrong PINs: unblock it with the PUK (`yubico-piv-tool -a unblock-pin`, or `ykman piv access unblock-pin`), or unlock with another slot".into(),
+        },
+        yubikey::Error::WrongPin { tries } => SlotError::WrongPin {
+            tries_left: Some(u32::from(tries)),
+        },
+        e => SlotError::Device(format!("{what}: {op} failed: {e}")),
+    }
+}
+
+fn open(serial: Option<u32>) -> Result<YubiKey, SlotError> {
+    match serial {
+        Some(s) => YubiKey::open_by_serial(Serial(s)),
+        None => YubiKey::open(),
+    }
+    .map_err(|e| card_error(serial, "open", e))
+}
+
+/// How the key for a new slot is obtained.
+pub enum KeySource {
+    /// Generate a new key on the card, with these policies, authorized by
+    /// this management key (24 bytes, 3DES). `None`: the PIN-protected
+    /// management key the card stores, if it has one.
+    Generate {
+        /// PIN policy.
+        pin_policy: PinPolicyArg,
+        /// Touch policy.
+        touch_policy: TouchPolicyArg,
+        /// Management key, if not PIN-protected on the card.
+        management_key: Option<Zeroizing<Vec<u8>>>,
+    },
+    /// A key already in the slot, whose public key is this (e.g. from
+    /// `yubico-piv-tool -a generate -o`) or, when `None`, read from the card.
+    Existing(Option<p256::PublicKey>),
+}
+
+/// What `enroll` needs.
+pub struct EnrollOptions {
+    /// The card's serial; `None` when exactly one card is present.
+    pub serial: Option<u32>,
+    /// The PIV slot (see [`parse_piv_slot`]).
+    pub piv_slot: u8,
+    /// Generate a key or use the one there.
+    pub key: KeySource,
+}
+
+/// Parse a PEM public key (`-----BEGIN PUBLIC KEY-----`, P-256); text
+/// around the PEM block (a tool's messages) is ignored.
+pub fn public_key_from_pem(text: &str) -> Result<p256::PublicKey, String> {
+    use p256::pkcs8::DecodePublicKey as _;
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    let pem = match (text.find(BEGIN), text.find(END)) {
+        (Some(b), Some(e)) if b < e => &text[b..e + END.len()],
+        _ => return Err("no `-----BEGIN PUBLIC KEY-----` block".into()),
+    };
+    p256::PublicKey::from_public_key_pem(pem)
+        .map_err(|e| format!("not a P-256 public key in PEM: {e}"))
+}
+
+/// Enroll a YubiKey: check the PIN (refusing the default one), get the
+/// slot's key (generated now or already there), prove the card holds its
+/// private key with one ECDH, and wrap `bk` to it.
+pub fn enroll(
+    bk: &BackupKey,
+    opts: EnrollOptions,
+    pin: &SecretString,
+    ui: &dyn crate::ui::Ui,
+) -> Result<SlotRecord, SlotError> {
+    if pin.expose_secret() == DEFAULT_PIN {
+        return Err(SlotError::PolicyRefused(
+            "the card still has the default PIN 123456; change the PIN and the PUK first (`yubico-piv-tool -a change-pin`, `yubico-piv-tool -a change-puk`, or `ykman piv access change-pin` / `change-puk`)".into(),
+        ));
+    }
+    let mut yk = open(opts.serial)?;
+    let serial = yk.serial().0;
+    let some = Some(serial);
+    let slot = piv_slot_id(opts.piv_slot);
+    yk.verify_pin(pin.expose_secret().as_bytes())
+        .map_err(|e| card_error(some, "verify PIN", e))?;
+
+    let (public, pin_policy, touch_policy) = match opts.key {
+        KeySource::Generate {
+            pin_policy,
+            touch_policy,
+            management_key,
+        } => {
+            if yk.authenticate(MgmKey::default()).is_ok() {
+                return Err(SlotError::PolicyRefused(format!(
+                    "YubiKey {serial} still has the default management key; set your own first (`yubico-piv-tool -a set-mgm-key`, or `ykman piv access change-management-key --protect` to keep it PIN-protected on the card), then enroll again"
+                )));
+            }
+            let mgm = match management_key {
+                Some(bytes) => MgmKey::from_bytes(bytes.as_slice()).map_err(|_| {
+                    SlotError::PolicyRefused(
+                        "the management key must be 24 bytes (48 hex digits, 3DES)".into(),
+                    )
+                })?,
+                None => MgmKey::get_protected(&mut yk).map_err(|_| {
+                    SlotError::PolicyRefused(format!(
+                        "YubiKey {serial} keeps no PIN-protected management key: give yours with --management-key-file"
+                    ))
+                })?,
+            };
+            yk.authenticate(mgm).map_err(|_| {
+                SlotError::PolicyRefused(format!("YubiKey {serial} refused the management key"))
+            })?;
+            let spki = piv::generate(
+                &mut yk,
+                slot,
+                AlgorithmId::EccP256,
+                pin_policy.to_piv(),
+                touch_policy.to_piv(),
+            )
+            .map_err(|e| card_error(some, "generate key", e))?;
+            let public = p256::PublicKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
+                .map_err(|_| {
+                    SlotError::Device("the card returned a key that is not P-256".into())
+                })?;
+            // A generate ends the PIN session on some firmware.
+            yk.verify_pin(pin.expose_secret().as_bytes())
+                .map_err(|e| card_error(some, "verify PIN", e))?;
+            (public, pin_policy.name(), touch_policy.name())
+        }
+        KeySource::Existing(Some(public)) => (public, "unknown", "unknown"),
+        KeySource::Existing(None) => {
+            let meta = piv::metadata(&mut yk, slot).map_err(|_| {
+                SlotError::PolicyRefused(format!(
+                    "YubiKey {serial} does not tell the public key of PIV slot {:02x} (firmware before 5.3, or not a YubiKey): give it with --public-key-file, e.g. the PEM that `yubico-piv-tool -a generate -o` wrote",
+                    opts.piv_slot
+                ))
+            })?;
+            let public = meta
+                .public
+                .and_then(|spki| {
+                    p256::PublicKey::from_sec1_bytes(spki.subject_public_key.raw_bytes()).ok()
+                })
+                .ok_or_else(|| {
+                    SlotError::PolicyRefused(format!(
+                        "PIV slot {:02x} of YubiKey {serial} holds no P-256 key",
+                        opts.piv_slot
+                    ))
+                })?;
+            (public, "unknown", "unknown")
+        }
+    };
+
+    // Prove the card holds the private key: wrap to it, unwrap on the card.
+    let (eph, kek) = wrap_to(&public);
+    if touch_policy != "never" {
+        ui.message("Touch your YubiKey (if it is blinking)");
+    }
+    let shared = card_ecdh(&mut yk, some, opts.piv_slot, &eph)?;
+    let check = kek_from_shared(&shared, &eph, &sec1(&public));
+    if check.expose() != kek.expose() {
+        return Err(SlotError::PolicyRefused(format!(
+            "PIV slot {:02x} of YubiKey {serial} does not hold the private key of that public key",
+            opts.piv_slot
+        )));
+    }
+    let params = YubikeyParams {
+        serial,
+        piv_slot: format!("{:02x}", opts.piv_slot),
+        public_key: B64.encode(sec1(&public)),
+        ephemeral: B64.encode(&eph),
+        pin_policy: pin_policy.into(),
+        touch_policy: touch_policy.into(),
+    };
+    Ok(SlotRecord::new(SlotParams::Yubikey(params), bk.wrap(&kek)))
+}
+
+fn card_ecdh(
+    yk: &mut YubiKey,
+    serial: Option<u32>,
+    piv_slot: u8,
+    ephemeral: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SlotError> {
+    let out = piv::decrypt_data(yk, ephemeral, AlgorithmId::EccP256, piv_slot_id(piv_slot))
+        .map_err(|e| match e {
+            yubikey::Error::KeyError | yubikey::Error::GenericError => SlotError::Device(format!(
+                "{}: PIV slot {piv_slot:02x} holds no usable key (was it replaced or deleted?)",
+                serial.map(|s| format!("YubiKey {s}")).unwrap_or_default()
+            )),
+            e => card_error(serial, "ECDH", e),
+        })?;
+    Ok(Zeroizing::new(out.to_vec()))
+}
+
+impl YubikeyParams {
+    fn piv_slot_number(&self) -> Result<u8, SlotError> {
+        parse_piv_slot(&self.piv_slot).map_err(|r| malformed("piv_slot", &r))
+    }
+
+    /// Wrap `bk` again for the same card key, without the card: a new
+    /// ephemeral key, same serial, PIV slot and policies.
+    pub fn rewrap(&self, bk: &BackupKey) -> Result<SlotRecord, SlotError> {
+        self.piv_slot_number()?;
+        let card = decode_point("public_key", &self.public_key)?;
+        let (eph, kek) = wrap_to(&card);
+        let params = YubikeyParams {
+            ephemeral: B64.encode(&eph),
+            ..self.clone()
+        };
+        Ok(SlotRecord::new(SlotParams::Yubikey(params), bk.wrap(&kek)))
+    }
+}
+
+impl Slot for YubikeyParams {
+    fn interaction(&self, _factors: &Factors) -> Interaction {
+        Interaction::Device
+    }
+
+    fn unwrap(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &UnlockContext<'_>,
+    ) -> Option<Result<BackupKey, SlotError>> {
+        let checked = (|| {
+            let n = self.piv_slot_number()?;
+            let card = decode_point("public_key", &self.public_key)?;
+            let eph = decode_point("ephemeral", &self.ephemeral)?;
+            Ok::<_, SlotError>((n, sec1(&card), sec1(&eph)))
+        })();
+        let (n, card, eph) = match checked {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        let serial = Some(self.serial);
+        // Find the card before asking for a PIN: no card, no prompt.
+        let mut yk = match open(serial) {
+            Ok(yk) => yk,
+            Err(e) => return Some(Err(e)),
+        };
+        if self.pin_policy != "never" {
+            let pin = ctx.secret(&ctx.factors.pin, "PIN")?;
+            if let Err(e) = yk.verify_pin(pin.expose_secret().as_bytes()) {
+                return Some(Err(card_error(serial, "verify PIN", e)));
+            }
+        }
+        if self.touch_policy != "never" {
+            ctx.ui.message(&format!(
+                "Touch your YubiKey {} (if it is blinking)",
+                self.serial
+            ));
+        }
+        let shared = match card_ecdh(&mut yk, serial, n, &eph) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let kek = kek_from_shared(&shared, &eph, &card);
+        Some(wrapped.unwrap(&kek).map_err(|_| {
+            SlotError::Device(format!(
+                "YubiKey {}: PIV slot {} holds a different key than the one enrolled",
+                self.serial, self.piv_slot
+            ))
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "YubiKey serial {}, PIV slot {}, PIN policy {}, touch policy {}",
+            self.serial, self.piv_slot, self.pin_policy, self.touch_policy
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn software_ecdh_matches_the_wrap() {
+        // What the card computes, done in software with the card's secret.
+        let card_secret = p256::SecretKey::from_slice(&[7u8; 32]).unwrap();
+        let card_pub = card_secret.public_key();
+        let bk = BackupKey::generate();
+        let (eph, kek) = wrap_to(&card_pub);
+        let wrapped = bk.wrap(&kek);
+        let eph_pub = p256::PublicKey::from_sec1_bytes(&eph).unwrap();
+        let shared =
+            p256::ecdh::diffie_hellman(card_secret.to_nonzero_scalar(), eph_pub.as_affine());
+        let kek2 = kek_from_shared(shared.raw_secret_bytes().as_slice(), &eph, &sec1(&card_pub));
+        assert_eq!(wrapped.unwrap(&kek2).unwrap().expose(), bk.expose());
+    }
+
+    #[test]
+    fn card_errors_map_to_what_a_person_can_do() {
+        use crate::ExitStatus;
+        let e = card_error(Some(7), "verify PIN", yubikey::Error::WrongPin { tries: 2 });
+        assert_eq!(e.exit_status(), ExitStatus::WrongFactor);
+        assert_eq!(e.to_string(), "wrong PIN (2 tries left)");
+        for blocked in [
+            yubikey::Error::WrongPin { tries: 0 },
+            yubikey::Error::PinLocked,
+        ] {
+            let e = card_error(Some(7), "verify PIN", blocked);
+            assert_eq!(e.exit_status(), ExitStatus::NoUsableSlot);
+            assert!(e.to_string().contains("PUK"), "{e}");
+        }
+        let e = card_error(Some(7), "open", yubikey::Error::NotFound);
+        assert_eq!(e.exit_status(), ExitStatus::NoUsableSlot);
+        assert!(e.to_string().contains("YubiKey 7 not found"), "{e}");
+        assert!(e.to_string().contains("start pcscd"), "{e}");
+        let several = card_error(None, "open", yubikey::Error::PcscError { inner: None });
+        assert!(several.to_string().contains("--serial"), "{several}");
+    }
+
+    #[test]
+    fn public_keys_are_read_from_pem_amid_other_text() {
+        use p256::pkcs8::EncodePublicKey as _;
+        let key = p256::SecretKey::from_slice(&[3u8; 32])
+            .unwrap()
+            .public_key();
+        let pem = key.to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        let noisy = format!("Successfully generated a new private key.\n{pem}\n");
+        assert_eq!(public_key_from_pem(&noisy).unwrap(), key);
+        assert!(public_key_from_pem("nothing here").is_err());
+    }
+
+    #[test]
+    fn piv_slots_are_checked() {
+        assert_eq!(parse_piv_slot("82"), Ok(0x82));
+        assert_eq!(parse_piv_slot("95"), Ok(0x95));
+        assert_eq!(parse_piv_slot("9d"), Ok(0x9d));
+        assert!(parse_piv_slot("9a").is_err());
+        assert!(parse_piv_slot("96").is_err());
+        assert!(parse_piv_slot("zz").is_err());
+    }
+
+    #[test]
+    fn params_refuse_unknown_fields() {
+        let v = serde_json::json!({
+            "serial": 1, "piv_slot": "82", "public_key": "", "ephemeral": "",
+            "pin_policy": "once", "touch_policy": "always", "extra": 1
+        });
+        assert!(serde_json::from_value::<YubikeyParams>(v).is_err());
+    }
+}
