@@ -6,6 +6,8 @@
 
 mod archive_cmd;
 pub mod term;
+#[cfg(feature = "vault")]
+mod vault_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use coffer::error::{Error, Result};
@@ -118,6 +120,10 @@ pub enum Command {
         /// The archive (`-` for standard input)
         archive: PathBuf,
     },
+    /// The key vault server
+    #[cfg(feature = "vault")]
+    #[command(subcommand)]
+    Vault(vault_cmd::VaultCmd),
 }
 
 /// `--compress` values.
@@ -135,6 +141,20 @@ pub enum EnrollKind {
     /// A password (Argon2id)
     Password {
         /// Read the new password from FILE (- for standard input);
+        /// otherwise it is asked for twice on the terminal
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// A password checked by a coffer key vault server (OPAQUE, guess limit)
+    #[cfg(feature = "vault")]
+    Vault {
+        /// The vault server, https://... (or http:// to a loopback address)
+        #[arg(long)]
+        url: String,
+        /// Trust the CA certificate(s) in this PEM file for the server
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Read the new vault password from FILE (- for standard input);
         /// otherwise it is asked for twice on the terminal
         #[arg(long, value_name = "FILE")]
         new_password_file: Option<PathBuf>,
@@ -202,6 +222,10 @@ impl Cli {
             Command::Enroll(EnrollKind::Password { new_password_file }) => {
                 new_password_file.as_ref()
             }
+            #[cfg(feature = "vault")]
+            Command::Enroll(EnrollKind::Vault {
+                new_password_file, ..
+            }) => new_password_file.as_ref(),
             _ => None,
         };
         let dash = PathBuf::from("-");
@@ -241,6 +265,10 @@ impl Cli {
 
 /// Run the parsed command line.
 pub fn run(cli: &Cli) -> Result<()> {
+    #[cfg(feature = "vault")]
+    if let Command::Vault(cmd) = &cli.command {
+        return vault_cmd::run(cmd);
+    }
     let env = cli.env()?;
     match &cli.command {
         Command::Init { recovery_key_out } => init(cli, &env, recovery_key_out.as_deref()),
@@ -260,6 +288,8 @@ pub fn run(cli: &Cli) -> Result<()> {
         } => archive_cmd::open(cli, &env, archive, output, *force),
         Command::Verify { archive } => archive_cmd::verify(cli, &env, archive),
         Command::Inspect { archive } => archive_cmd::inspect(cli, archive),
+        #[cfg(feature = "vault")]
+        Command::Vault(_) => unreachable!("handled above"),
     }
 }
 
@@ -359,7 +389,7 @@ fn init(cli: &Cli, env: &Env, recovery_out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn new_password(env: &Env, file: Option<&Path>) -> Result<SecretString> {
+pub(crate) fn new_password(env: &Env, file: Option<&Path>) -> Result<SecretString> {
     if let Some(f) = file {
         return read_secret_file(f);
     }
@@ -384,6 +414,12 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
             password::enroll(&bk, &pw, password::Cost::default())
                 .map_err(|e| Error::Refused(e.to_string()))?
         }
+        #[cfg(feature = "vault")]
+        EnrollKind::Vault {
+            url,
+            ca,
+            new_password_file,
+        } => vault_cmd::enroll(env, &bk, url, ca.as_deref(), new_password_file.as_deref())?,
     };
     let (id, kind) = (record.id.clone(), record.params.kind().to_owned());
     keyring.add_slot(&bk, record)?;

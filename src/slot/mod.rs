@@ -15,6 +15,8 @@
 
 pub mod password;
 pub mod recovery;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 use crate::error::{Attempt, Error, SlotError, UnlockFailure};
 use crate::key::{BackupKey, WRAPPED_LEN, WrappedKey};
@@ -160,6 +162,9 @@ pub enum SlotParams {
     Recovery(recovery::RecoveryParams),
     /// An Argon2id password.
     Password(password::PasswordParams),
+    /// A password checked by a key vault server (OPAQUE).
+    #[cfg(feature = "vault")]
+    Vault(vault::VaultParams),
     /// A kind this build does not know; preserved on rewrite.
     Unknown(UnknownSlot),
 }
@@ -170,6 +175,8 @@ impl SlotParams {
         match self {
             SlotParams::Recovery(_) => recovery::KIND,
             SlotParams::Password(_) => password::KIND,
+            #[cfg(feature = "vault")]
+            SlotParams::Vault(_) => vault::KIND,
             SlotParams::Unknown(u) => &u.kind,
         }
     }
@@ -179,6 +186,8 @@ impl SlotParams {
         match self {
             SlotParams::Recovery(p) => Some(p),
             SlotParams::Password(p) => Some(p),
+            #[cfg(feature = "vault")]
+            SlotParams::Vault(p) => Some(p),
             SlotParams::Unknown(_) => None,
         }
     }
@@ -189,6 +198,8 @@ impl SlotParams {
         Ok(match kind {
             recovery::KIND => SlotParams::Recovery(serde_json::from_value(v).map_err(typed)?),
             password::KIND => SlotParams::Password(serde_json::from_value(v).map_err(typed)?),
+            #[cfg(feature = "vault")]
+            vault::KIND => SlotParams::Vault(serde_json::from_value(v).map_err(typed)?),
             _ => SlotParams::Unknown(UnknownSlot {
                 kind: kind.to_owned(),
                 fields,
@@ -200,6 +211,8 @@ impl SlotParams {
         let v = match self {
             SlotParams::Recovery(p) => serde_json::to_value(p),
             SlotParams::Password(p) => serde_json::to_value(p),
+            #[cfg(feature = "vault")]
+            SlotParams::Vault(p) => serde_json::to_value(p),
             SlotParams::Unknown(u) => return u.fields.clone(),
         }
         .expect("slot parameters serialize");

@@ -1,0 +1,331 @@
+//! The key vault server: HTTP + JSON on a loopback address (put a TLS
+//! reverse proxy in front for anything else), answering OPAQUE registration
+//! and login, counting guesses in the [`Store`] before any OPRF answer
+//! leaves, and holding the login state between start and finish in memory
+//! for [`SESSION_TTL`].
+//!
+//! Must never: answer a login start before its guess is committed; log a
+//! request body, a session id or a secret; panic on a client's bytes.
+
+use super::VaultError;
+use super::hsm::Sealer;
+use super::protocol::{self, Suite, path};
+use super::store::{LoginRecord, Store};
+use opaque_ke::{
+    CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
+    ServerLogin, ServerLoginStartParameters, ServerRegistration, ServerSetup,
+};
+use rand_core::OsRng;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// How long a login start's state waits for its finish.
+pub const SESSION_TTL: Duration = Duration::from_secs(60);
+
+/// Most login states held at once; beyond it, starts are refused (503).
+pub const MAX_SESSIONS: usize = 10_000;
+
+/// Worker threads answering requests.
+pub const WORKERS: usize = 8;
+
+const SETUP_NAME: &str = "opaque-server-setup";
+const SETUP_AAD: &[u8] = b"coffer/v1 vault opaque-server-setup";
+
+/// A login between its start and its finish.
+struct Pending {
+    user: String,
+    state: ServerLogin<Suite>,
+    expires: Instant,
+}
+
+/// The vault's state, shared by the workers.
+pub struct Vault {
+    store: Store,
+    setup: ServerSetup<Suite>,
+    max_guesses: u32,
+    sessions: Mutex<HashMap<String, Pending>>,
+}
+
+/// An HTTP answer: status and JSON body.
+type Reply = (u16, String);
+
+fn json<T: Serialize>(status: u16, v: &T) -> Reply {
+    (
+        status,
+        serde_json::to_string(v).unwrap_or_else(|_| "{}".into()),
+    )
+}
+
+fn err(status: u16, code: &str) -> Reply {
+    json(status, &protocol::ErrorResponse { error: code.into() })
+}
+
+fn bad() -> Reply {
+    err(400, "bad-request")
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+    serde_json::from_slice(body).map_err(|_| bad())
+}
+
+fn user_of(s: &str) -> Result<[u8; protocol::USER_ID_LEN], Reply> {
+    protocol::parse_user(s).ok_or_else(bad)
+}
+
+fn internal(e: VaultError) -> Reply {
+    // The operator sees the cause on stderr; the client learns nothing.
+    eprintln!("coffer vault: internal error: {e}");
+    err(500, "internal")
+}
+
+impl Vault {
+    /// Open the vault: load (or create, seal and store) the OPAQUE server
+    /// setup.
+    pub fn open(store: Store, sealer: &Sealer, max_guesses: u32) -> Result<Self, VaultError> {
+        let sealed = match store.secret(SETUP_NAME)? {
+            Some(s) => s,
+            None => {
+                let fresh = ServerSetup::<Suite>::new(&mut OsRng);
+                let plain = Zeroizing::new(fresh.serialize().to_vec());
+                let sealed = sealer.seal(&plain, SETUP_AAD)?;
+                store.put_secret_once(SETUP_NAME, &sealed)?
+            }
+        };
+        let plain = sealer.unseal(&sealed, SETUP_AAD)?;
+        let setup = ServerSetup::<Suite>::deserialize(&plain)
+            .map_err(|e| VaultError::Seal(format!("the stored server setup is malformed: {e}")))?;
+        Ok(Self {
+            store,
+            setup,
+            max_guesses,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The server's OPAQUE public key (clients pin it).
+    pub fn public_key(&self) -> Vec<u8> {
+        self.setup.keypair().public().serialize().to_vec()
+    }
+
+    /// The store (for operators and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Answer one request.
+    pub fn handle(&self, method: &str, url: &str, body: &[u8]) -> Reply {
+        if method != "POST" {
+            return err(405, "method-not-allowed");
+        }
+        let r = match url {
+            path::REGISTER_START => self.register_start(body),
+            path::REGISTER_FINISH => self.register_finish(body),
+            path::LOGIN_START => self.login_start(body),
+            path::LOGIN_FINISH => self.login_finish(body, false),
+            path::DELETE => self.login_finish(body, true),
+            _ => Err(err(404, "not-found")),
+        };
+        r.unwrap_or_else(|e| e)
+    }
+
+    fn register_start(&self, body: &[u8]) -> Result<Reply, Reply> {
+        let req: protocol::StartRequest = parse(body)?;
+        let user = user_of(&req.user)?;
+        let msg = protocol::unb64(&req.message, 256).ok_or_else(bad)?;
+        let msg = RegistrationRequest::<Suite>::deserialize(&msg).map_err(|_| bad())?;
+        if self.store.exists(&req.user).map_err(internal)? {
+            return Err(err(409, "exists"));
+        }
+        let start =
+            ServerRegistration::<Suite>::start(&self.setup, msg, &user).map_err(|_| bad())?;
+        Ok(json(
+            200,
+            &protocol::RegisterStartResponse {
+                message: protocol::b64(&start.message.serialize()),
+            },
+        ))
+    }
+
+    fn register_finish(&self, body: &[u8]) -> Result<Reply, Reply> {
+        let req: protocol::RegisterFinishRequest = parse(body)?;
+        user_of(&req.user)?;
+        let msg = protocol::unb64(&req.message, 1024).ok_or_else(bad)?;
+        let upload = RegistrationUpload::<Suite>::deserialize(&msg).map_err(|_| bad())?;
+        let record = ServerRegistration::finish(upload);
+        if !self
+            .store
+            .register(&req.user, &record.serialize())
+            .map_err(internal)?
+        {
+            return Err(err(409, "exists"));
+        }
+        Ok((200, "{}".into()))
+    }
+
+    fn login_start(&self, body: &[u8]) -> Result<Reply, Reply> {
+        let req: protocol::StartRequest = parse(body)?;
+        let user = user_of(&req.user)?;
+        let msg = protocol::unb64(&req.message, 256).ok_or_else(bad)?;
+        // Parse everything before counting: a malformed message costs no guess.
+        let request = CredentialRequest::<Suite>::deserialize(&msg).map_err(|_| bad())?;
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            sessions.retain(|_, p| p.expires > now);
+            if sessions.len() >= MAX_SESSIONS {
+                return Err(err(503, "busy"));
+            }
+        }
+        let (registration, guesses_left) = match self
+            .store
+            .login_start(&req.user, self.max_guesses)
+            .map_err(internal)?
+        {
+            LoginRecord::Missing => return Err(err(404, "no-record")),
+            LoginRecord::Destroyed => return Err(err(410, "destroyed")),
+            LoginRecord::Found {
+                registration,
+                guesses_left,
+            } => (registration, guesses_left),
+        };
+        let registration = ServerRegistration::<Suite>::deserialize(&registration)
+            .map_err(|e| internal(VaultError::Store(format!("stored record: {e}"))))?;
+        let start = ServerLogin::start(
+            &mut OsRng,
+            &self.setup,
+            Some(registration),
+            request,
+            &user,
+            ServerLoginStartParameters::default(),
+        )
+        .map_err(|_| bad())?;
+        let mut id = [0u8; 16];
+        crate::key::random_bytes(&mut id);
+        let session = hex::encode(id);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                session.clone(),
+                Pending {
+                    user: req.user,
+                    state: start.state,
+                    expires: Instant::now() + SESSION_TTL,
+                },
+            );
+        Ok(json(
+            200,
+            &protocol::LoginStartResponse {
+                session,
+                message: protocol::b64(&start.message.serialize()),
+                guesses_left,
+            },
+        ))
+    }
+
+    fn login_finish(&self, body: &[u8], delete: bool) -> Result<Reply, Reply> {
+        let req: protocol::LoginFinishRequest = parse(body)?;
+        let msg = protocol::unb64(&req.message, 256).ok_or_else(bad)?;
+        let fin = CredentialFinalization::<Suite>::deserialize(&msg).map_err(|_| bad())?;
+        // One use per session: a replayed finish finds nothing.
+        let pending = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req.session)
+            .filter(|p| p.expires > Instant::now())
+            .ok_or_else(|| err(400, "bad-session"))?;
+        if pending.state.finish(fin).is_err() {
+            return Err(err(401, "unauthenticated"));
+        }
+        if delete {
+            self.store.destroy(&pending.user).map_err(internal)?;
+        } else {
+            self.store
+                .login_succeeded(&pending.user)
+                .map_err(internal)?;
+        }
+        Ok((200, "{}".into()))
+    }
+}
+
+/// A bound, not yet running, server.
+pub struct Server {
+    http: tiny_http::Server,
+    vault: Arc<Vault>,
+}
+
+impl Server {
+    /// Bind `listen`, which must be a loopback address: plain HTTP goes no
+    /// further than this machine (a TLS reverse proxy serves the rest).
+    pub fn bind(listen: SocketAddr, vault: Vault) -> Result<Self, VaultError> {
+        if !listen.ip().is_loopback() {
+            return Err(VaultError::Protocol(format!(
+                "{listen} is not a loopback address: the vault speaks plain HTTP, so it listens on 127.0.0.1 or ::1 behind a TLS reverse proxy"
+            )));
+        }
+        let http = tiny_http::Server::http(listen)
+            .map_err(|e| VaultError::Protocol(format!("cannot listen on {listen}: {e}")))?;
+        Ok(Self {
+            http,
+            vault: Arc::new(vault),
+        })
+    }
+
+    /// The address actually bound (for port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.http.server_addr().to_ip()
+    }
+
+    /// Answer requests until the process ends.
+    pub fn run(self) {
+        let http = Arc::new(self.http);
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                let (http, vault) = (http.clone(), self.vault.clone());
+                std::thread::spawn(move || {
+                    while let Ok(req) = http.recv() {
+                        serve_one(&vault, req);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+fn serve_one(vault: &Vault, mut req: tiny_http::Request) {
+    let (status, body) = if req.body_length().is_some_and(|n| n > protocol::MAX_BODY) {
+        err(413, "too-large")
+    } else {
+        let mut body = Vec::new();
+        let read = req
+            .as_reader()
+            .take(protocol::MAX_BODY as u64 + 1)
+            .read_to_end(&mut body);
+        if read.is_err() {
+            bad()
+        } else if body.len() > protocol::MAX_BODY {
+            err(413, "too-large")
+        } else {
+            let method = req.method().as_str().to_owned();
+            let url = req.url().to_owned();
+            vault.handle(&method, &url, &body)
+        }
+    };
+    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+        .expect("static header");
+    let _ = req.respond(
+        tiny_http::Response::from_string(body)
+            .with_status_code(status)
+            .with_header(header),
+    );
+}
