@@ -1,0 +1,415 @@
+//! The key vault end to end: real `coffer vault serve` processes on
+//! 127.0.0.1 (a free port each), a real SoftHSM token per test sealing the
+//! server's secrets, SQLite storage.
+#![cfg(feature = "vault")]
+
+mod common;
+
+use coffer::vault::VaultError;
+use coffer::vault::client::Client;
+use coffer::vault::protocol::{self, Suite, path};
+use common::Home;
+use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse, Identifiers};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const PIN: &str = "4321";
+
+/// A SoftHSM token of its own, in a temp dir.
+struct Token {
+    dir: tempfile::TempDir,
+}
+
+impl Token {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tokens")).unwrap();
+        std::fs::write(
+            dir.path().join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("pin"), PIN).unwrap();
+        let t = Self { dir };
+        let ok = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", t.conf())
+            .args(["--init-token", "--free", "--label", "vault-test"])
+            .args(["--so-pin", "123456", "--pin", PIN])
+            .stdout(Stdio::null())
+            .status()
+            .expect("softhsm2-util (hsm-sim/install-deps.sh installs it)");
+        assert!(ok.success());
+        t
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+}
+
+/// A running `coffer vault serve`, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(token: &Token, db: &Path, max_guesses: u32) -> Self {
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("coffer"))
+            .env("SOFTHSM2_CONF", token.conf())
+            .args(["vault", "serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(format!("sqlite:{}", db.display()))
+            .args(["--hsm-module", SOFTHSM])
+            .args(["--hsm-uri", "pkcs11:token=vault-test;object=coffer-vault"])
+            .arg("--hsm-pin-file")
+            .arg(token.dir.path().join("pin"))
+            .args(["--max-guesses", &max_guesses.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+            .to_owned();
+        Self { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn setup(max: u32) -> (Home, Token, Server) {
+    let home = Home::new();
+    let token = Token::new();
+    let server = Server::start(&token, &home.path("vault.db"), max);
+    home.init();
+    std::fs::write(home.path("pw"), "vault password\n").unwrap();
+    std::fs::write(home.path("bad"), "not it\n").unwrap();
+    home.coffer()
+        .args([
+            "enroll",
+            "vault",
+            "--url",
+            &server.url,
+            "--new-password-file",
+        ])
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .success();
+    (home, token, server)
+}
+
+fn open_with(home: &Home, pw: &str, out: &str) -> assert_cmd::assert::Assert {
+    home.coffer()
+        .args([
+            "open",
+            "a.cof",
+            "-o",
+            out,
+            "--slot",
+            "vault",
+            "--password-file",
+        ])
+        .arg(home.path(pw))
+        .assert()
+}
+
+fn seal(home: &Home) {
+    std::fs::write(home.path("f.txt"), "kept safe").unwrap();
+    home.coffer()
+        .args([
+            "seal",
+            "f.txt",
+            "-o",
+            "a.cof",
+            "--slot",
+            "vault",
+            "--password-file",
+        ])
+        .arg(home.path("pw"))
+        .assert()
+        .success();
+}
+
+#[test]
+fn enroll_then_unlock_through_the_server() {
+    let (home, _token, _server) = setup(10);
+    seal(&home);
+    open_with(&home, "pw", "out").success();
+    assert_eq!(
+        std::fs::read_to_string(home.path("out/f.txt")).unwrap(),
+        "kept safe"
+    );
+    let out = home.coffer().args(["slots", "--json"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\"kind\": \"vault\""), "{text}");
+    assert!(text.contains("server_key"), "{text}");
+    assert!(!text.contains("vault password"), "{text}");
+}
+
+#[test]
+fn wrong_guesses_destroy_the_record_and_the_recovery_key_still_opens() {
+    let (home, _token, _server) = setup(3);
+    seal(&home);
+    for left in [2, 1, 0] {
+        open_with(&home, "bad", &format!("o{left}"))
+            .code(3)
+            .stderr(predicates::str::contains(format!("{left} guesses left")));
+    }
+    // The right password is now too late.
+    open_with(&home, "pw", "late")
+        .code(5)
+        .stderr(predicates::str::contains("destroyed"));
+    open_with(&home, "pw", "late2")
+        .code(5)
+        .stderr(predicates::str::contains("destroyed"));
+    home.coffer()
+        .args(["open", "a.cof", "-o", "rec", "--password-file"])
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .success();
+}
+
+#[test]
+fn a_right_password_refunds_the_guesses() {
+    let (home, _token, _server) = setup(3);
+    seal(&home);
+    open_with(&home, "bad", "o1").code(3);
+    open_with(&home, "bad", "o2").code(3);
+    open_with(&home, "pw", "ok").success();
+    open_with(&home, "bad", "o3")
+        .code(3)
+        .stderr(predicates::str::contains("2 guesses left"));
+}
+
+#[test]
+fn restart_keeps_records_counters_and_the_sealed_setup() {
+    let (home, token, server) = setup(3);
+    seal(&home);
+    open_with(&home, "bad", "o1").code(3);
+    drop(server);
+    let server = Server::start(&token, &home.path("vault.db"), 3);
+    // The restarted server has a new port and the keyring is MACed, so talk
+    // to it directly with the slot's user id and pinned key.
+    let keyring: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.keyring()).unwrap()).unwrap();
+    let slot = keyring["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "vault")
+        .unwrap()
+        .clone();
+    let user = slot["user"].as_str().unwrap();
+    let pinned = base64_decode(slot["server_key"].as_str().unwrap());
+    let client = Client::new(&server.url, None).unwrap();
+    // The counter survived: one guess was used, this is the second.
+    match client.login(user, b"not it", &pinned, false) {
+        Err(VaultError::WrongPassword { guesses_left }) => assert_eq!(guesses_left, 1),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // The setup was unsealed from the HSM: same key, the right password works.
+    client
+        .login(user, b"vault password", &pinned, false)
+        .unwrap();
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn post(url: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let mut r = agent
+        .post(format!("{url}{path}"))
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// Register a user straight through the library; returns (user, pinned key).
+fn register(url: &str, password: &[u8]) -> (String, Vec<u8>) {
+    let mut id = [0u8; 16];
+    coffer::key::random_bytes(&mut id);
+    let user = hex::encode(id);
+    let reg = Client::new(url, None)
+        .unwrap()
+        .register(&user, password)
+        .unwrap();
+    (user, reg.server_key)
+}
+
+#[test]
+fn malformed_oversized_and_replayed_messages_are_refused() {
+    let home = Home::new();
+    let token = Token::new();
+    let server = Server::start(&token, &home.path("vault.db"), 5);
+    let url = &server.url;
+    let (user, pinned) = register(url, b"pw");
+
+    let junk: &[(&str, &[u8])] = &[
+        (path::LOGIN_START, b"not json"),
+        (path::LOGIN_START, b"{}"),
+        (path::LOGIN_START, br#"{"user":"zz","message":""}"#),
+        (path::LOGIN_FINISH, br#"{"session":"00","message":"AAAA"}"#),
+        (path::REGISTER_FINISH, br#"{"user":"00","message":"!!"}"#),
+        (path::DELETE, b"[]"),
+    ];
+    for (p, body) in junk {
+        let (status, _) = post(url, p, body);
+        assert_eq!(status, 400, "{p} {:?}", String::from_utf8_lossy(body));
+    }
+    let bad_msg = format!(
+        r#"{{"user":"{user}","message":"{}"}}"#,
+        protocol::b64(&[0xffu8; 96])
+    );
+    assert_eq!(post(url, path::LOGIN_START, bad_msg.as_bytes()).0, 400);
+    let big = vec![b'x'; protocol::MAX_BODY + 1];
+    assert_eq!(post(url, path::LOGIN_START, &big).0, 413);
+    assert_eq!(post(url, "/v1/nothing", b"{}").0, 404);
+    let (status, body) = post(url, path::REGISTER_START, bad_msg.as_bytes());
+    assert_eq!(status, 400, "{body}");
+
+    // A login by hand, so that its finish can be replayed.
+    let start = ClientLogin::<Suite>::start(&mut rand_core::OsRng, b"pw").unwrap();
+    let req =
+        serde_json::json!({"user": user, "message": protocol::b64(&start.message.serialize())});
+    let (status, body) = post(url, path::LOGIN_START, req.to_string().as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let ans: protocol::LoginStartResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!(ans.guesses_left, 4, "malformed messages cost no guess");
+    let resp = CredentialResponse::<Suite>::deserialize(&base64_decode(&ans.message)).unwrap();
+    let ksf = protocol::ksf();
+    let fin = start
+        .state
+        .finish(
+            b"pw",
+            resp,
+            ClientLoginFinishParameters::new(None, Identifiers::default(), Some(&ksf)),
+        )
+        .unwrap();
+    let finish = serde_json::json!({"session": ans.session, "message": protocol::b64(&fin.message.serialize())});
+    // A tampered finish is refused and burns the session.
+    let mut tampered = fin.message.serialize().to_vec();
+    tampered[0] ^= 1;
+    let t = serde_json::json!({"session": ans.session, "message": protocol::b64(&tampered)});
+    let (status, _) = post(url, path::LOGIN_FINISH, t.to_string().as_bytes());
+    assert!(status == 401 || status == 400, "{status}");
+    // So the genuine finish, now a replay of a used session, is refused too.
+    let (status, _) = post(url, path::LOGIN_FINISH, finish.to_string().as_bytes());
+    assert_eq!(status, 400);
+    // No refund happened: the next guess leaves 3.
+    let c = Client::new(url, None).unwrap();
+    match c.login(&user, b"wrong", &pinned, false) {
+        Err(VaultError::WrongPassword { guesses_left }) => assert_eq!(guesses_left, 3),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // A full valid login refunds; a replay of its finish is refused.
+    c.login(&user, b"pw", &pinned, false).unwrap();
+    match c.login(&user, b"wrong", &pinned, false) {
+        Err(VaultError::WrongPassword { guesses_left }) => assert_eq!(guesses_left, 4),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // The server is still alive and well.
+    c.login(&user, b"pw", &pinned, false).unwrap();
+}
+
+#[test]
+fn fifty_concurrent_wrong_logins_get_at_most_max_answers_sqlite() {
+    let home = Home::new();
+    let token = Token::new();
+    let max = 10;
+    let server = Server::start(&token, &home.path("vault.db"), max);
+    let (user, pinned) = register(&server.url, b"right");
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..50)
+            .map(|_| {
+                s.spawn(|| {
+                    Client::new(&server.url, None)
+                        .unwrap()
+                        .login(&user, b"wrong", &pinned, false)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let answered = results
+        .iter()
+        .filter(|r| matches!(r, Err(VaultError::WrongPassword { .. })))
+        .count();
+    let destroyed = results
+        .iter()
+        .filter(|r| matches!(r, Err(VaultError::Destroyed)))
+        .count();
+    assert_eq!(answered, max as usize, "OPRF answers served");
+    assert_eq!(answered + destroyed, 50);
+    let c = Client::new(&server.url, None).unwrap();
+    assert!(matches!(
+        c.login(&user, b"right", &pinned, false),
+        Err(VaultError::Destroyed)
+    ));
+}
+
+#[test]
+fn the_server_refuses_to_start_without_an_hsm_or_the_insecure_flag() {
+    let home = Home::new();
+    home.coffer()
+        .args(["vault", "serve", "--listen", "127.0.0.1:0"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("--insecure-local-key"));
+    home.coffer()
+        .args([
+            "vault",
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-local-key",
+        ])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("loopback"));
+}
+
+#[test]
+fn an_unreachable_server_falls_back_to_the_next_slot() {
+    let (home, _token, server) = setup(10);
+    seal(&home);
+    drop(server);
+    open_with(&home, "pw", "o")
+        .code(5)
+        .stderr(predicates::str::contains("unreachable"));
+    home.coffer()
+        .args(["open", "a.cof", "-o", "rec", "--password-file"])
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .success();
+}
