@@ -8,6 +8,7 @@ PACKAGES=(
   swtpm swtpm-tools tpm2-tools libtss2-dev   # TPM 2.0 simulator and tools
   softhsm2 opensc                 # PKCS#11 token simulator and pkcs11-tool
   age                             # benches/compare-age.sh
+  postgresql                      # vault tests: a throwaway cluster on loopback
 )
 
 missing=()

@@ -60,10 +60,13 @@ struct Server {
 
 impl Server {
     fn start(token: &Token, db: &Path, max_guesses: u32) -> Self {
+        Self::start_db(token, &format!("sqlite:{}", db.display()), max_guesses)
+    }
+
+    fn start_db(token: &Token, db: &str, max_guesses: u32) -> Self {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("coffer"))
             .env("SOFTHSM2_CONF", token.conf())
-            .args(["vault", "serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(format!("sqlite:{}", db.display()))
+            .args(["vault", "serve", "--listen", "127.0.0.1:0", "--db", db])
             .args(["--hsm-module", SOFTHSM])
             .args(["--hsm-uri", "pkcs11:token=vault-test;object=coffer-vault"])
             .arg("--hsm-pin-file")
@@ -412,4 +415,164 @@ fn an_unreachable_server_falls_back_to_the_next_slot() {
         .arg(home.recovery_key())
         .assert()
         .success();
+}
+
+/// A throwaway PostgreSQL cluster on a free loopback port, stopped on drop.
+/// PostgreSQL refuses to run as root, so as root it runs as `postgres`.
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn as_pg(&self, prog: &str) -> Command {
+        let exe = self.bin.join(prog);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed (hsm-sim/install-deps.sh installs it)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").exists())
+            .expect("no initdb under /usr/lib/postgresql");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Self { dir, bin, port };
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(pg.dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let data = pg.dir.path().join("data");
+        let out = pg
+            .as_pg("initdb")
+            .args(["-A", "trust", "-U", "coffer", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=on",
+            pg.port,
+            pg.dir.path().display()
+        );
+        let out = pg
+            .as_pg("pg_ctl")
+            .args(["-w", "-D"])
+            .arg(&data)
+            .args(["-l"])
+            .arg(pg.dir.path().join("log"))
+            .args(["-o", &opts, "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://coffer@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .as_pg("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .output();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn fifty_concurrent_wrong_logins_across_two_replicas_share_one_limit_postgres() {
+    let pg = Postgres::start();
+    let token = Token::new();
+    let max = 10;
+    // The first replica creates the token key (if absent), the schema and
+    // the sealed setup; the second finds them.
+    let a = Server::start_db(&token, &pg.url(), max);
+    let b = Server::start_db(&token, &pg.url(), max);
+    let (user, pinned) = register(&a.url, b"right");
+    // The other replica knows the record and has the same key.
+    Client::new(&b.url, None)
+        .unwrap()
+        .login(&user, b"right", &pinned, false)
+        .unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..50)
+            .map(|i| {
+                let url = if i % 2 == 0 { &a.url } else { &b.url };
+                let (user, pinned) = (&user, &pinned);
+                s.spawn(move || {
+                    Client::new(url, None)
+                        .unwrap()
+                        .login(user, b"wrong", pinned, false)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let answered = results
+        .iter()
+        .filter(|r| matches!(r, Err(VaultError::WrongPassword { .. })))
+        .count();
+    let destroyed = results
+        .iter()
+        .filter(|r| matches!(r, Err(VaultError::Destroyed)))
+        .count();
+    assert_eq!(
+        answered, max as usize,
+        "OPRF answers served across replicas"
+    );
+    assert_eq!(
+        answered + destroyed,
+        50,
+        "{:?}",
+        results
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .collect::<Vec<_>>()
+    );
+    for url in [&a.url, &b.url] {
+        assert!(matches!(
+            Client::new(url, None)
+                .unwrap()
+                .login(&user, b"right", &pinned, false),
+            Err(VaultError::Destroyed)
+        ));
+    }
 }

@@ -57,20 +57,15 @@ fn vault_err(e: coffer::vault::VaultError) -> Error {
     Error::Refused(e.to_string())
 }
 
-fn sqlite_path(db: &str) -> Result<PathBuf> {
-    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-        return Err(Error::Usage(
-            "--db postgres://...: PostgreSQL is not supported by this build yet; use sqlite:PATH"
-                .into(),
-        ));
-    }
-    Ok(PathBuf::from(db.strip_prefix("sqlite:").unwrap_or(db)))
+fn is_postgres(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
 }
 
 /// Run a `coffer vault` command.
 pub fn run(cmd: &VaultCmd) -> Result<()> {
     let VaultCmd::Serve(a) = cmd;
-    let db = sqlite_path(&a.db)?;
+    let sqlite =
+        (!is_postgres(&a.db)).then(|| PathBuf::from(a.db.strip_prefix("sqlite:").unwrap_or(&a.db)));
     let sealer = match (&a.hsm_module, &a.hsm_uri) {
         (Some(module), Some(uri)) => {
             let uri = Pkcs11Uri::parse(uri).map_err(|e| Error::Usage(format!("--hsm-uri: {e}")))?;
@@ -85,7 +80,10 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
             Sealer::token(module, uri, pin).map_err(vault_err)?
         }
         _ if a.insecure_local_key => {
-            let mut key = db.clone().into_os_string();
+            let mut key = sqlite
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("coffer-vault"))
+                .into_os_string();
             key.push(".key");
             let s = Sealer::local_file(Path::new(&key)).map_err(vault_err)?;
             eprintln!(
@@ -100,7 +98,12 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
             ));
         }
     };
-    let store = Store::open_sqlite(&db).map_err(vault_err)?;
+    let store = Store::open(&a.db).map_err(vault_err)?;
+    // Never print a PostgreSQL URL: it may hold a password.
+    let db = match &sqlite {
+        Some(p) => p.display().to_string(),
+        None => "PostgreSQL".to_owned(),
+    };
     let vault = Vault::open(store, &sealer, a.max_guesses).map_err(vault_err)?;
     let key = hex::encode(vault.public_key());
     let server = Server::bind(a.listen, vault).map_err(vault_err)?;
@@ -111,7 +114,7 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
     eprintln!(
         "coffer vault: secrets sealed by {}; database {}; max guesses {}; server key {key}",
         sealer.describe(),
-        db.display(),
+        db,
         a.max_guesses
     );
     let mut out = std::io::stdout().lock();

@@ -1,8 +1,10 @@
 //! The vault's storage: OPAQUE records, guess counters, tombstones, and
-//! the sealed server secrets. SQLite (WAL, `synchronous=FULL`); every guess
-//! is counted in one `BEGIN IMMEDIATE` transaction, committed before the
-//! server answers, so concurrent logins (threads or processes sharing the
-//! file) cannot get past the limit.
+//! the sealed server secrets, in one schema on two backends. SQLite (WAL,
+//! `synchronous=FULL`): every guess is counted in one `BEGIN IMMEDIATE`
+//! transaction. PostgreSQL (for several replicas): the record's row is
+//! locked with `SELECT ... FOR UPDATE` in the counting transaction. Either
+//! way the count is committed before the server answers, so concurrent
+//! logins (threads, processes, replicas) cannot get past the limit.
 //!
 //! Must never: store anything that lets the server test a password
 //! (OPAQUE records do not), or answer a login without the counted guess
@@ -50,9 +52,44 @@ pub enum LoginRecord {
     Missing,
 }
 
+const PG_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    user_id TEXT PRIMARY KEY,
+    registration BYTEA,
+    failed_guesses BIGINT NOT NULL DEFAULT 0,
+    created BIGINT NOT NULL,
+    destroyed BIGINT
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    sealed BYTEA NOT NULL
+);
+";
+
 /// The vault database.
-pub struct Store {
-    conn: Mutex<Connection>,
+pub enum Store {
+    /// A SQLite file.
+    Sqlite(Mutex<Connection>),
+    /// A PostgreSQL database, possibly shared by several replicas.
+    Postgres(Mutex<postgres::Client>),
+}
+
+fn pg(e: postgres::Error) -> VaultError {
+    VaultError::Store(format!("PostgreSQL: {e}"))
+}
+
+fn check_version(version: Option<String>) -> Result<(), VaultError> {
+    match version {
+        None => Ok(()),
+        Some(v) if v == SCHEMA_VERSION.to_string() => Ok(()),
+        Some(v) => Err(VaultError::Store(format!(
+            "database schema version {v} is not one this build knows ({SCHEMA_VERSION})"
+        ))),
+    }
 }
 
 fn db(e: rusqlite::Error) -> VaultError {
@@ -79,32 +116,70 @@ impl Store {
             })
             .optional()
             .map_err(db)?;
-        match version {
-            None => {
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)",
-                    params![SCHEMA_VERSION.to_string()],
-                )
-                .map_err(db)?;
-            }
-            Some(v) if v == SCHEMA_VERSION.to_string() => {}
-            Some(v) => {
-                return Err(VaultError::Store(format!(
-                    "database schema version {v} is not one this build knows ({SCHEMA_VERSION})"
-                )));
-            }
+        check_version(version)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)",
+            params![SCHEMA_VERSION.to_string()],
+        )
+        .map_err(db)?;
+        Ok(Self::Sqlite(Mutex::new(conn)))
+    }
+
+    /// Connect to PostgreSQL at `url` (`postgres://...`; TLS is not
+    /// supported: keep the database on a private network or a socket) and
+    /// create the schema if needed.
+    pub fn open_postgres(url: &str) -> Result<Self, VaultError> {
+        let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(pg)?;
+        let mut tx = client.transaction().map_err(pg)?;
+        // Replicas starting together must not race on CREATE TABLE.
+        tx.execute("SELECT pg_advisory_xact_lock(7307206)", &[])
+            .map_err(pg)?;
+        tx.batch_execute(PG_SCHEMA).map_err(pg)?;
+        let version: Option<String> = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'schema'", &[])
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        check_version(version)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema', $1) ON CONFLICT DO NOTHING",
+            &[&SCHEMA_VERSION.to_string()],
+        )
+        .map_err(pg)?;
+        tx.commit().map_err(pg)?;
+        Ok(Self::Postgres(Mutex::new(client)))
+    }
+
+    /// Open `sqlite:PATH`, `postgres://...`, or a bare path (SQLite).
+    pub fn open(url: &str) -> Result<Self, VaultError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::open_postgres(url)
+        } else {
+            Self::open_sqlite(Path::new(url.strip_prefix("sqlite:").unwrap_or(url)))
         }
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        match self {
+            Store::Sqlite(c) => c.lock().unwrap_or_else(|p| p.into_inner()),
+            Store::Postgres(_) => unreachable!("sqlite only"),
+        }
+    }
+
+    fn pg(&self) -> Option<std::sync::MutexGuard<'_, postgres::Client>> {
+        match self {
+            Store::Postgres(c) => Some(c.lock().unwrap_or_else(|p| p.into_inner())),
+            Store::Sqlite(_) => None,
+        }
     }
 
     /// The sealed secret `name`, if stored.
     pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .query_opt("SELECT sealed FROM secrets WHERE name = $1", &[&name])
+                .map(|r| r.map(|r| r.get(0)))
+                .map_err(pg);
+        }
         self.conn()
             .query_row(
                 "SELECT sealed FROM secrets WHERE name = ?1",
@@ -118,6 +193,17 @@ impl Store {
     /// Store `sealed` as `name` unless one is there already; returns what
     /// is stored afterwards (another replica may have won the race).
     pub fn put_secret_once(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
+        if let Some(mut c) = self.pg() {
+            c.execute(
+                "INSERT INTO secrets (name, sealed) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&name, &sealed],
+            )
+            .map_err(pg)?;
+            return c
+                .query_one("SELECT sealed FROM secrets WHERE name = $1", &[&name])
+                .map(|r| r.get(0))
+                .map_err(pg);
+        }
         let conn = self.conn();
         conn.execute(
             "INSERT OR IGNORE INTO secrets (name, sealed) VALUES (?1, ?2)",
@@ -135,6 +221,15 @@ impl Store {
     /// Store a new record. `false` if the user id is taken (or was
     /// destroyed: ids are never reused).
     pub fn register(&self, user: &str, registration: &[u8]) -> Result<bool, VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .execute(
+                    "INSERT INTO records (user_id, registration, failed_guesses, created) VALUES ($1, $2, 0, $3) ON CONFLICT DO NOTHING",
+                    &[&user, &registration, &now()],
+                )
+                .map(|n| n == 1)
+                .map_err(pg);
+        }
         let n = self
             .conn()
             .execute(
@@ -147,6 +242,12 @@ impl Store {
 
     /// Whether `user` has a record or tombstone.
     pub fn exists(&self, user: &str) -> Result<bool, VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .query_opt("SELECT 1 FROM records WHERE user_id = $1", &[&user])
+                .map(|r| r.is_some())
+                .map_err(pg);
+        }
         let n: i64 = self
             .conn()
             .query_row(
@@ -162,6 +263,41 @@ impl Store {
     /// with. When `max` guesses are already unrefunded the record is
     /// destroyed instead (a tombstone stays).
     pub fn login_start(&self, user: &str, max: u32) -> Result<LoginRecord, VaultError> {
+        if let Some(mut c) = self.pg() {
+            let mut tx = c.transaction().map_err(pg)?;
+            let row = tx
+                .query_opt(
+                    "SELECT registration, failed_guesses FROM records WHERE user_id = $1 FOR UPDATE",
+                    &[&user],
+                )
+                .map_err(pg)?
+                .map(|r| (r.get::<_, Option<Vec<u8>>>(0), r.get::<_, i64>(1)));
+            let out = match row {
+                None => LoginRecord::Missing,
+                Some((None, _)) => LoginRecord::Destroyed,
+                Some((Some(_), failed)) if failed >= i64::from(max) => {
+                    tx.execute(
+                        "UPDATE records SET registration = NULL, destroyed = $2 WHERE user_id = $1",
+                        &[&user, &now()],
+                    )
+                    .map_err(pg)?;
+                    LoginRecord::Destroyed
+                }
+                Some((Some(registration), failed)) => {
+                    tx.execute(
+                        "UPDATE records SET failed_guesses = failed_guesses + 1 WHERE user_id = $1",
+                        &[&user],
+                    )
+                    .map_err(pg)?;
+                    LoginRecord::Found {
+                        registration,
+                        guesses_left: (i64::from(max) - failed - 1).max(0) as u32,
+                    }
+                }
+            };
+            tx.commit().map_err(pg)?;
+            return Ok(out);
+        }
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -203,6 +339,15 @@ impl Store {
 
     /// A valid login finish: refund every counted guess.
     pub fn login_succeeded(&self, user: &str) -> Result<(), VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .execute(
+                    "UPDATE records SET failed_guesses = 0 WHERE user_id = $1 AND registration IS NOT NULL",
+                    &[&user],
+                )
+                .map(drop)
+                .map_err(pg);
+        }
         self.conn()
             .execute(
                 "UPDATE records SET failed_guesses = 0 WHERE user_id = ?1 AND registration IS NOT NULL",
@@ -214,6 +359,15 @@ impl Store {
 
     /// Destroy `user`'s record, leaving a tombstone.
     pub fn destroy(&self, user: &str) -> Result<(), VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .execute(
+                    "UPDATE records SET registration = NULL, destroyed = $2 WHERE user_id = $1",
+                    &[&user, &now()],
+                )
+                .map(drop)
+                .map_err(pg);
+        }
         self.conn()
             .execute(
                 "UPDATE records SET registration = NULL, destroyed = ?2 WHERE user_id = ?1",
@@ -225,6 +379,15 @@ impl Store {
 
     /// Unrefunded guesses for `user` (for tests and operators).
     pub fn failed_guesses(&self, user: &str) -> Result<Option<u32>, VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .query_opt(
+                    "SELECT failed_guesses FROM records WHERE user_id = $1",
+                    &[&user],
+                )
+                .map(|r| r.map(|r| r.get::<_, i64>(0) as u32))
+                .map_err(pg);
+        }
         self.conn()
             .query_row(
                 "SELECT failed_guesses FROM records WHERE user_id = ?1",
