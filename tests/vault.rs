@@ -341,6 +341,23 @@ fn malformed_oversized_and_replayed_messages_are_refused() {
     }
     // The server is still alive and well.
     c.login(&user, b"pw", &pinned, false).unwrap();
+    // Deleting takes a valid login; afterwards the record is gone.
+    assert!(matches!(
+        c.login(&user, b"wrong", &pinned, true),
+        Err(VaultError::WrongPassword { .. })
+    ));
+    c.login(&user, b"pw", &pinned, true).unwrap();
+    assert!(matches!(
+        c.login(&user, b"pw", &pinned, false),
+        Err(VaultError::Destroyed)
+    ));
+    // And its id cannot be registered again.
+    assert!(
+        Client::new(url, None)
+            .unwrap()
+            .register(&user, b"pw")
+            .is_err()
+    );
 }
 
 #[test]

@@ -329,3 +329,65 @@ fn serve_one(vault: &Vault, mut req: tiny_http::Request) {
             .with_header(header),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vault(dir: &Path) -> Vault {
+        let sealer = Sealer::local_file(&dir.join("key")).unwrap();
+        let store = Store::open_sqlite(&dir.join("db")).unwrap();
+        Vault::open(store, &sealer, 3).unwrap()
+    }
+
+    use std::path::Path;
+
+    #[test]
+    fn the_setup_is_stored_sealed_and_reloads_to_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path());
+        let key = v.public_key();
+        let sealed = v.store().secret(SETUP_NAME).unwrap().unwrap();
+        let plain = v.setup.serialize();
+        assert!(
+            !sealed
+                .windows(32)
+                .any(|w| plain.windows(32).any(|p| p == w)),
+            "the setup is in the database in the clear"
+        );
+        drop(v);
+        assert_eq!(vault(dir.path()).public_key(), key);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Every endpoint, on arbitrary bytes and on JSON-shaped junk:
+        /// a 4xx answer, never a panic, never a counted guess.
+        #[test]
+        fn arbitrary_requests_get_4xx(
+            which in 0usize..6,
+            body in prop::collection::vec(any::<u8>(), 0..600),
+            // Shorter than a CredentialRequest (96 bytes), so never a real login.
+            msg in prop::collection::vec(any::<u8>(), 0..96),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let v = vault(dir.path());
+            let paths = [
+                path::REGISTER_START, path::REGISTER_FINISH, path::LOGIN_START,
+                path::LOGIN_FINISH, path::DELETE, "/x",
+            ];
+            let user = "00112233445566778899aabbccddeeff";
+            v.store().register(user, b"not a record").unwrap();
+            let (status, _) = v.handle("POST", paths[which], &body);
+            prop_assert!((400..500).contains(&status), "{status}");
+            let json = format!(
+                r#"{{"user":"{user}","session":"{user}","message":"{}"}}"#,
+                protocol::b64(&msg)
+            );
+            let (status, _) = v.handle("POST", paths[which], json.as_bytes());
+            prop_assert!((400..500).contains(&status), "{status}");
+            prop_assert_eq!(v.store().failed_guesses(user).unwrap(), Some(0));
+        }
+    }
+}
