@@ -341,15 +341,19 @@ fn ordered<'s>(
         }
         None => slots.iter().collect(),
     };
-    // Stable: keyring order within each class; among equals, the recovery
-    // key goes last (it is the factor of last resort, kept in a drawer).
+    // Stable: keyring order within each class; among equals, a vault slot
+    // goes after every slot whose failure costs nothing (a wrong try burns
+    // one of its guesses for good), and the recovery key goes last (it is
+    // the factor of last resort, kept in a drawer) unless it was supplied.
     chosen.sort_by_key(|s| {
         let class = s
             .params
             .as_slot()
             .map(|k| k.interaction(factors))
             .unwrap_or(Interaction::Prompt);
-        (class, matches!(s.params, SlotParams::Recovery(_)))
+        let costs_a_guess = s.params.kind() == "vault";
+        let recovery = matches!(s.params, SlotParams::Recovery(_));
+        (class, costs_a_guess && !recovery, recovery)
     });
     Ok(chosen)
 }
@@ -469,5 +473,39 @@ mod tests {
         let (got, used) = unlock(&slots, None, &factors, &ui).unwrap();
         assert_eq!(got.expose(), bk.expose());
         assert_eq!(used.params.kind(), "recovery");
+    }
+
+    #[cfg(feature = "vault")]
+    #[test]
+    fn vault_slots_are_tried_after_slots_whose_failure_costs_nothing() {
+        let (_, mut slots, _) = slots_and_key();
+        let vault = SlotRecord::new(
+            SlotParams::Vault(vault::VaultParams {
+                url: "http://127.0.0.1:1".into(),
+                user: "00".repeat(16),
+                server_key: B64.encode([0u8; 32]),
+                ca: None,
+            }),
+            slots[0].wrapped.clone(),
+        );
+        slots.insert(0, vault);
+        let both = Factors {
+            password: Some(SecretString::from("pw")),
+            recovery_key: Some(SecretString::from("x")),
+            ..Factors::default()
+        };
+        let kinds = |f: &Factors| -> Vec<String> {
+            ordered(&slots, None, f)
+                .unwrap()
+                .iter()
+                .map(|s| s.params.kind().to_owned())
+                .collect()
+        };
+        assert_eq!(kinds(&both), ["password", "recovery", "vault"]);
+        let pw_only = Factors {
+            password: Some(SecretString::from("pw")),
+            ..Factors::default()
+        };
+        assert_eq!(kinds(&pw_only), ["password", "vault", "recovery"]);
     }
 }

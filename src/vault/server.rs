@@ -334,14 +334,13 @@ fn serve_one(vault: &Vault, mut req: tiny_http::Request) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::path::Path;
 
     fn vault(dir: &Path) -> Vault {
         let sealer = Sealer::local_file(&dir.join("key")).unwrap();
         let store = Store::open_sqlite(&dir.join("db")).unwrap();
         Vault::open(store, &sealer, 3).unwrap()
     }
-
-    use std::path::Path;
 
     #[test]
     fn the_setup_is_stored_sealed_and_reloads_to_the_same_key() {
