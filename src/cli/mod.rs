@@ -389,14 +389,19 @@ fn init(cli: &Cli, env: &Env, recovery_out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn new_password(env: &Env, file: Option<&Path>) -> Result<SecretString> {
+pub(crate) fn new_password(env: &Env, file: Option<&Path>, kind: &str) -> Result<SecretString> {
     if let Some(f) = file {
         return read_secret_file(f);
     }
-    env.ui.new_secret("New password")?.ok_or_else(|| {
-        Error::Usage(
-            "enroll password needs a terminal to ask for the new password, or --new-password-file FILE".into(),
-        )
+    let what = if kind == "password" {
+        "New password".to_owned()
+    } else {
+        format!("New {kind} password")
+    };
+    env.ui.new_secret(&what)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "enroll {kind} needs a terminal to ask for the new password, or --new-password-file FILE"
+        ))
     })
 }
 
@@ -407,7 +412,7 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
     let bk = unlock(cli, env, &keyring)?;
     let record = match kind {
         EnrollKind::Password { new_password_file } => {
-            let pw = new_password(env, new_password_file.as_deref())?;
+            let pw = new_password(env, new_password_file.as_deref(), "password")?;
             if pw.expose_secret().is_empty() {
                 return Err(Error::Usage("the new password is empty".into()));
             }

@@ -137,7 +137,7 @@ pub fn enroll(
     let ca_pem = ca
         .map(|p| std::fs::read_to_string(p).map_err(|e| Error::io(p, e)))
         .transpose()?;
-    let pw = new_password(env, new_password_file)?;
+    let pw = new_password(env, new_password_file, "vault")?;
     if pw.expose_secret().is_empty() {
         return Err(Error::Usage("the new vault password is empty".into()));
     }
