@@ -268,6 +268,32 @@ fn register(url: &str, password: &[u8]) -> (String, Vec<u8>) {
     (user, reg.server_key)
 }
 
+/// A login start through the raw protocol: (session, the finish message
+/// for a right password, guesses left).
+fn login_by_hand(url: &str, user: &str, password: &[u8]) -> (String, Vec<u8>, u32) {
+    let start = ClientLogin::<Suite>::start(&mut rand_core::OsRng, password).unwrap();
+    let req =
+        serde_json::json!({"user": user, "message": protocol::b64(&start.message.serialize())});
+    let (status, body) = post(url, path::LOGIN_START, req.to_string().as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let ans: protocol::LoginStartResponse = serde_json::from_str(&body).unwrap();
+    let resp = CredentialResponse::<Suite>::deserialize(&base64_decode(&ans.message)).unwrap();
+    let ksf = protocol::ksf();
+    let fin = start
+        .state
+        .finish(
+            password,
+            resp,
+            ClientLoginFinishParameters::new(None, Identifiers::default(), Some(&ksf)),
+        )
+        .unwrap();
+    (
+        ans.session,
+        fin.message.serialize().to_vec(),
+        ans.guesses_left,
+    )
+}
+
 #[test]
 fn malformed_oversized_and_replayed_messages_are_refused() {
     let home = Home::new();
@@ -300,28 +326,13 @@ fn malformed_oversized_and_replayed_messages_are_refused() {
     assert_eq!(status, 400, "{body}");
 
     // A login by hand, so that its finish can be replayed.
-    let start = ClientLogin::<Suite>::start(&mut rand_core::OsRng, b"pw").unwrap();
-    let req =
-        serde_json::json!({"user": user, "message": protocol::b64(&start.message.serialize())});
-    let (status, body) = post(url, path::LOGIN_START, req.to_string().as_bytes());
-    assert_eq!(status, 200, "{body}");
-    let ans: protocol::LoginStartResponse = serde_json::from_str(&body).unwrap();
-    assert_eq!(ans.guesses_left, 4, "malformed messages cost no guess");
-    let resp = CredentialResponse::<Suite>::deserialize(&base64_decode(&ans.message)).unwrap();
-    let ksf = protocol::ksf();
-    let fin = start
-        .state
-        .finish(
-            b"pw",
-            resp,
-            ClientLoginFinishParameters::new(None, Identifiers::default(), Some(&ksf)),
-        )
-        .unwrap();
-    let finish = serde_json::json!({"session": ans.session, "message": protocol::b64(&fin.message.serialize())});
+    let (session, fin, guesses_left) = login_by_hand(url, &user, b"pw");
+    assert_eq!(guesses_left, 4, "malformed messages cost no guess");
+    let finish = serde_json::json!({"session": session, "message": protocol::b64(&fin)});
     // A tampered finish is refused and burns the session.
-    let mut tampered = fin.message.serialize().to_vec();
+    let mut tampered = fin.clone();
     tampered[0] ^= 1;
-    let t = serde_json::json!({"session": ans.session, "message": protocol::b64(&tampered)});
+    let t = serde_json::json!({"session": session, "message": protocol::b64(&tampered)});
     let (status, _) = post(url, path::LOGIN_FINISH, t.to_string().as_bytes());
     assert!(status == 401 || status == 400, "{status}");
     // So the genuine finish, now a replay of a used session, is refused too.
@@ -549,6 +560,18 @@ fn fifty_concurrent_wrong_logins_across_two_replicas_share_one_limit_postgres() 
         .unwrap()
         .login(&user, b"right", &pinned, false)
         .unwrap();
+    // A login started on one replica finishes on the other (no sticky
+    // sessions needed), once.
+    let (session, fin, _) = login_by_hand(&a.url, &user, b"right");
+    let finish = serde_json::json!({"session": session, "message": protocol::b64(&fin)});
+    assert_eq!(
+        post(&b.url, path::LOGIN_FINISH, finish.to_string().as_bytes()).0,
+        200
+    );
+    assert_eq!(
+        post(&a.url, path::LOGIN_FINISH, finish.to_string().as_bytes()).0,
+        400
+    );
     let results: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..50)
             .map(|i| {

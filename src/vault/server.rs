@@ -1,8 +1,9 @@
 //! The key vault server: HTTP + JSON on a loopback address (put a TLS
 //! reverse proxy in front for anything else), answering OPAQUE registration
 //! and login, counting guesses in the [`Store`] before any OPRF answer
-//! leaves, and holding the login state between start and finish in memory
-//! for [`SESSION_TTL`].
+//! leaves. The login state between start and finish is kept in the store
+//! for [`SESSION_TTL`], sealed under a key derived from the server setup,
+//! so that any replica can take the finish, once.
 //!
 //! Must never: answer a login start before its guess is committed; log a
 //! request body, a session id or a secret; panic on a client's bytes.
@@ -16,40 +17,33 @@ use opaque_ke::{
     ServerLogin, ServerLoginStartParameters, ServerRegistration, ServerSetup,
 };
 use rand_core::OsRng;
+use ring::aead;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use zeroize::Zeroizing;
+use std::sync::Arc;
+use std::time::Duration;
+use zeroize::{Zeroize, Zeroizing};
 
 /// How long a login start's state waits for its finish.
 pub const SESSION_TTL: Duration = Duration::from_secs(60);
-
-/// Most login states held at once; beyond it, starts are refused (503).
-pub const MAX_SESSIONS: usize = 10_000;
 
 /// Worker threads answering requests.
 pub const WORKERS: usize = 8;
 
 const SETUP_NAME: &str = "opaque-server-setup";
 const SETUP_AAD: &[u8] = b"coffer/v1 vault opaque-server-setup";
-
-/// A login between its start and its finish.
-struct Pending {
-    user: String,
-    state: ServerLogin<Suite>,
-    expires: Instant,
-}
+const SESSION_KEY_INFO: &[u8] = b"coffer/v1 vault session state key";
 
 /// The vault's state, shared by the workers.
 pub struct Vault {
     store: Store,
     setup: ServerSetup<Suite>,
     max_guesses: u32,
-    sessions: Mutex<HashMap<String, Pending>>,
+    /// Seals login states at rest; derived from the setup, so every replica
+    /// has it.
+    session_key: aead::LessSafeKey,
 }
 
 /// An HTTP answer: status and JSON body.
@@ -100,12 +94,52 @@ impl Vault {
         let plain = sealer.unseal(&sealed, SETUP_AAD)?;
         let setup = ServerSetup::<Suite>::deserialize(&plain)
             .map_err(|e| VaultError::Seal(format!("the stored server setup is malformed: {e}")))?;
+        let derived = crate::key::Kek::derive(None, &plain, SESSION_KEY_INFO);
+        let session_key = aead::LessSafeKey::new(
+            aead::UnboundKey::new(&aead::AES_256_GCM, derived.expose())
+                .map_err(|_| VaultError::Seal("session key".into()))?,
+        );
         Ok(Self {
             store,
             setup,
             max_guesses,
-            sessions: Mutex::new(HashMap::new()),
+            session_key,
         })
+    }
+
+    fn seal_state(&self, id: &str, user: &str, state: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; 12];
+        crate::key::random_bytes(&mut nonce);
+        let mut buf = state.to_vec();
+        let aad = format!("{id}/{user}");
+        self.session_key
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad.as_bytes()),
+                &mut buf,
+            )
+            .expect("AES-GCM seals any short input");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        buf.zeroize();
+        out
+    }
+
+    fn unseal_state(&self, id: &str, user: &str, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        let (nonce, body) = sealed.split_at_checked(12)?;
+        let mut buf = Zeroizing::new(body.to_vec());
+        let aad = format!("{id}/{user}");
+        let n = self
+            .session_key
+            .open_in_place(
+                aead::Nonce::try_assume_unique_for_key(nonce).ok()?,
+                aead::Aad::from(aad.as_bytes()),
+                &mut buf,
+            )
+            .ok()?
+            .len();
+        buf.truncate(n);
+        Some(buf)
     }
 
     /// The server's OPAQUE public key (clients pin it).
@@ -174,14 +208,6 @@ impl Vault {
         let msg = protocol::unb64(&req.message, 256).ok_or_else(bad)?;
         // Parse everything before counting: a malformed message costs no guess.
         let request = CredentialRequest::<Suite>::deserialize(&msg).map_err(|_| bad())?;
-        {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            sessions.retain(|_, p| p.expires > now);
-            if sessions.len() >= MAX_SESSIONS {
-                return Err(err(503, "busy"));
-            }
-        }
         let (registration, guesses_left) = match self
             .store
             .login_start(&req.user, self.max_guesses)
@@ -208,17 +234,12 @@ impl Vault {
         let mut id = [0u8; 16];
         crate::key::random_bytes(&mut id);
         let session = hex::encode(id);
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                session.clone(),
-                Pending {
-                    user: req.user,
-                    state: start.state,
-                    expires: Instant::now() + SESSION_TTL,
-                },
-            );
+        let state = Zeroizing::new(start.state.serialize().to_vec());
+        let sealed = self.seal_state(&session, &req.user, &state);
+        let expires = (crate::slot::now_unix() + SESSION_TTL.as_secs()) as i64;
+        self.store
+            .put_session(&session, &req.user, &sealed, expires)
+            .map_err(internal)?;
         Ok(json(
             200,
             &protocol::LoginStartResponse {
@@ -233,23 +254,26 @@ impl Vault {
         let req: protocol::LoginFinishRequest = parse(body)?;
         let msg = protocol::unb64(&req.message, 256).ok_or_else(bad)?;
         let fin = CredentialFinalization::<Suite>::deserialize(&msg).map_err(|_| bad())?;
+        if protocol::parse_user(&req.session).is_none() {
+            return Err(err(400, "bad-session"));
+        }
         // One use per session: a replayed finish finds nothing.
-        let pending = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&req.session)
-            .filter(|p| p.expires > Instant::now())
+        let (user, sealed) = self
+            .store
+            .take_session(&req.session)
+            .map_err(internal)?
             .ok_or_else(|| err(400, "bad-session"))?;
-        if pending.state.finish(fin).is_err() {
+        let state = self
+            .unseal_state(&req.session, &user, &sealed)
+            .and_then(|s| ServerLogin::<Suite>::deserialize(&s).ok())
+            .ok_or_else(|| err(400, "bad-session"))?;
+        if state.finish(fin).is_err() {
             return Err(err(401, "unauthenticated"));
         }
         if delete {
-            self.store.destroy(&pending.user).map_err(internal)?;
+            self.store.destroy(&user).map_err(internal)?;
         } else {
-            self.store
-                .login_succeeded(&pending.user)
-                .map_err(internal)?;
+            self.store.login_succeeded(&user).map_err(internal)?;
         }
         Ok((200, "{}".into()))
     }

@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY,
     sealed BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    state BLOB NOT NULL,
+    expires BIGINT NOT NULL
+);
 ";
 
 /// What a login start found.
@@ -67,6 +73,12 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY,
     sealed BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    state BYTEA NOT NULL,
+    expires BIGINT NOT NULL
 );
 ";
 
@@ -375,6 +387,63 @@ impl Store {
             )
             .map_err(db)?;
         Ok(())
+    }
+
+    /// Keep a login's sealed server state until `expires` (Unix seconds),
+    /// dropping expired ones.
+    pub fn put_session(
+        &self,
+        id: &str,
+        user: &str,
+        state: &[u8],
+        expires: i64,
+    ) -> Result<(), VaultError> {
+        if let Some(mut c) = self.pg() {
+            c.execute("DELETE FROM sessions WHERE expires < $1", &[&now()])
+                .map_err(pg)?;
+            return c
+                .execute(
+                    "INSERT INTO sessions (id, user_id, state, expires) VALUES ($1, $2, $3, $4)",
+                    &[&id, &user, &state, &expires],
+                )
+                .map(drop)
+                .map_err(pg);
+        }
+        let conn = self.conn();
+        conn.execute("DELETE FROM sessions WHERE expires < ?1", params![now()])
+            .map_err(db)?;
+        conn.execute(
+            "INSERT INTO sessions (id, user_id, state, expires) VALUES (?1, ?2, ?3, ?4)",
+            params![id, user, state, expires],
+        )
+        .map(drop)
+        .map_err(db)
+    }
+
+    /// Take (delete and return) the login state `id` if it has not
+    /// expired: `(user, sealed state)`. Atomic, so a finish is accepted
+    /// once even when replayed to several replicas at once.
+    pub fn take_session(&self, id: &str) -> Result<Option<(String, Vec<u8>)>, VaultError> {
+        let row = if let Some(mut c) = self.pg() {
+            c.query_opt(
+                "DELETE FROM sessions WHERE id = $1 RETURNING user_id, state, expires",
+                &[&id],
+            )
+            .map_err(pg)?
+            .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2)))
+        } else {
+            self.conn()
+                .query_row(
+                    "DELETE FROM sessions WHERE id = ?1 RETURNING user_id, state, expires",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?)),
+                )
+                .optional()
+                .map_err(db)?
+        };
+        Ok(row
+            .filter(|(_, _, expires)| *expires >= now())
+            .map(|(user, state, _)| (user, state)))
     }
 
     /// Unrefunded guesses for `user` (for tests and operators).
