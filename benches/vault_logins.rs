@@ -22,7 +22,13 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let sealer = Sealer::local_file(&dir.path().join("key")).unwrap();
     let store = Store::open_sqlite(&dir.path().join("vault.db")).unwrap();
-    let vault = Vault::open(store, &sealer, u32::MAX).unwrap();
+    let vault = Vault::open(
+        store,
+        &sealer,
+        u32::MAX,
+        std::sync::Arc::new(|m: &str| eprintln!("{m}")),
+    )
+    .unwrap();
     let server = Server::bind("127.0.0.1:0".parse().unwrap(), vault).unwrap();
     let url = format!("http://{}", server.local_addr().unwrap());
     std::thread::spawn(move || server.run());

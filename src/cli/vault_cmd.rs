@@ -104,7 +104,8 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
         Some(p) => p.display().to_string(),
         None => "PostgreSQL".to_owned(),
     };
-    let vault = Vault::open(store, &sealer, a.max_guesses).map_err(vault_err)?;
+    let log = std::sync::Arc::new(|m: &str| eprintln!("coffer vault: {m}"));
+    let vault = Vault::open(store, &sealer, a.max_guesses, log).map_err(vault_err)?;
     let key = hex::encode(vault.public_key());
     let server = Server::bind(a.listen, vault).map_err(vault_err)?;
     let addr = server

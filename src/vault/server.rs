@@ -44,6 +44,7 @@ pub struct Vault {
     /// Seals login states at rest; derived from the setup, so every replica
     /// has it.
     session_key: aead::LessSafeKey,
+    log: Log,
 }
 
 /// An HTTP answer: status and JSON body.
@@ -72,16 +73,19 @@ fn user_of(s: &str) -> Result<[u8; protocol::USER_ID_LEN], Reply> {
     protocol::parse_user(s).ok_or_else(bad)
 }
 
-fn internal(e: VaultError) -> Reply {
-    // The operator sees the cause on stderr; the client learns nothing.
-    eprintln!("coffer vault: internal error: {e}");
-    err(500, "internal")
-}
+/// Where the server reports failures for its operator (the library never
+/// prints; the command line passes one that writes to stderr).
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Vault {
     /// Open the vault: load (or create, seal and store) the OPAQUE server
     /// setup.
-    pub fn open(store: Store, sealer: &Sealer, max_guesses: u32) -> Result<Self, VaultError> {
+    pub fn open(
+        store: Store,
+        sealer: &Sealer,
+        max_guesses: u32,
+        log: Log,
+    ) -> Result<Self, VaultError> {
         let sealed = match store.secret(SETUP_NAME)? {
             Some(s) => s,
             None => {
@@ -104,7 +108,15 @@ impl Vault {
             setup,
             max_guesses,
             session_key,
+            log,
         })
+    }
+
+    /// A failure on our side: the operator hears the cause, the client
+    /// only a 500.
+    fn internal(&self, e: VaultError) -> Reply {
+        (self.log)(&format!("internal error: {e}"));
+        err(500, "internal")
     }
 
     fn seal_state(&self, id: &str, user: &str, state: &[u8]) -> Vec<u8> {
@@ -173,7 +185,7 @@ impl Vault {
         let user = user_of(&req.user)?;
         let msg = protocol::unb64(&req.message, 256).ok_or_else(bad)?;
         let msg = RegistrationRequest::<Suite>::deserialize(&msg).map_err(|_| bad())?;
-        if self.store.exists(&req.user).map_err(internal)? {
+        if self.store.exists(&req.user).map_err(|e| self.internal(e))? {
             return Err(err(409, "exists"));
         }
         let start =
@@ -195,7 +207,7 @@ impl Vault {
         if !self
             .store
             .register(&req.user, &record.serialize())
-            .map_err(internal)?
+            .map_err(|e| self.internal(e))?
         {
             return Err(err(409, "exists"));
         }
@@ -211,7 +223,7 @@ impl Vault {
         let (registration, guesses_left) = match self
             .store
             .login_start(&req.user, self.max_guesses)
-            .map_err(internal)?
+            .map_err(|e| self.internal(e))?
         {
             LoginRecord::Missing => return Err(err(404, "no-record")),
             LoginRecord::Destroyed => return Err(err(410, "destroyed")),
@@ -221,7 +233,7 @@ impl Vault {
             } => (registration, guesses_left),
         };
         let registration = ServerRegistration::<Suite>::deserialize(&registration)
-            .map_err(|e| internal(VaultError::Store(format!("stored record: {e}"))))?;
+            .map_err(|e| self.internal(VaultError::Store(format!("stored record: {e}"))))?;
         let start = ServerLogin::start(
             &mut OsRng,
             &self.setup,
@@ -239,7 +251,7 @@ impl Vault {
         let expires = (crate::slot::now_unix() + SESSION_TTL.as_secs()) as i64;
         self.store
             .put_session(&session, &req.user, &sealed, expires)
-            .map_err(internal)?;
+            .map_err(|e| self.internal(e))?;
         Ok(json(
             200,
             &protocol::LoginStartResponse {
@@ -261,7 +273,7 @@ impl Vault {
         let (user, sealed) = self
             .store
             .take_session(&req.session)
-            .map_err(internal)?
+            .map_err(|e| self.internal(e))?
             .ok_or_else(|| err(400, "bad-session"))?;
         let state = self
             .unseal_state(&req.session, &user, &sealed)
@@ -271,9 +283,11 @@ impl Vault {
             return Err(err(401, "unauthenticated"));
         }
         if delete {
-            self.store.destroy(&user).map_err(internal)?;
+            self.store.destroy(&user).map_err(|e| self.internal(e))?;
         } else {
-            self.store.login_succeeded(&user).map_err(internal)?;
+            self.store
+                .login_succeeded(&user)
+                .map_err(|e| self.internal(e))?;
         }
         Ok((200, "{}".into()))
     }
@@ -363,7 +377,7 @@ mod tests {
     fn vault(dir: &Path) -> Vault {
         let sealer = Sealer::local_file(&dir.join("key")).unwrap();
         let store = Store::open_sqlite(&dir.join("db")).unwrap();
-        Vault::open(store, &sealer, 3).unwrap()
+        Vault::open(store, &sealer, 3, Arc::new(|_: &str| {})).unwrap()
     }
 
     #[test]
