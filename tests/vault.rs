@@ -616,3 +616,104 @@ fn fifty_concurrent_wrong_logins_across_two_replicas_share_one_limit_postgres() 
         ));
     }
 }
+
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `socat` terminating TLS on a free loopback port in front of `backend`.
+struct TlsProxy {
+    child: Child,
+    port: u16,
+}
+
+impl TlsProxy {
+    fn start(dir: &Path, backend: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let backend = backend.strip_prefix("http://").unwrap();
+        let child = Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                dir.join("leaf.pem").display(),
+                dir.join("leaf.key").display()
+            ))
+            .arg(format!("TCP:{backend}"))
+            .spawn()
+            .expect("socat (hsm-sim/install-deps.sh installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn enroll_and_unlock_over_https_with_a_private_ca() {
+    let home = Home::new();
+    let token = Token::new();
+    let server = Server::start(&token, &home.path("vault.db"), 10);
+    let pki = tempfile::tempdir().unwrap();
+    sh(
+        pki.path(),
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+           -keyout ca.key -out ca.pem -subj /CN=coffer-test-ca -days 1 \
+           -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+           -keyout leaf.key -out leaf.csr -subj /CN=localhost 2>/dev/null
+         printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext
+         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+           -out leaf.pem -days 1 -extfile ext 2>/dev/null",
+    );
+    let proxy = TlsProxy::start(pki.path(), &server.url);
+    let url = format!("https://localhost:{}", proxy.port);
+    home.init();
+    std::fs::write(home.path("pw"), "vault password\n").unwrap();
+    // Without the CA, the server's certificate is not trusted.
+    home.coffer()
+        .args(["enroll", "vault", "--url", &url, "--new-password-file"])
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("unreachable"));
+    home.coffer()
+        .args(["enroll", "vault", "--url", &url, "--ca"])
+        .arg(pki.path().join("ca.pem"))
+        .arg("--new-password-file")
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .success();
+    seal(&home);
+    open_with(&home, "pw", "out").success();
+    assert_eq!(
+        std::fs::read_to_string(home.path("out/f.txt")).unwrap(),
+        "kept safe"
+    );
+}
