@@ -32,7 +32,7 @@ pub struct ServeArgs {
     /// Address to listen on (loopback only), e.g. 127.0.0.1:8443
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
-    /// Database: `sqlite:PATH` or a path
+    /// Database: `sqlite:PATH`, a path, or `postgres://USER@HOST/DB` (shared by replicas)
     #[arg(long, value_name = "URL", default_value = "sqlite:coffer-vault.sqlite")]
     db: String,
     /// PKCS#11 module holding the key that seals the server's secrets
