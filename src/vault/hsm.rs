@@ -188,7 +188,7 @@ impl Sealer {
                 .map_err(p11("C_GenerateKey (AES-256)"))?,
             _ => {
                 return Err(VaultError::Seal(format!(
-                    "several AES keys labelled `{}` on token `{}`",
+                    "several AES keys labelled `{}` on token `{}` (replicas that started together each made one?): keep the one that sealed the database's secrets, or create the key once with pkcs11-tool before starting replicas",
                     uri.object, uri.token
                 )));
             }
