@@ -9,6 +9,8 @@ PACKAGES=(
   softhsm2 opensc                 # PKCS#11 token simulator and pkcs11-tool
   age                             # benches/compare-age.sh
   pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool   # YubiKey (PIV) through a virtual card
+  postgresql                      # vault tests: a throwaway cluster on loopback
+  socat openssl                   # vault tests: a TLS-terminating proxy and its certificates
 )
 
 missing=()

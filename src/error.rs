@@ -38,6 +38,14 @@ pub enum SlotError {
     /// The password is not the one for this slot.
     #[error("wrong password")]
     WrongPassword,
+    /// The vault server answered, and the password was wrong.
+    #[error(
+        "wrong vault password ({guesses_left} guesses left before the vault record is destroyed)"
+    )]
+    WrongVaultPassword {
+        /// Guesses the server will still answer.
+        guesses_left: u32,
+    },
     /// The PIN was refused.
     #[error("wrong PIN{}", tries_left.map(|n| format!(" ({n} tries left)")).unwrap_or_default())]
     WrongPin {
@@ -83,6 +91,7 @@ impl SlotError {
         match self {
             SlotError::WrongRecoveryKey { .. }
             | SlotError::WrongPassword
+            | SlotError::WrongVaultPassword { .. }
             | SlotError::WrongPin { .. } => ExitStatus::WrongFactor,
             SlotError::Malformed { .. } => ExitStatus::Corrupt,
             SlotError::DeviceNotFound { .. }

@@ -18,5 +18,7 @@ pub mod key;
 pub mod keyring;
 pub mod slot;
 pub mod ui;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 pub use error::{Error, ExitStatus, Result};

@@ -6,6 +6,8 @@
 
 mod archive_cmd;
 pub mod term;
+#[cfg(feature = "vault")]
+mod vault_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use coffer::error::{Error, Result};
@@ -118,6 +120,10 @@ pub enum Command {
         /// The archive (`-` for standard input)
         archive: PathBuf,
     },
+    /// The key vault server
+    #[cfg(feature = "vault")]
+    #[command(subcommand)]
+    Vault(vault_cmd::VaultCmd),
 }
 
 /// `--compress` values.
@@ -213,6 +219,20 @@ pub enum EnrollKind {
         #[arg(long, value_name = "FILE", conflicts_with = "generate")]
         public_key_file: Option<PathBuf>,
     },
+    /// A password checked by a coffer key vault server (OPAQUE, guess limit)
+    #[cfg(feature = "vault")]
+    Vault {
+        /// The vault server, https://... (or http:// to a loopback address)
+        #[arg(long)]
+        url: String,
+        /// Trust the CA certificate(s) in this PEM file for the server
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Read the new vault password from FILE (- for standard input);
+        /// otherwise it is asked for twice on the terminal
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
 }
 
 /// `--mechanism` values of `enroll pkcs11`.
@@ -288,6 +308,10 @@ impl Cli {
             }
             #[cfg(feature = "tpm2")]
             Command::Enroll(EnrollKind::Tpm2 { new_pin_file, .. }) => new_pin_file.as_ref(),
+            #[cfg(feature = "vault")]
+            Command::Enroll(EnrollKind::Vault {
+                new_password_file, ..
+            }) => new_password_file.as_ref(),
             _ => None,
         };
         let dash = PathBuf::from("-");
@@ -327,6 +351,10 @@ impl Cli {
 
 /// Run the parsed command line.
 pub fn run(cli: &Cli) -> Result<()> {
+    #[cfg(feature = "vault")]
+    if let Command::Vault(cmd) = &cli.command {
+        return vault_cmd::run(cmd);
+    }
     let env = cli.env()?;
     match &cli.command {
         Command::Init { recovery_key_out } => init(cli, &env, recovery_key_out.as_deref()),
@@ -346,6 +374,8 @@ pub fn run(cli: &Cli) -> Result<()> {
         } => archive_cmd::open(cli, &env, archive, output, *force),
         Command::Verify { archive } => archive_cmd::verify(cli, &env, archive),
         Command::Inspect { archive } => archive_cmd::inspect(cli, archive),
+        #[cfg(feature = "vault")]
+        Command::Vault(_) => unreachable!("handled above"),
     }
 }
 
@@ -445,14 +475,19 @@ fn init(cli: &Cli, env: &Env, recovery_out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn new_password(env: &Env, file: Option<&Path>) -> Result<SecretString> {
+pub(crate) fn new_password(env: &Env, file: Option<&Path>, kind: &str) -> Result<SecretString> {
     if let Some(f) = file {
         return read_secret_file(f);
     }
-    env.ui.new_secret("New password")?.ok_or_else(|| {
-        Error::Usage(
-            "enroll password needs a terminal to ask for the new password, or --new-password-file FILE".into(),
-        )
+    let what = if kind == "password" {
+        "New password".to_owned()
+    } else {
+        format!("New {kind} password")
+    };
+    env.ui.new_secret(&what)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "enroll {kind} needs a terminal to ask for the new password, or --new-password-file FILE"
+        ))
     })
 }
 
@@ -476,7 +511,7 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
     let bk = unlock(cli, env, &keyring)?;
     let record = match kind {
         EnrollKind::Password { new_password_file } => {
-            let pw = new_password(env, new_password_file.as_deref())?;
+            let pw = new_password(env, new_password_file.as_deref(), "password")?;
             if pw.expose_secret().is_empty() {
                 return Err(Error::Usage("the new password is empty".into()));
             }
@@ -580,6 +615,12 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
                 e => Error::Enroll(e),
             })?
         }
+        #[cfg(feature = "vault")]
+        EnrollKind::Vault {
+            url,
+            ca,
+            new_password_file,
+        } => vault_cmd::enroll(env, &bk, url, ca.as_deref(), new_password_file.as_deref())?,
     };
     let (id, kind) = (record.id.clone(), record.params.kind().to_owned());
     keyring.add_slot(&bk, record)?;

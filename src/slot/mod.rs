@@ -19,6 +19,8 @@ pub mod pkcs11;
 pub mod recovery;
 #[cfg(feature = "tpm2")]
 pub mod tpm2;
+#[cfg(feature = "vault")]
+pub mod vault;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;
 
@@ -175,6 +177,9 @@ pub enum SlotParams {
     /// A P-256 key in a YubiKey's PIV slot.
     #[cfg(feature = "yubikey")]
     Yubikey(yubikey::YubikeyParams),
+    /// A password checked by a key vault server (OPAQUE).
+    #[cfg(feature = "vault")]
+    Vault(vault::VaultParams),
     /// A kind this build does not know; preserved on rewrite.
     Unknown(UnknownSlot),
 }
@@ -191,6 +196,8 @@ impl SlotParams {
             SlotParams::Pkcs11(_) => pkcs11::KIND,
             #[cfg(feature = "yubikey")]
             SlotParams::Yubikey(_) => yubikey::KIND,
+            #[cfg(feature = "vault")]
+            SlotParams::Vault(_) => vault::KIND,
             SlotParams::Unknown(u) => &u.kind,
         }
     }
@@ -206,6 +213,8 @@ impl SlotParams {
             SlotParams::Pkcs11(p) => Some(p),
             #[cfg(feature = "yubikey")]
             SlotParams::Yubikey(p) => Some(p),
+            #[cfg(feature = "vault")]
+            SlotParams::Vault(p) => Some(p),
             SlotParams::Unknown(_) => None,
         }
     }
@@ -222,6 +231,8 @@ impl SlotParams {
             pkcs11::KIND => SlotParams::Pkcs11(serde_json::from_value(v).map_err(typed)?),
             #[cfg(feature = "yubikey")]
             yubikey::KIND => SlotParams::Yubikey(serde_json::from_value(v).map_err(typed)?),
+            #[cfg(feature = "vault")]
+            vault::KIND => SlotParams::Vault(serde_json::from_value(v).map_err(typed)?),
             _ => SlotParams::Unknown(UnknownSlot {
                 kind: kind.to_owned(),
                 fields,
@@ -239,6 +250,8 @@ impl SlotParams {
             SlotParams::Pkcs11(p) => serde_json::to_value(p),
             #[cfg(feature = "yubikey")]
             SlotParams::Yubikey(p) => serde_json::to_value(p),
+            #[cfg(feature = "vault")]
+            SlotParams::Vault(p) => serde_json::to_value(p),
             SlotParams::Unknown(u) => return u.fields.clone(),
         }
         .expect("slot parameters serialize");
@@ -367,15 +380,19 @@ fn ordered<'s>(
         }
         None => slots.iter().collect(),
     };
-    // Stable: keyring order within each class; among equals, the recovery
-    // key goes last (it is the factor of last resort, kept in a drawer).
+    // Stable: keyring order within each class; among equals, a vault slot
+    // goes after every slot whose failure costs nothing (a wrong try burns
+    // one of its guesses for good), and the recovery key goes last (it is
+    // the factor of last resort, kept in a drawer) unless it was supplied.
     chosen.sort_by_key(|s| {
         let class = s
             .params
             .as_slot()
             .map(|k| k.interaction(factors))
             .unwrap_or(Interaction::Prompt);
-        (class, matches!(s.params, SlotParams::Recovery(_)))
+        let costs_a_guess = s.params.kind() == "vault";
+        let recovery = matches!(s.params, SlotParams::Recovery(_));
+        (class, costs_a_guess && !recovery, recovery)
     });
     Ok(chosen)
 }
@@ -495,5 +512,39 @@ mod tests {
         let (got, used) = unlock(&slots, None, &factors, &ui).unwrap();
         assert_eq!(got.expose(), bk.expose());
         assert_eq!(used.params.kind(), "recovery");
+    }
+
+    #[cfg(feature = "vault")]
+    #[test]
+    fn vault_slots_are_tried_after_slots_whose_failure_costs_nothing() {
+        let (_, mut slots, _) = slots_and_key();
+        let vault = SlotRecord::new(
+            SlotParams::Vault(vault::VaultParams {
+                url: "http://127.0.0.1:1".into(),
+                user: "00".repeat(16),
+                server_key: B64.encode([0u8; 32]),
+                ca: None,
+            }),
+            slots[0].wrapped.clone(),
+        );
+        slots.insert(0, vault);
+        let both = Factors {
+            password: Some(SecretString::from("pw")),
+            recovery_key: Some(SecretString::from("x")),
+            ..Factors::default()
+        };
+        let kinds = |f: &Factors| -> Vec<String> {
+            ordered(&slots, None, f)
+                .unwrap()
+                .iter()
+                .map(|s| s.params.kind().to_owned())
+                .collect()
+        };
+        assert_eq!(kinds(&both), ["password", "recovery", "vault"]);
+        let pw_only = Factors {
+            password: Some(SecretString::from("pw")),
+            ..Factors::default()
+        };
+        assert_eq!(kinds(&pw_only), ["password", "vault", "recovery"]);
     }
 }

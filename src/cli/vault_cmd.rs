@@ -1,0 +1,147 @@
+//! `coffer vault serve` and `coffer enroll vault`: argument glue around
+//! [`coffer::vault`] and [`coffer::slot::vault`].
+//!
+//! Must never: start a server whose secrets would sit on disk in the clear
+//! without `--insecure-local-key`, or print a secret.
+
+use super::{Env, new_password, read_secret_file};
+use clap::{Args, Subcommand};
+use coffer::error::{Error, Result};
+use coffer::key::BackupKey;
+use coffer::slot::SlotRecord;
+use coffer::vault::hsm::{Pkcs11Uri, Sealer};
+use coffer::vault::protocol::DEFAULT_MAX_GUESSES;
+use coffer::vault::server::{Server, Vault};
+use coffer::vault::store::Store;
+use secrecy::ExposeSecret;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// `coffer vault ...`
+#[derive(Debug, Subcommand)]
+pub enum VaultCmd {
+    /// Run the key vault server (plain HTTP on a loopback address; put a
+    /// TLS reverse proxy in front of it)
+    Serve(ServeArgs),
+}
+
+/// `coffer vault serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback only), e.g. 127.0.0.1:8443
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Database: `sqlite:PATH`, a path, or `postgres://USER@HOST/DB` (shared by replicas)
+    #[arg(long, value_name = "URL", default_value = "sqlite:coffer-vault.sqlite")]
+    db: String,
+    /// PKCS#11 module holding the key that seals the server's secrets
+    #[arg(long, value_name = "PATH", requires = "hsm_uri")]
+    hsm_module: Option<PathBuf>,
+    /// The token and key: pkcs11:token=LABEL;object=LABEL
+    #[arg(long, value_name = "URI", requires = "hsm_module")]
+    hsm_uri: Option<String>,
+    /// Read the token's user PIN from FILE
+    #[arg(long, value_name = "FILE", requires = "hsm_module")]
+    hsm_pin_file: Option<PathBuf>,
+    /// Unrefunded wrong guesses before a record is destroyed
+    #[arg(long, default_value_t = DEFAULT_MAX_GUESSES, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_guesses: u32,
+    /// Seal the server's secrets with a key file beside the database
+    /// instead of an HSM (demos only: whoever reads the disk gets them)
+    #[arg(long, conflicts_with = "hsm_module")]
+    insecure_local_key: bool,
+}
+
+fn vault_err(e: coffer::vault::VaultError) -> Error {
+    Error::Refused(e.to_string())
+}
+
+fn is_postgres(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// Run a `coffer vault` command.
+pub fn run(cmd: &VaultCmd) -> Result<()> {
+    let VaultCmd::Serve(a) = cmd;
+    let sqlite =
+        (!is_postgres(&a.db)).then(|| PathBuf::from(a.db.strip_prefix("sqlite:").unwrap_or(&a.db)));
+    let sealer = match (&a.hsm_module, &a.hsm_uri) {
+        (Some(module), Some(uri)) => {
+            let uri = Pkcs11Uri::parse(uri).map_err(|e| Error::Usage(format!("--hsm-uri: {e}")))?;
+            let pin = match &a.hsm_pin_file {
+                Some(f) => read_secret_file(f)?,
+                None => {
+                    return Err(Error::Usage(
+                        "--hsm-module needs --hsm-pin-file FILE (the token's user PIN)".into(),
+                    ));
+                }
+            };
+            Sealer::token(module, uri, pin).map_err(vault_err)?
+        }
+        _ if a.insecure_local_key => {
+            let mut key = sqlite
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("coffer-vault"))
+                .into_os_string();
+            key.push(".key");
+            let s = Sealer::local_file(Path::new(&key)).map_err(vault_err)?;
+            eprintln!(
+                "coffer vault: WARNING: --insecure-local-key: the server's secrets are sealed by {}; whoever can read it and the database can test passwords offline. Use --hsm-module for anything but a demo.",
+                Path::new(&key).display()
+            );
+            s
+        }
+        _ => {
+            return Err(Error::Usage(
+                "coffer vault serve keeps its secrets in an HSM: give --hsm-module, --hsm-uri and --hsm-pin-file, or --insecure-local-key for a demo".into(),
+            ));
+        }
+    };
+    let store = Store::open(&a.db).map_err(vault_err)?;
+    // Never print a PostgreSQL URL: it may hold a password.
+    let db = match &sqlite {
+        Some(p) => p.display().to_string(),
+        None => "PostgreSQL".to_owned(),
+    };
+    let log = std::sync::Arc::new(|m: &str| eprintln!("coffer vault: {m}"));
+    let vault = Vault::open(store, &sealer, a.max_guesses, log).map_err(vault_err)?;
+    let key = hex::encode(vault.public_key());
+    let server = Server::bind(a.listen, vault).map_err(vault_err)?;
+    let addr = server
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "coffer vault: secrets sealed by {}; database {}; max guesses {}; server key {key}",
+        sealer.describe(),
+        db,
+        a.max_guesses
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on http://{addr}")
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::io("<stdout>", e))?;
+    drop(out);
+    server.run();
+    Ok(())
+}
+
+/// `coffer enroll vault`.
+pub fn enroll(
+    env: &Env,
+    bk: &BackupKey,
+    url: &str,
+    ca: Option<&Path>,
+    new_password_file: Option<&Path>,
+) -> Result<SlotRecord> {
+    let ca_pem = ca
+        .map(|p| std::fs::read_to_string(p).map_err(|e| Error::io(p, e)))
+        .transpose()?;
+    let pw = new_password(env, new_password_file, "vault")?;
+    if pw.expose_secret().is_empty() {
+        return Err(Error::Usage("the new vault password is empty".into()));
+    }
+    coffer::slot::vault::enroll(bk, url, ca_pem.as_deref(), &pw)
+        .map_err(|e| Error::Refused(format!("enrolling the vault slot: {e}")))
+}

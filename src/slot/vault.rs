@@ -1,0 +1,161 @@
+//! The vault slot: a password checked by a coffer key vault server with
+//! OPAQUE. The KEK is `HKDF-SHA256(export key, info "coffer/v1 vault kek")`;
+//! the slot stores the server URL, a random user id, the server's public
+//! key (pinned, compared at every login) and, optionally, the CA that
+//! signs the server's certificate.
+//!
+//! Must never: keep the password or the export key past the unwrap; try a
+//! server whose key is not the pinned one.
+
+use super::{Factors, Interaction, Slot, SlotParams, SlotRecord, UnlockContext};
+use crate::error::SlotError;
+use crate::key::{BackupKey, Kek, WrappedKey};
+use crate::vault::VaultError;
+use crate::vault::client::Client;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// The kind name.
+pub const KIND: &str = "vault";
+
+/// HKDF info for the KEK.
+const KEK_INFO: &[u8] = b"coffer/v1 vault kek";
+
+/// Public parameters of a vault slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultParams {
+    /// The server, `https://...` (or `http://` to loopback).
+    pub url: String,
+    /// The user id at the server, 32 hex digits.
+    pub user: String,
+    /// The server's OPAQUE public key, base64, pinned at enrollment.
+    pub server_key: String,
+    /// PEM of the CA to trust for `url`, when not the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+}
+
+fn kek(export_key: &[u8]) -> Kek {
+    Kek::derive(None, export_key, KEK_INFO)
+}
+
+fn slot_error(url: &str, e: VaultError) -> SlotError {
+    match e {
+        VaultError::WrongPassword { guesses_left } => {
+            SlotError::WrongVaultPassword { guesses_left }
+        }
+        VaultError::Destroyed => SlotError::LockedOut {
+            what: format!("vault record at {url}"),
+            hint: "it was destroyed after too many wrong guesses; unlock with another slot and enroll a new vault slot".into(),
+        },
+        VaultError::NoRecord => SlotError::LockedOut {
+            what: format!("vault record at {url}"),
+            hint: "the server has no record for this slot (a different server, or its database was lost)".into(),
+        },
+        VaultError::Unreachable { url, reason } => SlotError::DeviceNotFound {
+            what: format!("vault server {url}"),
+            hint: format!("unreachable ({reason}); check the network, or unlock with another slot"),
+        },
+        VaultError::KeyMismatch => SlotError::PolicyRefused(format!(
+            "vault server {url} presented a key other than the one pinned at enrollment; refusing it"
+        )),
+        e => SlotError::Device(format!("vault {url}: {e}")),
+    }
+}
+
+/// Enroll a vault slot for `bk`: register `password` at `url` under a new
+/// random user id.
+pub fn enroll(
+    bk: &BackupKey,
+    url: &str,
+    ca_pem: Option<&str>,
+    password: &SecretString,
+) -> Result<SlotRecord, SlotError> {
+    if password.expose_secret().is_empty() {
+        return Err(SlotError::Malformed {
+            field: "password".into(),
+            reason: "it is empty".into(),
+        });
+    }
+    let client = Client::new(url, ca_pem.map(str::as_bytes)).map_err(|e| slot_error(url, e))?;
+    let mut user = [0u8; crate::vault::protocol::USER_ID_LEN];
+    crate::key::random_bytes(&mut user);
+    let user = hex::encode(user);
+    let reg = client
+        .register(&user, password.expose_secret().as_bytes())
+        .map_err(|e| slot_error(url, e))?;
+    let params = VaultParams {
+        url: url.trim_end_matches('/').to_owned(),
+        user,
+        server_key: B64.encode(&reg.server_key),
+        ca: ca_pem.map(str::to_owned),
+    };
+    Ok(SlotRecord::new(
+        SlotParams::Vault(params),
+        bk.wrap(&kek(&reg.export_key)),
+    ))
+}
+
+impl VaultParams {
+    fn pinned(&self) -> Result<Vec<u8>, SlotError> {
+        B64.decode(self.server_key.as_bytes())
+            .ok()
+            .filter(|k| k.len() == 32)
+            .ok_or_else(|| SlotError::Malformed {
+                field: "server_key".into(),
+                reason: "not 32 bytes of base64".into(),
+            })
+    }
+
+    fn open(&self, wrapped: &WrappedKey, password: &SecretString) -> Result<BackupKey, SlotError> {
+        if crate::vault::protocol::parse_user(&self.user).is_none() {
+            return Err(SlotError::Malformed {
+                field: "user".into(),
+                reason: "not 32 lowercase hex digits".into(),
+            });
+        }
+        let pinned = self.pinned()?;
+        let client = Client::new(&self.url, self.ca.as_deref().map(str::as_bytes))
+            .map_err(|e| slot_error(&self.url, e))?;
+        let export_key = client
+            .login(
+                &self.user,
+                password.expose_secret().as_bytes(),
+                &pinned,
+                false,
+            )
+            .map_err(|e| slot_error(&self.url, e))?;
+        wrapped
+            .unwrap(&kek(&export_key))
+            .map_err(|_| SlotError::Malformed {
+                field: "wrapped".into(),
+                reason: "the vault's key does not open it: the slot was altered".into(),
+            })
+    }
+}
+
+impl Slot for VaultParams {
+    fn interaction(&self, factors: &Factors) -> Interaction {
+        if factors.password.is_some() {
+            Interaction::Unattended
+        } else {
+            Interaction::Prompt
+        }
+    }
+
+    fn unwrap(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &UnlockContext<'_>,
+    ) -> Option<Result<BackupKey, SlotError>> {
+        let password = ctx.secret(&ctx.factors.password, "Vault password")?;
+        Some(self.open(wrapped, &password))
+    }
+
+    fn describe(&self) -> String {
+        format!("OPAQUE at {} (user {})", self.url, &self.user)
+    }
+}

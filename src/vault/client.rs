@@ -1,0 +1,248 @@
+//! The vault client: OPAQUE registration and login against a vault server,
+//! over HTTPS (or plain HTTP to a loopback address), giving the OPAQUE
+//! export key from which the slot derives its KEK.
+//!
+//! Must never: send the password; accept a server whose key differs from
+//! the one pinned at enrollment; put the export key in an error or `Debug`.
+
+use super::VaultError;
+use super::protocol::{self, Suite, path};
+use opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, Identifiers, RegistrationResponse,
+};
+use rand_core::OsRng;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// How long one request may take.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest answer read, bytes.
+const MAX_ANSWER: u64 = 64 * 1024;
+
+/// What registration gives.
+pub struct Registered {
+    /// The OPAQUE export key (secret).
+    pub export_key: Zeroizing<Vec<u8>>,
+    /// The server's public key, to pin.
+    pub server_key: Vec<u8>,
+}
+
+/// A connection to one vault server.
+pub struct Client {
+    agent: ureq::Agent,
+    url: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `url` may be used: `https://`, or `http://` to a loopback host.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!("{url}: a vault URL starts with https://"));
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(h) => h.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url}: plain http is for loopback addresses only; use https://"
+        ))
+    }
+}
+
+impl Client {
+    /// A client for the server at `url`, trusting `ca` (PEM) instead of
+    /// the system roots when given.
+    pub fn new(url: &str, ca_pem: Option<&[u8]>) -> Result<Self, VaultError> {
+        check_url(url).map_err(VaultError::Protocol)?;
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(pem) = ca_pem {
+            let certs: Vec<_> = ureq::tls::parse_pem(pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(VaultError::Protocol("--ca holds no PEM certificate".into()));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
+        }
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(TIMEOUT))
+            .tls_config(tls.build())
+            .build();
+        Ok(Self {
+            agent: ureq::Agent::new_with_config(config),
+            url: url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    fn post<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Q,
+    ) -> Result<A, VaultError> {
+        let body = serde_json::to_string(req).expect("requests serialize");
+        let mut resp = self
+            .agent
+            .post(format!("{}{path}", self.url))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .map_err(|e| VaultError::Unreachable {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_string()
+            .map_err(|e| VaultError::Unreachable {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        if status == 200 {
+            return serde_json::from_str(&text)
+                .map_err(|e| VaultError::Protocol(format!("answer to {path}: {e}")));
+        }
+        let code = serde_json::from_str::<protocol::ErrorResponse>(&text)
+            .map(|e| e.error)
+            .unwrap_or_default();
+        Err(match (status, code.as_str()) {
+            (410, _) | (_, "destroyed") => VaultError::Destroyed,
+            (404, "no-record") => VaultError::NoRecord,
+            _ => VaultError::Protocol(format!("{path}: HTTP {status} {code}")),
+        })
+    }
+
+    /// Register `password` for `user` (hex id); refuses a taken id.
+    pub fn register(&self, user: &str, password: &[u8]) -> Result<Registered, VaultError> {
+        let start = ClientRegistration::<Suite>::start(&mut OsRng, password)
+            .map_err(|e| VaultError::Protocol(e.to_string()))?;
+        let answer: protocol::RegisterStartResponse = self.post(
+            path::REGISTER_START,
+            &protocol::StartRequest {
+                user: user.into(),
+                message: protocol::b64(&start.message.serialize()),
+            },
+        )?;
+        let msg = protocol::unb64(&answer.message, 1024)
+            .and_then(|b| RegistrationResponse::<Suite>::deserialize(&b).ok())
+            .ok_or_else(|| VaultError::Protocol("malformed registration response".into()))?;
+        let ksf = protocol::ksf();
+        let fin = start
+            .state
+            .finish(
+                &mut OsRng,
+                password,
+                msg,
+                ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&ksf)),
+            )
+            .map_err(|e| VaultError::Protocol(e.to_string()))?;
+        let _: serde_json::Value = self.post(
+            path::REGISTER_FINISH,
+            &protocol::RegisterFinishRequest {
+                user: user.into(),
+                message: protocol::b64(&fin.message.serialize()),
+            },
+        )?;
+        Ok(Registered {
+            export_key: Zeroizing::new(fin.export_key.to_vec()),
+            server_key: fin.server_s_pk.serialize().to_vec(),
+        })
+    }
+
+    /// Log in as `user`; the export key if `password` is right and the
+    /// server's key is `pinned`. With `delete`, the record is then deleted.
+    pub fn login(
+        &self,
+        user: &str,
+        password: &[u8],
+        pinned: &[u8],
+        delete: bool,
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        let start = ClientLogin::<Suite>::start(&mut OsRng, password)
+            .map_err(|e| VaultError::Protocol(e.to_string()))?;
+        let answer: protocol::LoginStartResponse = self.post(
+            path::LOGIN_START,
+            &protocol::StartRequest {
+                user: user.into(),
+                message: protocol::b64(&start.message.serialize()),
+            },
+        )?;
+        let msg = protocol::unb64(&answer.message, 1024)
+            .and_then(|b| CredentialResponse::<Suite>::deserialize(&b).ok())
+            .ok_or_else(|| VaultError::Protocol("malformed credential response".into()))?;
+        let ksf = protocol::ksf();
+        let fin = match start.state.finish(
+            password,
+            msg,
+            ClientLoginFinishParameters::new(None, Identifiers::default(), Some(&ksf)),
+        ) {
+            Ok(f) => f,
+            Err(opaque_ke::errors::ProtocolError::InvalidLoginError) => {
+                return Err(VaultError::WrongPassword {
+                    guesses_left: answer.guesses_left,
+                });
+            }
+            Err(e) => return Err(VaultError::Protocol(e.to_string())),
+        };
+        if fin.server_s_pk.serialize()[..] != pinned[..] {
+            return Err(VaultError::KeyMismatch);
+        }
+        let export_key = Zeroizing::new(fin.export_key.to_vec());
+        let _: serde_json::Value = self.post(
+            if delete {
+                path::DELETE
+            } else {
+                path::LOGIN_FINISH
+            },
+            &protocol::LoginFinishRequest {
+                session: answer.session,
+                message: protocol::b64(&fin.message.serialize()),
+            },
+        )?;
+        Ok(export_key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        assert!(check_url("http://127.0.0.1:8080").is_ok());
+        assert!(check_url("http://[::1]:80/").is_ok());
+        assert!(check_url("http://localhost").is_ok());
+        assert!(check_url("https://vault.example").is_ok());
+        assert!(check_url("http://vault.example").is_err());
+        assert!(check_url("http://10.0.0.1:80").is_err());
+        assert!(check_url("ftp://x").is_err());
+    }
+}

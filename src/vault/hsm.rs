@@ -1,0 +1,310 @@
+//! Sealing the server's long-term secrets: AES-256-GCM under a key that
+//! lives in a PKCS#11 token (found by label, created on first start if
+//! absent, never extractable), or — for demos only — under a local key file.
+//!
+//! Sealed form: `version (1) || nonce (12) || ciphertext || tag (16)`, with
+//! the associated data naming what is sealed.
+//!
+//! Must never: write a secret to disk in the clear, or let the token key
+//! be created extractable.
+
+use super::VaultError;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use ring::aead;
+use secrecy::{ExposeSecret, SecretString};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+/// Where the token key is: `pkcs11:token=LABEL;object=LABEL`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pkcs11Uri {
+    /// Token label.
+    pub token: String,
+    /// Key label.
+    pub object: String,
+}
+
+impl Pkcs11Uri {
+    /// Parse the `token` and `object` attributes of a PKCS#11 URI
+    /// (RFC 7512; percent-escapes decoded, other attributes refused).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("pkcs11:")
+            .ok_or("a PKCS#11 URI starts with `pkcs11:`")?;
+        let (mut token, mut object) = (None, None);
+        for part in rest.split(';').filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or(format!("`{part}` is not key=value"))?;
+            let v = percent_decode(v).ok_or(format!("`{v}`: bad percent-escape"))?;
+            match k {
+                "token" => token = Some(v),
+                "object" => object = Some(v),
+                _ => return Err(format!("attribute `{k}` is not supported (token, object)")),
+            }
+        }
+        Ok(Self {
+            token: token.ok_or("the URI names no token (token=...)")?,
+            object: object.unwrap_or_else(|| "coffer-vault".into()),
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Seals and unseals the server's secrets.
+pub enum Sealer {
+    /// A key in a PKCS#11 token.
+    Token {
+        /// The loaded module.
+        ctx: Pkcs11,
+        /// The key's location.
+        uri: Pkcs11Uri,
+        /// The user PIN.
+        pin: SecretString,
+    },
+    /// A local key file (insecure: for demos).
+    LocalFile {
+        /// The key.
+        key: Zeroizing<[u8; 32]>,
+        /// Where it is.
+        path: PathBuf,
+    },
+}
+
+fn p11(what: &str) -> impl Fn(cryptoki::error::Error) -> VaultError + '_ {
+    move |e| VaultError::Seal(format!("{what}: {e}"))
+}
+
+impl Sealer {
+    /// Load the PKCS#11 `module` and check that the key can be used.
+    pub fn token(module: &Path, uri: Pkcs11Uri, pin: SecretString) -> Result<Self, VaultError> {
+        let ctx = Pkcs11::new(module).map_err(p11("loading the PKCS#11 module"))?;
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .map_err(p11("C_Initialize"))?;
+        let s = Self::Token { ctx, uri, pin };
+        s.with_key(|_, _| Ok(()))?;
+        Ok(s)
+    }
+
+    /// Use (creating if absent, 0600) the key file at `path`.
+    pub fn local_file(path: &Path) -> Result<Self, VaultError> {
+        let io = |e: std::io::Error| VaultError::Seal(format!("{}: {e}", path.display()));
+        let key = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let mut key = Zeroizing::new([0u8; 32]);
+                hex::decode_to_slice(text.trim(), key.as_mut()).map_err(|_| {
+                    VaultError::Seal(format!("{}: not 64 hex digits", path.display()))
+                })?;
+                key
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = Zeroizing::new([0u8; 32]);
+                crate::key::random_bytes(key.as_mut());
+                let text = Zeroizing::new(hex::encode(key.as_ref()) + "\n");
+                crate::fsutil::write_atomic(path, text.as_bytes(), false)
+                    .map_err(|e| VaultError::Seal(e.to_string()))?;
+                key
+            }
+            Err(e) => return Err(io(e)),
+        };
+        Ok(Self::LocalFile {
+            key,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Run `f` with a logged-in session and the key handle.
+    fn with_key<T>(
+        &self,
+        f: impl FnOnce(&Session, cryptoki::object::ObjectHandle) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let Sealer::Token { ctx, uri, pin } = self else {
+            unreachable!("with_key on a token sealer only")
+        };
+        let slot = ctx
+            .get_slots_with_token()
+            .map_err(p11("C_GetSlotList"))?
+            .into_iter()
+            .find(|s| {
+                ctx.get_token_info(*s)
+                    .map(|i| i.label().trim_end() == uri.token)
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| VaultError::Seal(format!("no token labelled `{}`", uri.token)))?;
+        let session = ctx.open_rw_session(slot).map_err(p11("C_OpenSession"))?;
+        session
+            .login(
+                UserType::User,
+                Some(&AuthPin::from(pin.expose_secret().to_owned())),
+            )
+            .map_err(p11("C_Login"))?;
+        let find = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Label(uri.object.as_bytes().to_vec()),
+        ];
+        let found = session.find_objects(&find).map_err(p11("C_FindObjects"))?;
+        let key = match found.as_slice() {
+            [k] => *k,
+            [] => session
+                .generate_key(
+                    &Mechanism::AesKeyGen,
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Sensitive(true),
+                        Attribute::Extractable(false),
+                        Attribute::Encrypt(true),
+                        Attribute::Decrypt(true),
+                        Attribute::ValueLen(32.into()),
+                        Attribute::Label(uri.object.as_bytes().to_vec()),
+                    ],
+                )
+                .map_err(p11("C_GenerateKey (AES-256)"))?,
+            _ => {
+                return Err(VaultError::Seal(format!(
+                    "several AES keys labelled `{}` on token `{}` (replicas that started together each made one?): keep the one that sealed the database's secrets, or create the key once with pkcs11-tool before starting replicas",
+                    uri.object, uri.token
+                )));
+            }
+        };
+        f(&session, key)
+    }
+
+    /// Seal `plain`, binding `aad`.
+    pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        crate::key::random_bytes(&mut nonce);
+        let body = match self {
+            Sealer::Token { .. } => self.with_key(|s, key| {
+                let mut iv = nonce;
+                let params =
+                    GcmParams::new(&mut iv, aad, 128.into()).map_err(p11("GCM parameters"))?;
+                s.encrypt(&Mechanism::AesGcm(params), key, plain)
+                    .map_err(p11("C_Encrypt (AES-GCM)"))
+            })?,
+            Sealer::LocalFile { key, .. } => {
+                let k = aead::LessSafeKey::new(
+                    aead::UnboundKey::new(&aead::AES_256_GCM, key.as_ref())
+                        .map_err(|_| VaultError::Seal("AES key".into()))?,
+                );
+                let mut buf = plain.to_vec();
+                k.seal_in_place_append_tag(
+                    aead::Nonce::assume_unique_for_key(nonce),
+                    aead::Aad::from(aad),
+                    &mut buf,
+                )
+                .map_err(|_| VaultError::Seal("AES-GCM seal".into()))?;
+                buf
+            }
+        };
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + body.len());
+        out.push(VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Unseal what [`Sealer::seal`] made with the same `aad`.
+    pub fn unseal(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        if sealed.len() < 1 + NONCE_LEN + TAG_LEN || sealed[0] != VERSION {
+            return Err(VaultError::Seal("sealed secret is malformed".into()));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);
+        let body = &sealed[1 + NONCE_LEN..];
+        match self {
+            Sealer::Token { .. } => self.with_key(|s, key| {
+                let mut iv = nonce;
+                let params =
+                    GcmParams::new(&mut iv, aad, 128.into()).map_err(p11("GCM parameters"))?;
+                s.decrypt(&Mechanism::AesGcm(params), key, body)
+                    .map(Zeroizing::new)
+                    .map_err(p11("C_Decrypt (AES-GCM): wrong key or tampered secret"))
+            }),
+            Sealer::LocalFile { key, path } => {
+                let k = aead::LessSafeKey::new(
+                    aead::UnboundKey::new(&aead::AES_256_GCM, key.as_ref())
+                        .map_err(|_| VaultError::Seal("AES key".into()))?,
+                );
+                let mut buf = Zeroizing::new(body.to_vec());
+                let n = k
+                    .open_in_place(
+                        aead::Nonce::assume_unique_for_key(nonce),
+                        aead::Aad::from(aad),
+                        &mut buf,
+                    )
+                    .map_err(|_| {
+                        VaultError::Seal(format!(
+                            "the sealed secret does not open with {}: wrong key file or tampered database",
+                            path.display()
+                        ))
+                    })?
+                    .len();
+                buf.truncate(n);
+                Ok(buf)
+            }
+        }
+    }
+
+    /// One line for the operator.
+    pub fn describe(&self) -> String {
+        match self {
+            Sealer::Token { uri, .. } => {
+                format!("PKCS#11 token `{}`, key `{}`", uri.token, uri.object)
+            }
+            Sealer::LocalFile { path, .. } => format!("local key file {}", path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_parses_token_and_object() {
+        let u = Pkcs11Uri::parse("pkcs11:token=vault%20hsm;object=k1").unwrap();
+        assert_eq!(u.token, "vault hsm");
+        assert_eq!(u.object, "k1");
+        assert!(Pkcs11Uri::parse("pkcs11:object=k").is_err());
+        assert!(Pkcs11Uri::parse("token=x").is_err());
+        assert!(Pkcs11Uri::parse("pkcs11:token=x;pin-value=1").is_err());
+    }
+
+    #[test]
+    fn local_file_round_trip_and_aad_binding() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sealer::local_file(&dir.path().join("k")).unwrap();
+        let sealed = s.seal(b"secret", b"a").unwrap();
+        assert_eq!(s.unseal(&sealed, b"a").unwrap().as_slice(), b"secret");
+        assert!(s.unseal(&sealed, b"b").is_err());
+        let again = Sealer::local_file(&dir.path().join("k")).unwrap();
+        assert_eq!(again.unseal(&sealed, b"a").unwrap().as_slice(), b"secret");
+    }
+}

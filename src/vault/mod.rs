@@ -1,0 +1,56 @@
+//! The key vault: a password checked by a server with OPAQUE, with a guess
+//! limit (DESIGN.md, slot kind **vault**).
+//!
+//! [`protocol`] fixes the OPAQUE cipher suite and the JSON messages;
+//! [`client`] runs registration and login for the slot; [`server`] answers
+//! them, counting guesses in [`store`] and keeping its long-term secrets
+//! sealed by [`hsm`].
+//!
+//! Must never: send the password, or anything derived from it other than
+//! OPAQUE messages, to the server; log a secret.
+
+pub mod client;
+pub mod hsm;
+pub mod protocol;
+pub mod server;
+pub mod store;
+
+/// Why a vault operation failed.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The password was wrong; the server counted the guess.
+    #[error(
+        "wrong vault password ({guesses_left} guesses left before the vault record is destroyed)"
+    )]
+    WrongPassword {
+        /// Unrefunded guesses the server will still answer.
+        guesses_left: u32,
+    },
+    /// The record was destroyed after too many wrong guesses (or deleted).
+    #[error("the vault record was destroyed after too many wrong guesses; use another slot")]
+    Destroyed,
+    /// The server has no record for this user id.
+    #[error("the vault server has no record for this slot")]
+    NoRecord,
+    /// The server could not be reached.
+    #[error("vault server {url} unreachable: {reason}")]
+    Unreachable {
+        /// The server.
+        url: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The server's key is not the one pinned at enrollment.
+    #[error("the vault server's public key is not the one pinned at enrollment")]
+    KeyMismatch,
+    /// The server answered something unexpected.
+    #[error("vault protocol error: {0}")]
+    Protocol(String),
+    /// A local storage failure (server side).
+    #[error("vault storage: {0}")]
+    Store(String),
+    /// A failure of the token or key that seals the server's secrets.
+    #[error("vault secret sealing: {0}")]
+    Seal(String),
+}

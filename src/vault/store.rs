@@ -1,0 +1,470 @@
+//! The vault's storage: OPAQUE records, guess counters, tombstones, and
+//! the sealed server secrets, in one schema on two backends. SQLite (WAL,
+//! `synchronous=FULL`): every guess is counted in one `BEGIN IMMEDIATE`
+//! transaction. PostgreSQL (for several replicas): the record's row is
+//! locked with `SELECT ... FOR UPDATE` in the counting transaction. Either
+//! way the count is committed before the server answers, so concurrent
+//! logins (threads, processes, replicas) cannot get past the limit.
+//!
+//! Must never: store anything that lets the server test a password
+//! (OPAQUE records do not), or answer a login without the counted guess
+//! having been committed first.
+
+use super::VaultError;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    user_id TEXT PRIMARY KEY,
+    registration BLOB,
+    failed_guesses INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL,
+    destroyed INTEGER
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    sealed BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    state BLOB NOT NULL,
+    expires BIGINT NOT NULL
+);
+";
+
+/// What a login start found.
+pub enum LoginRecord {
+    /// The record, with the guesses left after the one just counted.
+    Found {
+        /// The OPAQUE server registration, serialized.
+        registration: Vec<u8>,
+        /// Guesses left if this one is wrong.
+        guesses_left: u32,
+    },
+    /// The record was destroyed (too many guesses, or deleted).
+    Destroyed,
+    /// No record for this user.
+    Missing,
+}
+
+const PG_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    user_id TEXT PRIMARY KEY,
+    registration BYTEA,
+    failed_guesses BIGINT NOT NULL DEFAULT 0,
+    created BIGINT NOT NULL,
+    destroyed BIGINT
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    sealed BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    state BYTEA NOT NULL,
+    expires BIGINT NOT NULL
+);
+";
+
+/// The vault database.
+pub enum Store {
+    /// A SQLite file.
+    Sqlite(Mutex<Connection>),
+    /// A PostgreSQL database, possibly shared by several replicas.
+    Postgres(Mutex<postgres::Client>),
+}
+
+fn pg(e: postgres::Error) -> VaultError {
+    VaultError::Store(format!("PostgreSQL: {e}"))
+}
+
+fn check_version(version: Option<String>) -> Result<(), VaultError> {
+    match version {
+        None => Ok(()),
+        Some(v) if v == SCHEMA_VERSION.to_string() => Ok(()),
+        Some(v) => Err(VaultError::Store(format!(
+            "database schema version {v} is not one this build knows ({SCHEMA_VERSION})"
+        ))),
+    }
+}
+
+fn db(e: rusqlite::Error) -> VaultError {
+    VaultError::Store(e.to_string())
+}
+
+fn now() -> i64 {
+    crate::slot::now_unix() as i64
+}
+
+impl Store {
+    /// Open (creating if needed) the SQLite database at `path`.
+    pub fn open_sqlite(path: &Path) -> Result<Self, VaultError> {
+        let conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        let version: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db)?;
+        check_version(version)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)",
+            params![SCHEMA_VERSION.to_string()],
+        )
+        .map_err(db)?;
+        Ok(Self::Sqlite(Mutex::new(conn)))
+    }
+
+    /// Connect to PostgreSQL at `url` (`postgres://...`; TLS is not
+    /// supported: keep the database on a private network or a socket) and
+    /// create the schema if needed.
+    pub fn open_postgres(url: &str) -> Result<Self, VaultError> {
+        let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(pg)?;
+        let mut tx = client.transaction().map_err(pg)?;
+        // Replicas starting together must not race on CREATE TABLE.
+        tx.execute("SELECT pg_advisory_xact_lock(7307206)", &[])
+            .map_err(pg)?;
+        tx.batch_execute(PG_SCHEMA).map_err(pg)?;
+        let version: Option<String> = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'schema'", &[])
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        check_version(version)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema', $1) ON CONFLICT DO NOTHING",
+            &[&SCHEMA_VERSION.to_string()],
+        )
+        .map_err(pg)?;
+        tx.commit().map_err(pg)?;
+        Ok(Self::Postgres(Mutex::new(client)))
+    }
+
+    /// Open `sqlite:PATH`, `postgres://...`, or a bare path (SQLite).
+    pub fn open(url: &str) -> Result<Self, VaultError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::open_postgres(url)
+        } else {
+            Self::open_sqlite(Path::new(url.strip_prefix("sqlite:").unwrap_or(url)))
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match self {
+            Store::Sqlite(c) => c.lock().unwrap_or_else(|p| p.into_inner()),
+            Store::Postgres(_) => unreachable!("sqlite only"),
+        }
+    }
+
+    fn pg(&self) -> Option<std::sync::MutexGuard<'_, postgres::Client>> {
+        match self {
+            Store::Postgres(c) => Some(c.lock().unwrap_or_else(|p| p.into_inner())),
+            Store::Sqlite(_) => None,
+        }
+    }
+
+    /// The sealed secret `name`, if stored.
+    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .query_opt("SELECT sealed FROM secrets WHERE name = $1", &[&name])
+                .map(|r| r.map(|r| r.get(0)))
+                .map_err(pg);
+        }
+        self.conn()
+            .query_row(
+                "SELECT sealed FROM secrets WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    /// Store `sealed` as `name` unless one is there already; returns what
+    /// is stored afterwards (another replica may have won the race).
+    pub fn put_secret_once(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
+        if let Some(mut c) = self.pg() {
+            c.execute(
+                "INSERT INTO secrets (name, sealed) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&name, &sealed],
+            )
+            .map_err(pg)?;
+            return c
+                .query_one("SELECT sealed FROM secrets WHERE name = $1", &[&name])
+                .map(|r| r.get(0))
+                .map_err(pg);
+        }
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO secrets (name, sealed) VALUES (?1, ?2)",
+            params![name, sealed],
+        )
+        .map_err(db)?;
+        conn.query_row(
+            "SELECT sealed FROM secrets WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .map_err(db)
+    }
+
+    /// Store a new record. `false` if the user id is taken (or was
+    /// destroyed: ids are never reused).
+    pub fn register(&self, user: &str, registration: &[u8]) -> Result<bool, VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .execute(
+                    "INSERT INTO records (user_id, registration, failed_guesses, created) VALUES ($1, $2, 0, $3) ON CONFLICT DO NOTHING",
+                    &[&user, &registration, &now()],
+                )
+                .map(|n| n == 1)
+                .map_err(pg);
+        }
+        let n = self
+            .conn()
+            .execute(
+                "INSERT OR IGNORE INTO records (user_id, registration, failed_guesses, created) VALUES (?1, ?2, 0, ?3)",
+                params![user, registration, now()],
+            )
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    /// Whether `user` has a record or tombstone.
+    pub fn exists(&self, user: &str) -> Result<bool, VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .query_opt("SELECT 1 FROM records WHERE user_id = $1", &[&user])
+                .map(|r| r.is_some())
+                .map_err(pg);
+        }
+        let n: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM records WHERE user_id = ?1",
+                params![user],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    /// Count one guess for `user`, durably, and return the record to answer
+    /// with. When `max` guesses are already unrefunded the record is
+    /// destroyed instead (a tombstone stays).
+    pub fn login_start(&self, user: &str, max: u32) -> Result<LoginRecord, VaultError> {
+        if let Some(mut c) = self.pg() {
+            let mut tx = c.transaction().map_err(pg)?;
+            let row = tx
+                .query_opt(
+                    "SELECT registration, failed_guesses FROM records WHERE user_id = $1 FOR UPDATE",
+                    &[&user],
+                )
+                .map_err(pg)?
+                .map(|r| (r.get::<_, Option<Vec<u8>>>(0), r.get::<_, i64>(1)));
+            let out = match row {
+                None => LoginRecord::Missing,
+                Some((None, _)) => LoginRecord::Destroyed,
+                Some((Some(_), failed)) if failed >= i64::from(max) => {
+                    tx.execute(
+                        "UPDATE records SET registration = NULL, destroyed = $2 WHERE user_id = $1",
+                        &[&user, &now()],
+                    )
+                    .map_err(pg)?;
+                    LoginRecord::Destroyed
+                }
+                Some((Some(registration), failed)) => {
+                    tx.execute(
+                        "UPDATE records SET failed_guesses = failed_guesses + 1 WHERE user_id = $1",
+                        &[&user],
+                    )
+                    .map_err(pg)?;
+                    LoginRecord::Found {
+                        registration,
+                        guesses_left: (i64::from(max) - failed - 1).max(0) as u32,
+                    }
+                }
+            };
+            tx.commit().map_err(pg)?;
+            return Ok(out);
+        }
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let row: Option<(Option<Vec<u8>>, i64)> = tx
+            .query_row(
+                "SELECT registration, failed_guesses FROM records WHERE user_id = ?1",
+                params![user],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        let out = match row {
+            None => LoginRecord::Missing,
+            Some((None, _)) => LoginRecord::Destroyed,
+            Some((Some(_), failed)) if failed >= i64::from(max) => {
+                tx.execute(
+                    "UPDATE records SET registration = NULL, destroyed = ?2 WHERE user_id = ?1",
+                    params![user, now()],
+                )
+                .map_err(db)?;
+                LoginRecord::Destroyed
+            }
+            Some((Some(registration), failed)) => {
+                tx.execute(
+                    "UPDATE records SET failed_guesses = failed_guesses + 1 WHERE user_id = ?1",
+                    params![user],
+                )
+                .map_err(db)?;
+                LoginRecord::Found {
+                    registration,
+                    guesses_left: (i64::from(max) - failed - 1).max(0) as u32,
+                }
+            }
+        };
+        tx.commit().map_err(db)?;
+        Ok(out)
+    }
+
+    /// A valid login finish: refund every counted guess.
+    pub fn login_succeeded(&self, user: &str) -> Result<(), VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .execute(
+                    "UPDATE records SET failed_guesses = 0 WHERE user_id = $1 AND registration IS NOT NULL",
+                    &[&user],
+                )
+                .map(drop)
+                .map_err(pg);
+        }
+        self.conn()
+            .execute(
+                "UPDATE records SET failed_guesses = 0 WHERE user_id = ?1 AND registration IS NOT NULL",
+                params![user],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Destroy `user`'s record, leaving a tombstone.
+    pub fn destroy(&self, user: &str) -> Result<(), VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .execute(
+                    "UPDATE records SET registration = NULL, destroyed = $2 WHERE user_id = $1",
+                    &[&user, &now()],
+                )
+                .map(drop)
+                .map_err(pg);
+        }
+        self.conn()
+            .execute(
+                "UPDATE records SET registration = NULL, destroyed = ?2 WHERE user_id = ?1",
+                params![user, now()],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Keep a login's sealed server state until `expires` (Unix seconds),
+    /// dropping expired ones.
+    pub fn put_session(
+        &self,
+        id: &str,
+        user: &str,
+        state: &[u8],
+        expires: i64,
+    ) -> Result<(), VaultError> {
+        if let Some(mut c) = self.pg() {
+            c.execute("DELETE FROM sessions WHERE expires < $1", &[&now()])
+                .map_err(pg)?;
+            return c
+                .execute(
+                    "INSERT INTO sessions (id, user_id, state, expires) VALUES ($1, $2, $3, $4)",
+                    &[&id, &user, &state, &expires],
+                )
+                .map(drop)
+                .map_err(pg);
+        }
+        let conn = self.conn();
+        conn.execute("DELETE FROM sessions WHERE expires < ?1", params![now()])
+            .map_err(db)?;
+        conn.execute(
+            "INSERT INTO sessions (id, user_id, state, expires) VALUES (?1, ?2, ?3, ?4)",
+            params![id, user, state, expires],
+        )
+        .map(drop)
+        .map_err(db)
+    }
+
+    /// Take (delete and return) the login state `id` if it has not
+    /// expired: `(user, sealed state)`. Atomic, so a finish is accepted
+    /// once even when replayed to several replicas at once.
+    pub fn take_session(&self, id: &str) -> Result<Option<(String, Vec<u8>)>, VaultError> {
+        let row = if let Some(mut c) = self.pg() {
+            c.query_opt(
+                "DELETE FROM sessions WHERE id = $1 RETURNING user_id, state, expires",
+                &[&id],
+            )
+            .map_err(pg)?
+            .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2)))
+        } else {
+            self.conn()
+                .query_row(
+                    "DELETE FROM sessions WHERE id = ?1 RETURNING user_id, state, expires",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?)),
+                )
+                .optional()
+                .map_err(db)?
+        };
+        Ok(row
+            .filter(|(_, _, expires)| *expires >= now())
+            .map(|(user, state, _)| (user, state)))
+    }
+
+    /// Unrefunded guesses for `user` (for tests and operators).
+    pub fn failed_guesses(&self, user: &str) -> Result<Option<u32>, VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c
+                .query_opt(
+                    "SELECT failed_guesses FROM records WHERE user_id = $1",
+                    &[&user],
+                )
+                .map(|r| r.map(|r| r.get::<_, i64>(0) as u32))
+                .map_err(pg);
+        }
+        self.conn()
+            .query_row(
+                "SELECT failed_guesses FROM records WHERE user_id = ?1",
+                params![user],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.map(|n| n as u32))
+            .map_err(db)
+    }
+}

@@ -1,0 +1,719 @@
+//! The key vault end to end: real `coffer vault serve` processes on
+//! 127.0.0.1 (a free port each), a real SoftHSM token per test sealing the
+//! server's secrets, SQLite storage.
+#![cfg(feature = "vault")]
+
+mod common;
+
+use coffer::vault::VaultError;
+use coffer::vault::client::Client;
+use coffer::vault::protocol::{self, Suite, path};
+use common::Home;
+use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse, Identifiers};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const PIN: &str = "4321";
+
+/// A SoftHSM token of its own, in a temp dir.
+struct Token {
+    dir: tempfile::TempDir,
+}
+
+impl Token {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tokens")).unwrap();
+        std::fs::write(
+            dir.path().join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("pin"), PIN).unwrap();
+        let t = Self { dir };
+        let ok = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", t.conf())
+            .args(["--init-token", "--free", "--label", "vault-test"])
+            .args(["--so-pin", "123456", "--pin", PIN])
+            .stdout(Stdio::null())
+            .status()
+            .expect("softhsm2-util (hsm-sim/install-deps.sh installs it)");
+        assert!(ok.success());
+        t
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+}
+
+/// A running `coffer vault serve`, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(token: &Token, db: &Path, max_guesses: u32) -> Self {
+        Self::start_db(token, &format!("sqlite:{}", db.display()), max_guesses)
+    }
+
+    fn start_db(token: &Token, db: &str, max_guesses: u32) -> Self {
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("coffer"))
+            .env("SOFTHSM2_CONF", token.conf())
+            .args(["vault", "serve", "--listen", "127.0.0.1:0", "--db", db])
+            .args(["--hsm-module", SOFTHSM])
+            .args(["--hsm-uri", "pkcs11:token=vault-test;object=coffer-vault"])
+            .arg("--hsm-pin-file")
+            .arg(token.dir.path().join("pin"))
+            .args(["--max-guesses", &max_guesses.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+            .to_owned();
+        Self { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn setup(max: u32) -> (Home, Token, Server) {
+    let home = Home::new();
+    let token = Token::new();
+    let server = Server::start(&token, &home.path("vault.db"), max);
+    home.init();
+    std::fs::write(home.path("pw"), "vault password\n").unwrap();
+    std::fs::write(home.path("bad"), "not it\n").unwrap();
+    home.coffer()
+        .args([
+            "enroll",
+            "vault",
+            "--url",
+            &server.url,
+            "--new-password-file",
+        ])
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .success();
+    (home, token, server)
+}
+
+fn open_with(home: &Home, pw: &str, out: &str) -> assert_cmd::assert::Assert {
+    home.coffer()
+        .args([
+            "open",
+            "a.cof",
+            "-o",
+            out,
+            "--slot",
+            "vault",
+            "--password-file",
+        ])
+        .arg(home.path(pw))
+        .assert()
+}
+
+fn seal(home: &Home) {
+    std::fs::write(home.path("f.txt"), "kept safe").unwrap();
+    home.coffer()
+        .args([
+            "seal",
+            "f.txt",
+            "-o",
+            "a.cof",
+            "--slot",
+            "vault",
+            "--password-file",
+        ])
+        .arg(home.path("pw"))
+        .assert()
+        .success();
+}
+
+#[test]
+fn enroll_then_unlock_through_the_server() {
+    let (home, _token, _server) = setup(10);
+    seal(&home);
+    open_with(&home, "pw", "out").success();
+    assert_eq!(
+        std::fs::read_to_string(home.path("out/f.txt")).unwrap(),
+        "kept safe"
+    );
+    let out = home.coffer().args(["slots", "--json"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\"kind\": \"vault\""), "{text}");
+    assert!(text.contains("server_key"), "{text}");
+    assert!(!text.contains("vault password"), "{text}");
+}
+
+#[test]
+fn wrong_guesses_destroy_the_record_and_the_recovery_key_still_opens() {
+    let (home, _token, _server) = setup(3);
+    seal(&home);
+    for left in [2, 1, 0] {
+        open_with(&home, "bad", &format!("o{left}"))
+            .code(3)
+            .stderr(predicates::str::contains(format!("{left} guesses left")));
+    }
+    // The right password is now too late.
+    open_with(&home, "pw", "late")
+        .code(5)
+        .stderr(predicates::str::contains("destroyed"));
+    open_with(&home, "pw", "late2")
+        .code(5)
+        .stderr(predicates::str::contains("destroyed"));
+    home.coffer()
+        .args(["open", "a.cof", "-o", "rec", "--password-file"])
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .success();
+}
+
+#[test]
+fn a_right_password_refunds_the_guesses() {
+    let (home, _token, _server) = setup(3);
+    seal(&home);
+    open_with(&home, "bad", "o1").code(3);
+    open_with(&home, "bad", "o2").code(3);
+    open_with(&home, "pw", "ok").success();
+    open_with(&home, "bad", "o3")
+        .code(3)
+        .stderr(predicates::str::contains("2 guesses left"));
+}
+
+#[test]
+fn restart_keeps_records_counters_and_the_sealed_setup() {
+    let (home, token, server) = setup(3);
+    seal(&home);
+    open_with(&home, "bad", "o1").code(3);
+    drop(server);
+    let server = Server::start(&token, &home.path("vault.db"), 3);
+    // The restarted server has a new port and the keyring is MACed, so talk
+    // to it directly with the slot's user id and pinned key.
+    let keyring: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.keyring()).unwrap()).unwrap();
+    let slot = keyring["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "vault")
+        .unwrap()
+        .clone();
+    let user = slot["user"].as_str().unwrap();
+    let pinned = base64_decode(slot["server_key"].as_str().unwrap());
+    let client = Client::new(&server.url, None).unwrap();
+    // The counter survived: one guess was used, this is the second.
+    match client.login(user, b"not it", &pinned, false) {
+        Err(VaultError::WrongPassword { guesses_left }) => assert_eq!(guesses_left, 1),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // The setup was unsealed from the HSM: same key, the right password works.
+    client
+        .login(user, b"vault password", &pinned, false)
+        .unwrap();
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn post(url: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let mut r = agent
+        .post(format!("{url}{path}"))
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// Register a user straight through the library; returns (user, pinned key).
+fn register(url: &str, password: &[u8]) -> (String, Vec<u8>) {
+    let mut id = [0u8; 16];
+    coffer::key::random_bytes(&mut id);
+    let user = hex::encode(id);
+    let reg = Client::new(url, None)
+        .unwrap()
+        .register(&user, password)
+        .unwrap();
+    (user, reg.server_key)
+}
+
+/// A login start through the raw protocol: (session, the finish message
+/// for a right password, guesses left).
+fn login_by_hand(url: &str, user: &str, password: &[u8]) -> (String, Vec<u8>, u32) {
+    let start = ClientLogin::<Suite>::start(&mut rand_core::OsRng, password).unwrap();
+    let req =
+        serde_json::json!({"user": user, "message": protocol::b64(&start.message.serialize())});
+    let (status, body) = post(url, path::LOGIN_START, req.to_string().as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let ans: protocol::LoginStartResponse = serde_json::from_str(&body).unwrap();
+    let resp = CredentialResponse::<Suite>::deserialize(&base64_decode(&ans.message)).unwrap();
+    let ksf = protocol::ksf();
+    let fin = start
+        .state
+        .finish(
+            password,
+            resp,
+            ClientLoginFinishParameters::new(None, Identifiers::default(), Some(&ksf)),
+        )
+        .unwrap();
+    (
+        ans.session,
+        fin.message.serialize().to_vec(),
+        ans.guesses_left,
+    )
+}
+
+#[test]
+fn malformed_oversized_and_replayed_messages_are_refused() {
+    let home = Home::new();
+    let token = Token::new();
+    let server = Server::start(&token, &home.path("vault.db"), 5);
+    let url = &server.url;
+    let (user, pinned) = register(url, b"pw");
+
+    let junk: &[(&str, &[u8])] = &[
+        (path::LOGIN_START, b"not json"),
+        (path::LOGIN_START, b"{}"),
+        (path::LOGIN_START, br#"{"user":"zz","message":""}"#),
+        (path::LOGIN_FINISH, br#"{"session":"00","message":"AAAA"}"#),
+        (path::REGISTER_FINISH, br#"{"user":"00","message":"!!"}"#),
+        (path::DELETE, b"[]"),
+    ];
+    for (p, body) in junk {
+        let (status, _) = post(url, p, body);
+        assert_eq!(status, 400, "{p} {:?}", String::from_utf8_lossy(body));
+    }
+    let bad_msg = format!(
+        r#"{{"user":"{user}","message":"{}"}}"#,
+        protocol::b64(&[0xffu8; 96])
+    );
+    assert_eq!(post(url, path::LOGIN_START, bad_msg.as_bytes()).0, 400);
+    let big = vec![b'x'; protocol::MAX_BODY + 1];
+    assert_eq!(post(url, path::LOGIN_START, &big).0, 413);
+    assert_eq!(post(url, "/v1/nothing", b"{}").0, 404);
+    let (status, body) = post(url, path::REGISTER_START, bad_msg.as_bytes());
+    assert_eq!(status, 400, "{body}");
+
+    // A login by hand, so that its finish can be replayed.
+    let (session, fin, guesses_left) = login_by_hand(url, &user, b"pw");
+    assert_eq!(guesses_left, 4, "malformed messages cost no guess");
+    let finish = serde_json::json!({"session": session, "message": protocol::b64(&fin)});
+    // A tampered finish is refused and burns the session.
+    let mut tampered = fin.clone();
+    tampered[0] ^= 1;
+    let t = serde_json::json!({"session": session, "message": protocol::b64(&tampered)});
+    let (status, _) = post(url, path::LOGIN_FINISH, t.to_string().as_bytes());
+    assert!(status == 401 || status == 400, "{status}");
+    // So the genuine finish, now a replay of a used session, is refused too.
+    let (status, _) = post(url, path::LOGIN_FINISH, finish.to_string().as_bytes());
+    assert_eq!(status, 400);
+    // No refund happened: the next guess leaves 3.
+    let c = Client::new(url, None).unwrap();
+    match c.login(&user, b"wrong", &pinned, false) {
+        Err(VaultError::WrongPassword { guesses_left }) => assert_eq!(guesses_left, 3),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // A full valid login refunds; a replay of its finish is refused.
+    c.login(&user, b"pw", &pinned, false).unwrap();
+    match c.login(&user, b"wrong", &pinned, false) {
+        Err(VaultError::WrongPassword { guesses_left }) => assert_eq!(guesses_left, 4),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // The server is still alive and well.
+    c.login(&user, b"pw", &pinned, false).unwrap();
+    // Deleting takes a valid login; afterwards the record is gone.
+    assert!(matches!(
+        c.login(&user, b"wrong", &pinned, true),
+        Err(VaultError::WrongPassword { .. })
+    ));
+    c.login(&user, b"pw", &pinned, true).unwrap();
+    assert!(matches!(
+        c.login(&user, b"pw", &pinned, false),
+        Err(VaultError::Destroyed)
+    ));
+    // And its id cannot be registered again.
+    assert!(
+        Client::new(url, None)
+            .unwrap()
+            .register(&user, b"pw")
+            .is_err()
+    );
+}
+
+#[test]
+fn fifty_concurrent_wrong_logins_get_at_most_max_answers_sqlite() {
+    let home = Home::new();
+    let token = Token::new();
+    let max = 10;
+    let server = Server::start(&token, &home.path("vault.db"), max);
+    let (user, pinned) = register(&server.url, b"right");
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..50)
+            .map(|_| {
+                s.spawn(|| {
+                    Client::new(&server.url, None)
+                        .unwrap()
+                        .login(&user, b"wrong", &pinned, false)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let answered = results
+        .iter()
+        .filter(|r| matches!(r, Err(VaultError::WrongPassword { .. })))
+        .count();
+    let destroyed = results
+        .iter()
+        .filter(|r| matches!(r, Err(VaultError::Destroyed)))
+        .count();
+    assert_eq!(answered, max as usize, "OPRF answers served");
+    assert_eq!(answered + destroyed, 50);
+    let c = Client::new(&server.url, None).unwrap();
+    assert!(matches!(
+        c.login(&user, b"right", &pinned, false),
+        Err(VaultError::Destroyed)
+    ));
+}
+
+#[test]
+fn the_server_refuses_to_start_without_an_hsm_or_the_insecure_flag() {
+    let home = Home::new();
+    home.coffer()
+        .args(["vault", "serve", "--listen", "127.0.0.1:0"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("--insecure-local-key"));
+    home.coffer()
+        .args([
+            "vault",
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-local-key",
+        ])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("loopback"));
+}
+
+#[test]
+fn an_unreachable_server_falls_back_to_the_next_slot() {
+    let (home, _token, server) = setup(10);
+    seal(&home);
+    drop(server);
+    open_with(&home, "pw", "o")
+        .code(5)
+        .stderr(predicates::str::contains("unreachable"));
+    home.coffer()
+        .args(["open", "a.cof", "-o", "rec", "--password-file"])
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .success();
+}
+
+/// A throwaway PostgreSQL cluster on a free loopback port, stopped on drop.
+/// PostgreSQL refuses to run as root, so as root it runs as `postgres`.
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn as_pg(&self, prog: &str) -> Command {
+        let exe = self.bin.join(prog);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed (hsm-sim/install-deps.sh installs it)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").exists())
+            .expect("no initdb under /usr/lib/postgresql");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Self { dir, bin, port };
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(pg.dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let data = pg.dir.path().join("data");
+        let out = pg
+            .as_pg("initdb")
+            .args(["-A", "trust", "-U", "coffer", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=on",
+            pg.port,
+            pg.dir.path().display()
+        );
+        let out = pg
+            .as_pg("pg_ctl")
+            .args(["-w", "-D"])
+            .arg(&data)
+            .args(["-l"])
+            .arg(pg.dir.path().join("log"))
+            .args(["-o", &opts, "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://coffer@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .as_pg("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .output();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn fifty_concurrent_wrong_logins_across_two_replicas_share_one_limit_postgres() {
+    let pg = Postgres::start();
+    let token = Token::new();
+    let max = 10;
+    // The first replica creates the token key (if absent), the schema and
+    // the sealed setup; the second finds them.
+    let a = Server::start_db(&token, &pg.url(), max);
+    let b = Server::start_db(&token, &pg.url(), max);
+    let (user, pinned) = register(&a.url, b"right");
+    // The other replica knows the record and has the same key.
+    Client::new(&b.url, None)
+        .unwrap()
+        .login(&user, b"right", &pinned, false)
+        .unwrap();
+    // A login started on one replica finishes on the other (no sticky
+    // sessions needed), once.
+    let (session, fin, _) = login_by_hand(&a.url, &user, b"right");
+    let finish = serde_json::json!({"session": session, "message": protocol::b64(&fin)});
+    assert_eq!(
+        post(&b.url, path::LOGIN_FINISH, finish.to_string().as_bytes()).0,
+        200
+    );
+    assert_eq!(
+        post(&a.url, path::LOGIN_FINISH, finish.to_string().as_bytes()).0,
+        400
+    );
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..50)
+            .map(|i| {
+                let url = if i % 2 == 0 { &a.url } else { &b.url };
+                let (user, pinned) = (&user, &pinned);
+                s.spawn(move || {
+                    Client::new(url, None)
+                        .unwrap()
+                        .login(user, b"wrong", pinned, false)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let answered = results
+        .iter()
+        .filter(|r| matches!(r, Err(VaultError::WrongPassword { .. })))
+        .count();
+    let destroyed = results
+        .iter()
+        .filter(|r| matches!(r, Err(VaultError::Destroyed)))
+        .count();
+    assert_eq!(
+        answered, max as usize,
+        "OPRF answers served across replicas"
+    );
+    assert_eq!(
+        answered + destroyed,
+        50,
+        "{:?}",
+        results
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .collect::<Vec<_>>()
+    );
+    for url in [&a.url, &b.url] {
+        assert!(matches!(
+            Client::new(url, None)
+                .unwrap()
+                .login(&user, b"right", &pinned, false),
+            Err(VaultError::Destroyed)
+        ));
+    }
+}
+
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `socat` terminating TLS on a free loopback port in front of `backend`.
+struct TlsProxy {
+    child: Child,
+    port: u16,
+}
+
+impl TlsProxy {
+    fn start(dir: &Path, backend: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let backend = backend.strip_prefix("http://").unwrap();
+        let child = Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                dir.join("leaf.pem").display(),
+                dir.join("leaf.key").display()
+            ))
+            .arg(format!("TCP:{backend}"))
+            .spawn()
+            .expect("socat (hsm-sim/install-deps.sh installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn enroll_and_unlock_over_https_with_a_private_ca() {
+    let home = Home::new();
+    let token = Token::new();
+    let server = Server::start(&token, &home.path("vault.db"), 10);
+    let pki = tempfile::tempdir().unwrap();
+    sh(
+        pki.path(),
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+           -keyout ca.key -out ca.pem -subj /CN=coffer-test-ca -days 1 \
+           -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+           -keyout leaf.key -out leaf.csr -subj /CN=localhost 2>/dev/null
+         printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext
+         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+           -out leaf.pem -days 1 -extfile ext 2>/dev/null",
+    );
+    let proxy = TlsProxy::start(pki.path(), &server.url);
+    let url = format!("https://localhost:{}", proxy.port);
+    home.init();
+    std::fs::write(home.path("pw"), "vault password\n").unwrap();
+    // Without the CA, the server's certificate is not trusted.
+    home.coffer()
+        .args(["enroll", "vault", "--url", &url, "--new-password-file"])
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("unreachable"));
+    home.coffer()
+        .args(["enroll", "vault", "--url", &url, "--ca"])
+        .arg(pki.path().join("ca.pem"))
+        .arg("--new-password-file")
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .success();
+    seal(&home);
+    open_with(&home, "pw", "out").success();
+    assert_eq!(
+        std::fs::read_to_string(home.path("out/f.txt")).unwrap(),
+        "kept safe"
+    );
+}
