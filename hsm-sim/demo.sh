@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end, in a throwaway folder: build coffer, create a
-# keyring (recovery key), enroll a password, seal a folder, open it again
-# with the password, then on a "new laptop" (no keyring) with only the
-# archive and the recovery key.
+# keyring (recovery key), enroll a password and a TPM (a software swtpm when
+# this machine has no TPM), seal a folder unattended with the TPM, open it
+# again with the password, then on a "new laptop" (no keyring) with only
+# the archive and the recovery key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hsm-sim/install-deps.sh
@@ -10,7 +11,13 @@ cargo build --release --quiet
 COFFER="$PWD/target/release/coffer"
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+tpm_started=
+cleanup() {
+  [ -n "$tpm_started" ] && SWTPM_STATE="$work/swtpm" SWTPM_PORT=2341 bash "$OLDPWD_ROOT/hsm-sim/swtpm.sh" stop 2>/dev/null || true
+  rm -rf "$work"
+}
+OLDPWD_ROOT=$PWD
+trap cleanup EXIT
 export COFFER_KEYRING="$work/keyring.json"
 cd "$work"
 say() { echo; echo "== $*"; }
@@ -20,6 +27,14 @@ say "coffer init (the recovery key goes to a 0600 file for this demo)"
 say "coffer enroll password (unlocking with the recovery key)"
 printf 'demo password\n' > password.txt
 "$COFFER" enroll password --recovery-key-file recovery.txt --new-password-file password.txt
+if [ -c /dev/tpmrm0 ] && [ -z "${TPM2TOOLS_TCTI:-}" ]; then
+  say "coffer enroll tpm2 (this machine's TPM)"
+else
+  say "coffer enroll tpm2 (no TPM here: a software swtpm stands in)"
+  eval "$(SWTPM_STATE="$work/swtpm" SWTPM_PORT=2341 bash "$OLDPWD_ROOT/hsm-sim/swtpm.sh")"
+  tpm_started=1
+fi
+"$COFFER" enroll tpm2 --password-file password.txt
 say "coffer slots"
 "$COFFER" slots
 
@@ -27,8 +42,8 @@ mkdir -p documents/photos documents/empty
 echo "the plan" > documents/plan.txt
 head -c 3000000 /dev/urandom > documents/photos/cat.jpg
 ln -s plan.txt documents/latest
-say "coffer seal documents -o backup.coffer (unlocking with the password)"
-"$COFFER" seal documents -o backup.coffer --password-file password.txt
+say "coffer seal documents -o backup.coffer (unattended: the TPM slot needs nobody)"
+"$COFFER" -v seal documents -o backup.coffer < /dev/null
 say "coffer inspect backup.coffer (no factor needed)"
 "$COFFER" inspect backup.coffer
 say "coffer verify backup.coffer"
