@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Installs what coffer's build, demo and tests need on Debian 12, as root.
 # Idempotent: packages already present are not fetched again.
+#
+#   bash hsm-sim/install-deps.sh            # everything, and checks the Rust toolchain
+#   bash hsm-sim/install-deps.sh PKG...     # just these Debian packages (the
+#                                           # simulator scripts use this)
+# Prints only to standard error.
 set -euo pipefail
 
-PACKAGES=(
+ALL=(
   build-essential pkg-config      # C parts of dependencies (zstd)
   swtpm swtpm-tools tpm2-tools libtss2-dev   # TPM 2.0 simulator and tools
   softhsm2 opensc                 # PKCS#11 token simulator and pkcs11-tool
@@ -12,6 +17,7 @@ PACKAGES=(
   postgresql                      # vault tests: a throwaway cluster on loopback
   socat openssl                   # vault tests: a TLS-terminating proxy and its certificates
 )
+if (($#)); then PACKAGES=("$@"); else PACKAGES=("${ALL[@]}"); fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -19,7 +25,7 @@ for p in "${PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
   if [ "$(id -u)" != 0 ]; then
-    echo "install-deps: missing packages: ${missing[*]}; run as root (or: sudo $0)" >&2
+    echo "install-deps: missing packages: ${missing[*]}; run as root (or: sudo apt-get install ${missing[*]})" >&2
     exit 1
   fi
   echo "install-deps: installing ${missing[*]}" >&2
@@ -27,6 +33,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+(($#)) && exit 0
 
 if ! command -v cargo >/dev/null; then
   echo "install-deps: cargo not found. coffer needs Rust 1.89 or newer (rustup.rs); Debian 12's packaged Rust is too old." >&2

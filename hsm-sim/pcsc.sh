@@ -32,21 +32,7 @@ if [ "${1:-start}" = stop ]; then
   exit 0
 fi
 
-PACKAGES=(pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool opensc)
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  if [ "$(id -u)" != 0 ]; then
-    echo "pcsc.sh: missing packages: ${missing[*]}; run as root (or: sudo $0)" >&2
-    exit 1
-  fi
-  echo "pcsc.sh: installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash "$(dirname "$0")/install-deps.sh" pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool opensc
 
 # pcscd: ours if we started it before, else whatever is running, else start.
 if ! pgrep -x pcscd >/dev/null; then

@@ -16,19 +16,7 @@ PIN=${PIN:-123456}
 SO_PIN=${SO_PIN:-12345678}
 MODULE=${COFFER_PKCS11_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 
-missing=()
-command -v softhsm2-util >/dev/null || missing+=(softhsm2)
-command -v pkcs11-tool >/dev/null || missing+=(opensc)
-if ((${#missing[@]})); then
-  if [ "$(id -u)" != 0 ]; then
-    echo "softhsm.sh: missing ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2
-    exit 1
-  fi
-  echo "softhsm.sh: installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-fi
+bash "$(dirname "$0")/install-deps.sh" softhsm2 opensc
 [ -e "$MODULE" ] || { echo "softhsm.sh: no module at $MODULE; set COFFER_PKCS11_MODULE" >&2; exit 1; }
 
 DIR=${1:-$(mktemp -d -t coffer-softhsm.XXXXXX)}

@@ -32,20 +32,7 @@ if [ "${1:-start}" = stop ]; then
   exit 0
 fi
 
-missing=()
-for p in swtpm swtpm-tools tpm2-tools libtss2-dev; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  if [ "$(id -u)" != 0 ]; then
-    echo "swtpm.sh: missing packages: ${missing[*]}; run as root (or: sudo apt-get install ${missing[*]})" >&2
-    exit 1
-  fi
-  echo "swtpm.sh: installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash "$(dirname "$0")/install-deps.sh" swtpm swtpm-tools tpm2-tools libtss2-dev
 
 if ! running; then
   mkdir -p "$STATE"
