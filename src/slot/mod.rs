@@ -132,6 +132,18 @@ pub enum Interaction {
     Prompt,
 }
 
+impl Interaction {
+    /// For a slot whose factor is typed: none needed if it was supplied
+    /// (from a file), else a prompt.
+    pub fn typed<T>(supplied: &Option<T>) -> Self {
+        if supplied.is_some() {
+            Interaction::Unattended
+        } else {
+            Interaction::Prompt
+        }
+    }
+}
+
 /// One kind of slot's behaviour, implemented by its parameters.
 pub trait Slot {
     /// How much this slot needs from a person, given what was supplied.

@@ -183,11 +183,7 @@ pub fn enroll(
 
 impl Slot for PasswordParams {
     fn interaction(&self, factors: &Factors) -> Interaction {
-        if factors.password.is_some() {
-            Interaction::Unattended
-        } else {
-            Interaction::Prompt
-        }
+        Interaction::typed(&factors.password)
     }
 
     fn unwrap(

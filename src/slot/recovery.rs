@@ -237,11 +237,7 @@ pub fn unwrap_typed(typed: &str, wrapped: &WrappedKey) -> Result<Outcome, SlotEr
 
 impl Slot for RecoveryParams {
     fn interaction(&self, factors: &Factors) -> Interaction {
-        if factors.recovery_key.is_some() {
-            Interaction::Unattended
-        } else {
-            Interaction::Prompt
-        }
+        Interaction::typed(&factors.recovery_key)
     }
 
     fn unwrap(

@@ -139,11 +139,7 @@ impl VaultParams {
 
 impl Slot for VaultParams {
     fn interaction(&self, factors: &Factors) -> Interaction {
-        if factors.password.is_some() {
-            Interaction::Unattended
-        } else {
-            Interaction::Prompt
-        }
+        Interaction::typed(&factors.password)
     }
 
     fn unwrap(
