@@ -29,7 +29,7 @@ fn main() {
         std::sync::Arc::new(|m: &str| eprintln!("{m}")),
     )
     .unwrap();
-    let server = Server::bind("127.0.0.1:0".parse().unwrap(), vault).unwrap();
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), vault, None).unwrap();
     let url = format!("http://{}", server.local_addr().unwrap());
     std::thread::spawn(move || server.run());
 

@@ -15,7 +15,7 @@ ALL=(
   age                             # benches/compare-age.sh
   pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool   # YubiKey (PIV) through a virtual card
   postgresql                      # vault tests: a throwaway cluster on loopback
-  socat openssl                   # vault tests: a TLS-terminating proxy and its certificates
+  openssl                         # vault tests: a private CA and the server's certificate
 )
 if (($#)); then PACKAGES=("$@"); else PACKAGES=("${ALL[@]}"); fi
 

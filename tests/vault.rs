@@ -10,6 +10,7 @@ use coffer::vault::client::Client;
 use coffer::vault::protocol::{self, Suite, path};
 use common::Home;
 use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse, Identifiers};
+use predicates::prelude::PredicateBooleanExt;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,9 +65,20 @@ impl Server {
     }
 
     fn start_db(token: &Token, db: &str, max_guesses: u32) -> Self {
+        Self::start_with(token, db, max_guesses, &["--listen", "127.0.0.1:0"])
+    }
+
+    /// With `args` (which include `--listen`).
+    fn start_with<S: AsRef<std::ffi::OsStr>>(
+        token: &Token,
+        db: &str,
+        max_guesses: u32,
+        args: &[S],
+    ) -> Self {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("coffer"))
             .env("SOFTHSM2_CONF", token.conf())
-            .args(["vault", "serve", "--listen", "127.0.0.1:0", "--db", db])
+            .args(["vault", "serve", "--db", db])
+            .args(args)
             .args(["--hsm-module", SOFTHSM])
             .args(["--hsm-uri", "pkcs11:token=vault-test;object=coffer-vault"])
             .arg("--hsm-pin-file")
@@ -426,6 +438,26 @@ fn the_server_refuses_to_start_without_an_hsm_or_the_insecure_flag() {
         .assert()
         .failure()
         .stderr(predicates::str::contains("loopback"));
+    // A TLS identity that is not one: a clear error naming the file.
+    std::fs::write(home.path("junk.pem"), "not a certificate\n").unwrap();
+    home.coffer()
+        .args([
+            "vault",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-local-key",
+        ])
+        .arg("--tls-cert")
+        .arg(home.path("junk.pem"))
+        .arg("--tls-key")
+        .arg(home.path("junk.pem"))
+        .assert()
+        .failure()
+        .stderr(
+            predicates::str::contains("junk.pem")
+                .and(predicates::str::contains("no PEM certificate")),
+        );
 }
 
 #[test]
@@ -631,51 +663,8 @@ fn sh(dir: &Path, script: &str) {
     );
 }
 
-/// `socat` terminating TLS on a free loopback port in front of `backend`.
-struct TlsProxy {
-    child: Child,
-    port: u16,
-}
-
-impl TlsProxy {
-    fn start(dir: &Path, backend: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let backend = backend.strip_prefix("http://").unwrap();
-        let child = Command::new("socat")
-            .arg(format!(
-                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
-                dir.join("leaf.pem").display(),
-                dir.join("leaf.key").display()
-            ))
-            .arg(format!("TCP:{backend}"))
-            .spawn()
-            .expect("socat (hsm-sim/install-deps.sh installs it)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Self { child, port }
-    }
-}
-
-impl Drop for TlsProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn enroll_and_unlock_over_https_with_a_private_ca() {
-    let home = Home::new();
-    let token = Token::new();
-    let server = Server::start(&token, &home.path("vault.db"), 10);
+/// A private CA and a `localhost` certificate it signed, in a temp dir.
+fn pki() -> tempfile::TempDir {
     let pki = tempfile::tempdir().unwrap();
     sh(
         pki.path(),
@@ -688,8 +677,43 @@ fn enroll_and_unlock_over_https_with_a_private_ca() {
          openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
            -out leaf.pem -days 1 -extfile ext 2>/dev/null",
     );
-    let proxy = TlsProxy::start(pki.path(), &server.url);
-    let url = format!("https://localhost:{}", proxy.port);
+    pki
+}
+
+/// A vault server speaking HTTPS with the certificate from [`pki`], on
+/// `listen`, plus `extra` arguments.
+fn start_tls(token: &Token, db: &Path, pki: &Path, listen: &str, extra: &[&str]) -> Server {
+    let mut args: Vec<std::ffi::OsString> = vec!["--listen".into(), listen.into()];
+    args.push("--tls-cert".into());
+    args.push(pki.join("leaf.pem").into());
+    args.push("--tls-key".into());
+    args.push(pki.join("leaf.key").into());
+    args.extend(extra.iter().map(Into::into));
+    Server::start_with(token, &format!("sqlite:{}", db.display()), 10, &args)
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn enroll_and_unlock_over_https_with_a_private_ca() {
+    let home = Home::new();
+    let token = Token::new();
+    let pki = pki();
+    let server = start_tls(
+        &token,
+        &home.path("vault.db"),
+        pki.path(),
+        "127.0.0.1:0",
+        &[],
+    );
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let url = format!("https://localhost:{}", port_of(&server.url));
     home.init();
     std::fs::write(home.path("pw"), "vault password\n").unwrap();
     // Without the CA, the server's certificate is not trusted.
@@ -716,4 +740,134 @@ fn enroll_and_unlock_over_https_with_a_private_ca() {
         std::fs::read_to_string(home.path("out/f.txt")).unwrap(),
         "kept safe"
     );
+}
+
+#[test]
+fn https_serves_beyond_loopback_and_plain_http_is_refused_there() {
+    let home = Home::new();
+    let token = Token::new();
+    let pki = pki();
+    // Without TLS, a wildcard address is refused, and says what to do.
+    home.coffer()
+        .env("SOFTHSM2_CONF", token.conf())
+        .args(["vault", "serve", "--listen", "0.0.0.0:0", "--db"])
+        .arg(home.path("vault.db"))
+        .args(["--hsm-module", SOFTHSM])
+        .args(["--hsm-uri", "pkcs11:token=vault-test;object=coffer-vault"])
+        .arg("--hsm-pin-file")
+        .arg(token.dir.path().join("pin"))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("--tls-cert"));
+    // With TLS it serves there; a client trusting the CA logs in.
+    let server = start_tls(&token, &home.path("vault.db"), pki.path(), "0.0.0.0:0", &[]);
+    assert!(server.url.starts_with("https://0.0.0.0:"), "{}", server.url);
+    let url = format!("https://localhost:{}", port_of(&server.url));
+    let ca = std::fs::read_to_string(pki.path().join("ca.pem")).unwrap();
+    let client = Client::new(&url, Some(ca.as_bytes())).unwrap();
+    let user = "0123456789abcdef0123456789abcdef";
+    let reg = client.register(user, b"right").unwrap();
+    client
+        .login(user, b"right", &reg.server_key, false)
+        .unwrap();
+    // A client that does not trust the CA gets nowhere.
+    assert!(matches!(
+        Client::new(&url, None)
+            .unwrap()
+            .login(user, b"right", &reg.server_key, false),
+        Err(VaultError::Unreachable { .. })
+    ));
+    // Plain HTTP to the TLS port is not answered as HTTP.
+    let (status, _) = post_raw(port_of(&server.url), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(!status.starts_with("HTTP/1.1 "), "{status:?}");
+}
+
+/// Send `bytes` to 127.0.0.1:`port`; the first line of what comes back (empty
+/// when the server closes without a word) and whether it closed.
+fn post_raw(port: u16, bytes: &[u8]) -> (String, bool) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    s.write_all(bytes).unwrap();
+    let mut got = Vec::new();
+    let closed = s.read_to_end(&mut got).is_ok();
+    let text = String::from_utf8_lossy(&got);
+    (text.lines().next().unwrap_or("").to_owned(), closed)
+}
+
+/// Connections that open and then stall (half a request head, or a TLS
+/// connection that never says hello) do not keep others out, and are
+/// dropped after `--client-timeout`.
+fn stalled_clients_neither_block_nor_stay(tls: bool) {
+    use std::io::{Read, Write};
+    let home = Home::new();
+    let token = Token::new();
+    let pki = pki();
+    let extra = ["--client-timeout", "1", "--max-connections", "64"];
+    let server = if tls {
+        start_tls(
+            &token,
+            &home.path("vault.db"),
+            pki.path(),
+            "127.0.0.1:0",
+            &extra,
+        )
+    } else {
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        args.extend(extra);
+        let db = format!("sqlite:{}", home.path("vault.db").display());
+        Server::start_with(&token, &db, 10, &args)
+    };
+    let port = port_of(&server.url);
+    // More stalled connections than the old thread-per-request server had
+    // workers.
+    let mut stalled: Vec<_> = (0..24)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            if !tls {
+                s.write_all(b"POST /v1/login/start HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+            }
+            s
+        })
+        .collect();
+    let url = format!("{}://localhost:{port}", if tls { "https" } else { "http" });
+    let ca = std::fs::read_to_string(pki.path().join("ca.pem")).unwrap();
+    let client = Client::new(&url, tls.then_some(ca.as_bytes())).unwrap();
+    let user = "00112233445566778899aabbccddeeff";
+    let reg = client.register(user, b"right").unwrap();
+    client
+        .login(user, b"right", &reg.server_key, false)
+        .unwrap();
+    // Each stalled connection is closed by the server (the generous read
+    // timeout only keeps a broken server from hanging the test).
+    for s in &mut stalled {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let r = s.read_to_end(&mut rest);
+        assert!(
+            !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+            "a stalled connection stayed open: {r:?}"
+        );
+    }
+    // A body that never comes: 408 (over TLS the same code path answers).
+    if !tls {
+        let (status, _) = post_raw(
+            port,
+            b"POST /v1/login/start HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+        );
+        assert!(status.starts_with("HTTP/1.1 408"), "{status:?}");
+    }
+}
+
+#[test]
+fn stalled_plain_clients_neither_block_nor_stay() {
+    stalled_clients_neither_block_nor_stay(false);
+}
+
+#[test]
+fn stalled_tls_clients_neither_block_nor_stay() {
+    stalled_clients_neither_block_nor_stay(true);
 }

@@ -11,27 +11,42 @@ use coffer::key::BackupKey;
 use coffer::slot::SlotRecord;
 use coffer::vault::hsm::{Pkcs11Uri, Sealer};
 use coffer::vault::protocol::DEFAULT_MAX_GUESSES;
-use coffer::vault::server::{Server, Vault};
+use coffer::vault::server::{Limits, Server, Tls, Vault};
 use coffer::vault::store::Store;
 use secrecy::ExposeSecret;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// `coffer vault ...`
 #[derive(Debug, Subcommand)]
 pub enum VaultCmd {
-    /// Run the key vault server (plain HTTP on a loopback address; put a
-    /// TLS reverse proxy in front of it)
+    /// Run the key vault server (HTTPS with --tls-cert/--tls-key; plain
+    /// HTTP on a loopback address only)
     Serve(ServeArgs),
 }
 
 /// `coffer vault serve` options.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on (loopback only), e.g. 127.0.0.1:8443
+    /// Address to listen on, e.g. 0.0.0.0:8443 (without TLS: a loopback
+    /// address only)
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (leaf first)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds a client may take for a TLS handshake, a request's headers
+    /// or its body before it is dropped
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    client_timeout: u64,
+    /// Connections served at once (more wait in the listen backlog)
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_connections: u64,
     /// Database: `sqlite:PATH`, a path, or `postgres://USER@HOST/DB` (shared by replicas)
     #[arg(long, value_name = "URL", default_value = "sqlite:coffer-vault.sqlite")]
     db: String,
@@ -64,6 +79,11 @@ fn is_postgres(db: &str) -> bool {
 /// Run a `coffer vault` command.
 pub fn run(cmd: &VaultCmd) -> Result<()> {
     let VaultCmd::Serve(a) = cmd;
+    // The TLS identity first: a typo there should not wait for the HSM.
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::from_pem_files(cert, key).map_err(vault_err)?),
+        _ => None,
+    };
     let sqlite =
         (!is_postgres(&a.db)).then(|| PathBuf::from(a.db.strip_prefix("sqlite:").unwrap_or(&a.db)));
     let sealer = match (&a.hsm_module, &a.hsm_uri) {
@@ -107,11 +127,15 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
     let log = std::sync::Arc::new(|m: &str| eprintln!("coffer vault: {m}"));
     let vault = Vault::open(store, &sealer, a.max_guesses, log).map_err(vault_err)?;
     let key = hex::encode(vault.public_key());
-    let server = Server::bind(a.listen, vault).map_err(vault_err)?;
-    let addr = server
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let limits = Limits {
+        io_timeout: Duration::from_secs(a.client_timeout),
+        max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
+        ..Limits::default()
+    };
+    let server = Server::bind(a.listen, vault, tls)
+        .map_err(vault_err)?
+        .with_limits(limits);
+    let url = server.url();
     eprintln!(
         "coffer vault: secrets sealed by {}; database {}; max guesses {}; server key {key}",
         sealer.describe(),
@@ -119,12 +143,11 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
         a.max_guesses
     );
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on http://{addr}")
+    writeln!(out, "listening on {url}")
         .and_then(|_| out.flush())
         .map_err(|e| Error::io("<stdout>", e))?;
     drop(out);
-    server.run();
-    Ok(())
+    server.run().map_err(vault_err)
 }
 
 /// `coffer enroll vault`.

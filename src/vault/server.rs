@@ -1,6 +1,5 @@
-//! The key vault server: HTTP + JSON on a loopback address (put a TLS
-//! reverse proxy in front for anything else), answering OPAQUE registration
-//! and login, counting guesses in the [`Store`] before any OPRF answer
+//! The key vault server: HTTP/1.1 + JSON over TLS (rustls), or plain HTTP
+//! on a loopback address, answering OPAQUE registration and login, counting guesses in the [`Store`] before any OPRF answer
 //! leaves. The login state between start and finish is kept in the store
 //! for [`SESSION_TTL`], sealed under a key derived from the server setup,
 //! so that any replica can take the finish, once.
@@ -12,6 +11,8 @@ use super::VaultError;
 use super::hsm::Sealer;
 use super::protocol::{self, Suite, path};
 use super::store::{LoginRecord, Store};
+use http_body_util::Full;
+use hyper::body::Bytes;
 use opaque_ke::{
     CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
     ServerLogin, ServerLoginStartParameters, ServerRegistration, ServerSetup,
@@ -20,17 +21,14 @@ use rand_core::OsRng;
 use ring::aead;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::io::Read;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::{Zeroize, Zeroizing};
 
 /// How long a login start's state waits for its finish.
 pub const SESSION_TTL: Duration = Duration::from_secs(60);
-
-/// Worker threads answering requests.
-pub const WORKERS: usize = 8;
 
 const SETUP_NAME: &str = "opaque-server-setup";
 const SETUP_AAD: &[u8] = b"coffer/v1 vault opaque-server-setup";
@@ -293,79 +291,225 @@ impl Vault {
     }
 }
 
-/// A bound, not yet running, server.
+/// The server's TLS identity: a certificate chain and its private key.
+pub struct Tls {
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl Tls {
+    /// Load a PEM certificate chain (leaf first) and a PEM private key
+    /// (PKCS#8, SEC1 or PKCS#1).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, VaultError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &Path, e: &dyn std::fmt::Display| {
+            VaultError::Protocol(format!("TLS: {}: {e}", what.display()))
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad(cert, &e))?;
+        if chain.is_empty() {
+            return Err(bad(cert, &"no PEM certificate in the file"));
+        }
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(cert, &e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)
+            .map_err(|e| {
+                VaultError::Protocol(format!(
+                    "TLS: {} and {} do not make a usable identity: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// What one client may hold of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest wait for a TLS handshake, a request's headers, or its body
+    /// (a client too slow for this is dropped, so that slow clients
+    /// cannot hold the server's connections).
+    pub io_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Longest life of one connection, keep-alive included.
+    pub connection_lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            io_timeout: Duration::from_secs(10),
+            max_connections: 256,
+            connection_lifetime: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A bound, not yet running, server: HTTPS when given a [`Tls`] identity,
+/// plain HTTP on a loopback address otherwise.
 pub struct Server {
-    http: tiny_http::Server,
+    listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     vault: Arc<Vault>,
+    limits: Limits,
 }
 
 impl Server {
-    /// Bind `listen`, which must be a loopback address: plain HTTP goes no
-    /// further than this machine (a TLS reverse proxy serves the rest).
-    pub fn bind(listen: SocketAddr, vault: Vault) -> Result<Self, VaultError> {
-        if !listen.ip().is_loopback() {
+    /// Bind `listen`. Without `tls` the address must be a loopback one:
+    /// plain HTTP goes no further than this machine.
+    pub fn bind(listen: SocketAddr, vault: Vault, tls: Option<Tls>) -> Result<Self, VaultError> {
+        if tls.is_none() && !listen.ip().is_loopback() {
             return Err(VaultError::Protocol(format!(
-                "{listen} is not a loopback address: the vault speaks plain HTTP, so it listens on 127.0.0.1 or ::1 behind a TLS reverse proxy"
+                "{listen} is not a loopback address: plain HTTP is for 127.0.0.1 or ::1 only; give --tls-cert and --tls-key to serve HTTPS"
             )));
         }
-        let http = tiny_http::Server::http(listen)
+        let listener = std::net::TcpListener::bind(listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| VaultError::Protocol(format!("cannot listen on {listen}: {e}")))?;
         Ok(Self {
-            http,
+            listener,
+            tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
             vault: Arc::new(vault),
+            limits: Limits::default(),
         })
+    }
+
+    /// Replace the default [`Limits`].
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The address actually bound (for port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.http.server_addr().to_ip()
+        self.listener.local_addr().ok()
+    }
+
+    /// The URL clients reach this server at (as bound: a wildcard address
+    /// stays one).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        match self.local_addr() {
+            Some(a) => format!("{scheme}://{a}"),
+            None => format!("{scheme}://?"),
+        }
     }
 
     /// Answer requests until the process ends.
-    pub fn run(self) {
-        let http = Arc::new(self.http);
-        let workers: Vec<_> = (0..WORKERS)
-            .map(|_| {
-                let (http, vault) = (http.clone(), self.vault.clone());
-                std::thread::spawn(move || {
-                    while let Ok(req) = http.recv() {
-                        serve_one(&vault, req);
+    pub fn run(self) -> Result<(), VaultError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("coffer-vault")
+            .build()
+            .map_err(|e| VaultError::Protocol(format!("cannot start the server runtime: {e}")))?;
+        runtime.block_on(self.accept_loop())
+    }
+
+    async fn accept_loop(self) -> Result<(), VaultError> {
+        let listener = tokio::net::TcpListener::from_std(self.listener)
+            .map_err(|e| VaultError::Protocol(format!("cannot listen: {e}")))?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: say so, breathe, go on.
+                    (self.vault.log)(&format!("accepting a connection: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (vault, tls, limits) = (self.vault.clone(), self.tls.clone(), self.limits);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = stream.set_nodelay(true);
+                let served = async {
+                    match tls {
+                        None => serve_http(stream, vault, limits).await,
+                        Some(tls) => {
+                            if let Ok(Ok(stream)) =
+                                tokio::time::timeout(limits.io_timeout, tls.accept(stream)).await
+                            {
+                                serve_http(stream, vault, limits).await;
+                            }
+                        }
                     }
-                })
-            })
-            .collect();
-        for w in workers {
-            let _ = w.join();
+                };
+                let _ = tokio::time::timeout(limits.connection_lifetime, served).await;
+            });
         }
     }
 }
 
-fn serve_one(vault: &Vault, mut req: tiny_http::Request) {
-    let (status, body) = if req.body_length().is_some_and(|n| n > protocol::MAX_BODY) {
-        err(413, "too-large")
-    } else {
-        let mut body = Vec::new();
-        let read = req
-            .as_reader()
-            .take(protocol::MAX_BODY as u64 + 1)
-            .read_to_end(&mut body);
-        if read.is_err() {
-            bad()
-        } else if body.len() > protocol::MAX_BODY {
-            err(413, "too-large")
-        } else {
-            let method = req.method().as_str().to_owned();
-            let url = req.url().to_owned();
-            vault.handle(&method, &url, &body)
+async fn serve_http<S>(stream: S, vault: Arc<Vault>, limits: Limits)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let vault = vault.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer(vault, req, limits).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.io_timeout)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
+}
+
+/// Request head and read buffer (hyper's smallest allowed).
+const MAX_HEAD: usize = 8192;
+
+async fn answer(
+    vault: Arc<Vault>,
+    req: hyper::Request<hyper::body::Incoming>,
+    limits: Limits,
+) -> hyper::Response<Full<Bytes>> {
+    let (head, body) = req.into_parts();
+    let (status, body) = match read_body(body, limits.io_timeout).await {
+        Err(reply) => reply,
+        Ok(body) => {
+            let method = head.method.as_str().to_owned();
+            let path = head.uri.path().to_owned();
+            tokio::task::spawn_blocking(move || vault.handle(&method, &path, &body))
+                .await
+                .unwrap_or_else(|_| err(500, "internal"))
         }
     };
-    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-        .expect("static header");
-    let _ = req.respond(
-        tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(header),
+    let mut reply = hyper::Response::new(Full::new(Bytes::from(body)));
+    *reply.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    reply.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
     );
+    reply
+}
+
+/// A request body of at most [`protocol::MAX_BODY`] bytes, read within
+/// `timeout`.
+async fn read_body(body: hyper::body::Incoming, timeout: Duration) -> Result<Bytes, Reply> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, protocol::MAX_BODY);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(err(408, "timeout")),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(err(413, "too-large")),
+        Ok(Err(_)) => Err(bad()),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
 }
 
 #[cfg(test)]
