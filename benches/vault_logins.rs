@@ -4,12 +4,15 @@
 //! with wrong passwords (the server's per-guess cost: a committed counter
 //! update plus one OPRF evaluation and AKE message).
 //!
+//! Both over plain HTTP and over the server's own TLS (a certificate made
+//! by `openssl`).
+//!
 //! `cargo bench --bench vault_logins` (COFFER_BENCH_SECS, default 5).
 
 use coffer::vault::VaultError;
 use coffer::vault::client::Client;
 use coffer::vault::hsm::Sealer;
-use coffer::vault::server::{Server, Vault};
+use coffer::vault::server::{Server, Tls, Vault};
 use coffer::vault::store::Store;
 use std::time::{Duration, Instant};
 
@@ -18,6 +21,39 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
+    bench("HTTP", secs, None);
+    match pki() {
+        Some(pki) => bench("HTTPS", secs, Some(pki.path())),
+        None => println!("vault logins over HTTPS: skipped (openssl cannot make a certificate)"),
+    }
+}
+
+/// A throwaway CA and a `localhost` certificate, made by `openssl`.
+fn pki() -> Option<tempfile::TempDir> {
+    let dir = tempfile::tempdir().ok()?;
+    let ok = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+               -keyout ca.key -out ca.pem -subj /CN=bench-ca -days 1 \
+               -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+             openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+               -keyout leaf.key -out leaf.csr -subj /CN=localhost
+             printf 'subjectAltName=DNS:localhost\\nextendedKeyUsage=serverAuth\\n' > ext
+             openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+               -out leaf.pem -days 1 -extfile ext",
+        )
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    ok.then_some(dir)
+}
+
+/// Full logins for `secs` seconds per password, one client thread per core,
+/// against a fresh in-process server (TLS when `pki` is given).
+fn bench(transport: &str, secs: u64, pki: Option<&std::path::Path>) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let dir = tempfile::tempdir().unwrap();
     let sealer = Sealer::local_file(&dir.path().join("key")).unwrap();
@@ -29,11 +65,17 @@ fn main() {
         std::sync::Arc::new(|m: &str| eprintln!("{m}")),
     )
     .unwrap();
-    let server = Server::bind("127.0.0.1:0".parse().unwrap(), vault, None).unwrap();
-    let url = format!("http://{}", server.local_addr().unwrap());
+    let tls = pki.map(|p| Tls::from_pem_files(&p.join("leaf.pem"), &p.join("leaf.key")).unwrap());
+    let ca = pki.map(|p| std::fs::read(p.join("ca.pem")).unwrap());
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), vault, tls).unwrap();
+    let port = server.local_addr().unwrap().port();
+    let url = match pki {
+        Some(_) => format!("https://localhost:{port}"),
+        None => format!("http://127.0.0.1:{port}"),
+    };
     std::thread::spawn(move || server.run());
 
-    let client = Client::new(&url, None).unwrap();
+    let client = Client::new(&url, ca.as_deref()).unwrap();
     let users: Vec<_> = (0..threads)
         .map(|i| {
             let user = format!("{i:032x}");
@@ -52,9 +94,9 @@ fn main() {
             let hs: Vec<_> = users
                 .iter()
                 .map(|(user, key)| {
-                    let url = &url;
+                    let (url, ca) = (&url, &ca);
                     s.spawn(move || {
-                        let c = Client::new(url, None).unwrap();
+                        let c = Client::new(url, ca.as_deref()).unwrap();
                         let mut n = 0;
                         while Instant::now() < deadline {
                             match c.login(user, password, key, false) {
@@ -70,7 +112,7 @@ fn main() {
         });
         let secs = start.elapsed().as_secs_f64();
         println!(
-            "vault logins, {label}, {threads} client threads: {done} in {secs:.1} s = {:.1}/s",
+            "vault logins over {transport}, {label}, {threads} client threads: {done} in {secs:.1} s = {:.1}/s",
             done as f64 / secs
         );
     }
