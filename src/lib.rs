@@ -16,6 +16,8 @@ pub mod error;
 pub mod fsutil;
 pub mod key;
 pub mod keyring;
+#[cfg(any(feature = "pkcs11", feature = "vault"))]
+pub mod pkcs11_uri;
 pub mod slot;
 pub mod ui;
 #[cfg(feature = "vault")]

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use coffer::error::{Error, Result};
 use coffer::key::BackupKey;
 use coffer::slot::SlotRecord;
-use coffer::vault::hsm::{Pkcs11Uri, Sealer};
+use coffer::vault::hsm::{Sealer, TokenKey};
 use coffer::vault::protocol::DEFAULT_MAX_GUESSES;
 use coffer::vault::server::{Limits, Server, Tls, Vault};
 use coffer::vault::store::Store;
@@ -88,7 +88,7 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
         (!is_postgres(&a.db)).then(|| PathBuf::from(a.db.strip_prefix("sqlite:").unwrap_or(&a.db)));
     let sealer = match (&a.hsm_module, &a.hsm_uri) {
         (Some(module), Some(uri)) => {
-            let uri = Pkcs11Uri::parse(uri).map_err(|e| Error::Usage(format!("--hsm-uri: {e}")))?;
+            let uri = TokenKey::parse(uri).map_err(|e| Error::Usage(format!("--hsm-uri: {e}")))?;
             let pin = match &a.hsm_pin_file {
                 Some(f) => read_secret_file(f)?,
                 None => {

@@ -9,6 +9,7 @@
 //! be created extractable.
 
 use super::VaultError;
+use crate::pkcs11_uri::Pkcs11Uri;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
@@ -26,54 +27,29 @@ const TAG_LEN: usize = 16;
 
 /// Where the token key is: `pkcs11:token=LABEL;object=LABEL`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Pkcs11Uri {
+pub struct TokenKey {
     /// Token label.
     pub token: String,
     /// Key label.
     pub object: String,
 }
 
-impl Pkcs11Uri {
-    /// Parse the `token` and `object` attributes of a PKCS#11 URI
-    /// (RFC 7512; percent-escapes decoded, other attributes refused).
+impl TokenKey {
+    /// Read the `token` and `object` attributes of a PKCS#11 URI (RFC 7512,
+    /// parsed by [`Pkcs11Uri`]); other attributes are refused.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let rest = s
-            .strip_prefix("pkcs11:")
-            .ok_or("a PKCS#11 URI starts with `pkcs11:`")?;
-        let (mut token, mut object) = (None, None);
-        for part in rest.split(';').filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or(format!("`{part}` is not key=value"))?;
-            let v = percent_decode(v).ok_or(format!("`{v}`: bad percent-escape"))?;
-            match k {
-                "token" => token = Some(v),
-                "object" => object = Some(v),
-                _ => return Err(format!("attribute `{k}` is not supported (token, object)")),
-            }
+        let uri = Pkcs11Uri::parse(s)?;
+        if let Some(k) = uri.names().find(|k| !["token", "object"].contains(k)) {
+            return Err(format!("attribute `{k}` is not supported (token, object)"));
         }
         Ok(Self {
-            token: token.ok_or("the URI names no token (token=...)")?,
-            object: object.unwrap_or_else(|| "coffer-vault".into()),
+            token: uri
+                .attr("token")
+                .ok_or("the URI names no token (token=...)")?
+                .to_owned(),
+            object: uri.attr("object").unwrap_or("coffer-vault").to_owned(),
         })
     }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Seals and unseals the server's secrets.
@@ -83,7 +59,7 @@ pub enum Sealer {
         /// The loaded module.
         ctx: Pkcs11,
         /// The key's location.
-        uri: Pkcs11Uri,
+        uri: TokenKey,
         /// The user PIN.
         pin: SecretString,
     },
@@ -102,7 +78,7 @@ fn p11(what: &str) -> impl Fn(cryptoki::error::Error) -> VaultError + '_ {
 
 impl Sealer {
     /// Load the PKCS#11 `module` and check that the key can be used.
-    pub fn token(module: &Path, uri: Pkcs11Uri, pin: SecretString) -> Result<Self, VaultError> {
+    pub fn token(module: &Path, uri: TokenKey, pin: SecretString) -> Result<Self, VaultError> {
         let ctx = Pkcs11::new(module).map_err(p11("loading the PKCS#11 module"))?;
         ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
             .map_err(p11("C_Initialize"))?;
@@ -289,12 +265,14 @@ mod tests {
 
     #[test]
     fn uri_parses_token_and_object() {
-        let u = Pkcs11Uri::parse("pkcs11:token=vault%20hsm;object=k1").unwrap();
+        let u = TokenKey::parse("pkcs11:token=vault%20hsm;object=k1").unwrap();
         assert_eq!(u.token, "vault hsm");
         assert_eq!(u.object, "k1");
-        assert!(Pkcs11Uri::parse("pkcs11:object=k").is_err());
-        assert!(Pkcs11Uri::parse("token=x").is_err());
-        assert!(Pkcs11Uri::parse("pkcs11:token=x;pin-value=1").is_err());
+        assert!(TokenKey::parse("pkcs11:object=k").is_err());
+        assert!(TokenKey::parse("token=x").is_err());
+        assert!(TokenKey::parse("pkcs11:token=x;pin-value=1").is_err());
+        assert!(TokenKey::parse("pkcs11:token=x?pin-value=1").is_err());
+        assert!(TokenKey::parse("pkcs11:token=x;id=%01").is_err());
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! keep the derived secret or the KEK past the unwrap, or leave a derived
 //! object on the token.
 
-pub mod uri;
+/// The URIs that name tokens and keys (shared with the vault server).
+pub use crate::pkcs11_uri as uri;
 
 use super::{Factors, Interaction, Slot, SlotParams, SlotRecord, UnlockContext};
 use crate::error::SlotError;

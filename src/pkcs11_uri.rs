@@ -1,4 +1,5 @@
-//! RFC 7512 `pkcs11:` URIs: parse, and write back without the PIN.
+//! RFC 7512 `pkcs11:` URIs: parse, and write back without the PIN. Used by
+//! the PKCS#11 slot and by the vault server's `--hsm-uri`.
 //!
 //! Owns: the attributes coffer matches a token and a key by (token label,
 //! serial, manufacturer, model; object label, id, type) and the query
@@ -152,6 +153,11 @@ impl Pkcs11Uri {
     /// The `id` attribute, as bytes.
     pub fn id(&self) -> Option<&[u8]> {
         self.raw("id")
+    }
+
+    /// The names of the attributes given (path, then query).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.path.iter().chain(&self.query).map(|(n, _)| n.as_str())
     }
 
     /// Whether the URI names a token by anything but its slot.
