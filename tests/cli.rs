@@ -246,7 +246,7 @@ fn an_edited_keyring_is_detected_after_unlock() {
     h.enroll_password("pw");
     let mut kr = h.keyring_json();
     kr["slots"][1]["created"] = 12345.into();
-    std::fs::write(h.keyring(), serde_json::to_vec_pretty(&kr).unwrap()).unwrap();
+    h.put_keyring_json(&kr);
     let pw = h.write("pw.txt", "pw");
     h.coffer()
         .args(["enroll", "password", "--password-file"])
@@ -264,7 +264,7 @@ fn a_swapped_key_id_is_detected() {
     h.init();
     let mut kr = h.keyring_json();
     kr["key_id"] = "00112233445566778899aabbccddeeff".into();
-    std::fs::write(h.keyring(), serde_json::to_vec_pretty(&kr).unwrap()).unwrap();
+    h.put_keyring_json(&kr);
     h.coffer()
         .args([
             "enroll",
@@ -306,7 +306,7 @@ fn hostile_argon2_parameters_are_refused_before_allocation() {
     h.enroll_password("pw");
     let mut kr = h.keyring_json();
     kr["slots"][1]["m_cost_kib"] = (100u64 * 1024 * 1024).into(); // 100 GiB
-    std::fs::write(h.keyring(), serde_json::to_vec_pretty(&kr).unwrap()).unwrap();
+    h.put_keyring_json(&kr);
     let pw = h.write("pw.txt", "pw");
     // If the limit were missing this would try to allocate 100 GiB and die.
     h.coffer()

@@ -383,6 +383,21 @@ fn malformed_oversized_and_replayed_messages_are_refused() {
     );
 }
 
+/// Of concurrent wrong logins: how many got an OPRF answer (a counted wrong
+/// guess), and how many were told the record is destroyed.
+fn outcomes<T>(results: &[Result<T, VaultError>]) -> (usize, usize) {
+    let count = |f: fn(&VaultError) -> bool| {
+        results
+            .iter()
+            .filter(|r| r.as_ref().err().is_some_and(f))
+            .count()
+    };
+    (
+        count(|e| matches!(e, VaultError::WrongPassword { .. })),
+        count(|e| matches!(e, VaultError::Destroyed)),
+    )
+}
+
 #[test]
 fn fifty_concurrent_wrong_logins_get_at_most_max_answers_sqlite() {
     let home = Home::new();
@@ -402,14 +417,7 @@ fn fifty_concurrent_wrong_logins_get_at_most_max_answers_sqlite() {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let answered = results
-        .iter()
-        .filter(|r| matches!(r, Err(VaultError::WrongPassword { .. })))
-        .count();
-    let destroyed = results
-        .iter()
-        .filter(|r| matches!(r, Err(VaultError::Destroyed)))
-        .count();
+    let (answered, destroyed) = outcomes(&results);
     assert_eq!(answered, max as usize, "OPRF answers served");
     assert_eq!(answered + destroyed, 50);
     let c = Client::new(&server.url, None).unwrap();
@@ -618,14 +626,7 @@ fn fifty_concurrent_wrong_logins_across_two_replicas_share_one_limit_postgres() 
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let answered = results
-        .iter()
-        .filter(|r| matches!(r, Err(VaultError::WrongPassword { .. })))
-        .count();
-    let destroyed = results
-        .iter()
-        .filter(|r| matches!(r, Err(VaultError::Destroyed)))
-        .count();
+    let (answered, destroyed) = outcomes(&results);
     assert_eq!(
         answered, max as usize,
         "OPRF answers served across replicas"

@@ -18,7 +18,7 @@ use coffer::slot::{Factors, SlotParams};
 use coffer_hsm_sim::VirtualCard;
 use common::Home;
 use secrecy::SecretString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const PIN: &str = "271828";
@@ -71,6 +71,27 @@ impl Setup {
             .args(["enroll", "yubikey", "--generate", "--serial", &self.serial])
             .arg("--management-key-file")
             .arg(&self.mgm)
+            .arg("--pin-file")
+            .arg(&self.pin)
+            .arg("--recovery-key-file")
+            .arg(self.home.recovery_key())
+            .assert()
+    }
+
+    /// Enroll the key already in `piv_slot`, whose public key is in `pem`.
+    fn enroll_existing(&self, piv_slot: &str, pem: &Path) -> assert_cmd::assert::Assert {
+        self.home
+            .coffer()
+            .args([
+                "enroll",
+                "yubikey",
+                "--piv-slot",
+                piv_slot,
+                "--serial",
+                &self.serial,
+            ])
+            .arg("--public-key-file")
+            .arg(pem)
             .arg("--pin-file")
             .arg(&self.pin)
             .arg("--recovery-key-file")
@@ -152,24 +173,7 @@ fn enroll_a_key_that_yubico_piv_tool_generated() {
         &card,
         &["-a", "generate", "-s", "83", "-A", "ECCP256", &key, &out],
     );
-    s.home
-        .coffer()
-        .args([
-            "enroll",
-            "yubikey",
-            "--piv-slot",
-            "83",
-            "--serial",
-            &s.serial,
-        ])
-        .arg("--public-key-file")
-        .arg(&pem_file)
-        .arg("--pin-file")
-        .arg(&s.pin)
-        .arg("--recovery-key-file")
-        .arg(s.home.recovery_key())
-        .assert()
-        .success();
+    s.enroll_existing("83", &pem_file).success();
     s.seal();
     s.open_with_card(&s.pin, "out").success();
     assert_eq!(s.opened("out"), "for the owner only\n");
@@ -183,25 +187,7 @@ fn enroll_a_key_that_yubico_piv_tool_generated() {
         .to_public_key_pem(p256::pkcs8::LineEnding::LF)
         .unwrap();
     let other_file = s.home.write("other.pem", &other_pem);
-    let a = s
-        .home
-        .coffer()
-        .args([
-            "enroll",
-            "yubikey",
-            "--piv-slot",
-            "83",
-            "--serial",
-            &s.serial,
-        ])
-        .arg("--public-key-file")
-        .arg(&other_file)
-        .arg("--pin-file")
-        .arg(&s.pin)
-        .arg("--recovery-key-file")
-        .arg(s.home.recovery_key())
-        .assert()
-        .failure();
+    let a = s.enroll_existing("83", &other_file).failure();
     assert!(
         stderr(&a).contains("does not hold the private key"),
         "{}",
@@ -237,25 +223,7 @@ fn wrong_serial_and_empty_piv_slot_are_refused() {
         .to_public_key_pem(p256::pkcs8::LineEnding::LF)
         .unwrap();
     let pem_file = s.home.write("pub85.pem", &pem);
-    let a = s
-        .home
-        .coffer()
-        .args([
-            "enroll",
-            "yubikey",
-            "--piv-slot",
-            "85",
-            "--serial",
-            &s.serial,
-        ])
-        .arg("--public-key-file")
-        .arg(&pem_file)
-        .arg("--pin-file")
-        .arg(&s.pin)
-        .arg("--recovery-key-file")
-        .arg(s.home.recovery_key())
-        .assert()
-        .failure();
+    let a = s.enroll_existing("85", &pem_file).failure();
     assert!(
         stderr(&a).contains("PIV slot 85 holds no usable key"),
         "{}",

@@ -72,6 +72,11 @@ impl Home {
         serde_json::from_slice(&std::fs::read(self.keyring()).unwrap()).unwrap()
     }
 
+    /// Replace the keyring with `kr`, as an attacker or a bad editor would.
+    pub fn put_keyring_json(&self, kr: &serde_json::Value) {
+        std::fs::write(self.keyring(), serde_json::to_vec_pretty(kr).unwrap()).unwrap();
+    }
+
     pub fn recovery_key_text(&self) -> String {
         std::fs::read_to_string(self.recovery_key())
             .unwrap()
