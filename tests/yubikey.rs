@@ -19,24 +19,14 @@ use coffer_hsm_sim::VirtualCard;
 use common::Home;
 use secrecy::SecretString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const PIN: &str = "271828";
 const MGM: &str = "0f0e0d0c0b0a09080706050403020100a1a2a3a4a5a6a7a8";
 
+/// `yubico-piv-tool` on `card`, which must succeed; what it printed.
 fn piv_tool(card: &VirtualCard, args: &[&str]) -> String {
-    let out = Command::new("yubico-piv-tool")
-        .arg("-r")
-        .arg(card.reader())
-        .args(args)
-        .output()
-        .expect("yubico-piv-tool is installed (sudo hsm-sim/pcsc.sh)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "yubico-piv-tool {args:?}: {text}");
+    let (ok, text) = card.piv_tool(args);
+    assert!(ok, "yubico-piv-tool {args:?}: {text}");
     text
 }
 

@@ -72,6 +72,23 @@ impl VirtualCard {
         FIXTURE_READER
     }
 
+    /// Run `yubico-piv-tool` against this card's reader: whether it
+    /// succeeded, and what it printed (stdout, then stderr).
+    pub fn piv_tool(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("yubico-piv-tool")
+            .arg("-r")
+            .arg(self.reader())
+            .args(args)
+            .output()
+            .expect("yubico-piv-tool is installed (sudo hsm-sim/pcsc.sh)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// Take the card out of the reader (stop its process); its keys stay.
     pub fn remove(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -4,33 +4,18 @@
 use coffer_hsm_sim::VirtualCard;
 use std::process::Command;
 
-fn piv_tool(card: &VirtualCard, args: &[&str]) -> (bool, String) {
-    let out = Command::new("yubico-piv-tool")
-        .arg("-r")
-        .arg(card.reader())
-        .args(args)
-        .output()
-        .expect("yubico-piv-tool is installed (sudo hsm-sim/pcsc.sh)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[test]
 fn status_change_pin_and_keys_survive_removal() {
     let mut card = VirtualCard::start_with_serial(424242);
-    let (ok, status) = piv_tool(&card, &["-a", "status"]);
+    let (ok, status) = card.piv_tool(&["-a", "status"]);
     assert!(ok, "{status}");
     assert!(status.contains("Version:\t5."), "{status}");
     assert!(status.contains("Serial Number:\t424242"), "{status}");
     assert!(status.contains("PIN tries left:\t3"), "{status}");
 
-    let (ok, out) = piv_tool(&card, &["-a", "change-pin", "-P", "123456", "-N", "271828"]);
+    let (ok, out) = card.piv_tool(&["-a", "change-pin", "-P", "123456", "-N", "271828"]);
     assert!(ok, "{out}");
-    let (ok, out) = piv_tool(&card, &["-a", "generate", "-s", "82", "-A", "ECCP256"]);
+    let (ok, out) = card.piv_tool(&["-a", "generate", "-s", "82", "-A", "ECCP256"]);
     assert!(ok, "{out}");
     assert!(out.contains("BEGIN PUBLIC KEY"), "{out}");
 
@@ -38,11 +23,11 @@ fn status_change_pin_and_keys_survive_removal() {
     // verification is not.
     card.remove();
     card.insert();
-    let (ok, out) = piv_tool(&card, &["-a", "verify-pin", "-P", "271828"]);
+    let (ok, out) = card.piv_tool(&["-a", "verify-pin", "-P", "271828"]);
     assert!(ok, "{out}");
-    let (ok, out) = piv_tool(&card, &["-a", "verify-pin", "-P", "000000"]);
+    let (ok, out) = card.piv_tool(&["-a", "verify-pin", "-P", "000000"]);
     assert!(!ok, "{out}");
-    let (ok, status) = piv_tool(&card, &["-a", "status"]);
+    let (ok, status) = card.piv_tool(&["-a", "status"]);
     assert!(ok && status.contains("PIN tries left:\t2"), "{status}");
 }
 
