@@ -10,6 +10,10 @@ set -euo pipefail
 
 ALL=(
   build-essential pkg-config      # C parts of dependencies (zstd)
+  libclang-dev                    # bindgen, for the virtual PIV card's littlefs2-sys
+  procps                          # pgrep, in hsm-sim/pcsc.sh
+  python3 python3-cryptography    # tests/independent/run.sh (Debian 12 has no pip: PEP 668)
+  acl attr                        # getfacl/setfacl, setfattr: the restore-fidelity tests
   swtpm swtpm-tools tpm2-tools libtss2-dev   # TPM 2.0 simulator and tools
   softhsm2 opensc                 # PKCS#11 token simulator and pkcs11-tool
   age                             # benches/compare-age.sh

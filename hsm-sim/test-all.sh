@@ -6,12 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hsm-sim/install-deps.sh
-# pcscd + vpcd for the YubiKey tests (the fixture starts its own cards).
-bash hsm-sim/pcsc.sh
 
 step() { echo; echo "== $*"; "$@"; }
 results=$(mktemp)
+# Set before pcsc.sh runs: a pcsc.sh that fails half-way must not leave
+# pcscd or the card running.
 trap 'rm -f "$results"; bash hsm-sim/pcsc.sh stop >/dev/null 2>&1 || true' EXIT
+# pcscd + vpcd for the YubiKey tests (the fixture starts its own cards).
+bash hsm-sim/pcsc.sh
 # cargo test, keeping its result lines for the summary at the end.
 tests() { cargo test "$@" 2>&1 | tee -a "$results"; }
 

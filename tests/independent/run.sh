@@ -8,10 +8,17 @@ vec="$tests/vectors"
 kit="$tests/testdata/archives"
 dec="$here/coffer_decrypt.py"
 key="$vec/recovery-v1.txt"
-py="${PYTHON:-python3}"
-
-if ! "$py" -c 'import cryptography' 2>/dev/null; then
-    "$py" -m pip install --quiet cryptography || { echo "cannot install cryptography"; echo "0 passed, 1 failed"; exit 1; }
+# The first Python that has `cryptography`: $PYTHON, Debian's (apt's
+# python3-cryptography, which hsm-sim/install-deps.sh installs), or the one
+# on PATH. No pip fallback: Debian 12 has no pip and refuses it (PEP 668).
+py=
+for cand in ${PYTHON:-} /usr/bin/python3 python3; do
+    if "$cand" -c 'import cryptography' 2>/dev/null; then py=$cand; break; fi
+done
+if [ -z "$py" ]; then
+    echo "no python3 with the cryptography module: apt-get install python3-cryptography (hsm-sim/install-deps.sh does)"
+    echo "0 passed, 1 failed"
+    exit 1
 fi
 
 tmp="$(mktemp -d)"
