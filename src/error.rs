@@ -23,6 +23,8 @@ pub enum ExitStatus {
     Corrupt = 4,
     /// No slot could be used (device absent, locked out, nothing supplied).
     NoUsableSlot = 5,
+    /// Done, but some paths were skipped or changed while being read.
+    Incomplete = 6,
 }
 
 /// Why one slot failed to give up the backup key.
@@ -175,6 +177,15 @@ pub enum Error {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// The command did its job, but not for everything: each path left out
+    /// or changed was already named.
+    #[error("{what}, but {count} path(s) were skipped or changed (named above)")]
+    Incomplete {
+        /// "sealed into X", "opened into Y".
+        what: String,
+        /// How many notices were printed.
+        count: usize,
+    },
 }
 
 impl Error {
@@ -197,6 +208,7 @@ impl Error {
             Error::Unlock(u) => u.exit_status(),
             Error::Enroll(e) => e.exit_status(),
             Error::Usage(_) => ExitStatus::Usage,
+            Error::Incomplete { .. } => ExitStatus::Incomplete,
         }
     }
 }

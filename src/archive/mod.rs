@@ -11,17 +11,45 @@
 //! or overwrite an existing target unless asked (`force`).
 
 pub mod header;
+mod owner;
 pub mod pack;
 pub mod stream;
+pub mod tar;
+pub mod unpack;
+mod xattrs;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::key::BackupKey;
 use crate::slot::SlotRecord;
 pub use header::Header;
+pub use pack::FileId;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use stream::{StreamError, StreamReader, StreamWriter};
+pub use unpack::UnpackOptions;
+
+/// Something sealed or opened other than exactly as found, named so the
+/// person can act on it (the command then exits with status 6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The path concerned (on disk when sealing, in the archive when
+    /// opening).
+    pub path: PathBuf,
+    /// Left out, or stored as it changed.
+    pub kind: NoticeKind,
+    /// What happened, for a person.
+    pub what: String,
+}
+
+/// The two things a [`Notice`] can say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// Not sealed or not restored (or part of its metadata was not).
+    Skipped,
+    /// Changed while it was being sealed.
+    Changed,
+}
 
 /// zstd level used when compressing (zstd's default).
 pub const ZSTD_LEVEL: i32 = 3;
@@ -109,16 +137,19 @@ fn payload_error(e: io::Error, path: &Path) -> Error {
 }
 
 /// Seal `source` under `bk` into `out`; the header carries `slots`.
-/// Returns `out` after the last chunk was written (not yet fsynced).
+/// Files in `exclude` (the archive itself, standard output) are left out of
+/// folders. Returns `out` after the last chunk was written (not yet
+/// fsynced), and what was not sealed exactly as found.
 pub fn seal<W: Write + Send + 'static>(
     bk: &BackupKey,
     slots: &[SlotRecord],
     source: Source,
     opts: SealOptions,
     mut out: W,
-    exclude: Option<&Path>,
+    exclude: &[FileId],
     progress: &dyn Progress,
-) -> Result<W> {
+) -> Result<(W, Vec<Notice>)> {
+    let mut notices = Vec::new();
     let mut flags = 0;
     if matches!(source, Source::Paths(_)) {
         flags |= header::FLAG_TAR;
@@ -145,20 +176,25 @@ pub fn seal<W: Write + Send + 'static>(
             progress.advance(n);
             counted
         }
-        (Compression::None, source) => write_source(source, counted, exclude)?,
+        (Compression::None, source) => write_source(source, counted, exclude, &mut notices)?,
         (Compression::Zstd, source) => {
             let enc = zstd::Encoder::new(counted, ZSTD_LEVEL).map_err(out_err)?;
-            write_source(source, enc, exclude)?
+            write_source(source, enc, exclude, &mut notices)?
                 .finish()
                 .map_err(out_err)?
         }
     };
-    counted.inner.finish().map_err(out_err)
+    Ok((counted.inner.finish().map_err(out_err)?, notices))
 }
 
-fn write_source<W: Write>(source: Source, mut w: W, exclude: Option<&Path>) -> Result<W> {
+fn write_source<W: Write>(
+    source: Source,
+    mut w: W,
+    exclude: &[FileId],
+    notices: &mut Vec<Notice>,
+) -> Result<W> {
     match source {
-        Source::Paths(paths) => pack::pack(&paths, w, exclude),
+        Source::Paths(paths) => pack::pack(&paths, w, exclude, notices),
         Source::Stream(mut r) => {
             io::copy(&mut r, &mut w).map_err(|e| Error::io("<input>", e))?;
             Ok(w)
@@ -167,7 +203,8 @@ fn write_source<W: Write>(source: Source, mut w: W, exclude: Option<&Path>) -> R
 }
 
 /// Seal into the file `path`: a temp file beside it, fsynced, then renamed.
-/// An existing `path` is replaced only with `force`.
+/// An existing `path` is replaced only with `force`. Returns what was not
+/// sealed exactly as found.
 pub fn seal_to_path(
     bk: &BackupKey,
     slots: &[SlotRecord],
@@ -176,14 +213,23 @@ pub fn seal_to_path(
     path: &Path,
     force: bool,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<Vec<Notice>> {
     refuse_existing(path, force)?;
     let tmp = fsutil::temp_beside(path)?;
     let file = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
+    let exclude = [file_id(&file).map_err(|e| Error::io(tmp.path(), e))?];
     // Chunks are written whole; no buffering needed.
-    let file = seal(bk, slots, source, opts, file, Some(tmp.path()), progress)?;
+    let (file, notices) = seal(bk, slots, source, opts, file, &exclude, progress)?;
     file.sync_all().map_err(|e| Error::io(path, e))?;
-    fsutil::persist(tmp, path, force)
+    fsutil::persist(tmp, path, force)?;
+    Ok(notices)
+}
+
+/// The device and inode of an open file, to leave it out of a seal.
+pub fn file_id(f: &std::fs::File) -> io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok((m.dev(), m.ino()))
 }
 
 fn refuse_existing(path: &Path, force: bool) -> Result<()> {
@@ -237,6 +283,9 @@ impl Read for DrainOnEof {
 
 /// Authenticate every chunk and write nothing. Returns the plaintext
 /// length (after decompression).
+///
+/// For a folder archive this also runs `open`'s own checks over every tar
+/// entry ([`unpack::validate`]): an archive that verifies, opens.
 pub fn verify<R: Read + Send + 'static>(
     header: &Header,
     bk: &BackupKey,
@@ -244,8 +293,51 @@ pub fn verify<R: Read + Send + 'static>(
     progress: &dyn Progress,
 ) -> Result<u64> {
     let p = payload(header, bk, input)?;
-    let mut counted = Counting { inner: p, progress };
-    io::copy(&mut counted, &mut io::sink()).map_err(|e| payload_error(e, Path::new("<archive>")))
+    let total = std::sync::atomic::AtomicU64::new(0);
+    let tally = Tally {
+        total: &total,
+        progress,
+    };
+    let mut counted = Counting {
+        inner: p,
+        progress: &tally,
+    };
+    let at = Path::new("<archive>");
+    if header.flags & header::FLAG_TAR != 0 {
+        let (rest, _) = unpack::validate(&mut counted).map_err(stream_corrupt)?;
+        io::copy(rest, &mut io::sink()).map_err(|e| payload_error(e, at))?;
+    } else {
+        io::copy(&mut counted, &mut io::sink()).map_err(|e| payload_error(e, at))?;
+    }
+    Ok(total.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Counts what it passes on.
+struct Tally<'p> {
+    total: &'p std::sync::atomic::AtomicU64,
+    progress: &'p dyn Progress,
+}
+
+impl Progress for Tally<'_> {
+    fn advance(&self, n: u64) {
+        self.total
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.progress.advance(n);
+    }
+}
+
+/// An I/O error from beneath a tar reader that is an authentication
+/// failure is corruption (exit 4).
+fn stream_corrupt(e: Error) -> Error {
+    match e {
+        Error::Io { source, path } => match StreamError::find(&source) {
+            Some(s) => Error::ArchiveCorrupt {
+                what: s.to_string(),
+            },
+            None => Error::Io { path, source },
+        },
+        e => e,
+    }
 }
 
 /// Open into `out` as the plaintext is authenticated, chunk by chunk
@@ -273,22 +365,25 @@ pub fn open_to_writer<R: Read + Send + 'static, W: Write>(
 
 /// Open into `dst`: a folder for a tar payload, a file for a stream. The
 /// output appears at `dst` only after everything authenticated; an existing
-/// `dst` is replaced only with `force`.
+/// `dst` is replaced only with `force`. Returns what was not restored
+/// exactly (devices when not root, metadata the file system refused).
 pub fn open_to_path<R: Read + Send + 'static>(
     header: &Header,
     bk: &BackupKey,
     input: R,
     dst: &Path,
     force: bool,
+    opts: UnpackOptions,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<Vec<Notice>> {
     refuse_existing(dst, force)?;
     let p = payload(header, bk, input)?;
     let mut counted = Counting { inner: p, progress };
     if header.flags & header::FLAG_TAR == 0 {
         let mut tmp = fsutil::temp_beside(dst)?;
         io::copy(&mut counted, &mut tmp).map_err(|e| payload_error(e, dst))?;
-        return fsutil::persist(tmp, dst, force);
+        fsutil::persist(tmp, dst, force)?;
+        return Ok(Vec::new());
     }
     let parent = fsutil::parent_dir(dst);
     let name = dst
@@ -300,19 +395,14 @@ pub fn open_to_path<R: Read + Send + 'static>(
         .prefix(&format!("{name}.tmp-"))
         .tempdir_in(&parent)
         .map_err(|e| Error::io(&parent, e))?;
-    pack::unpack(&mut counted, tmp.path()).map_err(|e| match e {
-        Error::Io { source, path } => match StreamError::find(&source) {
-            Some(s) => Error::ArchiveCorrupt {
-                what: s.to_string(),
-            },
-            None => Error::Io { path, source },
-        },
-        e => e,
-    })?;
+    let mut notices = Vec::new();
+    unpack::unpack(&mut counted, tmp.path(), opts, &mut notices).map_err(stream_corrupt)?;
     // Everything up to the last chunk must authenticate before the folder
-    // becomes visible: tar stops reading at its end-of-archive marker.
+    // becomes visible (the tar reader has read to the end already; this
+    // checks nothing is left).
     io::copy(&mut counted, &mut io::sink()).map_err(|e| payload_error(e, dst))?;
-    replace_dir(tmp, dst, force)
+    replace_dir(tmp, dst, force)?;
+    Ok(notices)
 }
 
 fn replace_dir(tmp: tempfile::TempDir, dst: &Path, force: bool) -> Result<()> {

@@ -143,16 +143,20 @@ pub(super) fn seal(
         ..SealOptions::default()
     };
     let bar = progress(cli, "sealing");
-    if is_dash(output) {
+    let notices = if is_dash(output) {
+        let out = stdout_file()?;
+        // `seal DIR -o - > DIR/out` must not read its own output.
+        let exclude: Vec<archive::FileId> = archive::file_id(&out).into_iter().collect();
         archive::seal(
             &bk,
             &keyring.slots,
             source,
             opts,
-            stdout_file()?,
-            None,
+            out,
+            &exclude,
             bar.as_ref(),
-        )?;
+        )?
+        .1
     } else {
         archive::seal_to_path(
             &bk,
@@ -162,19 +166,65 @@ pub(super) fn seal(
             output,
             force,
             bar.as_ref(),
-        )?;
-    }
+        )?
+    };
     drop(bar);
+    report_notices(env, &notices);
     if cli.json {
-        print_json(&json!({"archive": output, "key_id": keyring.key_id.to_string()}))?;
-    } else if !is_dash(output) {
+        print_json(&json!({
+            "archive": output,
+            "key_id": keyring.key_id.to_string(),
+            "notices": notices_json(&notices),
+        }))?;
+    } else if !is_dash(output) && notices.is_empty() {
         env.ui.info(&format!(
             "sealed into {} (key id {})",
             output.display(),
             keyring.key_id
         ));
     }
-    Ok(())
+    incomplete(&notices, || format!("sealed into {}", output.display()))
+}
+
+/// Name every path not sealed or restored exactly, on stderr (even with
+/// `-q`: it changes the exit status).
+fn report_notices(env: &Env, notices: &[archive::Notice]) {
+    for n in notices {
+        let kind = match n.kind {
+            archive::NoticeKind::Skipped => "skipped",
+            archive::NoticeKind::Changed => "changed",
+        };
+        env.ui
+            .warn(&format!("{}: {kind}: {}", n.path.display(), n.what));
+    }
+}
+
+fn notices_json(notices: &[archive::Notice]) -> serde_json::Value {
+    notices
+        .iter()
+        .map(|n| {
+            json!({
+                "path": n.path.to_string_lossy(),
+                "kind": match n.kind {
+                    archive::NoticeKind::Skipped => "skipped",
+                    archive::NoticeKind::Changed => "changed",
+                },
+                "what": n.what,
+            })
+        })
+        .collect()
+}
+
+/// Exit status 6 when anything was noticed.
+fn incomplete(notices: &[archive::Notice], what: impl FnOnce() -> String) -> Result<()> {
+    if notices.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Incomplete {
+            what: what(),
+            count: notices.len(),
+        })
+    }
 }
 
 pub(super) fn open(
@@ -183,19 +233,29 @@ pub(super) fn open(
     archive_path: &Path,
     output: &Path,
     force: bool,
+    numeric_owner: bool,
 ) -> Result<()> {
     let (header, input) = read_archive(archive_path)?;
     let bk = unlock_archive(cli, env, &header)?;
     let bar = progress(cli, "opening");
+    let mut notices = Vec::new();
     if is_dash(output) {
         let mut out = stdout_file()?;
         archive::open_to_writer(&header, &bk, input, &mut out, bar.as_ref())?;
     } else {
-        archive::open_to_path(&header, &bk, input, output, force, bar.as_ref())?;
+        let opts = archive::UnpackOptions { numeric_owner };
+        notices = archive::open_to_path(&header, &bk, input, output, force, opts, bar.as_ref())?;
     }
     drop(bar);
+    report_notices(env, &notices);
     if cli.json {
-        print_json(&json!({"archive": archive_path, "output": output}))?;
+        print_json(&json!({
+            "archive": archive_path,
+            "output": output,
+            "notices": notices_json(&notices),
+        }))?;
+    } else if !notices.is_empty() {
+        return incomplete(&notices, || format!("opened into {}", output.display()));
     } else if !is_dash(output) {
         env.ui.info(&format!(
             "opened {} into {}",
@@ -203,7 +263,7 @@ pub(super) fn open(
             output.display()
         ));
     }
-    Ok(())
+    incomplete(&notices, || format!("opened into {}", output.display()))
 }
 
 pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {

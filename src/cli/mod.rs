@@ -109,8 +109,12 @@ pub enum Command {
         /// Replace the output if it exists
         #[arg(long)]
         force: bool,
+        /// Restore owners by uid/gid, not by user and group name (as root)
+        #[arg(long)]
+        numeric_owner: bool,
     },
-    /// Authenticate every byte of an archive; write nothing
+    /// Authenticate every byte of an archive and check that it would
+    /// restore; write nothing
     Verify {
         /// The archive (`-` for standard input)
         archive: PathBuf,
@@ -371,7 +375,8 @@ pub fn run(cli: &Cli) -> Result<()> {
             archive,
             output,
             force,
-        } => archive_cmd::open(cli, &env, archive, output, *force),
+            numeric_owner,
+        } => archive_cmd::open(cli, &env, archive, output, *force, *numeric_owner),
         Command::Verify { archive } => archive_cmd::verify(cli, &env, archive),
         Command::Inspect { archive } => archive_cmd::inspect(cli, archive),
         #[cfg(feature = "vault")]

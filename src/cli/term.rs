@@ -34,6 +34,11 @@ impl TerminalUi {
         }
     }
 
+    /// A warning on stderr, even when quiet (it explains an exit status).
+    pub fn warn(&self, msg: &str) {
+        eprintln!("coffer: {msg}");
+    }
+
     fn ask(&self, prompt: &str) -> Option<SecretString> {
         if !Self::interactive() {
             return None;

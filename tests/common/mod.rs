@@ -2,6 +2,8 @@
 //! the real `coffer` binary.
 #![allow(dead_code)]
 
+pub mod tree;
+
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
 
@@ -75,6 +77,34 @@ impl Home {
     /// Replace the keyring with `kr`, as an attacker or a bad editor would.
     pub fn put_keyring_json(&self, kr: &serde_json::Value) {
         std::fs::write(self.keyring(), serde_json::to_vec_pretty(kr).unwrap()).unwrap();
+    }
+
+    /// Seal a hand-made tar payload with this home's valid key, as an
+    /// attacker who knows the key (or a buggy tar writer) could.
+    pub fn seal_tar_payload(&self, tar_bytes: &[u8]) -> Vec<u8> {
+        use coffer::archive::header::{DEFAULT_CHUNK, FLAG_TAR, Header};
+        use coffer::archive::stream::StreamWriter;
+        use coffer::keyring::KeyringFile;
+        use coffer::slot::{Factors, unlock};
+        use std::io::Write;
+        let kr = KeyringFile::new(self.keyring()).load().unwrap();
+        let factors = Factors {
+            recovery_key: Some(self.recovery_key_text().into()),
+            ..Factors::default()
+        };
+        let (bk, _) = unlock(
+            &kr.slots,
+            None,
+            &factors,
+            &coffer::ui::NonInteractive::default(),
+        )
+        .unwrap();
+        let header = Header::new(&bk, FLAG_TAR, DEFAULT_CHUNK, kr.slots.clone());
+        let mut out = header.to_bytes();
+        let mut w = StreamWriter::new(header.payload_key(&bk), DEFAULT_CHUNK as usize, Vec::new());
+        w.write_all(tar_bytes).unwrap();
+        out.extend(w.finish().unwrap());
+        out
     }
 
     pub fn recovery_key_text(&self) -> String {

@@ -1,0 +1,687 @@
+//! Unpacking a tar stream into a folder, every step beneath that folder's
+//! descriptor; and [`validate`], the same rules over a model of the tree,
+//! writing nothing (what `verify` runs).
+//!
+//! How each operation stays inside the target (no string checks on
+//! parents; the kernel resolves one component at a time, never a symlink):
+//!
+//! | operation | call |
+//! |---|---|
+//! | enter / create a folder | `openat(parent, name, O_DIRECTORY \| O_NOFOLLOW)`, `mkdirat(parent, name, 0700)` |
+//! | create a file | `openat(parent, name, O_CREAT \| O_EXCL \| O_NOFOLLOW \| O_WRONLY, 0600)` |
+//! | write content | `write`/`pwrite` on that descriptor; `ftruncate` for a sparse file's length |
+//! | symlink | `symlinkat(target, parent, name)` (the target is stored, never followed) |
+//! | hard link | `linkat(source_parent, source_name, parent, name, 0)` (flags 0: a symlink source is linked, not followed); the source's folders are walked as above |
+//! | FIFO, device | `mknodat(parent, name, type, 0600, dev)` |
+//! | replace an entry of the same name | `unlinkat(parent, name, 0)` (a folder is never replaced) |
+//! | owner | files, folders: `fchown(fd)`; symlinks: `fchownat(parent, name, AT_SYMLINK_NOFOLLOW)`; FIFOs, devices: `fchownat(O_PATH fd, "", AT_EMPTY_PATH)` |
+//! | mode | files, folders: `fchmod(fd)`; FIFOs, devices: `chmod("/proc/self/fd/N")` on an `O_PATH \| O_NOFOLLOW` descriptor (no `fchmodat2` on Debian 12's kernel; `fchmod` refuses `O_PATH`) |
+//! | xattrs, ACLs | files, folders: `fsetxattr(fd)`; FIFOs, devices: `setxattr("/proc/self/fd/N")` as above; symlinks: none |
+//! | times | files, folders: `futimens(fd)`; symlinks: `utimensat(parent, name, AT_SYMLINK_NOFOLLOW)`; FIFOs, devices: `utimensat("/proc/self/fd/N")` |
+//!
+//! Folder metadata (mode, owner, times) is set when the walk leaves the
+//! folder, so a read-only folder does not stop its own contents from being
+//! written and its mtime is not disturbed afterwards. Cost is linear in the
+//! stream: the open folders are kept as a stack of descriptors (all of
+//! them down to depth [`KEEP_ALL`], every [`CHECKPOINT`]th below), so an
+//! entry resolves only the components it does not share with the one
+//! before.
+//!
+//! Must never: follow a symlink, create or change anything outside the
+//! target folder, or replace a folder with something else.
+
+use super::tar::{self, Entry, Kind, display_bytes, read::Parser};
+use super::{Notice, NoticeKind, owner};
+use crate::error::{Error, Result};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Folders down to this depth keep their descriptor while open.
+pub const KEEP_ALL: usize = 256;
+/// Below [`KEEP_ALL`], every this many levels keeps its descriptor.
+pub const CHECKPOINT: usize = 64;
+/// Bytes of content written at a time.
+const WRITE_BUF: usize = 1 << 20;
+
+/// How to restore owners.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnpackOptions {
+    /// Restore owners by id, ignoring names (tar's `--numeric-owner`).
+    pub numeric_owner: bool,
+}
+
+/// What an unpack or validation did, for tests of its cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Entries in the stream.
+    pub entries: u64,
+    /// Path components looked up or created (one system call each).
+    pub components: u64,
+}
+
+fn corrupt(what: String) -> Error {
+    Error::ArchiveCorrupt { what }
+}
+
+/// An entry's path as components: relative, no `..`, each at most 255
+/// bytes; empty components and `.` are dropped.
+pub fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
+    if path.first() == Some(&b'/') {
+        return Err(corrupt(format!(
+            "entry {} is an absolute path: refusing to write outside the target folder",
+            display_bytes(path)
+        )));
+    }
+    let mut out = Vec::new();
+    for c in path.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                return Err(corrupt(format!(
+                    "entry {} goes up with `..`: refusing to write outside the target folder",
+                    display_bytes(path)
+                )));
+            }
+            c if c.len() > 255 => {
+                return Err(corrupt(format!(
+                    "entry {} has a name longer than 255 bytes",
+                    display_bytes(path)
+                )));
+            }
+            c => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        return Err(corrupt("an entry has an empty path".into()));
+    }
+    Ok(out)
+}
+
+fn through_non_folder(path: &[u8]) -> Error {
+    corrupt(format!(
+        "entry {} goes through a symlink or a file: refusing to write outside the target folder",
+        display_bytes(path)
+    ))
+}
+
+fn replaces_folder(path: &[u8]) -> Error {
+    corrupt(format!(
+        "entry {} would replace a folder of the same name",
+        display_bytes(path)
+    ))
+}
+
+fn bad_link(path: &[u8], link: &[u8]) -> Error {
+    corrupt(format!(
+        "entry {} is a hard link to {}, which is not a file earlier in the archive",
+        display_bytes(path),
+        display_bytes(link)
+    ))
+}
+
+/// Check every entry of the stream as [`unpack`] would, writing nothing:
+/// headers, paths, types, sizes, sparse maps, pax records, and the tree
+/// they build (no entry through a symlink or file, no folder replaced, no
+/// hard link to anything but an earlier file). Returns the reader after
+/// the end-of-archive marker.
+pub fn validate<R: Read>(r: R) -> Result<(R, Stats)> {
+    let mut p = Parser::new(r);
+    // Path → whether it is a folder. Grows with the entry count: this is
+    // what lets verify predict what unpack would refuse.
+    let mut tree: HashMap<Vec<u8>, bool> = HashMap::new();
+    let mut stats = Stats::default();
+    while let Some(e) = p.next_entry()? {
+        stats.entries += 1;
+        let comps = components(&e.path)?;
+        let mut key = Vec::new();
+        for c in &comps[..comps.len() - 1] {
+            if !key.is_empty() {
+                key.push(b'/');
+            }
+            key.extend_from_slice(c);
+            stats.components += 1;
+            match tree.get(&key) {
+                Some(false) => return Err(through_non_folder(&e.path)),
+                Some(true) => {}
+                None => {
+                    tree.insert(key.clone(), true);
+                }
+            }
+        }
+        if !key.is_empty() {
+            key.push(b'/');
+        }
+        key.extend_from_slice(comps[comps.len() - 1]);
+        let is_dir = e.kind() == Kind::Dir;
+        match (tree.get(&key), is_dir) {
+            (Some(true), false) => return Err(replaces_folder(&e.path)),
+            (Some(false), true) => return Err(through_non_folder(&e.path)),
+            _ => {}
+        }
+        if e.kind() == Kind::HardLink {
+            let t = components(&e.link)?.join(&b'/');
+            if tree.get(&t) != Some(&false) {
+                return Err(bad_link(&e.path, &e.link));
+            }
+        }
+        tree.insert(key, is_dir);
+    }
+    Ok((p.into_inner(), stats))
+}
+
+/// One open folder on the walk's stack.
+struct Level {
+    name: Vec<u8>,
+    fd: Option<OwnedFd>,
+    /// The folder's own entry, applied when the walk leaves it.
+    meta: Option<Entry>,
+}
+
+struct Unpacker<'n> {
+    root: OwnedFd,
+    root_path: PathBuf,
+    levels: Vec<Level>,
+    opts: UnpackOptions,
+    root_user: bool,
+    notices: &'n mut Vec<Notice>,
+    stats: Stats,
+    users: HashMap<Vec<u8>, Option<u32>>,
+    groups: HashMap<Vec<u8>, Option<u32>>,
+    buf: Vec<u8>,
+}
+
+/// Unpack the tar stream `r` into the existing, empty folder `dst`.
+/// Entries that cannot be restored here (devices when not root) and
+/// metadata that could not be set are pushed to `notices`. Returns the
+/// reader after the end-of-archive marker.
+pub fn unpack<R: Read>(
+    r: R,
+    dst: &Path,
+    opts: UnpackOptions,
+    notices: &mut Vec<Notice>,
+) -> Result<(R, Stats)> {
+    let root = rustix::fs::open(
+        dst,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(dst, e.into()))?;
+    let mut u = Unpacker {
+        root,
+        root_path: dst.to_path_buf(),
+        levels: Vec::new(),
+        opts,
+        root_user: rustix::process::geteuid().is_root(),
+        notices,
+        stats: Stats::default(),
+        users: HashMap::new(),
+        groups: HashMap::new(),
+        buf: vec![0u8; WRITE_BUF],
+    };
+    let mut p = Parser::new(r);
+    while let Some(e) = p.next_entry()? {
+        u.stats.entries += 1;
+        u.entry(&mut p, e)?;
+    }
+    while !u.levels.is_empty() {
+        u.pop()?;
+    }
+    Ok((p.into_inner(), u.stats))
+}
+
+fn keeps_fd(depth_index: usize) -> bool {
+    depth_index < KEEP_ALL || depth_index.is_multiple_of(CHECKPOINT)
+}
+
+/// The descriptor of the innermost open folder (the target itself when
+/// none is open). The top of the stack always has one.
+fn top_fd<'a>(levels: &'a [Level], root: &'a OwnedFd) -> BorrowedFd<'a> {
+    match levels.last() {
+        Some(l) => {
+            l.fd.as_ref()
+                .expect("the top level keeps its descriptor")
+                .as_fd()
+        }
+        None => root.as_fd(),
+    }
+}
+
+/// Open (creating if missing, mode 0700 until its own metadata is set)
+/// folder `name` in `parent`, without following a symlink.
+fn open_dir(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    create: bool,
+    shown: &[u8],
+    stats: &mut Stats,
+    root_path: &Path,
+) -> Result<OwnedFd> {
+    stats.components += 1;
+    let io = |e: Errno| Error::io(shown_path(root_path, shown), e.into());
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => return Ok(fd),
+        Err(Errno::NOENT) if create => {}
+        Err(Errno::LOOP | Errno::NOTDIR) => return Err(through_non_folder(shown)),
+        Err(e) => return Err(io(e)),
+    }
+    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(io(e)),
+    }
+    match rustix::fs::openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::LOOP | Errno::NOTDIR) => Err(through_non_folder(shown)),
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn shown_path(root: &Path, path: &[u8]) -> PathBuf {
+    root.join(display_bytes(path))
+}
+
+fn timestamps(t: tar::Time) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: t.secs,
+            tv_nsec: i64::from(t.nanos) as _,
+        },
+    }
+}
+
+/// `/proc/self/fd/N`: the inode an `O_PATH` descriptor holds, for calls
+/// that have no descriptor form that accepts `O_PATH`.
+fn proc_path(fd: BorrowedFd<'_>) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+impl Unpacker<'_> {
+    fn io(&self, path: &[u8], e: Errno) -> Error {
+        Error::io(shown_path(&self.root_path, path), e.into())
+    }
+
+    fn notice(&mut self, path: &[u8], kind: NoticeKind, what: String) {
+        self.notices.push(Notice {
+            path: PathBuf::from(display_bytes(path)),
+            kind,
+            what,
+        });
+    }
+
+    /// Leave the innermost folder, setting its metadata. The new innermost
+    /// folder's descriptor is re-opened only when next needed
+    /// ([`Self::ensure_top_fd`]), so leaving many levels at once costs
+    /// nothing per level.
+    fn pop(&mut self) -> Result<()> {
+        if self.levels.last().is_some_and(|l| l.meta.is_some()) {
+            self.ensure_top_fd()?;
+        }
+        let level = self.levels.pop().expect("pop on an empty stack");
+        if let (Some(fd), Some(meta)) = (&level.fd, &level.meta) {
+            self.set_meta(fd.as_fd(), meta);
+        }
+        Ok(())
+    }
+
+    /// Give the innermost folder a descriptor again if it gave it up:
+    /// re-open it from the nearest level that kept one, at most
+    /// [`CHECKPOINT`] components away.
+    fn ensure_top_fd(&mut self) -> Result<()> {
+        let n = self.levels.len();
+        if n == 0 || self.levels[n - 1].fd.is_some() {
+            return Ok(());
+        }
+        let j = (0..n).rev().find(|&i| self.levels[i].fd.is_some());
+        let base = match j {
+            Some(j) => self.levels[j].fd.as_ref().expect("kept"),
+            None => &self.root,
+        };
+        let mut fd = base
+            .try_clone()
+            .map_err(|e| Error::io(&self.root_path, e))?;
+        for i in j.map_or(0, |j| j + 1)..n {
+            let name = &self.levels[i].name;
+            fd = open_dir(
+                fd.as_fd(),
+                name,
+                false,
+                name,
+                &mut self.stats,
+                &self.root_path,
+            )?;
+        }
+        self.levels[n - 1].fd = Some(fd);
+        Ok(())
+    }
+
+    /// Make the stack hold exactly the folders `comps`, creating the
+    /// missing ones.
+    fn descend(&mut self, comps: &[&[u8]], shown: &[u8]) -> Result<()> {
+        let common = self
+            .levels
+            .iter()
+            .zip(comps)
+            .take_while(|(l, c)| l.name == **c)
+            .count();
+        while self.levels.len() > common {
+            self.pop()?;
+        }
+        self.ensure_top_fd()?;
+        for c in &comps[common..] {
+            let fd = open_dir(
+                top_fd(&self.levels, &self.root),
+                c,
+                true,
+                shown,
+                &mut self.stats,
+                &self.root_path,
+            )?;
+            let n = self.levels.len();
+            if n > 0 && !keeps_fd(n - 1) {
+                self.levels[n - 1].fd = None;
+            }
+            self.levels.push(Level {
+                name: c.to_vec(),
+                fd: Some(fd),
+                meta: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Make room for a new non-folder entry `name` in the innermost
+    /// folder: an existing non-folder of that name is removed (tar does the
+    /// same); an existing folder is never replaced.
+    fn make_room(&mut self, name: &[u8], shown: &[u8]) -> Result<()> {
+        let dir = top_fd(&self.levels, &self.root);
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(self.io(shown, e)),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                Err(replaces_folder(shown))
+            }
+            Ok(_) => {
+                rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| self.io(shown, e))
+            }
+        }
+    }
+
+    fn uid(&mut self, e: &Entry) -> u32 {
+        let numeric = u32::try_from(e.uid).unwrap_or(u32::MAX - 1);
+        if self.opts.numeric_owner || e.uname.is_empty() {
+            return numeric;
+        }
+        let by_name = *self
+            .users
+            .entry(e.uname.clone())
+            .or_insert_with(|| owner::user_id(&e.uname));
+        by_name.unwrap_or(numeric)
+    }
+
+    fn gid(&mut self, e: &Entry) -> u32 {
+        let numeric = u32::try_from(e.gid).unwrap_or(u32::MAX - 1);
+        if self.opts.numeric_owner || e.gname.is_empty() {
+            return numeric;
+        }
+        let by_name = *self
+            .groups
+            .entry(e.gname.clone())
+            .or_insert_with(|| owner::group_id(&e.gname));
+        by_name.unwrap_or(numeric)
+    }
+
+    /// The mode to set: everything as root; without set-id and sticky bits
+    /// otherwise (as tar does when it cannot restore the owner).
+    fn mode(&self, e: &Entry) -> Mode {
+        let m = if self.root_user {
+            e.mode & 0o7777
+        } else {
+            e.mode & 0o777
+        };
+        Mode::from_raw_mode(m)
+    }
+
+    /// Owner, mode, xattrs and ACLs, then times, on an open file or
+    /// folder. What fails is noted, not fatal: the content is there.
+    fn set_meta(&mut self, fd: BorrowedFd<'_>, e: &Entry) {
+        let mut failed = Vec::new();
+        if self.root_user {
+            let (uid, gid) = (self.uid(e), self.gid(e));
+            // SAFETY of ids: any u32 is a valid id to the kernel.
+            let (u, g) = (
+                rustix::fs::Uid::from_raw(uid),
+                rustix::fs::Gid::from_raw(gid),
+            );
+            if let Err(err) = rustix::fs::fchown(fd, Some(u), Some(g)) {
+                failed.push(format!("owner not restored: {err}"));
+            }
+        }
+        // After chown, which clears set-id bits.
+        if let Err(err) = rustix::fs::fchmod(fd, self.mode(e)) {
+            failed.push(format!("mode not restored: {err}"));
+        }
+        failed.extend(super::xattrs::write(fd, e));
+        if let Err(err) = rustix::fs::futimens(fd, &timestamps(e.mtime)) {
+            failed.push(format!("mtime not restored: {err}"));
+        }
+        for f in failed {
+            self.notice(&e.path, NoticeKind::Skipped, f);
+        }
+    }
+
+    fn entry<R: Read>(&mut self, p: &mut Parser<R>, e: Entry) -> Result<()> {
+        let comps = components(&e.path)?;
+        let (last, parents) = comps.split_last().expect("components are never empty");
+        let kind = e.kind();
+        if kind == Kind::Dir {
+            self.descend(&comps, &e.path)?;
+            self.levels.last_mut().expect("just pushed").meta = Some(e);
+            return Ok(());
+        }
+        self.descend(parents, &e.path)?;
+        if matches!(kind, Kind::Char | Kind::Block) && !self.root_user {
+            self.notice(
+                &e.path,
+                NoticeKind::Skipped,
+                format!("a {} is restored only as root", kind.name()),
+            );
+            return Ok(());
+        }
+        self.make_room(last, &e.path)?;
+        match kind {
+            Kind::File => self.file(p, &e, last),
+            Kind::Symlink => self.symlink(&e, last),
+            Kind::HardLink => self.hard_link(&e, last),
+            Kind::Fifo | Kind::Char | Kind::Block => self.node(&e, last, kind),
+            Kind::Dir => unreachable!("handled above"),
+        }
+    }
+
+    fn file<R: Read>(&mut self, p: &mut Parser<R>, e: &Entry, name: &[u8]) -> Result<()> {
+        let dir = top_fd(&self.levels, &self.root);
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
+            .map_err(|err| self.io(&e.path, err))?;
+        let write_err =
+            |this: &Self, err: std::io::Error| Error::io(shown_path(&this.root_path, &e.path), err);
+        match &e.sparse {
+            None => {
+                let mut f = std::fs::File::from(fd);
+                loop {
+                    let n = p.read_content(&mut self.buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    f.write_all(&self.buf[..n])
+                        .map_err(|err| write_err(self, err))?;
+                }
+                let fd = OwnedFd::from(f);
+                self.set_meta(fd.as_fd(), e);
+            }
+            Some(segs) => {
+                for s in segs {
+                    let mut done = 0u64;
+                    while done < s.len {
+                        let want = (s.len - done).min(self.buf.len() as u64) as usize;
+                        let n = p.read_content(&mut self.buf[..want])?;
+                        if n == 0 {
+                            return Err(corrupt(format!(
+                                "entry {}: sparse content shorter than its map",
+                                display_bytes(&e.path)
+                            )));
+                        }
+                        write_at(fd.as_fd(), &self.buf[..n], s.offset + done)
+                            .map_err(|err| self.io(&e.path, err))?;
+                        done += n as u64;
+                    }
+                }
+                rustix::fs::ftruncate(&fd, e.size).map_err(|err| self.io(&e.path, err))?;
+                self.set_meta(fd.as_fd(), e);
+            }
+        }
+        Ok(())
+    }
+
+    fn symlink(&mut self, e: &Entry, name: &[u8]) -> Result<()> {
+        let dir = top_fd(&self.levels, &self.root);
+        rustix::fs::symlinkat(&e.link[..], dir, name).map_err(|err| self.io(&e.path, err))?;
+        let mut failed = Vec::new();
+        if self.root_user {
+            let (uid, gid) = (self.uid(e), self.gid(e));
+            let dir = top_fd(&self.levels, &self.root);
+            if let Err(err) = rustix::fs::chownat(
+                dir,
+                name,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ) {
+                failed.push(format!("owner not restored: {err}"));
+            }
+        }
+        let dir = top_fd(&self.levels, &self.root);
+        if let Err(err) =
+            rustix::fs::utimensat(dir, name, &timestamps(e.mtime), AtFlags::SYMLINK_NOFOLLOW)
+        {
+            failed.push(format!("mtime not restored: {err}"));
+        }
+        for f in failed {
+            self.notice(&e.path, NoticeKind::Skipped, f);
+        }
+        Ok(())
+    }
+
+    fn hard_link(&mut self, e: &Entry, name: &[u8]) -> Result<()> {
+        let t = components(&e.link)?;
+        let (tlast, tparents) = t.split_last().expect("never empty");
+        // The source's folders, walked from the target like any path.
+        let mut fd = self
+            .root
+            .try_clone()
+            .map_err(|err| Error::io(&self.root_path, err))?;
+        for c in tparents {
+            fd = open_dir(
+                fd.as_fd(),
+                c,
+                false,
+                &e.link,
+                &mut self.stats,
+                &self.root_path,
+            )
+            .map_err(|_| bad_link(&e.path, &e.link))?;
+        }
+        self.stats.components += 1;
+        let dir = top_fd(&self.levels, &self.root);
+        match rustix::fs::linkat(&fd, *tlast, dir, name, AtFlags::empty()) {
+            Ok(()) => Ok(()),
+            Err(Errno::NOENT | Errno::PERM | Errno::ISDIR) => Err(bad_link(&e.path, &e.link)),
+            Err(err) => Err(self.io(&e.path, err)),
+        }
+    }
+
+    fn node(&mut self, e: &Entry, name: &[u8], kind: Kind) -> Result<()> {
+        let dir = top_fd(&self.levels, &self.root);
+        let ft = match kind {
+            Kind::Fifo => FileType::Fifo,
+            Kind::Char => FileType::CharacterDevice,
+            _ => FileType::BlockDevice,
+        };
+        let dev = rustix::fs::makedev(e.dev.0, e.dev.1);
+        rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), dev)
+            .map_err(|err| self.io(&e.path, err))?;
+        // An O_PATH descriptor of the node itself: opening a device or
+        // FIFO for real could block or act on the device.
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|err| self.io(&e.path, err))?;
+        let st = rustix::fs::fstat(&fd).map_err(|err| self.io(&e.path, err))?;
+        if FileType::from_raw_mode(st.st_mode) != ft {
+            return Err(self.io(&e.path, Errno::NOTSUP));
+        }
+        let mut failed = Vec::new();
+        if self.root_user {
+            let (uid, gid) = (self.uid(e), self.gid(e));
+            if let Err(err) = rustix::fs::chownat(
+                &fd,
+                "",
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::EMPTY_PATH,
+            ) {
+                failed.push(format!("owner not restored: {err}"));
+            }
+        }
+        let via = proc_path(fd.as_fd());
+        if let Err(err) = rustix::fs::chmod(&via, self.mode(e)) {
+            failed.push(format!("mode not restored: {err}"));
+        }
+        for (k, v) in &e.xattrs {
+            if let Err(err) = rustix::fs::setxattr(&via, &k[..], v, rustix::fs::XattrFlags::empty())
+            {
+                failed.push(format!("xattr {} not restored: {err}", display_bytes(k)));
+            }
+        }
+        if let Err(err) = rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &via,
+            &timestamps(e.mtime),
+            AtFlags::empty(),
+        ) {
+            failed.push(format!("mtime not restored: {err}"));
+        }
+        for f in failed {
+            self.notice(&e.path, NoticeKind::Skipped, f);
+        }
+        Ok(())
+    }
+}
+
+/// Write all of `buf` at `offset`.
+fn write_at(fd: BorrowedFd<'_>, mut buf: &[u8], mut offset: u64) -> std::result::Result<(), Errno> {
+    while !buf.is_empty() {
+        match rustix::io::pwrite(fd, buf, offset) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
