@@ -2,7 +2,7 @@
 //! pax extended headers), as GNU tar writes with `--format=posix --xattrs
 //! --acls` and reads back (`coffer open -o - | tar -xpf -`).
 //!
-//! Owns: the byte layout of entries, both directions — [`write`] encodes an
+//! Owns: the byte layout of entries, both directions — [`mod@write`] encodes an
 //! [`Entry`], [`read`] parses one with hard limits before any allocation.
 //! Walking a folder ([`super::pack`]) and writing a tree
 //! ([`super::unpack`]) live elsewhere.
