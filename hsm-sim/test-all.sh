@@ -44,6 +44,9 @@ fuzz_smoke() {
   rm -rf "$seeds"; seeds=$(mktemp -d)
   cp fuzz/seeds/tpm2_slot/* "$seeds/"
   fuzz/target/debug/tpm2_slot -runs=200000 -max_total_time=30 "$seeds" 2>&1 | tail -1
+  rm -rf "$seeds"; seeds=$(mktemp -d)
+  cp fuzz/seeds/tar/* "$seeds/"
+  fuzz/target/debug/tar -runs=20000 -max_total_time=30 "$seeds" 2>&1 | tail -1
   rm -rf "$seeds"
 }
 step fuzz_smoke
