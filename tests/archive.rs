@@ -289,15 +289,22 @@ fn verify_and_inspect() {
 /// `verify` must refuse it too.
 fn expect_refused(h: &Home, bytes: &[u8], code: i32, why: &str) {
     expect_open_refused(h, bytes, code, why);
-    h.coffer()
+    let o = h
+        .coffer()
         .args([
             "verify",
             "bad.coffer",
             "--recovery-key-file",
             "recovery.txt",
         ])
-        .assert()
-        .code(code);
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{why}: verify: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Open `bytes` as an archive and expect `code`, with nothing left behind.

@@ -21,7 +21,8 @@ use super::{Notice, NoticeKind};
 use crate::error::{Error, Result};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -29,6 +30,15 @@ use std::path::{Path, PathBuf};
 
 /// Bytes read from a file at a time.
 const READ_BUF: usize = 1 << 20;
+/// Files at most this long are read whole by the reader threads, ahead of
+/// the stream; longer ones are streamed by the packer itself.
+const SMALL: u64 = 128 * 1024;
+/// Files read ahead and not yet written, at most, all folders together:
+/// read-ahead memory stays under `SMALL × AHEAD` (32 MiB).
+const AHEAD: usize = 256;
+/// Files read ahead in one folder, at most (so folders nested inside it
+/// can read ahead too).
+const AHEAD_PER_FOLDER: usize = 32;
 
 /// A file's identity: device and inode.
 pub type FileId = (u64, u64);
@@ -48,8 +58,140 @@ fn top_name(p: &Path) -> Result<OsString> {
     })
 }
 
+/// A file opened (and, if small, read) by a reader thread.
+enum Fetch {
+    /// It could not be opened.
+    Failed(rustix::io::Errno),
+    /// It is no longer a regular file: look again.
+    NotRegular,
+    /// Opened: its metadata, xattrs and, for a small file, its content.
+    Opened(Box<Opened>),
+}
+
+struct Opened {
+    /// Kept open for a file to be streamed (no `content`).
+    fd: Option<OwnedFd>,
+    st: rustix::fs::Stat,
+    /// xattrs and ACLs (in an otherwise empty entry).
+    meta: Entry,
+    content: Option<Small>,
+}
+
+struct Small {
+    /// Exactly `st.st_size` bytes (zeros past a shrunken end).
+    bytes: Vec<u8>,
+    short: bool,
+    changed: bool,
+}
+
+/// Open and, when small, read `name` in `dir`: what the packer would do,
+/// on another thread, so that the system calls of many small files overlap.
+fn fetch(dir: BorrowedFd<'_>, name: &OsStr) -> Fetch {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return Fetch::Failed(e),
+    };
+    let st = match rustix::fs::fstat(&fd) {
+        Ok(st) => st,
+        Err(e) => return Fetch::Failed(e),
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Fetch::NotRegular;
+    }
+    let mut meta = Entry::default();
+    super::xattrs::read(fd.as_fd(), &mut meta, false);
+    let size = st.st_size as u64;
+    let sparse = (st.st_blocks as u64).saturating_mul(512) < size;
+    if size > SMALL || sparse {
+        return Fetch::Opened(Box::new(Opened {
+            fd: Some(fd),
+            st,
+            meta,
+            content: None,
+        }));
+    }
+    let mut bytes = vec![0u8; size as usize];
+    let mut got = 0;
+    let mut short = false;
+    while got < bytes.len() {
+        match rustix::io::pread(&fd, &mut bytes[got..], got as u64) {
+            Ok(0) | Err(_) => {
+                short = true;
+                break;
+            }
+            Ok(n) => got += n,
+        }
+    }
+    // Zeros past a shrunken end are already there.
+    let changed = rustix::fs::fstat(&fd).map_or(true, |a| {
+        a.st_size != st.st_size || a.st_mtime != st.st_mtime || a.st_mtime_nsec != st.st_mtime_nsec
+    });
+    Fetch::Opened(Box::new(Opened {
+        fd: None,
+        st,
+        meta,
+        content: Some(Small {
+            bytes,
+            short,
+            changed,
+        }),
+    }))
+}
+
+type Job = (Arc<OwnedFd>, OsString, crossbeam_channel::Sender<Fetch>);
+
+/// Reader threads running [`fetch`].
+struct Readers {
+    jobs: Option<crossbeam_channel::Sender<Job>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Readers {
+    fn new(n: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(AHEAD);
+        let threads = (0..n)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    for (dir, name, reply) in rx {
+                        // The packer may have stopped waiting (an error).
+                        let _ = reply.send(fetch(dir.as_fd(), &name));
+                    }
+                })
+            })
+            .collect();
+        Self {
+            jobs: Some(tx),
+            threads,
+        }
+    }
+
+    fn submit(&self, dir: &Arc<OwnedFd>, name: &OsStr) -> crossbeam_channel::Receiver<Fetch> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.jobs
+            .as_ref()
+            .expect("open until dropped")
+            .send((dir.clone(), name.to_owned(), tx))
+            .expect("reader threads live as long as the pool");
+        rx
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 struct Packer<'n, W> {
     w: W,
+    readers: Readers,
+    /// Files submitted to the readers and not yet written.
+    in_flight: usize,
     exclude: &'n [FileId],
     notices: &'n mut Vec<Notice>,
     /// First archive path of each multiply-linked inode.
@@ -83,6 +225,8 @@ pub fn pack<W: Write>(
     }
     let mut pk = Packer {
         w,
+        readers: Readers::new(super::stream::workers()),
+        in_flight: 0,
         exclude,
         notices,
         links: HashMap::new(),
@@ -106,9 +250,9 @@ pub fn pack<W: Write>(
             .unwrap_or_else(|| ".".into());
         pk.add(pfd.as_fd(), &last, p, name.as_bytes().to_vec())?;
     }
-    pk.w.write_all(&write::END)
-        .map_err(|e| Error::io("<archive output>", e))?;
-    Ok(pk.w)
+    pk.out(&write::END)?;
+    let Packer { w, .. } = pk;
+    Ok(w)
 }
 
 fn is_gone(e: rustix::io::Errno) -> bool {
@@ -151,6 +295,102 @@ impl<W: Write> Packer<'_, W> {
             .clone()
     }
 
+    /// An entry's metadata from its `stat`.
+    fn entry_from(&mut self, st: &rustix::fs::Stat, arc: Vec<u8>) -> Entry {
+        Entry {
+            kind: None,
+            path: arc,
+            mode: st.st_mode & 0o7777,
+            uid: u64::from(st.st_uid),
+            gid: u64::from(st.st_gid),
+            uname: self.user(st.st_uid),
+            gname: self.group(st.st_gid),
+            mtime: time(st.st_mtime, st.st_mtime_nsec as i64),
+            ..Entry::default()
+        }
+    }
+
+    /// A hard link to an inode already stored, as an entry naming it; the
+    /// first path of an inode with several is remembered.
+    fn link_to_earlier(&mut self, st: &rustix::fs::Stat, e: &Entry) -> Option<Entry> {
+        if st.st_nlink <= 1 {
+            return None;
+        }
+        let id = (st.st_dev, st.st_ino);
+        if let Some(first) = self.links.get(&id) {
+            return Some(Entry {
+                kind: Some(Kind::HardLink),
+                link: first.clone(),
+                mode: 0,
+                ..e.clone()
+            });
+        }
+        self.links.insert(id, e.path.clone());
+        None
+    }
+
+    /// Add a regular file a reader thread opened.
+    fn add_fetched(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        shown: &Path,
+        arc: Vec<u8>,
+        f: Fetch,
+    ) -> Result<()> {
+        let o = match f {
+            Fetch::Failed(e) if is_gone(e) => {
+                self.notice(shown, NoticeKind::Changed, "deleted before it was sealed");
+                return Ok(());
+            }
+            Fetch::Failed(e) => {
+                self.notice(shown, NoticeKind::Skipped, format!("cannot read it: {e}"));
+                return Ok(());
+            }
+            // Listed as a file, now something else: take it as it is.
+            Fetch::NotRegular => return self.add(dir, name, shown, arc),
+            Fetch::Opened(o) => o,
+        };
+        let Opened {
+            fd,
+            st,
+            meta,
+            content,
+        } = *o;
+        if self.exclude.contains(&(st.st_dev, st.st_ino)) {
+            return Ok(());
+        }
+        let mut e = self.entry_from(&st, arc);
+        e.kind = Some(Kind::File);
+        if let Some(link) = self.link_to_earlier(&st, &e) {
+            return self.out(&write::encode(&link));
+        }
+        e.xattrs = meta.xattrs;
+        e.acl_access = meta.acl_access;
+        let Some(small) = content else {
+            let fd = fd.expect("kept open when not read");
+            return self.write_file(fd, st, shown, e);
+        };
+        e.size = small.bytes.len() as u64;
+        self.out(&write::encode(&e))?;
+        self.out(&small.bytes)?;
+        self.out(&[0u8; tar::BLOCK][..write::padding(e.size)])?;
+        self.changed_notice(shown, small.short, small.changed);
+        Ok(())
+    }
+
+    fn changed_notice(&mut self, shown: &Path, short: bool, changed: bool) {
+        if short {
+            self.notice(
+                shown,
+                NoticeKind::Changed,
+                "shrank while it was sealed; stored with zeros past its new end",
+            );
+        } else if changed {
+            self.notice(shown, NoticeKind::Changed, "changed while it was sealed");
+        }
+    }
+
     /// Add the entry `name` of folder `dir` (`shown` for messages) as
     /// `arc` in the archive.
     fn add(&mut self, dir: BorrowedFd<'_>, name: &OsStr, shown: &Path, arc: Vec<u8>) -> Result<()> {
@@ -170,17 +410,7 @@ impl<W: Write> Packer<'_, W> {
             return Ok(());
         }
         let ft = FileType::from_raw_mode(st.st_mode);
-        let mut e = Entry {
-            kind: None,
-            path: arc,
-            mode: st.st_mode & 0o7777,
-            uid: u64::from(st.st_uid),
-            gid: u64::from(st.st_gid),
-            uname: self.user(st.st_uid),
-            gname: self.group(st.st_gid),
-            mtime: time(st.st_mtime, st.st_mtime_nsec as i64),
-            ..Entry::default()
-        };
+        let mut e = self.entry_from(&st, arc);
         let kind = match ft {
             FileType::RegularFile => Kind::File,
             FileType::Directory => Kind::Dir,
@@ -198,14 +428,10 @@ impl<W: Write> Packer<'_, W> {
             }
         };
         e.kind = Some(kind);
-        if kind != Kind::Dir && st.st_nlink > 1 {
-            if let Some(first) = self.links.get(&id) {
-                e.kind = Some(Kind::HardLink);
-                e.link = first.clone();
-                e.mode = 0;
-                return self.out(&write::encode(&e));
-            }
-            self.links.insert(id, e.path.clone());
+        if kind != Kind::Dir
+            && let Some(link) = self.link_to_earlier(&st, &e)
+        {
+            return self.out(&write::encode(&link));
         }
         match kind {
             Kind::Dir => self.add_dir(dir, name, shown, e),
@@ -265,7 +491,7 @@ impl<W: Write> Packer<'_, W> {
             return Ok(());
         };
         super::xattrs::read(fd.as_fd(), &mut e, true);
-        let mut names: Vec<OsString> = Vec::new();
+        let mut names: Vec<(OsString, FileType)> = Vec::new();
         match rustix::fs::Dir::read_from(&fd) {
             Ok(d) => {
                 for ent in d {
@@ -273,7 +499,7 @@ impl<W: Write> Packer<'_, W> {
                         Ok(ent) => {
                             let n = ent.file_name().to_bytes();
                             if n != b"." && n != b".." {
-                                names.push(OsStr::from_bytes(n).to_owned());
+                                names.push((OsStr::from_bytes(n).to_owned(), ent.file_type()));
                             }
                         }
                         Err(err) => {
@@ -292,15 +518,43 @@ impl<W: Write> Packer<'_, W> {
                 self.notice(shown, NoticeKind::Skipped, format!("cannot list it: {err}"));
             }
         }
-        names.sort();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
         self.out(&write::encode(&e))?;
-        for n in names {
-            let mut arc = e.path.clone();
-            arc.push(b'/');
-            arc.extend_from_slice(n.as_bytes());
-            self.add(fd.as_fd(), &n, &shown.join(&n), arc)?;
-        }
-        Ok(())
+        let fd = Arc::new(fd);
+        // Regular files ahead of the one being written are opened and read
+        // by the reader threads meanwhile.
+        let mut ahead: VecDeque<(usize, crossbeam_channel::Receiver<Fetch>)> = VecDeque::new();
+        let mut next = 0;
+        let result = (|| {
+            for (i, (n, _)) in names.iter().enumerate() {
+                next = next.max(i);
+                while self.in_flight < AHEAD
+                    && next < names.len()
+                    && next < i + AHEAD_PER_FOLDER
+                {
+                    if names[next].1 == FileType::RegularFile {
+                        ahead.push_back((next, self.readers.submit(&fd, &names[next].0)));
+                        self.in_flight += 1;
+                    }
+                    next += 1;
+                }
+                let mut arc = e.path.clone();
+                arc.push(b'/');
+                arc.extend_from_slice(n.as_bytes());
+                let shown = shown.join(n);
+                if ahead.front().is_some_and(|(j, _)| *j == i) {
+                    let (_, rx) = ahead.pop_front().expect("just checked");
+                    self.in_flight -= 1;
+                    let f = rx.recv().expect("a reader answers every job");
+                    self.add_fetched(fd.as_fd(), n, &shown, arc, f)?;
+                } else {
+                    self.add(fd.as_fd(), n, &shown, arc)?;
+                }
+            }
+            Ok(())
+        })();
+        self.in_flight -= ahead.len();
+        result
     }
 
     fn add_file(
@@ -308,7 +562,7 @@ impl<W: Write> Packer<'_, W> {
         dir: BorrowedFd<'_>,
         name: &OsStr,
         shown: &Path,
-        mut e: Entry,
+        e: Entry,
     ) -> Result<()> {
         let Some(fd) = self.open(dir, name, shown, OFlags::NONBLOCK) else {
             // A hard link to an inode we did not store must not be taken
@@ -326,13 +580,26 @@ impl<W: Write> Packer<'_, W> {
             self.links.retain(|_, p| *p != e.path);
             return Ok(());
         }
+        let mut e = e;
+        super::xattrs::read(fd.as_fd(), &mut e, false);
+        self.write_file(fd, st, shown, e)
+    }
+
+    /// Stream an open file: exactly the size its `stat` gave, its holes
+    /// left out.
+    fn write_file(
+        &mut self,
+        fd: OwnedFd,
+        st: rustix::fs::Stat,
+        shown: &Path,
+        mut e: Entry,
+    ) -> Result<()> {
         let size = st.st_size as u64;
         e.size = size;
         e.mtime = time(st.st_mtime, st.st_mtime_nsec as i64);
         if (st.st_blocks as u64).saturating_mul(512) < size {
             e.sparse = sparse_map(fd.as_fd(), size);
         }
-        super::xattrs::read(fd.as_fd(), &mut e, false);
         self.out(&write::encode(&e))?;
         let segs = e.sparse.clone().unwrap_or_else(|| {
             vec![Segment {
@@ -352,15 +619,7 @@ impl<W: Write> Packer<'_, W> {
                 || a.st_mtime != st.st_mtime
                 || a.st_mtime_nsec != st.st_mtime_nsec
         });
-        if short {
-            self.notice(
-                shown,
-                NoticeKind::Changed,
-                "shrank while it was sealed; stored with zeros past its new end",
-            );
-        } else if changed {
-            self.notice(shown, NoticeKind::Changed, "changed while it was sealed");
-        }
+        self.changed_notice(shown, short, changed);
         Ok(())
     }
 

@@ -164,7 +164,7 @@ pub fn validate<R: Read>(r: R) -> Result<(R, Stats)> {
         }
         if e.kind() == Kind::HardLink {
             let t = components(&e.link)?.join(&b'/');
-            if tree.get(&t) != Some(&false) {
+            if t == key || tree.get(&t) != Some(&false) {
                 return Err(bad_link(&e.path, &e.link));
             }
         }
@@ -415,6 +415,24 @@ impl Unpacker<'_> {
         }
     }
 
+    /// Run `make(innermost folder)`; if the name exists, make room
+    /// ([`Self::make_room`]) and run it once more. Trying first saves a
+    /// lookup per entry in the common case.
+    fn create<T>(
+        &mut self,
+        name: &[u8],
+        shown: &[u8],
+        make: impl Fn(BorrowedFd<'_>) -> std::result::Result<T, Errno>,
+    ) -> Result<std::result::Result<T, Errno>> {
+        match make(top_fd(&self.levels, &self.root)) {
+            Err(Errno::EXIST) => {
+                self.make_room(name, shown)?;
+                Ok(make(top_fd(&self.levels, &self.root)))
+            }
+            r => Ok(r),
+        }
+    }
+
     fn uid(&mut self, e: &Entry) -> u32 {
         let numeric = u32::try_from(e.uid).unwrap_or(u32::MAX - 1);
         if self.opts.numeric_owner || e.uname.is_empty() {
@@ -496,7 +514,6 @@ impl Unpacker<'_> {
             );
             return Ok(());
         }
-        self.make_room(last, &e.path)?;
         match kind {
             Kind::File => self.file(p, &e, last),
             Kind::Symlink => self.symlink(&e, last),
@@ -507,10 +524,12 @@ impl Unpacker<'_> {
     }
 
     fn file<R: Read>(&mut self, p: &mut Parser<R>, e: &Entry, name: &[u8]) -> Result<()> {
-        let dir = top_fd(&self.levels, &self.root);
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
+        let fd = self
+            .create(name, &e.path, |dir| {
+                rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
+            })?
             .map_err(|err| self.io(&e.path, err))?;
         let write_err =
             |this: &Self, err: std::io::Error| Error::io(shown_path(&this.root_path, &e.path), err);
@@ -553,8 +572,10 @@ impl Unpacker<'_> {
     }
 
     fn symlink(&mut self, e: &Entry, name: &[u8]) -> Result<()> {
-        let dir = top_fd(&self.levels, &self.root);
-        rustix::fs::symlinkat(&e.link[..], dir, name).map_err(|err| self.io(&e.path, err))?;
+        self.create(name, &e.path, |dir| {
+            rustix::fs::symlinkat(&e.link[..], dir, name)
+        })?
+        .map_err(|err| self.io(&e.path, err))?;
         let mut failed = Vec::new();
         if self.root_user {
             let (uid, gid) = (self.uid(e), self.gid(e));
@@ -601,8 +622,10 @@ impl Unpacker<'_> {
             .map_err(|_| bad_link(&e.path, &e.link))?;
         }
         self.stats.components += 1;
-        let dir = top_fd(&self.levels, &self.root);
-        match rustix::fs::linkat(&fd, *tlast, dir, name, AtFlags::empty()) {
+        let made = self.create(name, &e.path, |dir| {
+            rustix::fs::linkat(&fd, *tlast, dir, name, AtFlags::empty())
+        })?;
+        match made {
             Ok(()) => Ok(()),
             Err(Errno::NOENT | Errno::PERM | Errno::ISDIR) => Err(bad_link(&e.path, &e.link)),
             Err(err) => Err(self.io(&e.path, err)),
@@ -610,15 +633,17 @@ impl Unpacker<'_> {
     }
 
     fn node(&mut self, e: &Entry, name: &[u8], kind: Kind) -> Result<()> {
-        let dir = top_fd(&self.levels, &self.root);
         let ft = match kind {
             Kind::Fifo => FileType::Fifo,
             Kind::Char => FileType::CharacterDevice,
             _ => FileType::BlockDevice,
         };
         let dev = rustix::fs::makedev(e.dev.0, e.dev.1);
-        rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), dev)
-            .map_err(|err| self.io(&e.path, err))?;
+        self.create(name, &e.path, |dir| {
+            rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), dev)
+        })?
+        .map_err(|err| self.io(&e.path, err))?;
+        let dir = top_fd(&self.levels, &self.root);
         // An O_PATH descriptor of the node itself: opening a device or
         // FIFO for real could block or act on the device.
         let fd = rustix::fs::openat(
