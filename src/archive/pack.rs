@@ -22,11 +22,11 @@ use crate::error::{Error, Result};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Bytes read from a file at a time.
 const READ_BUF: usize = 1 << 20;
@@ -87,7 +87,8 @@ struct Small {
 /// Open and, when small, read `name` in `dir`: what the packer would do,
 /// on another thread, so that the system calls of many small files overlap.
 fn fetch(dir: BorrowedFd<'_>, name: &OsStr) -> Fetch {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
     let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(e) => return Fetch::Failed(e),
@@ -528,10 +529,7 @@ impl<W: Write> Packer<'_, W> {
         let result = (|| {
             for (i, (n, _)) in names.iter().enumerate() {
                 next = next.max(i);
-                while self.in_flight < AHEAD
-                    && next < names.len()
-                    && next < i + AHEAD_PER_FOLDER
-                {
+                while self.in_flight < AHEAD && next < names.len() && next < i + AHEAD_PER_FOLDER {
                     if names[next].1 == FileType::RegularFile {
                         ahead.push_back((next, self.readers.submit(&fd, &names[next].0)));
                         self.in_flight += 1;

@@ -192,6 +192,7 @@ struct Unpacker<'n> {
     users: HashMap<Vec<u8>, Option<u32>>,
     groups: HashMap<Vec<u8>, Option<u32>>,
     buf: Vec<u8>,
+    writers: Writers,
 }
 
 /// Unpack the tar stream `r` into the existing, empty folder `dst`.
@@ -221,6 +222,7 @@ pub fn unpack<R: Read>(
         users: HashMap::new(),
         groups: HashMap::new(),
         buf: vec![0u8; WRITE_BUF],
+        writers: Writers::new(super::stream::workers()),
     };
     let mut p = Parser::new(r);
     while let Some(e) = p.next_entry()? {
@@ -230,6 +232,8 @@ pub fn unpack<R: Read>(
     while !u.levels.is_empty() {
         u.pop()?;
     }
+    let written = u.writers.finish()?;
+    u.notices.extend(written);
     Ok((p.into_inner(), u.stats))
 }
 
@@ -294,6 +298,128 @@ fn timestamps(t: tar::Time) -> Timestamps {
             tv_sec: t.secs,
             tv_nsec: i64::from(t.nanos) as _,
         },
+    }
+}
+
+/// An entry's metadata with owners resolved: what a writer thread needs.
+struct Meta {
+    owner: Option<(rustix::fs::Uid, rustix::fs::Gid)>,
+    mode: Mode,
+    entry: Entry,
+}
+
+/// Owner, mode, xattrs and ACLs, then times, on an open file or folder.
+/// Returns what could not be set (noted, not fatal: the content is there).
+fn apply_meta(fd: BorrowedFd<'_>, m: &Meta) -> Vec<String> {
+    let mut failed = Vec::new();
+    if let Some((u, g)) = m.owner
+        && let Err(err) = rustix::fs::fchown(fd, Some(u), Some(g))
+    {
+        failed.push(format!("owner not restored: {err}"));
+    }
+    // After chown, which clears set-id bits.
+    if let Err(err) = rustix::fs::fchmod(fd, m.mode) {
+        failed.push(format!("mode not restored: {err}"));
+    }
+    failed.extend(super::xattrs::write(fd, &m.entry));
+    if let Err(err) = rustix::fs::futimens(fd, &timestamps(m.entry.mtime)) {
+        failed.push(format!("mtime not restored: {err}"));
+    }
+    failed
+}
+
+/// Files at most this long are written, with their metadata, by writer
+/// threads while the next entries are read.
+const SMALL: u64 = 128 * 1024;
+
+/// A small file created (so later entries, hard links included, see it)
+/// and read, for a writer thread to fill.
+struct WriteJob {
+    fd: OwnedFd,
+    content: Vec<u8>,
+    meta: Meta,
+    shown: PathBuf,
+}
+
+/// What writer threads report back.
+#[derive(Default)]
+struct Outcome {
+    error: Option<Error>,
+    notices: Vec<Notice>,
+}
+
+/// Writer threads for small files. Writing content and setting a file's
+/// metadata never changes its folder, so folder metadata need not wait for
+/// them; the unpack waits for all of them before it succeeds.
+struct Writers {
+    jobs: Option<crossbeam_channel::Sender<WriteJob>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    outcome: std::sync::Arc<std::sync::Mutex<Outcome>>,
+}
+
+impl Writers {
+    fn new(n: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded::<WriteJob>(64);
+        let outcome = std::sync::Arc::new(std::sync::Mutex::new(Outcome::default()));
+        let threads = (0..n)
+            .map(|_| {
+                let rx = rx.clone();
+                let outcome = outcome.clone();
+                std::thread::spawn(move || {
+                    for job in rx {
+                        let mut f = std::fs::File::from(job.fd);
+                        if let Err(e) = f.write_all(&job.content) {
+                            let mut o = outcome.lock().expect("no panics hold it");
+                            o.error.get_or_insert(Error::io(&job.shown, e));
+                            continue;
+                        }
+                        let failed = apply_meta(f.as_fd(), &job.meta);
+                        if !failed.is_empty() {
+                            let mut o = outcome.lock().expect("no panics hold it");
+                            for what in failed {
+                                o.notices.push(Notice {
+                                    path: PathBuf::from(display_bytes(&job.meta.entry.path)),
+                                    kind: NoticeKind::Skipped,
+                                    what,
+                                });
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            jobs: Some(tx),
+            threads,
+            outcome,
+        }
+    }
+
+    fn submit(&self, job: WriteJob) {
+        self.jobs
+            .as_ref()
+            .expect("open until finished")
+            .send(job)
+            .expect("writer threads live as long as the pool");
+    }
+
+    /// Wait for every job; the first error, or the notices.
+    fn finish(&mut self) -> Result<Vec<Notice>> {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let mut o = self.outcome.lock().expect("threads joined");
+        match o.error.take() {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut o.notices)),
+        }
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        let _ = self.finish();
     }
 }
 
@@ -468,30 +594,31 @@ impl Unpacker<'_> {
         Mode::from_raw_mode(m)
     }
 
+    /// `e`'s metadata with its owner resolved (by name unless
+    /// `numeric_owner`; only as root).
+    fn resolve(&mut self, e: &Entry) -> Meta {
+        let owner = self.root_user.then(|| {
+            (
+                rustix::fs::Uid::from_raw(self.uid(e)),
+                rustix::fs::Gid::from_raw(self.gid(e)),
+            )
+        });
+        Meta {
+            owner,
+            mode: self.mode(e),
+            entry: Entry {
+                // Content metadata is not needed to set metadata.
+                sparse: None,
+                ..e.clone()
+            },
+        }
+    }
+
     /// Owner, mode, xattrs and ACLs, then times, on an open file or
     /// folder. What fails is noted, not fatal: the content is there.
     fn set_meta(&mut self, fd: BorrowedFd<'_>, e: &Entry) {
-        let mut failed = Vec::new();
-        if self.root_user {
-            let (uid, gid) = (self.uid(e), self.gid(e));
-            // SAFETY of ids: any u32 is a valid id to the kernel.
-            let (u, g) = (
-                rustix::fs::Uid::from_raw(uid),
-                rustix::fs::Gid::from_raw(gid),
-            );
-            if let Err(err) = rustix::fs::fchown(fd, Some(u), Some(g)) {
-                failed.push(format!("owner not restored: {err}"));
-            }
-        }
-        // After chown, which clears set-id bits.
-        if let Err(err) = rustix::fs::fchmod(fd, self.mode(e)) {
-            failed.push(format!("mode not restored: {err}"));
-        }
-        failed.extend(super::xattrs::write(fd, e));
-        if let Err(err) = rustix::fs::futimens(fd, &timestamps(e.mtime)) {
-            failed.push(format!("mtime not restored: {err}"));
-        }
-        for f in failed {
+        let m = self.resolve(e);
+        for f in apply_meta(fd, &m) {
             self.notice(&e.path, NoticeKind::Skipped, f);
         }
     }
@@ -534,6 +661,25 @@ impl Unpacker<'_> {
         let write_err =
             |this: &Self, err: std::io::Error| Error::io(shown_path(&this.root_path, &e.path), err);
         match &e.sparse {
+            None if e.size <= SMALL => {
+                let mut content = vec![0u8; e.size as usize];
+                let mut got = 0;
+                while got < content.len() {
+                    let n = p.read_content(&mut content[got..])?;
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                let meta = self.resolve(e);
+                let shown = shown_path(&self.root_path, &e.path);
+                self.writers.submit(WriteJob {
+                    fd,
+                    content,
+                    meta,
+                    shown,
+                });
+            }
             None => {
                 let mut f = std::fs::File::from(fd);
                 loop {
