@@ -11,7 +11,10 @@ fn main() -> std::process::ExitCode {
     match cli::run(&args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("coffer: {e}");
+            // Messages may quote archive headers: no terminal controls,
+            // but keep the line structure of multi-line messages.
+            let text: Vec<String> = e.to_string().split('\n').map(coffer::ui::escaped).collect();
+            eprintln!("coffer: {}", text.join("\n"));
             std::process::ExitCode::from(e.exit_status() as u8)
         }
     }

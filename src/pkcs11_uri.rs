@@ -180,6 +180,16 @@ impl Pkcs11Uri {
         }
     }
 
+    /// A copy without `pin-value` and `pin-source`: how a slot copied from
+    /// an unauthenticated archive header is used (a header never supplies
+    /// a PIN, nor a file to read one from).
+    pub fn without_pin(&self) -> Self {
+        let mut u = self.clone();
+        u.query
+            .retain(|(k, _)| k != "pin-value" && k != "pin-source");
+        u
+    }
+
     /// The URI as text without `pin-value`: what a slot stores.
     pub fn to_stored(&self) -> String {
         let mut s = String::from("pkcs11:");
@@ -273,6 +283,8 @@ mod tests {
         assert_eq!(back.attr("pin-value"), None);
         assert_eq!(back.to_stored(), s);
         assert!(!format!("{u:?}").contains("1234"));
+        let bare = u.without_pin().to_stored();
+        assert_eq!(bare, "pkcs11:token=My%20Token;object=k%3B1;id=%01%02");
     }
 
     #[test]

@@ -57,9 +57,20 @@ pub struct UnlockArgs {
     /// Read the PIN of a hardware slot from FILE (- for standard input)
     #[arg(long, global = true, value_name = "FILE")]
     pub pin_file: Option<PathBuf>,
-    /// Unlock with this slot only (a slot id, or a kind such as `password`)
+    /// Unlock with this slot only (a slot id, or a kind such as `password`).
+    /// For a slot found only in an archive header this lifts nothing but
+    /// the password-cost budget (see docs/threat-model.md)
     #[arg(long, global = true, value_name = "ID|KIND")]
     pub slot: Option<String>,
+    /// The PKCS#11 module for a pkcs11 slot found only in an archive
+    /// header (a header never names code to load) [default:
+    /// $COFFER_PKCS11_MODULE]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The vault server for a vault slot found only in an archive header
+    /// (a header never names a server to contact)
+    #[arg(long, global = true, value_name = "URL")]
+    pub vault_url: Option<String>,
 }
 
 /// The commands.
@@ -391,6 +402,18 @@ pub(crate) fn unlock(cli: &Cli, env: &Env, keyring: &Keyring) -> Result<coffer::
         env.ui.info(&format!("unlocked with slot {}", used.label()));
     }
     Ok(bk)
+}
+
+/// A Unix time as RFC 3339 (UTC, seconds); beyond year 9999, which RFC 3339
+/// cannot write, the number itself. Times come from files anyone may have
+/// written: any 8 bytes must print.
+pub(crate) fn unix_time_text(secs: u64) -> String {
+    /// 10000-01-01T00:00:00Z.
+    const YEAR_10000: u64 = 253_402_300_800;
+    match std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs)) {
+        Some(t) if secs < YEAR_10000 => humantime::format_rfc3339_seconds(t).to_string(),
+        _ => format!("@{secs} (after year 9999)"),
+    }
 }
 
 pub(crate) fn print_json(v: &serde_json::Value) -> Result<()> {
@@ -725,12 +748,11 @@ fn slots(cli: &Cli, env: &Env) -> Result<()> {
         "ID", "KIND", "ENROLLED"
     ))?;
     for s in &keyring.slots {
-        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.created);
-        let when = humantime::format_rfc3339_seconds(when).to_string();
+        let when = unix_time_text(s.created);
         let detail = s
             .params
             .as_slot()
-            .map(|k| k.describe())
+            .map(|k| coffer::ui::escaped(&k.describe()))
             .unwrap_or_else(|| "not supported by this build; kept as is".into());
         w(format!(
             "{:<10} {:<10} {:<20} {detail}",
