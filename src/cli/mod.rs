@@ -669,6 +669,11 @@ fn enroll_pkcs11(
     use coffer::slot::pkcs11;
     let parsed =
         pkcs11::uri::Pkcs11Uri::parse(uri).map_err(|e| Error::Usage(format!("--uri: {e}")))?;
+    if parsed.attr("pin-value").is_some() {
+        return Err(Error::Usage(
+            "--uri: pin-value= would put the PIN in the process list; give it with --pin-file FILE, or name a file with pin-source=".into(),
+        ));
+    }
     let module = module
         .map(Path::to_path_buf)
         .or_else(|| parsed.attr("module-path").map(PathBuf::from))
