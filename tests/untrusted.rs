@@ -393,3 +393,44 @@ fn header_strings_are_printed_escaped() {
     );
     assert!(String::from_utf8_lossy(stdout).contains("\\u{1b}[2K"));
 }
+
+#[test]
+fn a_crash_while_holding_a_factor_dumps_no_core() {
+    let h = sealed();
+    let password = "core-dump-canary correct horse battery";
+    h.write("pw.txt", password);
+    // Core files go to the working directory here (core_pattern `core`);
+    // elsewhere this test proves less, never more.
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -c unlimited && exec \"$0\" \"$@\"")
+        .arg(assert_cmd::cargo::cargo_bin("coffer"))
+        .args(["--password-file", "pw.txt", "open", "-", "-o", "out"])
+        .env_clear()
+        .env("COFFER_KEYRING", h.keyring())
+        .current_dir(h.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // coffer has read the password and now waits for the archive on
+    // standard input; crash it there.
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = std::process::Command::new("kill")
+        .args(["-ABRT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(6), "{status:?}");
+    for name in common::listing(h.dir.path()) {
+        if name.starts_with("core") {
+            let core = std::fs::read(h.path(&name)).unwrap();
+            let found = core
+                .windows(password.len())
+                .any(|w| w == password.as_bytes());
+            panic!("a core file {name} was written (holding the password: {found})");
+        }
+    }
+}
