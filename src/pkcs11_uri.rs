@@ -307,4 +307,27 @@ mod tests {
         // Vendor attributes are allowed, and invalid UTF-8 only in `id`.
         assert!(Pkcs11Uri::parse("pkcs11:x-vendor=1;id=%ff").is_ok());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Header data reaches the parser: any input is refused or parsed,
+        /// never a panic; what parses writes back in a stable form, and the
+        /// stored and PIN-less forms hold no PIN.
+        #[test]
+        fn any_input_parses_or_is_refused_and_round_trips(
+            s in "(pkcs11:|PKCS11:)?([a-z%0-9A-F;?&=:@/._~-]|pin-value=|pin-source=|token=|id=|x-|\u{1b}|é){0,60}",
+        ) {
+            if let Ok(u) = Pkcs11Uri::parse(&s) {
+                let stored = u.to_stored();
+                let back = Pkcs11Uri::parse(&stored).expect("the stored form parses");
+                proptest::prop_assert_eq!(back.to_stored(), stored.clone());
+                proptest::prop_assert!(back.attr("pin-value").is_none());
+                let bare = u.without_pin();
+                proptest::prop_assert!(bare.attr("pin-value").is_none());
+                proptest::prop_assert!(bare.attr("pin-source").is_none());
+                let _ = (u.describe_token(), u.describe_object());
+            }
+        }
+    }
 }
