@@ -1085,4 +1085,85 @@ mod tests {
             assert!(f.refused[0].contains("--pkcs11-module"), "{f}");
         }
     }
+
+    #[test]
+    fn no_non_inert_header_slot_is_tried_without_a_yes() {
+        use serde_json::json;
+        let common = |kind: &str, id: &str| json!({"id": id, "kind": kind, "created": 0, "wrapped": B64.encode([1u8; 40])});
+        #[cfg_attr(
+            not(any(
+                feature = "tpm2",
+                feature = "yubikey",
+                feature = "vault",
+                feature = "pkcs11"
+            )),
+            allow(unused_mut)
+        )]
+        let mut objs: Vec<Value> = vec![common("future-kind", "a5")];
+        #[cfg(feature = "tpm2")]
+        {
+            let mut o = common("tpm2", "a1");
+            o["public"] = "AA==".into();
+            o["private"] = "AA==".into();
+            o["pin"] = false.into();
+            objs.push(o);
+        }
+        #[cfg(feature = "yubikey")]
+        {
+            let mut o = common("yubikey", "a2");
+            o["serial"] = 1.into();
+            o["piv_slot"] = "82".into();
+            o["public_key"] = "AA==".into();
+            o["ephemeral"] = "AA==".into();
+            o["pin_policy"] = "once".into();
+            o["touch_policy"] = "never".into();
+            objs.push(o);
+        }
+        #[cfg(feature = "vault")]
+        {
+            let mut o = common("vault", "a3");
+            o["url"] = "http://127.0.0.1:9".into();
+            o["user"] = "ab".repeat(16).into();
+            o["server_key"] = B64.encode([5u8; 32]).into();
+            objs.push(o);
+        }
+        #[cfg(feature = "pkcs11")]
+        {
+            let mut o = common("pkcs11", "a4");
+            o["module"] = "/mnt/share/evil.so".into();
+            o["uri"] = "pkcs11:token=t;object=k?pin-value=1".into();
+            o["mechanism"] = "aes-gcm".into();
+            o["sealed_kek"] = B64.encode([0u8; 60]).into();
+            objs.push(o);
+        }
+        let slots: Vec<SlotRecord> = objs
+            .iter()
+            .map(|o| SlotRecord::from_json(o).unwrap())
+            .collect();
+        let cands = unauthenticated(&slots);
+        let factors = Factors {
+            password: Some(SecretString::from("pw")),
+            pin: Some(SecretString::from("1234")),
+            recovery_key: None,
+        };
+        let loc = Locators {
+            pkcs11_module: Some("/nonexistent/module.so".into()),
+            vault_url: Some("http://127.0.0.1:9".into()),
+        };
+        let ui = crate::ui::NonInteractive::default();
+        for sel in [None, Some("a1"), Some("a2"), Some("a3"), Some("a4")] {
+            let Ok(chosen) = ordered(&cands, sel, &factors) else {
+                continue; // a kind this build leaves out
+            };
+            let n = chosen.len();
+            let Error::Unlock(f) = unlock_with(&cands, &opts(sel, &factors, &ui, &loc, 0))
+                .err()
+                .unwrap()
+            else {
+                panic!()
+            };
+            assert!(f.attempts.is_empty(), "{sel:?}: {f}");
+            assert_eq!(f.refused.len() + f.skipped.len(), n, "{sel:?}: {f}");
+        }
+    }
 }
