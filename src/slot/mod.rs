@@ -599,7 +599,7 @@ fn admit(
         Admission::Try(Box::new(local))
     } else {
         Admission::Refuse(format!(
-            "{HEADER_ONLY}; trying it would {what}, which needs a yes at a terminal prompt"
+            "{HEADER_ONLY}; trying it would {what}, and that needs a yes at a terminal prompt (none was given)"
         ))
     }
 }
