@@ -103,10 +103,7 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<BackupKey> {
         Err(_) => {}
     }
     let candidates = slot::archive_candidates(&keyring_slots, holds_key, &header.slots);
-    let locators = slot::Locators {
-        pkcs11_module: cli.unlock.pkcs11_module.clone(),
-        vault_url: cli.unlock.vault_url.clone(),
-    };
+    let locators = cli.unlock.locators();
     let opts = slot::UnlockOptions {
         selector: cli.unlock.slot.as_deref(),
         factors: &env.factors,

@@ -71,6 +71,21 @@ pub struct UnlockArgs {
     /// (a header never names a server to contact)
     #[arg(long, global = true, value_name = "URL")]
     pub vault_url: Option<String>,
+    /// The TPM, as a tpm2-tss TCTI, for enrolling and unlocking tpm2 slots
+    /// [default: $TPM2TOOLS_TCTI, else $TCTI, else device:/dev/tpmrm0]
+    #[arg(long, global = true, value_name = "TCTI")]
+    pub tcti: Option<String>,
+}
+
+impl UnlockArgs {
+    /// The locally trusted names of code and services.
+    pub fn locators(&self) -> coffer::slot::Locators {
+        coffer::slot::Locators {
+            pkcs11_module: self.pkcs11_module.clone(),
+            vault_url: self.vault_url.clone(),
+            tcti: self.tcti.clone(),
+        }
+    }
 }
 
 /// The commands.
@@ -160,10 +175,6 @@ pub enum EnrollKind {
     /// unless a PIN is set
     #[cfg(feature = "tpm2")]
     Tpm2 {
-        /// The TPM, as a tpm2-tss TCTI [default: $TPM2TOOLS_TCTI, else
-        /// $TCTI, else device:/dev/tpmrm0]
-        #[arg(long, value_name = "TCTI")]
-        tcti: Option<String>,
         /// Bind to the boot state in these PCRs: `7`, `0,7` or `sha256:0,7`
         /// (none by default)
         #[arg(long, value_name = "LIST")]
@@ -392,12 +403,15 @@ pub fn run(cli: &Cli) -> Result<()> {
 
 /// Unlock `keyring` with the factors and prompts at hand.
 pub(crate) fn unlock(cli: &Cli, env: &Env, keyring: &Keyring) -> Result<coffer::key::BackupKey> {
-    let (bk, used) = keyring.unlock(
-        &env.keyring.path,
-        cli.unlock.slot.as_deref(),
-        &env.factors,
-        &env.ui,
-    )?;
+    let locators = cli.unlock.locators();
+    let opts = coffer::slot::UnlockOptions {
+        selector: cli.unlock.slot.as_deref(),
+        factors: &env.factors,
+        ui: &env.ui,
+        locators: &locators,
+        kdf_budget: coffer::slot::UNAUTHENTICATED_KDF_BUDGET,
+    };
+    let (bk, used) = keyring.unlock_with(&env.keyring.path, &opts)?;
     if cli.verbose {
         env.ui.info(&format!("unlocked with slot {}", used.label()));
     }
@@ -543,7 +557,6 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
         }
         #[cfg(feature = "tpm2")]
         EnrollKind::Tpm2 {
-            tcti,
             pcrs,
             with_pin,
             new_pin_file,
@@ -558,7 +571,7 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
                 None
             };
             let opts = coffer::slot::tpm2::EnrollOptions {
-                tcti: tcti.clone(),
+                tcti: cli.unlock.tcti.clone(),
                 pcrs: pcrs.clone(),
                 pin,
             };

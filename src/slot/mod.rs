@@ -113,6 +113,8 @@ pub struct UnlockContext<'a> {
     pub ui: &'a dyn Ui,
     /// The slot being unlocked, for prompts and messages.
     pub slot: &'a SlotRecord,
+    /// Locally trusted names of devices and services (`--tcti`, ...).
+    pub locators: &'a Locators,
 }
 
 impl UnlockContext<'_> {
@@ -443,6 +445,10 @@ pub struct Locators {
     pub pkcs11_module: Option<std::path::PathBuf>,
     /// The vault server for header-only vault slots (`--vault-url`).
     pub vault_url: Option<String>,
+    /// The TPM for every tpm2 slot (`--tcti`; else `$TPM2TOOLS_TCTI`,
+    /// `$TCTI`, `device:/dev/tpmrm0`). A slot's own `tcti_hint` is never
+    /// used to connect.
+    pub tcti: Option<String>,
 }
 
 /// Total Argon2id work (KiB-passes, [`password::Cost::work`]) one unlock
@@ -609,9 +615,10 @@ fn admit(
 /// with the module path or URL replaced by the locally trusted one and no
 /// PIN source. `Err`: why it cannot be tried at all.
 #[cfg_attr(
-    not(any(feature = "pkcs11", feature = "vault")),
-    allow(unused_variables, unused_mut)
+    not(any(feature = "pkcs11", feature = "vault", feature = "tpm2")),
+    allow(unused_variables)
 )]
+#[cfg_attr(not(any(feature = "pkcs11", feature = "vault")), allow(unused_mut))]
 #[cfg_attr(
     not(any(
         feature = "pkcs11",
@@ -678,7 +685,7 @@ fn localized(record: &SlotRecord, locators: &Locators) -> Result<(String, SlotRe
             // The TCTI is always local (tpm2 never connects to its hint).
             let mut what = format!(
                 "load its sealed object into the TPM at {}",
-                crate::ui::escaped(&tpm2::resolve_tcti(None))
+                crate::ui::escaped(&tpm2::resolve_tcti(locators.tcti.as_deref()))
             );
             if p.pin {
                 what += " and send it a PIN (a wrong one counts toward the TPM's lockout)";
@@ -752,6 +759,7 @@ pub fn unlock_with<'s>(
             factors: opts.factors,
             ui: opts.ui,
             slot: used,
+            locators: opts.locators,
         };
         let work_before = password::work_done_on_this_thread();
         let result = kind.unwrap(&used.wrapped, &ctx);
@@ -1149,6 +1157,7 @@ mod tests {
         let loc = Locators {
             pkcs11_module: Some("/nonexistent/module.so".into()),
             vault_url: Some("http://127.0.0.1:9".into()),
+            tcti: Some("swtpm:host=127.0.0.1,port=9".into()),
         };
         let ui = crate::ui::NonInteractive::default();
         for sel in [None, Some("a1"), Some("a2"), Some("a3"), Some("a4")] {
