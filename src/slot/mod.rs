@@ -533,13 +533,7 @@ pub fn unlock<'s>(
     factors: &Factors,
     ui: &dyn Ui,
 ) -> Result<(BackupKey, &'s SlotRecord), Error> {
-    let candidates: Vec<Candidate<'s>> = slots
-        .iter()
-        .map(|record| Candidate {
-            record,
-            trust: Trust::Local,
-        })
-        .collect();
+    let candidates = archive_candidates(slots, true, &[]);
     let opts = UnlockOptions {
         selector,
         factors,
