@@ -32,12 +32,13 @@ step bash tests/independent/run.sh
 # archives and the keyring vector (uninstrumented on stable Rust; real
 # coverage-guided fuzzing: `cargo +nightly fuzz run header`).
 fuzz_smoke() {
-  (cd fuzz && cargo build --quiet --features tpm2)
+  (cd fuzz && cargo build --quiet --features tpm2,pkcs11)
   local seeds
   seeds=$(mktemp -d)
   cp tests/testdata/archives/*.coffer tests/vectors/*.coffer "$seeds/"
   fuzz/target/debug/header -runs=200000 -max_total_time=30 "$seeds" 2>&1 | tail -1
   fuzz/target/debug/stream -runs=5000 -max_total_time=30 "$seeds" 2>&1 | tail -1
+  fuzz/target/debug/header_slots -runs=20000 -max_total_time=30 "$seeds" 2>&1 | tail -1
   rm -rf "$seeds"; seeds=$(mktemp -d)
   cp tests/vectors/keyring-v1.json "$seeds/"
   fuzz/target/debug/keyring -runs=200000 -max_total_time=30 "$seeds" 2>&1 | tail -1
@@ -47,6 +48,10 @@ fuzz_smoke() {
   rm -rf "$seeds"; seeds=$(mktemp -d)
   cp fuzz/seeds/tar/* "$seeds/"
   fuzz/target/debug/tar -runs=20000 -max_total_time=30 "$seeds" 2>&1 | tail -1
+  rm -rf "$seeds"
+  seeds=$(mktemp -d)
+  cp fuzz/seeds/pkcs11_uri/* "$seeds/"
+  fuzz/target/debug/pkcs11_uri -runs=200000 -max_total_time=30 "$seeds" 2>&1 | tail -1
   rm -rf "$seeds"
 }
 step fuzz_smoke

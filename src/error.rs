@@ -221,6 +221,9 @@ pub struct UnlockFailure {
     /// Slots skipped because their factor was not supplied and no prompt
     /// was possible, as `id (kind)`.
     pub skipped: Vec<String>,
+    /// Slots from unauthenticated data (an archive header) that the trust
+    /// rule did not let coffer try, as `id (kind): why`.
+    pub refused: Vec<String>,
 }
 
 impl UnlockFailure {
@@ -253,6 +256,7 @@ impl fmt::Display for UnlockFailure {
                     self.skipped.join(", ")
                 )?;
             }
+            self.fmt_refused(f)?;
             return Ok(());
         }
         match self.exit_status() {
@@ -268,6 +272,15 @@ impl fmt::Display for UnlockFailure {
                 "\n  not tried (no factor given): {}",
                 self.skipped.join(", ")
             )?;
+        }
+        self.fmt_refused(f)
+    }
+}
+
+impl UnlockFailure {
+    fn fmt_refused(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for r in &self.refused {
+            write!(f, "\n  not tried: slot {r}")?;
         }
         Ok(())
     }

@@ -308,6 +308,19 @@ impl Keyring {
         Ok((bk, used))
     }
 
+    /// [`Keyring::unlock`] with every option ([`slot::unlock_with`]); all
+    /// of this keyring's slots count as the owner's own.
+    pub fn unlock_with(
+        &self,
+        path: &Path,
+        opts: &slot::UnlockOptions<'_>,
+    ) -> Result<(BackupKey, &SlotRecord)> {
+        let candidates = slot::archive_candidates(&self.slots, true, &[]);
+        let (bk, used) = slot::unlock_with(&candidates, opts)?;
+        self.verify(&bk, path)?;
+        Ok((bk, used))
+    }
+
     /// Add a slot and re-MAC under `bk` (which the caller just unlocked).
     pub fn add_slot(&mut self, bk: &BackupKey, slot: SlotRecord) -> Result<()> {
         if self.slots.len() >= MAX_SLOTS {

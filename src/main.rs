@@ -6,12 +6,25 @@ mod cli;
 
 use clap::Parser;
 
+/// Mark the process non-dumpable, before any factor is read: a crash while
+/// it holds a password, PIN or key must not write them into a core file
+/// (and other processes of the same user cannot ptrace it either). Best
+/// effort: failing to set it is no reason to refuse to run.
+fn forbid_core_dumps() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+}
+
 fn main() -> std::process::ExitCode {
+    forbid_core_dumps();
     let args = cli::Cli::parse();
     match cli::run(&args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("coffer: {e}");
+            // Messages may quote archive headers: no terminal controls,
+            // but keep the line structure of multi-line messages.
+            let text: Vec<String> = e.to_string().split('\n').map(coffer::ui::escaped).collect();
+            eprintln!("coffer: {}", text.join("\n"));
             std::process::ExitCode::from(e.exit_status() as u8)
         }
     }

@@ -98,13 +98,18 @@ impl Rig {
 #[test]
 fn generated_ecdh_key_unlocks_and_stores_no_pin() {
     let r = Rig::new();
+    // A PIN in --uri would be in the process list: refused, nothing made.
     r.enroll(&[
         "--generate",
         "--uri",
         "pkcs11:token=coffer;object=backup?pin-value=123456",
     ])
-    .success()
-    .stdout(predicate::str::contains("\"pkcs11\""));
+    .code(2)
+    .stderr(predicate::str::contains("--pin-file"));
+    assert_eq!(r.h.keyring_json()["slots"].as_array().unwrap().len(), 1);
+    r.enroll(&["--generate", "--uri", "pkcs11:token=coffer;object=backup"])
+        .success()
+        .stdout(predicate::str::contains("\"pkcs11\""));
     let slot = r.pkcs11_slot();
     assert_eq!(slot["mechanism"], "ecdh");
     assert_eq!(slot["uri"], "pkcs11:token=coffer;object=backup");

@@ -459,6 +459,16 @@ fn cli_unattended_unlock_needs_no_terminal_and_no_factor() {
             .success()
             .stderr(predicate::str::contains("(tpm2)"));
     }
+    // --tcti names the TPM as well as the environment does, for seal (the
+    // keyring) and open (the keyring, and the archive's copy).
+    h.coffer()
+        .args(["--tcti", &tpm.tcti(), "seal", "data.txt", "-o", "c.coffer"])
+        .assert()
+        .success();
+    h.coffer()
+        .args(["--tcti", &tpm.tcti(), "open", "c.coffer", "-o", "out-c"])
+        .assert()
+        .success();
     coffer(&h, &tpm)
         .args(["open", "b.coffer", "-o", "out"])
         .assert()

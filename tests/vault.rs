@@ -485,6 +485,93 @@ fn an_unreachable_server_falls_back_to_the_next_slot() {
         .success();
 }
 
+#[test]
+fn an_empty_password_file_costs_no_guess() {
+    let (home, _token, _server) = setup(3);
+    seal(&home);
+    std::fs::write(home.path("empty"), "").unwrap();
+    for out in ["e1", "e2", "e3"] {
+        open_with(&home, "empty", out).code(3);
+    }
+    // None of the three reached the server: all guesses are left.
+    open_with(&home, "bad", "o1")
+        .code(3)
+        .stderr(predicates::str::contains("2 guesses left"));
+    open_with(&home, "pw", "ok").success();
+}
+
+/// Answers every confirmation with yes, as a person at a terminal would.
+struct SaysYes(std::sync::Mutex<Vec<String>>);
+
+impl coffer::ui::Ui for SaysYes {
+    fn message(&self, _: &str) {}
+    fn request_secret(&self, _: &str) -> Option<secrecy::SecretString> {
+        None
+    }
+    fn confirm(&self, question: &str) -> bool {
+        self.0.lock().unwrap().push(question.to_owned());
+        true
+    }
+}
+
+#[test]
+fn a_confirmed_header_vault_slot_contacts_the_local_url_never_the_headers() {
+    use coffer::slot::{self, Locators, UnlockOptions};
+    let (home, _token, server) = setup(10);
+    seal(&home);
+    // The attacker points the header's copy elsewhere; a listener stands
+    // in for their server.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_url = format!("http://{}", trap.local_addr().unwrap());
+    common::rewrite_header(&home.path("a.cof"), |_, slots| {
+        for s in slots.iter_mut().filter(|s| s["kind"] == "vault") {
+            s["url"] = trap_url.clone().into();
+        }
+    });
+    let mut file = std::fs::File::open(home.path("a.cof")).unwrap();
+    let header = coffer::archive::Header::read(&mut file).unwrap();
+    let candidates = slot::archive_candidates(&[], false, &header.slots);
+    let factors = slot::Factors {
+        password: Some(secrecy::SecretString::from("vault password")),
+        ..slot::Factors::default()
+    };
+    let ui = SaysYes(Default::default());
+    let unlock = |locators: &Locators| {
+        slot::unlock_with(
+            &candidates,
+            &UnlockOptions {
+                selector: Some("vault"),
+                factors: &factors,
+                ui: &ui,
+                locators,
+                kdf_budget: slot::UNAUTHENTICATED_KDF_BUDGET,
+            },
+        )
+    };
+    // No local URL: not tried, even with a yes.
+    let err = unlock(&Locators::default()).err().unwrap();
+    assert!(err.to_string().contains("--vault-url"), "{err}");
+    // With the owner's URL: the owner's server, after a yes naming it.
+    let local = Locators {
+        vault_url: Some(server.url.clone()),
+        ..Locators::default()
+    };
+    let (bk, used) = unlock(&local).unwrap();
+    assert_eq!(used.params.kind(), "vault");
+    assert_eq!(bk.key_id(), header.key_id);
+    let asked = ui.0.lock().unwrap().clone();
+    assert!(
+        asked.len() == 1 && asked[0].contains(&server.url),
+        "{asked:?}"
+    );
+    assert!(!asked[0].contains(&trap_url), "{asked:?}");
+    match trap.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the header's URL was contacted: {other:?}"),
+    }
+}
+
 /// A throwaway PostgreSQL cluster on a free loopback port, stopped on drop.
 /// PostgreSQL refuses to run as root, so as root it runs as `postgres`.
 struct Postgres {

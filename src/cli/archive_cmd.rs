@@ -12,6 +12,7 @@ use coffer::archive::{self, Compression, Header, NoProgress, Progress, SealOptio
 use coffer::error::{Error, Result};
 use coffer::key::BackupKey;
 use coffer::slot::{self, SlotRecord};
+use coffer::ui::escaped;
 use serde_json::json;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -81,25 +82,36 @@ fn read_archive(path: &Path) -> Result<(Header, Input)> {
 
 /// Unlock an archive's key: with the keyring's slots when the keyring holds
 /// this key (slots enrolled since sealing count too), then the archive's
-/// own copies.
+/// own copies, which the library tries only as its trust rule allows
+/// ([`slot::unlock_with`]).
 fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<BackupKey> {
-    let mut slots: Vec<SlotRecord> = Vec::new();
+    let mut keyring_slots: Vec<SlotRecord> = Vec::new();
+    let mut holds_key = false;
     match env.keyring.load() {
-        Ok(k) if k.key_id == header.key_id => slots.extend(k.slots),
-        Ok(_) if cli.verbose => env
-            .ui
-            .info("the keyring holds another backup key; unlocking with the archive's own slots"),
+        Ok(k) => {
+            holds_key = k.key_id == header.key_id;
+            if !holds_key && cli.verbose {
+                env.ui.info(
+                    "the keyring holds another backup key; unlocking with the archive's own slots",
+                );
+            }
+            keyring_slots = k.slots;
+        }
         Err(e) if cli.verbose && env.keyring.exists() => env
             .ui
             .info(&format!("{e}; unlocking with the archive's own slots")),
-        _ => {}
+        Err(_) => {}
     }
-    for s in &header.slots {
-        if !slots.iter().any(|k| k.id == s.id) {
-            slots.push(s.clone());
-        }
-    }
-    let (bk, used) = slot::unlock(&slots, cli.unlock.slot.as_deref(), &env.factors, &env.ui)?;
+    let candidates = slot::archive_candidates(&keyring_slots, holds_key, &header.slots);
+    let locators = cli.unlock.locators();
+    let opts = slot::UnlockOptions {
+        selector: cli.unlock.slot.as_deref(),
+        factors: &env.factors,
+        ui: &env.ui,
+        locators: &locators,
+        kdf_budget: slot::UNAUTHENTICATED_KDF_BUDGET,
+    };
+    let (bk, used) = slot::unlock_with(&candidates, &opts)?;
     if cli.verbose {
         env.ui.info(&format!("unlocked with slot {}", used.label()));
     }
@@ -299,10 +311,7 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
     } else {
         "none"
     };
-    let created = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(header.created),
-    )
-    .to_string();
+    let created = super::unix_time_text(header.created);
     if cli.json {
         return print_json(&json!({
             "archive": archive_path,
@@ -317,7 +326,10 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
             "slots": header.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
         }));
     }
-    println!("archive      {}", archive_path.display());
+    println!(
+        "archive      {}",
+        escaped(&archive_path.display().to_string())
+    );
     println!("key id       {}", header.key_id);
     println!("created      {created}");
     println!(
@@ -332,7 +344,7 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
         let detail = s
             .params
             .as_slot()
-            .map(|k| k.describe())
+            .map(|k| escaped(&k.describe()))
             .unwrap_or_else(|| "not supported by this build".into());
         println!("  {:<10} {:<10} {detail}", s.id, s.params.kind());
     }

@@ -57,9 +57,35 @@ pub struct UnlockArgs {
     /// Read the PIN of a hardware slot from FILE (- for standard input)
     #[arg(long, global = true, value_name = "FILE")]
     pub pin_file: Option<PathBuf>,
-    /// Unlock with this slot only (a slot id, or a kind such as `password`)
+    /// Unlock with this slot only (a slot id, or a kind such as `password`).
+    /// For a slot found only in an archive header this lifts nothing but
+    /// the password-cost budget (see docs/threat-model.md)
     #[arg(long, global = true, value_name = "ID|KIND")]
     pub slot: Option<String>,
+    /// The PKCS#11 module for a pkcs11 slot found only in an archive
+    /// header (a header never names code to load) [default:
+    /// $COFFER_PKCS11_MODULE]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The vault server for a vault slot found only in an archive header
+    /// (a header never names a server to contact)
+    #[arg(long, global = true, value_name = "URL")]
+    pub vault_url: Option<String>,
+    /// The TPM, as a tpm2-tss TCTI, for enrolling and unlocking tpm2 slots
+    /// [default: $TPM2TOOLS_TCTI, else $TCTI, else device:/dev/tpmrm0]
+    #[arg(long, global = true, value_name = "TCTI")]
+    pub tcti: Option<String>,
+}
+
+impl UnlockArgs {
+    /// The locally trusted names of code and services.
+    pub fn locators(&self) -> coffer::slot::Locators {
+        coffer::slot::Locators {
+            pkcs11_module: self.pkcs11_module.clone(),
+            vault_url: self.vault_url.clone(),
+            tcti: self.tcti.clone(),
+        }
+    }
 }
 
 /// The commands.
@@ -153,10 +179,6 @@ pub enum EnrollKind {
     /// unless a PIN is set
     #[cfg(feature = "tpm2")]
     Tpm2 {
-        /// The TPM, as a tpm2-tss TCTI [default: $TPM2TOOLS_TCTI, else
-        /// $TCTI, else device:/dev/tpmrm0]
-        #[arg(long, value_name = "TCTI")]
-        tcti: Option<String>,
         /// Bind to the boot state in these PCRs: `7`, `0,7` or `sha256:0,7`
         /// (none by default)
         #[arg(long, value_name = "LIST")]
@@ -386,16 +408,31 @@ pub fn run(cli: &Cli) -> Result<()> {
 
 /// Unlock `keyring` with the factors and prompts at hand.
 pub(crate) fn unlock(cli: &Cli, env: &Env, keyring: &Keyring) -> Result<coffer::key::BackupKey> {
-    let (bk, used) = keyring.unlock(
-        &env.keyring.path,
-        cli.unlock.slot.as_deref(),
-        &env.factors,
-        &env.ui,
-    )?;
+    let locators = cli.unlock.locators();
+    let opts = coffer::slot::UnlockOptions {
+        selector: cli.unlock.slot.as_deref(),
+        factors: &env.factors,
+        ui: &env.ui,
+        locators: &locators,
+        kdf_budget: coffer::slot::UNAUTHENTICATED_KDF_BUDGET,
+    };
+    let (bk, used) = keyring.unlock_with(&env.keyring.path, &opts)?;
     if cli.verbose {
         env.ui.info(&format!("unlocked with slot {}", used.label()));
     }
     Ok(bk)
+}
+
+/// A Unix time as RFC 3339 (UTC, seconds); beyond year 9999, which RFC 3339
+/// cannot write, the number itself. Times come from files anyone may have
+/// written: any 8 bytes must print.
+pub(crate) fn unix_time_text(secs: u64) -> String {
+    /// 10000-01-01T00:00:00Z.
+    const YEAR_10000: u64 = 253_402_300_800;
+    match std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs)) {
+        Some(t) if secs < YEAR_10000 => humantime::format_rfc3339_seconds(t).to_string(),
+        _ => format!("@{secs} (after year 9999)"),
+    }
 }
 
 pub(crate) fn print_json(v: &serde_json::Value) -> Result<()> {
@@ -525,7 +562,6 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
         }
         #[cfg(feature = "tpm2")]
         EnrollKind::Tpm2 {
-            tcti,
             pcrs,
             with_pin,
             new_pin_file,
@@ -540,7 +576,7 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
                 None
             };
             let opts = coffer::slot::tpm2::EnrollOptions {
-                tcti: tcti.clone(),
+                tcti: cli.unlock.tcti.clone(),
                 pcrs: pcrs.clone(),
                 pin,
             };
@@ -651,6 +687,11 @@ fn enroll_pkcs11(
     use coffer::slot::pkcs11;
     let parsed =
         pkcs11::uri::Pkcs11Uri::parse(uri).map_err(|e| Error::Usage(format!("--uri: {e}")))?;
+    if parsed.attr("pin-value").is_some() {
+        return Err(Error::Usage(
+            "--uri: pin-value= would put the PIN in the process list; give it with --pin-file FILE, or name a file with pin-source=".into(),
+        ));
+    }
     let module = module
         .map(Path::to_path_buf)
         .or_else(|| parsed.attr("module-path").map(PathBuf::from))
@@ -730,12 +771,11 @@ fn slots(cli: &Cli, env: &Env) -> Result<()> {
         "ID", "KIND", "ENROLLED"
     ))?;
     for s in &keyring.slots {
-        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.created);
-        let when = humantime::format_rfc3339_seconds(when).to_string();
+        let when = unix_time_text(s.created);
         let detail = s
             .params
             .as_slot()
-            .map(|k| k.describe())
+            .map(|k| coffer::ui::escaped(&k.describe()))
             .unwrap_or_else(|| "not supported by this build; kept as is".into());
         w(format!(
             "{:<10} {:<10} {:<20} {detail}",

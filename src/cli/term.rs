@@ -116,4 +116,32 @@ impl Ui for TerminalUi {
     fn request_secret(&self, prompt: &str) -> Option<SecretString> {
         self.ask(prompt).filter(|s| !s.expose_secret().is_empty())
     }
+
+    /// The question on the controlling terminal; only `y` or `yes` is yes.
+    /// Without a terminal the answer is no.
+    fn confirm(&self, question: &str) -> bool {
+        use std::io::{BufRead, Write};
+        if !Self::interactive() {
+            return false;
+        }
+        let Ok(tty) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+        else {
+            return false;
+        };
+        let mut out = &tty;
+        if write!(out, "{question} [y/N] ")
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            return false;
+        }
+        let mut line = String::new();
+        if std::io::BufReader::new(&tty).read_line(&mut line).is_err() {
+            return false;
+        }
+        matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+    }
 }

@@ -109,8 +109,29 @@ impl Cost {
     }
 }
 
+impl Cost {
+    /// The Argon2id work this cost asks for, in KiB-passes (`m × t`): what
+    /// the total budget for unauthenticated slots is counted in.
+    pub fn work(&self) -> u64 {
+        u64::from(self.m_cost_kib) * u64::from(self.t_cost)
+    }
+}
+
+thread_local! {
+    /// Argon2id work derived on this thread so far, KiB-passes.
+    static WORK_DONE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The Argon2id work (KiB-passes, see [`Cost::work`]) derived on the
+/// calling thread so far: lets a caller (and the tests) check what an
+/// unlock actually spent.
+pub fn work_done_on_this_thread() -> u64 {
+    WORK_DONE.with(std::cell::Cell::get)
+}
+
 impl PasswordParams {
-    fn cost(&self) -> Cost {
+    /// The stored cost settings (unchecked).
+    pub fn cost(&self) -> Cost {
         Cost {
             m_cost_kib: self.m_cost_kib,
             t_cost: self.t_cost,
@@ -148,6 +169,7 @@ fn derive(password: &SecretString, salt: &[u8], cost: Cost) -> Result<Kek, SlotE
             reason: e.to_string(),
         })?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    WORK_DONE.with(|w| w.set(w.get().saturating_add(cost.work())));
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
     argon
         .hash_password_into(password.expose_secret().as_bytes(), salt, out.as_mut())

@@ -148,6 +148,10 @@ impl Slot for VaultParams {
         ctx: &UnlockContext<'_>,
     ) -> Option<Result<BackupKey, SlotError>> {
         let password = ctx.secret(&ctx.factors.password, "Vault password")?;
+        if password.expose_secret().is_empty() {
+            // Never enrolled (enroll refuses it): not worth a guess.
+            return Some(Err(SlotError::WrongPassword));
+        }
         Some(self.open(wrapped, &password))
     }
 

@@ -54,10 +54,23 @@ pub fn check_url(url: &str) -> Result<(), String> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(format!("{url}: a vault URL starts with https://"));
     };
-    let host = rest.split('/').next().unwrap_or("");
-    let host = match host.strip_prefix('[') {
-        Some(h) => h.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // `http://[::1]@192.0.2.2/` is user info `[::1]` at host 192.0.2.2:
+    // no user info, and nothing a URL parser might read another way.
+    if authority.contains(['@', '\\', '%']) {
+        return Err(format!(
+            "{url}: a plain-http vault URL is scheme, loopback host and port only"
+        ));
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(h) => match h.split_once(']') {
+            Some((h, port)) if port.is_empty() || port.starts_with(':') => h,
+            _ => "",
+        },
+        None => authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority),
     };
     let loopback = host == "localhost"
         || host
@@ -244,5 +257,11 @@ mod tests {
         assert!(check_url("http://vault.example").is_err());
         assert!(check_url("http://10.0.0.1:80").is_err());
         assert!(check_url("ftp://x").is_err());
+        // User info hides the real host.
+        assert!(check_url("http://[::1]@192.0.2.2:8740").is_err());
+        assert!(check_url("http://127.0.0.1@192.0.2.2/").is_err());
+        assert!(check_url("http://localhost:1@192.0.2.2").is_err());
+        assert!(check_url("http://[::1]x:80").is_err());
+        assert!(check_url("http://127.0.0.1:80?x=@y").is_ok());
     }
 }

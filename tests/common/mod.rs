@@ -130,3 +130,26 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Rewrite an archive's header as anyone who can write the storage can:
+/// `edit` gets the fixed part (docs/format.md §4) and the slot list. The
+/// MAC is left as it was; only the backup key could recompute it.
+pub fn rewrite_header(
+    archive: &Path,
+    edit: impl FnOnce(&mut Vec<u8>, &mut Vec<serde_json::Value>),
+) {
+    use coffer::archive::header::FIXED_LEN;
+    let bytes = std::fs::read(archive).unwrap();
+    let len_at = FIXED_LEN - 4;
+    let len = u32::from_be_bytes(bytes[len_at..FIXED_LEN].try_into().unwrap()) as usize;
+    let mut fixed = bytes[..FIXED_LEN].to_vec();
+    let mut slots: Vec<serde_json::Value> =
+        serde_json::from_slice(&bytes[FIXED_LEN..FIXED_LEN + len]).unwrap();
+    edit(&mut fixed, &mut slots);
+    let json = serde_json::to_vec(&slots).unwrap();
+    fixed[len_at..].copy_from_slice(&(json.len() as u32).to_be_bytes());
+    let mut out = fixed;
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[FIXED_LEN + len..]);
+    std::fs::write(archive, out).unwrap();
+}

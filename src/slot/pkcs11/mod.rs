@@ -413,10 +413,20 @@ fn pin_from_source(src: &str) -> Result<SecretString, SlotError> {
 }
 
 /// The PIN from the URI (`pin-value`, then `pin-source`), if it names one.
+/// For a URI typed at enrollment.
 fn uri_pin(uri: &Pkcs11Uri) -> Result<Option<SecretString>, SlotError> {
     if let Some(v) = uri.attr("pin-value") {
         return Ok(Some(SecretString::from(v.to_owned())));
     }
+    stored_uri_pin(uri)
+}
+
+/// The PIN a *stored* slot's URI names: only `pin-source` (the owner's own
+/// keyring may name a file for unattended use). A stored `pin-value` is
+/// never used: coffer never writes one, so one there was put by someone
+/// else. Slots from an archive header reach here with neither (see
+/// [`crate::slot`]'s trust rule).
+fn stored_uri_pin(uri: &Pkcs11Uri) -> Result<Option<SecretString>, SlotError> {
     uri.attr("pin-source").map(pin_from_source).transpose()
 }
 
@@ -708,7 +718,7 @@ impl Pkcs11Params {
         let pin = if token.info.protected_authentication_path() {
             None
         } else {
-            let from_uri = match uri_pin(&uri) {
+            let from_uri = match stored_uri_pin(&uri) {
                 Ok(p) => p,
                 Err(e) => return Some(Err(e)),
             };

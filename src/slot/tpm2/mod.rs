@@ -383,7 +383,7 @@ impl Slot for Tpm2Params {
         if let Err(e) = self.check() {
             return Some(Err(e));
         }
-        let tcti = resolve_tcti(None);
+        let tcti = resolve_tcti(ctx.locators.tcti.as_deref());
         let pin = if self.pin {
             // Ask only once the TPM answers: no PIN prompt for an absent TPM.
             if let Err(e) = Tpm::open(&tcti) {
