@@ -224,36 +224,113 @@ pub fn pack<W: Write>(
         }
         tops.push((p, name));
     }
-    let mut pk = Packer {
-        w,
-        readers: Readers::new(super::stream::workers()),
-        in_flight: 0,
-        exclude,
-        notices,
-        links: HashMap::new(),
-        users: HashMap::new(),
-        groups: HashMap::new(),
-        buf: vec![0u8; READ_BUF],
-    };
-    for (p, name) in tops {
-        // The top path itself is named by the person sealing: resolve its
-        // folders normally, but not a symlink in its last component.
-        let parent = crate::fsutil::parent_dir(p);
-        let pfd = rustix::fs::open(
-            &parent,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::io(&parent, e.into()))?;
-        let last = p
-            .file_name()
-            .map(OsStr::to_owned)
-            .unwrap_or_else(|| ".".into());
-        pk.add(pfd.as_fd(), &last, p, name.as_bytes().to_vec())?;
+    // The walk (every system call on the sealed files) runs on its own
+    // thread and hands the tar stream over in large batches, so this thread
+    // only feeds the cipher: no per-file synchronisation.
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<Vec<u8>>(BATCHES);
+    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(BATCHES + 2);
+    let mut w = w;
+    let mut write_err = None;
+    let walked = std::thread::scope(|scope| {
+        let walker = scope.spawn(move || -> Result<()> {
+            let out = Batches {
+                buf: Vec::with_capacity(BATCH),
+                full: full_tx,
+                empty: empty_rx,
+            };
+            let mut pk = Packer {
+                w: out,
+                readers: Readers::new(super::stream::workers()),
+                in_flight: 0,
+                exclude,
+                notices,
+                links: HashMap::new(),
+                users: HashMap::new(),
+                groups: HashMap::new(),
+                buf: vec![0u8; READ_BUF],
+            };
+            for (p, name) in tops {
+                // The top path itself is named by the person sealing:
+                // resolve its folders normally, but not a symlink in its
+                // last component.
+                let parent = crate::fsutil::parent_dir(p);
+                let pfd = rustix::fs::open(
+                    &parent,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| Error::io(&parent, e.into()))?;
+                let last = p
+                    .file_name()
+                    .map(OsStr::to_owned)
+                    .unwrap_or_else(|| ".".into());
+                pk.add(pfd.as_fd(), &last, p, name.as_bytes().to_vec())?;
+            }
+            pk.out(&write::END)?;
+            pk.w.send().map_err(|e| Error::io("<archive output>", e))
+        });
+        for buf in full_rx.iter() {
+            if let Err(e) = w.write_all(&buf) {
+                write_err = Some(e);
+                break;
+            }
+            // Give the buffer back; the walker may have finished.
+            let _ = empty_tx.send(buf);
+        }
+        // Dropping the receiver stops a walker still sending.
+        drop(full_rx);
+        walker.join().expect("the walker does not panic")
+    });
+    if let Some(e) = write_err {
+        return Err(Error::io("<archive output>", e));
     }
-    pk.out(&write::END)?;
-    let Packer { w, .. } = pk;
+    walked?;
     Ok(w)
+}
+
+/// Bytes of tar stream handed over at a time.
+const BATCH: usize = 1 << 20;
+/// Batches in flight between the walker and the cipher.
+const BATCHES: usize = 4;
+
+/// The walker's side of the hand-over: a `Write` that collects the tar
+/// stream into batches and sends the full ones.
+struct Batches {
+    buf: Vec<u8>,
+    full: crossbeam_channel::Sender<Vec<u8>>,
+    empty: crossbeam_channel::Receiver<Vec<u8>>,
+}
+
+impl Batches {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = self
+            .empty
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+        let full = std::mem::replace(&mut self.buf, next);
+        self.full.send(full).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the archive writer stopped")
+        })?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Write for Batches {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= BATCH {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn is_gone(e: rustix::io::Errno) -> bool {
