@@ -112,19 +112,21 @@ fn fetch(dir: BorrowedFd<'_>, name: &OsStr) -> Fetch {
             content: None,
         }));
     }
-    let mut bytes = vec![0u8; size as usize];
-    let mut got = 0;
+    // Read into spare capacity: no zeroing of what is about to be read.
+    let mut bytes: Vec<u8> = Vec::with_capacity(size as usize);
     let mut short = false;
-    while got < bytes.len() {
-        match rustix::io::pread(&fd, &mut bytes[got..], got as u64) {
+    while bytes.len() < size as usize {
+        let at = bytes.len() as u64;
+        match rustix::io::pread(&fd, rustix::buffer::spare_capacity(&mut bytes), at) {
             Ok(0) | Err(_) => {
                 short = true;
                 break;
             }
-            Ok(n) => got += n,
+            Ok(_) => {}
         }
     }
-    // Zeros past a shrunken end are already there.
+    // Zeros past a shrunken end.
+    bytes.resize(size as usize, 0);
     let changed = rustix::fs::fstat(&fd).map_or(true, |a| {
         a.st_size != st.st_size || a.st_mtime != st.st_mtime || a.st_mtime_nsec != st.st_mtime_nsec
     });

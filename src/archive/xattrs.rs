@@ -117,27 +117,44 @@ pub fn acl_from_text(text: &[u8]) -> Result<Vec<u8>, String> {
 /// Fill `e.xattrs` and its ACLs from the open file `fd`. Attributes that
 /// cannot be read are left out (tar does the same).
 pub fn read(fd: BorrowedFd<'_>, e: &mut Entry, is_dir: bool) {
-    let mut list = vec![0u8; MAX_XATTR];
-    let n = match rustix::fs::flistxattr(fd, &mut list[..]) {
-        Ok(n) => n,
+    // Most files have no xattrs: a small buffer on the stack answers them
+    // in one call; the kernel says ERANGE when a list needs more.
+    let mut small = [0u8; 1024];
+    let mut big = Vec::new();
+    let list: &[u8] = match rustix::fs::flistxattr(fd, &mut small[..]) {
+        Ok(0) => return,
+        Ok(n) => &small[..n],
+        Err(rustix::io::Errno::RANGE) => {
+            big.reserve_exact(MAX_XATTR);
+            match rustix::fs::flistxattr(fd, rustix::buffer::spare_capacity(&mut big)) {
+                Ok(_) => &big,
+                Err(_) => return,
+            }
+        }
         Err(_) => return,
     };
-    for name in list[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let mut value = vec![0u8; MAX_XATTR];
-        let Ok(len) = rustix::fs::fgetxattr(fd, name, &mut value[..]) else {
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if name.starts_with(b"system.")
+            && name != ACL_ACCESS.as_bytes()
+            && name != ACL_DEFAULT.as_bytes()
+        {
+            // Other system.* names are file-system internals (tar skips
+            // them too).
             continue;
-        };
-        value.truncate(len);
+        }
+        let mut value = Vec::with_capacity(MAX_XATTR);
+        if rustix::fs::fgetxattr(fd, name, rustix::buffer::spare_capacity(&mut value)).is_err() {
+            continue;
+        }
+        value.shrink_to_fit();
         if name == ACL_ACCESS.as_bytes() {
             e.acl_access = acl_to_text(&value);
         } else if name == ACL_DEFAULT.as_bytes() {
             if is_dir {
                 e.acl_default = acl_to_text(&value);
             }
-        } else if name.starts_with(b"system.") || name.contains(&b'=') {
-            // Other system.* names are file-system internals (tar skips
-            // them too); '=' cannot be written in a pax key.
-        } else {
+        } else if !name.contains(&b'=') {
+            // '=' cannot be written in a pax key.
             e.xattrs.push((name.to_vec(), value));
         }
     }
