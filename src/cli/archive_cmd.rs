@@ -287,8 +287,13 @@ pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
     if cli.json {
         print_json(&json!({"archive": archive_path, "ok": true, "plaintext_bytes": n}))?;
     } else {
+        let restorable = if header.flags & archive::header::FLAG_TAR != 0 {
+            ", every entry restorable"
+        } else {
+            ""
+        };
         env.ui.info(&format!(
-            "{}: intact ({n} bytes of content authenticated)",
+            "{}: intact ({n} bytes of content authenticated{restorable})",
             archive_path.display()
         ));
     }
