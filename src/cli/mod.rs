@@ -65,7 +65,13 @@ pub struct UnlockArgs {
     /// The PKCS#11 module for a pkcs11 slot found only in an archive
     /// header (a header never names code to load) [default:
     /// $COFFER_PKCS11_MODULE]
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "COFFER_PKCS11_MODULE",
+        hide_env = true
+    )]
     pub pkcs11_module: Option<PathBuf>,
     /// The vault server for a vault slot found only in an archive header
     /// (a header never names a server to contact)

@@ -630,14 +630,12 @@ fn localized(record: &SlotRecord, locators: &Locators) -> Result<(String, SlotRe
             let uri = pkcs11::uri::Pkcs11Uri::parse(&p.uri)
                 .map_err(|e| format!("its uri is invalid: {}", crate::ui::escaped(&e)))?
                 .without_pin();
+            // The binary fills this from --pkcs11-module or the
+            // environment; the library reads no environment of its own.
             let module = locators
                 .pkcs11_module
                 .clone()
-                .or_else(|| {
-                    std::env::var_os(pkcs11::MODULE_ENV)
-                        .filter(|m| !m.is_empty())
-                        .map(std::path::PathBuf::from)
-                })
+                .filter(|m| !m.as_os_str().is_empty())
                 .ok_or_else(|| {
                     format!(
                         "a header never names code to load: name the token's module with --pkcs11-module or {}",
