@@ -1,11 +1,16 @@
 //! Durable file writes: temp file in the same folder, fsync, rename, fsync
 //! of the folder. Files are created mode 0600.
 //!
-//! Must never: leave a half-written file at the target path.
+//! Owns: the choice between replacing an output path and writing into it
+//! in place ([`open_in_place`]).
+//!
+//! Must never: leave a half-written file at the target path, or replace
+//! anything but a regular file, folder or symlink.
 
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The folder holding `path` ("." for a bare file name).
@@ -27,6 +32,54 @@ pub fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
         .prefix(&format!("{name}.tmp-"))
         .tempfile_in(&dir)
         .map_err(|e| Error::io(&dir, e))
+}
+
+/// Whether `path` names an inherited descriptor: `/dev/fd/N`,
+/// `/proc/self/fd/N` (process substitution, `-o >(cmd)`), `/dev/stdout`.
+fn is_descriptor_path(path: &Path) -> bool {
+    let Some(s) = path.to_str() else {
+        return false;
+    };
+    ["/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/"]
+        .iter()
+        .any(|p| s.starts_with(p))
+        || matches!(s, "/dev/stdout" | "/dev/stderr")
+}
+
+/// Open `path` for writing in place when it must never be replaced: a
+/// FIFO, a character device (`/dev/null`, a tape), or an inherited
+/// descriptor (`/dev/fd/N`, `/proc/self/fd/N`, `/dev/stdout`; appended to
+/// when it is a regular file). `None` for a regular file, folder, symlink
+/// to one, or a new path: those go through temp-and-rename. Block devices
+/// and sockets are refused. Opening a FIFO waits for its reader.
+pub fn open_in_place(path: &Path) -> Result<Option<File>> {
+    let fd_path = is_descriptor_path(path);
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if fd_path => return Err(Error::io(path, e)),
+        Err(_) => return Ok(None),
+    };
+    let ft = meta.file_type();
+    let mut options = File::options();
+    options.write(true).custom_flags(libc::O_NOCTTY);
+    if ft.is_fifo() || ft.is_char_device() {
+        // Write-only, no truncation: a FIFO or device is written as a pipe.
+    } else if ft.is_block_device() || ft.is_socket() {
+        let what = if ft.is_socket() {
+            "a socket"
+        } else {
+            "a block device"
+        };
+        return Err(Error::Usage(format!(
+            "{} is {what}; coffer writes only to regular files, folders, FIFOs, character devices and /dev/fd/N",
+            path.display()
+        )));
+    } else if fd_path {
+        options.append(true);
+    } else {
+        return Ok(None);
+    }
+    options.open(path).map(Some).map_err(|e| Error::io(path, e))
 }
 
 /// fsync a folder, so a rename inside it is durable.

@@ -435,3 +435,305 @@ fn slots_json_lists_public_fields_only() {
     assert_eq!(slots[1]["kind"], "password");
     assert_eq!(slots[1]["m_cost_kib"], 65536);
 }
+
+// ---- Output that is not a regular file, interruption, closed pipes ----
+
+/// A home with a keyring, and `name` sealed from `data` as a stream.
+fn sealed_stream(data: &[u8], name: &str) -> Home {
+    let h = Home::new();
+    h.init();
+    seal_stream_into(&h, data, name);
+    h
+}
+
+/// Seal `data` as a stream into `name` in `h`.
+fn seal_stream_into(h: &Home, data: &[u8], name: &str) {
+    h.coffer()
+        .args([
+            "seal",
+            "-",
+            "-o",
+            name,
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .write_stdin(data)
+        .assert()
+        .success();
+}
+
+fn pseudo_random(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+fn mkfifo(p: &std::path::Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo {}", p.display());
+}
+
+fn is_fifo(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(p).unwrap().file_type().is_fifo()
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn no_temporaries(h: &Home) {
+    let left: Vec<String> = listing(h.dir.path())
+        .into_iter()
+        .filter(|n| n.contains(".tmp-") || n.contains("coffer-replaced"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Run `coffer args` while `cat` reads `fifo`; the bytes `cat` read. `cat`
+/// is killed if coffer fails (it would otherwise wait for a writer forever).
+fn through_fifo(
+    h: &Home,
+    fifo: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> (std::process::Output, Vec<u8>) {
+    use std::io::Read;
+    let mut cat = std::process::Command::new("cat")
+        .arg(h.path(fifo))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cat_out = cat.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        cat_out.read_to_end(&mut v).unwrap();
+        v
+    });
+    let out = h.coffer().args(args).write_stdin(stdin).output().unwrap();
+    if !out.status.success() {
+        let _ = cat.kill();
+    }
+    cat.wait().unwrap();
+    (out, reader.join().unwrap())
+}
+
+#[test]
+fn open_and_seal_write_into_a_fifo_instead_of_replacing_it() {
+    let data = pseudo_random(300_000);
+    let h = sealed_stream(&data, "s.coffer");
+    mkfifo(&h.path("pipe"));
+    let open = [
+        "open",
+        "s.coffer",
+        "-o",
+        "pipe",
+        "--recovery-key-file",
+        "recovery.txt",
+    ];
+    let (out, got) = through_fifo(&h, "pipe", &open, b"");
+    assert!(out.status.success(), "{out:?}");
+    assert!(got == data, "the reader got {} bytes", got.len());
+    assert!(is_fifo(&h.path("pipe")));
+    // With --force it is still written into, never replaced.
+    let forced = [&open[..], &["--force"]].concat();
+    let (out, got) = through_fifo(&h, "pipe", &forced, b"");
+    assert!(out.status.success(), "{out:?}");
+    assert!(got == data);
+    assert!(is_fifo(&h.path("pipe")));
+    // seal -o FIFO: the reader receives the archive, which opens.
+    let seal = [
+        "seal",
+        "-",
+        "-o",
+        "pipe",
+        "--recovery-key-file",
+        "recovery.txt",
+    ];
+    let (out, archive) = through_fifo(&h, "pipe", &seal, b"through a fifo");
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(h.path("fifo.coffer"), archive).unwrap();
+    h.coffer()
+        .args([
+            "open",
+            "fifo.coffer",
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success()
+        .stdout("through a fifo");
+    assert!(is_fifo(&h.path("pipe")));
+    no_temporaries(&h);
+}
+
+#[test]
+fn a_folder_archive_opened_into_a_fifo_is_its_tar_stream() {
+    let h = Home::new();
+    h.init();
+    std::fs::create_dir(h.path("d")).unwrap();
+    h.write("d/hello.txt", "hello");
+    h.coffer()
+        .args([
+            "seal",
+            "d",
+            "-o",
+            "d.coffer",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success();
+    mkfifo(&h.path("pipe"));
+    let open = [
+        "open",
+        "d.coffer",
+        "-o",
+        "pipe",
+        "--recovery-key-file",
+        "recovery.txt",
+    ];
+    let (out, tar_bytes) = through_fifo(&h, "pipe", &open, b"");
+    assert!(out.status.success(), "{out:?}");
+    let mut names = Vec::new();
+    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
+    }
+    assert!(names.iter().any(|n| n == "d/hello.txt"), "{names:?}");
+    assert!(is_fifo(&h.path("pipe")));
+}
+
+#[test]
+fn dev_null_is_written_into_with_or_without_force_never_replaced() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let h = sealed_stream(&pseudo_random(100_000), "s.coffer");
+    let before = std::fs::metadata("/dev/null").unwrap();
+    // Without --force first: the old code refused here, before it could
+    // ever reach the --force case below and replace /dev/null as root.
+    let open = |target: &str, force: bool| {
+        let mut c = h.coffer();
+        c.args([
+            "open",
+            "s.coffer",
+            "-o",
+            target,
+            "--recovery-key-file",
+            "recovery.txt",
+        ]);
+        if force {
+            c.arg("--force");
+        }
+        c.assert().success();
+    };
+    open("/dev/null", false);
+    h.coffer()
+        .args([
+            "seal",
+            "-",
+            "-o",
+            "/dev/null",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .write_stdin("x")
+        .assert()
+        .success();
+    if is_root() {
+        // A private character device first (same numbers as /dev/null),
+        // so a regression replaces that and not the machine's.
+        let made = std::process::Command::new("mknod")
+            .arg(h.path("null"))
+            .args(["c", "1", "3"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(made);
+        open("null", true);
+        assert!(
+            std::fs::symlink_metadata(h.path("null"))
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        open("/dev/null", true);
+        h.coffer()
+            .args([
+                "seal",
+                "-",
+                "-o",
+                "/dev/null",
+                "--force",
+                "--recovery-key-file",
+                "recovery.txt",
+            ])
+            .write_stdin("x")
+            .assert()
+            .success();
+    } else {
+        eprintln!("not root: --force on /dev/null could not replace it anyway; skipped");
+    }
+    let after = std::fs::symlink_metadata("/dev/null").unwrap();
+    assert!(after.file_type().is_char_device());
+    assert_eq!(after.rdev(), before.rdev());
+    assert_eq!(after.ino(), before.ino());
+    no_temporaries(&h);
+}
+
+#[test]
+fn dev_fd_targets_are_written_in_place() {
+    let data = pseudo_random(200_000);
+    let h = sealed_stream(&data, "s.coffer");
+    let bin = assert_cmd::cargo::cargo_bin("coffer");
+    // Process substitution (a pipe as /dev/fd/63), and a file on fd 3.
+    let script = r#"set -e
+"$COFFER" open s.coffer -o >(cat > from-pipe) --recovery-key-file recovery.txt
+"$COFFER" open s.coffer -o /dev/fd/3 --recovery-key-file recovery.txt 3> from-fd3
+"$COFFER" open s.coffer -o /proc/self/fd/4 --recovery-key-file recovery.txt 4> from-proc
+"$COFFER" seal - -o /dev/stdout --recovery-key-file recovery.txt < from-fd3 | cat > again.coffer
+"#;
+    let out = std::process::Command::new("bash")
+        .args(["-c", script])
+        .env("COFFER", &bin)
+        .env("COFFER_KEYRING", h.keyring())
+        .current_dir(h.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The reader of >(...) may finish after the script; give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(h.path("from-pipe"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        < data.len() as u64
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for f in ["from-pipe", "from-fd3", "from-proc"] {
+        assert!(std::fs::read(h.path(f)).unwrap() == data, "{f}");
+    }
+    h.coffer()
+        .args([
+            "open",
+            "again.coffer",
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::function(|o: &[u8]| o == data.as_slice()));
+    no_temporaries(&h);
+}

@@ -5,7 +5,10 @@
 //! temp file beside the target and renames it only after the last chunk is
 //! on disk; `open` unpacks into a temp folder (or file) beside the target
 //! and renames it into place only after the final chunk authenticated. On
-//! any error the temp output is removed and the target is untouched.
+//! any error the temp output is removed and the target is untouched. A
+//! target that must not be replaced (a FIFO, a character device,
+//! `/dev/fd/N`) is written in place as the payload authenticates, as
+//! standard output is.
 //!
 //! Must never: write outside the target folder, follow a symlink it wrote,
 //! or overwrite an existing target unless asked (`force`).
@@ -167,7 +170,9 @@ fn write_source<W: Write>(source: Source, mut w: W, exclude: Option<&Path>) -> R
 }
 
 /// Seal into the file `path`: a temp file beside it, fsynced, then renamed.
-/// An existing `path` is replaced only with `force`.
+/// An existing `path` is replaced only with `force`. A FIFO, character
+/// device or `/dev/fd/N` is written in place instead
+/// ([`fsutil::open_in_place`]), without `force`.
 pub fn seal_to_path(
     bk: &BackupKey,
     slots: &[SlotRecord],
@@ -177,6 +182,10 @@ pub fn seal_to_path(
     force: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
+    if let Some(file) = fsutil::open_in_place(path)? {
+        seal(bk, slots, source, opts, file, None, progress)?;
+        return Ok(());
+    }
     refuse_existing(path, force)?;
     let tmp = fsutil::temp_beside(path)?;
     let file = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
@@ -273,7 +282,10 @@ pub fn open_to_writer<R: Read + Send + 'static, W: Write>(
 
 /// Open into `dst`: a folder for a tar payload, a file for a stream. The
 /// output appears at `dst` only after everything authenticated; an existing
-/// `dst` is replaced only with `force`.
+/// `dst` is replaced only with `force`. A FIFO, character device or
+/// `/dev/fd/N` is written in place as by [`open_to_writer`] (a tar payload
+/// as its tar stream), without `force`: the caller must treat what was
+/// written as void unless this returns `Ok`.
 pub fn open_to_path<R: Read + Send + 'static>(
     header: &Header,
     bk: &BackupKey,
@@ -282,6 +294,10 @@ pub fn open_to_path<R: Read + Send + 'static>(
     force: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
+    if let Some(mut file) = fsutil::open_in_place(dst)? {
+        open_to_writer(header, bk, input, &mut file, progress)?;
+        return Ok(());
+    }
     refuse_existing(dst, force)?;
     let p = payload(header, bk, input)?;
     let mut counted = Counting { inner: p, progress };

@@ -42,6 +42,17 @@ fn is_dash(p: &Path) -> bool {
     p.as_os_str() == "-"
 }
 
+/// Whether `p` is a terminal (a character device that is a tty).
+fn is_terminal_path(p: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_char_device())
+        && std::fs::File::options()
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(p)
+            .is_ok_and(|f| f.is_terminal())
+}
+
 type Input = Box<dyn Read + Send>;
 
 /// Standard input as an unbuffered file (a duplicate of fd 0): chunks are
@@ -132,6 +143,12 @@ pub(super) fn seal(
             "refusing to write an archive to a terminal: redirect standard output or give -o FILE"
                 .into(),
         ));
+    }
+    if !is_dash(output) && is_terminal_path(output) {
+        return Err(Error::Usage(format!(
+            "refusing to write an archive to the terminal {}: give -o FILE",
+            output.display()
+        )));
     }
     let keyring = env.keyring.load()?;
     let bk = unlock(cli, env, &keyring)?;
