@@ -438,6 +438,17 @@ fn slots_json_lists_public_fields_only() {
 
 // ---- Output that is not a regular file, interruption, closed pipes ----
 
+/// `coffer` as a plain process (to spawn, signal and feed it by hand).
+fn coffer_process(h: &Home) -> std::process::Command {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", h.dir.path())
+        .env("COFFER_KEYRING", h.keyring())
+        .current_dir(h.dir.path());
+    c
+}
+
 /// A home with a keyring, and `name` sealed from `data` as a stream.
 fn sealed_stream(data: &[u8], name: &str) -> Home {
     let h = Home::new();
@@ -736,4 +747,62 @@ fn dev_fd_targets_are_written_in_place() {
         .success()
         .stdout(predicate::function(|o: &[u8]| o == data.as_slice()));
     no_temporaries(&h);
+}
+
+/// Read `n` bytes of `cmd`'s standard output, then close it, as `| head -c
+/// n` does; the command's output.
+fn read_then_close(mut cmd: std::process::Command, n: usize) -> std::process::Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut head = vec![0; n];
+    stdout.read_exact(&mut head).unwrap();
+    drop(stdout);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    let data = pseudo_random(8 << 20);
+    let h = sealed_stream(&data, "s.coffer");
+    let mut open = coffer_process(&h);
+    open.args([
+        "open",
+        "s.coffer",
+        "-o",
+        "-",
+        "--recovery-key-file",
+        "recovery.txt",
+    ]);
+    let out = read_then_close(open, 10);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    std::fs::write(h.path("big"), &data).unwrap();
+    let mut seal = coffer_process(&h);
+    seal.args([
+        "seal",
+        "-",
+        "-o",
+        "-",
+        "--recovery-key-file",
+        "recovery.txt",
+    ])
+    .stdin(std::fs::File::open(h.path("big")).unwrap());
+    let out = read_then_close(seal, 10);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // And through a shell, as people write it.
+    let out = std::process::Command::new("bash")
+        .args(["-c", r#"set -o pipefail; "$COFFER" open s.coffer -o - --recovery-key-file recovery.txt | head -c 10 > /dev/null"#])
+        .env("COFFER", assert_cmd::cargo::cargo_bin("coffer"))
+        .env("COFFER_KEYRING", h.keyring())
+        .current_dir(h.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }

@@ -5,6 +5,10 @@
 //! keyring holds the archive's key, and with the archive's own slot copies
 //! otherwise, so an archive plus any one factor is enough.
 //!
+//! Output to `-`, a FIFO, a character device or `/dev/fd/N` is written as
+//! it authenticates; a reader that closes early (`| head`) is not an error:
+//! the command stops quietly with status 0 (see `reader_left`).
+//!
 //! Must never: write an archive to a terminal, or leave partial output.
 
 use super::{Cli, CompressArg, Env, print_json, unlock};
@@ -51,6 +55,22 @@ fn is_terminal_path(p: &Path) -> bool {
             .custom_flags(libc::O_NOCTTY)
             .open(p)
             .is_ok_and(|f| f.is_terminal())
+}
+
+/// Whether writing stopped because the reader of a pipe or FIFO closed it
+/// (`coffer open x -o - | head`). That is not a failure: the reader took
+/// what it wanted, and everything written had authenticated. GNU tools die
+/// of SIGPIPE there (a shell reports 141); coffer, as ripgrep does, exits
+/// 0 without a message, so `set -o pipefail` scripts that cut output short
+/// keep working. Rust ignores SIGPIPE, so the write fails with EPIPE.
+fn reader_left(result: Result<()>) -> Result<bool> {
+    match result {
+        Ok(()) => Ok(false),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 type Input = Box<dyn Read + Send>;
@@ -160,7 +180,7 @@ pub(super) fn seal(
         ..SealOptions::default()
     };
     let bar = progress(cli, "sealing");
-    if is_dash(output) {
+    let sealed = if is_dash(output) {
         archive::seal(
             &bk,
             &keyring.slots,
@@ -169,7 +189,8 @@ pub(super) fn seal(
             stdout_file()?,
             None,
             bar.as_ref(),
-        )?;
+        )
+        .map(drop)
     } else {
         archive::seal_to_path(
             &bk,
@@ -179,9 +200,12 @@ pub(super) fn seal(
             output,
             force,
             bar.as_ref(),
-        )?;
-    }
+        )
+    };
     drop(bar);
+    if reader_left(sealed)? {
+        return Ok(());
+    }
     if cli.json {
         print_json(&json!({"archive": output, "key_id": keyring.key_id.to_string()}))?;
     } else if !is_dash(output) {
@@ -204,13 +228,16 @@ pub(super) fn open(
     let (header, input) = read_archive(archive_path)?;
     let bk = unlock_archive(cli, env, &header)?;
     let bar = progress(cli, "opening");
-    if is_dash(output) {
+    let opened = if is_dash(output) {
         let mut out = stdout_file()?;
-        archive::open_to_writer(&header, &bk, input, &mut out, bar.as_ref())?;
+        archive::open_to_writer(&header, &bk, input, &mut out, bar.as_ref()).map(drop)
     } else {
-        archive::open_to_path(&header, &bk, input, output, force, bar.as_ref())?;
-    }
+        archive::open_to_path(&header, &bk, input, output, force, bar.as_ref())
+    };
     drop(bar);
+    if reader_left(opened)? {
+        return Ok(());
+    }
     if cli.json {
         print_json(&json!({"archive": archive_path, "output": output}))?;
     } else if !is_dash(output) {
