@@ -749,6 +749,193 @@ fn dev_fd_targets_are_written_in_place() {
     no_temporaries(&h);
 }
 
+/// Whether this test process inherited `signal` as ignored (then so does
+/// the child, and coffer rightly leaves it so: nothing to test).
+fn ignored(signal: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    mask & (1 << (signal - 1)) != 0
+}
+
+fn send(child: &std::process::Child, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args(["-s", signal, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// Poll until `ready` holds (30 s at most).
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+const SIGNALS: [(&str, u32); 3] = [("INT", 2), ("TERM", 15), ("HUP", 1)];
+
+#[test]
+fn an_interrupted_seal_removes_its_temp_file_and_exits_128_plus_signal() {
+    use std::io::Write;
+    let h = Home::new();
+    h.init();
+    for (name, number) in SIGNALS {
+        if ignored(number) {
+            eprintln!("SIG{name} is ignored in this test process; skipped");
+            continue;
+        }
+        let mut child = coffer_process(&h)
+            .args([
+                "seal",
+                "-",
+                "-o",
+                "slow.coffer",
+                "--recovery-key-file",
+                "recovery.txt",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Standard input stays open: the seal waits for more, mid-way.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&pseudo_random(1 << 20)).unwrap();
+        wait_for("the temp file", || {
+            listing(h.dir.path())
+                .iter()
+                .any(|n| n.starts_with("slow.coffer.tmp-"))
+        });
+        send(&child, name);
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        assert_eq!(
+            out.status.code(),
+            Some(128 + number as i32),
+            "SIG{name}: {out:?}"
+        );
+        assert!(!h.path("slow.coffer").exists());
+        no_temporaries(&h);
+    }
+}
+
+/// Feed `archive` to `coffer open - -o out` a piece at a time until
+/// `started` sees the partial output, then send `signal`.
+fn interrupt_open(h: &Home, archive: &[u8], signal: (&str, u32), started: impl Fn() -> bool) {
+    use std::io::Write;
+    let mut child = coffer_process(h)
+        .args([
+            "open",
+            "-",
+            "-o",
+            "out",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut sent = 0;
+    for piece in archive.chunks(32 << 10) {
+        if let Err(e) = stdin.write_all(piece) {
+            let _ = child.kill();
+            panic!("{e}: coffer stopped early: {:?}", child.wait_with_output());
+        }
+        sent += piece.len();
+        if started() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        sent < archive.len(),
+        "the whole archive went in before any output"
+    );
+    // Let the output that was fed land, then interrupt.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        listing(h.dir.path())
+            .iter()
+            .any(|n| n.starts_with("out.tmp-"))
+    );
+    send(&child, signal.0);
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + signal.1 as i32),
+        "SIG{}: {out:?}",
+        signal.0
+    );
+    assert!(!h.path("out").exists());
+    no_temporaries(h);
+}
+
+#[test]
+fn an_interrupted_open_removes_its_partial_output() {
+    let h = Home::new();
+    h.init();
+    // A folder: `a` is a symlink to a folder outside, then big files.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), "keep").unwrap();
+    std::fs::create_dir(h.path("d")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), h.path("d/a")).unwrap();
+    for i in 0..8 {
+        std::fs::write(h.path(&format!("d/big{i}")), pseudo_random(1 << 20)).unwrap();
+    }
+    h.coffer()
+        .args([
+            "seal",
+            "d",
+            "-o",
+            "d.coffer",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success();
+    let folder = std::fs::read(h.path("d.coffer")).unwrap();
+    seal_stream_into(&h, &pseudo_random(8 << 20), "s.coffer");
+    let stream = std::fs::read(h.path("s.coffer")).unwrap();
+    for signal in SIGNALS {
+        if ignored(signal.1) {
+            eprintln!("SIG{} is ignored in this test process; skipped", signal.0);
+            continue;
+        }
+        // The partial tree holds the symlink and part of the files:
+        // removing it must not follow the link.
+        let dir = h.dir.path().to_path_buf();
+        interrupt_open(&h, &folder, signal, || {
+            listing(&dir)
+                .iter()
+                .any(|n| n.starts_with("out.tmp-") && dir.join(n).join("d/big0").exists())
+        });
+        assert_eq!(
+            std::fs::read_to_string(outside.path().join("precious")).unwrap(),
+            "keep"
+        );
+        // A stream opened into a file.
+        let dir = h.dir.path().to_path_buf();
+        interrupt_open(&h, &stream, signal, || {
+            listing(&dir).iter().any(|n| {
+                n.starts_with("out.tmp-")
+                    && std::fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > 0)
+            })
+        });
+    }
+}
+
 /// Read `n` bytes of `cmd`'s standard output, then close it, as `| head -c
 /// n` does; the command's output.
 fn read_then_close(mut cmd: std::process::Command, n: usize) -> std::process::Output {

@@ -5,10 +5,11 @@
 //! temp file beside the target and renames it only after the last chunk is
 //! on disk; `open` unpacks into a temp folder (or file) beside the target
 //! and renames it into place only after the final chunk authenticated. On
-//! any error the temp output is removed and the target is untouched. A
-//! target that must not be replaced (a FIFO, a character device,
-//! `/dev/fd/N`) is written in place as the payload authenticates, as
-//! standard output is.
+//! any error the temp output is removed and the target is untouched. The
+//! temp output is listed for [`fsutil::remove_temporaries`], which the
+//! program calls when a signal interrupts it. A target that must not be
+//! replaced (a FIFO, a character device, `/dev/fd/N`) is written in place
+//! as the payload authenticates, as standard output is.
 //!
 //! Must never: write outside the target folder, follow a symlink it wrote,
 //! or overwrite an existing target unless asked (`force`).
@@ -312,10 +313,7 @@ pub fn open_to_path<R: Read + Send + 'static>(
         .ok_or_else(|| Error::Usage(format!("{}: not a folder name", dst.display())))?
         .to_string_lossy()
         .into_owned();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!("{name}.tmp-"))
-        .tempdir_in(&parent)
-        .map_err(|e| Error::io(&parent, e))?;
+    let tmp = fsutil::temp_dir_in(&parent, &format!("{name}.tmp-"))?;
     pack::unpack(&mut counted, tmp.path()).map_err(|e| match e {
         Error::Io { source, path } => match StreamError::find(&source) {
             Some(s) => Error::ArchiveCorrupt {
@@ -331,26 +329,30 @@ pub fn open_to_path<R: Read + Send + 'static>(
     replace_dir(tmp, dst, force)
 }
 
-fn replace_dir(tmp: tempfile::TempDir, dst: &Path, force: bool) -> Result<()> {
+fn replace_dir(tmp: fsutil::TempDir, dst: &Path, force: bool) -> Result<()> {
     let parent = fsutil::parent_dir(dst);
-    let mut old: Option<tempfile::TempDir> = None;
-    if force && dst.symlink_metadata().is_ok() {
-        // Move the old target aside into a temp folder that removes it.
-        let aside = tempfile::Builder::new()
-            .prefix(".coffer-replaced-")
-            .tempdir_in(&parent)
-            .map_err(|e| Error::io(&parent, e))?;
-        std::fs::rename(dst, aside.path().join("old")).map_err(|e| Error::io(dst, e))?;
-        old = Some(aside);
-    }
-    let kept = tmp.keep();
-    if let Err(e) = std::fs::rename(&kept, dst) {
-        let _ = std::fs::remove_dir_all(&kept);
-        if let Some(o) = &old {
-            let _ = std::fs::rename(o.path().join("old"), dst);
+    // The old target is moved aside into a temp folder that removes it
+    // (also when interrupted after the commit).
+    let aside = if force && dst.symlink_metadata().is_ok() {
+        Some(fsutil::temp_dir_in(&parent, ".coffer-replaced-")?)
+    } else {
+        None
+    };
+    let (tmp, reg) = tmp.into_parts();
+    reg.commit(|| {
+        if let Some(a) = &aside {
+            std::fs::rename(dst, a.path().join("old")).map_err(|e| Error::io(dst, e))?;
         }
-        return Err(Error::io(dst, e));
-    }
-    drop(old);
+        let kept = tmp.keep();
+        if let Err(e) = std::fs::rename(&kept, dst) {
+            let _ = std::fs::remove_dir_all(&kept);
+            if let Some(a) = &aside {
+                let _ = std::fs::rename(a.path().join("old"), dst);
+            }
+            return Err(Error::io(dst, e));
+        }
+        Ok(())
+    })?;
+    drop(aside);
     fsutil::sync_dir(&parent)
 }

@@ -5,6 +5,7 @@
 //! that only to the terminal or the file the person named.
 
 mod archive_cmd;
+mod interrupt;
 pub mod term;
 #[cfg(feature = "vault")]
 mod vault_cmd;
@@ -355,6 +356,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     if let Command::Vault(cmd) = &cli.command {
         return vault_cmd::run(cmd);
     }
+    interrupt::remove_temporaries_on_signals()?;
     let env = cli.env()?;
     match &cli.command {
         Command::Init { recovery_key_out } => init(cli, &env, recovery_key_out.as_deref()),
