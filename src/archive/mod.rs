@@ -184,7 +184,8 @@ pub fn seal_to_path(
     progress: &dyn Progress,
 ) -> Result<()> {
     if let Some(file) = fsutil::open_in_place(path)? {
-        seal(bk, slots, source, opts, file, None, progress)?;
+        // `/dev/fd/N` may be a file inside a sealed folder: leave it out.
+        seal(bk, slots, source, opts, file, Some(path), progress)?;
         return Ok(());
     }
     refuse_existing(path, force)?;
