@@ -996,3 +996,71 @@ fn a_reader_that_stops_early_is_not_an_error() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
+
+#[test]
+fn sockets_are_refused_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let h = sealed_stream(b"x", "s.coffer");
+    let _listener = std::os::unix::net::UnixListener::bind(h.path("sock")).unwrap();
+    for force in [false, true] {
+        let mut c = h.coffer();
+        c.args([
+            "open",
+            "s.coffer",
+            "-o",
+            "sock",
+            "--recovery-key-file",
+            "recovery.txt",
+        ]);
+        if force {
+            c.arg("--force");
+        }
+        c.assert()
+            .code(2)
+            .stderr(predicate::str::contains("sock is a socket"));
+        let ft = std::fs::symlink_metadata(h.path("sock"))
+            .unwrap()
+            .file_type();
+        assert!(ft.is_socket());
+    }
+    no_temporaries(&h);
+}
+
+#[test]
+fn a_hangup_ignored_by_nohup_stays_ignored() {
+    use std::io::Write;
+    let h = Home::new();
+    h.init();
+    let mut child = std::process::Command::new("nohup")
+        .arg(assert_cmd::cargo::cargo_bin("coffer"))
+        .args([
+            "seal",
+            "-",
+            "-o",
+            "kept.coffer",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .env("COFFER_KEYRING", h.keyring())
+        .current_dir(h.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&pseudo_random(1 << 20)).unwrap();
+    wait_for("the temp file", || {
+        listing(h.dir.path())
+            .iter()
+            .any(|n| n.starts_with("kept.coffer.tmp-"))
+    });
+    send(&child, "HUP");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stdin.write_all(b"more").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(h.path("kept.coffer").exists());
+    no_temporaries(&h);
+}
