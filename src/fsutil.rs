@@ -64,14 +64,24 @@ pub struct TempRegistration {
 /// List `path` (a temp file or folder this process just created) for
 /// [`remove_temporaries`]. Fails once that has run.
 pub fn register_temp(path: &Path) -> Result<TempRegistration> {
+    create_listed(path, || Ok(((), path.to_path_buf()))).map(|((), reg)| reg)
+}
+
+/// Create a temporary with `make` (which returns its path) and list it,
+/// under one lock: no interruption falls between the two.
+fn create_listed<T>(
+    near: &Path,
+    make: impl FnOnce() -> Result<(T, PathBuf)>,
+) -> Result<(T, TempRegistration)> {
     let mut t = temps();
     if t.removed {
-        return Err(interrupted(path));
+        return Err(interrupted(near));
     }
+    let (made, path) = make()?;
     let id = t.next_id;
     t.next_id += 1;
-    t.live.push((id, path.to_path_buf()));
-    Ok(TempRegistration { id })
+    t.live.push((id, path));
+    Ok((made, TempRegistration { id }))
 }
 
 impl TempRegistration {
@@ -169,22 +179,15 @@ pub fn temp_beside(path: &Path) -> Result<TempFile> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "coffer".into());
-    // Created and listed under one lock: no interruption falls between.
-    let mut t = temps();
-    if t.removed {
-        return Err(interrupted(path));
-    }
-    let file = tempfile::Builder::new()
-        .prefix(&format!("{name}.tmp-"))
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(&dir, e))?;
-    let id = t.next_id;
-    t.next_id += 1;
-    t.live.push((id, file.path().to_path_buf()));
-    Ok(TempFile {
-        file,
-        reg: TempRegistration { id },
-    })
+    let (file, reg) = create_listed(path, || {
+        let file = tempfile::Builder::new()
+            .prefix(&format!("{name}.tmp-"))
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(&dir, e))?;
+        let path = file.path().to_path_buf();
+        Ok((file, path))
+    })?;
+    Ok(TempFile { file, reg })
 }
 
 /// A temp folder: removed when dropped, and by [`remove_temporaries`] until
@@ -209,21 +212,15 @@ impl TempDir {
 
 /// A new temp folder in `dir`, mode 0700, named `PREFIX` + random letters.
 pub fn temp_dir_in(dir: &Path, prefix: &str) -> Result<TempDir> {
-    let mut t = temps();
-    if t.removed {
-        return Err(interrupted(dir));
-    }
-    let made = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    let id = t.next_id;
-    t.next_id += 1;
-    t.live.push((id, made.path().to_path_buf()));
-    Ok(TempDir {
-        dir: made,
-        reg: TempRegistration { id },
-    })
+    let (dir, reg) = create_listed(dir, || {
+        let made = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        let path = made.path().to_path_buf();
+        Ok((made, path))
+    })?;
+    Ok(TempDir { dir, reg })
 }
 
 /// Whether `path` names an inherited descriptor: `/dev/fd/N`,
