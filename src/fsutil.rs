@@ -1,12 +1,21 @@
 //! Durable file writes: temp file in the same folder, fsync, rename, fsync
 //! of the folder. Files are created mode 0600.
 //!
-//! Must never: leave a half-written file at the target path.
+//! Owns: the registry of temporary output (temp files and folders beside a
+//! target) that a program removes with [`remove_temporaries`] when it is
+//! interrupted, and the choice between replacing an output path and
+//! writing into it in place ([`open_in_place`]).
+//!
+//! Must never: leave a half-written file at the target path, replace
+//! anything but a regular file, folder or symlink, install a signal
+//! handler (the program that handles signals calls [`remove_temporaries`]).
 
 use crate::error::{Error, Result};
 use std::fs::File;
-use std::io::Write;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// The folder holding `path` ("." for a bare file name).
 pub fn parent_dir(path: &Path) -> PathBuf {
@@ -16,17 +25,250 @@ pub fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// Temporary output of this process not yet renamed into place.
+struct Temps {
+    next_id: u64,
+    live: Vec<(u64, PathBuf)>,
+    /// [`remove_temporaries`] ran: nothing may be registered or committed.
+    removed: bool,
+}
+
+static TEMPS: Mutex<Temps> = Mutex::new(Temps {
+    next_id: 0,
+    live: Vec::new(),
+    removed: false,
+});
+
+fn temps() -> MutexGuard<'static, Temps> {
+    TEMPS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn interrupted(path: &Path) -> Error {
+    Error::io(
+        path,
+        io::Error::new(
+            io::ErrorKind::Interrupted,
+            "interrupted; temporary output removed",
+        ),
+    )
+}
+
+/// A temporary file or folder listed for [`remove_temporaries`]; dropping
+/// it takes it off the list (its owner removes or commits it).
+#[derive(Debug)]
+#[must_use = "dropping the registration unlists the path at once"]
+pub struct TempRegistration {
+    id: u64,
+}
+
+/// List `path` (a temp file or folder this process just created) for
+/// [`remove_temporaries`]. Fails once that has run.
+pub fn register_temp(path: &Path) -> Result<TempRegistration> {
+    create_listed(path, || Ok(((), path.to_path_buf()))).map(|((), reg)| reg)
+}
+
+/// Create a temporary with `make` (which returns its path) and list it,
+/// under one lock: no interruption falls between the two.
+fn create_listed<T>(
+    near: &Path,
+    make: impl FnOnce() -> Result<(T, PathBuf)>,
+) -> Result<(T, TempRegistration)> {
+    let mut t = temps();
+    if t.removed {
+        return Err(interrupted(near));
+    }
+    let (made, path) = make()?;
+    let id = t.next_id;
+    t.next_id += 1;
+    t.live.push((id, path));
+    Ok((made, TempRegistration { id }))
+}
+
+impl TempRegistration {
+    /// Run `commit`, the renames that move the temporary output into
+    /// place, unless [`remove_temporaries`] already ran; it waits for a
+    /// commit under way to finish, so output is never half moved.
+    pub fn commit<T>(self, commit: impl FnOnce() -> Result<T>) -> Result<T> {
+        let mut t = temps();
+        if t.removed {
+            return Err(interrupted(Path::new("<temporary output>")));
+        }
+        t.live.retain(|(id, _)| *id != self.id);
+        let r = commit();
+        drop(t);
+        r
+    }
+}
+
+impl Drop for TempRegistration {
+    fn drop(&mut self) {
+        temps().live.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Remove every registered temporary file and folder, and refuse any later
+/// registration or commit. For a program interrupted by a signal, just
+/// before it exits; safe to call from any thread.
+///
+/// Folders are removed without following symlinks inside them
+/// ([`std::fs::remove_dir_all`] works through descriptors with
+/// `O_NOFOLLOW` and removes a symlink itself, never its target).
+pub fn remove_temporaries() {
+    let mut t = temps();
+    t.removed = true;
+    for (_, path) in t.live.drain(..) {
+        remove_temporary(&path);
+    }
+}
+
+fn remove_temporary(path: &Path) {
+    match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => {
+            // Another thread may still be writing into the folder; once the
+            // folder itself is gone, nothing can be created in it.
+            for _ in 0..100 {
+                match std::fs::remove_dir_all(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => continue,
+                    _ => return,
+                }
+            }
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
+/// A temp file beside its target: removed when dropped, and by
+/// [`remove_temporaries`] while it is not yet [`persist`]ed.
+pub struct TempFile {
+    // Declared first, dropped first: the file is gone before it is unlisted.
+    file: tempfile::NamedTempFile,
+    reg: TempRegistration,
+}
+
+impl TempFile {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+    /// The open file.
+    pub fn as_file(&self) -> &File {
+        self.file.as_file()
+    }
+    /// A second handle on the same file.
+    pub fn reopen(&self) -> io::Result<File> {
+        self.file.reopen()
+    }
+}
+
+impl Write for TempFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// A temp file beside `path`, mode 0600, named `NAME.tmp-XXXXXX`.
-pub fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+pub fn temp_beside(path: &Path) -> Result<TempFile> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "coffer".into());
-    tempfile::Builder::new()
-        .prefix(&format!("{name}.tmp-"))
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(&dir, e))
+    let (file, reg) = create_listed(path, || {
+        let file = tempfile::Builder::new()
+            .prefix(&format!("{name}.tmp-"))
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(&dir, e))?;
+        let path = file.path().to_path_buf();
+        Ok((file, path))
+    })?;
+    Ok(TempFile { file, reg })
+}
+
+/// A temp folder: removed when dropped, and by [`remove_temporaries`] until
+/// its registration is committed.
+pub struct TempDir {
+    // Declared first, dropped first: the folder is gone before it is unlisted.
+    dir: tempfile::TempDir,
+    reg: TempRegistration,
+}
+
+impl TempDir {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    /// The folder and its registration, to move it into place with
+    /// [`TempRegistration::commit`].
+    pub fn into_parts(self) -> (tempfile::TempDir, TempRegistration) {
+        (self.dir, self.reg)
+    }
+}
+
+/// A new temp folder in `dir`, mode 0700, named `PREFIX` + random letters.
+pub fn temp_dir_in(dir: &Path, prefix: &str) -> Result<TempDir> {
+    let (dir, reg) = create_listed(dir, || {
+        let made = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        let path = made.path().to_path_buf();
+        Ok((made, path))
+    })?;
+    Ok(TempDir { dir, reg })
+}
+
+/// Whether `path` names an inherited descriptor: `/dev/fd/N`,
+/// `/proc/self/fd/N` (process substitution, `-o >(cmd)`), `/dev/stdout`.
+fn is_descriptor_path(path: &Path) -> bool {
+    let Some(s) = path.to_str() else {
+        return false;
+    };
+    ["/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/"]
+        .iter()
+        .any(|p| s.starts_with(p))
+        || matches!(s, "/dev/stdout" | "/dev/stderr")
+}
+
+/// Open `path` for writing in place when it must never be replaced: a
+/// FIFO, a character device (`/dev/null`, a tape), or an inherited
+/// descriptor (`/dev/fd/N`, `/proc/self/fd/N`, `/dev/stdout`; appended to
+/// when it is a regular file). `None` for a regular file, folder, symlink
+/// to one, or a new path: those go through temp-and-rename. Block devices
+/// and sockets are refused. Opening a FIFO waits for its reader.
+pub fn open_in_place(path: &Path) -> Result<Option<File>> {
+    let fd_path = is_descriptor_path(path);
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if fd_path => return Err(Error::io(path, e)),
+        Err(_) => return Ok(None),
+    };
+    let ft = meta.file_type();
+    let mut options = File::options();
+    options.write(true).custom_flags(libc::O_NOCTTY);
+    if ft.is_fifo() || ft.is_char_device() {
+        // Write-only, no truncation: a FIFO or device is written as a pipe.
+    } else if ft.is_block_device() || ft.is_socket() {
+        let what = if ft.is_socket() {
+            "a socket"
+        } else {
+            "a block device"
+        };
+        return Err(Error::Usage(format!(
+            "{} is {what}; coffer writes only to regular files, folders, FIFOs, character devices and /dev/fd/N",
+            path.display()
+        )));
+    } else if fd_path {
+        options.append(true);
+    } else {
+        return Ok(None);
+    }
+    options.open(path).map(Some).map_err(|e| Error::io(path, e))
 }
 
 /// fsync a folder, so a rename inside it is durable.
@@ -38,24 +280,28 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Finish a temp file: fsync it, rename it to `path` (refusing to replace
 /// an existing file unless `replace`), fsync the folder.
-pub fn persist(tmp: tempfile::NamedTempFile, path: &Path, replace: bool) -> Result<()> {
+pub fn persist(tmp: TempFile, path: &Path, replace: bool) -> Result<()> {
     tmp.as_file()
         .sync_all()
         .map_err(|e| Error::io(tmp.path(), e))?;
-    if replace {
-        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    } else {
-        tmp.persist_noclobber(path).map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::AlreadyExists {
-                    path: path.to_path_buf(),
-                    hint: String::new(),
+    let TempFile { file: tmp, reg } = tmp;
+    reg.commit(|| {
+        if replace {
+            tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+        } else {
+            tmp.persist_noclobber(path).map_err(|e| {
+                if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::AlreadyExists {
+                        path: path.to_path_buf(),
+                        hint: String::new(),
+                    }
+                } else {
+                    Error::io(path, e.error)
                 }
-            } else {
-                Error::io(path, e.error)
-            }
-        })?;
-    }
+            })?;
+        }
+        Ok(())
+    })?;
     sync_dir(&parent_dir(path))
 }
 

@@ -435,3 +435,632 @@ fn slots_json_lists_public_fields_only() {
     assert_eq!(slots[1]["kind"], "password");
     assert_eq!(slots[1]["m_cost_kib"], 65536);
 }
+
+// ---- Output that is not a regular file, interruption, closed pipes ----
+
+/// `coffer` as a plain process (to spawn, signal and feed it by hand).
+fn coffer_process(h: &Home) -> std::process::Command {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", h.dir.path())
+        .env("COFFER_KEYRING", h.keyring())
+        .current_dir(h.dir.path());
+    c
+}
+
+/// A home with a keyring, and `name` sealed from `data` as a stream.
+fn sealed_stream(data: &[u8], name: &str) -> Home {
+    let h = Home::new();
+    h.init();
+    seal_stream_into(&h, data, name);
+    h
+}
+
+/// Seal `data` as a stream into `name` in `h`.
+fn seal_stream_into(h: &Home, data: &[u8], name: &str) {
+    h.coffer()
+        .args([
+            "seal",
+            "-",
+            "-o",
+            name,
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .write_stdin(data)
+        .assert()
+        .success();
+}
+
+fn pseudo_random(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+fn mkfifo(p: &std::path::Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo {}", p.display());
+}
+
+fn is_fifo(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(p).unwrap().file_type().is_fifo()
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn no_temporaries(h: &Home) {
+    let left: Vec<String> = listing(h.dir.path())
+        .into_iter()
+        .filter(|n| n.contains(".tmp-") || n.contains("coffer-replaced"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Run `coffer args` while `cat` reads `fifo`; the bytes `cat` read. `cat`
+/// is killed if coffer fails (it would otherwise wait for a writer forever).
+fn through_fifo(
+    h: &Home,
+    fifo: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> (std::process::Output, Vec<u8>) {
+    use std::io::Read;
+    let mut cat = std::process::Command::new("cat")
+        .arg(h.path(fifo))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cat_out = cat.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        cat_out.read_to_end(&mut v).unwrap();
+        v
+    });
+    let out = h.coffer().args(args).write_stdin(stdin).output().unwrap();
+    if !out.status.success() {
+        let _ = cat.kill();
+    }
+    cat.wait().unwrap();
+    (out, reader.join().unwrap())
+}
+
+#[test]
+fn open_and_seal_write_into_a_fifo_instead_of_replacing_it() {
+    let data = pseudo_random(300_000);
+    let h = sealed_stream(&data, "s.coffer");
+    mkfifo(&h.path("pipe"));
+    let open = [
+        "open",
+        "s.coffer",
+        "-o",
+        "pipe",
+        "--recovery-key-file",
+        "recovery.txt",
+    ];
+    let (out, got) = through_fifo(&h, "pipe", &open, b"");
+    assert!(out.status.success(), "{out:?}");
+    assert!(got == data, "the reader got {} bytes", got.len());
+    assert!(is_fifo(&h.path("pipe")));
+    // With --force it is still written into, never replaced.
+    let forced = [&open[..], &["--force"]].concat();
+    let (out, got) = through_fifo(&h, "pipe", &forced, b"");
+    assert!(out.status.success(), "{out:?}");
+    assert!(got == data);
+    assert!(is_fifo(&h.path("pipe")));
+    // seal -o FIFO: the reader receives the archive, which opens.
+    let seal = [
+        "seal",
+        "-",
+        "-o",
+        "pipe",
+        "--recovery-key-file",
+        "recovery.txt",
+    ];
+    let (out, archive) = through_fifo(&h, "pipe", &seal, b"through a fifo");
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(h.path("fifo.coffer"), archive).unwrap();
+    h.coffer()
+        .args([
+            "open",
+            "fifo.coffer",
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success()
+        .stdout("through a fifo");
+    assert!(is_fifo(&h.path("pipe")));
+    no_temporaries(&h);
+}
+
+#[test]
+fn a_folder_archive_opened_into_a_fifo_is_its_tar_stream() {
+    let h = Home::new();
+    h.init();
+    std::fs::create_dir(h.path("d")).unwrap();
+    h.write("d/hello.txt", "hello");
+    h.coffer()
+        .args([
+            "seal",
+            "d",
+            "-o",
+            "d.coffer",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success();
+    mkfifo(&h.path("pipe"));
+    let open = [
+        "open",
+        "d.coffer",
+        "-o",
+        "pipe",
+        "--recovery-key-file",
+        "recovery.txt",
+    ];
+    let (out, tar_bytes) = through_fifo(&h, "pipe", &open, b"");
+    assert!(out.status.success(), "{out:?}");
+    let mut names = Vec::new();
+    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
+    }
+    assert!(names.iter().any(|n| n == "d/hello.txt"), "{names:?}");
+    assert!(is_fifo(&h.path("pipe")));
+}
+
+#[test]
+fn dev_null_is_written_into_with_or_without_force_never_replaced() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let h = sealed_stream(&pseudo_random(100_000), "s.coffer");
+    let before = std::fs::metadata("/dev/null").unwrap();
+    // Without --force first: the old code refused here, before it could
+    // ever reach the --force case below and replace /dev/null as root.
+    let open = |target: &str, force: bool| {
+        let mut c = h.coffer();
+        c.args([
+            "open",
+            "s.coffer",
+            "-o",
+            target,
+            "--recovery-key-file",
+            "recovery.txt",
+        ]);
+        if force {
+            c.arg("--force");
+        }
+        c.assert().success();
+    };
+    open("/dev/null", false);
+    h.coffer()
+        .args([
+            "seal",
+            "-",
+            "-o",
+            "/dev/null",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .write_stdin("x")
+        .assert()
+        .success();
+    if is_root() {
+        // A private character device first (same numbers as /dev/null),
+        // so a regression replaces that and not the machine's.
+        let made = std::process::Command::new("mknod")
+            .arg(h.path("null"))
+            .args(["c", "1", "3"])
+            .status()
+            .unwrap()
+            .success();
+        if made {
+            open("null", true);
+            assert!(
+                std::fs::symlink_metadata(h.path("null"))
+                    .unwrap()
+                    .file_type()
+                    .is_char_device()
+            );
+        } else {
+            eprintln!("mknod refused (no CAP_MKNOD); the private device case is skipped");
+        }
+        open("/dev/null", true);
+        h.coffer()
+            .args([
+                "seal",
+                "-",
+                "-o",
+                "/dev/null",
+                "--force",
+                "--recovery-key-file",
+                "recovery.txt",
+            ])
+            .write_stdin("x")
+            .assert()
+            .success();
+    } else {
+        eprintln!("not root: --force on /dev/null could not replace it anyway; skipped");
+    }
+    let after = std::fs::symlink_metadata("/dev/null").unwrap();
+    assert!(after.file_type().is_char_device());
+    assert_eq!(after.rdev(), before.rdev());
+    assert_eq!(after.ino(), before.ino());
+    no_temporaries(&h);
+}
+
+#[test]
+fn dev_fd_targets_are_written_in_place() {
+    let data = pseudo_random(200_000);
+    let h = sealed_stream(&data, "s.coffer");
+    let bin = assert_cmd::cargo::cargo_bin("coffer");
+    // Process substitution (a pipe as /dev/fd/63), and a file on fd 3.
+    let script = r#"set -e
+"$COFFER" open s.coffer -o >(cat > from-pipe) --recovery-key-file recovery.txt
+"$COFFER" open s.coffer -o /dev/fd/3 --recovery-key-file recovery.txt 3> from-fd3
+"$COFFER" open s.coffer -o /proc/self/fd/4 --recovery-key-file recovery.txt 4> from-proc
+"$COFFER" seal - -o /dev/stdout --recovery-key-file recovery.txt < from-fd3 | cat > again.coffer
+"#;
+    let out = std::process::Command::new("bash")
+        .args(["-c", script])
+        .env("COFFER", &bin)
+        .env("COFFER_KEYRING", h.keyring())
+        .current_dir(h.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The reader of >(...) may finish after the script; give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(h.path("from-pipe"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        < data.len() as u64
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for f in ["from-pipe", "from-fd3", "from-proc"] {
+        assert!(std::fs::read(h.path(f)).unwrap() == data, "{f}");
+    }
+    h.coffer()
+        .args([
+            "open",
+            "again.coffer",
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::function(|o: &[u8]| o == data.as_slice()));
+    no_temporaries(&h);
+}
+
+/// Whether this test process inherited `signal` as ignored (then so does
+/// the child, and coffer rightly leaves it so: nothing to test).
+fn ignored(signal: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    mask & (1 << (signal - 1)) != 0
+}
+
+fn send(child: &std::process::Child, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args(["-s", signal, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// Poll until `ready` holds (30 s at most).
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+const SIGNALS: [(&str, u32); 3] = [("INT", 2), ("TERM", 15), ("HUP", 1)];
+
+#[test]
+fn an_interrupted_seal_removes_its_temp_file_and_exits_128_plus_signal() {
+    use std::io::Write;
+    let h = Home::new();
+    h.init();
+    for (name, number) in SIGNALS {
+        if ignored(number) {
+            eprintln!("SIG{name} is ignored in this test process; skipped");
+            continue;
+        }
+        let mut child = coffer_process(&h)
+            .args([
+                "seal",
+                "-",
+                "-o",
+                "slow.coffer",
+                "--recovery-key-file",
+                "recovery.txt",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Standard input stays open: the seal waits for more, mid-way.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&pseudo_random(1 << 20)).unwrap();
+        wait_for("the temp file", || {
+            listing(h.dir.path())
+                .iter()
+                .any(|n| n.starts_with("slow.coffer.tmp-"))
+        });
+        send(&child, name);
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        assert_eq!(
+            out.status.code(),
+            Some(128 + number as i32),
+            "SIG{name}: {out:?}"
+        );
+        assert!(!h.path("slow.coffer").exists());
+        no_temporaries(&h);
+    }
+}
+
+/// Feed `archive` to `coffer open - -o out` a piece at a time until
+/// `started` sees the partial output, then send `signal`.
+fn interrupt_open(h: &Home, archive: &[u8], signal: (&str, u32), started: impl Fn() -> bool) {
+    use std::io::Write;
+    let mut child = coffer_process(h)
+        .args([
+            "open",
+            "-",
+            "-o",
+            "out",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut sent = 0;
+    for piece in archive.chunks(32 << 10) {
+        if let Err(e) = stdin.write_all(piece) {
+            let _ = child.kill();
+            panic!("{e}: coffer stopped early: {:?}", child.wait_with_output());
+        }
+        sent += piece.len();
+        if started() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        sent < archive.len(),
+        "the whole archive went in before any output"
+    );
+    // Let the output that was fed land, then interrupt.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        listing(h.dir.path())
+            .iter()
+            .any(|n| n.starts_with("out.tmp-"))
+    );
+    send(&child, signal.0);
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + signal.1 as i32),
+        "SIG{}: {out:?}",
+        signal.0
+    );
+    assert!(!h.path("out").exists());
+    no_temporaries(h);
+}
+
+#[test]
+fn an_interrupted_open_removes_its_partial_output() {
+    let h = Home::new();
+    h.init();
+    // A folder: `a` is a symlink to a folder outside, then big files.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), "keep").unwrap();
+    std::fs::create_dir(h.path("d")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), h.path("d/a")).unwrap();
+    for i in 0..8 {
+        std::fs::write(h.path(&format!("d/big{i}")), pseudo_random(1 << 20)).unwrap();
+    }
+    h.coffer()
+        .args([
+            "seal",
+            "d",
+            "-o",
+            "d.coffer",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success();
+    let folder = std::fs::read(h.path("d.coffer")).unwrap();
+    seal_stream_into(&h, &pseudo_random(8 << 20), "s.coffer");
+    let stream = std::fs::read(h.path("s.coffer")).unwrap();
+    for signal in SIGNALS {
+        if ignored(signal.1) {
+            eprintln!("SIG{} is ignored in this test process; skipped", signal.0);
+            continue;
+        }
+        // The partial tree holds the symlink and part of the files:
+        // removing it must not follow the link.
+        let dir = h.dir.path().to_path_buf();
+        interrupt_open(&h, &folder, signal, || {
+            listing(&dir)
+                .iter()
+                .any(|n| n.starts_with("out.tmp-") && dir.join(n).join("d/big0").exists())
+        });
+        assert_eq!(
+            std::fs::read_to_string(outside.path().join("precious")).unwrap(),
+            "keep"
+        );
+        // A stream opened into a file.
+        let dir = h.dir.path().to_path_buf();
+        interrupt_open(&h, &stream, signal, || {
+            listing(&dir).iter().any(|n| {
+                n.starts_with("out.tmp-")
+                    && std::fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > 0)
+            })
+        });
+    }
+}
+
+/// Read `n` bytes of `cmd`'s standard output, then close it, as `| head -c
+/// n` does; the command's output.
+fn read_then_close(mut cmd: std::process::Command, n: usize) -> std::process::Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut head = vec![0; n];
+    stdout.read_exact(&mut head).unwrap();
+    drop(stdout);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    let data = pseudo_random(8 << 20);
+    let h = sealed_stream(&data, "s.coffer");
+    let mut open = coffer_process(&h);
+    open.args([
+        "open",
+        "s.coffer",
+        "-o",
+        "-",
+        "--recovery-key-file",
+        "recovery.txt",
+    ]);
+    let out = read_then_close(open, 10);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    std::fs::write(h.path("big"), &data).unwrap();
+    let mut seal = coffer_process(&h);
+    seal.args([
+        "seal",
+        "-",
+        "-o",
+        "-",
+        "--recovery-key-file",
+        "recovery.txt",
+    ])
+    .stdin(std::fs::File::open(h.path("big")).unwrap());
+    let out = read_then_close(seal, 10);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // And through a shell, as people write it.
+    let out = std::process::Command::new("bash")
+        .args(["-c", r#"set -o pipefail; "$COFFER" open s.coffer -o - --recovery-key-file recovery.txt | head -c 10 > /dev/null"#])
+        .env("COFFER", assert_cmd::cargo::cargo_bin("coffer"))
+        .env("COFFER_KEYRING", h.keyring())
+        .current_dir(h.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+#[test]
+fn sockets_are_refused_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let h = sealed_stream(b"x", "s.coffer");
+    let _listener = std::os::unix::net::UnixListener::bind(h.path("sock")).unwrap();
+    for force in [false, true] {
+        let mut c = h.coffer();
+        c.args([
+            "open",
+            "s.coffer",
+            "-o",
+            "sock",
+            "--recovery-key-file",
+            "recovery.txt",
+        ]);
+        if force {
+            c.arg("--force");
+        }
+        c.assert()
+            .code(2)
+            .stderr(predicate::str::contains("sock is a socket"));
+        let ft = std::fs::symlink_metadata(h.path("sock"))
+            .unwrap()
+            .file_type();
+        assert!(ft.is_socket());
+    }
+    no_temporaries(&h);
+}
+
+#[test]
+fn a_hangup_ignored_by_nohup_stays_ignored() {
+    use std::io::Write;
+    let h = Home::new();
+    h.init();
+    let mut child = std::process::Command::new("nohup")
+        .arg(assert_cmd::cargo::cargo_bin("coffer"))
+        .args([
+            "seal",
+            "-",
+            "-o",
+            "kept.coffer",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .env("COFFER_KEYRING", h.keyring())
+        .current_dir(h.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&pseudo_random(1 << 20)).unwrap();
+    wait_for("the temp file", || {
+        listing(h.dir.path())
+            .iter()
+            .any(|n| n.starts_with("kept.coffer.tmp-"))
+    });
+    send(&child, "HUP");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stdin.write_all(b"more").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(h.path("kept.coffer").exists());
+    no_temporaries(&h);
+}

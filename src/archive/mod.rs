@@ -5,7 +5,11 @@
 //! temp file beside the target and renames it only after the last chunk is
 //! on disk; `open` unpacks into a temp folder (or file) beside the target
 //! and renames it into place only after the final chunk authenticated. On
-//! any error the temp output is removed and the target is untouched.
+//! any error the temp output is removed and the target is untouched. The
+//! temp output is listed for [`fsutil::remove_temporaries`], which the
+//! program calls when a signal interrupts it. A target that must not be
+//! replaced (a FIFO, a character device, `/dev/fd/N`) is written in place
+//! as the payload authenticates, as standard output is.
 //!
 //! Must never: write outside the target folder, follow a symlink it wrote,
 //! or overwrite an existing target unless asked (`force`).
@@ -203,7 +207,9 @@ fn write_source<W: Write>(
 }
 
 /// Seal into the file `path`: a temp file beside it, fsynced, then renamed.
-/// An existing `path` is replaced only with `force`. Returns what was not
+/// An existing `path` is replaced only with `force`. A FIFO, character
+/// device or `/dev/fd/N` is written in place instead
+/// ([`fsutil::open_in_place`]), without `force`. Returns what was not
 /// sealed exactly as found.
 pub fn seal_to_path(
     bk: &BackupKey,
@@ -214,6 +220,12 @@ pub fn seal_to_path(
     force: bool,
     progress: &dyn Progress,
 ) -> Result<Vec<Notice>> {
+    if let Some(file) = fsutil::open_in_place(path)? {
+        // `/dev/fd/N` may be a file inside a sealed folder: leave it out.
+        let exclude: Vec<FileId> = file_id(&file).into_iter().collect();
+        let (_, notices) = seal(bk, slots, source, opts, file, &exclude, progress)?;
+        return Ok(notices);
+    }
     refuse_existing(path, force)?;
     let tmp = fsutil::temp_beside(path)?;
     let file = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
@@ -365,7 +377,10 @@ pub fn open_to_writer<R: Read + Send + 'static, W: Write>(
 
 /// Open into `dst`: a folder for a tar payload, a file for a stream. The
 /// output appears at `dst` only after everything authenticated; an existing
-/// `dst` is replaced only with `force`. Returns what was not restored
+/// `dst` is replaced only with `force`. A FIFO, character device or
+/// `/dev/fd/N` is written in place as by [`open_to_writer`] (a tar payload
+/// as its tar stream), without `force`: the caller must treat what was
+/// written as void unless this returns `Ok`. Returns what was not restored
 /// exactly (devices when not root, metadata the file system refused).
 pub fn open_to_path<R: Read + Send + 'static>(
     header: &Header,
@@ -376,6 +391,10 @@ pub fn open_to_path<R: Read + Send + 'static>(
     opts: UnpackOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<Notice>> {
+    if let Some(mut file) = fsutil::open_in_place(dst)? {
+        open_to_writer(header, bk, input, &mut file, progress)?;
+        return Ok(Vec::new());
+    }
     refuse_existing(dst, force)?;
     let p = payload(header, bk, input)?;
     let mut counted = Counting { inner: p, progress };
@@ -391,10 +410,7 @@ pub fn open_to_path<R: Read + Send + 'static>(
         .ok_or_else(|| Error::Usage(format!("{}: not a folder name", dst.display())))?
         .to_string_lossy()
         .into_owned();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!("{name}.tmp-"))
-        .tempdir_in(&parent)
-        .map_err(|e| Error::io(&parent, e))?;
+    let tmp = fsutil::temp_dir_in(&parent, &format!("{name}.tmp-"))?;
     let mut notices = Vec::new();
     unpack::unpack(&mut counted, tmp.path(), opts, &mut notices).map_err(stream_corrupt)?;
     // Everything up to the last chunk must authenticate before the folder
@@ -405,26 +421,30 @@ pub fn open_to_path<R: Read + Send + 'static>(
     Ok(notices)
 }
 
-fn replace_dir(tmp: tempfile::TempDir, dst: &Path, force: bool) -> Result<()> {
+fn replace_dir(tmp: fsutil::TempDir, dst: &Path, force: bool) -> Result<()> {
     let parent = fsutil::parent_dir(dst);
-    let mut old: Option<tempfile::TempDir> = None;
-    if force && dst.symlink_metadata().is_ok() {
-        // Move the old target aside into a temp folder that removes it.
-        let aside = tempfile::Builder::new()
-            .prefix(".coffer-replaced-")
-            .tempdir_in(&parent)
-            .map_err(|e| Error::io(&parent, e))?;
-        std::fs::rename(dst, aside.path().join("old")).map_err(|e| Error::io(dst, e))?;
-        old = Some(aside);
-    }
-    let kept = tmp.keep();
-    if let Err(e) = std::fs::rename(&kept, dst) {
-        let _ = std::fs::remove_dir_all(&kept);
-        if let Some(o) = &old {
-            let _ = std::fs::rename(o.path().join("old"), dst);
+    // The old target is moved aside into a temp folder that removes it
+    // (also when interrupted after the commit).
+    let aside = if force && dst.symlink_metadata().is_ok() {
+        Some(fsutil::temp_dir_in(&parent, ".coffer-replaced-")?)
+    } else {
+        None
+    };
+    let (tmp, reg) = tmp.into_parts();
+    reg.commit(|| {
+        if let Some(a) = &aside {
+            std::fs::rename(dst, a.path().join("old")).map_err(|e| Error::io(dst, e))?;
         }
-        return Err(Error::io(dst, e));
-    }
-    drop(old);
+        let kept = tmp.keep();
+        if let Err(e) = std::fs::rename(&kept, dst) {
+            let _ = std::fs::remove_dir_all(&kept);
+            if let Some(a) = &aside {
+                let _ = std::fs::rename(a.path().join("old"), dst);
+            }
+            return Err(Error::io(dst, e));
+        }
+        Ok(())
+    })?;
+    drop(aside);
     fsutil::sync_dir(&parent)
 }

@@ -5,6 +5,10 @@
 //! keyring holds the archive's key, and with the archive's own slot copies
 //! otherwise, so an archive plus any one factor is enough.
 //!
+//! Output to `-`, a FIFO, a character device or `/dev/fd/N` is written as
+//! it authenticates; a reader that closes early (`| head`) is not an error:
+//! the command stops quietly with status 0 (see `reader_left`).
+//!
 //! Must never: write an archive to a terminal, or leave partial output.
 
 use super::{Cli, CompressArg, Env, print_json, unlock};
@@ -41,6 +45,33 @@ fn progress(cli: &Cli, verb: &str) -> Box<dyn Progress> {
 
 fn is_dash(p: &Path) -> bool {
     p.as_os_str() == "-"
+}
+
+/// Whether `p` is a terminal (a character device that is a tty).
+fn is_terminal_path(p: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_char_device())
+        && std::fs::File::options()
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(p)
+            .is_ok_and(|f| f.is_terminal())
+}
+
+/// Whether writing stopped because the reader of a pipe or FIFO closed it
+/// (`coffer open x -o - | head`). That is not a failure: the reader took
+/// what it wanted, and everything written had authenticated. GNU tools die
+/// of SIGPIPE there (a shell reports 141); coffer, as ripgrep does, exits
+/// 0 without a message, so `set -o pipefail` scripts that cut output short
+/// keep working. Rust ignores SIGPIPE, so the write fails with EPIPE.
+fn reader_left<T>(result: Result<T>) -> Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 type Input = Box<dyn Read + Send>;
@@ -145,6 +176,12 @@ pub(super) fn seal(
                 .into(),
         ));
     }
+    if !is_dash(output) && is_terminal_path(output) {
+        return Err(Error::Usage(format!(
+            "refusing to write an archive to the terminal {}: give -o FILE",
+            output.display()
+        )));
+    }
     let keyring = env.keyring.load()?;
     let bk = unlock(cli, env, &keyring)?;
     let opts = SealOptions {
@@ -155,7 +192,7 @@ pub(super) fn seal(
         ..SealOptions::default()
     };
     let bar = progress(cli, "sealing");
-    let notices = if is_dash(output) {
+    let sealed = if is_dash(output) {
         let out = stdout_file()?;
         // `seal DIR -o - > DIR/out` must not read its own output.
         let exclude: Vec<archive::FileId> = archive::file_id(&out).into_iter().collect();
@@ -167,8 +204,8 @@ pub(super) fn seal(
             out,
             &exclude,
             bar.as_ref(),
-        )?
-        .1
+        )
+        .map(|(_, notices)| notices)
     } else {
         archive::seal_to_path(
             &bk,
@@ -178,9 +215,12 @@ pub(super) fn seal(
             output,
             force,
             bar.as_ref(),
-        )?
+        )
     };
     drop(bar);
+    let Some(notices) = reader_left(sealed)? else {
+        return Ok(());
+    };
     report_notices(env, &notices);
     if cli.json {
         print_json(&json!({
@@ -250,15 +290,17 @@ pub(super) fn open(
     let (header, input) = read_archive(archive_path)?;
     let bk = unlock_archive(cli, env, &header)?;
     let bar = progress(cli, "opening");
-    let mut notices = Vec::new();
-    if is_dash(output) {
+    let opened = if is_dash(output) {
         let mut out = stdout_file()?;
-        archive::open_to_writer(&header, &bk, input, &mut out, bar.as_ref())?;
+        archive::open_to_writer(&header, &bk, input, &mut out, bar.as_ref()).map(|_| Vec::new())
     } else {
         let opts = archive::UnpackOptions { numeric_owner };
-        notices = archive::open_to_path(&header, &bk, input, output, force, opts, bar.as_ref())?;
-    }
+        archive::open_to_path(&header, &bk, input, output, force, opts, bar.as_ref())
+    };
     drop(bar);
+    let Some(notices) = reader_left(opened)? else {
+        return Ok(());
+    };
     report_notices(env, &notices);
     if cli.json {
         print_json(&json!({

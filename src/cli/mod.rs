@@ -5,6 +5,7 @@
 //! that only to the terminal or the file the person named.
 
 mod archive_cmd;
+mod interrupt;
 pub mod term;
 #[cfg(feature = "vault")]
 mod vault_cmd;
@@ -120,13 +121,14 @@ pub enum Command {
         /// alone seals standard input as a single stream
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
-        /// The archive to write (`-` for standard output)
+        /// The archive to write (`-` for standard output); a FIFO, a
+        /// character device or /dev/fd/N is written into, not replaced
         #[arg(short, long, value_name = "ARCHIVE")]
         output: PathBuf,
         /// Compress before encrypting
         #[arg(long, value_enum, default_value_t = CompressArg::None)]
         compress: CompressArg,
-        /// Replace the archive if it exists
+        /// Replace the archive if it is an existing regular file
         #[arg(long)]
         force: bool,
     },
@@ -135,10 +137,12 @@ pub enum Command {
         /// The archive (`-` for standard input)
         archive: PathBuf,
         /// Where to put what it holds: a new folder for files and folders, a
-        /// file for a sealed stream, `-` for standard output
+        /// file for a sealed stream, `-` for standard output; a FIFO, a
+        /// character device or /dev/fd/N is written into as `-` is (a
+        /// folder archive as its tar stream): check the exit status
         #[arg(short, long, value_name = "DIR|FILE|-")]
         output: PathBuf,
-        /// Replace the output if it exists
+        /// Replace the output if it is an existing file or folder
         #[arg(long)]
         force: bool,
         /// Restore owners by uid/gid, not by user and group name (as root)
@@ -387,6 +391,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     if let Command::Vault(cmd) = &cli.command {
         return vault_cmd::run(cmd);
     }
+    interrupt::remove_temporaries_on_signals()?;
     let env = cli.env()?;
     match &cli.command {
         Command::Init { recovery_key_out } => init(cli, &env, recovery_key_out.as_deref()),
