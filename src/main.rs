@@ -17,6 +17,7 @@ fn forbid_core_dumps() {
 
 fn main() -> std::process::ExitCode {
     forbid_core_dumps();
+    raise_descriptor_limit();
     let args = cli::Cli::parse();
     match cli::run(&args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -27,5 +28,16 @@ fn main() -> std::process::ExitCode {
             eprintln!("coffer: {}", text.join("\n"));
             std::process::ExitCode::from(e.exit_status() as u8)
         }
+    }
+}
+
+/// Raise the soft limit on open descriptors to the hard limit: sealing and
+/// opening hold one per folder level of the tree they walk.
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
     }
 }

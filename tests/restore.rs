@@ -1029,3 +1029,90 @@ fn old_archives_with_gnu_sparse_entries_now_open() {
     assert_eq!(&got[0o10000..0o10004], b"DATA");
     assert!(got[..0o10000].iter().all(|&b| b == 0));
 }
+
+#[test]
+fn a_tree_thousands_of_folders_deep_seals_and_opens() {
+    // Found in review: the walk recursed on a thread with a 2 MiB stack and
+    // aborted the whole seal at about 800 levels (a plain `mkdir -p` makes
+    // such a tree).
+    let h = home();
+    let d = h.path("d");
+    std::fs::create_dir(&d).unwrap();
+    let mut fd = rustix::fs::open(&d, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    for _ in 0..3000 {
+        rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(&fd, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .unwrap();
+    }
+    let f = rustix::fs::openat(
+        &fd,
+        "leaf",
+        OFlags::WRONLY | OFlags::CREATE,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    std::fs::File::from(f).write_all(b"deep").unwrap();
+    let (code, err) = seal(&h, &[&d], "deep.coffer");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(verify(&h, "deep.coffer").0, 0);
+    let (code, err) = open(&h, "deep.coffer", "r");
+    assert_eq!(code, 0, "{err}");
+    let ignore = Ignore { owners: !is_root() };
+    assert_eq!(snapshot(&d, ignore), snapshot(&h.path("r/d"), ignore));
+}
+
+#[test]
+fn sealing_a_path_ending_in_dot_dot_seals_that_folder() {
+    // Found in review: `seal top/child/..` sealed child's contents under
+    // the name `top`.
+    let h = home();
+    std::fs::create_dir_all(h.path("top/child")).unwrap();
+    std::fs::write(h.path("top/in-top"), b"top").unwrap();
+    std::fs::write(h.path("top/child/in-child"), b"child").unwrap();
+    let (code, err) = seal(&h, &[&h.path("top/child/..")], "t.coffer");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(open(&h, "t.coffer", "r").0, 0);
+    assert_eq!(common::listing(&h.path("r")), ["top"]);
+    assert_eq!(common::listing(&h.path("r/top")), ["child", "in-top"]);
+}
+
+#[test]
+fn names_with_nul_and_oversized_link_targets_are_refused_by_verify_and_open() {
+    // Found in review: these verified, then open failed with exit 1.
+    let h = home();
+    let outside = tempfile::tempdir().unwrap();
+    let entry = |path: &[u8], kind, link: &[u8]| {
+        let mut t = coffer::archive::tar::write::encode(&coffer::archive::tar::Entry {
+            kind: Some(kind),
+            path: path.to_vec(),
+            link: link.to_vec(),
+            mode: 0o644,
+            ..Default::default()
+        });
+        t.extend_from_slice(&[0u8; 1024]);
+        t
+    };
+    use coffer::archive::tar::Kind;
+    // Past 100 bytes, so that the pax record (not the NUL-ended ustar
+    // field) carries the name.
+    let nul_path = [&b"a\0"[..], &[b'b'; 200]].concat();
+    let nul_link = [&b"x\0"[..], &[b'y'; 200]].concat();
+    assert_refused(
+        &h,
+        &entry(&nul_path, Kind::Fifo, b""),
+        outside.path(),
+        "NUL in a path",
+    );
+    assert_refused(
+        &h,
+        &entry(b"l", Kind::Symlink, &nul_link),
+        outside.path(),
+        "NUL in a link",
+    );
+    assert_refused(
+        &h,
+        &entry(b"l", Kind::Symlink, &[b'x'; 5000]),
+        outside.path(),
+        "long link",
+    );
+}

@@ -234,43 +234,58 @@ pub fn pack<W: Write>(
     let mut w = w;
     let mut write_err = None;
     let walked = std::thread::scope(|scope| {
-        let walker = scope.spawn(move || -> Result<()> {
-            let out = Batches {
-                buf: Vec::with_capacity(BATCH),
-                full: full_tx,
-                empty: empty_rx,
-            };
-            let mut pk = Packer {
-                w: out,
-                readers: Readers::new(super::stream::workers()),
-                in_flight: 0,
-                exclude,
-                notices,
-                links: HashMap::new(),
-                users: HashMap::new(),
-                groups: HashMap::new(),
-                buf: vec![0u8; READ_BUF],
-            };
-            for (p, name) in tops {
-                // The top path itself is named by the person sealing:
-                // resolve its folders normally, but not a symlink in its
-                // last component.
-                let parent = crate::fsutil::parent_dir(p);
-                let pfd = rustix::fs::open(
-                    &parent,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| Error::io(&parent, e.into()))?;
-                let last = p
-                    .file_name()
-                    .map(OsStr::to_owned)
-                    .unwrap_or_else(|| ".".into());
-                pk.add(pfd.as_fd(), &last, p, name.as_bytes().to_vec())?;
-            }
-            pk.out(&write::END)?;
-            pk.w.send().map_err(|e| Error::io("<archive output>", e))
-        });
+        // The walk recurses once per folder level: a stack that holds any
+        // depth the descriptor limit allows (reserved, touched only as
+        // deep as the tree goes).
+        let walker = std::thread::Builder::new()
+            .name("coffer-walk".into())
+            .stack_size(WALK_STACK)
+            .spawn_scoped(scope, move || -> Result<()> {
+                let out = Batches {
+                    buf: Vec::with_capacity(BATCH),
+                    full: full_tx,
+                    empty: empty_rx,
+                };
+                let mut pk = Packer {
+                    w: out,
+                    readers: Readers::new(super::stream::workers()),
+                    in_flight: 0,
+                    exclude,
+                    notices,
+                    links: HashMap::new(),
+                    users: HashMap::new(),
+                    groups: HashMap::new(),
+                    buf: vec![0u8; READ_BUF],
+                };
+                for (p, name) in tops {
+                    // The top path itself is named by the person sealing:
+                    // resolve its folders normally, but not a symlink in its
+                    // last component.
+                    // "x/..", "..", ".": the real folder, by its real name.
+                    let real;
+                    let p = if p.file_name().is_none() {
+                        real = p.canonicalize().map_err(|e| Error::io(p, e))?;
+                        &real
+                    } else {
+                        p
+                    };
+                    let parent = crate::fsutil::parent_dir(p);
+                    let pfd = rustix::fs::open(
+                        &parent,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| Error::io(&parent, e.into()))?;
+                    let last = p
+                        .file_name()
+                        .map(OsStr::to_owned)
+                        .unwrap_or_else(|| ".".into());
+                    pk.add(pfd.as_fd(), &last, p, name.as_bytes().to_vec())?;
+                }
+                pk.out(&write::END)?;
+                pk.w.send().map_err(|e| Error::io("<archive output>", e))
+            })
+            .map_err(|e| Error::io("<walker thread>", e))?;
         for buf in full_rx.iter() {
             if let Err(e) = w.write_all(&buf) {
                 write_err = Some(e);
@@ -289,6 +304,12 @@ pub fn pack<W: Write>(
     walked?;
     Ok(w)
 }
+
+/// The walker thread's stack: about 2.5 KiB a folder level, so some
+/// 100,000 levels (each also holds a descriptor: the binary raises its
+/// descriptor limit to the hard limit); only what a walk touches is ever
+/// committed.
+const WALK_STACK: usize = 256 << 20;
 
 /// Bytes of tar stream handed over at a time.
 const BATCH: usize = 1 << 20;
@@ -442,8 +463,11 @@ impl<W: Write> Packer<'_, W> {
         }
         let mut e = self.entry_from(&st, arc);
         e.kind = Some(Kind::File);
-        if let Some(link) = self.link_to_earlier(&st, &e) {
-            return self.out(&write::encode(&link));
+        if let Some(mut link) = self.link_to_earlier(&st, &e) {
+            return match self.header(&mut link, shown) {
+                Some(h) => self.out(&h),
+                None => Ok(()),
+            };
         }
         e.xattrs = meta.xattrs;
         e.acl_access = meta.acl_access;
@@ -452,11 +476,42 @@ impl<W: Write> Packer<'_, W> {
             return self.write_file(fd, st, shown, e);
         };
         e.size = small.bytes.len() as u64;
-        self.out(&write::encode(&e))?;
+        let Some(h) = self.header(&mut e, shown) else {
+            return Ok(());
+        };
+        self.out(&h)?;
         self.out(&small.bytes)?;
         self.out(&[0u8; tar::BLOCK][..write::padding(e.size)])?;
         self.changed_notice(shown, small.short, small.changed);
         Ok(())
+    }
+
+    /// `e`'s headers, within what every reader accepts: an entry whose pax
+    /// header would pass [`tar::MAX_EXTENDED`] loses its xattrs and ACLs,
+    /// and is left out if that is not enough (a notice says which). `None`:
+    /// left out; a hard link naming it must then not be written.
+    fn header(&mut self, e: &mut Entry, shown: &Path) -> Option<Vec<u8>> {
+        let h = write::encode(e);
+        if h.len() as u64 <= tar::MAX_EXTENDED {
+            return Some(h);
+        }
+        if !e.xattrs.is_empty() || e.acl_access.is_some() || e.acl_default.is_some() {
+            e.xattrs.clear();
+            e.acl_access = None;
+            e.acl_default = None;
+            self.notice(
+                shown,
+                NoticeKind::Skipped,
+                "its xattrs and ACLs, more than 1 MiB together, were not sealed",
+            );
+            let h = write::encode(e);
+            if h.len() as u64 <= tar::MAX_EXTENDED {
+                return Some(h);
+            }
+        }
+        self.notice(shown, NoticeKind::Skipped, "its path is longer than 1 MiB");
+        self.links.retain(|_, p| *p != e.path);
+        None
     }
 
     fn changed_notice(&mut self, shown: &Path, short: bool, changed: bool) {
@@ -509,9 +564,12 @@ impl<W: Write> Packer<'_, W> {
         };
         e.kind = Some(kind);
         if kind != Kind::Dir
-            && let Some(link) = self.link_to_earlier(&st, &e)
+            && let Some(mut link) = self.link_to_earlier(&st, &e)
         {
-            return self.out(&write::encode(&link));
+            return match self.header(&mut link, shown) {
+                Some(h) => self.out(&h),
+                None => Ok(()),
+            };
         }
         match kind {
             Kind::Dir => self.add_dir(dir, name, shown, e),
@@ -525,16 +583,25 @@ impl<W: Write> Packer<'_, W> {
                             NoticeKind::Changed,
                             format!("cannot read the link: {err}"),
                         );
+                        // Later names of this inode must not link to it.
+                        self.links.retain(|_, p| *p != e.path);
                         return Ok(());
                     }
                 }
-                self.out(&write::encode(&e))
+                match self.header(&mut e, shown) {
+                    Some(h) => self.out(&h),
+                    None => Ok(()),
+                }
             }
-            Kind::Char | Kind::Block => {
-                e.dev = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
-                self.out(&write::encode(&e))
+            _ => {
+                if matches!(kind, Kind::Char | Kind::Block) {
+                    e.dev = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+                }
+                match self.header(&mut e, shown) {
+                    Some(h) => self.out(&h),
+                    None => Ok(()),
+                }
             }
-            _ => self.out(&write::encode(&e)),
         }
     }
 
@@ -599,7 +666,10 @@ impl<W: Write> Packer<'_, W> {
             }
         }
         names.sort_by(|a, b| a.0.cmp(&b.0));
-        self.out(&write::encode(&e))?;
+        let Some(h) = self.header(&mut e, shown) else {
+            return Ok(());
+        };
+        self.out(&h)?;
         let fd = Arc::new(fd);
         // Regular files ahead of the one being written are opened and read
         // by the reader threads meanwhile.
@@ -677,7 +747,10 @@ impl<W: Write> Packer<'_, W> {
         if (st.st_blocks as u64).saturating_mul(512) < size {
             e.sparse = sparse_map(fd.as_fd(), size);
         }
-        self.out(&write::encode(&e))?;
+        let Some(h) = self.header(&mut e, shown) else {
+            return Ok(());
+        };
+        self.out(&h)?;
         let segs = e.sparse.clone().unwrap_or_else(|| {
             vec![Segment {
                 offset: 0,
@@ -776,7 +849,8 @@ fn sparse_map(fd: BorrowedFd<'_>, size: u64) -> Option<Vec<Segment>> {
             offset: data,
             len: hole - data,
         });
-        if segs.len() as u64 > tar::MAX_SPARSE_SEGMENTS {
+        // Room for the closing empty segment below.
+        if segs.len() as u64 >= tar::MAX_SPARSE_SEGMENTS {
             return None;
         }
         pos = hole;

@@ -130,47 +130,97 @@ fn bad_link(path: &[u8], link: &[u8]) -> Error {
 /// the end-of-archive marker.
 pub fn validate<R: Read>(r: R) -> Result<(R, Stats)> {
     let mut p = Parser::new(r);
-    // Path → whether it is a folder. Grows with the entry count: this is
-    // what lets verify predict what unpack would refuse.
-    let mut tree: HashMap<Vec<u8>, bool> = HashMap::new();
+    // A model of the tree: (parent node, name) → (node, is a folder).
+    // Grows with the entry count; this is what lets verify predict what
+    // unpack would refuse. Node 0 is the target folder.
+    let mut tree: HashMap<(u64, Vec<u8>), (u64, bool)> = HashMap::new();
+    // The folders of the previous entry, as unpack keeps them open, so an
+    // entry costs only the components it does not share with the one
+    // before.
+    let mut stack: Vec<(Vec<u8>, u64)> = Vec::new();
+    let mut next_node = 1u64;
     let mut stats = Stats::default();
     while let Some(e) = p.next_entry()? {
         stats.entries += 1;
+        check_entry(&e)?;
         let comps = components(&e.path)?;
-        let mut key = Vec::new();
-        for c in &comps[..comps.len() - 1] {
-            if !key.is_empty() {
-                key.push(b'/');
-            }
-            key.extend_from_slice(c);
+        let (last, parents) = comps.split_last().expect("never empty");
+        let common = stack
+            .iter()
+            .zip(parents)
+            .take_while(|((n, _), c)| n == *c)
+            .count();
+        stack.truncate(common);
+        for c in &parents[common..] {
             stats.components += 1;
-            match tree.get(&key) {
-                Some(false) => return Err(through_non_folder(&e.path)),
-                Some(true) => {}
+            let parent = stack.last().map_or(0, |&(_, id)| id);
+            let id = match tree.get(&(parent, c.to_vec())) {
+                Some(&(_, false)) => return Err(through_non_folder(&e.path)),
+                Some(&(id, true)) => id,
                 None => {
-                    tree.insert(key.clone(), true);
+                    let id = next_node;
+                    next_node += 1;
+                    tree.insert((parent, c.to_vec()), (id, true));
+                    id
                 }
-            }
+            };
+            stack.push((c.to_vec(), id));
         }
-        if !key.is_empty() {
-            key.push(b'/');
-        }
-        key.extend_from_slice(comps[comps.len() - 1]);
+        let parent = stack.last().map_or(0, |&(_, id)| id);
         let is_dir = e.kind() == Kind::Dir;
-        match (tree.get(&key), is_dir) {
-            (Some(true), false) => return Err(replaces_folder(&e.path)),
-            (Some(false), true) => return Err(through_non_folder(&e.path)),
+        let existing = tree.get(&(parent, last.to_vec())).copied();
+        match (existing, is_dir) {
+            (Some((_, true)), false) => return Err(replaces_folder(&e.path)),
+            (Some((_, false)), true) => return Err(through_non_folder(&e.path)),
             _ => {}
         }
         if e.kind() == Kind::HardLink {
-            let t = components(&e.link)?.join(&b'/');
-            if t == key || tree.get(&t) != Some(&false) {
+            // The source, resolved from the top: as long as its path.
+            let t = components(&e.link)?;
+            let mut node = 0u64;
+            let mut found = None;
+            for (i, c) in t.iter().enumerate() {
+                stats.components += 1;
+                match tree.get(&(node, c.to_vec())) {
+                    Some(&(id, true)) if i + 1 < t.len() => node = id,
+                    Some(&(id, false)) if i + 1 == t.len() => found = Some(id),
+                    _ => break,
+                }
+            }
+            let same = existing.is_some_and(|(id, _)| Some(id) == found);
+            if found.is_none() || same {
                 return Err(bad_link(&e.path, &e.link));
             }
         }
-        tree.insert(key, is_dir);
+        match existing {
+            Some((_, true)) => {}
+            _ => {
+                let id = next_node;
+                next_node += 1;
+                tree.insert((parent, last.to_vec()), (id, is_dir));
+            }
+        }
     }
     Ok((p.into_inner(), stats))
+}
+
+/// What no file system takes, refused in verify and open alike: a NUL in
+/// a path or link (the kernel's strings end there), a symlink target of
+/// PATH_MAX or more.
+fn check_entry(e: &Entry) -> Result<()> {
+    if e.path.contains(&0) || e.link.contains(&0) {
+        return Err(corrupt(format!(
+            "entry {} has a NUL byte in its name or link",
+            display_bytes(&e.path)
+        )));
+    }
+    if e.kind() == Kind::Symlink && e.link.len() >= 4096 {
+        return Err(corrupt(format!(
+            "entry {} is a symlink to a target of 4096 bytes or more",
+            display_bytes(&e.path)
+        )));
+    }
+    Ok(())
 }
 
 /// One open folder on the walk's stack.
@@ -193,6 +243,8 @@ struct Unpacker<'n> {
     groups: HashMap<Vec<u8>, Option<u32>>,
     buf: Vec<u8>,
     writers: Writers,
+    /// Paths of entries left out (devices when not root).
+    skipped: std::collections::HashSet<Vec<u8>>,
 }
 
 /// Unpack the tar stream `r` into the existing, empty folder `dst`.
@@ -223,6 +275,7 @@ pub fn unpack<R: Read>(
         groups: HashMap::new(),
         buf: vec![0u8; WRITE_BUF],
         writers: Writers::new(super::stream::workers()),
+        skipped: Default::default(),
     };
     let mut p = Parser::new(r);
     while let Some(e) = p.next_entry()? {
@@ -312,13 +365,16 @@ struct Meta {
 /// Returns what could not be set (noted, not fatal: the content is there).
 fn apply_meta(fd: BorrowedFd<'_>, m: &Meta) -> Vec<String> {
     let mut failed = Vec::new();
+    let mut mode = m.mode;
     if let Some((u, g)) = m.owner
         && let Err(err) = rustix::fs::fchown(fd, Some(u), Some(g))
     {
         failed.push(format!("owner not restored: {err}"));
+        // Never a set-id file owned by whoever restores it.
+        mode = Mode::from_raw_mode(mode.as_raw_mode() & !0o6000);
     }
     // After chown, which clears set-id bits.
-    if let Err(err) = rustix::fs::fchmod(fd, m.mode) {
+    if let Err(err) = rustix::fs::fchmod(fd, mode) {
         failed.push(format!("mode not restored: {err}"));
     }
     failed.extend(super::xattrs::write(fd, &m.entry));
@@ -603,9 +659,15 @@ impl Unpacker<'_> {
                 rustix::fs::Gid::from_raw(self.gid(e)),
             )
         });
+        let mut mode = self.mode(e);
+        if owner.is_some_and(|(u, g)| u.as_raw() == u32::MAX || g.as_raw() == u32::MAX) {
+            // Id -1 means "leave as is" to chown: the file would keep the
+            // restorer as owner, so it gets no set-id bits.
+            mode = Mode::from_raw_mode(mode.as_raw_mode() & !0o6000);
+        }
         Meta {
             owner,
-            mode: self.mode(e),
+            mode,
             entry: Entry {
                 // Content metadata is not needed to set metadata.
                 sparse: None,
@@ -624,6 +686,7 @@ impl Unpacker<'_> {
     }
 
     fn entry<R: Read>(&mut self, p: &mut Parser<R>, e: Entry) -> Result<()> {
+        check_entry(&e)?;
         let comps = components(&e.path)?;
         let (last, parents) = comps.split_last().expect("components are never empty");
         let kind = e.kind();
@@ -639,6 +702,8 @@ impl Unpacker<'_> {
                 NoticeKind::Skipped,
                 format!("a {} is restored only as root", kind.name()),
             );
+            // Hard links to it are left out too, not refused.
+            self.skipped.insert(comps.join(&b'/'));
             return Ok(());
         }
         match kind {
@@ -750,6 +815,14 @@ impl Unpacker<'_> {
 
     fn hard_link(&mut self, e: &Entry, name: &[u8]) -> Result<()> {
         let t = components(&e.link)?;
+        if !self.skipped.is_empty() && self.skipped.contains(&t.join(&b'/')) {
+            self.notice(
+                &e.path,
+                NoticeKind::Skipped,
+                "a hard link to an entry that was left out".into(),
+            );
+            return Ok(());
+        }
         let (tlast, tparents) = t.split_last().expect("never empty");
         // The source's folders, walked from the target like any path.
         let mut fd = self

@@ -41,10 +41,20 @@ pub struct Ignore {
 pub fn snapshot(root: &Path, ignore: Ignore) -> BTreeMap<String, Attrs> {
     let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
         .unwrap_or_else(|e| panic!("{}: {e}", root.display()));
-    let mut out = BTreeMap::new();
-    let mut inodes = HashMap::new();
-    walk(&fd, "", &mut out, &mut inodes, ignore);
-    out
+    // The walk recurses per level: give it a stack for deep trees.
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(512 << 20)
+            .spawn_scoped(s, || {
+                let mut out = BTreeMap::new();
+                let mut inodes = HashMap::new();
+                walk(&fd, "", &mut out, &mut inodes, ignore);
+                out
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    })
 }
 
 fn walk(

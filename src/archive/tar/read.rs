@@ -52,6 +52,9 @@ struct Pending {
     sparse_realsize: Option<u64>,
     /// Whether any extended header came before this entry.
     any: bool,
+    /// Bytes of extended headers for this entry so far: all of them
+    /// together stay within [`MAX_EXTENDED`].
+    total: u64,
 }
 
 /// Parse a numeric header field: octal (leading spaces or NULs, ended by
@@ -242,6 +245,14 @@ impl<R: Read> Parser<R> {
             check_header(&h)?;
             let flag = h[156];
             let size = unsigned(&h[124..136], "size")?;
+            if matches!(flag, b'x' | b'L' | b'K') {
+                p.total = p.total.saturating_add(size);
+                if p.total > MAX_EXTENDED {
+                    return Err(corrupt(format!(
+                        "extended headers of more than {MAX_EXTENDED} bytes for one entry"
+                    )));
+                }
+            }
             match flag {
                 b'x' => {
                     let data = self.extended(size, "a pax header")?;
@@ -353,6 +364,9 @@ impl<R: Read> Parser<R> {
             (0, 0)
         };
         let stored = p.size.unwrap_or(size);
+        if stored > i64::MAX as u64 {
+            return Err(corrupt("an entry larger than 2^63 bytes"));
+        }
         let mut e = Entry {
             kind: Some(kind),
             path: Vec::new(),
@@ -381,6 +395,8 @@ impl<R: Read> Parser<R> {
             e.size = real;
             self.check_sparse(&segs, real, stored)?;
             e.sparse = Some(segs);
+        } else if p.sparse_major.is_some() && kind != Kind::File {
+            return Err(corrupt("GNU sparse records on an entry that is not a file"));
         } else if let Some(major) = &p.sparse_major {
             if major.as_slice() != b"1" || p.sparse_minor.as_deref() != Some(b"0") {
                 return Err(corrupt(
@@ -748,6 +764,52 @@ mod tests {
         v.extend_from_slice(&[1u8; 10]);
         v.resize(v.len() + super::super::write::padding(10), 0);
         assert!(Parser::new(&v[..]).next_entry().is_err());
+    }
+
+    #[test]
+    fn extended_headers_are_limited_per_entry_and_sizes_to_2_pow_63() {
+        // Found in review: chained pax headers each under the limit piled up
+        // without bound, and size=2^64-1 overflowed the skip arithmetic.
+        let x = |records: &[u8]| {
+            let mut v = super::super::write::encode(&Entry {
+                kind: Some(Kind::File),
+                path: b"x".to_vec(),
+                ..Entry::default()
+            });
+            // Turn the plain header into a pax header holding `records`.
+            v[156] = b'x';
+            let size = format!("{:011o}\0", records.len());
+            v[124..136].copy_from_slice(size.as_bytes());
+            v[148..156].fill(b' ');
+            let sum: u32 = v.iter().map(|&b| u32::from(b)).sum();
+            v[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+            v.extend_from_slice(records);
+            v.resize(
+                v.len() + super::super::write::padding(records.len() as u64),
+                0,
+            );
+            v
+        };
+        let rec = |k: &str, val: &[u8]| {
+            let mut r = Vec::new();
+            super::super::write::pax_record_for_tests(&mut r, k, val);
+            r
+        };
+        let file = super::super::write::encode(&Entry {
+            kind: Some(Kind::File),
+            path: b"f".to_vec(),
+            ..Entry::default()
+        });
+        let big = rec("SCHILY.xattr.user.a", &vec![b'v'; 600 * 1024]);
+        let mut t = x(&big);
+        t.extend(x(&big));
+        t.extend(&file);
+        t.extend_from_slice(&super::super::write::END);
+        assert!(Parser::new(&t[..]).next_entry().is_err());
+        let mut t = x(&rec("size", b"18446744073709551615"));
+        t.extend(&file);
+        t.extend_from_slice(&super::super::write::END);
+        assert!(Parser::new(&t[..]).next_entry().is_err());
     }
 
     #[test]

@@ -41,6 +41,12 @@ fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     out.push(b'\n');
 }
 
+/// [`pax_record`], for the reader's tests.
+#[cfg(test)]
+pub(crate) fn pax_record_for_tests(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    pax_record(out, key, value)
+}
+
 /// A time as pax writes it: decimal seconds, a fraction only when needed.
 pub fn pax_time(t: Time) -> String {
     if t.nanos == 0 {
