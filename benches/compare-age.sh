@@ -15,7 +15,8 @@ runs=${2:-5}
 
 command -v age >/dev/null || bash hsm-sim/install-deps.sh
 cargo build --release --quiet
-COFFER="$PWD/target/release/coffer"
+# Honour CARGO_TARGET_DIR (a per-person target directory) like cargo does.
+COFFER="${CARGO_TARGET_DIR:-$PWD/target}/release/coffer"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
