@@ -21,24 +21,14 @@ use super::{Notice, NoticeKind};
 use crate::error::{Error, Result};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Bytes read from a file at a time.
 const READ_BUF: usize = 1 << 20;
-/// Files at most this long are read whole by the reader threads, ahead of
-/// the stream; longer ones are streamed by the packer itself.
-const SMALL: u64 = 128 * 1024;
-/// Files read ahead and not yet written, at most, all folders together:
-/// read-ahead memory stays under `SMALL × AHEAD` (32 MiB).
-const AHEAD: usize = 256;
-/// Files read ahead in one folder, at most (so folders nested inside it
-/// can read ahead too).
-const AHEAD_PER_FOLDER: usize = 32;
 
 /// A file's identity: device and inode.
 pub type FileId = (u64, u64);
@@ -58,143 +48,8 @@ fn top_name(p: &Path) -> Result<OsString> {
     })
 }
 
-/// A file opened (and, if small, read) by a reader thread.
-enum Fetch {
-    /// It could not be opened.
-    Failed(rustix::io::Errno),
-    /// It is no longer a regular file: look again.
-    NotRegular,
-    /// Opened: its metadata, xattrs and, for a small file, its content.
-    Opened(Box<Opened>),
-}
-
-struct Opened {
-    /// Kept open for a file to be streamed (no `content`).
-    fd: Option<OwnedFd>,
-    st: rustix::fs::Stat,
-    /// xattrs and ACLs (in an otherwise empty entry).
-    meta: Entry,
-    content: Option<Small>,
-}
-
-struct Small {
-    /// Exactly `st.st_size` bytes (zeros past a shrunken end).
-    bytes: Vec<u8>,
-    short: bool,
-    changed: bool,
-}
-
-/// Open and, when small, read `name` in `dir`: what the packer would do,
-/// on another thread, so that the system calls of many small files overlap.
-fn fetch(dir: BorrowedFd<'_>, name: &OsStr) -> Fetch {
-    let flags =
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(e) => return Fetch::Failed(e),
-    };
-    let st = match rustix::fs::fstat(&fd) {
-        Ok(st) => st,
-        Err(e) => return Fetch::Failed(e),
-    };
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Fetch::NotRegular;
-    }
-    let mut meta = Entry::default();
-    super::xattrs::read(fd.as_fd(), &mut meta, false);
-    let size = st.st_size as u64;
-    let sparse = (st.st_blocks as u64).saturating_mul(512) < size;
-    if size > SMALL || sparse {
-        return Fetch::Opened(Box::new(Opened {
-            fd: Some(fd),
-            st,
-            meta,
-            content: None,
-        }));
-    }
-    // Read into spare capacity: no zeroing of what is about to be read.
-    let mut bytes: Vec<u8> = Vec::with_capacity(size as usize);
-    let mut short = false;
-    while bytes.len() < size as usize {
-        let at = bytes.len() as u64;
-        match rustix::io::pread(&fd, rustix::buffer::spare_capacity(&mut bytes), at) {
-            Ok(0) | Err(_) => {
-                short = true;
-                break;
-            }
-            Ok(_) => {}
-        }
-    }
-    // Zeros past a shrunken end.
-    bytes.resize(size as usize, 0);
-    let changed = rustix::fs::fstat(&fd).map_or(true, |a| {
-        a.st_size != st.st_size || a.st_mtime != st.st_mtime || a.st_mtime_nsec != st.st_mtime_nsec
-    });
-    Fetch::Opened(Box::new(Opened {
-        fd: None,
-        st,
-        meta,
-        content: Some(Small {
-            bytes,
-            short,
-            changed,
-        }),
-    }))
-}
-
-type Job = (Arc<OwnedFd>, OsString, crossbeam_channel::Sender<Fetch>);
-
-/// Reader threads running [`fetch`].
-struct Readers {
-    jobs: Option<crossbeam_channel::Sender<Job>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Readers {
-    fn new(n: usize) -> Self {
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(AHEAD);
-        let threads = (0..n)
-            .map(|_| {
-                let rx = rx.clone();
-                std::thread::spawn(move || {
-                    for (dir, name, reply) in rx {
-                        // The packer may have stopped waiting (an error).
-                        let _ = reply.send(fetch(dir.as_fd(), &name));
-                    }
-                })
-            })
-            .collect();
-        Self {
-            jobs: Some(tx),
-            threads,
-        }
-    }
-
-    fn submit(&self, dir: &Arc<OwnedFd>, name: &OsStr) -> crossbeam_channel::Receiver<Fetch> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.jobs
-            .as_ref()
-            .expect("open until dropped")
-            .send((dir.clone(), name.to_owned(), tx))
-            .expect("reader threads live as long as the pool");
-        rx
-    }
-}
-
-impl Drop for Readers {
-    fn drop(&mut self) {
-        self.jobs = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
 struct Packer<'n, W> {
     w: W,
-    readers: Readers,
-    /// Files submitted to the readers and not yet written.
-    in_flight: usize,
     exclude: &'n [FileId],
     notices: &'n mut Vec<Notice>,
     /// First archive path of each multiply-linked inode.
@@ -248,8 +103,6 @@ pub fn pack<W: Write>(
                 };
                 let mut pk = Packer {
                     w: out,
-                    readers: Readers::new(super::stream::workers()),
-                    in_flight: 0,
                     exclude,
                     notices,
                     links: HashMap::new(),
@@ -428,62 +281,6 @@ impl<W: Write> Packer<'_, W> {
         }
         self.links.insert(id, e.path.clone());
         None
-    }
-
-    /// Add a regular file a reader thread opened.
-    fn add_fetched(
-        &mut self,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        shown: &Path,
-        arc: Vec<u8>,
-        f: Fetch,
-    ) -> Result<()> {
-        let o = match f {
-            Fetch::Failed(e) if is_gone(e) => {
-                self.notice(shown, NoticeKind::Changed, "deleted before it was sealed");
-                return Ok(());
-            }
-            Fetch::Failed(e) => {
-                self.notice(shown, NoticeKind::Skipped, format!("cannot read it: {e}"));
-                return Ok(());
-            }
-            // Listed as a file, now something else: take it as it is.
-            Fetch::NotRegular => return self.add(dir, name, shown, arc),
-            Fetch::Opened(o) => o,
-        };
-        let Opened {
-            fd,
-            st,
-            meta,
-            content,
-        } = *o;
-        if self.exclude.contains(&(st.st_dev, st.st_ino)) {
-            return Ok(());
-        }
-        let mut e = self.entry_from(&st, arc);
-        e.kind = Some(Kind::File);
-        if let Some(mut link) = self.link_to_earlier(&st, &e) {
-            return match self.header(&mut link, shown) {
-                Some(h) => self.out(&h),
-                None => Ok(()),
-            };
-        }
-        e.xattrs = meta.xattrs;
-        e.acl_access = meta.acl_access;
-        let Some(small) = content else {
-            let fd = fd.expect("kept open when not read");
-            return self.write_file(fd, st, shown, e);
-        };
-        e.size = small.bytes.len() as u64;
-        let Some(h) = self.header(&mut e, shown) else {
-            return Ok(());
-        };
-        self.out(&h)?;
-        self.out(&small.bytes)?;
-        self.out(&[0u8; tar::BLOCK][..write::padding(e.size)])?;
-        self.changed_notice(shown, small.short, small.changed);
-        Ok(())
     }
 
     /// `e`'s headers, within what every reader accepts: an entry whose pax
@@ -670,38 +467,63 @@ impl<W: Write> Packer<'_, W> {
             return Ok(());
         };
         self.out(&h)?;
-        let fd = Arc::new(fd);
-        // Regular files ahead of the one being written are opened and read
-        // by the reader threads meanwhile.
-        let mut ahead: VecDeque<(usize, crossbeam_channel::Receiver<Fetch>)> = VecDeque::new();
-        let mut next = 0;
-        let result = (|| {
-            for (i, (n, _)) in names.iter().enumerate() {
-                next = next.max(i);
-                while self.in_flight < AHEAD && next < names.len() && next < i + AHEAD_PER_FOLDER {
-                    if names[next].1 == FileType::RegularFile {
-                        ahead.push_back((next, self.readers.submit(&fd, &names[next].0)));
-                        self.in_flight += 1;
-                    }
-                    next += 1;
-                }
-                let mut arc = e.path.clone();
-                arc.push(b'/');
-                arc.extend_from_slice(n.as_bytes());
-                let shown = shown.join(n);
-                if ahead.front().is_some_and(|(j, _)| *j == i) {
-                    let (_, rx) = ahead.pop_front().expect("just checked");
-                    self.in_flight -= 1;
-                    let f = rx.recv().expect("a reader answers every job");
-                    self.add_fetched(fd.as_fd(), n, &shown, arc, f)?;
-                } else {
-                    self.add(fd.as_fd(), n, &shown, arc)?;
-                }
+        for (n, ft) in &names {
+            let mut arc = e.path.clone();
+            arc.push(b'/');
+            arc.extend_from_slice(n.as_bytes());
+            if *ft == FileType::RegularFile {
+                self.add_listed_file(fd.as_fd(), n, &shown.join(n), arc)?;
+            } else {
+                self.add(fd.as_fd(), n, &shown.join(n), arc)?;
             }
-            Ok(())
-        })();
-        self.in_flight -= ahead.len();
-        result
+        }
+        Ok(())
+    }
+
+    /// A file the folder listing says is regular: opened straight away
+    /// (its `stat` comes from the open descriptor, one system call fewer
+    /// than [`Self::add`]); if it is something else by now, it is taken
+    /// as it is, through [`Self::add`].
+    fn add_listed_file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        shown: &Path,
+        arc: Vec<u8>,
+    ) -> Result<()> {
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            // Replaced by a symlink since the listing.
+            Err(rustix::io::Errno::LOOP) => return self.add(dir, name, shown, arc),
+            Err(e) if is_gone(e) => {
+                self.notice(shown, NoticeKind::Changed, "deleted before it was sealed");
+                return Ok(());
+            }
+            Err(e) => {
+                self.notice(shown, NoticeKind::Skipped, format!("cannot read it: {e}"));
+                return Ok(());
+            }
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|err| Error::io(shown, err.into()))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            drop(fd);
+            return self.add(dir, name, shown, arc);
+        }
+        if self.exclude.contains(&(st.st_dev, st.st_ino)) {
+            return Ok(());
+        }
+        let mut e = self.entry_from(&st, arc);
+        e.kind = Some(Kind::File);
+        if let Some(mut link) = self.link_to_earlier(&st, &e) {
+            return match self.header(&mut link, shown) {
+                Some(h) => self.out(&h),
+                None => Ok(()),
+            };
+        }
+        super::xattrs::read(fd.as_fd(), &mut e, false);
+        self.write_file(fd, st, shown, e)
     }
 
     fn add_file(
