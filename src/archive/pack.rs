@@ -229,6 +229,16 @@ impl<W: Write> Packer<'_, W> {
         });
     }
 
+    /// A path that could not be looked at: gone since its folder was
+    /// listed, or not readable.
+    fn unreadable(&mut self, shown: &Path, e: rustix::io::Errno) {
+        if is_gone(e) {
+            self.notice(shown, NoticeKind::Changed, "deleted before it was sealed");
+        } else {
+            self.notice(shown, NoticeKind::Skipped, format!("cannot read it: {e}"));
+        }
+    }
+
     fn out(&mut self, bytes: &[u8]) -> Result<()> {
         self.w
             .write_all(bytes)
@@ -328,12 +338,8 @@ impl<W: Write> Packer<'_, W> {
     fn add(&mut self, dir: BorrowedFd<'_>, name: &OsStr, shown: &Path, arc: Vec<u8>) -> Result<()> {
         let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
-            Err(e) if is_gone(e) => {
-                self.notice(shown, NoticeKind::Changed, "deleted before it was sealed");
-                return Ok(());
-            }
             Err(e) => {
-                self.notice(shown, NoticeKind::Skipped, format!("cannot read it: {e}"));
+                self.unreadable(shown, e);
                 return Ok(());
             }
         };
@@ -413,12 +419,8 @@ impl<W: Write> Packer<'_, W> {
         let flags = flags | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
         match rustix::fs::openat(dir, name, flags, Mode::empty()) {
             Ok(fd) => Some(fd),
-            Err(e) if is_gone(e) => {
-                self.notice(shown, NoticeKind::Changed, "deleted before it was sealed");
-                None
-            }
             Err(e) => {
-                self.notice(shown, NoticeKind::Skipped, format!("cannot read it: {e}"));
+                self.unreadable(shown, e);
                 None
             }
         }
@@ -497,12 +499,8 @@ impl<W: Write> Packer<'_, W> {
             Ok(fd) => fd,
             // Replaced by a symlink since the listing.
             Err(rustix::io::Errno::LOOP) => return self.add(dir, name, shown, arc),
-            Err(e) if is_gone(e) => {
-                self.notice(shown, NoticeKind::Changed, "deleted before it was sealed");
-                return Ok(());
-            }
             Err(e) => {
-                self.notice(shown, NoticeKind::Skipped, format!("cannot read it: {e}"));
+                self.unreadable(shown, e);
                 return Ok(());
             }
         };
