@@ -121,11 +121,44 @@ pub fn remove_temporaries() {
     }
 }
 
+/// Give every folder under `root` (a temp folder of ours) mode 0700, so
+/// that it can be removed even when an archive made some read-only or
+/// mode 0000 and we are not root. Walks with descriptors, never following
+/// a symlink; best effort.
+pub fn make_removable(root: &Path) {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(top) = rustix::fs::open(root, dir_flags, Mode::empty()) else {
+        return;
+    };
+    let _ = rustix::fs::fchmod(&top, Mode::from_raw_mode(0o700));
+    let mut stack = vec![top];
+    while let Some(fd) = stack.pop() {
+        let Ok(entries) = rustix::fs::Dir::read_from(&fd) else {
+            continue;
+        };
+        for ent in entries.flatten() {
+            let name = ent.file_name();
+            if ent.file_type() != FileType::Directory || name == c"." || name == c".." {
+                continue;
+            }
+            // By name in its parent: a mode 0000 folder cannot be opened
+            // before its mode changes. `name` was a folder when listed, in
+            // a folder only we can write.
+            let _ = rustix::fs::chmodat(&fd, name, Mode::from_raw_mode(0o700), AtFlags::empty());
+            if let Ok(sub) = rustix::fs::openat(&fd, name, dir_flags, Mode::empty()) {
+                stack.push(sub);
+            }
+        }
+    }
+}
+
 fn remove_temporary(path: &Path) {
     match path.symlink_metadata() {
         Ok(m) if m.is_dir() => {
             // Another thread may still be writing into the folder; once the
             // folder itself is gone, nothing can be created in it.
+            make_removable(path);
             for _ in 0..100 {
                 match std::fs::remove_dir_all(path) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => continue,

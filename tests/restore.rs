@@ -1116,3 +1116,44 @@ fn names_with_nul_and_oversized_link_targets_are_refused_by_verify_and_open() {
         "long link",
     );
 }
+
+#[test]
+fn a_refused_archive_leaves_nothing_even_after_making_folders_read_only() {
+    // Found in review: as another user, a folder the archive had already
+    // made mode 0000 kept the half-made tree from being removed.
+    require_root();
+    let h = home();
+    let mut ro = ustar(b"ro/", tar::EntryType::Directory, 0, None);
+    ro.set_mode(0o000);
+    ro.set_cksum();
+    let t = tar_of(&[
+        ro,
+        ustar(b"ro/f", tar::EntryType::Regular, 4, None),
+        ustar(b"x", tar::EntryType::Regular, 4, None),
+        ustar(b"../evil", tar::EntryType::Regular, 4, None),
+    ]);
+    std::fs::write(h.path("bad.coffer"), h.seal_tar_payload(&t)).unwrap();
+    let before = common::listing(h.dir.path());
+    let o = as_nobody(
+        &h,
+        &[
+            "open",
+            "bad.coffer",
+            "-o",
+            "r",
+            "--recovery-key-file",
+            "recovery.txt",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        common::listing(h.dir.path()),
+        before,
+        "a half-made folder was left"
+    );
+}

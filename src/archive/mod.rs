@@ -412,11 +412,22 @@ pub fn open_to_path<R: Read + Send + 'static>(
         .into_owned();
     let tmp = fsutil::temp_dir_in(&parent, &format!("{name}.tmp-"))?;
     let mut notices = Vec::new();
-    unpack::unpack(&mut counted, tmp.path(), opts, &mut notices).map_err(stream_corrupt)?;
-    // Everything up to the last chunk must authenticate before the folder
-    // becomes visible (the tar reader has read to the end already; this
-    // checks nothing is left).
-    io::copy(&mut counted, &mut io::sink()).map_err(|e| payload_error(e, dst))?;
+    let unpacked = unpack::unpack(&mut counted, tmp.path(), opts, &mut notices)
+        .map_err(stream_corrupt)
+        // Everything up to the last chunk must authenticate before the
+        // folder becomes visible (the tar reader has read to the end
+        // already; this checks nothing is left).
+        .and_then(|(rest, _)| {
+            io::copy(rest, &mut io::sink())
+                .map(drop)
+                .map_err(|e| payload_error(e, dst))
+        });
+    if let Err(e) = unpacked {
+        // Folders the archive made read-only must not keep the half-made
+        // tree from being removed.
+        fsutil::make_removable(tmp.path());
+        return Err(e);
+    }
     replace_dir(tmp, dst, force)?;
     Ok(notices)
 }
