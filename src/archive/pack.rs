@@ -48,8 +48,43 @@ fn top_name(p: &Path) -> Result<OsString> {
     })
 }
 
+/// A file whose content is in the stream, to be checked for changes
+/// (a second `fstat`) and closed off the walker's thread.
+type Sealed = (OwnedFd, rustix::fs::Stat, PathBuf);
+
+/// Files checked and closed per hand-over to the closing thread.
+const CLOSE_BATCH: usize = 64;
+
+/// The closing thread: compares each file's `stat` after it was read with
+/// the one its header was made from, then closes it. Two of the six system
+/// calls a small file costs leave the walker's thread this way, in
+/// batches, so no file waits on another thread.
+fn close_files(rx: crossbeam_channel::Receiver<Vec<Sealed>>) -> Vec<Notice> {
+    let mut notices = Vec::new();
+    for batch in rx {
+        for (fd, st, shown) in batch {
+            let changed = rustix::fs::fstat(&fd).map_or(true, |a| {
+                a.st_size != st.st_size
+                    || a.st_mtime != st.st_mtime
+                    || a.st_mtime_nsec != st.st_mtime_nsec
+            });
+            if changed {
+                notices.push(Notice {
+                    path: shown,
+                    kind: NoticeKind::Changed,
+                    what: "changed while it was sealed".into(),
+                });
+            }
+        }
+    }
+    notices
+}
+
 struct Packer<'n, W> {
     w: W,
+    /// Files waiting for the closing thread, and the way there.
+    to_close: Vec<Sealed>,
+    closer: crossbeam_channel::Sender<Vec<Sealed>>,
     exclude: &'n [FileId],
     notices: &'n mut Vec<Notice>,
     /// First archive path of each multiply-linked inode.
@@ -101,8 +136,12 @@ pub fn pack<W: Write>(
                     full: full_tx,
                     empty: empty_rx,
                 };
+                let (close_tx, close_rx) = crossbeam_channel::bounded(4);
+                let closer = std::thread::spawn(move || close_files(close_rx));
                 let mut pk = Packer {
                     w: out,
+                    to_close: Vec::with_capacity(CLOSE_BATCH),
+                    closer: close_tx,
                     exclude,
                     notices,
                     links: HashMap::new(),
@@ -136,7 +175,17 @@ pub fn pack<W: Write>(
                     pk.add(pfd.as_fd(), &last, p, name.as_bytes().to_vec())?;
                 }
                 pk.out(&write::END)?;
-                pk.w.send().map_err(|e| Error::io("<archive output>", e))
+                let last = std::mem::take(&mut pk.to_close);
+                let _ = pk.closer.send(last);
+                let Packer {
+                    mut w,
+                    closer: close_tx,
+                    notices,
+                    ..
+                } = pk;
+                drop(close_tx);
+                notices.extend(closer.join().expect("the closing thread does not panic"));
+                w.send().map_err(|e| Error::io("<archive output>", e))
             })
             .map_err(|e| Error::io("<walker thread>", e))?;
         for buf in full_rx.iter() {
@@ -583,13 +632,16 @@ impl<W: Write> Packer<'_, W> {
         }
         let pad = write::padding(e.stored_len());
         self.out(&[0u8; tar::BLOCK][..pad])?;
-        let after = rustix::fs::fstat(&fd).ok();
-        let changed = after.is_none_or(|a| {
-            a.st_size != st.st_size
-                || a.st_mtime != st.st_mtime
-                || a.st_mtime_nsec != st.st_mtime_nsec
-        });
-        self.changed_notice(shown, short, changed);
+        if short {
+            self.changed_notice(shown, true, false);
+            return Ok(());
+        }
+        self.to_close.push((fd, st, shown.to_path_buf()));
+        if self.to_close.len() >= CLOSE_BATCH {
+            let batch = std::mem::replace(&mut self.to_close, Vec::with_capacity(CLOSE_BATCH));
+            // The closing thread lives until the walk ends.
+            let _ = self.closer.send(batch);
+        }
         Ok(())
     }
 
