@@ -141,11 +141,6 @@ impl Entry {
             _ => 0,
         }
     }
-
-    /// The path for messages (lossy UTF-8, control characters escaped).
-    pub fn display_path(&self) -> String {
-        display_bytes(&self.path)
-    }
 }
 
 /// Bytes as text for a message: lossy UTF-8 with control characters

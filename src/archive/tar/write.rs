@@ -105,7 +105,7 @@ fn base(path: &[u8]) -> &[u8] {
 
 /// Encode `e`: the headers and, for a sparse file, its map, ready to be
 /// followed by [`Entry::stored_len`] bytes of content and
-/// [`padding`]`(`[`content_len`]`)` zero bytes.
+/// [`padding`]`(`[`Entry::stored_len`]`)` zero bytes.
 pub fn encode(e: &Entry) -> Vec<u8> {
     let kind = e.kind();
     let mut pax = Vec::new();
@@ -185,12 +185,6 @@ pub fn encode(e: &Entry) -> Vec<u8> {
     out.extend_from_slice(&ustar(&name, kind.flag(), size, e, &e.link));
     out.extend_from_slice(&map);
     out
-}
-
-/// The content length of `e` in the archive after its headers (the sparse
-/// map is part of what [`encode`] returns, so this is the data alone).
-pub fn content_len(e: &Entry) -> u64 {
-    e.stored_len()
 }
 
 /// The end-of-archive marker: two zero blocks.
