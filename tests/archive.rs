@@ -22,19 +22,7 @@ fn home() -> Home {
 
 /// Seal `input` (as a stream) with the recovery key; return the archive bytes.
 fn seal_stream(h: &Home, input: &[u8], name: &str) -> Vec<u8> {
-    h.coffer()
-        .args([
-            "seal",
-            "-",
-            "-o",
-            name,
-            "--recovery-key-file",
-            "recovery.txt",
-        ])
-        .write_stdin(input)
-        .assert()
-        .success();
-    std::fs::read(h.path(name)).unwrap()
+    h.seal_stream(input, name)
 }
 
 fn open_stream(h: &Home, archive: &str) -> assert_cmd::assert::Assert {

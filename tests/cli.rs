@@ -459,18 +459,7 @@ fn sealed_stream(data: &[u8], name: &str) -> Home {
 
 /// Seal `data` as a stream into `name` in `h`.
 fn seal_stream_into(h: &Home, data: &[u8], name: &str) {
-    h.coffer()
-        .args([
-            "seal",
-            "-",
-            "-o",
-            name,
-            "--recovery-key-file",
-            "recovery.txt",
-        ])
-        .write_stdin(data)
-        .assert()
-        .success();
+    h.seal_stream(data, name);
 }
 
 fn pseudo_random(len: usize) -> Vec<u8> {

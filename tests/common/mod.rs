@@ -79,6 +79,24 @@ impl Home {
         std::fs::write(self.keyring(), serde_json::to_vec_pretty(kr).unwrap()).unwrap();
     }
 
+    /// Seal `input` as a stream into `name` with the recovery key; return
+    /// the archive's bytes.
+    pub fn seal_stream(&self, input: &[u8], name: &str) -> Vec<u8> {
+        self.coffer()
+            .args([
+                "seal",
+                "-",
+                "-o",
+                name,
+                "--recovery-key-file",
+                "recovery.txt",
+            ])
+            .write_stdin(input)
+            .assert()
+            .success();
+        std::fs::read(self.path(name)).unwrap()
+    }
+
     /// Seal a hand-made tar payload with this home's valid key, as an
     /// attacker who knows the key (or a buggy tar writer) could.
     pub fn seal_tar_payload(&self, tar_bytes: &[u8]) -> Vec<u8> {
