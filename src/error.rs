@@ -161,6 +161,9 @@ pub enum Error {
     /// Every slot tried failed, or none could be tried.
     #[error("{0}")]
     Unlock(UnlockFailure),
+    /// `rotate` could not re-wrap every slot it keeps; nothing changed.
+    #[error("{}", rewrap_message(.0))]
+    Rewrap(UnlockFailure),
     /// An archive is corrupt, truncated or tampered with.
     #[error("archive {what}")]
     ArchiveCorrupt {
@@ -205,7 +208,7 @@ impl Error {
             Error::KeyringCorrupt { .. }
             | Error::KeyringTampered { .. }
             | Error::ArchiveCorrupt { .. } => ExitStatus::Corrupt,
-            Error::Unlock(u) => u.exit_status(),
+            Error::Unlock(u) | Error::Rewrap(u) => u.exit_status(),
             Error::Enroll(e) => e.exit_status(),
             Error::Usage(_) => ExitStatus::Usage,
             Error::Incomplete { .. } => ExitStatus::Incomplete,
@@ -284,6 +287,23 @@ impl UnlockFailure {
         }
         Ok(())
     }
+}
+
+fn rewrap_message(f: &UnlockFailure) -> String {
+    let mut s = String::from(
+        "nothing was changed: every slot that stays must be re-wrapped for the new key, and these could not be",
+    );
+    for a in &f.attempts {
+        s += &format!("\n  slot {}: {}", a.slot, a.error);
+    }
+    for n in &f.skipped {
+        s += &format!("\n  slot {n}: its factor was not given");
+    }
+    for r in &f.refused {
+        s += &format!("\n  slot {r}");
+    }
+    s += "\ngive each its factor (bound to it: --password-file SLOT=FILE, --pin-file SLOT=FILE), or leave it out with --drop SLOT";
+    s
 }
 
 /// Shorthand for results in this crate.

@@ -22,8 +22,10 @@ use std::path::{Path, PathBuf};
 
 /// The `format` field of every keyring.
 pub const FORMAT: &str = "coffer-keyring";
-/// The keyring version this build writes and reads.
-pub const VERSION: u64 = 1;
+/// The newest keyring version this build reads and writes. Version 2 adds
+/// slot labels; a keyring whose slots have none is written as version 1,
+/// which older builds read.
+pub const VERSION: u64 = 2;
 /// Largest keyring file accepted, bytes.
 pub const MAX_FILE_LEN: u64 = 1 << 20;
 /// Deepest JSON nesting accepted.
@@ -182,7 +184,7 @@ impl Keyring {
     fn body(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("format".into(), FORMAT.into());
-        m.insert("version".into(), VERSION.into());
+        m.insert("version".into(), format_version(&self.slots).into());
         m.insert("key_id".into(), self.key_id.to_string().into());
         m.insert(
             "slots".into(),
@@ -239,11 +241,12 @@ impl Keyring {
             Some(Value::String(s)) if s == FORMAT => {}
             _ => return Err(corrupt(format!("field `format` is not \"{FORMAT}\""))),
         }
-        match m.remove("version").and_then(|v| v.as_u64()) {
-            Some(VERSION) => {}
+        let version = m.remove("version").and_then(|v| v.as_u64());
+        match version {
+            Some(1 | 2) => {}
             Some(n) => {
                 return Err(Error::Refused(format!(
-                    "keyring {} is version {n}; this coffer reads version {VERSION}: upgrade coffer",
+                    "keyring {} is version {n}; this coffer reads versions 1 to {VERSION}: upgrade coffer",
                     path.display()
                 )));
             }
@@ -273,7 +276,7 @@ impl Keyring {
         if let Some(k) = m.keys().next() {
             return Err(corrupt(format!("unknown field `{k}`")));
         }
-        let slots = parse_slots(&slots).map_err(corrupt)?;
+        let slots = parse_slots(&slots, version == Some(2)).map_err(corrupt)?;
         Ok(Self { key_id, slots, mac })
     }
 
@@ -323,43 +326,91 @@ impl Keyring {
 
     /// Add a slot and re-MAC under `bk` (which the caller just unlocked).
     pub fn add_slot(&mut self, bk: &BackupKey, slot: SlotRecord) -> Result<()> {
-        if self.slots.len() >= MAX_SLOTS {
+        self.replace_slot(bk, None, slot)
+    }
+
+    /// Put `slot` in place of the slot at `replaced` (or add it), in one
+    /// step, and re-MAC under `bk`: `enroll --replace`. The new slot's id
+    /// and label must be free among the others.
+    pub fn replace_slot(
+        &mut self,
+        bk: &BackupKey,
+        replaced: Option<usize>,
+        slot: SlotRecord,
+    ) -> Result<()> {
+        let others = || {
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| Some(*i) != replaced)
+                .map(|(_, s)| s)
+        };
+        if replaced.is_none() && self.slots.len() >= MAX_SLOTS {
             return Err(Error::Refused(format!(
                 "a keyring holds at most {MAX_SLOTS} slots"
             )));
         }
-        if self.slots.iter().any(|s| s.id == slot.id) {
+        if others().any(|s| s.id == slot.id) {
             return Err(Error::Refused(format!(
                 "slot id {} is already taken",
                 slot.id
             )));
         }
-        self.slots.push(slot);
+        if let Some(l) = &slot.label
+            && let Some(s) =
+                others().find(|s| s.label.as_ref() == Some(l) || s.id.as_str() == l.as_str())
+        {
+            return Err(Error::Usage(format!(
+                "--label {l}: slot {} already answers to that name; labels are unique in a keyring",
+                s.name()
+            )));
+        }
+        match replaced {
+            Some(i) => self.slots[i] = slot,
+            None => self.slots.push(slot),
+        }
         self.mac = self.compute_mac(bk);
         Ok(())
     }
 
-    /// Remove slot `id`, refusing the last one; re-MAC under `bk`.
-    pub fn remove_slot(&mut self, bk: &BackupKey, id: &str) -> Result<SlotRecord> {
-        let pos = self
-            .slots
-            .iter()
-            .position(|s| s.id.as_str() == id)
-            .ok_or_else(|| Error::Refused(format!("no slot {id} (`coffer slots` lists them)")))?;
+    /// Remove the slot at `index`, refusing the last slot, and the last
+    /// recovery slot unless `force`; re-MAC under `bk`.
+    pub fn remove_slot(&mut self, bk: &BackupKey, index: usize, force: bool) -> Result<SlotRecord> {
+        let name = self.slots[index].name();
         if self.slots.len() == 1 {
             return Err(Error::Refused(format!(
-                "slot {id} is the last one; removing it would make every backup unreadable. Enroll another slot first"
+                "slot {name} is the last one; removing it would make every backup unreadable. Enroll another slot first"
             )));
         }
-        let removed = self.slots.remove(pos);
+        let recovery = |s: &SlotRecord| s.params.kind() == crate::slot::recovery::KIND;
+        if recovery(&self.slots[index])
+            && self.slots.iter().filter(|s| recovery(s)).count() == 1
+            && !force
+        {
+            return Err(Error::Usage(format!(
+                "slot {name} is the last recovery key: without one, losing your other factors loses every backup, and a new laptop with only an archive cannot open it. Issue another first (`coffer enroll recovery`), or give --force if you mean it"
+            )));
+        }
+        let removed = self.slots.remove(index);
         self.mac = self.compute_mac(bk);
         Ok(removed)
     }
 }
 
-/// Parse a list of slot objects with the slot-count limit. Shared with the
-/// archive header, which carries a copy of the slots.
-pub fn parse_slots(slots: &[Value]) -> std::result::Result<Vec<SlotRecord>, String> {
+/// The format version a list of slots needs: 2 when any has a label, else
+/// 1 (which older builds read).
+pub fn format_version(slots: &[SlotRecord]) -> u64 {
+    if slots.iter().any(|s| s.label.is_some()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Parse a list of slot objects with the slot-count limit; `labels`: the
+/// format version (2) allows slot labels. Shared with the archive header,
+/// which carries a copy of the slots.
+pub fn parse_slots(slots: &[Value], labels: bool) -> std::result::Result<Vec<SlotRecord>, String> {
     if slots.is_empty() {
         return Err("field `slots` is empty".into());
     }
@@ -368,9 +419,14 @@ pub fn parse_slots(slots: &[Value]) -> std::result::Result<Vec<SlotRecord>, Stri
     }
     let mut out: Vec<SlotRecord> = Vec::with_capacity(slots.len());
     for (i, s) in slots.iter().enumerate() {
-        let rec = SlotRecord::from_json(s).map_err(|e| format!("slots[{i}]: {e}"))?;
+        let rec = SlotRecord::from_json(s, labels).map_err(|e| format!("slots[{i}]: {e}"))?;
         if out.iter().any(|o| o.id == rec.id) {
             return Err(format!("slots[{i}]: id {} appears twice", rec.id));
+        }
+        if let Some(l) = &rec.label
+            && out.iter().any(|o| o.label.as_ref() == Some(l))
+        {
+            return Err(format!("slots[{i}]: label {l} appears twice"));
         }
         out.push(rec);
     }
@@ -511,7 +567,7 @@ mod tests {
             "id": "0badcafe", "kind": "quantum-token", "created": 1, "wrapped": B64.encode([9u8; 40]),
             "qubits": 42, "params": {"nested": ["a", "b"]}
         });
-        kr.add_slot(&bk, SlotRecord::from_json(&future).unwrap())
+        kr.add_slot(&bk, SlotRecord::from_json(&future, false).unwrap())
             .unwrap();
         let text = kr.to_bytes();
         let mut back = Keyring::parse(&text, Path::new("k")).unwrap();
@@ -626,7 +682,9 @@ mod tests {
     #[test]
     fn the_last_slot_cannot_be_removed() {
         let (bk, mut kr) = sample();
-        let id = kr.slots[0].id.to_string();
-        assert!(matches!(kr.remove_slot(&bk, &id), Err(Error::Refused(_))));
+        assert!(matches!(
+            kr.remove_slot(&bk, 0, true),
+            Err(Error::Refused(_))
+        ));
     }
 }

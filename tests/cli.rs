@@ -374,11 +374,21 @@ fn remove_refuses_the_last_slot_and_removes_others() {
         .stderr(predicate::str::contains("last"));
     h.enroll_password("pw");
     let pw = h.write("pw.txt", "pw");
+    // The last recovery slot goes only with --force, saying what it means.
     h.coffer()
         .args(["remove", &rec_id, "--password-file"])
         .arg(&pw)
         .assert()
-        .success();
+        .code(2)
+        .stderr(predicate::str::contains("last recovery key"))
+        .stderr(predicate::str::contains("--force"));
+    assert_eq!(h.keyring_json()["slots"].as_array().unwrap().len(), 2);
+    h.coffer()
+        .args(["remove", &rec_id, "--force", "--password-file"])
+        .arg(&pw)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("coffer rotate"));
     let kr = h.keyring_json();
     assert_eq!(kr["slots"].as_array().unwrap().len(), 1);
     assert_eq!(kr["slots"][0]["kind"], "password");

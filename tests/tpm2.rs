@@ -13,7 +13,7 @@ mod common;
 use coffer::error::{Error, ExitStatus, SlotError};
 use coffer::key::BackupKey;
 use coffer::slot::tpm2::{self, EnrollOptions, PcrSpec, Tpm2Params};
-use coffer::slot::{self, Factors, SlotParams, SlotRecord, recovery};
+use coffer::slot::{self, FactorKind, Factors, SlotParams, SlotRecord, recovery};
 use coffer::ui::NonInteractive;
 use coffer_hsm_sim::SwTpm;
 use secrecy::SecretString;
@@ -47,7 +47,8 @@ fn params(rec: &SlotRecord) -> &Tpm2Params {
 
 /// Unlock through a fresh connection to `tpm`.
 fn unlock(tpm: &SwTpm, rec: &SlotRecord, with_pin: Option<&str>) -> Result<BackupKey, SlotError> {
-    params(rec).unwrap_via(&rec.wrapped, &tpm.tcti(), with_pin.map(pin).as_ref())
+    let kek = params(rec).kek_via(&rec.wrapped, &tpm.tcti(), with_pin.map(pin).as_ref())?;
+    Ok(rec.wrapped.unwrap(&kek).expect("kek_via checks the KEK"))
 }
 
 /// Nothing left loaded: swtpm has no resource manager.
@@ -80,7 +81,7 @@ fn round_trip(pcrs: Option<&str>, with_pin: Option<&str>) {
     let got = unlock(&tpm, &rec, with_pin).expect("unlock after a TPM restart");
     assert_eq!(got.expose(), bk.expose());
     // The record survives the keyring's JSON round trip.
-    let again = SlotRecord::from_json(&rec.to_json()).unwrap();
+    let again = SlotRecord::from_json(&rec.to_json(), false).unwrap();
     assert_eq!(again, rec);
     let got = unlock(&tpm, &again, with_pin).unwrap();
     assert_eq!(got.expose(), bk.expose());
@@ -227,7 +228,7 @@ fn absent_tpm_is_device_not_found() {
     let tcti = tpm.tcti();
     drop(tpm);
     let err = params(&rec)
-        .unwrap_via(&rec.wrapped, &tcti, None)
+        .kek_via(&rec.wrapped, &tcti, None)
         .expect_err("no TPM");
     assert!(matches!(err, SlotError::DeviceNotFound { .. }), "{err:?}");
     assert_eq!(err.exit_status(), ExitStatus::NoUsableSlot);
@@ -273,10 +274,10 @@ fn unlock_falls_back_to_the_recovery_key() {
     let (rec_rec, key) = recovery::enroll(&bk);
     let slots = vec![rec_rec, tpm_rec];
     drop(tpm);
-    let factors = Factors {
-        recovery_key: Some(SecretString::from(key.display().as_str().to_owned())),
-        ..Default::default()
-    };
+    let factors = Factors::new().with(
+        FactorKind::RecoveryKey,
+        SecretString::from(key.display().as_str().to_owned()),
+    );
     let ui = NonInteractive::default();
     let (got, used) = slot::unlock(&slots, None, &factors, &ui).expect("fallback");
     assert_eq!(got.expose(), bk.expose());

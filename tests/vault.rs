@@ -532,10 +532,10 @@ fn a_confirmed_header_vault_slot_contacts_the_local_url_never_the_headers() {
     let mut file = std::fs::File::open(home.path("a.cof")).unwrap();
     let header = coffer::archive::Header::read(&mut file).unwrap();
     let candidates = slot::archive_candidates(&[], false, &header.slots);
-    let factors = slot::Factors {
-        password: Some(secrecy::SecretString::from("vault password")),
-        ..slot::Factors::default()
-    };
+    let factors = slot::Factors::new().with(
+        slot::FactorKind::Password,
+        secrecy::SecretString::from("vault password"),
+    );
     let ui = SaysYes(Default::default());
     let unlock = |locators: &Locators| {
         slot::unlock_with(

@@ -42,6 +42,7 @@ fn vector_keyring() -> Keyring {
     let bk = vector_key();
     let slot = SlotRecord {
         id: SlotId::parse("00000001").unwrap(),
+        label: None,
         created: 1_700_000_000,
         wrapped: bk.wrap(&vector_recovery().kek()),
         params: SlotParams::Recovery(RecoveryParams {}),
@@ -184,6 +185,7 @@ fn testkit_cases() -> Vec<(&'static str, Vec<u8>)> {
     let other = BackupKey::from_bytes([0xee; 32]);
     let other_slot = SlotRecord {
         id: SlotId::parse("00000002").unwrap(),
+        label: None,
         created: 1_700_000_000,
         wrapped: other.wrap(&RecoveryKey::from_entropy(&[0xdd; 30]).kek()),
         params: SlotParams::Recovery(RecoveryParams {}),

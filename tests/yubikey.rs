@@ -14,7 +14,7 @@ mod common;
 
 use coffer::key::BackupKey;
 use coffer::slot::yubikey as yk;
-use coffer::slot::{Factors, SlotParams};
+use coffer::slot::{FactorKind, Factors, SlotParams};
 use coffer_hsm_sim::VirtualCard;
 use common::Home;
 use secrecy::SecretString;
@@ -346,12 +346,12 @@ fn rewrap_without_the_card_still_unlocks_later() {
 
     // Card unplugged: re-wrap with the public key alone.
     card.remove();
-    let rewrapped = params.rewrap(&bk).unwrap();
+    let new = params.rewrap_public(&bk).unwrap();
+    let mut rewrapped = enrolled.clone();
+    rewrapped.params = new.params.expect("a new ephemeral key");
+    rewrapped.wrapped = new.wrapped;
     assert_ne!(rewrapped.wrapped.0, enrolled.wrapped.0);
-    let factors = Factors {
-        pin: Some(pin.clone()),
-        ..Factors::default()
-    };
+    let factors = Factors::new().with(FactorKind::Pin, pin.clone());
     let err = coffer::slot::unlock(std::slice::from_ref(&rewrapped), None, &factors, &ui)
         .err()
         .unwrap();
@@ -388,10 +388,7 @@ fn real_yubikey_enroll_generate_then_open() {
         },
     };
     let enrolled = yk::enroll(&bk, opts, &pin, &ui).unwrap();
-    let factors = Factors {
-        pin: Some(pin),
-        ..Factors::default()
-    };
+    let factors = Factors::new().with(FactorKind::Pin, pin);
     let (got, _) =
         coffer::slot::unlock(std::slice::from_ref(&enrolled), None, &factors, &ui).unwrap();
     assert_eq!(got.expose(), bk.expose());

@@ -6,7 +6,7 @@
 //! would load code or contact a server.
 #![no_main]
 
-use coffer::slot::{self, Factors, Locators, UnlockOptions};
+use coffer::slot::{self, FactorKind, Factors, Locators, UnlockOptions};
 use libfuzzer_sys::fuzz_target;
 use secrecy::SecretString;
 
@@ -18,11 +18,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let candidates = slot::archive_candidates(&[], false, &header.slots);
-    let factors = Factors {
-        password: Some(SecretString::from("fuzz")),
-        recovery_key: Some(SecretString::from("0".repeat(64))),
-        pin: Some(SecretString::from("0000")),
-    };
+    let factors = Factors::new()
+        .with(FactorKind::Password, SecretString::from("fuzz"))
+        .with(FactorKind::RecoveryKey, SecretString::from("0".repeat(64)))
+        .with(FactorKind::Pin, SecretString::from("0000"));
     let ui = coffer::ui::NonInteractive::default();
     let before = slot::password::work_done_on_this_thread();
     let _ = slot::unlock_with(

@@ -17,8 +17,10 @@ use std::io::Read;
 
 /// First 8 bytes of every archive.
 pub const MAGIC: &[u8; 8] = b"coffer\r\n";
-/// The archive version this build writes and reads.
-pub const VERSION: u16 = 1;
+/// The newest archive version this build reads and writes. Version 2 adds
+/// slot labels; an archive whose slots have none is written as version 1,
+/// which older builds read.
+pub const VERSION: u16 = 2;
 /// Salt length.
 pub const SALT_LEN: usize = 32;
 /// Header MAC length.
@@ -98,7 +100,8 @@ impl Header {
         );
         let mut raw = Vec::with_capacity(FIXED_LEN + slot_bytes.len());
         raw.extend_from_slice(MAGIC);
-        raw.extend_from_slice(&VERSION.to_be_bytes());
+        let version = crate::keyring::format_version(&slots) as u16;
+        raw.extend_from_slice(&version.to_be_bytes());
         raw.extend_from_slice(&flags.to_be_bytes());
         raw.extend_from_slice(&chunk_size.to_be_bytes());
         raw.extend_from_slice(&bk.key_id().0);
@@ -145,9 +148,9 @@ impl Header {
         let be16 = |o: usize| u16::from_be_bytes([fixed[o], fixed[o + 1]]);
         let be32 = |o: usize| u32::from_be_bytes(fixed[o..o + 4].try_into().expect("4 bytes"));
         let version = be16(8);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(corrupt(format!(
-                "header: version {version} is not one this coffer reads ({VERSION}); the archive is damaged, or made by a newer coffer"
+                "header: version {version} is not one this coffer reads (1 to {VERSION}); the archive is damaged, or made by a newer coffer"
             )));
         }
         let flags = be16(10);
@@ -186,7 +189,8 @@ impl Header {
         let serde_json::Value::Array(list) = value else {
             return Err(corrupt("header: slot list is not a JSON array"));
         };
-        let slots = parse_slots(&list).map_err(|e| corrupt(format!("header: {e}")))?;
+        let slots =
+            parse_slots(&list, version >= 2).map_err(|e| corrupt(format!("header: {e}")))?;
         Ok(Self {
             flags,
             chunk_size,

@@ -144,7 +144,7 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<BackupKey> {
     };
     let (bk, used) = slot::unlock_with(&candidates, &opts)?;
     if cli.verbose {
-        env.ui.info(&format!("unlocked with slot {}", used.label()));
+        env.ui.info(&format!("unlocked with slot {}", used.name()));
     }
     Ok(bk)
 }

@@ -8,7 +8,9 @@
 //!
 //! Must never: keep the password past the derivation.
 
-use super::{Factors, Interaction, Slot, SlotParams, SlotRecord, UnlockContext};
+use super::{
+    FactorKind, HeaderOnly, Interaction, Locators, Slot, SlotParams, SlotRecord, UnlockContext,
+};
 use crate::error::SlotError;
 use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey};
 use base64::Engine as _;
@@ -38,8 +40,8 @@ pub const SALT_LEN: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordParams {
-    /// Always `"argon2id"` in this version.
-    pub kdf: String,
+    /// The KDF; Argon2id is the only one.
+    pub kdf: Kdf,
     /// Memory in KiB.
     pub m_cost_kib: u32,
     /// Passes.
@@ -48,6 +50,15 @@ pub struct PasswordParams {
     pub p_cost: u32,
     /// 16 random bytes, base64.
     pub salt: String,
+}
+
+/// The password KDF of a slot (`kdf` member). A slot naming another is
+/// refused when it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kdf {
+    /// Argon2id, RFC 9106, version 0x13.
+    #[serde(rename = "argon2id")]
+    Argon2id,
 }
 
 /// Argon2id cost settings chosen at enrollment.
@@ -141,13 +152,7 @@ impl PasswordParams {
 
     /// Check the stored parameters, then derive the KEK from `password`.
     /// Nothing is allocated for Argon2 until the parameters passed.
-    pub fn kek(&self, password: &SecretString) -> Result<Kek, SlotError> {
-        if self.kdf != "argon2id" {
-            return Err(SlotError::Malformed {
-                field: "kdf".into(),
-                reason: format!("`{}` is not a KDF this build knows (argon2id)", self.kdf),
-            });
-        }
+    pub fn derive_kek(&self, password: &SecretString) -> Result<Kek, SlotError> {
         let salt = B64
             .decode(self.salt.as_bytes())
             .ok()
@@ -194,7 +199,7 @@ pub fn enroll(
     crate::key::random_bytes(&mut salt);
     let kek = derive(password, &salt, cost)?;
     let params = PasswordParams {
-        kdf: "argon2id".into(),
+        kdf: Kdf::Argon2id,
         m_cost_kib: cost.m_cost_kib,
         t_cost: cost.t_cost,
         p_cost: cost.p_cost,
@@ -204,20 +209,29 @@ pub fn enroll(
 }
 
 impl Slot for PasswordParams {
-    fn interaction(&self, factors: &Factors) -> Interaction {
-        Interaction::typed(&factors.password)
+    fn factor(&self) -> Option<FactorKind> {
+        Some(FactorKind::Password)
     }
 
-    fn unwrap(
-        &self,
-        wrapped: &WrappedKey,
-        ctx: &UnlockContext<'_>,
-    ) -> Option<Result<BackupKey, SlotError>> {
-        let password = ctx.secret(&ctx.factors.password, "Password")?;
+    fn interaction(&self, at_hand: bool) -> Interaction {
+        Interaction::typed(at_hand)
+    }
+
+    fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
+        let password = ctx.secret("Password")?;
         Some(
-            self.kek(&password)
-                .and_then(|kek| wrapped.unwrap(&kek).map_err(|_| SlotError::WrongPassword)),
+            self.derive_kek(&password)
+                .and_then(|kek| match wrapped.unwrap(&kek) {
+                    Ok(_) => Ok(kek),
+                    Err(_) => Err(SlotError::WrongPassword),
+                }),
         )
+    }
+
+    fn header_only(&self, _: &Locators) -> HeaderOnly {
+        HeaderOnly::Inert {
+            kdf_work: self.cost().work(),
+        }
     }
 
     fn describe(&self) -> String {
@@ -251,9 +265,9 @@ mod tests {
         let SlotParams::Password(p) = &rec.params else {
             panic!()
         };
-        let kek = p.kek(&pw("correct horse")).unwrap();
+        let kek = p.derive_kek(&pw("correct horse")).unwrap();
         assert_eq!(rec.wrapped.unwrap(&kek).unwrap().expose(), bk.expose());
-        let kek = p.kek(&pw("correct horse ")).unwrap();
+        let kek = p.derive_kek(&pw("correct horse ")).unwrap();
         assert!(rec.wrapped.unwrap(&kek).is_err());
     }
 
@@ -283,13 +297,13 @@ mod tests {
     #[test]
     fn hostile_parameters_are_refused_before_allocation() {
         let hostile = PasswordParams {
-            kdf: "argon2id".into(),
+            kdf: Kdf::Argon2id,
             m_cost_kib: 100 * 1024 * 1024, // 100 GiB
             t_cost: 3,
             p_cost: 4,
             salt: B64.encode([0u8; 16]),
         };
-        let err = hostile.kek(&pw("x")).err().unwrap();
+        let err = hostile.derive_kek(&pw("x")).err().unwrap();
         assert!(
             matches!(err, SlotError::Malformed { ref field, .. } if field == "m_cost_kib"),
             "{err}"
@@ -301,21 +315,16 @@ mod tests {
                 m_cost_kib: 65536,
                 ..hostile.clone()
             };
-            let err = h.kek(&pw("x")).err().unwrap();
+            let err = h.derive_kek(&pw("x")).err().unwrap();
             assert!(
                 matches!(err, SlotError::Malformed { field: ref f, .. } if f == field),
                 "{err}"
             );
         }
-        let bad_kdf = PasswordParams {
-            kdf: "pbkdf2".into(),
-            m_cost_kib: 64,
-            ..hostile.clone()
-        };
-        assert!(matches!(
-            bad_kdf.kek(&pw("x")),
-            Err(SlotError::Malformed { .. })
-        ));
+        // Another KDF is refused when the slot is read, before any use.
+        let mut v = serde_json::to_value(&hostile).unwrap();
+        v["kdf"] = "pbkdf2".into();
+        assert!(serde_json::from_value::<PasswordParams>(v).is_err());
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!
 //! Must never: print a recovery key anywhere but where the caller asks.
 
-use super::{Factors, Interaction, Slot, SlotParams, SlotRecord, UnlockContext};
+use super::{
+    FactorKind, HeaderOnly, Interaction, Locators, Slot, SlotParams, SlotRecord, UnlockContext,
+};
 use crate::error::SlotError;
 use crate::key::{BackupKey, Kek, WrappedKey, label};
 use secrecy::ExposeSecret;
@@ -189,38 +191,30 @@ pub fn enroll(bk: &BackupKey) -> (SlotRecord, RecoveryKey) {
     (record, key)
 }
 
-/// What became of a typed key against one wrapped backup key.
-pub enum Outcome {
-    /// Opened as typed.
-    Opened(BackupKey),
-    /// Opened after correcting one typo at this 0-based digit index.
-    Corrected(BackupKey, usize),
-}
-
-/// Unwrap with a typed key, correcting a single typo when the key wrap
-/// confirms exactly one candidate.
-pub fn unwrap_typed(typed: &str, wrapped: &WrappedKey) -> Result<Outcome, SlotError> {
+/// The KEK a typed key gives for `wrapped`, and the 0-based index of the
+/// digit corrected to get it (one typo is corrected when the key wrap
+/// confirms exactly one candidate).
+pub fn kek_typed(typed: &str, wrapped: &WrappedKey) -> Result<(Kek, Option<usize>), SlotError> {
     let key = RecoveryKey::parse(typed).map_err(|e| SlotError::WrongRecoveryKey {
         hint: Some(e.to_string()),
     })?;
     if key.checksum_ok() {
-        return wrapped
-            .unwrap(&key.kek())
-            .map(Outcome::Opened)
-            .map_err(|_| SlotError::WrongRecoveryKey {
+        let kek = key.kek();
+        return match wrapped.unwrap(&kek) {
+            Ok(_) => Ok((kek, None)),
+            Err(_) => Err(SlotError::WrongRecoveryKey {
                 hint: Some(
                     "the checksum is right, so it is likely the key of another keyring".into(),
                 ),
-            });
+            }),
+        };
     }
     let candidates = key.corrections();
-    let opened: Vec<_> = candidates
+    let mut opened = candidates
         .iter()
-        .filter_map(|(i, k)| wrapped.unwrap(&k.kek()).ok().map(|bk| (*i, bk)))
-        .collect();
-    if opened.len() == 1 {
-        let (i, bk) = opened.into_iter().next().expect("one");
-        return Ok(Outcome::Corrected(bk, i));
+        .filter(|(_, k)| wrapped.unwrap(&k.kek()).is_ok());
+    if let (Some((i, k)), None) = (opened.next(), opened.next()) {
+        return Ok((k.kek(), Some(*i)));
     }
     let mut places: Vec<usize> = candidates.iter().map(|(i, _)| *i).collect();
     places.dedup();
@@ -236,28 +230,30 @@ pub fn unwrap_typed(typed: &str, wrapped: &WrappedKey) -> Result<Outcome, SlotEr
 }
 
 impl Slot for RecoveryParams {
-    fn interaction(&self, factors: &Factors) -> Interaction {
-        Interaction::typed(&factors.recovery_key)
+    fn factor(&self) -> Option<FactorKind> {
+        Some(FactorKind::RecoveryKey)
     }
 
-    fn unwrap(
-        &self,
-        wrapped: &WrappedKey,
-        ctx: &UnlockContext<'_>,
-    ) -> Option<Result<BackupKey, SlotError>> {
-        let typed = ctx.secret(&ctx.factors.recovery_key, "Recovery key")?;
-        Some(
-            unwrap_typed(typed.expose_secret(), wrapped).map(|o| match o {
-                Outcome::Opened(bk) => bk,
-                Outcome::Corrected(bk, i) => {
-                    ctx.ui.message(&format!(
-                        "recovery key: {} was mistyped; the key opened once it was corrected. Check your written copy.",
-                        digit_place(i)
-                    ));
-                    bk
-                }
-            }),
-        )
+    fn interaction(&self, at_hand: bool) -> Interaction {
+        Interaction::typed(at_hand)
+    }
+
+    fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
+        let typed = ctx.secret("Recovery key")?;
+        Some(kek_typed(typed.expose_secret(), wrapped).map(|o| match o {
+            (kek, None) => kek,
+            (kek, Some(i)) => {
+                ctx.ui.message(&format!(
+                    "recovery key: {} was mistyped; the key opened once it was corrected. Check your written copy.",
+                    digit_place(i)
+                ));
+                kek
+            }
+        }))
+    }
+
+    fn header_only(&self, _: &Locators) -> HeaderOnly {
+        HeaderOnly::Inert { kdf_work: 0 }
     }
 
     fn describe(&self) -> String {
@@ -336,12 +332,12 @@ mod tests {
     fn right_key_opens_wrong_key_does_not() {
         let bk = BackupKey::generate();
         let (rec, key) = enroll(&bk);
-        let Outcome::Opened(got) = unwrap_typed(&key.display(), &rec.wrapped).ok().unwrap() else {
+        let (kek, None) = kek_typed(&key.display(), &rec.wrapped).ok().unwrap() else {
             panic!("expected a clean open");
         };
-        assert_eq!(got.expose(), bk.expose());
+        assert_eq!(rec.wrapped.unwrap(&kek).unwrap().expose(), bk.expose());
         let other = RecoveryKey::generate();
-        let err = unwrap_typed(&other.display(), &rec.wrapped).err().unwrap();
+        let err = kek_typed(&other.display(), &rec.wrapped).err().unwrap();
         assert!(matches!(err, SlotError::WrongRecoveryKey { .. }));
     }
 
@@ -363,9 +359,10 @@ mod tests {
             prop_assert!(!RecoveryKey::parse(&typed).unwrap().checksum_ok());
             let bk = BackupKey::generate();
             let wrapped = bk.wrap(&key.kek());
-            match unwrap_typed(&typed, &wrapped) {
-                Ok(Outcome::Corrected(got, at)) => {
+            match kek_typed(&typed, &wrapped) {
+                Ok((kek, Some(at))) => {
                     prop_assert_eq!(at, index);
+                    let got = wrapped.unwrap(&kek).unwrap();
                     prop_assert_eq!(got.expose(), bk.expose());
                 }
                 _ => prop_assert!(false, "typo at {} not corrected", index),
@@ -385,9 +382,10 @@ mod tests {
             prop_assert!(!RecoveryKey::parse(&typed).unwrap().checksum_ok());
             let bk = BackupKey::generate();
             let wrapped = bk.wrap(&key.kek());
-            match unwrap_typed(&typed, &wrapped) {
-                Ok(Outcome::Corrected(got, at)) => {
+            match kek_typed(&typed, &wrapped) {
+                Ok((kek, Some(at))) => {
                     prop_assert_eq!(at, index);
+                    let got = wrapped.unwrap(&kek).unwrap();
                     prop_assert_eq!(got.expose(), bk.expose());
                 }
                 _ => prop_assert!(false, "swap at {} not corrected", index),

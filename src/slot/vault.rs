@@ -7,7 +7,10 @@
 //! Must never: keep the password or the export key past the unwrap; try a
 //! server whose key is not the pinned one.
 
-use super::{Factors, Interaction, Slot, SlotParams, SlotRecord, UnlockContext};
+use super::{
+    FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, SlotRecord,
+    UnlockContext,
+};
 use crate::error::SlotError;
 use crate::key::{BackupKey, Kek, WrappedKey};
 use crate::vault::VaultError;
@@ -110,7 +113,8 @@ impl VaultParams {
             })
     }
 
-    fn open(&self, wrapped: &WrappedKey, password: &SecretString) -> Result<BackupKey, SlotError> {
+    /// Log in with `password` and return the KEK, checked against `wrapped`.
+    fn open(&self, wrapped: &WrappedKey, password: &SecretString) -> Result<Kek, SlotError> {
         if crate::vault::protocol::parse_user(&self.user).is_none() {
             return Err(SlotError::Malformed {
                 field: "user".into(),
@@ -128,31 +132,97 @@ impl VaultParams {
                 false,
             )
             .map_err(|e| slot_error(&self.url, e))?;
-        wrapped
-            .unwrap(&kek(&export_key))
-            .map_err(|_| SlotError::Malformed {
+        let kek = kek(&export_key);
+        match wrapped.unwrap(&kek) {
+            Ok(_) => Ok(kek),
+            Err(_) => Err(SlotError::Malformed {
                 field: "wrapped".into(),
                 reason: "the vault's key does not open it: the slot was altered".into(),
-            })
+            }),
+        }
+    }
+
+    /// Delete this slot's record at the server, proving the password (the
+    /// server accepts nothing less). Used when `rotate --drop` names a
+    /// vault slot, after the new keyring is written.
+    pub fn delete_record(&self, password: &SecretString) -> Result<(), SlotError> {
+        let pinned = self.pinned()?;
+        let client = Client::new(&self.url, self.ca.as_deref().map(str::as_bytes))
+            .map_err(|e| slot_error(&self.url, e))?;
+        client
+            .login(
+                &self.user,
+                password.expose_secret().as_bytes(),
+                &pinned,
+                true,
+            )
+            .map(drop)
+            .map_err(|e| slot_error(&self.url, e))
     }
 }
 
 impl Slot for VaultParams {
-    fn interaction(&self, factors: &Factors) -> Interaction {
-        Interaction::typed(&factors.password)
+    fn factor(&self) -> Option<FactorKind> {
+        Some(FactorKind::Password)
     }
 
-    fn unwrap(
-        &self,
-        wrapped: &WrappedKey,
-        ctx: &UnlockContext<'_>,
-    ) -> Option<Result<BackupKey, SlotError>> {
-        let password = ctx.secret(&ctx.factors.password, "Vault password")?;
+    fn interaction(&self, at_hand: bool) -> Interaction {
+        Interaction::typed(at_hand)
+    }
+
+    fn spends_a_guess(&self) -> bool {
+        true
+    }
+
+    fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
+        let password = ctx.secret("Vault password")?;
         if password.expose_secret().is_empty() {
             // Never enrolled (enroll refuses it): not worth a guess.
             return Some(Err(SlotError::WrongPassword));
         }
         Some(self.open(wrapped, &password))
+    }
+
+    /// A new record at the same server for the same password (proved on the
+    /// old record first): the old record stays, for the archives that carry
+    /// it, unless `rotate --drop` names this slot.
+    fn rewrap(
+        &self,
+        wrapped: &WrappedKey,
+        bk: &BackupKey,
+        ctx: &UnlockContext<'_>,
+    ) -> Option<Result<Rewrapped, SlotError>> {
+        let password = ctx.secret("Vault password")?;
+        let result = (|| {
+            self.open(wrapped, &password)?;
+            let record = enroll(bk, &self.url, self.ca.as_deref(), &password)?;
+            Ok(Rewrapped {
+                params: Some(record.params),
+                wrapped: record.wrapped,
+            })
+        })();
+        Some(result)
+    }
+
+    fn header_only(&self, locators: &Locators) -> HeaderOnly {
+        let Some(url) = locators.vault_url.clone() else {
+            return HeaderOnly::Refuse(
+                "a header never names a server to contact: name the vault with --vault-url".into(),
+            );
+        };
+        HeaderOnly::Confirm {
+            what: format!(
+                "send a login for user {} to the vault server {} (a wrong password spends one of its guesses)",
+                crate::ui::escaped(&self.user),
+                crate::ui::escaped(&url)
+            ),
+            local: SlotParams::Vault(VaultParams {
+                url,
+                // A trust anchor is not taken from a header either.
+                ca: None,
+                ..self.clone()
+            }),
+        }
     }
 
     fn describe(&self) -> String {

@@ -5,7 +5,7 @@
 //! it (ECDH), and HKDF-SHA256 (salt = ephemeral public key || card public
 //! key, both SEC1 uncompressed; info [`HKDF_INFO`]) turns the shared x
 //! coordinate into the KEK. So enrolling again or re-wrapping needs neither
-//! the card nor its PIN ([`YubikeyParams::rewrap`]). Unwrap verifies the PIN,
+//! the card nor its PIN ([`YubikeyParams::rewrap_public`]). Unwrap verifies the PIN,
 //! then the card does the ECDH with the stored ephemeral public key.
 //!
 //! Defaults follow age-plugin-yubikey: a retired slot, a key generated on
@@ -15,7 +15,10 @@
 //! it, put either in an error or `Debug`, or touch a card whose serial is not
 //! the enrolled one. It never uses the default PIN or management key.
 
-use super::{Factors, Interaction, Slot, SlotParams, SlotRecord, UnlockContext};
+use super::{
+    FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, SlotRecord,
+    UnlockContext,
+};
 use crate::error::SlotError;
 use crate::key::{BackupKey, Kek, WrappedKey};
 use base64::Engine as _;
@@ -68,13 +71,6 @@ pub enum TouchPolicyArg {
 }
 
 impl PinPolicyArg {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Once => "once",
-            Self::Always => "always",
-            Self::Never => "never",
-        }
-    }
     fn to_piv(self) -> PinPolicy {
         match self {
             Self::Once => PinPolicy::Once,
@@ -85,13 +81,6 @@ impl PinPolicyArg {
 }
 
 impl TouchPolicyArg {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Always => "always",
-            Self::Cached => "cached",
-            Self::Never => "never",
-        }
-    }
     fn to_piv(self) -> TouchPolicy {
         match self {
             Self::Always => TouchPolicy::Always,
@@ -113,11 +102,80 @@ pub struct YubikeyParams {
     pub public_key: String,
     /// The ephemeral public key of the wrap, SEC1 uncompressed, base64.
     pub ephemeral: String,
-    /// PIN policy (`once`, `always`, `never`, or `unknown` for a key the
-    /// card made before enrollment).
-    pub pin_policy: String,
-    /// Touch policy (`always`, `cached`, `never`, or `unknown`).
-    pub touch_policy: String,
+    /// PIN policy (`unknown` for a key the card made before enrollment).
+    pub pin_policy: StoredPinPolicy,
+    /// Touch policy (`unknown` for a key the card made before enrollment).
+    pub touch_policy: StoredTouchPolicy,
+}
+
+/// A key's PIN policy as stored in the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredPinPolicy {
+    /// PIN once per session.
+    Once,
+    /// PIN before every use.
+    Always,
+    /// No PIN.
+    Never,
+    /// A key the card made before enrollment: the PIN is asked for.
+    Unknown,
+}
+
+/// A key's touch policy as stored in the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredTouchPolicy {
+    /// Touch for every use.
+    Always,
+    /// Touch, then 15 s without.
+    Cached,
+    /// No touch.
+    Never,
+    /// A key the card made before enrollment: "touch" is shown.
+    Unknown,
+}
+
+impl From<PinPolicyArg> for StoredPinPolicy {
+    fn from(p: PinPolicyArg) -> Self {
+        match p {
+            PinPolicyArg::Once => Self::Once,
+            PinPolicyArg::Always => Self::Always,
+            PinPolicyArg::Never => Self::Never,
+        }
+    }
+}
+
+impl From<TouchPolicyArg> for StoredTouchPolicy {
+    fn from(p: TouchPolicyArg) -> Self {
+        match p {
+            TouchPolicyArg::Always => Self::Always,
+            TouchPolicyArg::Cached => Self::Cached,
+            TouchPolicyArg::Never => Self::Never,
+        }
+    }
+}
+
+impl std::fmt::Display for StoredPinPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Once => "once",
+            Self::Always => "always",
+            Self::Never => "never",
+            Self::Unknown => "unknown",
+        })
+    }
+}
+
+impl std::fmt::Display for StoredTouchPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Always => "always",
+            Self::Cached => "cached",
+            Self::Never => "never",
+            Self::Unknown => "unknown",
+        })
+    }
 }
 
 /// Parse a PIV slot as `--piv-slot` and the keyring write it: retired key
@@ -324,9 +382,11 @@ pub fn enroll(
             // A generate ends the PIN session on some firmware.
             yk.verify_pin(pin.expose_secret().as_bytes())
                 .map_err(|e| card_error(some, "verify PIN", e))?;
-            (public, pin_policy.name(), touch_policy.name())
+            (public, pin_policy.into(), touch_policy.into())
         }
-        KeySource::Existing(Some(public)) => (public, "unknown", "unknown"),
+        KeySource::Existing(Some(public)) => {
+            (public, StoredPinPolicy::Unknown, StoredTouchPolicy::Unknown)
+        }
         KeySource::Existing(None) => {
             let meta = piv::metadata(&mut yk, slot).map_err(|_| {
                 SlotError::PolicyRefused(format!(
@@ -345,13 +405,13 @@ pub fn enroll(
                         opts.piv_slot
                     ))
                 })?;
-            (public, "unknown", "unknown")
+            (public, StoredPinPolicy::Unknown, StoredTouchPolicy::Unknown)
         }
     };
 
     // Prove the card holds the private key: wrap to it, unwrap on the card.
     let (eph, kek) = wrap_to(&public);
-    if touch_policy != "never" {
+    if touch_policy != StoredTouchPolicy::Never {
         ui.message("Touch your YubiKey (if it is blinking)");
     }
     let shared = card_ecdh(&mut yk, some, opts.piv_slot, &eph)?;
@@ -367,8 +427,8 @@ pub fn enroll(
         piv_slot: format!("{:02x}", opts.piv_slot),
         public_key: B64.encode(sec1(&public)),
         ephemeral: B64.encode(&eph),
-        pin_policy: pin_policy.into(),
-        touch_policy: touch_policy.into(),
+        pin_policy,
+        touch_policy,
     };
     Ok(SlotRecord::new(SlotParams::Yubikey(params), bk.wrap(&kek)))
 }
@@ -397,7 +457,7 @@ impl YubikeyParams {
 
     /// Wrap `bk` again for the same card key, without the card: a new
     /// ephemeral key, same serial, PIV slot and policies.
-    pub fn rewrap(&self, bk: &BackupKey) -> Result<SlotRecord, SlotError> {
+    pub fn rewrap_public(&self, bk: &BackupKey) -> Result<Rewrapped, SlotError> {
         self.piv_slot_number()?;
         let card = decode_point("public_key", &self.public_key)?;
         let (eph, kek) = wrap_to(&card);
@@ -405,20 +465,23 @@ impl YubikeyParams {
             ephemeral: B64.encode(&eph),
             ..self.clone()
         };
-        Ok(SlotRecord::new(SlotParams::Yubikey(params), bk.wrap(&kek)))
+        Ok(Rewrapped {
+            params: Some(SlotParams::Yubikey(params)),
+            wrapped: bk.wrap(&kek),
+        })
     }
 }
 
 impl Slot for YubikeyParams {
-    fn interaction(&self, _factors: &Factors) -> Interaction {
+    fn factor(&self) -> Option<FactorKind> {
+        (self.pin_policy != StoredPinPolicy::Never).then_some(FactorKind::Pin)
+    }
+
+    fn interaction(&self, _at_hand: bool) -> Interaction {
         Interaction::Device
     }
 
-    fn unwrap(
-        &self,
-        wrapped: &WrappedKey,
-        ctx: &UnlockContext<'_>,
-    ) -> Option<Result<BackupKey, SlotError>> {
+    fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
         let checked = (|| {
             let n = self.piv_slot_number()?;
             let card = decode_point("public_key", &self.public_key)?;
@@ -435,13 +498,13 @@ impl Slot for YubikeyParams {
             Ok(yk) => yk,
             Err(e) => return Some(Err(e)),
         };
-        if self.pin_policy != "never" {
-            let pin = ctx.secret(&ctx.factors.pin, "PIN")?;
+        if self.pin_policy != StoredPinPolicy::Never {
+            let pin = ctx.secret("YubiKey PIN")?;
             if let Err(e) = yk.verify_pin(pin.expose_secret().as_bytes()) {
                 return Some(Err(card_error(serial, "verify PIN", e)));
             }
         }
-        if self.touch_policy != "never" {
+        if self.touch_policy != StoredTouchPolicy::Never {
             ctx.ui.message(&format!(
                 "Touch your YubiKey {} (if it is blinking)",
                 self.serial
@@ -452,12 +515,38 @@ impl Slot for YubikeyParams {
             Err(e) => return Some(Err(e)),
         };
         let kek = kek_from_shared(&shared, &eph, &card);
-        Some(wrapped.unwrap(&kek).map_err(|_| {
-            SlotError::Device(format!(
+        Some(match wrapped.unwrap(&kek) {
+            Ok(_) => Ok(kek),
+            Err(_) => Err(SlotError::Device(format!(
                 "YubiKey {}: PIV slot {} holds a different key than the one enrolled",
                 self.serial, self.piv_slot
-            ))
-        }))
+            ))),
+        })
+    }
+
+    /// Public-key only: no card, no PIN.
+    fn rewrap(
+        &self,
+        _wrapped: &WrappedKey,
+        bk: &BackupKey,
+        _ctx: &UnlockContext<'_>,
+    ) -> Option<Result<Rewrapped, SlotError>> {
+        Some(self.rewrap_public(bk))
+    }
+
+    fn rewrap_needs_factor(&self) -> bool {
+        false
+    }
+
+    fn header_only(&self, _: &Locators) -> HeaderOnly {
+        HeaderOnly::Confirm {
+            what: format!(
+                "use the YubiKey with serial {} (PIV slot {}) and send it a PIN (a wrong one spends one of its tries)",
+                self.serial,
+                crate::ui::escaped(&self.piv_slot)
+            ),
+            local: SlotParams::Yubikey(self.clone()),
+        }
     }
 
     fn describe(&self) -> String {

@@ -103,13 +103,10 @@ impl Home {
         use coffer::archive::header::{DEFAULT_CHUNK, FLAG_TAR, Header};
         use coffer::archive::stream::StreamWriter;
         use coffer::keyring::KeyringFile;
-        use coffer::slot::{Factors, unlock};
+        use coffer::slot::{FactorKind, Factors, unlock};
         use std::io::Write;
         let kr = KeyringFile::new(self.keyring()).load().unwrap();
-        let factors = Factors {
-            recovery_key: Some(self.recovery_key_text().into()),
-            ..Factors::default()
-        };
+        let factors = Factors::new().with(FactorKind::RecoveryKey, self.recovery_key_text().into());
         let (bk, _) = unlock(
             &kr.slots,
             None,

@@ -23,7 +23,10 @@
 /// The URIs that name tokens and keys (shared with the vault server).
 pub use crate::pkcs11_uri as uri;
 
-use super::{Factors, Interaction, Slot, SlotParams, SlotRecord, UnlockContext};
+use super::{
+    FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, SlotRecord,
+    UnlockContext,
+};
 use crate::error::SlotError;
 use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey};
 use crate::ui::Ui;
@@ -64,13 +67,15 @@ const P256_SPKI_PREFIX: &[u8] = &[
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 
-/// How the token protects the KEK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the token protects the KEK (the `mechanism` member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Pkcs11Mechanism {
     /// EC P-256 key on the token, ECDH (default).
     #[default]
+    #[serde(rename = "ecdh")]
     Ecdh,
     /// AES-256 key on the token, AES-GCM encryption of a random KEK.
+    #[serde(rename = "aes-gcm")]
     AesGcm,
 }
 
@@ -102,7 +107,7 @@ pub struct Pkcs11Params {
     /// The RFC 7512 URI naming the token and key (never with `pin-value`).
     pub uri: String,
     /// `ecdh` or `aes-gcm`.
-    pub mechanism: String,
+    pub mechanism: Pkcs11Mechanism,
     /// ecdh: the token key's public point (uncompressed, base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
@@ -593,7 +598,7 @@ pub fn enroll(
             let params = Pkcs11Params {
                 module,
                 uri: uri.to_stored(),
-                mechanism: Pkcs11Mechanism::AesGcm.name().into(),
+                mechanism: Pkcs11Mechanism::AesGcm,
                 public_key: None,
                 ephemeral: None,
                 sealed_kek: Some(B64.encode(sealed)),
@@ -635,7 +640,7 @@ fn ecdh_record(
     let params = Pkcs11Params {
         module,
         uri: uri.to_stored(),
-        mechanism: Pkcs11Mechanism::Ecdh.name().into(),
+        mechanism: Pkcs11Mechanism::Ecdh,
         public_key: Some(B64.encode(point)),
         ephemeral: Some(B64.encode(eph)),
         sealed_kek: None,
@@ -654,24 +659,20 @@ fn point_field(v: &Option<String>, field: &str) -> Result<[u8; P256_POINT_LEN], 
 }
 
 impl Pkcs11Params {
-    fn module_path(&self) -> PathBuf {
+    fn module_path(&self, locators: &Locators) -> PathBuf {
         // A module moved (another machine, another distribution): the
-        // environment names where it is now.
+        // locally named module (--pkcs11-module, $COFFER_PKCS11_MODULE,
+        // which the binary reads) is where it is now.
         let stored = PathBuf::from(&self.module);
-        match std::env::var_os(MODULE_ENV) {
-            Some(m) if !stored.exists() && !m.is_empty() => PathBuf::from(m),
+        match &locators.pkcs11_module {
+            Some(m) if !stored.exists() && !m.as_os_str().is_empty() => m.clone(),
             _ => stored,
         }
     }
 
     /// Check the stored fields before touching the token.
     fn checked(&self) -> Result<(Pkcs11Mechanism, Pkcs11Uri), SlotError> {
-        let mech = Pkcs11Mechanism::parse(&self.mechanism).ok_or_else(|| {
-            malformed(
-                "mechanism",
-                format!("`{}` is not ecdh or aes-gcm", self.mechanism),
-            )
-        })?;
+        let mech = self.mechanism;
         let uri = Pkcs11Uri::parse(&self.uri).map_err(|e| malformed("uri", e))?;
         let extra =
             |field: &str| malformed(field, format!("not a member of a {} slot", mech.name()));
@@ -705,12 +706,12 @@ impl Pkcs11Params {
     }
 
     /// Ask the token for the KEK.
-    fn kek(&self, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
+    fn token_kek(&self, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
         let (mech, uri) = match self.checked() {
             Ok(x) => x,
             Err(e) => return Some(Err(e)),
         };
-        let token = match Token::open(&self.module_path(), &uri) {
+        let token = match Token::open(&self.module_path(ctx.locators), &uri) {
             Ok(t) => t,
             Err(e) => return Some(Err(e)),
         };
@@ -722,7 +723,7 @@ impl Pkcs11Params {
                 Ok(p) => p,
                 Err(e) => return Some(Err(e)),
             };
-            Some(from_uri.or_else(|| ctx.secret(&ctx.factors.pin, "PIN"))?)
+            Some(from_uri.or_else(|| ctx.secret("Token PIN"))?)
         };
         Some(self.kek_on(&token, &uri, mech, pin.as_ref()))
     }
@@ -807,27 +808,102 @@ impl Pkcs11Params {
 }
 
 impl Slot for Pkcs11Params {
-    fn interaction(&self, _factors: &Factors) -> Interaction {
+    fn factor(&self) -> Option<FactorKind> {
+        Some(FactorKind::Pin)
+    }
+
+    fn interaction(&self, _at_hand: bool) -> Interaction {
         Interaction::Device
     }
 
-    fn unwrap(
+    fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
+        Some(
+            self.token_kek(ctx)?
+                .and_then(|kek| match wrapped.unwrap(&kek) {
+                    Ok(_) => Ok(kek),
+                    Err(_) => Err(SlotError::Device(format!(
+                        "the token key {} did not unwrap this slot: it is not the key enrolled",
+                        self.uri
+                    ))),
+                }),
+        )
+    }
+
+    /// ecdh: to the stored public key, with no token and no PIN; aes-gcm:
+    /// the token gives the KEK back (with its PIN), as at unlock.
+    fn rewrap(
         &self,
         wrapped: &WrappedKey,
+        bk: &BackupKey,
         ctx: &UnlockContext<'_>,
-    ) -> Option<Result<BackupKey, SlotError>> {
-        Some(self.kek(ctx)?.and_then(|kek| {
-            wrapped.unwrap(&kek).map_err(|_| {
-                SlotError::Device(format!(
-                    "the token key {} did not unwrap this slot: it is not the key enrolled",
-                    self.uri
-                ))
+    ) -> Option<Result<Rewrapped, SlotError>> {
+        if self.mechanism == Pkcs11Mechanism::AesGcm {
+            return Some(self.kek(wrapped, ctx)?.map(|kek| Rewrapped {
+                params: None,
+                wrapped: bk.wrap(&kek),
+            }));
+        }
+        let result = (|| {
+            self.checked()?;
+            let point = point_field(&self.public_key, "public_key")?;
+            let (kek, eph) = ecdh_wrap_kek(&point).map_err(|e| malformed("public_key", e))?;
+            Ok(Rewrapped {
+                params: Some(SlotParams::Pkcs11(Pkcs11Params {
+                    ephemeral: Some(B64.encode(eph)),
+                    ..self.clone()
+                })),
+                wrapped: bk.wrap(&kek),
             })
-        }))
+        })();
+        Some(result)
+    }
+
+    fn rewrap_needs_factor(&self) -> bool {
+        self.mechanism == Pkcs11Mechanism::AesGcm
+    }
+
+    fn header_only(&self, locators: &Locators) -> HeaderOnly {
+        let uri = match uri::Pkcs11Uri::parse(&self.uri) {
+            Ok(u) => u.without_pin(),
+            Err(e) => {
+                return HeaderOnly::Refuse(format!(
+                    "its uri is invalid: {}",
+                    crate::ui::escaped(&e)
+                ));
+            }
+        };
+        // The binary fills this from --pkcs11-module or the environment;
+        // the library reads no environment of its own.
+        let Some(module) = locators
+            .pkcs11_module
+            .clone()
+            .filter(|m| !m.as_os_str().is_empty())
+        else {
+            return HeaderOnly::Refuse(format!(
+                "a header never names code to load: name the token's module with --pkcs11-module or {MODULE_ENV}"
+            ));
+        };
+        HeaderOnly::Confirm {
+            what: format!(
+                "load the PKCS#11 module {} and log in to {} (a wrong PIN spends one of its tries)",
+                crate::ui::escaped(&module.display().to_string()),
+                crate::ui::escaped(&uri.describe_token())
+            ),
+            local: SlotParams::Pkcs11(Pkcs11Params {
+                module: module.display().to_string(),
+                uri: uri.to_stored(),
+                ..self.clone()
+            }),
+        }
     }
 
     fn describe(&self) -> String {
-        format!("{} {} (module {})", self.mechanism, self.uri, self.module)
+        format!(
+            "{} {} (module {})",
+            self.mechanism.name(),
+            self.uri,
+            self.module
+        )
     }
 }
 
@@ -905,7 +981,7 @@ mod tests {
         let p = Pkcs11Params {
             module: "/nonexistent.so".into(),
             uri: "pkcs11:token=t;object=k".into(),
-            mechanism: "ecdh".into(),
+            mechanism: Pkcs11Mechanism::Ecdh,
             public_key: Some(B64.encode([4u8; 65])),
             ephemeral: Some(B64.encode([1u8; 10])),
             sealed_kek: None,
@@ -927,7 +1003,7 @@ mod tests {
             matches!(mixed.checked(), Err(SlotError::Malformed { field, .. }) if field == "sealed_kek")
         );
         let gcm = Pkcs11Params {
-            mechanism: "aes-gcm".into(),
+            mechanism: Pkcs11Mechanism::AesGcm,
             ..mixed
         };
         assert!(
@@ -936,16 +1012,14 @@ mod tests {
         // The slot JSON round-trips, and unknown members are refused.
         let rec = SlotRecord::new(SlotParams::Pkcs11(good), WrappedKey([0u8; 40]));
         let json = rec.to_json();
-        assert_eq!(SlotRecord::from_json(&json).unwrap(), rec);
+        assert_eq!(SlotRecord::from_json(&json, false).unwrap(), rec);
         let mut bad = json.clone();
         bad["pin"] = "1234".into();
-        assert!(SlotRecord::from_json(&bad).is_err());
-        let p = Pkcs11Params {
-            mechanism: "rsa".into(),
-            ..p
-        };
-        assert!(
-            matches!(p.checked(), Err(SlotError::Malformed { field, .. }) if field == "mechanism")
-        );
+        assert!(SlotRecord::from_json(&bad, false).is_err());
+        // An unknown mechanism is refused when the slot is read.
+        let mut rsa = json.clone();
+        rsa["mechanism"] = "rsa".into();
+        let err = SlotRecord::from_json(&rsa, false).unwrap_err();
+        assert!(err.contains("rsa"), "{err}");
     }
 }

@@ -10,13 +10,15 @@
 //!
 //! Must never: store anything secret in the slot (the sealed blob is only
 //! usable inside the TPM that made it), connect to the TCTI recorded in a
-//! slot on its own (it is a hint: a keyring from elsewhere must not make us
-//! send a PIN-derived HMAC to a host it names), or keep the PIN or KEK past
-//! the unwrap.
+//! slot that did not come from the owner's own keyring (a header must not
+//! make us send a PIN-derived HMAC to a host it names), or keep the PIN or
+//! KEK past the unwrap.
 
 pub mod device;
 
-use super::{Factors, Interaction, Slot, SlotParams, SlotRecord, UnlockContext};
+use super::{
+    FactorKind, HeaderOnly, Interaction, Locators, Slot, SlotParams, SlotRecord, UnlockContext,
+};
 use crate::error::SlotError;
 use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey};
 use base64::Engine as _;
@@ -71,8 +73,9 @@ pub struct Tpm2Params {
     /// PBKDF2-HMAC-SHA256 iterations for the PIN; present iff `pin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_iterations: Option<u32>,
-    /// The TCTI used at enrollment, shown to help find the TPM again; never
-    /// used to connect.
+    /// The TCTI used at enrollment: the default TPM for this slot when the
+    /// slot comes from the owner's keyring (`--tcti` overrides it); never
+    /// used from an archive header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcti_hint: Option<String>,
 }
@@ -134,16 +137,23 @@ impl std::fmt::Display for PcrSpec {
     }
 }
 
-/// The TCTI to use: `explicit` (from `--tcti`), else `TPM2TOOLS_TCTI`, else
-/// `TCTI`, else [`DEFAULT_TCTI`].
-pub fn resolve_tcti(explicit: Option<&str>) -> String {
-    let env = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
-    explicit
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .or_else(|| env("TPM2TOOLS_TCTI"))
-        .or_else(|| env("TCTI"))
-        .unwrap_or_else(|| DEFAULT_TCTI.to_owned())
+/// The TCTI to use for a slot: `--tcti` ([`Locators::tcti`]), else the
+/// TCTI recorded when the slot was enrolled (`hint`: only from the owner's
+/// keyring — a header-only slot's is dropped before it gets here), else
+/// what the binary found in the environment ([`Locators::tcti_default`]:
+/// `TPM2TOOLS_TCTI`, `TCTI`), else [`DEFAULT_TCTI`]. The library reads no
+/// environment of its own.
+pub fn resolve_tcti(locators: &Locators, hint: Option<&str>) -> String {
+    [
+        locators.tcti.as_deref(),
+        hint,
+        locators.tcti_default.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|s| !s.is_empty())
+    .unwrap_or(DEFAULT_TCTI)
+    .to_owned()
 }
 
 /// The authValue for `pin`: PBKDF2-HMAC-SHA256(pin, salt, iterations),
@@ -177,7 +187,8 @@ fn pin_auth(
 /// What to enroll.
 #[derive(Default)]
 pub struct EnrollOptions {
-    /// The TCTI (else as [`resolve_tcti`] finds it).
+    /// The TCTI (the binary resolves `--tcti` and the environment; else
+    /// [`DEFAULT_TCTI`]).
     pub tcti: Option<String>,
     /// PCR binding, if any.
     pub pcrs: Option<PcrSpec>,
@@ -197,7 +208,11 @@ impl std::fmt::Debug for EnrollOptions {
 
 /// Seal a fresh KEK in the TPM and wrap `bk` with it.
 pub fn enroll(bk: &BackupKey, opts: &EnrollOptions) -> Result<SlotRecord, SlotError> {
-    let tcti = resolve_tcti(opts.tcti.as_deref());
+    let tcti = opts
+        .tcti
+        .clone()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| DEFAULT_TCTI.to_owned());
     let pin = match &opts.pin {
         Some(p) if p.expose_secret().is_empty() => {
             return Err(SlotError::Malformed {
@@ -336,23 +351,22 @@ impl Tpm2Params {
         Ok(Kek::from_bytes(bytes))
     }
 
-    /// Recover the backup key through the TPM at `tcti`: unseal the KEK,
-    /// then unwrap `wrapped`. [`Slot::unwrap`] does this with the TCTI from
-    /// the environment ([`resolve_tcti`]); the slot's own `tcti_hint` is
-    /// never used to connect.
-    pub fn unwrap_via(
+    /// The KEK from the TPM at `tcti`, checked against `wrapped`.
+    /// [`Slot::kek`] does this with the TCTI [`resolve_tcti`] picks.
+    pub fn kek_via(
         &self,
         wrapped: &WrappedKey,
         tcti: &str,
         pin: Option<&SecretString>,
-    ) -> Result<BackupKey, SlotError> {
+    ) -> Result<Kek, SlotError> {
         let kek = self.unseal_kek(tcti, pin)?;
-        wrapped.unwrap(&kek).map_err(|_| {
-            malformed(
+        match wrapped.unwrap(&kek) {
+            Ok(_) => Ok(kek),
+            Err(_) => Err(malformed(
                 "wrapped",
                 "the KEK sealed in the TPM does not unwrap this slot's key",
-            )
-        })
+            )),
+        }
     }
 
     fn with_hint(&self, e: SlotError) -> SlotError {
@@ -367,7 +381,11 @@ impl Tpm2Params {
 }
 
 impl Slot for Tpm2Params {
-    fn interaction(&self, _factors: &Factors) -> Interaction {
+    fn factor(&self) -> Option<FactorKind> {
+        self.pin.then_some(FactorKind::Pin)
+    }
+
+    fn interaction(&self, _at_hand: bool) -> Interaction {
         if self.pin {
             Interaction::Device
         } else {
@@ -375,29 +393,39 @@ impl Slot for Tpm2Params {
         }
     }
 
-    fn unwrap(
-        &self,
-        wrapped: &WrappedKey,
-        ctx: &UnlockContext<'_>,
-    ) -> Option<Result<BackupKey, SlotError>> {
+    fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
         if let Err(e) = self.check() {
             return Some(Err(e));
         }
-        let tcti = resolve_tcti(ctx.locators.tcti.as_deref());
+        let tcti = resolve_tcti(ctx.locators, self.tcti_hint.as_deref());
         let pin = if self.pin {
             // Ask only once the TPM answers: no PIN prompt for an absent TPM.
             if let Err(e) = Tpm::open(&tcti) {
                 return Some(Err(self.with_hint(e)));
             }
-            let pin = ctx.secret(&ctx.factors.pin, "TPM PIN")?;
-            if pin.expose_secret().is_empty() {
-                return None;
-            }
-            Some(pin)
+            Some(ctx.secret("TPM PIN")?)
         } else {
             None
         };
-        Some(self.unwrap_via(wrapped, &tcti, pin.as_ref()))
+        Some(self.kek_via(wrapped, &tcti, pin.as_ref()))
+    }
+
+    fn header_only(&self, locators: &Locators) -> HeaderOnly {
+        // The TCTI is always local: the header's hint is dropped.
+        let mut what = format!(
+            "load its sealed object into the TPM at {}",
+            crate::ui::escaped(&resolve_tcti(locators, None))
+        );
+        if self.pin {
+            what += " and send it a PIN (a wrong one counts toward the TPM's lockout)";
+        }
+        HeaderOnly::Confirm {
+            what,
+            local: SlotParams::Tpm2(Tpm2Params {
+                tcti_hint: None,
+                ..self.clone()
+            }),
+        }
     }
 
     fn describe(&self) -> String {
@@ -573,6 +601,16 @@ mod tests {
 
     #[test]
     fn tcti_order() {
-        assert_eq!(resolve_tcti(Some("swtpm:port=1")), "swtpm:port=1");
+        let mut loc = Locators {
+            tcti: Some("swtpm:port=1".into()),
+            tcti_default: Some("swtpm:port=3".into()),
+            ..Locators::default()
+        };
+        assert_eq!(resolve_tcti(&loc, Some("swtpm:port=2")), "swtpm:port=1");
+        loc.tcti = None;
+        assert_eq!(resolve_tcti(&loc, Some("swtpm:port=2")), "swtpm:port=2");
+        assert_eq!(resolve_tcti(&loc, None), "swtpm:port=3");
+        loc.tcti_default = None;
+        assert_eq!(resolve_tcti(&loc, None), DEFAULT_TCTI);
     }
 }

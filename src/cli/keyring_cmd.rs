@@ -1,0 +1,605 @@
+//! The commands that change or show the keyring: `init`, `enroll`,
+//! `slots`, `remove` and `rotate`. Each takes the keyring lock, unlocks,
+//! changes the keyring in memory and replaces the file in one atomic step.
+
+#[cfg(feature = "pkcs11")]
+use super::args::MechanismArg;
+use super::args::{EnrollArgs, EnrollKind};
+#[cfg(feature = "tpm2")]
+use super::new_pin;
+#[cfg(feature = "yubikey")]
+use super::read_secret_file;
+#[cfg(feature = "vault")]
+use super::vault_cmd;
+use super::{Cli, Env, new_password, print_json, unix_time_text, unlock};
+use coffer::error::{Error, Result};
+use coffer::keyring::Keyring;
+use coffer::slot::recovery::{self, RecoveryKey};
+use coffer::slot::{FactorKind, Label, SlotId, password, select_one};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// Refuse up front when a new recovery key could be shown nowhere.
+fn can_hand_over(out: Option<&Path>, command: &str) -> Result<()> {
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if out.is_none() && !interactive {
+        return Err(Error::Usage(format!(
+            "{command} shows the new recovery key on a terminal; without one, give --recovery-key-out FILE"
+        )));
+    }
+    Ok(())
+}
+
+/// Give the person new recovery keys: into `out` (a new file, mode 0600;
+/// `-` for standard output) or on the terminal, once. Returns the file
+/// written, for the caller to remove if the keyring cannot be stored.
+fn hand_over(
+    env: &Env,
+    keys: &[(SlotId, RecoveryKey)],
+    out: Option<&Path>,
+) -> Result<Option<PathBuf>> {
+    let mut text = Zeroizing::new(String::new());
+    for (id, key) in keys {
+        if keys.len() > 1 {
+            text.push_str(&format!("# recovery slot {id}\n"));
+        }
+        text.push_str(key.display().as_str());
+        text.push('\n');
+    }
+    match out {
+        Some(p) if p == Path::new("-") => {
+            let mut o = std::io::stdout().lock();
+            o.write_all(text.as_bytes())
+                .map_err(|e| Error::io("<stdout>", e))?;
+            Ok(None)
+        }
+        Some(p) => {
+            coffer::fsutil::write_atomic(p, text.as_bytes(), false).map_err(|e| match e {
+                Error::AlreadyExists { path, .. } => Error::AlreadyExists {
+                    path,
+                    hint: ": choose another --recovery-key-out".into(),
+                },
+                e => e,
+            })?;
+            Ok(Some(p.to_path_buf()))
+        }
+        None => {
+            for (_, key) in keys {
+                env.ui.show_recovery_key(key)?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn tell_where(env: &Env, written: Option<&Path>) {
+    if let Some(p) = written {
+        env.ui.info(&format!(
+            "the recovery key is in {}: write it down or store it offline, then delete the file",
+            p.display()
+        ));
+    }
+}
+
+pub(super) fn init(cli: &Cli, env: &Env, recovery_out: Option<&Path>) -> Result<()> {
+    let kf = &env.keyring;
+    let exists = || {
+        Error::AlreadyExists {
+        path: kf.path.clone(),
+        hint: ": a keyring is there already (`coffer slots` shows it); move it away first if you mean to start over".into(),
+    }
+    };
+    if kf.exists() {
+        return Err(exists());
+    }
+    can_hand_over(recovery_out, "init")?;
+    let lock = kf.lock()?;
+    if kf.exists() {
+        return Err(exists());
+    }
+    let bk = coffer::key::BackupKey::generate();
+    let (record, key) = recovery::enroll(&bk);
+    let slot_id = record.id.clone();
+    let keyring = Keyring::new(&bk, vec![record]);
+
+    let written = hand_over(env, &[(slot_id.clone(), key)], recovery_out)?;
+    if let Err(e) = kf.store(&keyring, &lock, true) {
+        if let Some(p) = &written {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    let key_id = keyring.key_id.to_string();
+    if cli.json {
+        print_json(&json!({
+            "keyring": kf.path,
+            "key_id": key_id,
+            "slot": slot_id.as_str(),
+        }))?;
+    } else {
+        env.ui.info(&format!(
+            "created keyring {} (key id {key_id}) with recovery slot {slot_id}",
+            kf.path.display()
+        ));
+        tell_where(env, written.as_deref());
+    }
+    Ok(())
+}
+
+pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> {
+    let label = args
+        .label
+        .as_deref()
+        .map(Label::parse)
+        .transpose()
+        .map_err(|e| Error::Usage(format!("--label: {e}")))?;
+    if let EnrollKind::Recovery { recovery_key_out } = &args.kind {
+        can_hand_over(recovery_key_out.as_deref(), "enroll recovery")?;
+    }
+    // The new device's PIN is an unbound --pin-file: taken out here, so the
+    // unlock before enrolling never offers it to another slot.
+    #[cfg_attr(
+        not(any(feature = "yubikey", feature = "pkcs11")),
+        allow(unused_variables)
+    )]
+    let device_pin: Option<SecretString> = match &args.kind {
+        #[cfg(feature = "yubikey")]
+        EnrollKind::Yubikey { .. } => env.factors.take_unbound(FactorKind::Pin),
+        #[cfg(feature = "pkcs11")]
+        EnrollKind::Pkcs11 { .. } => env.factors.take_unbound(FactorKind::Pin),
+        _ => None,
+    };
+    let env = &*env;
+    let kf = &env.keyring;
+    let lock = kf.lock()?;
+    let mut keyring = kf.load()?;
+    let replaced = args
+        .replace
+        .as_deref()
+        .map(|s| select_one(&keyring.slots, s, "--replace"))
+        .transpose()
+        .map_err(Error::Usage)?;
+    if let Some(l) = &label {
+        let taken = keyring.slots.iter().enumerate().find(|(i, s)| {
+            Some(*i) != replaced && (s.label.as_ref() == Some(l) || s.id.as_str() == l.as_str())
+        });
+        if let Some((_, s)) = taken {
+            return Err(Error::Usage(format!(
+                "--label {l}: slot {} already answers to that name; labels are unique in a keyring",
+                s.name()
+            )));
+        }
+    }
+    let bk = unlock(cli, env, &keyring)?;
+    let mut new_key: Option<RecoveryKey> = None;
+    let record = match &args.kind {
+        EnrollKind::Recovery { .. } => {
+            let (record, key) = recovery::enroll(&bk);
+            new_key = Some(key);
+            record
+        }
+        EnrollKind::Password { new_password_file } => {
+            let pw = new_password(env, new_password_file.as_deref(), "password")?;
+            if pw.expose_secret().is_empty() {
+                return Err(Error::Usage("the new password is empty".into()));
+            }
+            password::enroll(&bk, &pw, password::Cost::default())
+                .map_err(|e| Error::Refused(e.to_string()))?
+        }
+        #[cfg(feature = "tpm2")]
+        EnrollKind::Tpm2 {
+            pcrs,
+            with_pin,
+            new_pin_file,
+        } => {
+            let pin = if *with_pin || new_pin_file.is_some() {
+                let pin = new_pin(env, new_pin_file.as_deref())?;
+                if pin.expose_secret().is_empty() {
+                    return Err(Error::Usage("the new PIN is empty".into()));
+                }
+                Some(pin)
+            } else {
+                None
+            };
+            let locators = cli.unlock.locators();
+            let opts = coffer::slot::tpm2::EnrollOptions {
+                tcti: locators.tcti.or(locators.tcti_default),
+                pcrs: pcrs.clone(),
+                pin,
+            };
+            coffer::slot::tpm2::enroll(&bk, &opts).map_err(Error::Enroll)?
+        }
+        #[cfg(feature = "pkcs11")]
+        EnrollKind::Pkcs11 {
+            module,
+            uri,
+            generate,
+            mechanism,
+            public_key,
+        } => enroll_pkcs11(
+            env,
+            device_pin.as_ref(),
+            &bk,
+            (module.as_deref(), uri, *generate, *mechanism),
+            public_key.as_deref(),
+        )?,
+        #[cfg(feature = "yubikey")]
+        EnrollKind::Yubikey {
+            serial,
+            piv_slot,
+            generate,
+            pin_policy,
+            touch_policy,
+            management_key_file,
+            public_key_file,
+        } => {
+            use coffer::slot::yubikey as yk;
+            let key = if *generate {
+                let management_key = management_key_file
+                    .as_deref()
+                    .map(|f| {
+                        let text = read_secret_file(f)?;
+                        hex::decode(text.expose_secret().trim())
+                            .map(Zeroizing::new)
+                            .map_err(|_| Error::Usage(format!("{}: not hex digits", f.display())))
+                    })
+                    .transpose()?;
+                yk::KeySource::Generate {
+                    pin_policy: *pin_policy,
+                    touch_policy: *touch_policy,
+                    management_key,
+                }
+            } else {
+                let public = public_key_file
+                    .as_deref()
+                    .map(|f| {
+                        let pem = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+                        yk::public_key_from_pem(&pem)
+                            .map_err(|e| Error::Usage(format!("{}: {e}", f.display())))
+                    })
+                    .transpose()?;
+                yk::KeySource::Existing(public)
+            };
+            let pin = match &device_pin {
+                Some(p) => p.clone(),
+                None => {
+                    coffer::ui::Ui::request_secret(&env.ui, "YubiKey PIN: ").ok_or_else(|| {
+                        Error::Usage(
+                            "enroll yubikey needs the card's PIN: --pin-file FILE, or a terminal"
+                                .into(),
+                        )
+                    })?
+                }
+            };
+            let opts = yk::EnrollOptions {
+                serial: *serial,
+                piv_slot: *piv_slot,
+                key,
+            };
+            yk::enroll(&bk, opts, &pin, &env.ui).map_err(|e| match e {
+                coffer::error::SlotError::PolicyRefused(m) => Error::Refused(m),
+                e => Error::Enroll(e),
+            })?
+        }
+        #[cfg(feature = "vault")]
+        EnrollKind::Vault {
+            url,
+            ca,
+            new_password_file,
+        } => vault_cmd::enroll(env, &bk, url, ca.as_deref(), new_password_file.as_deref())?,
+    };
+    let mut record = record;
+    record.label = label;
+    let (id, kind) = (record.id.clone(), record.params.kind().to_owned());
+    let old = replaced.map(|i| keyring.slots[i].name());
+    keyring.replace_slot(&bk, replaced, record)?;
+    let written = match (new_key, &args.kind) {
+        (Some(key), EnrollKind::Recovery { recovery_key_out }) => {
+            hand_over(env, &[(id.clone(), key)], recovery_key_out.as_deref())?
+        }
+        _ => None,
+    };
+    if let Err(e) = kf.store(&keyring, &lock, false) {
+        if let Some(p) = &written {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    if cli.json {
+        print_json(&json!({
+            "slot": id.as_str(),
+            "kind": kind,
+            "label": args.label,
+            "replaced": replaced.map(|_| old.clone()),
+        }))?;
+    } else {
+        let shown = keyring
+            .slots
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.name())
+            .unwrap_or_default();
+        match &old {
+            Some(o) => env
+                .ui
+                .info(&format!("enrolled slot {shown} in place of slot {o}")),
+            None => env.ui.info(&format!("enrolled slot {shown}")),
+        }
+        tell_where(env, written.as_deref());
+    }
+    Ok(())
+}
+
+#[cfg(feature = "pkcs11")]
+fn enroll_pkcs11(
+    env: &Env,
+    pin: Option<&SecretString>,
+    bk: &coffer::key::BackupKey,
+    args: (Option<&Path>, &str, bool, MechanismArg),
+    public_key: Option<&Path>,
+) -> Result<coffer::slot::SlotRecord> {
+    use coffer::slot::pkcs11;
+    let (module, uri, generate, mechanism) = args;
+    let parsed =
+        pkcs11::uri::Pkcs11Uri::parse(uri).map_err(|e| Error::Usage(format!("--uri: {e}")))?;
+    if parsed.attr("pin-value").is_some() {
+        return Err(Error::Usage(
+            "--uri: pin-value= would put the PIN in the process list; give it with --pin-file FILE, or name a file with pin-source=".into(),
+        ));
+    }
+    let module = module
+        .map(Path::to_path_buf)
+        .or_else(|| parsed.attr("module-path").map(PathBuf::from))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "enroll pkcs11 needs the token's module: --module PATH, {} or module-path= in the URI",
+                pkcs11::MODULE_ENV
+            ))
+        })?;
+    let mechanism = match mechanism {
+        MechanismArg::Ecdh => pkcs11::Pkcs11Mechanism::Ecdh,
+        MechanismArg::AesGcm => pkcs11::Pkcs11Mechanism::AesGcm,
+    };
+    let public_key = match public_key {
+        None => None,
+        Some(_) if mechanism != pkcs11::Pkcs11Mechanism::Ecdh => {
+            return Err(Error::Usage(
+                "--public-key works with --mechanism ecdh only".into(),
+            ));
+        }
+        Some(p) => Some(read_public_key(p)?),
+    };
+    let opts = pkcs11::EnrollOptions {
+        module,
+        uri: uri.to_owned(),
+        mechanism,
+        generate,
+        public_key,
+    };
+    pkcs11::enroll(bk, &opts, pin, &env.ui).map_err(|e| match e {
+        coffer::error::SlotError::Malformed { field, reason } => {
+            Error::Usage(format!("{field}: {reason}"))
+        }
+        e => Error::Enroll(e),
+    })
+}
+
+/// A public key file: DER, or PEM (`-----BEGIN PUBLIC KEY-----`).
+#[cfg(feature = "pkcs11")]
+fn read_public_key(p: &Path) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+    let Some(text) = std::str::from_utf8(&bytes)
+        .ok()
+        .filter(|t| t.trim_start().starts_with("-----BEGIN PUBLIC KEY-----"))
+    else {
+        return Ok(bytes);
+    };
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|_| Error::Usage(format!("{}: PEM body is not base64", p.display())))
+}
+
+pub(super) fn slots(cli: &Cli, env: &Env) -> Result<()> {
+    let keyring = env.keyring.load()?;
+    if cli.json {
+        return print_json(&json!({
+            "keyring": env.keyring.path,
+            "key_id": keyring.key_id.to_string(),
+            "slots": keyring.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+        }));
+    }
+    let mut out = std::io::stdout().lock();
+    let mut w = |s: String| writeln!(out, "{s}").map_err(|e| Error::io("<stdout>", e));
+    w(format!(
+        "keyring {} (key id {})",
+        env.keyring.path.display(),
+        keyring.key_id
+    ))?;
+    w(format!(
+        "{:<10} {:<16} {:<10} {:<20} DETAILS",
+        "ID", "LABEL", "KIND", "ENROLLED"
+    ))?;
+    for s in &keyring.slots {
+        let when = unix_time_text(s.created);
+        let detail = s
+            .params
+            .as_slot()
+            .map(|k| coffer::ui::escaped(&k.describe()))
+            .unwrap_or_else(|| "not supported by this build; kept as is".into());
+        let label = s.label.as_ref().map(|l| l.as_str()).unwrap_or("-");
+        w(format!(
+            "{:<10} {:<16} {:<10} {:<20} {detail}",
+            s.id,
+            label,
+            s.params.kind(),
+            when
+        ))?;
+    }
+    Ok(())
+}
+
+pub(super) fn remove(cli: &Cli, env: &Env, selector: &str, force: bool) -> Result<()> {
+    let kf = &env.keyring;
+    let lock = kf.lock()?;
+    let mut keyring = kf.load()?;
+    let i = select_one(&keyring.slots, selector, "remove").map_err(Error::Usage)?;
+    let bk = unlock(cli, env, &keyring)?;
+    let removed = keyring.remove_slot(&bk, i, force)?;
+    kf.store(&keyring, &lock, false)?;
+    if cli.json {
+        print_json(&json!({"removed": removed.id.as_str(), "kind": removed.params.kind()}))?;
+    } else {
+        env.ui.info(&format!(
+            "removed slot {}. Archives sealed before still carry it and open with it; and since every archive shares one backup key, whoever holds that factor and an old archive or keyring copy can still read archives sealed later. If the factor was lost or stolen, run `coffer rotate` so that archives sealed from now on use a new key",
+            removed.name()
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn rotate(
+    cli: &Cli,
+    env: &Env,
+    drop: &[String],
+    recovery_out: Option<&Path>,
+) -> Result<()> {
+    let kf = &env.keyring;
+    let lock = kf.lock()?;
+    let keyring = kf.load()?;
+    let mut keep = vec![true; keyring.slots.len()];
+    for d in drop {
+        let i = select_one(&keyring.slots, d, "--drop").map_err(Error::Usage)?;
+        keep[i] = false;
+    }
+    if !keep.iter().any(|k| *k) {
+        return Err(Error::Usage(
+            "--drop names every slot; the new key needs at least one".into(),
+        ));
+    }
+    let kept_recovery = keyring
+        .slots
+        .iter()
+        .zip(&keep)
+        .any(|(s, k)| *k && s.params.kind() == recovery::KIND);
+    if kept_recovery && !env.factors.has(FactorKind::RecoveryKey) {
+        // Not given: it may be typed, or a new one issued; either way a
+        // terminal or --recovery-key-out is needed.
+        can_hand_over(recovery_out, "rotate")?;
+    }
+    // Proves a factor of this keyring (and checks its MAC) before anything
+    // is re-wrapped; the old key itself is not needed after that.
+    std::mem::drop(unlock(cli, env, &keyring)?);
+    let new_bk = coffer::key::BackupKey::generate();
+    let locators = cli.unlock.locators();
+    let mut opts = super::unlock_options(cli, env, &locators);
+    opts.selector = None;
+    let rotated = coffer::slot::lifecycle::rewrap_all(&keyring.slots, &keep, &new_bk, &opts)?;
+    let new_ids: Vec<SlotId> = rotated
+        .new_recovery_keys
+        .iter()
+        .map(|(i, _)| keyring.slots[*i].id.clone())
+        .collect();
+    let new_keyring = Keyring::new(&new_bk, rotated.slots);
+    let keys: Vec<(SlotId, RecoveryKey)> = new_ids
+        .into_iter()
+        .zip(rotated.new_recovery_keys.into_iter().map(|(_, k)| k))
+        .collect();
+    let written = if keys.is_empty() {
+        None
+    } else {
+        hand_over(env, &keys, recovery_out)?
+    };
+    if let Err(e) = kf.store(&new_keyring, &lock, false) {
+        if let Some(p) = &written {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    let dropped: Vec<&coffer::slot::SlotRecord> = keyring
+        .slots
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| !**k)
+        .map(|(s, _)| s)
+        .collect();
+    #[cfg(feature = "vault")]
+    for s in &dropped {
+        delete_vault_record(env, s);
+    }
+    if cli.json {
+        print_json(&json!({
+            "key_id": new_keyring.key_id.to_string(),
+            "old_key_id": keyring.key_id.to_string(),
+            "slots": new_keyring.slots.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            "dropped": dropped.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            "new_recovery_keys": keys.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        env.ui.info(&format!(
+            "rotated: archives sealed from now on use key {} ({} slot(s) re-wrapped{}). Archives sealed before keep opening with the factors they carry",
+            new_keyring.key_id,
+            new_keyring.slots.len(),
+            if dropped.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; left out: {}",
+                    dropped.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+                )
+            }
+        ));
+        if !keys.is_empty() {
+            env.ui.info(&format!(
+                "issued a new recovery key for slot(s) {}: the old one opens only archives sealed before",
+                keys.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        tell_where(env, written.as_deref());
+    }
+    Ok(())
+}
+
+/// After `rotate --drop` named a vault slot and the new keyring is stored:
+/// delete its record at the server, with its password (bound or unbound
+/// --password-file, or a prompt). Failing that, say what is left.
+#[cfg(feature = "vault")]
+fn delete_vault_record(env: &Env, s: &coffer::slot::SlotRecord) {
+    let coffer::slot::SlotParams::Vault(p) = &s.params else {
+        return;
+    };
+    let password = env.factors.for_slot(s, FactorKind::Password).or_else(|| {
+        coffer::ui::Ui::request_secret(
+            &env.ui,
+            &format!(
+                "Vault password for slot {}, to delete its record (empty to keep it): ",
+                s.name()
+            ),
+        )
+    });
+    let outcome = match password {
+        Some(pw) => p.delete_record(&pw).map_err(|e| e.to_string()),
+        None => Err("no password given for it".into()),
+    };
+    match outcome {
+        Ok(()) => env.ui.info(&format!(
+            "deleted the record of vault slot {} at {}: archives sealed before no longer open with it",
+            s.name(),
+            p.url
+        )),
+        Err(why) => env.ui.warn(&format!(
+            "the record of vault slot {} at {} was kept ({why}): archives sealed before still open with it until the vault's operator deletes it (user {})",
+            s.name(),
+            p.url,
+            p.user
+        )),
+    }
+}
