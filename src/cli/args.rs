@@ -65,8 +65,8 @@ pub struct UnlockArgs {
     #[arg(long, global = true, value_name = "URL")]
     pub vault_url: Option<String>,
     /// The TPM, as a tpm2-tss TCTI, for enrolling and unlocking tpm2 slots
-    /// [default: the TCTI a slot of your keyring was enrolled with, else
-    /// $TPM2TOOLS_TCTI, else $TCTI, else device:/dev/tpmrm0]
+    /// [default: $TPM2TOOLS_TCTI, else $TCTI, else the TCTI the slot of your
+    /// keyring was enrolled with, else device:/dev/tpmrm0]
     #[arg(long, global = true, value_name = "TCTI")]
     pub tcti: Option<String>,
 }

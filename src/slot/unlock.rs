@@ -83,11 +83,11 @@ pub struct Locators {
     pub pkcs11_module: Option<std::path::PathBuf>,
     /// The vault server for header-only vault slots (`--vault-url`).
     pub vault_url: Option<String>,
-    /// The TPM for every tpm2 slot (`--tcti`), before the TCTI a slot of
-    /// the owner's keyring was enrolled with.
+    /// The TPM for every tpm2 slot (`--tcti`).
     pub tcti: Option<String>,
-    /// The TPM when neither `--tcti` nor the slot names one: what the
-    /// binary found in `$TPM2TOOLS_TCTI` or `$TCTI`.
+    /// The TPM when `--tcti` names none: what the binary found in
+    /// `$TPM2TOOLS_TCTI` or `$TCTI`; before the TCTI a slot of the owner's
+    /// keyring was enrolled with.
     pub tcti_default: Option<String>,
 }
 

@@ -73,9 +73,9 @@ pub struct Tpm2Params {
     /// PBKDF2-HMAC-SHA256 iterations for the PIN; present iff `pin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_iterations: Option<u32>,
-    /// The TCTI used at enrollment: the default TPM for this slot when the
-    /// slot comes from the owner's keyring (`--tcti` overrides it); never
-    /// used from an archive header.
+    /// The TCTI used at enrollment: the TPM for this slot when the slot
+    /// comes from the owner's keyring and neither `--tcti` nor the
+    /// environment names one; never used from an archive header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcti_hint: Option<String>,
 }
@@ -137,17 +137,17 @@ impl std::fmt::Display for PcrSpec {
     }
 }
 
-/// The TCTI to use for a slot: `--tcti` ([`Locators::tcti`]), else the
-/// TCTI recorded when the slot was enrolled (`hint`: only from the owner's
-/// keyring — a header-only slot's is dropped before it gets here), else
-/// what the binary found in the environment ([`Locators::tcti_default`]:
-/// `TPM2TOOLS_TCTI`, `TCTI`), else [`DEFAULT_TCTI`]. The library reads no
-/// environment of its own.
+/// The TCTI to use for a slot: `--tcti` ([`Locators::tcti`]), else what
+/// the binary found in the environment ([`Locators::tcti_default`]:
+/// `TPM2TOOLS_TCTI`, `TCTI`), else the TCTI recorded when the slot was
+/// enrolled (`hint`: only from the owner's keyring — a header-only slot's
+/// is dropped before it gets here), else [`DEFAULT_TCTI`]. The library
+/// reads no environment of its own.
 pub fn resolve_tcti(locators: &Locators, hint: Option<&str>) -> String {
     [
         locators.tcti.as_deref(),
-        hint,
         locators.tcti_default.as_deref(),
+        hint,
     ]
     .into_iter()
     .flatten()
@@ -608,9 +608,9 @@ mod tests {
         };
         assert_eq!(resolve_tcti(&loc, Some("swtpm:port=2")), "swtpm:port=1");
         loc.tcti = None;
-        assert_eq!(resolve_tcti(&loc, Some("swtpm:port=2")), "swtpm:port=2");
-        assert_eq!(resolve_tcti(&loc, None), "swtpm:port=3");
+        assert_eq!(resolve_tcti(&loc, Some("swtpm:port=2")), "swtpm:port=3");
         loc.tcti_default = None;
+        assert_eq!(resolve_tcti(&loc, Some("swtpm:port=2")), "swtpm:port=2");
         assert_eq!(resolve_tcti(&loc, None), DEFAULT_TCTI);
     }
 }
