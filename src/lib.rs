@@ -16,7 +16,7 @@ pub mod error;
 pub mod fsutil;
 pub mod key;
 pub mod keyring;
-#[cfg(any(feature = "pkcs11", feature = "vault"))]
+#[cfg(any(feature = "pkcs11", feature = "vault-server"))]
 pub mod pkcs11_uri;
 pub mod slot;
 pub mod ui;

@@ -7,7 +7,7 @@
 mod archive_cmd;
 mod interrupt;
 pub mod term;
-#[cfg(feature = "vault")]
+#[cfg(feature = "vault-server")]
 mod vault_cmd;
 
 use clap::{Args, Parser, Subcommand};
@@ -161,7 +161,7 @@ pub enum Command {
         archive: PathBuf,
     },
     /// The key vault server
-    #[cfg(feature = "vault")]
+    #[cfg(feature = "vault-server")]
     #[command(subcommand)]
     Vault(vault_cmd::VaultCmd),
 }
@@ -387,7 +387,7 @@ impl Cli {
 
 /// Run the parsed command line.
 pub fn run(cli: &Cli) -> Result<()> {
-    #[cfg(feature = "vault")]
+    #[cfg(feature = "vault-server")]
     if let Command::Vault(cmd) = &cli.command {
         return vault_cmd::run(cmd);
     }
@@ -412,7 +412,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         } => archive_cmd::open(cli, &env, archive, output, *force, *numeric_owner),
         Command::Verify { archive } => archive_cmd::verify(cli, &env, archive),
         Command::Inspect { archive } => archive_cmd::inspect(cli, archive),
-        #[cfg(feature = "vault")]
+        #[cfg(feature = "vault-server")]
         Command::Vault(_) => unreachable!("handled above"),
     }
 }
@@ -672,7 +672,7 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
             url,
             ca,
             new_password_file,
-        } => vault_cmd::enroll(env, &bk, url, ca.as_deref(), new_password_file.as_deref())?,
+        } => enroll_vault(env, &bk, url, ca.as_deref(), new_password_file.as_deref())?,
     };
     let (id, kind) = (record.id.clone(), record.params.kind().to_owned());
     keyring.add_slot(&bk, record)?;
@@ -683,6 +683,26 @@ fn enroll(cli: &Cli, env: &Env, kind: &EnrollKind) -> Result<()> {
         env.ui.info(&format!("enrolled slot {id} ({kind})"));
     }
     Ok(())
+}
+
+/// `coffer enroll vault`.
+#[cfg(feature = "vault")]
+fn enroll_vault(
+    env: &Env,
+    bk: &coffer::key::BackupKey,
+    url: &str,
+    ca: Option<&Path>,
+    new_password_file: Option<&Path>,
+) -> Result<coffer::slot::SlotRecord> {
+    let ca_pem = ca
+        .map(|p| std::fs::read_to_string(p).map_err(|e| Error::io(p, e)))
+        .transpose()?;
+    let pw = new_password(env, new_password_file, "vault")?;
+    if pw.expose_secret().is_empty() {
+        return Err(Error::Usage("the new vault password is empty".into()));
+    }
+    coffer::slot::vault::enroll(bk, url, ca_pem.as_deref(), &pw)
+        .map_err(|e| Error::Refused(format!("enrolling the vault slot: {e}")))
 }
 
 #[cfg(feature = "pkcs11")]
