@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing, then
 # formatting, lints and tests, with default features (all hardware
-# backends, against their simulators) and with --no-default-features (the
-# software core).
+# backends, against their simulators) and with --no-default-features
+# --features cli (the software core and its command line), and a check
+# that the library builds without the CLI and vault-server dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hsm-sim/install-deps.sh
@@ -19,9 +20,36 @@ tests() { cargo test "$@" 2>&1 | tee -a "$results"; }
 
 step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
+# The library alone (no binary; tests that run it are cfg'd out), the
+# software-only command line, and the library as a backup tool embeds it
+# (every slot, vault client, no CLI and no vault server).
 step cargo clippy --workspace --all-targets --no-default-features -- -D warnings
+step cargo clippy --workspace --all-targets --no-default-features --features cli -- -D warnings
+step cargo clippy -p coffer --all-targets --no-default-features --features tpm2,pkcs11,yubikey,vault -- -D warnings
+
+# The embeddable library must not drag in the CLI or the vault server:
+# none of these may appear among its normal dependencies.
+library_deps() {
+  local features=tpm2,pkcs11,yubikey,vault found
+  found=$(cargo tree -e normal --no-default-features --features "$features" -p coffer \
+      --prefix none --format '{p}' | awk '{print $1}' | sort -u |
+    grep -xE 'clap|indicatif|rpassword|signal-hook|humantime|hyper|hyper-util|tokio|tokio-rustls|rusqlite|postgres' || true)
+  if [ -n "$found" ]; then
+    echo "the library (--no-default-features --features $features) depends on:" $found
+    echo "these belong behind the cli or vault-server features (Cargo.toml)"
+    return 1
+  fi
+  echo "library dependencies: no CLI or vault-server crates"
+}
+step library_deps
+
 RUSTDOCFLAGS="-D warnings" step cargo doc --workspace --no-deps --quiet
-step tests --workspace --no-default-features
+# Without default features, but with the cli feature: the library's own
+# tests plus the software-only binary (recovery and password slots) through
+# every integration test that needs no hardware. Without cli the binary is
+# not built and the tests that run it are compiled out, which would leave
+# little; the clippy step above still builds that combination.
+step tests --workspace --no-default-features --features cli
 step tests --workspace
 
 # An independent reader written from docs/format.md alone (Python) must

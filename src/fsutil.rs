@@ -283,7 +283,9 @@ pub fn open_in_place(path: &Path) -> Result<Option<File>> {
     };
     let ft = meta.file_type();
     let mut options = File::options();
-    options.write(true).custom_flags(libc::O_NOCTTY);
+    options
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32);
     if ft.is_fifo() || ft.is_char_device() {
         // Write-only, no truncation: a FIFO or device is written as a pipe.
     } else if ft.is_block_device() || ft.is_socket() {

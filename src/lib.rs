@@ -8,6 +8,25 @@
 //!
 //! The library never prints, prompts or exits: people are reached through
 //! the [`ui::Ui`] trait, which the `coffer` command line implements.
+//!
+//! # Features
+//!
+//! The defaults build the `coffer` command line with every backend. A
+//! program embedding the library takes `default-features = false` and
+//! names what it needs:
+//!
+//! - `tpm2`, `pkcs11`, `yubikey`: the hardware slots.
+//! - `vault`: the key vault slot (`slot::vault`, the OPAQUE client of
+//!   `vault::client`).
+//! - `vault-server` (implies `vault`): the vault server, its storage and
+//!   its HSM sealing (`vault::server`, `vault::store`, `vault::hsm`);
+//!   pulls hyper, tokio, rustls, SQLite and PostgreSQL.
+//! - `cli`: the `coffer` binary (clap, indicatif, rpassword, signal-hook);
+//!   the library uses it only to derive `clap::ValueEnum` on the YubiKey
+//!   policy enums.
+//!
+//! Without any feature the library keeps recovery-key and password slots
+//! and every archive operation.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -16,7 +35,7 @@ pub mod error;
 pub mod fsutil;
 pub mod key;
 pub mod keyring;
-#[cfg(any(feature = "pkcs11", feature = "vault"))]
+#[cfg(any(feature = "pkcs11", feature = "vault-server"))]
 pub mod pkcs11_uri;
 pub mod slot;
 pub mod ui;

@@ -2,6 +2,9 @@
 //! safe output. Every failure case also checks that nothing was left
 //! behind: no output, no temp files.
 
+// Runs the `coffer` binary, which needs feature `cli`.
+#![cfg(feature = "cli")]
+
 mod common;
 
 use coffer::archive::header::{DEFAULT_CHUNK, Header};

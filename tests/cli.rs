@@ -2,6 +2,9 @@
 //! terminal, factors from files. Each test asserts the exit status of the
 //! contract (DESIGN.md) and what is left on disk.
 
+// Runs the `coffer` binary, which needs feature `cli`.
+#![cfg(feature = "cli")]
+
 mod common;
 
 use common::{Home, listing, mode};

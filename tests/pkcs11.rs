@@ -3,7 +3,8 @@
 //! `SOFTHSM2_CONF`, passed to each child process, so tests run in parallel.
 //! Keys are made by coffer (`--generate`) and by a third-party tool
 //! (`pkcs11-tool`).
-#![cfg(feature = "pkcs11")]
+// Runs the `coffer` binary, which needs feature `cli`.
+#![cfg(all(feature = "pkcs11", feature = "cli"))]
 
 mod common;
 

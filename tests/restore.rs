@@ -3,6 +3,9 @@
 //! hostile streams are sealed with a valid key, as a buggy writer or a
 //! key holder could make them.
 
+// Runs the `coffer` binary, which needs feature `cli`.
+#![cfg(feature = "cli")]
+
 mod common;
 
 use common::Home;

@@ -6,7 +6,8 @@
 //!
 //! swtpm and tpm2-tools must be installed (`hsm-sim/install-deps.sh`); a
 //! missing one fails the suite, it never skips.
-#![cfg(feature = "tpm2")]
+// Runs the `coffer` binary, which needs feature `cli`.
+#![cfg(all(feature = "tpm2", feature = "cli"))]
 
 mod common;
 

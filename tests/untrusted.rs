@@ -5,6 +5,9 @@
 //! write access to the storage would; devices are real (SoftHSM2), the
 //! hostile module is a real shared library.
 
+// Runs the `coffer` binary, which needs feature `cli`.
+#![cfg(feature = "cli")]
+
 mod common;
 
 use base64::Engine as _;

@@ -1,7 +1,8 @@
 //! The key vault end to end: real `coffer vault serve` processes on
 //! 127.0.0.1 (a free port each), a real SoftHSM token per test sealing the
 //! server's secrets, SQLite storage.
-#![cfg(feature = "vault")]
+// Runs the `coffer` binary, which needs feature `cli`.
+#![cfg(all(feature = "vault-server", feature = "cli"))]
 
 mod common;
 

@@ -9,14 +9,18 @@
 //! `cargo test --test vectors -- --ignored regenerate` rewrites them; only
 //! ever do that for a new format version.
 
+#[cfg(feature = "cli")] // the `coffer` binary, for the testkit
 mod common;
 
-use coffer::archive::header::{FLAG_TAR, FLAG_ZSTD, Header};
+use coffer::archive::header::Header;
+#[cfg(feature = "cli")]
+use coffer::archive::header::{FLAG_TAR, FLAG_ZSTD};
 use coffer::archive::stream::StreamWriter;
 use coffer::key::{BackupKey, Kek};
 use coffer::keyring::Keyring;
 use coffer::slot::recovery::RecoveryKey;
 use coffer::slot::{SlotId, SlotParams, SlotRecord, recovery::RecoveryParams};
+#[cfg(feature = "cli")]
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,7 @@ fn vectors() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
 }
 
+#[cfg(feature = "cli")] // runs the `coffer` binary
 fn testkit_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/archives")
 }
@@ -115,6 +120,7 @@ fn archive_vector_matches_the_spec() {
     assert_eq!(hex::encode(stream_vector()), hex::encode(&want));
 }
 
+#[cfg(feature = "cli")] // runs the `coffer` binary
 #[test]
 fn archive_vector_opens_with_the_recovery_key() {
     let h = common::Home::new();
@@ -129,6 +135,7 @@ fn archive_vector_opens_with_the_recovery_key() {
 }
 
 /// The testkit cases: name, and how to make the archive bytes.
+#[cfg(feature = "cli")] // runs the `coffer` binary
 fn testkit_cases() -> Vec<(&'static str, Vec<u8>)> {
     let bk = vector_key();
     let three_chunks: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
@@ -205,6 +212,7 @@ fn testkit_cases() -> Vec<(&'static str, Vec<u8>)> {
 
 /// What a testkit case expects: `ok` with the payload's SHA-256 (as
 /// `open -o -` writes it: the tar stream for folders), or an exit status.
+#[cfg(feature = "cli")] // runs the `coffer` binary
 fn expectation(name: &str, payload: Option<&[u8]>) -> String {
     match (name, payload) {
         (_, Some(p)) => format!(
@@ -216,6 +224,7 @@ fn expectation(name: &str, payload: Option<&[u8]>) -> String {
     }
 }
 
+#[cfg(feature = "cli")] // runs the `coffer` binary
 #[test]
 #[ignore = "rewrites the vectors; only for a new format version"]
 fn regenerate() {
@@ -274,6 +283,7 @@ fn regenerate() {
 }
 
 /// Every testkit archive opens (or fails) exactly as its .expect says.
+#[cfg(feature = "cli")] // runs the `coffer` binary
 #[test]
 fn testkit() {
     let h = common::Home::new();

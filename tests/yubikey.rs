@@ -8,7 +8,8 @@
 //! Against a real YubiKey instead (destroys PIV slots 82 and 83 on it; its
 //! PIN must be in $COFFER_TEST_YUBIKEY_PIN_FILE):
 //! `COFFER_TEST_YUBIKEY_SERIAL=N cargo test --test yubikey -- --ignored real_`.
-#![cfg(feature = "yubikey")]
+// Runs the `coffer` binary, which needs feature `cli`.
+#![cfg(all(feature = "yubikey", feature = "cli"))]
 
 mod common;
 

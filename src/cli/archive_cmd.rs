@@ -53,7 +53,7 @@ fn is_terminal_path(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.file_type().is_char_device())
         && std::fs::File::options()
             .write(true)
-            .custom_flags(libc::O_NOCTTY)
+            .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
             .open(p)
             .is_ok_and(|f| f.is_terminal())
 }

@@ -213,7 +213,7 @@ pub enum Command {
         archive: PathBuf,
     },
     /// The key vault server
-    #[cfg(feature = "vault")]
+    #[cfg(feature = "vault-server")]
     #[command(subcommand)]
     Vault(super::vault_cmd::VaultCmd),
 }

@@ -9,8 +9,6 @@ use super::args::{EnrollArgs, EnrollKind};
 use super::new_pin;
 #[cfg(feature = "yubikey")]
 use super::read_secret_file;
-#[cfg(feature = "vault")]
-use super::vault_cmd;
 use super::{Cli, Env, new_password, print_json, unix_time_text, unlock};
 use coffer::error::{Error, Result};
 use coffer::keyring::Keyring;
@@ -289,7 +287,7 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
             url,
             ca,
             new_password_file,
-        } => vault_cmd::enroll(env, &bk, url, ca.as_deref(), new_password_file.as_deref())?,
+        } => enroll_vault(env, &bk, url, ca.as_deref(), new_password_file.as_deref())?,
     };
     let mut record = record;
     record.label = label;
@@ -331,6 +329,25 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
         tell_where(env, written.as_deref());
     }
     Ok(())
+}
+
+/// `coffer enroll vault`.
+#[cfg(feature = "vault")]
+fn enroll_vault(
+    env: &Env,
+    bk: &coffer::key::BackupKey,
+    url: &str,
+    ca: Option<&Path>,
+    new_password_file: Option<&Path>,
+) -> Result<coffer::slot::SlotRecord> {
+    let ca_pem = ca
+        .map(|p| std::fs::read_to_string(p).map_err(|e| Error::io(p, e)))
+        .transpose()?;
+    let pw = new_password(env, new_password_file, "vault")?;
+    if pw.expose_secret().is_empty() {
+        return Err(Error::Usage("the new vault password is empty".into()));
+    }
+    coffer::slot::vault::enroll(bk, url, ca_pem.as_deref(), &pw).map_err(Error::Enroll)
 }
 
 #[cfg(feature = "pkcs11")]

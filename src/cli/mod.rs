@@ -11,7 +11,7 @@ pub mod args;
 mod interrupt;
 mod keyring_cmd;
 pub mod term;
-#[cfg(feature = "vault")]
+#[cfg(feature = "vault-server")]
 mod vault_cmd;
 
 pub use args::{Cli, Command, CompressArg, EnrollKind};
@@ -135,7 +135,7 @@ impl Cli {
 
 /// Run the parsed command line.
 pub fn run(cli: &Cli) -> Result<()> {
-    #[cfg(feature = "vault")]
+    #[cfg(feature = "vault-server")]
     if let Command::Vault(cmd) = &cli.command {
         return vault_cmd::run(cmd);
     }
@@ -166,7 +166,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         } => archive_cmd::open(cli, &env, archive, output, *force, *numeric_owner),
         Command::Verify { archive } => archive_cmd::verify(cli, &env, archive),
         Command::Inspect { archive } => archive_cmd::inspect(cli, archive),
-        #[cfg(feature = "vault")]
+        #[cfg(feature = "vault-server")]
         Command::Vault(_) => unreachable!("handled above"),
     }
 }

@@ -1,19 +1,17 @@
-//! `coffer vault serve` and `coffer enroll vault`: argument glue around
-//! [`coffer::vault`] and [`coffer::slot::vault`].
+//! `coffer vault serve`: argument glue around the server side of
+//! [`coffer::vault`] (feature `vault-server`). `coffer enroll vault`, the
+//! client side, is in the parent module.
 //!
 //! Must never: start a server whose secrets would sit on disk in the clear
 //! without `--insecure-local-key`, or print a secret.
 
-use super::{Env, new_password, read_secret_file};
+use super::read_secret_file;
 use clap::{Args, Subcommand};
 use coffer::error::{Error, Result};
-use coffer::key::BackupKey;
-use coffer::slot::SlotRecord;
 use coffer::vault::hsm::{Sealer, TokenKey};
 use coffer::vault::protocol::DEFAULT_MAX_GUESSES;
 use coffer::vault::server::{Limits, Server, Tls, Vault};
 use coffer::vault::store::Store;
-use secrecy::ExposeSecret;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -148,23 +146,4 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
         .map_err(|e| Error::io("<stdout>", e))?;
     drop(out);
     server.run().map_err(vault_err)
-}
-
-/// `coffer enroll vault`.
-pub fn enroll(
-    env: &Env,
-    bk: &BackupKey,
-    url: &str,
-    ca: Option<&Path>,
-    new_password_file: Option<&Path>,
-) -> Result<SlotRecord> {
-    let ca_pem = ca
-        .map(|p| std::fs::read_to_string(p).map_err(|e| Error::io(p, e)))
-        .transpose()?;
-    let pw = new_password(env, new_password_file, "vault")?;
-    if pw.expose_secret().is_empty() {
-        return Err(Error::Usage("the new vault password is empty".into()));
-    }
-    coffer::slot::vault::enroll(bk, url, ca_pem.as_deref(), &pw)
-        .map_err(|e| Error::Refused(format!("enrolling the vault slot: {e}")))
 }

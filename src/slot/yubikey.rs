@@ -49,7 +49,8 @@ const PCSCD_HINT: &str =
     "plug the YubiKey in; if it is, start pcscd (`sudo systemctl start pcscd`, or `sudo pcscd`)";
 
 /// PIN policy of a key generated at enrollment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum PinPolicyArg {
     /// PIN once per session.
     Once,
@@ -60,7 +61,8 @@ pub enum PinPolicyArg {
 }
 
 /// Touch policy of a key generated at enrollment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum TouchPolicyArg {
     /// Touch for every use.
     Always,

@@ -2,17 +2,22 @@
 //! limit (DESIGN.md, slot kind **vault**).
 //!
 //! [`protocol`] fixes the OPAQUE cipher suite and the JSON messages;
-//! [`client`] runs registration and login for the slot; [`server`] answers
-//! them, counting guesses in [`store`] and keeping its long-term secrets
-//! sealed by [`hsm`].
+//! [`client`] runs registration and login for the slot (feature `vault`).
+//! With feature `vault-server` only: `server` answers them, counting
+//! guesses in `store` and keeping its long-term secrets sealed by `hsm`;
+//! the client side never needs that code or its dependencies (hyper,
+//! tokio, the databases, a PKCS#11 library).
 //!
 //! Must never: send the password, or anything derived from it other than
 //! OPAQUE messages, to the server; log a secret.
 
 pub mod client;
+#[cfg(feature = "vault-server")]
 pub mod hsm;
 pub mod protocol;
+#[cfg(feature = "vault-server")]
 pub mod server;
+#[cfg(feature = "vault-server")]
 pub mod store;
 
 /// Why a vault operation failed.
