@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod tree;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
