@@ -2,6 +2,7 @@
 //! the real `coffer` binary.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod tree;
 #[cfg(feature = "vault")]
 pub mod vault;
