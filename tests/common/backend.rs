@@ -48,6 +48,16 @@ pub trait Backend {
     fn inert(&self) -> bool {
         false
     }
+    /// Check what enrollment stored in the keyring for the slot.
+    fn check_enrolled(&self, _slot: &serde_json::Value) {}
+    /// What unlocking with the slot tells the person (a touch request).
+    fn unlock_says(&self) -> Option<&'static str> {
+        None
+    }
+    /// What the error says when the device is away.
+    fn absent_says(&self) -> &'static [&'static str] {
+        unreachable!("a kind without a device")
+    }
     /// Take the device away; `false` if the kind has none.
     fn take_away(&mut self) -> bool {
         false
@@ -83,6 +93,15 @@ impl Rig {
         let out = rig.run(&enroll);
         rig.expect(&out, 0, "enroll");
         rig.slot_id = rig.the_slot_id();
+        if rig.backend.slot_kind() != "recovery" {
+            let said = format!(
+                "enrolled slot {} ({})",
+                rig.slot_id,
+                rig.backend.slot_kind()
+            );
+            rig.expect_said(&out, &said, "enroll");
+        }
+        rig.check_keyring();
         make_tree(&rig.home.path("data"));
         let mut seal = args(["seal", "data", "-o", "a.coffer"]);
         seal.extend(rig.recovery_args());
@@ -96,6 +115,31 @@ impl Rig {
         let mut a = args(["--slot", "recovery", "--recovery-key-file"]);
         a.push(self.home.recovery_key().into());
         a
+    }
+
+    /// The kind's own checks of its slot; and no secret of its factor
+    /// (a file's content) is in the keyring.
+    fn check_keyring(&self) {
+        let kr = self.home.keyring_json();
+        let slot = kr["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == self.slot_id.as_str())
+            .unwrap();
+        self.backend.check_enrolled(slot);
+        let text = kr.to_string();
+        for a in self.backend.factor_args() {
+            let Ok(secret) = std::fs::read_to_string(&a) else {
+                continue;
+            };
+            let secret = secret.trim();
+            assert!(
+                secret.len() < 4 || !text.contains(secret),
+                "[{}] the keyring holds the factor {a:?}: {text}",
+                self.name()
+            );
+        }
     }
 
     /// The one keyring slot of the backend's kind.
@@ -374,6 +418,13 @@ impl Backend for Tpm2 {
         a.extend(args([OsStr::new("--pin-file"), wrong.as_os_str()]));
         Some(a)
     }
+    fn check_enrolled(&self, slot: &serde_json::Value) {
+        assert_eq!(slot["pin"], self.pin.is_some(), "{slot}");
+        assert!(slot.get("pcrs").is_none(), "{slot}");
+    }
+    fn absent_says(&self) -> &'static [&'static str] {
+        &["not found"]
+    }
     /// swtpm stops; `--tcti` still names its port, where nothing listens.
     fn take_away(&mut self) -> bool {
         self.tpm.power_off();
@@ -464,6 +515,16 @@ impl Backend for Pkcs11 {
     fn locator_args(&self) -> Args {
         args([OsStr::new("--pkcs11-module"), self.hsm.module().as_os_str()])
     }
+    fn check_enrolled(&self, slot: &serde_json::Value) {
+        let mechanism = if self.aes_gcm { "aes-gcm" } else { "ecdh" };
+        assert_eq!(slot["mechanism"], mechanism, "{slot}");
+        assert_eq!(slot["uri"], "pkcs11:token=coffer;object=backup", "{slot}");
+        // AES-GCM: the token's key encrypted the KEK, stored in the slot.
+        assert_eq!(slot["sealed_kek"].is_string(), self.aes_gcm, "{slot}");
+    }
+    fn absent_says(&self) -> &'static [&'static str] {
+        &["PKCS#11 token"]
+    }
     /// The module now reads a configuration whose token folder is empty.
     fn take_away(&mut self) -> bool {
         let tokens = self.hsm.path("absent-tokens");
@@ -543,6 +604,19 @@ impl Backend for Yubikey {
     }
     fn wrong_factor_args(&self) -> Option<Args> {
         Some(args([OsStr::new("--pin-file"), self.wrong_pin.as_os_str()]))
+    }
+    /// The defaults: a retired PIV slot, PIN once, touch always.
+    fn check_enrolled(&self, slot: &serde_json::Value) {
+        assert_eq!(slot["serial"], self.card.serial(), "{slot}");
+        assert_eq!(slot["piv_slot"], "82", "{slot}");
+        assert_eq!(slot["pin_policy"], "once", "{slot}");
+        assert_eq!(slot["touch_policy"], "always", "{slot}");
+    }
+    fn unlock_says(&self) -> Option<&'static str> {
+        Some("Touch your YubiKey")
+    }
+    fn absent_says(&self) -> &'static [&'static str] {
+        &["not found", "pcscd"]
     }
     /// The card leaves the reader; its keys stay.
     fn take_away(&mut self) -> bool {
@@ -626,6 +700,14 @@ impl Backend for Vault {
     }
     fn locator_args(&self) -> Args {
         args(["--vault-url", &self.url])
+    }
+    /// The server's key is pinned in the slot.
+    fn check_enrolled(&self, slot: &serde_json::Value) {
+        assert_eq!(slot["url"], self.url.as_str(), "{slot}");
+        assert!(slot["server_key"].is_string(), "{slot}");
+    }
+    fn absent_says(&self) -> &'static [&'static str] {
+        &["unreachable"]
     }
     /// The server stops; its database stays.
     fn take_away(&mut self) -> bool {
