@@ -71,22 +71,6 @@ fn seal(home: &Home) {
 }
 
 #[test]
-fn enroll_then_unlock_through_the_server() {
-    let (home, _token, _server) = setup(10);
-    seal(&home);
-    open_with(&home, "pw", "out").success();
-    assert_eq!(
-        std::fs::read_to_string(home.path("out/f.txt")).unwrap(),
-        "kept safe"
-    );
-    let out = home.coffer().args(["slots", "--json"]).output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("\"kind\": \"vault\""), "{text}");
-    assert!(text.contains("server_key"), "{text}");
-    assert!(!text.contains("vault password"), "{text}");
-}
-
-#[test]
 fn wrong_guesses_destroy_the_record_and_the_recovery_key_still_opens() {
     let (home, _token, _server) = setup(3);
     seal(&home);
@@ -373,23 +357,6 @@ fn the_server_refuses_to_start_without_an_hsm_or_the_insecure_flag() {
             predicates::str::contains("junk.pem")
                 .and(predicates::str::contains("no PEM certificate")),
         );
-}
-
-#[test]
-fn an_unreachable_server_falls_back_to_the_next_slot() {
-    let (home, _token, server) = setup(10);
-    seal(&home);
-    drop(server);
-    open_with(&home, "pw", "o")
-        .code(5)
-        .stderr(predicates::str::contains("unreachable"));
-    home.coffer()
-        .args(["open", "a.cof", "-o", "rec", "--password-file"])
-        .arg(home.path("pw"))
-        .arg("--recovery-key-file")
-        .arg(home.recovery_key())
-        .assert()
-        .success();
 }
 
 #[test]
