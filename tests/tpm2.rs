@@ -606,30 +606,6 @@ fn cli_pin_slot_wrong_pin_exits_3_then_lockout_exits_5() {
 }
 
 #[test]
-fn cli_absent_tpm_exits_5() {
-    let tpm = SwTpm::start();
-    let h = home_with_tpm_slot(&tpm, &[]);
-    let gone = tpm.tcti();
-    drop(tpm);
-    let run = |args: &[&str]| {
-        let mut c = h.coffer();
-        c.env("TPM2TOOLS_TCTI", &gone).args(args);
-        c
-    };
-    run(&["verify", "a.coffer"])
-        .assert()
-        .code(5)
-        .stderr(predicate::str::contains("not found"));
-    run(&["enroll", "tpm2", "--recovery-key-file", "recovery.txt"])
-        .assert()
-        .code(5)
-        .stderr(predicate::str::contains("not found"));
-    run(&["verify", "a.coffer", "--recovery-key-file", "recovery.txt"])
-        .assert()
-        .success();
-}
-
-#[test]
 fn cli_bad_pcr_list_is_a_usage_error() {
     let h = Home::new();
     h.init();

@@ -125,34 +125,6 @@ fn stderr(a: &assert_cmd::assert::Assert) -> String {
 }
 
 #[test]
-fn enroll_generate_then_open_in_a_fresh_process() {
-    let card = VirtualCard::start();
-    personalize(&card);
-    let s = setup(&card);
-    let enrolled = s.enroll_generate().success();
-    assert!(stderr(&enrolled).contains("enrolled slot"));
-    let slots = s.home.keyring_json()["slots"].clone();
-    let slot = slots
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["kind"] == "yubikey")
-        .expect("a yubikey slot")
-        .clone();
-    assert_eq!(slot["serial"], card.serial());
-    assert_eq!(slot["piv_slot"], "82");
-    assert_eq!(slot["pin_policy"], "once");
-    assert_eq!(slot["touch_policy"], "always");
-
-    s.seal();
-    let a = s.open_with_card(&s.pin, "out").success();
-    let err = stderr(&a);
-    assert!(err.contains("(yubikey)"), "{err}");
-    assert!(err.contains("Touch your YubiKey"), "{err}");
-    assert_eq!(s.opened("out"), "for the owner only\n");
-}
-
-#[test]
 fn enroll_a_key_that_yubico_piv_tool_generated() {
     let card = VirtualCard::start();
     personalize(&card);
@@ -290,38 +262,6 @@ fn wrong_pin_exit_3_then_blocked_exit_5_and_the_recovery_key_still_opens() {
         .assert()
         .success();
     assert_eq!(s.opened("out"), "for the owner only\n");
-}
-
-#[test]
-fn card_absent_exit_5_then_fallback_then_back() {
-    let mut card = VirtualCard::start();
-    personalize(&card);
-    let s = setup(&card);
-    s.enroll_generate().success();
-    s.seal();
-
-    card.remove();
-    let a = s.open_with_card(&s.pin, "o1").code(5);
-    let err = stderr(&a);
-    assert!(err.contains("not found") && err.contains("pcscd"), "{err}");
-
-    // Without --slot, the recovery key is the fallback.
-    let a = s
-        .home
-        .coffer()
-        .args(["-v", "open", "a.coffer", "-o", "out"])
-        .arg("--pin-file")
-        .arg(&s.pin)
-        .arg("--recovery-key-file")
-        .arg(s.home.recovery_key())
-        .assert()
-        .success();
-    assert!(stderr(&a).contains("(recovery)"), "{}", stderr(&a));
-
-    // Plugged back in, the same slot opens again.
-    card.insert();
-    s.open_with_card(&s.pin, "o2").success();
-    assert_eq!(s.opened("o2"), "for the owner only\n");
 }
 
 #[test]

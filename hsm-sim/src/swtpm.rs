@@ -154,11 +154,34 @@ impl SwTpm {
     /// PCRs and transient objects are reset; the seeds and NV stay. The
     /// TCP port may change: read [`SwTpm::tcti`] again.
     pub fn restart(&mut self) {
+        self.power_off();
+        self.power_on();
+    }
+
+    /// Take the TPM away: an orderly TPM2_Shutdown, then swtpm stops.
+    /// Nothing listens at [`SwTpm::tcti`] until [`SwTpm::power_on`].
+    pub fn power_off(&mut self) {
+        if !self.running() {
+            return;
+        }
         let _ = self.tool("tpm2_shutdown").arg("-c").output();
         self.stop();
+    }
+
+    /// Start swtpm again on the same state (a fresh boot, as in
+    /// [`SwTpm::restart`]); the TCP port may change. Does nothing while it
+    /// runs.
+    pub fn power_on(&mut self) {
+        if self.running() {
+            return;
+        }
         let (child, port) = Self::spawn(self.state.path());
         self.child = child;
         self.port = port;
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     fn stop(&mut self) {

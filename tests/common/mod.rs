@@ -2,7 +2,10 @@
 //! the real `coffer` binary.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod tree;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};

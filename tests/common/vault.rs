@@ -1,0 +1,200 @@
+//! The key vault's fixtures: a SoftHSM token sealing the server's secrets,
+//! a real `coffer vault serve` on loopback, and a throwaway PostgreSQL
+//! cluster. Shared by tests/vault.rs and tests/backends.rs.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const PIN: &str = "4321";
+
+/// A SoftHSM token of its own, in a temp dir.
+pub struct Token {
+    pub dir: tempfile::TempDir,
+}
+
+impl Token {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tokens")).unwrap();
+        std::fs::write(
+            dir.path().join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("pin"), PIN).unwrap();
+        let t = Self { dir };
+        let ok = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", t.conf())
+            .args(["--init-token", "--free", "--label", "vault-test"])
+            .args(["--so-pin", "123456", "--pin", PIN])
+            .stdout(Stdio::null())
+            .status()
+            .expect("softhsm2-util (hsm-sim/install-deps.sh installs it)");
+        assert!(ok.success());
+        t
+    }
+
+    pub fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+}
+
+/// A running `coffer vault serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(token: &Token, db: &Path, max_guesses: u32) -> Self {
+        Self::start_db(token, &format!("sqlite:{}", db.display()), max_guesses)
+    }
+
+    pub fn start_db(token: &Token, db: &str, max_guesses: u32) -> Self {
+        Self::start_with(token, db, max_guesses, &["--listen", "127.0.0.1:0"])
+    }
+
+    /// With `args` (which include `--listen`).
+    pub fn start_with<S: AsRef<std::ffi::OsStr>>(
+        token: &Token,
+        db: &str,
+        max_guesses: u32,
+        args: &[S],
+    ) -> Self {
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("coffer"))
+            .env("SOFTHSM2_CONF", token.conf())
+            .args(["vault", "serve", "--db", db])
+            .args(args)
+            .args(["--hsm-module", SOFTHSM])
+            .args(["--hsm-uri", "pkcs11:token=vault-test;object=coffer-vault"])
+            .arg("--hsm-pin-file")
+            .arg(token.dir.path().join("pin"))
+            .args(["--max-guesses", &max_guesses.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+            .to_owned();
+        Self { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throwaway PostgreSQL cluster on a free loopback port, stopped on drop.
+/// PostgreSQL refuses to run as root, so as root it runs as `postgres`.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    pub fn as_pg(&self, prog: &str) -> Command {
+        let exe = self.bin.join(prog);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed (hsm-sim/install-deps.sh installs it)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").exists())
+            .expect("no initdb under /usr/lib/postgresql");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Self { dir, bin, port };
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(pg.dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let data = pg.dir.path().join("data");
+        let out = pg
+            .as_pg("initdb")
+            .args(["-A", "trust", "-U", "coffer", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=on",
+            pg.port,
+            pg.dir.path().display()
+        );
+        let out = pg
+            .as_pg("pg_ctl")
+            .args(["-w", "-D"])
+            .arg(&data)
+            .args(["-l"])
+            .arg(pg.dir.path().join("log"))
+            .args(["-o", &opts, "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://coffer@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .as_pg("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .output();
+    }
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
