@@ -160,6 +160,10 @@ fn enroll_with_the_device_absent_exits_5(r: &mut Rig) {
 fn remove(r: &mut Rig) {
     let step = "remove";
     let mut a = args(["remove", &r.slot_id]);
+    if r.backend.slot_kind() == "recovery" {
+        // The last recovery slot goes only with --force (tests/cli.rs).
+        a.extend(args(["--force"]));
+    }
     a.extend(r.recovery_args());
     let out = r.run(&a);
     r.expect(&out, 0, step);
@@ -260,6 +264,108 @@ fn archive_sealed_before_removal_still_opens(r: &mut Rig) {
     r.expect_opened("out", step);
 }
 
+/// `factor` with each factor file bound to `slot` (`--pin-file SLOT=F`):
+/// how a script names which slot a secret is for.
+fn bound(factor: Args, slot: &str) -> Args {
+    let mut out = Args::new();
+    let mut it = factor.into_iter();
+    while let Some(a) = it.next() {
+        let takes_a_file = ["--pin-file", "--password-file", "--recovery-key-file"]
+            .iter()
+            .any(|f| a == *f);
+        out.push(a);
+        if takes_a_file {
+            let mut v = std::ffi::OsString::from(format!("{slot}="));
+            v.push(it.next().expect("a file after the option"));
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// `rotate` re-wraps the slot for a new backup key, with its factor bound
+/// to it (a public-key kind with its device away: it needs none); the
+/// slot keeps its id, an archive sealed after opens with its factor alone,
+/// and the archive sealed before still does.
+fn rotate_rewraps_it_for_a_new_key(r: &mut Rig) {
+    let step = "rotate";
+    let before = r.home.keyring_json();
+    let away = r.backend.rewraps_without_its_device() && r.backend.take_away();
+    let mut a = args(["rotate"]);
+    a.extend(bound(r.backend.factor_args(), &r.slot_id));
+    a.extend(r.backend.other_factors());
+    a.extend(args([
+        std::ffi::OsStr::new("--recovery-key-file"),
+        r.home.recovery_key().as_os_str(),
+    ]));
+    let out = r.run(&a);
+    r.expect(&out, 0, step);
+    if away {
+        r.backend.bring_back();
+    }
+    let after = r.home.keyring_json();
+    assert_ne!(after["key_id"], before["key_id"], "[{}] {step}", r.name());
+    assert!(
+        after["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == r.slot_id.as_str()),
+        "[{}] {step}: the slot lost its id: {after}",
+        r.name()
+    );
+    let step = "seal after rotate";
+    let mut a = r.recovery_args();
+    a.extend(args(["seal", "data", "-o", "b.coffer"]));
+    let out = r.run(&a);
+    r.expect(&out, 0, step);
+    for (archive, out_dir) in [("b.coffer", "out-new"), ("a.coffer", "out-old")] {
+        let step = format!("open {archive} with only its factor after rotate");
+        let mut a = only_its_factor(r, r.backend.factor_args());
+        a.extend(args(["open", archive, "-o", out_dir]));
+        let out = r.run(&a);
+        r.expect(&out, 0, &step);
+        r.expect_opened(out_dir, &step);
+    }
+}
+
+/// `enroll --replace SLOT --label main`: a second slot of the kind takes
+/// the first one's place in one step; it answers to its label, for
+/// `--slot` and for a factor bound to it.
+fn replace_puts_a_labelled_slot_in_its_place(r: &mut Rig) {
+    let step = "enroll --replace --label";
+    let (enroll, factor) = r.backend.reenroll(&r.home);
+    let slots_before = r.home.keyring_json()["slots"].as_array().unwrap().clone();
+    let pos = slots_before
+        .iter()
+        .position(|s| s["id"] == r.slot_id.as_str())
+        .unwrap();
+    let mut a = args(["enroll"]);
+    a.extend(enroll);
+    a.extend(args(["--replace", &r.slot_id, "--label", "main"]));
+    a.extend(r.recovery_args());
+    let out = r.run(&a);
+    r.expect(&out, 0, step);
+    r.expect_said(&out, &format!("in place of slot {}", r.slot_id), step);
+    let slots = r.home.keyring_json()["slots"].as_array().unwrap().clone();
+    assert_eq!(slots.len(), slots_before.len(), "[{}] {step}", r.name());
+    assert_eq!(slots[pos]["label"], "main", "[{}] {step}", r.name());
+    assert_ne!(
+        slots[pos]["id"],
+        r.slot_id.as_str(),
+        "[{}] {step}",
+        r.name()
+    );
+    let step = "open by label, factor bound to the label";
+    let mut a = args(["-v", "--slot", "main"]);
+    a.extend(bound(factor, "main"));
+    a.extend(args(["open", "a.coffer", "-o", "out-main"]));
+    let out = r.run(&a);
+    r.expect(&out, 0, step);
+    r.expect_said(&out, "\"main\"", step);
+    r.expect_opened("out-main", step);
+}
+
 /// For each kind, a module of tests, one per listed step: each test makes
 /// a fresh [`Rig`] with the kind's constructor and runs that step.
 macro_rules! backend_tests {
@@ -283,20 +389,24 @@ macro_rules! backend_tests {
     )*};
 }
 
-// Later steps (rotate, labels, --replace, ...) go in every kind's list
-// below, as one more function above taking `&mut Rig`.
+// A new step goes in every kind's list below, as one more function above
+// taking `&mut Rig`.
 backend_tests! {
     password = Password::new => [
         opens_with_only_its_factor,
         wrong_factor_exits_3_and_writes_nothing,
         removed_slot_no_longer_unlocks_the_keyring,
         archive_sealed_before_removal_still_opens,
+        rotate_rewraps_it_for_a_new_key,
+        replace_puts_a_labelled_slot_in_its_place,
     ];
     recovery = Recovery::new => [
         opens_with_only_its_factor,
         wrong_factor_exits_3_and_writes_nothing,
         removed_slot_no_longer_unlocks_the_keyring,
         archive_sealed_before_removal_still_opens,
+        rotate_rewraps_it_for_a_new_key,
+        replace_puts_a_labelled_slot_in_its_place,
     ];
     // No PIN: nothing to get wrong; the TPM itself is the factor.
     #[cfg(feature = "tpm2")]
@@ -306,6 +416,8 @@ backend_tests! {
         enroll_with_the_device_absent_exits_5,
         removed_slot_no_longer_unlocks_the_keyring,
         archive_sealed_before_removal_still_opens,
+        rotate_rewraps_it_for_a_new_key,
+        replace_puts_a_labelled_slot_in_its_place,
     ];
     #[cfg(feature = "tpm2")]
     tpm2_pin = Tpm2::with_pin => [
@@ -315,6 +427,8 @@ backend_tests! {
         enroll_with_the_device_absent_exits_5,
         removed_slot_no_longer_unlocks_the_keyring,
         archive_sealed_before_removal_still_opens,
+        rotate_rewraps_it_for_a_new_key,
+        replace_puts_a_labelled_slot_in_its_place,
     ];
     #[cfg(feature = "pkcs11")]
     pkcs11_ecdh = Pkcs11::ecdh => [
@@ -324,6 +438,8 @@ backend_tests! {
         enroll_with_the_device_absent_exits_5,
         removed_slot_no_longer_unlocks_the_keyring,
         archive_sealed_before_removal_still_opens,
+        rotate_rewraps_it_for_a_new_key,
+        replace_puts_a_labelled_slot_in_its_place,
     ];
     #[cfg(feature = "pkcs11")]
     pkcs11_aes_gcm = Pkcs11::aes_gcm => [
@@ -333,6 +449,8 @@ backend_tests! {
         enroll_with_the_device_absent_exits_5,
         removed_slot_no_longer_unlocks_the_keyring,
         archive_sealed_before_removal_still_opens,
+        rotate_rewraps_it_for_a_new_key,
+        replace_puts_a_labelled_slot_in_its_place,
     ];
     #[cfg(feature = "yubikey")]
     yubikey = Yubikey::new => [
@@ -342,25 +460,29 @@ backend_tests! {
         enroll_with_the_device_absent_exits_5,
         removed_slot_no_longer_unlocks_the_keyring,
         archive_sealed_before_removal_still_opens,
+        rotate_rewraps_it_for_a_new_key,
+        replace_puts_a_labelled_slot_in_its_place,
     ];
     #[cfg(feature = "vault")]
     vault_sqlite = Vault::sqlite => [
         opens_with_only_its_factor,
         wrong_factor_exits_3_and_writes_nothing,
         absent_device_exits_5_and_writes_nothing,
-        #[ignore = "bug: enroll vault exits 1, not 5, when the server is unreachable (cli/vault_cmd.rs maps every error to Refused)"]
         enroll_with_the_device_absent_exits_5,
         removed_slot_no_longer_unlocks_the_keyring,
         archive_sealed_before_removal_still_opens,
+        rotate_rewraps_it_for_a_new_key,
+        replace_puts_a_labelled_slot_in_its_place,
     ];
     #[cfg(feature = "vault")]
     vault_postgres = Vault::postgres => [
         opens_with_only_its_factor,
         wrong_factor_exits_3_and_writes_nothing,
         absent_device_exits_5_and_writes_nothing,
-        #[ignore = "bug: enroll vault exits 1, not 5, when the server is unreachable (cli/vault_cmd.rs maps every error to Refused)"]
         enroll_with_the_device_absent_exits_5,
         removed_slot_no_longer_unlocks_the_keyring,
         archive_sealed_before_removal_still_opens,
+        rotate_rewraps_it_for_a_new_key,
+        replace_puts_a_labelled_slot_in_its_place,
     ];
 }

@@ -223,6 +223,17 @@ pub trait Slot {
         true
     }
 
+    /// Whether this slot, read from an archive header, names only what
+    /// `local` (a slot of the owner's keyring) names — the same module and
+    /// token, card key or pinned server — and differs from it only in data
+    /// that device or server checks (an ephemeral key, a record at that
+    /// server). Such a header slot is trusted as `local` is: after `rotate`
+    /// or `--replace` of the same device, older archives carry exactly
+    /// such copies. The default: only a slot equal member for member.
+    fn same_device(&self, _local: &SlotParams) -> bool {
+        false
+    }
+
     /// What the trust rule may do with this slot read from a header alone.
     fn header_only(&self, locators: &Locators) -> HeaderOnly;
 

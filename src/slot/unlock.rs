@@ -63,7 +63,14 @@ pub fn archive_candidates<'s>(
         if keyring_holds_key && keyring.iter().any(|k| k.id == record.id) {
             continue;
         }
-        let trust = if keyring.iter().any(|k| k.params == record.params) {
+        let local = |k: &SlotRecord| {
+            k.params == record.params
+                || record
+                    .params
+                    .as_slot()
+                    .is_some_and(|s| s.same_device(&k.params))
+        };
+        let trust = if keyring.iter().any(local) {
             Trust::Local
         } else {
             Trust::Unauthenticated
@@ -125,6 +132,26 @@ fn chosen<'c, 's>(
     match select(&records, sel, "--slot").map_err(Error::Usage)? {
         Selection::One(i) => Ok((vec![&slots[i]], true)),
         Selection::Kind(v) => Ok((v.into_iter().map(|i| &slots[i]).collect(), false)),
+    }
+}
+
+/// The slots the binding rule weighs an unbound factor against: the
+/// owner's own (trusted) slots among those chosen, or, when there are none,
+/// all chosen — so that slots a header adds can neither take an unbound
+/// PIN from the owner's slot nor make it ambiguous.
+fn scope<'s>(chosen: &[&Candidate<'s>], by_name: bool) -> Scope<'s> {
+    let local: Vec<&'s SlotRecord> = chosen
+        .iter()
+        .filter(|c| c.trust == Trust::Local)
+        .map(|c| c.record)
+        .collect();
+    Scope {
+        slots: if local.is_empty() {
+            chosen.iter().map(|c| c.record).collect()
+        } else {
+            local
+        },
+        chosen: by_name,
     }
 }
 
@@ -246,10 +273,7 @@ pub fn unlock_with<'s>(
         refused: Vec::new(),
     };
     let (mut chosen, named_alone) = chosen(candidates, opts.selector)?;
-    let scope = Scope {
-        slots: chosen.iter().map(|c| c.record).collect(),
-        chosen: opts.selector.is_some(),
-    };
+    let scope = scope(&chosen, opts.selector.is_some());
     let all: Vec<&SlotRecord> = candidates.iter().map(|c| c.record).collect();
     opts.factors.check(&all, &scope)?;
     order(&mut chosen, opts.factors, &scope);
@@ -331,10 +355,7 @@ mod tests {
         factors: &Factors,
     ) -> Result<Vec<&'c Candidate<'s>>, Error> {
         let (mut chosen, _) = chosen(cands, selector)?;
-        let scope = Scope {
-            slots: chosen.iter().map(|c| c.record).collect(),
-            chosen: selector.is_some(),
-        };
+        let scope = scope(&chosen, selector.is_some());
         order(&mut chosen, factors, &scope);
         Ok(chosen)
     }
@@ -564,6 +585,49 @@ mod tests {
         let c = archive_candidates(&keyring, true, &same_id);
         assert_eq!(c.len(), 2);
         assert!(std::ptr::eq(c[0].record, &keyring[0]));
+        assert_eq!(c[1].trust, Trust::Unauthenticated);
+    }
+
+    /// After `rotate`, an old archive's copy of an ECDH slot differs from
+    /// the keyring's only in its ephemeral key: it names the same module,
+    /// token and key, so it is trusted as the keyring's is. Naming another
+    /// module, it is not.
+    #[cfg(feature = "pkcs11")]
+    #[test]
+    fn a_header_slot_for_the_same_device_is_local() {
+        let mut point = [9u8; 65];
+        point[0] = 4;
+        let params = pkcs11::Pkcs11Params {
+            module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            uri: "pkcs11:token=t;object=k".into(),
+            mechanism: pkcs11::Pkcs11Mechanism::Ecdh,
+            public_key: Some(B64.encode(point)),
+            ephemeral: Some(B64.encode(point)),
+            sealed_kek: None,
+        };
+        let wrapped = crate::key::WrappedKey([1u8; 40]);
+        let mine = SlotRecord::new(SlotParams::Pkcs11(params.clone()), wrapped.clone());
+        let mut other_eph = point;
+        other_eph[1] = 7;
+        let old_copy = SlotRecord::new(
+            SlotParams::Pkcs11(pkcs11::Pkcs11Params {
+                ephemeral: Some(B64.encode(other_eph)),
+                ..params.clone()
+            }),
+            wrapped.clone(),
+        );
+        let elsewhere = SlotRecord::new(
+            SlotParams::Pkcs11(pkcs11::Pkcs11Params {
+                module: "/mnt/share/evil.so".into(),
+                ephemeral: Some(B64.encode(other_eph)),
+                ..params
+            }),
+            wrapped,
+        );
+        let keyring = [mine];
+        let header = [old_copy, elsewhere];
+        let c = archive_candidates(&keyring, false, &header);
+        assert_eq!(c[0].trust, Trust::Local);
         assert_eq!(c[1].trust, Trust::Unauthenticated);
     }
 

@@ -204,6 +204,16 @@ impl Slot for VaultParams {
         Some(result)
     }
 
+    /// The same server (URL, CA and pinned key); the record at it (`user`)
+    /// is the server's to check — `rotate` registers a new one and older
+    /// archives carry the old.
+    fn same_device(&self, local: &SlotParams) -> bool {
+        matches!(local, SlotParams::Vault(l) if VaultParams {
+            user: l.user.clone(),
+            ..self.clone()
+        } == *l)
+    }
+
     fn header_only(&self, locators: &Locators) -> HeaderOnly {
         let Some(url) = locators.vault_url.clone() else {
             return HeaderOnly::Refuse(

@@ -540,6 +540,15 @@ impl Slot for YubikeyParams {
         false
     }
 
+    /// The same card (serial) and key (PIV slot, public key, policies);
+    /// the ephemeral key is the card's to use.
+    fn same_device(&self, local: &SlotParams) -> bool {
+        matches!(local, SlotParams::Yubikey(l) if YubikeyParams {
+            ephemeral: l.ephemeral.clone(),
+            ..self.clone()
+        } == *l)
+    }
+
     fn header_only(&self, _: &Locators) -> HeaderOnly {
         HeaderOnly::Confirm {
             what: format!(

@@ -58,6 +58,20 @@ pub trait Backend {
     fn absent_says(&self) -> &'static [&'static str] {
         unreachable!("a kind without a device")
     }
+    /// Factors of the other slots the kind's rig enrolled (for `rotate`,
+    /// which re-wraps every slot).
+    fn other_factors(&self) -> Args {
+        Args::new()
+    }
+    /// Whether `rotate` re-wraps it with the device away (public-key kinds).
+    fn rewraps_without_its_device(&self) -> bool {
+        false
+    }
+    /// `enroll` arguments for a second slot of this kind to put in place
+    /// of the first (`--replace`), and that slot's factor arguments.
+    fn reenroll(&self, _h: &Home) -> (Args, Args) {
+        (self.enroll_args(), self.factor_args())
+    }
     /// Take the device away; `false` if the kind has none.
     fn take_away(&mut self) -> bool {
         false
@@ -342,6 +356,21 @@ impl Backend for Recovery {
     fn factor_args(&self) -> Args {
         args([OsStr::new("--recovery-key-file"), self.key.as_os_str()])
     }
+    fn other_factors(&self) -> Args {
+        let mut a = args(["--password-file"]);
+        a.push(self.keeper.clone().into());
+        a
+    }
+    /// Another recovery key, issued into a file.
+    fn reenroll(&self, h: &Home) -> (Args, Args) {
+        let key = h.path("second-recovery.txt");
+        let mut a = args(["recovery", "--recovery-key-out"]);
+        a.push(key.clone().into());
+        (
+            a,
+            args([OsStr::new("--recovery-key-file"), key.as_os_str()]),
+        )
+    }
     fn wrong_factor_args(&self) -> Option<Args> {
         Some(args([
             OsStr::new("--recovery-key-file"),
@@ -515,6 +544,24 @@ impl Backend for Pkcs11 {
     fn locator_args(&self) -> Args {
         args([OsStr::new("--pkcs11-module"), self.hsm.module().as_os_str()])
     }
+    fn rewraps_without_its_device(&self) -> bool {
+        !self.aes_gcm
+    }
+    /// A second key on the same token.
+    fn reenroll(&self, _h: &Home) -> (Args, Args) {
+        let enroll = self
+            .enroll_args()
+            .into_iter()
+            .map(|a| {
+                if a == "pkcs11:token=coffer;object=backup" {
+                    "pkcs11:token=coffer;object=second".into()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        (enroll, self.factor_args())
+    }
     fn check_enrolled(&self, slot: &serde_json::Value) {
         let mechanism = if self.aes_gcm { "aes-gcm" } else { "ecdh" };
         assert_eq!(slot["mechanism"], mechanism, "{slot}");
@@ -614,6 +661,9 @@ impl Backend for Yubikey {
     }
     fn unlock_says(&self) -> Option<&'static str> {
         Some("Touch your YubiKey")
+    }
+    fn rewraps_without_its_device(&self) -> bool {
+        true
     }
     fn absent_says(&self) -> &'static [&'static str] {
         &["not found", "pcscd"]

@@ -862,6 +862,16 @@ impl Slot for Pkcs11Params {
         self.mechanism == Pkcs11Mechanism::AesGcm
     }
 
+    /// The same module, token, key and mechanism (and, for ECDH, public
+    /// key); the ephemeral key or sealed KEK is the token's to use.
+    fn same_device(&self, local: &SlotParams) -> bool {
+        matches!(local, SlotParams::Pkcs11(l) if Pkcs11Params {
+            ephemeral: l.ephemeral.clone(),
+            sealed_kek: l.sealed_kek.clone(),
+            ..self.clone()
+        } == *l)
+    }
+
     fn header_only(&self, locators: &Locators) -> HeaderOnly {
         let uri = match uri::Pkcs11Uri::parse(&self.uri) {
             Ok(u) => u.without_pin(),
