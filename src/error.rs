@@ -1,30 +1,30 @@
 //! Errors, one enum per area, each variant something a person can act on,
-//! and the exit status each maps to (DESIGN.md: 0 ok, 1 other, 2 usage,
-//! 3 wrong factor, 4 corrupt or tampered, 5 no usable slot).
+//! and the [`Category`] of each: what kind of failure it is. Which exit
+//! status a category is belongs to the binary (`src/main.rs`, DESIGN.md's
+//! contract), not to the library.
 //!
 //! Must never: carry secret material in a message.
 
 use std::fmt;
 use std::path::PathBuf;
 
-/// The process exit statuses of the command-line contract.
+/// What kind of failure an error is: what a caller (the command line, a
+/// backup tool embedding the library) decides on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ExitStatus {
-    /// Success.
-    Ok = 0,
+pub enum Category {
     /// Any other failure (I/O, refused operation).
-    Other = 1,
-    /// Bad command line.
-    Usage = 2,
+    Other,
+    /// Bad arguments.
+    Usage,
     /// Wrong password, PIN or recovery key.
-    WrongFactor = 3,
-    /// Archive or keyring corrupt or tampered with.
-    Corrupt = 4,
+    WrongFactor,
+    /// Archive or keyring corrupt or tampered with, or a slot's stored
+    /// parameters hostile.
+    Corrupt,
     /// No slot could be used (device absent, locked out, nothing supplied).
-    NoUsableSlot = 5,
+    NoUsableSlot,
     /// Done, but some paths were skipped or changed while being read.
-    Incomplete = 6,
+    Incomplete,
 }
 
 /// Why one slot failed to give up the backup key.
@@ -88,18 +88,18 @@ pub enum SlotError {
 }
 
 impl SlotError {
-    /// The exit status this failure maps to when it is the deciding one.
-    pub fn exit_status(&self) -> ExitStatus {
+    /// What kind of failure this is, when it is the deciding one.
+    pub fn category(&self) -> Category {
         match self {
             SlotError::WrongRecoveryKey { .. }
             | SlotError::WrongPassword
             | SlotError::WrongVaultPassword { .. }
-            | SlotError::WrongPin { .. } => ExitStatus::WrongFactor,
-            SlotError::Malformed { .. } => ExitStatus::Corrupt,
+            | SlotError::WrongPin { .. } => Category::WrongFactor,
+            SlotError::Malformed { .. } => Category::Corrupt,
             SlotError::DeviceNotFound { .. }
             | SlotError::LockedOut { .. }
             | SlotError::PolicyRefused(_)
-            | SlotError::Device(_) => ExitStatus::NoUsableSlot,
+            | SlotError::Device(_) => Category::NoUsableSlot,
         }
     }
 }
@@ -200,18 +200,18 @@ impl Error {
         }
     }
 
-    /// The exit status for this error.
-    pub fn exit_status(&self) -> ExitStatus {
+    /// What kind of failure this is.
+    pub fn category(&self) -> Category {
         match self {
-            Error::Io { .. } | Error::AlreadyExists { .. } | Error::Refused(_) => ExitStatus::Other,
-            Error::NoKeyring { .. } => ExitStatus::Other,
+            Error::Io { .. } | Error::AlreadyExists { .. } | Error::Refused(_) => Category::Other,
+            Error::NoKeyring { .. } => Category::Other,
             Error::KeyringCorrupt { .. }
             | Error::KeyringTampered { .. }
-            | Error::ArchiveCorrupt { .. } => ExitStatus::Corrupt,
-            Error::Unlock(u) | Error::Rewrap(u) => u.exit_status(),
-            Error::Enroll(e) => e.exit_status(),
-            Error::Usage(_) => ExitStatus::Usage,
-            Error::Incomplete { .. } => ExitStatus::Incomplete,
+            | Error::ArchiveCorrupt { .. } => Category::Corrupt,
+            Error::Unlock(u) | Error::Rewrap(u) => u.category(),
+            Error::Enroll(e) => e.category(),
+            Error::Usage(_) => Category::Usage,
+            Error::Incomplete { .. } => Category::Incomplete,
         }
     }
 }
@@ -230,20 +230,16 @@ pub struct UnlockFailure {
 }
 
 impl UnlockFailure {
-    /// 3 if any slot was given a wrong factor, else 4 if a slot was
-    /// malformed, else 5.
-    pub fn exit_status(&self) -> ExitStatus {
-        let statuses: Vec<_> = self
-            .attempts
-            .iter()
-            .map(|a| a.error.exit_status())
-            .collect();
-        if statuses.contains(&ExitStatus::WrongFactor) {
-            ExitStatus::WrongFactor
-        } else if statuses.contains(&ExitStatus::Corrupt) {
-            ExitStatus::Corrupt
+    /// A wrong factor if any slot was given one, else corrupt if a slot was
+    /// malformed, else no usable slot.
+    pub fn category(&self) -> Category {
+        let statuses: Vec<_> = self.attempts.iter().map(|a| a.error.category()).collect();
+        if statuses.contains(&Category::WrongFactor) {
+            Category::WrongFactor
+        } else if statuses.contains(&Category::Corrupt) {
+            Category::Corrupt
         } else {
-            ExitStatus::NoUsableSlot
+            Category::NoUsableSlot
         }
     }
 }
@@ -262,8 +258,8 @@ impl fmt::Display for UnlockFailure {
             self.fmt_refused(f)?;
             return Ok(());
         }
-        match self.exit_status() {
-            ExitStatus::WrongFactor => write!(f, "could not unlock")?,
+        match self.category() {
+            Category::WrongFactor => write!(f, "could not unlock")?,
             _ => write!(f, "no usable slot")?,
         }
         for a in &self.attempts {

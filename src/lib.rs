@@ -42,4 +42,4 @@ pub mod ui;
 #[cfg(feature = "vault")]
 pub mod vault;
 
-pub use error::{Error, ExitStatus, Result};
+pub use error::{Category, Error, Result};

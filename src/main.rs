@@ -26,8 +26,24 @@ fn main() -> std::process::ExitCode {
             // but keep the line structure of multi-line messages.
             let text: Vec<String> = e.to_string().split('\n').map(coffer::ui::escaped).collect();
             eprintln!("coffer: {}", text.join("\n"));
-            std::process::ExitCode::from(e.exit_status() as u8)
+            std::process::ExitCode::from(exit_status(e.category()))
         }
+    }
+}
+
+/// The exit status of each kind of failure: the command-line contract of
+/// DESIGN.md (0 ok, 1 other, 2 usage, 3 wrong factor, 4 corrupt or
+/// tampered, 5 no usable slot, 6 incomplete; 128+N for signal N is set
+/// where the signal is handled).
+fn exit_status(c: coffer::error::Category) -> u8 {
+    use coffer::error::Category;
+    match c {
+        Category::Other => 1,
+        Category::Usage => 2,
+        Category::WrongFactor => 3,
+        Category::Corrupt => 4,
+        Category::NoUsableSlot => 5,
+        Category::Incomplete => 6,
     }
 }
 

@@ -11,7 +11,7 @@
 
 mod common;
 
-use coffer::error::{Error, ExitStatus, SlotError};
+use coffer::error::{Category, Error, SlotError};
 use coffer::key::BackupKey;
 use coffer::slot::tpm2::{self, EnrollOptions, PcrSpec, Tpm2Params};
 use coffer::slot::{self, FactorKind, Factors, SlotParams, SlotRecord, recovery};
@@ -121,7 +121,7 @@ fn changed_pcr_is_refused_as_boot_state() {
             .contains("boot state differs from enrollment"),
         "{err}"
     );
-    assert_eq!(err.exit_status(), ExitStatus::NoUsableSlot);
+    assert_eq!(err.category(), Category::NoUsableSlot);
     assert_nothing_loaded(&tpm);
     // A PCR the slot does not bind changes nothing.
     let (bk, rec) = enroll(&tpm, Some("7"), None);
@@ -174,7 +174,7 @@ fn wrong_pin_tells_tries_left() {
         matches!(err, SlotError::WrongPin { tries_left: Some(n) } if n == coffer_hsm_sim::swtpm::DA_MAX_TRIES - 1),
         "{err:?}"
     );
-    assert_eq!(err.exit_status(), ExitStatus::WrongFactor);
+    assert_eq!(err.category(), Category::WrongFactor);
     assert_nothing_loaded(&tpm);
     assert_eq!(
         unlock(&tpm, &rec, Some("2468")).unwrap().expose(),
@@ -207,7 +207,7 @@ fn repeated_wrong_pins_lock_out_and_say_for_how_long() {
     assert!(matches!(err, SlotError::LockedOut { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("locked") && msg.contains("60 s"), "{msg}");
-    assert_eq!(err.exit_status(), ExitStatus::NoUsableSlot);
+    assert_eq!(err.category(), Category::NoUsableSlot);
     // The storage primary of tpm2-tools' template is itself DA-protected,
     // so during lockout a slot without PIN cannot load either: it says so.
     let err = unlock(&tpm, &rec_nopin, None).expect_err("locked out");
@@ -232,7 +232,7 @@ fn absent_tpm_is_device_not_found() {
         .kek_via(&rec.wrapped, &tcti, None)
         .expect_err("no TPM");
     assert!(matches!(err, SlotError::DeviceNotFound { .. }), "{err:?}");
-    assert_eq!(err.exit_status(), ExitStatus::NoUsableSlot);
+    assert_eq!(err.category(), Category::NoUsableSlot);
     let err = tpm2::enroll(
         &BackupKey::generate(),
         &EnrollOptions {
@@ -288,7 +288,7 @@ fn unlock_falls_back_to_the_recovery_key() {
         .err()
         .unwrap();
     assert!(matches!(err, Error::Unlock(_)));
-    assert_eq!(err.exit_status(), ExitStatus::NoUsableSlot);
+    assert_eq!(err.category(), Category::NoUsableSlot);
     assert!(err.to_string().contains("tpm2"), "{err}");
 }
 

@@ -296,7 +296,7 @@ fn rewrap_without_the_card_still_unlocks_later() {
     let err = coffer::slot::unlock(std::slice::from_ref(&rewrapped), None, &factors, &ui)
         .err()
         .unwrap();
-    assert_eq!(err.exit_status(), coffer::ExitStatus::NoUsableSlot);
+    assert_eq!(err.category(), coffer::Category::NoUsableSlot);
 
     card.insert();
     let (got, _) =

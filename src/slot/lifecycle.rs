@@ -90,7 +90,7 @@ pub fn rewrap_all(
             // A password typed for another slot did not fit this one: ask
             // for this slot's own.
             if shared
-                && matches!(result, Some(Err(ref e)) if e.exit_status() == crate::ExitStatus::WrongFactor)
+                && matches!(result, Some(Err(ref e)) if e.category() == crate::Category::WrongFactor)
             {
                 offer = Offer::Ask;
                 continue;
@@ -219,6 +219,6 @@ mod tests {
         let Err(e) = rewrap_all(&slots, &[true, true], &new, &opts(&wrong, &ui, &loc)) else {
             panic!()
         };
-        assert_eq!(e.exit_status(), crate::ExitStatus::WrongFactor);
+        assert_eq!(e.category(), crate::Category::WrongFactor);
     }
 }

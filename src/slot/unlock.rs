@@ -8,7 +8,7 @@
 //! ([`archive_candidates`]), or was confirmed through [`Ui::confirm`] — and
 //! then with module paths and URLs from [`Locators`], never from the
 //! header, and no PIN or PIN source from it. Each kind says what trying it
-//! would mean ([`Slot::header_only`]).
+//! would mean ([`super::Slot::header_only`]).
 
 use super::factors::{Factors, Offer, Scope};
 use super::record::{Selection, SlotRecord, select};
@@ -403,7 +403,7 @@ mod tests {
         // Nothing was tried: exit 5, both listed as skipped.
         let Error::Unlock(f) = err else { panic!() };
         assert_eq!(f.skipped.len(), 2);
-        assert_eq!(f.exit_status(), crate::ExitStatus::NoUsableSlot);
+        assert_eq!(f.category(), crate::Category::NoUsableSlot);
     }
 
     #[test]
@@ -425,7 +425,7 @@ mod tests {
         let Error::Unlock(f) = unlock(&slots, None, &factors, &ui).err().unwrap() else {
             panic!()
         };
-        assert_eq!(f.exit_status(), crate::ExitStatus::WrongFactor);
+        assert_eq!(f.category(), crate::Category::WrongFactor);
         factors.add(
             FactorKind::RecoveryKey,
             None,

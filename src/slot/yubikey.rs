@@ -589,20 +589,20 @@ mod tests {
 
     #[test]
     fn card_errors_map_to_what_a_person_can_do() {
-        use crate::ExitStatus;
+        use crate::Category;
         let e = card_error(Some(7), "verify PIN", yubikey::Error::WrongPin { tries: 2 });
-        assert_eq!(e.exit_status(), ExitStatus::WrongFactor);
+        assert_eq!(e.category(), Category::WrongFactor);
         assert_eq!(e.to_string(), "wrong PIN (2 tries left)");
         for blocked in [
             yubikey::Error::WrongPin { tries: 0 },
             yubikey::Error::PinLocked,
         ] {
             let e = card_error(Some(7), "verify PIN", blocked);
-            assert_eq!(e.exit_status(), ExitStatus::NoUsableSlot);
+            assert_eq!(e.category(), Category::NoUsableSlot);
             assert!(e.to_string().contains("PUK"), "{e}");
         }
         let e = card_error(Some(7), "open", yubikey::Error::NotFound);
-        assert_eq!(e.exit_status(), ExitStatus::NoUsableSlot);
+        assert_eq!(e.category(), Category::NoUsableSlot);
         assert!(e.to_string().contains("YubiKey 7 not found"), "{e}");
         assert!(e.to_string().contains("start pcscd"), "{e}");
         let several = card_error(None, "open", yubikey::Error::PcscError { inner: None });

@@ -941,11 +941,11 @@ mod tests {
 
     #[test]
     fn module_errors_map_to_exit_statuses() {
-        use crate::error::ExitStatus;
+        use crate::error::Category;
         use cryptoki::context::Function;
-        let st = |rv| ck_error(CkError::Pkcs11(rv, Function::Login), "t").exit_status();
-        assert_eq!(st(RvError::PinIncorrect), ExitStatus::WrongFactor);
-        assert_eq!(st(RvError::PinLocked), ExitStatus::NoUsableSlot);
+        let st = |rv| ck_error(CkError::Pkcs11(rv, Function::Login), "t").category();
+        assert_eq!(st(RvError::PinIncorrect), Category::WrongFactor);
+        assert_eq!(st(RvError::PinLocked), Category::NoUsableSlot);
         assert!(matches!(
             ck_error(CkError::Pkcs11(RvError::PinLocked, Function::Login), "t"),
             SlotError::LockedOut { .. }
