@@ -1066,3 +1066,38 @@ fn a_hangup_ignored_by_nohup_stays_ignored() {
     assert!(h.path("kept.coffer").exists());
     no_temporaries(&h);
 }
+
+/// `coffer inspect a.coffer | head -1`: a reader that left is not an error
+/// (before, `println!` panicked on the closed pipe: exit 101).
+#[test]
+fn inspect_into_a_closed_pipe_exits_0_quietly() {
+    let h = Home::new();
+    h.init();
+    h.write("data.txt", "x");
+    h.coffer()
+        .args([
+            "seal",
+            "data.txt",
+            "-o",
+            "a.coffer",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .success();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"))
+        .args(["inspect", "a.coffer"])
+        .current_dir(h.dir.path())
+        .env("COFFER_KEYRING", h.keyring())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -47,6 +47,8 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// A parsed (or newly built) archive header.
 #[derive(Debug, Clone)]
 pub struct Header {
+    /// The format version (1, or 2 when a slot has a label).
+    pub version: u16,
     /// [`FLAG_TAR`], [`FLAG_ZSTD`].
     pub flags: u16,
     /// Plaintext bytes per chunk.
@@ -111,6 +113,7 @@ impl Header {
         raw.extend_from_slice(&slot_bytes);
         let mac = header_mac(bk, &salt, &raw).finalize().into_bytes().into();
         Self {
+            version,
             flags,
             chunk_size,
             key_id: bk.key_id(),
@@ -192,6 +195,7 @@ impl Header {
         let slots =
             parse_slots(&list, version >= 2).map_err(|e| corrupt(format!("header: {e}")))?;
         Ok(Self {
+            version,
             flags,
             chunk_size,
             key_id,

@@ -362,7 +362,7 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
     if cli.json {
         return print_json(&json!({
             "archive": archive_path,
-            "version": archive::header::VERSION,
+            "version": header.version,
             "key_id": header.key_id.to_string(),
             "created": created,
             "content": content,
@@ -373,27 +373,51 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
             "slots": header.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
         }));
     }
-    println!(
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let mut w = |line: String| {
+        text.push_str(&line);
+        text.push('\n');
+    };
+    w(format!(
         "archive      {}",
         escaped(&archive_path.display().to_string())
-    );
-    println!("key id       {}", header.key_id);
-    println!("created      {created}");
-    println!(
+    ));
+    w(format!("version      {}", header.version));
+    w(format!("key id       {}", header.key_id));
+    w(format!("created      {created}"));
+    w(format!(
         "content      {content}, compression {compression}, chunks of {} KiB",
         header.chunk_size / 1024
-    );
+    ));
     if let Some(s) = size {
-        println!("size         {s} bytes (header {})", header.encoded_len());
+        w(format!(
+            "size         {s} bytes (header {})",
+            header.encoded_len()
+        ));
     }
-    println!("slots (not authenticated until unlocked):");
+    w("slots (not authenticated until unlocked):".into());
     for s in &header.slots {
         let detail = s
             .params
             .as_slot()
             .map(|k| escaped(&k.describe()))
             .unwrap_or_else(|| "not supported by this build".into());
-        println!("  {:<10} {:<10} {detail}", s.id, s.params.kind());
+        let mut line = String::new();
+        let label = s.label.as_ref().map(|l| escaped(l.as_str()));
+        let _ = write!(
+            line,
+            "  {:<10} {:<16} {:<10} {detail}",
+            s.id,
+            label.as_deref().unwrap_or("-"),
+            s.params.kind()
+        );
+        w(line);
     }
+    // A reader that stops early (`| head`) is not an error.
+    reader_left(
+        std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
+            .map_err(|e| Error::io("<stdout>", e)),
+    )?;
     Ok(())
 }

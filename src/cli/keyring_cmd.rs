@@ -435,7 +435,7 @@ pub(super) fn slots(cli: &Cli, env: &Env) -> Result<()> {
         }));
     }
     let mut out = std::io::stdout().lock();
-    let mut w = |s: String| writeln!(out, "{s}").map_err(|e| Error::io("<stdout>", e));
+    let mut w = |s: String| super::stdout_result(writeln!(out, "{s}"));
     w(format!(
         "keyring {} (key id {})",
         env.keyring.path.display(),

@@ -211,10 +211,19 @@ pub(crate) fn unix_time_text(secs: u64) -> String {
 
 pub(crate) fn print_json(v: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)
+    let written = serde_json::to_writer_pretty(&mut out, v)
         .map_err(std::io::Error::from)
-        .and_then(|_| writeln!(out))
-        .map_err(|e| Error::io("<stdout>", e))
+        .and_then(|_| writeln!(out));
+    stdout_result(written)
+}
+
+/// A write to standard output: a reader that left (`| head`) is not an
+/// error, as for `open -o -` (see `archive_cmd::reader_left`).
+pub(crate) fn stdout_result(r: std::io::Result<()>) -> Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.map_err(|e| Error::io("<stdout>", e)),
+    }
 }
 
 pub(crate) fn new_password(env: &Env, file: Option<&Path>, kind: &str) -> Result<SecretString> {

@@ -373,6 +373,47 @@ mod tests {
         }
     }
 
+    /// A Ui that types one answer at every prompt, and records prompts and
+    /// messages.
+    #[derive(Default)]
+    struct Types(String, Mutex<Vec<String>>, Mutex<Vec<String>>);
+
+    impl Ui for Types {
+        fn message(&self, m: &str) {
+            self.2.lock().unwrap().push(m.to_owned());
+        }
+        fn request_secret(&self, prompt: &str) -> Option<SecretString> {
+            self.1.lock().unwrap().push(prompt.to_owned());
+            Some(SecretString::from(self.0.clone()))
+        }
+    }
+
+    /// Two password slots with different passwords: the person is asked
+    /// once, the answer is tried on both, and told which opened.
+    #[test]
+    fn a_typed_password_is_asked_once_and_tried_on_every_password_slot() {
+        let bk = BackupKey::generate();
+        let cheap = password::Cost {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        let one = password::enroll(&bk, &SecretString::from("one"), cheap).unwrap();
+        let two = password::enroll(&bk, &SecretString::from("two"), cheap).unwrap();
+        let slots = vec![one, two];
+        let ui = Types("two".into(), Mutex::default(), Mutex::default());
+        let (got, used) = unlock(&slots, None, &Factors::new(), &ui).unwrap();
+        assert_eq!(got.expose(), bk.expose());
+        assert_eq!(used.id, slots[1].id);
+        assert_eq!(ui.1.lock().unwrap().len(), 1, "asked once");
+        let said = ui.2.lock().unwrap().clone();
+        assert!(
+            said.iter()
+                .any(|m| m.contains(&format!("unlocked with slot {}", slots[1].id))),
+            "{said:?}"
+        );
+    }
+
     fn slots() -> (BackupKey, Vec<SlotRecord>) {
         let (bk, slots, _) = slots_and_key();
         (bk, slots)
