@@ -7,9 +7,17 @@
 //!
 //! Must never: write a keyring whose MAC was not computed from the backup
 //! key just unlocked, or drop a slot it does not understand.
+//!
+//! The JSON rules and canonical form live in [`json`] (shared with the
+//! archive header), the file, its atomic writes and its lock in [`file`].
+
+mod file;
+pub mod json;
+
+pub use file::{KeyringFile, KeyringLock};
+pub use json::{canonical_json, parse_strict_json};
 
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::key::{BackupKey, KeyId, label};
 use crate::slot::{self, Factors, MAX_SLOTS, SlotRecord};
 use crate::ui::Ui;
@@ -17,8 +25,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{KeyInit, Mac};
 use serde_json::{Map, Value};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The `format` field of every keyring.
 pub const FORMAT: &str = "coffer-keyring";
@@ -28,8 +35,6 @@ pub const FORMAT: &str = "coffer-keyring";
 pub const VERSION: u64 = 2;
 /// Largest keyring file accepted, bytes.
 pub const MAX_FILE_LEN: u64 = 1 << 20;
-/// Deepest JSON nesting accepted.
-const MAX_DEPTH: usize = 16;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -41,131 +46,6 @@ pub struct Keyring {
     /// The slots, in order.
     pub slots: Vec<SlotRecord>,
     mac: [u8; 32],
-}
-
-/// Serialise `v` canonically: object members sorted by key (bytewise),
-/// no whitespace, strings escaped as JSON requires (serde_json's escaping).
-pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut *out, k).expect("string serializes");
-                out.push(b':');
-                canonical_json(&m[k], out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(a) => {
-            out.push(b'[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical_json(x, out);
-            }
-            out.push(b']');
-        }
-        other => serde_json::to_writer(&mut *out, other).expect("scalar serializes"),
-    }
-}
-
-/// Parse JSON under coffer's rules (docs/format.md §3): integers only,
-/// no member name twice in an object, containers nested at most
-/// 16 deep (the top-level value is at depth 1).
-pub fn parse_strict_json(bytes: &[u8]) -> std::result::Result<Value, String> {
-    use serde::de::DeserializeSeed;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let v = Strict { depth: 1 }
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
-    Ok(v)
-}
-
-struct Strict {
-    depth: usize,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Strict {
-    type Value = Value;
-    fn deserialize<D: serde::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> std::result::Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Strict {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
-        Ok(v.into())
-    }
-    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
-        Ok(v.into())
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<Value, E> {
-        Err(E::custom("a number is not an integer (or is out of range)"))
-    }
-    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-        self,
-        mut seq: A,
-    ) -> std::result::Result<Value, A::Error> {
-        if self.depth > MAX_DEPTH {
-            return Err(serde::de::Error::custom(format!(
-                "nested deeper than {MAX_DEPTH} levels"
-            )));
-        }
-        let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(Strict {
-            depth: self.depth + 1,
-        })? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> std::result::Result<Value, A::Error> {
-        if self.depth > MAX_DEPTH {
-            return Err(serde::de::Error::custom(format!(
-                "nested deeper than {MAX_DEPTH} levels"
-            )));
-        }
-        let mut out = Map::new();
-        while let Some(k) = map.next_key::<String>()? {
-            if out.contains_key(&k) {
-                return Err(serde::de::Error::custom(format!(
-                    "member `{k}` appears twice"
-                )));
-            }
-            let v = map.next_value_seed(Strict {
-                depth: self.depth + 1,
-            })?;
-            out.insert(k, v);
-        }
-        Ok(Value::Object(out))
-    }
 }
 
 impl Keyring {
@@ -431,105 +311,6 @@ pub fn parse_slots(slots: &[Value], labels: bool) -> std::result::Result<Vec<Slo
         out.push(rec);
     }
     Ok(out)
-}
-
-/// The keyring's place on disk, and the lock beside it.
-#[derive(Debug, Clone)]
-pub struct KeyringFile {
-    /// The keyring file.
-    pub path: PathBuf,
-}
-
-/// Held while a keyring is read, changed and written; released on drop.
-#[derive(Debug)]
-pub struct KeyringLock {
-    _file: File,
-}
-
-impl KeyringFile {
-    /// The keyring at `path`.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
-    }
-
-    /// `$COFFER_KEYRING`, else `$XDG_CONFIG_HOME/coffer/keyring.json`, else
-    /// `$HOME/.config/coffer/keyring.json`.
-    pub fn default_path() -> Option<PathBuf> {
-        if let Some(p) = std::env::var_os("COFFER_KEYRING").filter(|p| !p.is_empty()) {
-            return Some(PathBuf::from(p));
-        }
-        let config = std::env::var_os("XDG_CONFIG_HOME")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-        Some(config.join("coffer").join("keyring.json"))
-    }
-
-    /// Whether a keyring exists at the path.
-    pub fn exists(&self) -> bool {
-        self.path.exists()
-    }
-
-    /// Take the exclusive lock (`PATH.lock`), waiting for other coffer
-    /// processes that hold it. The lock file is never deleted, so two
-    /// processes cannot each lock a different file.
-    pub fn lock(&self) -> Result<KeyringLock> {
-        fsutil::ensure_private_dir(&fsutil::parent_dir(&self.path))?;
-        let mut name = self.path.as_os_str().to_owned();
-        name.push(".lock");
-        let lock_path = PathBuf::from(name);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode_0600()
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, e))?;
-        file.lock().map_err(|e| Error::io(&lock_path, e))?;
-        Ok(KeyringLock { _file: file })
-    }
-
-    /// Read and parse the keyring.
-    pub fn load(&self) -> Result<Keyring> {
-        let file = File::open(&self.path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::NoKeyring {
-                    path: self.path.clone(),
-                }
-            } else {
-                Error::io(&self.path, e)
-            }
-        })?;
-        use std::io::Read;
-        let mut bytes = Vec::new();
-        file.take(MAX_FILE_LEN + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(&self.path, e))?;
-        Keyring::parse(&bytes, &self.path)
-    }
-
-    /// Write the keyring atomically (mode 0600). `create` refuses to
-    /// replace an existing file. Callers changing a keyring hold the lock.
-    pub fn store(&self, keyring: &Keyring, _lock: &KeyringLock, create: bool) -> Result<()> {
-        fsutil::ensure_private_dir(&fsutil::parent_dir(&self.path))?;
-        fsutil::write_atomic(&self.path, &keyring.to_bytes(), !create).map_err(|e| match e {
-            Error::AlreadyExists { path, .. } => Error::AlreadyExists {
-                path,
-                hint: ": move it away first if you mean to start over".into(),
-            },
-            e => e,
-        })
-    }
-}
-
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
-    }
 }
 
 #[cfg(test)]
