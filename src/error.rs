@@ -85,6 +85,10 @@ pub enum SlotError {
     /// The device failed in a way not listed above.
     #[error("{0}")]
     Device(String),
+    /// What the caller gave cannot be used: an empty new password or PIN,
+    /// a PIN that is needed and was not given (a usage error, exit 2).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl SlotError {
@@ -96,6 +100,7 @@ impl SlotError {
             | SlotError::WrongVaultPassword { .. }
             | SlotError::WrongPin { .. } => Category::WrongFactor,
             SlotError::Malformed { .. } => Category::Corrupt,
+            SlotError::Usage(_) => Category::Usage,
             SlotError::DeviceNotFound { .. }
             | SlotError::LockedOut { .. }
             | SlotError::PolicyRefused(_)

@@ -184,8 +184,7 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
             if pw.expose_secret().is_empty() {
                 return Err(Error::Usage("the new password is empty".into()));
             }
-            password::enroll(&bk, &pw, password::Cost::default())
-                .map_err(|e| Error::Refused(e.to_string()))?
+            password::enroll(&bk, &pw, password::Cost::default()).map_err(Error::Enroll)?
         }
         #[cfg(feature = "tpm2")]
         EnrollKind::Tpm2 {

@@ -189,10 +189,7 @@ pub fn enroll(
     cost: Cost,
 ) -> Result<SlotRecord, SlotError> {
     if password.expose_secret().is_empty() {
-        return Err(SlotError::Malformed {
-            field: "password".into(),
-            reason: "it is empty".into(),
-        });
+        return Err(SlotError::Usage("the new password is empty".into()));
     }
     cost.check()?;
     let mut salt = [0u8; SALT_LEN];
@@ -328,7 +325,8 @@ mod tests {
     }
 
     #[test]
-    fn empty_password_is_refused() {
-        assert!(enroll(&BackupKey::generate(), &pw(""), FAST).is_err());
+    fn empty_password_is_refused_as_a_usage_error() {
+        let err = enroll(&BackupKey::generate(), &pw(""), FAST).unwrap_err();
+        assert_eq!(err.category(), crate::error::Category::Usage, "{err}");
     }
 }

@@ -78,10 +78,7 @@ pub fn enroll(
     password: &SecretString,
 ) -> Result<SlotRecord, SlotError> {
     if password.expose_secret().is_empty() {
-        return Err(SlotError::Malformed {
-            field: "password".into(),
-            reason: "it is empty".into(),
-        });
+        return Err(SlotError::Usage("the new vault password is empty".into()));
     }
     let client = Client::new(url, ca_pem.map(str::as_bytes)).map_err(|e| slot_error(url, e))?;
     let mut user = [0u8; crate::vault::protocol::USER_ID_LEN];

@@ -158,9 +158,9 @@ fn not_found(what: impl Into<String>, hint: impl Into<String>) -> SlotError {
 }
 
 fn no_pin() -> SlotError {
-    malformed(
-        "pin",
-        "the token needs its user PIN: give --pin-file, pin-source= in the URI, or run in a terminal",
+    SlotError::Usage(
+        "the token needs its user PIN: give --pin-file, pin-source= in the URI, or run in a terminal"
+            .into(),
     )
 }
 

@@ -215,10 +215,7 @@ pub fn enroll(bk: &BackupKey, opts: &EnrollOptions) -> Result<SlotRecord, SlotEr
         .unwrap_or_else(|| DEFAULT_TCTI.to_owned());
     let pin = match &opts.pin {
         Some(p) if p.expose_secret().is_empty() => {
-            return Err(SlotError::Malformed {
-                field: "pin".into(),
-                reason: "it is empty".into(),
-            });
+            return Err(SlotError::Usage("the new PIN is empty".into()));
         }
         Some(p) => {
             let mut salt = [0u8; PIN_SALT_LEN];
