@@ -269,11 +269,27 @@ def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def validate_slots(slots):
+KIND_NAMES = {"recovery", "password", "tpm2", "pkcs11", "yubikey", "vault", "fido2", "threshold"}
+LABEL_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}\Z")
+
+
+def validate_slots(slots, version=1):
+    """Common members (format.md section 2); `label` only in version 2 (section 7)."""
     if not isinstance(slots, list) or not 1 <= len(slots) <= 64:
         raise corrupt("slots must be an array of 1-64 objects")
     ids = set()
+    labels = set()
     for s in slots:
+        if isinstance(s, dict) and "label" in s:
+            if version < 2:
+                raise corrupt("slot label in a version 1 file")
+            lab = s["label"]
+            if not isinstance(lab, str) or not LABEL_RE.match(lab) or lab in KIND_NAMES:
+                raise corrupt("slot label malformed")
+            if lab in labels:
+                raise corrupt("duplicate slot label %r" % lab)
+            labels.add(lab)
+            s = {m: v for m, v in s.items() if m != "label"}
         if not isinstance(s, dict):
             raise corrupt("slot is not an object")
         for m in ("id", "kind"):
@@ -300,7 +316,7 @@ def open_archive(data, key_text):
     if data[0:8] != MAGIC:
         raise corrupt("bad magic")
     version, flags, s = struct.unpack(">HHI", data[8:16])
-    if version != 1:
+    if version not in (1, 2):
         raise corrupt("unknown version %d" % version)
     if flags & ~0x0003:
         raise corrupt("unknown flags 0x%04x" % flags)
@@ -315,7 +331,7 @@ def open_archive(data, key_text):
     if len(data) < hdr_end:
         raise corrupt("truncated header")
     slots = parse_json(data[FIXED_LEN:FIXED_LEN + n])
-    validate_slots(slots)
+    validate_slots(slots, version)
 
     bk = recover_bk(slots, key_text)
     if not hmac.compare_digest(key_id(bk), hdr_kid):
@@ -365,11 +381,11 @@ def verify_keyring(raw, key_text):
         raise corrupt("keyring members are not exactly %s" % sorted(KEYRING_MEMBERS))
     if k["format"] != "coffer-keyring":
         raise corrupt("bad format")
-    if not _is_int(k["version"]) or k["version"] != 1:
+    if not _is_int(k["version"]) or k["version"] not in (1, 2):
         raise corrupt("unknown keyring version")
     if not isinstance(k["key_id"], str) or not re.fullmatch(r"[0-9a-f]{32}", k["key_id"]):
         raise corrupt("key_id is not 32 lowercase hex digits")
-    validate_slots(k["slots"])
+    validate_slots(k["slots"], k["version"])
     mac = b64decode_strict(k["mac"])
     if len(mac) != 32:
         raise corrupt("mac is not 32 bytes")

@@ -89,5 +89,29 @@ if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc: $(cat "$tmp/err")"
 elif [ -n "$want" ] && [ "$got" = "$want" ]; then ok "$name"
 else bad "$name" "key id '$got', expected '$want'"; fi
 
+# Version 2 (labels, format.md section 7): a keyring and an archive made
+# now by the coffer binary the test suite built, when there is one.
+bin="$(dirname "$tests")/target/debug/coffer"
+if [ -x "$bin" ]; then
+    name="coffer:version-2-labels"
+    d="$tmp/v2"; mkdir -p "$d"
+    printf 'pw\n' >"$d/pw"; printf 'labelled\n' >"$d/data"
+    if COFFER_KEYRING="$d/k.json" "$bin" init --recovery-key-out "$d/rk" 2>"$tmp/err" &&
+       COFFER_KEYRING="$d/k.json" "$bin" enroll password --label my-laptop \
+           --new-password-file "$d/pw" --recovery-key-file "$d/rk" 2>>"$tmp/err" &&
+       COFFER_KEYRING="$d/k.json" "$bin" seal - -o "$d/a.coffer" \
+           --recovery-key-file "$d/rk" <"$d/data" 2>>"$tmp/err"; then
+        got="$("$py" "$dec" --keyring "$d/k.json" --recovery-key-file "$d/rk" 2>"$tmp/err")" &&
+        "$py" "$dec" "$d/a.coffer" --recovery-key-file "$d/rk" -o "$d/out" 2>>"$tmp/err"
+        rc=$?
+        if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc: $(cat "$tmp/err")"
+        elif ! grep -q '"version": 2' "$d/k.json"; then bad "$name" "the keyring is not version 2"
+        elif cmp -s "$d/out" "$d/data"; then ok "$name" "keyring $got and a labelled archive"
+        else bad "$name" "plaintext differs"; fi
+    else
+        bad "$name" "coffer could not make it: $(cat "$tmp/err")"
+    fi
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
