@@ -763,4 +763,46 @@ mod tpm_and_yubikey {
             .stderr(predicate::str::contains("(tpm2)"));
         assert_eq!(r.card_tries_left(), full.1);
     }
+
+    /// A header may carry copies of the owner's device slots (new ids,
+    /// same device: trusted as the keyring's slot is). A wrong PIN found
+    /// wrong on one of them is not tried again on the others: one try
+    /// spent per device, however many copies an archive carries.
+    #[test]
+    fn copies_of_a_device_slot_in_a_header_cost_one_try_in_all() {
+        let r = Rig::new();
+        r.seal("yubikey=yk-pin.txt").success();
+        let archive = r.h.path("new.coffer");
+        common::rewrite_header(&archive, |_, slots| {
+            let copies: Vec<Value> = slots
+                .iter()
+                .filter(|s| s["kind"] == "tpm2" || s["kind"] == "yubikey")
+                .flat_map(|s| {
+                    (0..3).map(move |i| {
+                        let mut c = s.clone();
+                        c.as_object_mut().unwrap().remove("label");
+                        c["id"] = format!("{}-copy{i}", s["kind"].as_str().unwrap()).into();
+                        c
+                    })
+                })
+                .collect();
+            slots.extend(copies);
+        });
+        let full = r.tries();
+        h_open(&r, "tpm2=wrong-tpm-pin.txt").code(3);
+        assert_eq!(r.tries(), (full.0 - 1, full.1), "TPM copies");
+        r.h.write("wrong-yk-pin.txt", "999999");
+        h_open(&r, "yubikey=wrong-yk-pin.txt").code(3);
+        assert_eq!(r.tries(), (full.0 - 1, full.1 - 1), "card copies");
+    }
+
+    fn h_open(r: &Rig, pin: &str) -> assert_cmd::assert::Assert {
+        let out = r.h.path("out");
+        let _ = std::fs::remove_dir_all(&out);
+        r.coffer()
+            .args(["open", "new.coffer", "-o"])
+            .arg(&out)
+            .args(["--pin-file", pin])
+            .assert()
+    }
 }
