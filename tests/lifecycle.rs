@@ -249,6 +249,38 @@ fn replace_swaps_a_slot_in_one_step_and_may_reuse_its_label() {
         .success();
 }
 
+/// `--replace` is no way around `remove`'s guard: the last recovery slot
+/// is replaced only by another recovery slot.
+#[test]
+fn replace_keeps_the_last_recovery_slot_unless_the_new_slot_is_one() {
+    let h = home();
+    let before = std::fs::read(h.keyring()).unwrap();
+    h.write("pw2.txt", "battery staple");
+    h.coffer()
+        .args(["enroll", "password", "--replace", "recovery"])
+        .args([
+            "--new-password-file",
+            "pw2.txt",
+            "--password-file",
+            "pw.txt",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("last recovery key"));
+    assert_eq!(std::fs::read(h.keyring()).unwrap(), before);
+    h.coffer()
+        .args(["enroll", "recovery", "--replace", "recovery"])
+        .args([
+            "--recovery-key-out",
+            "new-rk.txt",
+            "--password-file",
+            "pw.txt",
+        ])
+        .assert()
+        .success();
+    opens(&h, "old.coffer", &["--recovery-key-file", "new-rk.txt"]).success();
+}
+
 /// The point of rotate: a factor dropped from the keyring opens archives
 /// sealed before, but not those sealed after — not even with a copy of the
 /// old keyring, or the old archive's header, in hand.
