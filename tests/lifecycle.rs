@@ -249,6 +249,38 @@ fn replace_swaps_a_slot_in_one_step_and_may_reuse_its_label() {
         .success();
 }
 
+/// `--replace` is no way around `remove`'s guard: the last recovery slot
+/// is replaced only by another recovery slot.
+#[test]
+fn replace_keeps_the_last_recovery_slot_unless_the_new_slot_is_one() {
+    let h = home();
+    let before = std::fs::read(h.keyring()).unwrap();
+    h.write("pw2.txt", "battery staple");
+    h.coffer()
+        .args(["enroll", "password", "--replace", "recovery"])
+        .args([
+            "--new-password-file",
+            "pw2.txt",
+            "--password-file",
+            "pw.txt",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("last recovery key"));
+    assert_eq!(std::fs::read(h.keyring()).unwrap(), before);
+    h.coffer()
+        .args(["enroll", "recovery", "--replace", "recovery"])
+        .args([
+            "--recovery-key-out",
+            "new-rk.txt",
+            "--password-file",
+            "pw.txt",
+        ])
+        .assert()
+        .success();
+    opens(&h, "old.coffer", &["--recovery-key-file", "new-rk.txt"]).success();
+}
+
 /// The point of rotate: a factor dropped from the keyring opens archives
 /// sealed before, but not those sealed after — not even with a copy of the
 /// old keyring, or the old archive's header, in hand.
@@ -609,5 +641,200 @@ mod hardware {
             .args(["--slot", "tpm2", "open", "t.coffer", "-o", "out"])
             .assert()
             .code(5);
+    }
+}
+
+/// A TPM slot with a PIN next to a YubiKey slot (issue 13): the TPM's
+/// lockout counter and the card's PIN retry counter are read before and
+/// after each step, so a PIN that reached the wrong device shows up as a
+/// spent try, not just as a failure.
+#[cfg(all(feature = "tpm2", feature = "yubikey"))]
+mod tpm_and_yubikey {
+    use super::*;
+    use coffer_hsm_sim::{SwTpm, VirtualCard};
+
+    const YK_PIN: &str = "271828";
+    const MGM: &str = "0f0e0d0c0b0a09080706050403020100a1a2a3a4a5a6a7a8";
+
+    struct Rig {
+        h: Home,
+        tpm: SwTpm,
+        card: VirtualCard,
+    }
+
+    impl Rig {
+        /// `home()`, a TPM slot labelled `tpm` with PIN `24680`, and a
+        /// YubiKey slot (key generated on the virtual card, PIN once,
+        /// no touch).
+        fn new() -> Self {
+            let h = home();
+            h.write("tpm-pin.txt", "24680");
+            h.write("wrong-tpm-pin.txt", "13579");
+            h.write("yk-pin.txt", YK_PIN);
+            h.write("mgm.txt", MGM);
+            let card = VirtualCard::start();
+            for a in [
+                &["-a", "change-pin", "-P", "123456", "-N", YK_PIN][..],
+                &["-a", "set-mgm-key", "-n", MGM],
+            ] {
+                let (ok, text) = card.piv_tool(a);
+                assert!(ok, "yubico-piv-tool {a:?}: {text}");
+            }
+            let rig = Self {
+                h,
+                tpm: SwTpm::start(),
+                card,
+            };
+            rig.coffer()
+                .args(["enroll", "tpm2", "--label", "tpm"])
+                .args(["--new-pin-file", "tpm-pin.txt", "--password-file", "pw.txt"])
+                .assert()
+                .success();
+            let serial = rig.card.serial().to_string();
+            rig.coffer()
+                .args(["enroll", "yubikey", "--generate", "--serial", &serial])
+                .args([
+                    "--touch-policy",
+                    "never",
+                    "--management-key-file",
+                    "mgm.txt",
+                ])
+                .args(["--pin-file", "yk-pin.txt", "--password-file", "pw.txt"])
+                .assert()
+                .success();
+            rig
+        }
+
+        fn coffer(&self) -> assert_cmd::Command {
+            let mut c = self.h.coffer();
+            c.env("TPM2TOOLS_TCTI", self.tpm.tcti());
+            c
+        }
+
+        fn tpm_tries_left(&self) -> u32 {
+            coffer::slot::tpm2::device::Tpm::open(&self.tpm.tcti())
+                .unwrap()
+                .tries_left()
+                .expect("the TPM reports its lockout counter")
+        }
+
+        /// The card's PIN retry counter, as `yubico-piv-tool -a status`
+        /// reports it (a VERIFY without a PIN: it spends no try).
+        fn card_tries_left(&self) -> u32 {
+            let (ok, text) = self.card.piv_tool(&["-a", "status"]);
+            assert!(ok, "{text}");
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix("PIN tries left:"))
+                .unwrap_or_else(|| panic!("no PIN tries in {text}"))
+                .trim()
+                .parse()
+                .unwrap()
+        }
+
+        /// Both counters, to compare before and after a step.
+        fn tries(&self) -> (u32, u32) {
+            (self.tpm_tries_left(), self.card_tries_left())
+        }
+
+        fn open(&self, pin: &str) -> assert_cmd::assert::Assert {
+            let out = self.h.path("out");
+            let _ = std::fs::remove_dir_all(&out);
+            self.coffer()
+                .args(["-v", "open", "old.coffer", "-o"])
+                .arg(&out)
+                .args(["--pin-file", pin])
+                .assert()
+        }
+
+        fn seal(&self, pin: &str) -> assert_cmd::assert::Assert {
+            self.coffer()
+                .args(["-v", "seal", "data.txt", "-o", "new.coffer", "--force"])
+                .args(["--pin-file", pin])
+                .assert()
+        }
+    }
+
+    #[test]
+    fn a_yubikey_pin_never_reaches_the_tpm() {
+        let r = Rig::new();
+        let full = r.tries();
+        assert_eq!(full.1, 3, "a fresh card has 3 PIN tries");
+        // (a) Unbound: two slots take a PIN, so neither gets it.
+        r.open("yk-pin.txt")
+            .code(2)
+            .stderr(predicate::str::contains("say which"));
+        r.seal("yk-pin.txt")
+            .code(2)
+            .stderr(predicate::str::contains("say which"));
+        assert_eq!(r.tries(), full, "an unbound PIN spent a try");
+        // (b) Bound to the card, by kind and by id: it opens there, the
+        // TPM (a device, tried as early) gets nothing.
+        let yk = format!("{}=yk-pin.txt", slot_id(&r.h, "yubikey"));
+        for bound in ["yubikey=yk-pin.txt", yk.as_str()] {
+            r.open(bound)
+                .success()
+                .stderr(predicate::str::contains("(yubikey)"));
+            assert_eq!(
+                std::fs::read_to_string(r.h.path("out/data.txt")).unwrap(),
+                "tax returns\n"
+            );
+            r.seal(bound)
+                .success()
+                .stderr(predicate::str::contains("(yubikey)"));
+            assert_eq!(r.tries(), full, "{bound}");
+        }
+        // (c) A wrong PIN bound to the TPM costs the TPM one try, the
+        // card none; the card's PIN, bound to the TPM, the same.
+        r.open("tpm=wrong-tpm-pin.txt").code(3);
+        assert_eq!(r.tries(), (full.0 - 1, full.1));
+        r.open("tpm2=yk-pin.txt").code(3);
+        assert_eq!(r.tries(), (full.0 - 2, full.1));
+        // The right one opens and resets nothing on the card.
+        r.open("tpm=tpm-pin.txt")
+            .success()
+            .stderr(predicate::str::contains("(tpm2)"));
+        assert_eq!(r.card_tries_left(), full.1);
+    }
+
+    /// A header may carry copies of the owner's device slots (new ids,
+    /// same device: trusted as the keyring's slot is). A wrong PIN found
+    /// wrong on one of them is not tried again on the others: one try
+    /// spent per device, however many copies an archive carries.
+    #[test]
+    fn copies_of_a_device_slot_in_a_header_cost_one_try_in_all() {
+        let r = Rig::new();
+        r.seal("yubikey=yk-pin.txt").success();
+        let archive = r.h.path("new.coffer");
+        common::rewrite_header(&archive, |_, slots| {
+            let copies: Vec<Value> = slots
+                .iter()
+                .filter(|s| s["kind"] == "tpm2" || s["kind"] == "yubikey")
+                .flat_map(|s| {
+                    (0..3).map(move |i| {
+                        let mut c = s.clone();
+                        c.as_object_mut().unwrap().remove("label");
+                        c["id"] = format!("{}-copy{i}", s["kind"].as_str().unwrap()).into();
+                        c
+                    })
+                })
+                .collect();
+            slots.extend(copies);
+        });
+        let full = r.tries();
+        h_open(&r, "tpm2=wrong-tpm-pin.txt").code(3);
+        assert_eq!(r.tries(), (full.0 - 1, full.1), "TPM copies");
+        r.h.write("wrong-yk-pin.txt", "999999");
+        h_open(&r, "yubikey=wrong-yk-pin.txt").code(3);
+        assert_eq!(r.tries(), (full.0 - 1, full.1 - 1), "card copies");
+    }
+
+    fn h_open(r: &Rig, pin: &str) -> assert_cmd::assert::Assert {
+        let out = r.h.path("out");
+        let _ = std::fs::remove_dir_all(&out);
+        r.coffer()
+            .args(["open", "new.coffer", "-o"])
+            .arg(&out)
+            .args(["--pin-file", pin])
+            .assert()
     }
 }

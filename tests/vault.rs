@@ -734,3 +734,77 @@ fn stalled_plain_clients_neither_block_nor_stay() {
 fn stalled_tls_clients_neither_block_nor_stay() {
     stalled_clients_neither_block_nor_stay(true);
 }
+
+/// Issue 13: an unbound `--password-file` is a local password slot's when
+/// there is one; a vault slot, where a wrong password is a guess spent for
+/// good, gets it only when chosen with `--slot` (or bound to it). Twelve
+/// wrong unbound passwords (more than the server's 10) leave every guess;
+/// `rotate` with an unbound password refuses rather than send it there.
+#[test]
+fn an_unbound_password_file_spends_no_vault_guess_unless_the_slot_was_chosen() {
+    let (home, _token, _server) = setup(10);
+    home.write("local", "local password\n");
+    home.coffer()
+        .args(["enroll", "password", "--label", "laptop"])
+        .arg("--new-password-file")
+        .arg(home.path("local"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .success();
+    std::fs::write(home.path("f.txt"), "kept safe").unwrap();
+    home.coffer()
+        .args(["seal", "f.txt", "-o", "a.cof", "--recovery-key-file"])
+        .arg(home.recovery_key())
+        .assert()
+        .success();
+    let vault_id = home.keyring_json()["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "vault")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let open = |factor: &[&str], out: &str| {
+        home.coffer()
+            .args(["open", "a.cof", "-o", out])
+            .args(factor)
+            .assert()
+    };
+    let bad = home.path("bad").display().to_string();
+    for i in 0..12 {
+        // Wrong for the password slot, which is all it went to.
+        open(&["--password-file", &bad], &format!("u{i}"))
+            .code(3)
+            .stderr(predicates::str::contains("guesses left").not());
+    }
+    // rotate: the password slot re-wraps with it, the vault slot gets
+    // nothing: refused, naming the vault slot, nothing changed.
+    let before = std::fs::read(home.keyring()).unwrap();
+    home.coffer()
+        .args(["rotate", "--password-file"])
+        .arg(home.path("local"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .code(5)
+        .stderr(predicates::str::contains(format!("{vault_id} (vault)")))
+        .stderr(predicates::str::contains("nothing was changed"));
+    assert_eq!(std::fs::read(home.keyring()).unwrap(), before);
+    // Chosen with --slot, the same unbound file goes to the vault and
+    // spends one guess: the first of ten.
+    open(&["--slot", "vault", "--password-file", &bad], "c1")
+        .code(3)
+        .stderr(predicates::str::contains("9 guesses left"));
+    // Bound to it, by kind: the record is still there and opens.
+    let right = format!("vault={}", home.path("pw").display());
+    open(&["-v", "--password-file", &right], "ok")
+        .success()
+        .stderr(predicates::str::contains("(vault)"));
+    assert_eq!(
+        std::fs::read_to_string(home.path("ok/f.txt")).unwrap(),
+        "kept safe"
+    );
+}

@@ -160,6 +160,13 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
         .map(|s| select_one(&keyring.slots, s, "--replace"))
         .transpose()
         .map_err(Error::Usage)?;
+    // Before anything is unlocked or enrolled (a device key, a vault record).
+    if let Some(i) = replaced
+        && keyring.is_last_recovery(i)
+        && !matches!(args.kind, EnrollKind::Recovery { .. })
+    {
+        return Err(coffer::keyring::last_recovery_replaced(&keyring.slots[i]));
+    }
     if let Some(l) = &label {
         let taken = keyring.slots.iter().enumerate().find(|(i, s)| {
             Some(*i) != replaced && (s.label.as_ref() == Some(l) || s.id.as_str() == l.as_str())

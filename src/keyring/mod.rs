@@ -225,6 +225,12 @@ impl Keyring {
                 .filter(move |(i, _)| Some(*i) != replaced)
                 .map(|(_, s)| s)
         };
+        if let Some(i) = replaced
+            && self.is_last_recovery(i)
+            && slot.params.kind() != crate::slot::recovery::KIND
+        {
+            return Err(last_recovery_replaced(&self.slots[i]));
+        }
         if replaced.is_none() && self.slots.len() >= MAX_SLOTS {
             return Err(Error::Refused(format!(
                 "a keyring holds at most {MAX_SLOTS} slots"
@@ -253,6 +259,12 @@ impl Keyring {
         Ok(())
     }
 
+    /// Whether the slot at `index` is the keyring's only recovery slot.
+    pub fn is_last_recovery(&self, index: usize) -> bool {
+        let recovery = |s: &SlotRecord| s.params.kind() == crate::slot::recovery::KIND;
+        recovery(&self.slots[index]) && self.slots.iter().filter(|s| recovery(s)).count() == 1
+    }
+
     /// Remove the slot at `index`, refusing the last slot, and the last
     /// recovery slot unless `force`; re-MAC under `bk`.
     pub fn remove_slot(&mut self, bk: &BackupKey, index: usize, force: bool) -> Result<SlotRecord> {
@@ -275,6 +287,15 @@ impl Keyring {
         self.mac = self.compute_mac(bk);
         Ok(removed)
     }
+}
+
+/// `enroll --replace` naming the last recovery slot for a slot of another
+/// kind: what `remove` refuses without `--force`, refused here too.
+pub fn last_recovery_replaced(slot: &SlotRecord) -> Error {
+    Error::Usage(format!(
+        "--replace {}: it is the last recovery key, and the new slot is not one; issue another first (`coffer enroll recovery`), or remove it with `coffer remove --force` if you mean it",
+        slot.name()
+    ))
 }
 
 /// The format version a list of slots needs: 2 when any has a label, else

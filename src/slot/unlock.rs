@@ -16,6 +16,7 @@ use super::{HeaderOnly, Interaction, UnlockContext, password};
 use crate::error::{Attempt, Error, UnlockFailure};
 use crate::key::BackupKey;
 use crate::ui::Ui;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Where a slot record was read from, which decides what may be done with
 /// it (DESIGN.md, "Trust rule for unauthenticated data").
@@ -257,6 +258,20 @@ fn admit(
     }
 }
 
+/// Whether a secret found wrong for a slot with parameters `failed` is
+/// wrong for `params` too, and trying it would spend a device's try or a
+/// vault's guess for nothing: the same parameters (the same TPM object or
+/// vault record), or, for a PIN, the same device (the PIN is the card's or
+/// token's). Slots where a wrong secret costs nothing are always tried.
+fn same_check(
+    kind: &dyn super::Slot,
+    params: &super::SlotParams,
+    failed: &super::SlotParams,
+) -> bool {
+    let pin = kind.factor() == Some(super::FactorKind::Pin);
+    (pin || kind.spends_a_guess()) && (params == failed || (pin && kind.same_device(failed)))
+}
+
 /// Try `candidates` in order until one gives up the backup key, applying
 /// the trust rule to every [`Trust::Unauthenticated`] one (see
 /// [`Trust`]): the one place it is enforced.
@@ -278,6 +293,8 @@ pub fn unlock_with<'s>(
     opts.factors.check(&all, &scope)?;
     order(&mut chosen, opts.factors, &scope);
     let mut budget_left = opts.kdf_budget;
+    // Slots a supplied secret was wrong for: (its parameters, the secret).
+    let mut wrong: Vec<(super::SlotParams, SecretString)> = Vec::new();
     for cand in chosen {
         let slot = cand.record;
         let Some(kind) = slot.params.as_slot() else {
@@ -303,6 +320,29 @@ pub fn unlock_with<'s>(
             continue;
         };
         let offer = opts.factors.offer(used, &scope);
+        let supplied = match &offer {
+            Offer::Secret(s) => Some(s.clone()),
+            _ => None,
+        };
+        if let Some(s) = &supplied
+            && wrong.iter().any(|(p, w)| {
+                w.expose_secret() == s.expose_secret() && same_check(kind, &used.params, p)
+            })
+        {
+            // An archive may carry copies of a device or vault slot: the
+            // same secret, wrong there, would spend another try for nothing.
+            failure.skipped.push(format!(
+                "{} (the same {} as a slot this {} was already wrong for: not tried again)",
+                slot.name(),
+                if kind.spends_a_guess() {
+                    "vault record"
+                } else {
+                    "device"
+                },
+                kind.factor().map(|f| f.what()).unwrap_or("secret"),
+            ));
+            continue;
+        }
         let typed = matches!(offer, Offer::Ask | Offer::Shared(_));
         let ctx = UnlockContext::new(opts.ui, used, opts.locators, opts.factors, offer);
         let work_before = password::work_done_on_this_thread();
@@ -320,10 +360,17 @@ pub fn unlock_with<'s>(
                 }
                 return Ok((bk, slot));
             }
-            Some(Err(error)) => failure.attempts.push(Attempt {
-                slot: slot.name(),
-                error,
-            }),
+            Some(Err(error)) => {
+                if let Some(s) = supplied
+                    && error.exit_status() == crate::ExitStatus::WrongFactor
+                {
+                    wrong.push((used.params.clone(), s));
+                }
+                failure.attempts.push(Attempt {
+                    slot: slot.name(),
+                    error,
+                })
+            }
         }
     }
     Err(Error::Unlock(failure))
