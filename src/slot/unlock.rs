@@ -362,7 +362,7 @@ pub fn unlock_with<'s>(
             }
             Some(Err(error)) => {
                 if let Some(s) = supplied
-                    && error.exit_status() == crate::ExitStatus::WrongFactor
+                    && error.category() == crate::error::Category::WrongFactor
                 {
                     wrong.push((used.params.clone(), s));
                 }
