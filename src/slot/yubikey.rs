@@ -3,7 +3,7 @@
 //!
 //! Wrap uses only the card's public key: an ephemeral P-256 key agrees with
 //! it (ECDH), and HKDF-SHA256 (salt = ephemeral public key || card public
-//! key, both SEC1 uncompressed; info [`HKDF_INFO`]) turns the shared x
+//! key, both SEC1 uncompressed; info [`label::YUBIKEY_KEK`](crate::key::label::YUBIKEY_KEK)) turns the shared x
 //! coordinate into the KEK. So enrolling again or re-wrapping needs neither
 //! the card nor its PIN ([`YubikeyParams::rewrap_public`]). Unwrap verifies the PIN,
 //! then the card does the ECDH with the stored ephemeral public key.
@@ -32,8 +32,6 @@ use zeroize::Zeroizing;
 
 /// The kind name in the keyring.
 pub const KIND: &str = "yubikey";
-/// HKDF info string of the KEK derivation.
-pub const HKDF_INFO: &[u8] = b"coffer/v1 yubikey kek";
 /// Default PIV slot: the first retired key-management slot (0x82).
 pub const DEFAULT_PIV_SLOT: u8 = 0x82;
 /// Default PIN policy for a key generated at enrollment.
@@ -224,7 +222,7 @@ fn kek_from_shared(shared_x: &[u8], ephemeral: &[u8], card: &[u8]) -> Kek {
     let mut salt = Vec::with_capacity(2 * POINT_LEN);
     salt.extend_from_slice(ephemeral);
     salt.extend_from_slice(card);
-    Kek::derive(Some(&salt), shared_x, HKDF_INFO)
+    Kek::derive(Some(&salt), shared_x, crate::key::label::YUBIKEY_KEK)
 }
 
 /// Wrap to a card public key: (ephemeral public key SEC1, KEK).

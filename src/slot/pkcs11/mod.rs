@@ -28,7 +28,7 @@ use super::{
     UnlockContext,
 };
 use crate::error::SlotError;
-use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey};
+use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey, label};
 use crate::ui::Ui;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -49,10 +49,6 @@ use zeroize::Zeroizing;
 pub const KIND: &str = "pkcs11";
 /// The environment variable naming the default module.
 pub const MODULE_ENV: &str = "COFFER_PKCS11_MODULE";
-/// HKDF `info` for the ECDH mechanism's KEK (part of the format).
-pub const ECDH_KEK_INFO: &[u8] = b"coffer/v1 pkcs11 ecdh kek";
-/// AES-GCM additional data binding the sealed KEK to its use.
-pub const AES_GCM_AAD: &[u8] = b"coffer/v1 pkcs11 aes-gcm kek";
 /// Length of an uncompressed P-256 point.
 pub const P256_POINT_LEN: usize = 65;
 /// AES-GCM IV length, bytes.
@@ -249,7 +245,7 @@ fn ecdh_kek(shared: &[u8], eph: &[u8], recipient: &[u8]) -> Kek {
     let mut salt = [0u8; 2 * P256_POINT_LEN];
     salt[..P256_POINT_LEN].copy_from_slice(eph);
     salt[P256_POINT_LEN..].copy_from_slice(recipient);
-    Kek::derive(Some(&salt), shared, ECDH_KEK_INFO)
+    Kek::derive(Some(&salt), shared, label::PKCS11_ECDH_KEK)
 }
 
 /// An initialized module and the one token the URI names.
@@ -577,8 +573,12 @@ pub fn enroll(
             let mut iv = [0u8; GCM_IV_LEN];
             crate::key::random_bytes(&mut iv);
             let ct = {
-                let params = GcmParams::new(&mut iv, AES_GCM_AAD, (GCM_TAG_LEN as u64 * 8).into())
-                    .map_err(|e| SlotError::Device(format!("AES-GCM parameters: {e}")))?;
+                let params = GcmParams::new(
+                    &mut iv,
+                    label::PKCS11_AES_GCM_KEK,
+                    (GCM_TAG_LEN as u64 * 8).into(),
+                )
+                .map_err(|e| SlotError::Device(format!("AES-GCM parameters: {e}")))?;
                 session
                     .encrypt(&Mechanism::AesGcm(params), h, kek.expose())
                     .map_err(|e| ck_error(e, &token.what))?
@@ -781,8 +781,12 @@ impl Pkcs11Params {
                 let h = find_one(token, &session, uri, &t, "AES key")?;
                 let mut iv: [u8; GCM_IV_LEN] =
                     sealed[..GCM_IV_LEN].try_into().expect("length checked");
-                let params = GcmParams::new(&mut iv, AES_GCM_AAD, (GCM_TAG_LEN as u64 * 8).into())
-                    .map_err(|e| SlotError::Device(format!("AES-GCM parameters: {e}")))?;
+                let params = GcmParams::new(
+                    &mut iv,
+                    label::PKCS11_AES_GCM_KEK,
+                    (GCM_TAG_LEN as u64 * 8).into(),
+                )
+                .map_err(|e| SlotError::Device(format!("AES-GCM parameters: {e}")))?;
                 let plain = Zeroizing::new(
                     session
                         .decrypt(&Mechanism::AesGcm(params), h, &sealed[GCM_IV_LEN..])
