@@ -15,7 +15,8 @@
 //! program embedding the library takes `default-features = false` and
 //! names what it needs:
 //!
-//! - `tpm2`, `pkcs11`, `yubikey`: the hardware slots.
+//! - `tpm2`, `pkcs11`, `yubikey`: the hardware slots (the last two share
+//!   `ecdh`: P-256 ECDH to the device's public key, HKDF to the KEK).
 //! - `vault`: the key vault slot (`slot::vault`, the OPAQUE client of
 //!   `vault::client`).
 //! - `vault-server` (implies `vault`): the vault server, its storage and
@@ -31,6 +32,8 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+#[cfg(any(feature = "pkcs11", feature = "yubikey"))]
+pub mod ecdh;
 pub mod error;
 pub mod fsutil;
 pub mod key;

@@ -5,7 +5,8 @@
 //! - `ecdh` (default): an EC P-256 key pair on the token. Wrapping needs only
 //!   its public point: ephemeral P-256 ECDH in software, then
 //!   KEK = HKDF-SHA256(shared x, salt = ephemeral ‖ recipient, info =
-//!   `coffer/v1 pkcs11 ecdh kek`). Unwrapping asks the token for
+//!   `coffer/v1 pkcs11 ecdh kek`), the scheme of [`crate::ecdh`] (shared
+//!   with the YubiKey slot). Unwrapping asks the token for
 //!   `C_DeriveKey(CKM_ECDH1_DERIVE, CKD_NULL)` with the ephemeral point.
 //! - `aes-gcm`: an AES-256 key on the token encrypts a random KEK
 //!   (`C_Encrypt`, CKM_AES_GCM, random 96-bit IV, 128-bit tag, AAD =
@@ -27,6 +28,7 @@ use super::{
     FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, SlotRecord,
     UnlockContext,
 };
+use crate::ecdh::{self, POINT_LEN, sec1};
 use crate::error::SlotError;
 use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey, label};
 use crate::ui::Ui;
@@ -49,20 +51,12 @@ use zeroize::Zeroizing;
 pub const KIND: &str = "pkcs11";
 /// The environment variable naming the default module.
 pub const MODULE_ENV: &str = "COFFER_PKCS11_MODULE";
-/// Length of an uncompressed P-256 point.
-pub const P256_POINT_LEN: usize = 65;
 /// AES-GCM IV length, bytes.
 pub const GCM_IV_LEN: usize = 12;
 /// AES-GCM tag length, bytes.
 pub const GCM_TAG_LEN: usize = 16;
 /// DER of the P-256 curve OID (CKA_EC_PARAMS of a P-256 key).
 const P256_OID_DER: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-/// DER prefix of a P-256 SubjectPublicKeyInfo holding an uncompressed point.
-const P256_SPKI_PREFIX: &[u8] = &[
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
-    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-];
-
 /// How the token protects the KEK (the `mechanism` member).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Pkcs11Mechanism {
@@ -126,9 +120,9 @@ pub struct EnrollOptions {
     pub mechanism: Pkcs11Mechanism,
     /// Make a new key on the token (refused if one matches the URI already).
     pub generate: bool,
-    /// ecdh only: wrap to this public key (DER SubjectPublicKeyInfo or a raw
-    /// uncompressed point) without touching the token.
-    pub public_key: Option<Vec<u8>>,
+    /// ecdh only: wrap to this public key without touching the token
+    /// (read from a file by [`ecdh::public_key`]).
+    pub public_key: Option<ecdh::PublicKey>,
 }
 
 impl std::fmt::Debug for EnrollOptions {
@@ -141,7 +135,7 @@ impl std::fmt::Debug for EnrollOptions {
             .field("uri", &uri)
             .field("mechanism", &self.mechanism)
             .field("generate", &self.generate)
-            .field("public_key", &self.public_key.as_ref().map(Vec::len))
+            .field("public_key", &self.public_key.is_some())
             .finish()
     }
 }
@@ -192,60 +186,6 @@ fn ck_error(e: CkError, what: &str) -> SlotError {
         ) => not_found(what, "insert the token, or check the module's configuration"),
         _ => SlotError::Device(format!("{what}: {}", ck_text(&e))),
     }
-}
-
-/// Take a P-256 public key as a raw uncompressed point, a DER OCTET STRING
-/// around one (CKA_EC_POINT), or a DER SubjectPublicKeyInfo (what
-/// `pkcs11-tool --read-object --type pubkey` and `openssl` write).
-pub fn p256_point(bytes: &[u8]) -> Result<[u8; P256_POINT_LEN], String> {
-    let raw = if bytes.len() == P256_POINT_LEN {
-        bytes
-    } else if bytes.len() == P256_POINT_LEN + 2 && bytes[0] == 0x04 && bytes[1] == 0x41 {
-        &bytes[2..]
-    } else if let Some(p) = bytes.strip_prefix(P256_SPKI_PREFIX) {
-        p
-    } else {
-        return Err(format!(
-            "{} bytes: not an uncompressed P-256 point or a P-256 SubjectPublicKeyInfo",
-            bytes.len()
-        ));
-    };
-    let point: [u8; P256_POINT_LEN] = raw
-        .try_into()
-        .map_err(|_| "not an uncompressed P-256 point".to_string())?;
-    if point[0] != 0x04 {
-        return Err("not an uncompressed P-256 point".into());
-    }
-    Ok(point)
-}
-
-/// Wrap-side ECDH in software: a fresh ephemeral key, agreed with
-/// `recipient`. Returns the KEK and the ephemeral public point.
-pub fn ecdh_wrap_kek(
-    recipient: &[u8; P256_POINT_LEN],
-) -> Result<(Kek, [u8; P256_POINT_LEN]), String> {
-    use ring::agreement;
-    let rng = ring::rand::SystemRandom::new();
-    let eph = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
-        .map_err(|_| "could not make an ephemeral P-256 key")?;
-    let eph_pub: [u8; P256_POINT_LEN] = eph
-        .compute_public_key()
-        .map_err(|_| "could not compute the ephemeral public key")?
-        .as_ref()
-        .try_into()
-        .map_err(|_| "ephemeral public key is not 65 bytes")?;
-    let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, recipient);
-    let kek =
-        agreement::agree_ephemeral(eph, &peer, |shared| ecdh_kek(shared, &eph_pub, recipient))
-            .map_err(|_| "the public key is not a valid P-256 point")?;
-    Ok((kek, eph_pub))
-}
-
-fn ecdh_kek(shared: &[u8], eph: &[u8], recipient: &[u8]) -> Kek {
-    let mut salt = [0u8; 2 * P256_POINT_LEN];
-    salt[..P256_POINT_LEN].copy_from_slice(eph);
-    salt[P256_POINT_LEN..].copy_from_slice(recipient);
-    Kek::derive(Some(&salt), shared, label::PKCS11_ECDH_KEK)
 }
 
 /// An initialized module and the one token the URI names.
@@ -454,7 +394,9 @@ fn ec_point_of(token: &Token, session: &Session, h: ObjectHandle) -> Result<[u8;
             token.what
         ))
     })?;
-    p256_point(&p).map_err(|e| SlotError::Device(format!("{}: public key {e}", token.what)))
+    ecdh::public_key(&p)
+        .map(|k| sec1(&k))
+        .map_err(|e| SlotError::Device(format!("{}: public key {e}", token.what)))
 }
 
 /// Enroll a PKCS#11 slot for `bk`. `pin` is asked for only when the token
@@ -481,13 +423,12 @@ pub fn enroll(
             .or_else(|| pin.cloned())
             .or_else(|| ui.request_secret(&prompt))
     };
-    if let (Some(spki), Pkcs11Mechanism::Ecdh) = (&opts.public_key, opts.mechanism) {
+    if let (Some(public), Pkcs11Mechanism::Ecdh) = (&opts.public_key, opts.mechanism) {
         // Public-key-only enrollment: the token is not touched.
         if !uri.names_token() {
             return Err(malformed("uri", "name the token (token= or serial=)"));
         }
-        let point = p256_point(spki).map_err(|e| malformed("public key", e))?;
-        return ecdh_record(bk, module, &uri, &point);
+        return ecdh_record(bk, module, &uri, &sec1(public));
     }
     let token = Token::open(&opts.module, &uri)?;
     if !uri.names_token() {
@@ -634,9 +575,10 @@ fn ecdh_record(
     bk: &BackupKey,
     module: String,
     uri: &Pkcs11Uri,
-    point: &[u8; P256_POINT_LEN],
+    point: &[u8; POINT_LEN],
 ) -> Result<SlotRecord, SlotError> {
-    let (kek, eph) = ecdh_wrap_kek(point).map_err(|e| malformed("public key", e))?;
+    let recipient = ecdh::point(point).map_err(|e| malformed("public key", e))?;
+    let (eph, kek) = ecdh::wrap(&recipient, label::PKCS11_ECDH_KEK);
     let params = Pkcs11Params {
         module,
         uri: uri.to_stored(),
@@ -648,13 +590,15 @@ fn ecdh_record(
     Ok(SlotRecord::new(SlotParams::Pkcs11(params), bk.wrap(&kek)))
 }
 
-fn point_field(v: &Option<String>, field: &str) -> Result<[u8; P256_POINT_LEN], SlotError> {
+/// A stored point: base64 of an uncompressed P-256 point on the curve.
+fn point_field(v: &Option<String>, field: &str) -> Result<[u8; POINT_LEN], SlotError> {
     let v = v
         .as_deref()
         .ok_or_else(|| malformed(field, "missing for mechanism ecdh"))?;
     B64.decode(v.as_bytes())
         .ok()
-        .and_then(|b| p256_point(&b).ok())
+        .and_then(|b| ecdh::point(&b).ok())
+        .map(|k| sec1(&k))
         .ok_or_else(|| malformed(field, "not an uncompressed P-256 point in base64"))
 }
 
@@ -773,7 +717,14 @@ impl Pkcs11Params {
                         shared.len()
                     )));
                 }
-                Ok(ecdh_kek(&shared, &eph, &recipient))
+                let z: &[u8; ecdh::SHARED_LEN] =
+                    shared.as_slice().try_into().expect("length checked");
+                Ok(ecdh::kek_from_shared(
+                    z,
+                    &eph,
+                    &recipient,
+                    label::PKCS11_ECDH_KEK,
+                ))
             }
             Pkcs11Mechanism::AesGcm => {
                 let sealed = self.sealed()?;
@@ -850,7 +801,8 @@ impl Slot for Pkcs11Params {
         let result = (|| {
             self.checked()?;
             let point = point_field(&self.public_key, "public_key")?;
-            let (kek, eph) = ecdh_wrap_kek(&point).map_err(|e| malformed("public_key", e))?;
+            let recipient = ecdh::point(&point).map_err(|e| malformed("public_key", e))?;
+            let (eph, kek) = ecdh::wrap(&recipient, label::PKCS11_ECDH_KEK);
             Ok(Rewrapped {
                 params: Some(SlotParams::Pkcs11(Pkcs11Params {
                     ephemeral: Some(B64.encode(eph)),
@@ -926,24 +878,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn software_ecdh_wrap_matches_a_manual_agreement() {
-        use ring::agreement;
-        let rng = ring::rand::SystemRandom::new();
-        // The "token" key, in software here.
-        let tok = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng).unwrap();
-        let tok_pub: [u8; 65] = tok
-            .compute_public_key()
-            .unwrap()
-            .as_ref()
-            .try_into()
-            .unwrap();
-        let (kek, eph) = ecdh_wrap_kek(&tok_pub).unwrap();
-        let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, eph);
-        let kek2 = agreement::agree_ephemeral(tok, &peer, |s| ecdh_kek(s, &eph, &tok_pub)).unwrap();
-        assert_eq!(kek.expose(), kek2.expose());
-    }
-
-    #[test]
     fn module_errors_map_to_exit_statuses() {
         use crate::error::ExitStatus;
         use cryptoki::context::Function;
@@ -968,26 +902,12 @@ mod tests {
         assert_eq!(e.to_string(), "t: C_Initialize returned GeneralError");
     }
 
-    #[test]
-    fn public_keys_parse_in_three_encodings() {
-        let mut point = [7u8; 65];
-        point[0] = 4;
-        let mut octet = vec![0x04, 0x41];
-        octet.extend_from_slice(&point);
-        let mut spki = P256_SPKI_PREFIX.to_vec();
-        spki.extend_from_slice(&point);
-        for enc in [&point[..], &octet, &spki] {
-            assert_eq!(p256_point(enc).unwrap(), point);
-        }
-        assert!(p256_point(&spki[1..]).is_err());
-        assert!(p256_point(&[2u8; 65]).is_err());
-        assert!(ecdh_wrap_kek(&point).is_err(), "not on the curve");
-    }
-
     fn point() -> [u8; 65] {
-        let mut p = [9u8; 65];
-        p[0] = 4;
-        p
+        sec1(
+            &p256::SecretKey::from_slice(&[9u8; 32])
+                .unwrap()
+                .public_key(),
+        )
     }
 
     #[test]
@@ -996,12 +916,20 @@ mod tests {
             module: "/nonexistent.so".into(),
             uri: "pkcs11:token=t;object=k".into(),
             mechanism: Pkcs11Mechanism::Ecdh,
-            public_key: Some(B64.encode([4u8; 65])),
+            public_key: Some(B64.encode(point())),
             ephemeral: Some(B64.encode([1u8; 10])),
             sealed_kek: None,
         };
         assert!(
             matches!(p.checked(), Err(SlotError::Malformed { field, .. }) if field == "ephemeral")
+        );
+        // A point off the curve never reaches the token.
+        let off = Pkcs11Params {
+            public_key: Some(B64.encode([4u8; 65])),
+            ..p.clone()
+        };
+        assert!(
+            matches!(off.checked(), Err(SlotError::Malformed { field, .. }) if field == "public_key")
         );
         let good = Pkcs11Params {
             ephemeral: Some(B64.encode(point())),
