@@ -39,6 +39,8 @@ pub mod fsutil;
 pub mod key;
 pub mod keyring;
 #[cfg(any(feature = "pkcs11", feature = "vault-server"))]
+pub(crate) mod pkcs11_token;
+#[cfg(any(feature = "pkcs11", feature = "vault-server"))]
 pub mod pkcs11_uri;
 pub mod slot;
 pub mod ui;

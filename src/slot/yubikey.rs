@@ -410,7 +410,7 @@ pub fn enroll(
         serial,
         piv_slot: format!("{:02x}", opts.piv_slot),
         public_key: B64.encode(sec1(&public)),
-        ephemeral: B64.encode(&eph),
+        ephemeral: B64.encode(eph),
         pin_policy,
         touch_policy,
     };
@@ -446,7 +446,7 @@ impl YubikeyParams {
         let card = decode_point("public_key", &self.public_key)?;
         let (eph, kek) = wrap_to(&card);
         let params = YubikeyParams {
-            ephemeral: B64.encode(&eph),
+            ephemeral: B64.encode(eph),
             ..self.clone()
         };
         Ok(Rewrapped {

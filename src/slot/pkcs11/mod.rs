@@ -31,19 +31,20 @@ use super::{
 use crate::ecdh::{self, POINT_LEN, sec1};
 use crate::error::SlotError;
 use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey, label};
+use crate::pkcs11_token::{
+    self as token, GCM_IV_LEN, GCM_TAG_LEN, Token, TokenError, key_template,
+};
 use crate::ui::Ui;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
-use secrecy::{ExposeSecret, SecretString};
+use cryptoki::session::Session;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use uri::Pkcs11Uri;
 use zeroize::Zeroizing;
 
@@ -51,10 +52,6 @@ use zeroize::Zeroizing;
 pub const KIND: &str = "pkcs11";
 /// The environment variable naming the default module.
 pub const MODULE_ENV: &str = "COFFER_PKCS11_MODULE";
-/// AES-GCM IV length, bytes.
-pub const GCM_IV_LEN: usize = 12;
-/// AES-GCM tag length, bytes.
-pub const GCM_TAG_LEN: usize = 16;
 /// DER of the P-256 curve OID (CKA_EC_PARAMS of a P-256 key).
 const P256_OID_DER: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// How the token protects the KEK (the `mechanism` member).
@@ -140,13 +137,6 @@ impl std::fmt::Debug for EnrollOptions {
     }
 }
 
-fn not_found(what: impl Into<String>, hint: impl Into<String>) -> SlotError {
-    SlotError::DeviceNotFound {
-        what: what.into(),
-        hint: hint.into(),
-    }
-}
-
 fn no_pin() -> SlotError {
     malformed(
         "pin",
@@ -161,182 +151,30 @@ fn malformed(field: &str, reason: impl Into<String>) -> SlotError {
     }
 }
 
-/// A module error in a line: `C_Login: CKR_PIN_INCORRECT`-like, short.
-fn ck_text(e: &CkError) -> String {
-    match e {
-        CkError::Pkcs11(rv, f) => format!("C_{f:?} returned {rv:?}"),
-        e => e.to_string(),
-    }
-}
-
 /// Map a module error to what a person can act on.
 fn ck_error(e: CkError, what: &str) -> SlotError {
-    match &e {
-        CkError::Pkcs11(RvError::PinIncorrect, _) => SlotError::WrongPin { tries_left: None },
-        CkError::Pkcs11(RvError::PinLocked, _) => SlotError::LockedOut {
-            what: what.into(),
-            hint: "the user PIN is locked after too many wrong tries; the token's security officer can reset it".into(),
-        },
-        CkError::Pkcs11(
-            RvError::TokenNotPresent
-            | RvError::DeviceRemoved
-            | RvError::SlotIdInvalid
-            | RvError::TokenNotRecognized,
-            _,
-        ) => not_found(what, "insert the token, or check the module's configuration"),
-        _ => SlotError::Device(format!("{what}: {}", ck_text(&e))),
-    }
+    token::ck_error(e, what).into()
 }
 
-/// An initialized module and the one token the URI names.
-struct Token {
-    ctx: Pkcs11,
-    slot: cryptoki::slot::Slot,
-    info: cryptoki::slot::TokenInfo,
-    what: String,
-}
-
-impl Token {
-    fn open(module: &Path, uri: &Pkcs11Uri) -> Result<Self, SlotError> {
-        let mname = format!("PKCS#11 module {}", module.display());
-        let ctx = Pkcs11::new(module).map_err(|e| {
-            not_found(
-                mname.clone(),
-                format!(
-                    "it did not load ({e}); install it, or name it with --module or {MODULE_ENV}"
-                ),
-            )
-        })?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => {
-                return Err(not_found(
-                    format!(
-                        "PKCS#11 token (module {} failed to start: {})",
-                        module.display(),
-                        ck_text(&e)
-                    ),
-                    "check the token is there and the module's configuration (for SoftHSM2: SOFTHSM2_CONF and its token folder)",
-                ));
-            }
-        }
-        let what = format!("PKCS#11 {}", uri.describe_token());
-        let mut found = Vec::new();
-        let slots = ctx.get_slots_with_token().map_err(|e| ck_error(e, &what))?;
-        for slot in slots {
-            // SoftHSM (and others) show an empty, uninitialised token too.
-            let Ok(info) = ctx.get_token_info(slot) else {
-                continue;
-            };
-            if !info.token_initialized() {
-                continue;
-            }
-            let matches = |k: &str, v: &str| uri.attr(k).is_none_or(|want| want == v.trim_end());
-            if matches("token", info.label())
-                && matches("serial", info.serial_number())
-                && matches("manufacturer", info.manufacturer_id())
-                && matches("model", info.model())
-            {
-                found.push((slot, info));
-            }
-        }
-        if found.len() > 1 {
-            return Err(SlotError::Device(format!(
-                "{what}: {} tokens match; name one with token= or serial= in the URI",
-                found.len()
-            )));
-        }
-        let Some((slot, info)) = found.pop() else {
-            return Err(not_found(
+impl From<TokenError> for SlotError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::NotFound { what, hint } => SlotError::DeviceNotFound { what, hint },
+            TokenError::WrongPin { tries_left } => SlotError::WrongPin { tries_left },
+            TokenError::PinLocked { what } => SlotError::LockedOut {
                 what,
-                format!(
-                    "no such token behind {mname}; insert it, or check the URI (`pkcs11-tool --module {} --list-token-slots` lists tokens)",
-                    module.display()
-                ),
-            ));
-        };
-        Ok(Self {
-            ctx,
-            slot,
-            info,
-            what,
-        })
-    }
-
-    fn session(&self, rw: bool) -> Result<Session, SlotError> {
-        let s = if rw {
-            self.ctx.open_rw_session(self.slot)
-        } else {
-            self.ctx.open_ro_session(self.slot)
-        };
-        s.map_err(|e| ck_error(e, &self.what))
-    }
-
-    fn login(&self, session: &Session, pin: Option<&SecretString>) -> Result<(), SlotError> {
-        let res = if self.info.protected_authentication_path() {
-            session.login(UserType::User, None)
-        } else {
-            let pin = pin.ok_or(SlotError::WrongPin { tries_left: None })?;
-            session.login(
-                UserType::User,
-                Some(&SecretString::from(pin.expose_secret().to_owned())),
-            )
-        };
-        match res {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-                let after = self.ctx.get_token_info(self.slot).ok();
-                Err(match after {
-                    Some(i) if i.user_pin_locked() => ck_error(
-                        CkError::Pkcs11(RvError::PinLocked, cryptoki::context::Function::Login),
-                        &self.what,
-                    ),
-                    Some(i) if i.user_pin_final_try() => SlotError::WrongPin {
-                        tries_left: Some(1),
-                    },
-                    _ => SlotError::WrongPin { tries_left: None },
-                })
+                hint: token::LOCKED_HINT.into(),
+            },
+            e @ (TokenError::NotOpened { .. } | TokenError::Failed(_)) => {
+                SlotError::Device(e.to_string())
             }
-            Err(e) => Err(ck_error(e, &self.what)),
         }
     }
 }
 
-fn key_template(uri: &Pkcs11Uri, class: ObjectClass, key_type: KeyType) -> Vec<Attribute> {
-    let mut t = vec![Attribute::Class(class), Attribute::KeyType(key_type)];
-    if let Some(l) = uri.attr("object") {
-        t.push(Attribute::Label(l.as_bytes().to_vec()));
-    }
-    if let Some(id) = uri.id() {
-        t.push(Attribute::Id(id.to_vec()));
-    }
-    t
-}
-
-/// The one object matching `template`; not found and ambiguous are errors
-/// that name what was looked for.
-fn find_one(
-    token: &Token,
-    session: &Session,
-    uri: &Pkcs11Uri,
-    template: &[Attribute],
-    kind: &str,
-) -> Result<ObjectHandle, SlotError> {
-    let found = session
-        .find_objects(template)
-        .map_err(|e| ck_error(e, &token.what))?;
-    let what = format!("{kind} {} on {}", uri.describe_object(), token.what);
-    match found.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(not_found(
-            what,
-            "no such key (or it is of another type); check object= and id= in the URI (`pkcs11-tool --list-objects` lists keys)",
-        )),
-        many => Err(SlotError::Device(format!(
-            "{what}: {} keys match; add id= to the URI",
-            many.len()
-        ))),
-    }
+/// How to name another module, for a module that did not load.
+fn load_hint() -> String {
+    format!("install it, or name it with --module or {MODULE_ENV}")
 }
 
 /// Read a PIN from a URI's `pin-source` (a file path or `file:` URI).
@@ -430,7 +268,7 @@ pub fn enroll(
         }
         return ecdh_record(bk, module, &uri, &sec1(public));
     }
-    let token = Token::open(&opts.module, &uri)?;
+    let token = Token::open(&opts.module, &uri, &load_hint())?;
     if !uri.names_token() {
         // Pin the token by label so a second token cannot be mistaken for it.
         uri.set("token", token.info.label().trim_end().as_bytes());
@@ -478,7 +316,7 @@ pub fn enroll(
                 let p = get_pin().ok_or_else(no_pin)?;
                 token.login(&session, Some(&p))?;
             }
-            let h = find_one(&token, &session, &uri, &t, "EC public key")?;
+            let h = token.find_one(&session, &uri, &t, "EC public key")?;
             let point = ec_point_of(&token, &session, h)?;
             ecdh_record(bk, module, &uri, &point)
         }
@@ -493,37 +331,21 @@ pub fn enroll(
                     ObjectClass::SECRET_KEY,
                     KeyType::AES,
                 )?;
-                let mut t = key_template(&uri, ObjectClass::SECRET_KEY, KeyType::AES);
-                t.extend([
-                    Attribute::ValueLen(32.into()),
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Encrypt(true),
-                    Attribute::Decrypt(true),
-                ]);
-                session
-                    .generate_key(&Mechanism::AesKeyGen, &t)
-                    .map_err(|e| ck_error(e, &token.what))?
+                token.generate_aes256(&session, &uri)?
             } else {
                 let t = key_template(&uri, ObjectClass::SECRET_KEY, KeyType::AES);
-                find_one(&token, &session, &uri, &t, "AES key")?
+                token.find_one(&session, &uri, &t, "AES key")?
             };
             let kek = Kek::generate();
             let mut iv = [0u8; GCM_IV_LEN];
             crate::key::random_bytes(&mut iv);
-            let ct = {
-                let params = GcmParams::new(
-                    &mut iv,
-                    label::PKCS11_AES_GCM_KEK,
-                    (GCM_TAG_LEN as u64 * 8).into(),
-                )
-                .map_err(|e| SlotError::Device(format!("AES-GCM parameters: {e}")))?;
-                session
-                    .encrypt(&Mechanism::AesGcm(params), h, kek.expose())
-                    .map_err(|e| ck_error(e, &token.what))?
-            };
+            let ct = token.gcm_encrypt(
+                &session,
+                h,
+                &mut iv,
+                label::PKCS11_AES_GCM_KEK,
+                kek.expose(),
+            )?;
             // `iv` now holds the IV the token used: a FIPS-mode HSM may
             // replace ours with one it generated.
             if ct.len() != KEY_LEN + GCM_TAG_LEN {
@@ -655,9 +477,9 @@ impl Pkcs11Params {
             Ok(x) => x,
             Err(e) => return Some(Err(e)),
         };
-        let token = match Token::open(&self.module_path(ctx.locators), &uri) {
+        let token = match Token::open(&self.module_path(ctx.locators), &uri, &load_hint()) {
             Ok(t) => t,
-            Err(e) => return Some(Err(e)),
+            Err(e) => return Some(Err(e.into())),
         };
         // The token is here: now the PIN is worth asking for.
         let pin = if token.info.protected_authentication_path() {
@@ -686,7 +508,7 @@ impl Pkcs11Params {
                 let recipient = point_field(&self.public_key, "public_key")?;
                 let eph = point_field(&self.ephemeral, "ephemeral")?;
                 let t = key_template(uri, ObjectClass::PRIVATE_KEY, KeyType::EC);
-                let h = find_one(token, &session, uri, &t, "EC private key")?;
+                let h = token.find_one(&session, uri, &t, "EC private key")?;
                 let mech = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), &eph));
                 let template = [
                     Attribute::Class(ObjectClass::SECRET_KEY),
@@ -729,27 +551,23 @@ impl Pkcs11Params {
             Pkcs11Mechanism::AesGcm => {
                 let sealed = self.sealed()?;
                 let t = key_template(uri, ObjectClass::SECRET_KEY, KeyType::AES);
-                let h = find_one(token, &session, uri, &t, "AES key")?;
-                let mut iv: [u8; GCM_IV_LEN] =
-                    sealed[..GCM_IV_LEN].try_into().expect("length checked");
-                let params = GcmParams::new(
-                    &mut iv,
-                    label::PKCS11_AES_GCM_KEK,
-                    (GCM_TAG_LEN as u64 * 8).into(),
-                )
-                .map_err(|e| SlotError::Device(format!("AES-GCM parameters: {e}")))?;
-                let plain = Zeroizing::new(
-                    session
-                        .decrypt(&Mechanism::AesGcm(params), h, &sealed[GCM_IV_LEN..])
-                        .map_err(|e| match e {
-                            CkError::Pkcs11(RvError::EncryptedDataInvalid, _) => SlotError::Device(format!(
-                                "the AES key {} on {} did not open this slot: it is not the key enrolled",
-                                uri.describe_object(),
-                                token.what
-                            )),
-                            e => ck_error(e, &token.what),
-                        })?,
-                );
+                let h = token.find_one(&session, uri, &t, "AES key")?;
+                let iv: [u8; GCM_IV_LEN] = sealed[..GCM_IV_LEN].try_into().expect("length checked");
+                let plain = token
+                    .gcm_decrypt(
+                        &session,
+                        h,
+                        iv,
+                        label::PKCS11_AES_GCM_KEK,
+                        &sealed[GCM_IV_LEN..],
+                    )
+                    .map_err(|e| match e {
+                        TokenError::NotOpened { what } => SlotError::Device(format!(
+                            "the AES key {} on {what} did not open this slot: it is not the key enrolled",
+                            uri.describe_object(),
+                        )),
+                        e => e.into(),
+                    })?;
                 let k: [u8; KEY_LEN] = plain.as_slice().try_into().map_err(|_| {
                     SlotError::Device(format!(
                         "{}: AES-GCM gave a KEK of the wrong length",
@@ -881,6 +699,7 @@ mod tests {
     fn module_errors_map_to_exit_statuses() {
         use crate::error::ExitStatus;
         use cryptoki::context::Function;
+        use cryptoki::error::RvError;
         let st = |rv| ck_error(CkError::Pkcs11(rv, Function::Login), "t").exit_status();
         assert_eq!(st(RvError::PinIncorrect), ExitStatus::WrongFactor);
         assert_eq!(st(RvError::PinLocked), ExitStatus::NoUsableSlot);
