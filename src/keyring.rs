@@ -297,7 +297,7 @@ impl Keyring {
             .map_err(|_| tampered("its MAC does not match"))
     }
 
-    /// Unlock with the slots (see [`slot::unlock`]), then check key id and
+    /// Unlock with the slots (see [`slot::unlock()`]), then check key id and
     /// MAC. Returns the key and the slot that gave it up.
     pub fn unlock(
         &self,

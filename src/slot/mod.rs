@@ -10,7 +10,7 @@
 //! slot again ([`Slot::rewrap`], which `rotate` is built on).
 //!
 //! The modules: [`record`] (the stored form and the kind registry),
-//! [`factors`] (which secret goes to which slot), [`unlock`] (ordering and
+//! [`factors`] (which secret goes to which slot), [`mod@unlock`] (ordering and
 //! the trust rule for unauthenticated slots), [`lifecycle`] (re-wrapping
 //! every slot for a new key), and one module per kind.
 //!
@@ -144,7 +144,7 @@ pub struct Rewrapped {
 }
 
 /// What the trust rule may do with a slot of this kind read from an
-/// archive header alone (see [`unlock`]).
+/// archive header alone (see [`unlock()`]).
 pub enum HeaderOnly {
     /// Inert: trying it loads nothing and contacts nothing; it costs this
     /// much Argon2id work (KiB-passes; 0 for none).

@@ -2,7 +2,7 @@
 //! and the one registry of kinds this build knows.
 //!
 //! Owns: the JSON form of a slot (docs/format.md §2), the kind registry
-//! ([`slot_kinds!`] — one list from which parsing, writing and dispatch
+//! (`slot_kinds!` — one list from which parsing, writing and dispatch
 //! are generated, so adding a kind cannot leave a `match` behind), slot
 //! ids and labels, and choosing slots by an `id|label|kind` argument.
 //!

@@ -8,7 +8,7 @@
 //! ([`archive_candidates`]), or was confirmed through [`Ui::confirm`] — and
 //! then with module paths and URLs from [`Locators`], never from the
 //! header, and no PIN or PIN source from it. Each kind says what trying it
-//! would mean ([`Slot::header_only`]).
+//! would mean ([`Slot::header_only`](super::Slot::header_only)).
 
 use super::factors::{Factors, Offer, Scope};
 use super::record::{Selection, SlotRecord, select};
