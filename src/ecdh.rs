@@ -107,11 +107,8 @@ fn wrap_with(
 ) -> ([u8; POINT_LEN], Kek) {
     let eph = sec1(&ephemeral.public_key());
     let shared = p256::ecdh::diffie_hellman(ephemeral.to_nonzero_scalar(), recipient.as_affine());
-    let z: &[u8; SHARED_LEN] = shared
-        .raw_secret_bytes()
-        .as_slice()
-        .try_into()
-        .expect("a P-256 x coordinate is 32 bytes");
+    let z: &[u8] = shared.raw_secret_bytes().as_ref();
+    let z: &[u8; SHARED_LEN] = z.try_into().expect("a P-256 x coordinate is 32 bytes");
     let kek = kek_from_shared(z, &eph, &sec1(recipient), info);
     (eph, kek)
 }
@@ -188,7 +185,8 @@ mod tests {
         let eph_pub = point(&eph).unwrap();
         let shared =
             p256::ecdh::diffie_hellman(card_secret.to_nonzero_scalar(), eph_pub.as_affine());
-        let z: &[u8; 32] = shared.raw_secret_bytes().as_slice().try_into().unwrap();
+        let z: &[u8] = shared.raw_secret_bytes().as_ref();
+        let z: &[u8; 32] = z.try_into().unwrap();
         let kek2 = kek_from_shared(z, &eph, &sec1(&card_pub), label::YUBIKEY_KEK);
         assert_eq!(wrapped.unwrap(&kek2).unwrap().expose(), bk.expose());
     }
