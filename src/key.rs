@@ -18,14 +18,43 @@ pub const WRAPPED_LEN: usize = KEY_LEN + 8;
 /// Length of a key id, in bytes.
 pub const KEY_ID_LEN: usize = 16;
 
-/// HKDF labels. Each derived key has its own `info`, so no two uses share a
-/// key. They are part of the format (docs/format.md).
-pub(crate) mod label {
+/// Every `coffer/v1 …` label, in one place: the HKDF `info` strings (each
+/// derived key has its own, so no two uses share a key) and the AEAD
+/// associated data that binds a sealed secret to its use. They are part of
+/// the format (docs/format.md §1.1 lists each and where it is used); a
+/// changed byte here makes every existing keyring and archive unreadable.
+pub mod label {
+    /// HKDF info: the key id, from BK (`key.rs`).
     pub const KEY_ID: &[u8] = b"coffer/v1 key id";
+    /// HKDF info: the keyring MAC key, from BK (`keyring.rs`).
     pub const KEYRING_MAC: &[u8] = b"coffer/v1 keyring mac";
+    /// HKDF info: a recovery slot's KEK, from the recovery key's 240 bits
+    /// (`slot/recovery.rs`).
     pub const RECOVERY_KEK: &[u8] = b"coffer/v1 recovery kek";
+    /// HKDF info: an archive's header MAC key, from BK and the archive salt
+    /// (`archive/header.rs`).
     pub const ARCHIVE_HEADER_MAC: &[u8] = b"coffer/v1 archive header mac";
+    /// HKDF info: an archive's payload key, from BK and the archive salt
+    /// (`archive/header.rs`).
     pub const ARCHIVE_PAYLOAD: &[u8] = b"coffer/v1 archive payload";
+    /// HKDF info: a YubiKey slot's KEK, from the P-256 ECDH shared x
+    /// coordinate (`ecdh.rs`, used by `slot/yubikey.rs`).
+    pub const YUBIKEY_KEK: &[u8] = b"coffer/v1 yubikey kek";
+    /// HKDF info: a PKCS#11 `ecdh` slot's KEK, from the P-256 ECDH shared x
+    /// coordinate (`ecdh.rs`, used by `slot/pkcs11`).
+    pub const PKCS11_ECDH_KEK: &[u8] = b"coffer/v1 pkcs11 ecdh kek";
+    /// AES-GCM associated data (not HKDF): the KEK a PKCS#11 `aes-gcm`
+    /// slot's token key seals (`slot/pkcs11`).
+    pub const PKCS11_AES_GCM_KEK: &[u8] = b"coffer/v1 pkcs11 aes-gcm kek";
+    /// HKDF info: a vault slot's KEK, from the OPAQUE export key
+    /// (`slot/vault.rs`).
+    pub const VAULT_KEK: &[u8] = b"coffer/v1 vault kek";
+    /// AES-GCM associated data (not HKDF): the vault server's sealed OPAQUE
+    /// server setup (`vault/server.rs`, sealed by `vault/hsm.rs`).
+    pub const VAULT_SERVER_SETUP: &[u8] = b"coffer/v1 vault opaque-server-setup";
+    /// HKDF info: the vault server's key for its login-session state, from
+    /// the unsealed server setup (`vault/server.rs`).
+    pub const VAULT_SESSION_STATE: &[u8] = b"coffer/v1 vault session state key";
 }
 
 /// Fill `buf` from the operating system's CSPRNG.

@@ -15,7 +15,8 @@
 //! program embedding the library takes `default-features = false` and
 //! names what it needs:
 //!
-//! - `tpm2`, `pkcs11`, `yubikey`: the hardware slots.
+//! - `tpm2`, `pkcs11`, `yubikey`: the hardware slots (the last two share
+//!   `ecdh`: P-256 ECDH to the device's public key, HKDF to the KEK).
 //! - `vault`: the key vault slot (`slot::vault`, the OPAQUE client of
 //!   `vault::client`).
 //! - `vault-server` (implies `vault`): the vault server, its storage and
@@ -31,10 +32,14 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+#[cfg(any(feature = "pkcs11", feature = "yubikey"))]
+pub mod ecdh;
 pub mod error;
 pub mod fsutil;
 pub mod key;
 pub mod keyring;
+#[cfg(any(feature = "pkcs11", feature = "vault-server"))]
+pub(crate) mod pkcs11_token;
 #[cfg(any(feature = "pkcs11", feature = "vault-server"))]
 pub mod pkcs11_uri;
 pub mod slot;

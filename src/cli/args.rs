@@ -324,7 +324,7 @@ pub enum EnrollKind {
         /// FILE; without it, the card's PIN-protected management key
         #[arg(long, value_name = "FILE", requires = "generate")]
         management_key_file: Option<PathBuf>,
-        /// Without --generate: the public key (PEM) of the key already in
+        /// Without --generate: the public key (PEM or DER) of the key already in
         /// the PIV slot, e.g. what `yubico-piv-tool -a generate -o` wrote;
         /// without it, the card is asked (YubiKey firmware 5.3+)
         #[arg(long, value_name = "FILE", conflicts_with = "generate")]

@@ -259,11 +259,7 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
             } else {
                 let public = public_key_file
                     .as_deref()
-                    .map(|f| {
-                        let pem = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
-                        yk::public_key_from_pem(&pem)
-                            .map_err(|e| Error::Usage(format!("{}: {e}", f.display())))
-                    })
+                    .map(read_public_key)
                     .transpose()?;
                 yk::KeySource::Existing(public)
             };
@@ -410,25 +406,13 @@ fn enroll_pkcs11(
     })
 }
 
-/// A public key file: DER, or PEM (`-----BEGIN PUBLIC KEY-----`).
-#[cfg(feature = "pkcs11")]
-fn read_public_key(p: &Path) -> Result<Vec<u8>> {
-    use base64::Engine as _;
+/// A P-256 public key file, for `enroll pkcs11 --public-key` and `enroll
+/// yubikey --public-key-file`: PEM or DER SubjectPublicKeyInfo, or a raw
+/// point ([`coffer::ecdh::public_key`]).
+#[cfg(any(feature = "pkcs11", feature = "yubikey"))]
+fn read_public_key(p: &Path) -> Result<coffer::ecdh::PublicKey> {
     let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
-    let Some(text) = std::str::from_utf8(&bytes)
-        .ok()
-        .filter(|t| t.trim_start().starts_with("-----BEGIN PUBLIC KEY-----"))
-    else {
-        return Ok(bytes);
-    };
-    let body: String = text
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .concat();
-    base64::engine::general_purpose::STANDARD
-        .decode(body.trim())
-        .map_err(|_| Error::Usage(format!("{}: PEM body is not base64", p.display())))
+    coffer::ecdh::public_key(&bytes).map_err(|e| Error::Usage(format!("{}: {e}", p.display())))
 }
 
 pub(super) fn slots(cli: &Cli, env: &Env) -> Result<()> {

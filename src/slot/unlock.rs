@@ -723,8 +723,12 @@ mod tests {
     #[test]
     fn a_confirmed_header_pkcs11_slot_uses_the_local_module_and_no_header_pin() {
         let bk = BackupKey::generate();
-        let mut point = [9u8; 65];
-        point[0] = 4;
+        // A point on the curve: the stored fields pass their checks.
+        let point = crate::ecdh::sec1(
+            &p256::SecretKey::from_slice(&[9u8; 32])
+                .unwrap()
+                .public_key(),
+        );
         let hostile = SlotRecord::new(
             SlotParams::Pkcs11(pkcs11::Pkcs11Params {
                 module: "/mnt/share/evil.so".into(),

@@ -23,9 +23,6 @@ use serde::{Deserialize, Serialize};
 /// The kind name.
 pub const KIND: &str = "vault";
 
-/// HKDF info for the KEK.
-const KEK_INFO: &[u8] = b"coffer/v1 vault kek";
-
 /// Public parameters of a vault slot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +39,7 @@ pub struct VaultParams {
 }
 
 fn kek(export_key: &[u8]) -> Kek {
-    Kek::derive(None, export_key, KEK_INFO)
+    Kek::derive(None, export_key, crate::key::label::VAULT_KEK)
 }
 
 fn slot_error(url: &str, e: VaultError) -> SlotError {

@@ -3,7 +3,8 @@
 //!
 //! Wrap uses only the card's public key: an ephemeral P-256 key agrees with
 //! it (ECDH), and HKDF-SHA256 (salt = ephemeral public key || card public
-//! key, both SEC1 uncompressed; info [`HKDF_INFO`]) turns the shared x
+//! key, both SEC1 uncompressed; info [`label::YUBIKEY_KEK`]; the scheme
+//! of [`crate::ecdh`]) turns the shared x
 //! coordinate into the KEK. So enrolling again or re-wrapping needs neither
 //! the card nor its PIN ([`YubikeyParams::rewrap_public`]). Unwrap verifies the PIN,
 //! then the card does the ECDH with the stored ephemeral public key.
@@ -19,11 +20,11 @@ use super::{
     FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, SlotRecord,
     UnlockContext,
 };
+use crate::ecdh::{self, sec1};
 use crate::error::SlotError;
-use crate::key::{BackupKey, Kek, WrappedKey};
+use crate::key::{BackupKey, Kek, WrappedKey, label};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use yubikey::piv::{self, AlgorithmId, RetiredSlotId, SlotId};
@@ -32,8 +33,6 @@ use zeroize::Zeroizing;
 
 /// The kind name in the keyring.
 pub const KIND: &str = "yubikey";
-/// HKDF info string of the KEK derivation.
-pub const HKDF_INFO: &[u8] = b"coffer/v1 yubikey kek";
 /// Default PIV slot: the first retired key-management slot (0x82).
 pub const DEFAULT_PIV_SLOT: u8 = 0x82;
 /// Default PIN policy for a key generated at enrollment.
@@ -42,8 +41,6 @@ pub const DEFAULT_PIN_POLICY: PinPolicyArg = PinPolicyArg::Once;
 pub const DEFAULT_TOUCH_POLICY: TouchPolicyArg = TouchPolicyArg::Always;
 /// The PIN every PIV card ships with.
 pub const DEFAULT_PIN: &str = "123456";
-/// SEC1 uncompressed P-256 point length.
-const POINT_LEN: usize = 65;
 
 const PCSCD_HINT: &str =
     "plug the YubiKey in; if it is, start pcscd (`sudo systemctl start pcscd`, or `sudo pcscd`)";
@@ -211,35 +208,36 @@ fn malformed(field: &str, reason: &str) -> SlotError {
 fn decode_point(field: &str, b64: &str) -> Result<p256::PublicKey, SlotError> {
     B64.decode(b64.as_bytes())
         .ok()
-        .filter(|b| b.len() == POINT_LEN)
-        .and_then(|b| p256::PublicKey::from_sec1_bytes(&b).ok())
+        .and_then(|b| ecdh::point(&b).ok())
         .ok_or_else(|| malformed(field, "not a P-256 point (SEC1 uncompressed, base64)"))
 }
 
-fn sec1(p: &p256::PublicKey) -> Vec<u8> {
-    p.to_encoded_point(false).as_bytes().to_vec()
-}
-
-fn kek_from_shared(shared_x: &[u8], ephemeral: &[u8], card: &[u8]) -> Kek {
-    let mut salt = Vec::with_capacity(2 * POINT_LEN);
-    salt.extend_from_slice(ephemeral);
-    salt.extend_from_slice(card);
-    Kek::derive(Some(&salt), shared_x, HKDF_INFO)
-}
-
 /// Wrap to a card public key: (ephemeral public key SEC1, KEK).
-fn wrap_to(card: &p256::PublicKey) -> (Vec<u8>, Kek) {
-    let secret = loop {
-        let mut b = Zeroizing::new([0u8; 32]);
-        crate::key::random_bytes(b.as_mut());
-        if let Ok(s) = p256::SecretKey::from_slice(b.as_ref()) {
-            break s;
-        }
-    };
-    let eph = sec1(&secret.public_key());
-    let shared = p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), card.as_affine());
-    let kek = kek_from_shared(shared.raw_secret_bytes().as_slice(), &eph, &sec1(card));
-    (eph, kek)
+fn wrap_to(card: &p256::PublicKey) -> ([u8; ecdh::POINT_LEN], Kek) {
+    ecdh::wrap(card, label::YUBIKEY_KEK)
+}
+
+/// The KEK from the x coordinate the card computed.
+fn kek_from_card(
+    serial: Option<u32>,
+    shared_x: &[u8],
+    ephemeral: &[u8; ecdh::POINT_LEN],
+    card: &[u8; ecdh::POINT_LEN],
+) -> Result<Kek, SlotError> {
+    let z: &[u8; ecdh::SHARED_LEN] = shared_x.try_into().map_err(|_| {
+        SlotError::Device(format!(
+            "{}: the card's ECDH gave {} bytes, not {}",
+            serial.map(|s| format!("YubiKey {s}")).unwrap_or_default(),
+            shared_x.len(),
+            ecdh::SHARED_LEN
+        ))
+    })?;
+    Ok(ecdh::kek_from_shared(
+        z,
+        ephemeral,
+        card,
+        label::YUBIKEY_KEK,
+    ))
 }
 
 /// Map the `yubikey` crate's errors to what a person can act on.
@@ -294,7 +292,8 @@ pub enum KeySource {
         management_key: Option<Zeroizing<Vec<u8>>>,
     },
     /// A key already in the slot, whose public key is this (e.g. from
-    /// `yubico-piv-tool -a generate -o`) or, when `None`, read from the card.
+    /// `yubico-piv-tool -a generate -o`, parsed by [`ecdh::public_key`]) or,
+    /// when `None`, read from the card.
     Existing(Option<p256::PublicKey>),
 }
 
@@ -306,20 +305,6 @@ pub struct EnrollOptions {
     pub piv_slot: u8,
     /// Generate a key or use the one there.
     pub key: KeySource,
-}
-
-/// Parse a PEM public key (`-----BEGIN PUBLIC KEY-----`, P-256); text
-/// around the PEM block (a tool's messages) is ignored.
-pub fn public_key_from_pem(text: &str) -> Result<p256::PublicKey, String> {
-    use p256::pkcs8::DecodePublicKey as _;
-    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
-    const END: &str = "-----END PUBLIC KEY-----";
-    let pem = match (text.find(BEGIN), text.find(END)) {
-        (Some(b), Some(e)) if b < e => &text[b..e + END.len()],
-        _ => return Err("no `-----BEGIN PUBLIC KEY-----` block".into()),
-    };
-    p256::PublicKey::from_public_key_pem(pem)
-        .map_err(|e| format!("not a P-256 public key in PEM: {e}"))
 }
 
 /// Enroll a YubiKey: check the PIN (refusing the default one), get the
@@ -377,10 +362,9 @@ pub fn enroll(
                 touch_policy.to_piv(),
             )
             .map_err(|e| card_error(some, "generate key", e))?;
-            let public = p256::PublicKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
-                .map_err(|_| {
-                    SlotError::Device("the card returned a key that is not P-256".into())
-                })?;
+            let public = ecdh::point(spki.subject_public_key.raw_bytes()).map_err(|_| {
+                SlotError::Device("the card returned a key that is not P-256".into())
+            })?;
             // A generate ends the PIN session on some firmware.
             yk.verify_pin(pin.expose_secret().as_bytes())
                 .map_err(|e| card_error(some, "verify PIN", e))?;
@@ -398,9 +382,7 @@ pub fn enroll(
             })?;
             let public = meta
                 .public
-                .and_then(|spki| {
-                    p256::PublicKey::from_sec1_bytes(spki.subject_public_key.raw_bytes()).ok()
-                })
+                .and_then(|spki| ecdh::point(spki.subject_public_key.raw_bytes()).ok())
                 .ok_or_else(|| {
                     SlotError::PolicyRefused(format!(
                         "PIV slot {:02x} of YubiKey {serial} holds no P-256 key",
@@ -417,7 +399,7 @@ pub fn enroll(
         ui.message("Touch your YubiKey (if it is blinking)");
     }
     let shared = card_ecdh(&mut yk, some, opts.piv_slot, &eph)?;
-    let check = kek_from_shared(&shared, &eph, &sec1(&public));
+    let check = kek_from_card(some, &shared, &eph, &sec1(&public))?;
     if check.expose() != kek.expose() {
         return Err(SlotError::PolicyRefused(format!(
             "PIV slot {:02x} of YubiKey {serial} does not hold the private key of that public key",
@@ -428,7 +410,7 @@ pub fn enroll(
         serial,
         piv_slot: format!("{:02x}", opts.piv_slot),
         public_key: B64.encode(sec1(&public)),
-        ephemeral: B64.encode(&eph),
+        ephemeral: B64.encode(eph),
         pin_policy,
         touch_policy,
     };
@@ -464,7 +446,7 @@ impl YubikeyParams {
         let card = decode_point("public_key", &self.public_key)?;
         let (eph, kek) = wrap_to(&card);
         let params = YubikeyParams {
-            ephemeral: B64.encode(&eph),
+            ephemeral: B64.encode(eph),
             ..self.clone()
         };
         Ok(Rewrapped {
@@ -516,7 +498,10 @@ impl Slot for YubikeyParams {
             Ok(s) => s,
             Err(e) => return Some(Err(e)),
         };
-        let kek = kek_from_shared(&shared, &eph, &card);
+        let kek = match kek_from_card(serial, &shared, &eph, &card) {
+            Ok(k) => k,
+            Err(e) => return Some(Err(e)),
+        };
         Some(match wrapped.unwrap(&kek) {
             Ok(_) => Ok(kek),
             Err(_) => Err(SlotError::Device(format!(
@@ -573,21 +558,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn software_ecdh_matches_the_wrap() {
-        // What the card computes, done in software with the card's secret.
-        let card_secret = p256::SecretKey::from_slice(&[7u8; 32]).unwrap();
-        let card_pub = card_secret.public_key();
-        let bk = BackupKey::generate();
-        let (eph, kek) = wrap_to(&card_pub);
-        let wrapped = bk.wrap(&kek);
-        let eph_pub = p256::PublicKey::from_sec1_bytes(&eph).unwrap();
-        let shared =
-            p256::ecdh::diffie_hellman(card_secret.to_nonzero_scalar(), eph_pub.as_affine());
-        let kek2 = kek_from_shared(shared.raw_secret_bytes().as_slice(), &eph, &sec1(&card_pub));
-        assert_eq!(wrapped.unwrap(&kek2).unwrap().expose(), bk.expose());
-    }
-
-    #[test]
     fn card_errors_map_to_what_a_person_can_do() {
         use crate::Category;
         let e = card_error(Some(7), "verify PIN", yubikey::Error::WrongPin { tries: 2 });
@@ -607,18 +577,6 @@ mod tests {
         assert!(e.to_string().contains("start pcscd"), "{e}");
         let several = card_error(None, "open", yubikey::Error::PcscError { inner: None });
         assert!(several.to_string().contains("--serial"), "{several}");
-    }
-
-    #[test]
-    fn public_keys_are_read_from_pem_amid_other_text() {
-        use p256::pkcs8::EncodePublicKey as _;
-        let key = p256::SecretKey::from_slice(&[3u8; 32])
-            .unwrap()
-            .public_key();
-        let pem = key.to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
-        let noisy = format!("Successfully generated a new private key.\n{pem}\n");
-        assert_eq!(public_key_from_pem(&noisy).unwrap(), key);
-        assert!(public_key_from_pem("nothing here").is_err());
     }
 
     #[test]

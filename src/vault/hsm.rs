@@ -1,6 +1,8 @@
 //! Sealing the server's long-term secrets: AES-256-GCM under a key that
 //! lives in a PKCS#11 token (found by label, created on first start if
-//! absent, never extractable), or — for demos only — under a local key file.
+//! absent, never extractable; the token is reached through
+//! `crate::pkcs11_token`, as the PKCS#11 slot reaches its own), or — for
+//! demos only — under a local key file.
 //!
 //! Sealed form: `version (1) || nonce (12) || ciphertext || tag (16)`, with
 //! the associated data naming what is sealed.
@@ -9,21 +11,19 @@
 //! be created extractable.
 
 use super::VaultError;
+use crate::pkcs11_token::{self as token, GCM_IV_LEN, GCM_TAG_LEN, Token, TokenError};
 use crate::pkcs11_uri::Pkcs11Uri;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::mechanism::Mechanism;
-use cryptoki::mechanism::aead::GcmParams;
-use cryptoki::object::{Attribute, KeyType, ObjectClass};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
+use cryptoki::context::Pkcs11;
+use cryptoki::object::{KeyType, ObjectClass};
+use cryptoki::session::Session;
 use ring::aead;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 const VERSION: u8 = 1;
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
+const NONCE_LEN: usize = GCM_IV_LEN;
+const TAG_LEN: usize = GCM_TAG_LEN;
 
 /// Where the token key is: `pkcs11:token=LABEL;object=LABEL`.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,14 +50,24 @@ impl TokenKey {
             object: uri.attr("object").unwrap_or("coffer-vault").to_owned(),
         })
     }
+
+    /// As a URI naming the token and the key (by label).
+    fn uri(&self) -> Pkcs11Uri {
+        let mut uri = Pkcs11Uri::default();
+        uri.set("token", self.token.as_bytes());
+        uri.set("object", self.object.as_bytes());
+        uri
+    }
 }
 
 /// Seals and unseals the server's secrets.
 pub enum Sealer {
     /// A key in a PKCS#11 token.
     Token {
-        /// The loaded module.
+        /// The loaded, started module.
         ctx: Pkcs11,
+        /// Where it was loaded from.
+        module: PathBuf,
         /// The key's location.
         uri: TokenKey,
         /// The user PIN.
@@ -72,18 +82,31 @@ pub enum Sealer {
     },
 }
 
-fn p11(what: &str) -> impl Fn(cryptoki::error::Error) -> VaultError + '_ {
-    move |e| VaultError::Seal(format!("{what}: {e}"))
+impl From<TokenError> for VaultError {
+    fn from(e: TokenError) -> Self {
+        VaultError::Seal(match e {
+            TokenError::NotOpened { what } => format!(
+                "{what}: the sealed secret does not open (AES-GCM): wrong key, or a tampered database"
+            ),
+            TokenError::WrongPin { .. } => {
+                "the token refused the user PIN (check --hsm-pin-file)".into()
+            }
+            e => e.to_string(),
+        })
+    }
 }
 
 impl Sealer {
     /// Load the PKCS#11 `module` and check that the key can be used.
     pub fn token(module: &Path, uri: TokenKey, pin: SecretString) -> Result<Self, VaultError> {
-        let ctx = Pkcs11::new(module).map_err(p11("loading the PKCS#11 module"))?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(p11("C_Initialize"))?;
-        let s = Self::Token { ctx, uri, pin };
-        s.with_key(|_, _| Ok(()))?;
+        let ctx = token::load(module, "install it, or name it with --hsm-module")?;
+        let s = Self::Token {
+            ctx,
+            module: module.to_owned(),
+            uri,
+            pin,
+        };
+        s.with_key(|_, _, _| Ok(()))?;
         Ok(s)
     }
 
@@ -114,54 +137,30 @@ impl Sealer {
         })
     }
 
-    /// Run `f` with a logged-in session and the key handle.
+    /// Run `f` with the token, a logged-in session and the key handle; the
+    /// token is looked for again at every call (it may have been
+    /// re-inserted).
     fn with_key<T>(
         &self,
-        f: impl FnOnce(&Session, cryptoki::object::ObjectHandle) -> Result<T, VaultError>,
+        f: impl FnOnce(&Token, &Session, cryptoki::object::ObjectHandle) -> Result<T, TokenError>,
     ) -> Result<T, VaultError> {
-        let Sealer::Token { ctx, uri, pin } = self else {
+        let Sealer::Token {
+            ctx,
+            module,
+            uri,
+            pin,
+        } = self
+        else {
             unreachable!("with_key on a token sealer only")
         };
-        let slot = ctx
-            .get_slots_with_token()
-            .map_err(p11("C_GetSlotList"))?
-            .into_iter()
-            .find(|s| {
-                ctx.get_token_info(*s)
-                    .map(|i| i.label().trim_end() == uri.token)
-                    .unwrap_or(false)
-            })
-            .ok_or_else(|| VaultError::Seal(format!("no token labelled `{}`", uri.token)))?;
-        let session = ctx.open_rw_session(slot).map_err(p11("C_OpenSession"))?;
-        session
-            .login(
-                UserType::User,
-                Some(&AuthPin::from(pin.expose_secret().to_owned())),
-            )
-            .map_err(p11("C_Login"))?;
-        let find = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::Label(uri.object.as_bytes().to_vec()),
-        ];
-        let found = session.find_objects(&find).map_err(p11("C_FindObjects"))?;
-        let key = match found.as_slice() {
+        let names = uri.uri();
+        let token = Token::find(ctx, module, &names)?;
+        let session = token.session(true)?;
+        token.login(&session, Some(pin))?;
+        let find = token::key_template(&names, ObjectClass::SECRET_KEY, KeyType::AES);
+        let key = match token.find_objects(&session, &find)?.as_slice() {
             [k] => *k,
-            [] => session
-                .generate_key(
-                    &Mechanism::AesKeyGen,
-                    &[
-                        Attribute::Token(true),
-                        Attribute::Private(true),
-                        Attribute::Sensitive(true),
-                        Attribute::Extractable(false),
-                        Attribute::Encrypt(true),
-                        Attribute::Decrypt(true),
-                        Attribute::ValueLen(32.into()),
-                        Attribute::Label(uri.object.as_bytes().to_vec()),
-                    ],
-                )
-                .map_err(p11("C_GenerateKey (AES-256)"))?,
+            [] => token.generate_aes256(&session, &names)?,
             _ => {
                 return Err(VaultError::Seal(format!(
                     "several AES keys labelled `{}` on token `{}` (replicas that started together each made one?): keep the one that sealed the database's secrets, or create the key once with pkcs11-tool before starting replicas",
@@ -169,7 +168,7 @@ impl Sealer {
                 )));
             }
         };
-        f(&session, key)
+        Ok(f(&token, &session, key)?)
     }
 
     /// Seal `plain`, binding `aad`.
@@ -177,13 +176,11 @@ impl Sealer {
         let mut nonce = [0u8; NONCE_LEN];
         crate::key::random_bytes(&mut nonce);
         let body = match self {
-            Sealer::Token { .. } => self.with_key(|s, key| {
-                let mut iv = nonce;
-                let params =
-                    GcmParams::new(&mut iv, aad, 128.into()).map_err(p11("GCM parameters"))?;
-                s.encrypt(&Mechanism::AesGcm(params), key, plain)
-                    .map_err(p11("C_Encrypt (AES-GCM)"))
-            })?,
+            // `nonce` then holds the IV the token used: a FIPS-mode HSM may
+            // replace ours with one it generated.
+            Sealer::Token { .. } => {
+                self.with_key(|t, s, key| t.gcm_encrypt(s, key, &mut nonce, aad, plain))?
+            }
             Sealer::LocalFile { key, .. } => {
                 let k = aead::LessSafeKey::new(
                     aead::UnboundKey::new(&aead::AES_256_GCM, key.as_ref())
@@ -215,14 +212,9 @@ impl Sealer {
         nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);
         let body = &sealed[1 + NONCE_LEN..];
         match self {
-            Sealer::Token { .. } => self.with_key(|s, key| {
-                let mut iv = nonce;
-                let params =
-                    GcmParams::new(&mut iv, aad, 128.into()).map_err(p11("GCM parameters"))?;
-                s.decrypt(&Mechanism::AesGcm(params), key, body)
-                    .map(Zeroizing::new)
-                    .map_err(p11("C_Decrypt (AES-GCM): wrong key or tampered secret"))
-            }),
+            Sealer::Token { .. } => {
+                self.with_key(|t, s, key| t.gcm_decrypt(s, key, nonce, aad, body))
+            }
             Sealer::LocalFile { key, path } => {
                 let k = aead::LessSafeKey::new(
                     aead::UnboundKey::new(&aead::AES_256_GCM, key.as_ref())

@@ -11,6 +11,7 @@ use super::VaultError;
 use super::hsm::Sealer;
 use super::protocol::{self, Suite, path};
 use super::store::{LoginRecord, Store};
+use crate::key::label;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use opaque_ke::{
@@ -31,8 +32,6 @@ use zeroize::{Zeroize, Zeroizing};
 pub const SESSION_TTL: Duration = Duration::from_secs(60);
 
 const SETUP_NAME: &str = "opaque-server-setup";
-const SETUP_AAD: &[u8] = b"coffer/v1 vault opaque-server-setup";
-const SESSION_KEY_INFO: &[u8] = b"coffer/v1 vault session state key";
 
 /// The vault's state, shared by the workers.
 pub struct Vault {
@@ -89,14 +88,14 @@ impl Vault {
             None => {
                 let fresh = ServerSetup::<Suite>::new(&mut OsRng);
                 let plain = Zeroizing::new(fresh.serialize().to_vec());
-                let sealed = sealer.seal(&plain, SETUP_AAD)?;
+                let sealed = sealer.seal(&plain, label::VAULT_SERVER_SETUP)?;
                 store.put_secret_once(SETUP_NAME, &sealed)?
             }
         };
-        let plain = sealer.unseal(&sealed, SETUP_AAD)?;
+        let plain = sealer.unseal(&sealed, label::VAULT_SERVER_SETUP)?;
         let setup = ServerSetup::<Suite>::deserialize(&plain)
             .map_err(|e| VaultError::Seal(format!("the stored server setup is malformed: {e}")))?;
-        let derived = crate::key::Kek::derive(None, &plain, SESSION_KEY_INFO);
+        let derived = crate::key::Kek::derive(None, &plain, label::VAULT_SESSION_STATE);
         let session_key = aead::LessSafeKey::new(
             aead::UnboundKey::new(&aead::AES_256_GCM, derived.expose())
                 .map_err(|_| VaultError::Seal("session key".into()))?,

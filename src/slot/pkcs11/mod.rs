@@ -5,7 +5,8 @@
 //! - `ecdh` (default): an EC P-256 key pair on the token. Wrapping needs only
 //!   its public point: ephemeral P-256 ECDH in software, then
 //!   KEK = HKDF-SHA256(shared x, salt = ephemeral ‖ recipient, info =
-//!   `coffer/v1 pkcs11 ecdh kek`). Unwrapping asks the token for
+//!   `coffer/v1 pkcs11 ecdh kek`), the scheme of [`crate::ecdh`] (shared
+//!   with the YubiKey slot). Unwrapping asks the token for
 //!   `C_DeriveKey(CKM_ECDH1_DERIVE, CKD_NULL)` with the ephemeral point.
 //! - `aes-gcm`: an AES-256 key on the token encrypts a random KEK
 //!   (`C_Encrypt`, CKM_AES_GCM, random 96-bit IV, 128-bit tag, AAD =
@@ -27,21 +28,23 @@ use super::{
     FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, SlotRecord,
     UnlockContext,
 };
+use crate::ecdh::{self, POINT_LEN, sec1};
 use crate::error::SlotError;
-use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey};
+use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey, label};
+use crate::pkcs11_token::{
+    self as token, GCM_IV_LEN, GCM_TAG_LEN, Token, TokenError, key_template,
+};
 use crate::ui::Ui;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
-use secrecy::{ExposeSecret, SecretString};
+use cryptoki::session::Session;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use uri::Pkcs11Uri;
 use zeroize::Zeroizing;
 
@@ -49,24 +52,8 @@ use zeroize::Zeroizing;
 pub const KIND: &str = "pkcs11";
 /// The environment variable naming the default module.
 pub const MODULE_ENV: &str = "COFFER_PKCS11_MODULE";
-/// HKDF `info` for the ECDH mechanism's KEK (part of the format).
-pub const ECDH_KEK_INFO: &[u8] = b"coffer/v1 pkcs11 ecdh kek";
-/// AES-GCM additional data binding the sealed KEK to its use.
-pub const AES_GCM_AAD: &[u8] = b"coffer/v1 pkcs11 aes-gcm kek";
-/// Length of an uncompressed P-256 point.
-pub const P256_POINT_LEN: usize = 65;
-/// AES-GCM IV length, bytes.
-pub const GCM_IV_LEN: usize = 12;
-/// AES-GCM tag length, bytes.
-pub const GCM_TAG_LEN: usize = 16;
 /// DER of the P-256 curve OID (CKA_EC_PARAMS of a P-256 key).
 const P256_OID_DER: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-/// DER prefix of a P-256 SubjectPublicKeyInfo holding an uncompressed point.
-const P256_SPKI_PREFIX: &[u8] = &[
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
-    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-];
-
 /// How the token protects the KEK (the `mechanism` member).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Pkcs11Mechanism {
@@ -130,9 +117,9 @@ pub struct EnrollOptions {
     pub mechanism: Pkcs11Mechanism,
     /// Make a new key on the token (refused if one matches the URI already).
     pub generate: bool,
-    /// ecdh only: wrap to this public key (DER SubjectPublicKeyInfo or a raw
-    /// uncompressed point) without touching the token.
-    pub public_key: Option<Vec<u8>>,
+    /// ecdh only: wrap to this public key without touching the token
+    /// (read from a file by [`ecdh::public_key`]).
+    pub public_key: Option<ecdh::PublicKey>,
 }
 
 impl std::fmt::Debug for EnrollOptions {
@@ -145,15 +132,8 @@ impl std::fmt::Debug for EnrollOptions {
             .field("uri", &uri)
             .field("mechanism", &self.mechanism)
             .field("generate", &self.generate)
-            .field("public_key", &self.public_key.as_ref().map(Vec::len))
+            .field("public_key", &self.public_key.is_some())
             .finish()
-    }
-}
-
-fn not_found(what: impl Into<String>, hint: impl Into<String>) -> SlotError {
-    SlotError::DeviceNotFound {
-        what: what.into(),
-        hint: hint.into(),
     }
 }
 
@@ -171,236 +151,30 @@ fn malformed(field: &str, reason: impl Into<String>) -> SlotError {
     }
 }
 
-/// A module error in a line: `C_Login: CKR_PIN_INCORRECT`-like, short.
-fn ck_text(e: &CkError) -> String {
-    match e {
-        CkError::Pkcs11(rv, f) => format!("C_{f:?} returned {rv:?}"),
-        e => e.to_string(),
-    }
-}
-
 /// Map a module error to what a person can act on.
 fn ck_error(e: CkError, what: &str) -> SlotError {
-    match &e {
-        CkError::Pkcs11(RvError::PinIncorrect, _) => SlotError::WrongPin { tries_left: None },
-        CkError::Pkcs11(RvError::PinLocked, _) => SlotError::LockedOut {
-            what: what.into(),
-            hint: "the user PIN is locked after too many wrong tries; the token's security officer can reset it".into(),
-        },
-        CkError::Pkcs11(
-            RvError::TokenNotPresent
-            | RvError::DeviceRemoved
-            | RvError::SlotIdInvalid
-            | RvError::TokenNotRecognized,
-            _,
-        ) => not_found(what, "insert the token, or check the module's configuration"),
-        _ => SlotError::Device(format!("{what}: {}", ck_text(&e))),
-    }
+    token::ck_error(e, what).into()
 }
 
-/// Take a P-256 public key as a raw uncompressed point, a DER OCTET STRING
-/// around one (CKA_EC_POINT), or a DER SubjectPublicKeyInfo (what
-/// `pkcs11-tool --read-object --type pubkey` and `openssl` write).
-pub fn p256_point(bytes: &[u8]) -> Result<[u8; P256_POINT_LEN], String> {
-    let raw = if bytes.len() == P256_POINT_LEN {
-        bytes
-    } else if bytes.len() == P256_POINT_LEN + 2 && bytes[0] == 0x04 && bytes[1] == 0x41 {
-        &bytes[2..]
-    } else if let Some(p) = bytes.strip_prefix(P256_SPKI_PREFIX) {
-        p
-    } else {
-        return Err(format!(
-            "{} bytes: not an uncompressed P-256 point or a P-256 SubjectPublicKeyInfo",
-            bytes.len()
-        ));
-    };
-    let point: [u8; P256_POINT_LEN] = raw
-        .try_into()
-        .map_err(|_| "not an uncompressed P-256 point".to_string())?;
-    if point[0] != 0x04 {
-        return Err("not an uncompressed P-256 point".into());
-    }
-    Ok(point)
-}
-
-/// Wrap-side ECDH in software: a fresh ephemeral key, agreed with
-/// `recipient`. Returns the KEK and the ephemeral public point.
-pub fn ecdh_wrap_kek(
-    recipient: &[u8; P256_POINT_LEN],
-) -> Result<(Kek, [u8; P256_POINT_LEN]), String> {
-    use ring::agreement;
-    let rng = ring::rand::SystemRandom::new();
-    let eph = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
-        .map_err(|_| "could not make an ephemeral P-256 key")?;
-    let eph_pub: [u8; P256_POINT_LEN] = eph
-        .compute_public_key()
-        .map_err(|_| "could not compute the ephemeral public key")?
-        .as_ref()
-        .try_into()
-        .map_err(|_| "ephemeral public key is not 65 bytes")?;
-    let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, recipient);
-    let kek =
-        agreement::agree_ephemeral(eph, &peer, |shared| ecdh_kek(shared, &eph_pub, recipient))
-            .map_err(|_| "the public key is not a valid P-256 point")?;
-    Ok((kek, eph_pub))
-}
-
-fn ecdh_kek(shared: &[u8], eph: &[u8], recipient: &[u8]) -> Kek {
-    let mut salt = [0u8; 2 * P256_POINT_LEN];
-    salt[..P256_POINT_LEN].copy_from_slice(eph);
-    salt[P256_POINT_LEN..].copy_from_slice(recipient);
-    Kek::derive(Some(&salt), shared, ECDH_KEK_INFO)
-}
-
-/// An initialized module and the one token the URI names.
-struct Token {
-    ctx: Pkcs11,
-    slot: cryptoki::slot::Slot,
-    info: cryptoki::slot::TokenInfo,
-    what: String,
-}
-
-impl Token {
-    fn open(module: &Path, uri: &Pkcs11Uri) -> Result<Self, SlotError> {
-        let mname = format!("PKCS#11 module {}", module.display());
-        let ctx = Pkcs11::new(module).map_err(|e| {
-            not_found(
-                mname.clone(),
-                format!(
-                    "it did not load ({e}); install it, or name it with --module or {MODULE_ENV}"
-                ),
-            )
-        })?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => {
-                return Err(not_found(
-                    format!(
-                        "PKCS#11 token (module {} failed to start: {})",
-                        module.display(),
-                        ck_text(&e)
-                    ),
-                    "check the token is there and the module's configuration (for SoftHSM2: SOFTHSM2_CONF and its token folder)",
-                ));
-            }
-        }
-        let what = format!("PKCS#11 {}", uri.describe_token());
-        let mut found = Vec::new();
-        let slots = ctx.get_slots_with_token().map_err(|e| ck_error(e, &what))?;
-        for slot in slots {
-            // SoftHSM (and others) show an empty, uninitialised token too.
-            let Ok(info) = ctx.get_token_info(slot) else {
-                continue;
-            };
-            if !info.token_initialized() {
-                continue;
-            }
-            let matches = |k: &str, v: &str| uri.attr(k).is_none_or(|want| want == v.trim_end());
-            if matches("token", info.label())
-                && matches("serial", info.serial_number())
-                && matches("manufacturer", info.manufacturer_id())
-                && matches("model", info.model())
-            {
-                found.push((slot, info));
-            }
-        }
-        if found.len() > 1 {
-            return Err(SlotError::Device(format!(
-                "{what}: {} tokens match; name one with token= or serial= in the URI",
-                found.len()
-            )));
-        }
-        let Some((slot, info)) = found.pop() else {
-            return Err(not_found(
+impl From<TokenError> for SlotError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::NotFound { what, hint } => SlotError::DeviceNotFound { what, hint },
+            TokenError::WrongPin { tries_left } => SlotError::WrongPin { tries_left },
+            TokenError::PinLocked { what } => SlotError::LockedOut {
                 what,
-                format!(
-                    "no such token behind {mname}; insert it, or check the URI (`pkcs11-tool --module {} --list-token-slots` lists tokens)",
-                    module.display()
-                ),
-            ));
-        };
-        Ok(Self {
-            ctx,
-            slot,
-            info,
-            what,
-        })
-    }
-
-    fn session(&self, rw: bool) -> Result<Session, SlotError> {
-        let s = if rw {
-            self.ctx.open_rw_session(self.slot)
-        } else {
-            self.ctx.open_ro_session(self.slot)
-        };
-        s.map_err(|e| ck_error(e, &self.what))
-    }
-
-    fn login(&self, session: &Session, pin: Option<&SecretString>) -> Result<(), SlotError> {
-        let res = if self.info.protected_authentication_path() {
-            session.login(UserType::User, None)
-        } else {
-            let pin = pin.ok_or(SlotError::WrongPin { tries_left: None })?;
-            session.login(
-                UserType::User,
-                Some(&SecretString::from(pin.expose_secret().to_owned())),
-            )
-        };
-        match res {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-                let after = self.ctx.get_token_info(self.slot).ok();
-                Err(match after {
-                    Some(i) if i.user_pin_locked() => ck_error(
-                        CkError::Pkcs11(RvError::PinLocked, cryptoki::context::Function::Login),
-                        &self.what,
-                    ),
-                    Some(i) if i.user_pin_final_try() => SlotError::WrongPin {
-                        tries_left: Some(1),
-                    },
-                    _ => SlotError::WrongPin { tries_left: None },
-                })
+                hint: token::LOCKED_HINT.into(),
+            },
+            e @ (TokenError::NotOpened { .. } | TokenError::Failed(_)) => {
+                SlotError::Device(e.to_string())
             }
-            Err(e) => Err(ck_error(e, &self.what)),
         }
     }
 }
 
-fn key_template(uri: &Pkcs11Uri, class: ObjectClass, key_type: KeyType) -> Vec<Attribute> {
-    let mut t = vec![Attribute::Class(class), Attribute::KeyType(key_type)];
-    if let Some(l) = uri.attr("object") {
-        t.push(Attribute::Label(l.as_bytes().to_vec()));
-    }
-    if let Some(id) = uri.id() {
-        t.push(Attribute::Id(id.to_vec()));
-    }
-    t
-}
-
-/// The one object matching `template`; not found and ambiguous are errors
-/// that name what was looked for.
-fn find_one(
-    token: &Token,
-    session: &Session,
-    uri: &Pkcs11Uri,
-    template: &[Attribute],
-    kind: &str,
-) -> Result<ObjectHandle, SlotError> {
-    let found = session
-        .find_objects(template)
-        .map_err(|e| ck_error(e, &token.what))?;
-    let what = format!("{kind} {} on {}", uri.describe_object(), token.what);
-    match found.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(not_found(
-            what,
-            "no such key (or it is of another type); check object= and id= in the URI (`pkcs11-tool --list-objects` lists keys)",
-        )),
-        many => Err(SlotError::Device(format!(
-            "{what}: {} keys match; add id= to the URI",
-            many.len()
-        ))),
-    }
+/// How to name another module, for a module that did not load.
+fn load_hint() -> String {
+    format!("install it, or name it with --module or {MODULE_ENV}")
 }
 
 /// Read a PIN from a URI's `pin-source` (a file path or `file:` URI).
@@ -458,7 +232,9 @@ fn ec_point_of(token: &Token, session: &Session, h: ObjectHandle) -> Result<[u8;
             token.what
         ))
     })?;
-    p256_point(&p).map_err(|e| SlotError::Device(format!("{}: public key {e}", token.what)))
+    ecdh::public_key(&p)
+        .map(|k| sec1(&k))
+        .map_err(|e| SlotError::Device(format!("{}: public key {e}", token.what)))
 }
 
 /// Enroll a PKCS#11 slot for `bk`. `pin` is asked for only when the token
@@ -485,15 +261,14 @@ pub fn enroll(
             .or_else(|| pin.cloned())
             .or_else(|| ui.request_secret(&prompt))
     };
-    if let (Some(spki), Pkcs11Mechanism::Ecdh) = (&opts.public_key, opts.mechanism) {
+    if let (Some(public), Pkcs11Mechanism::Ecdh) = (&opts.public_key, opts.mechanism) {
         // Public-key-only enrollment: the token is not touched.
         if !uri.names_token() {
             return Err(malformed("uri", "name the token (token= or serial=)"));
         }
-        let point = p256_point(spki).map_err(|e| malformed("public key", e))?;
-        return ecdh_record(bk, module, &uri, &point);
+        return ecdh_record(bk, module, &uri, &sec1(public));
     }
-    let token = Token::open(&opts.module, &uri)?;
+    let token = Token::open(&opts.module, &uri, &load_hint())?;
     if !uri.names_token() {
         // Pin the token by label so a second token cannot be mistaken for it.
         uri.set("token", token.info.label().trim_end().as_bytes());
@@ -541,7 +316,7 @@ pub fn enroll(
                 let p = get_pin().ok_or_else(no_pin)?;
                 token.login(&session, Some(&p))?;
             }
-            let h = find_one(&token, &session, &uri, &t, "EC public key")?;
+            let h = token.find_one(&session, &uri, &t, "EC public key")?;
             let point = ec_point_of(&token, &session, h)?;
             ecdh_record(bk, module, &uri, &point)
         }
@@ -556,33 +331,21 @@ pub fn enroll(
                     ObjectClass::SECRET_KEY,
                     KeyType::AES,
                 )?;
-                let mut t = key_template(&uri, ObjectClass::SECRET_KEY, KeyType::AES);
-                t.extend([
-                    Attribute::ValueLen(32.into()),
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Encrypt(true),
-                    Attribute::Decrypt(true),
-                ]);
-                session
-                    .generate_key(&Mechanism::AesKeyGen, &t)
-                    .map_err(|e| ck_error(e, &token.what))?
+                token.generate_aes256(&session, &uri)?
             } else {
                 let t = key_template(&uri, ObjectClass::SECRET_KEY, KeyType::AES);
-                find_one(&token, &session, &uri, &t, "AES key")?
+                token.find_one(&session, &uri, &t, "AES key")?
             };
             let kek = Kek::generate();
             let mut iv = [0u8; GCM_IV_LEN];
             crate::key::random_bytes(&mut iv);
-            let ct = {
-                let params = GcmParams::new(&mut iv, AES_GCM_AAD, (GCM_TAG_LEN as u64 * 8).into())
-                    .map_err(|e| SlotError::Device(format!("AES-GCM parameters: {e}")))?;
-                session
-                    .encrypt(&Mechanism::AesGcm(params), h, kek.expose())
-                    .map_err(|e| ck_error(e, &token.what))?
-            };
+            let ct = token.gcm_encrypt(
+                &session,
+                h,
+                &mut iv,
+                label::PKCS11_AES_GCM_KEK,
+                kek.expose(),
+            )?;
             // `iv` now holds the IV the token used: a FIPS-mode HSM may
             // replace ours with one it generated.
             if ct.len() != KEY_LEN + GCM_TAG_LEN {
@@ -634,9 +397,10 @@ fn ecdh_record(
     bk: &BackupKey,
     module: String,
     uri: &Pkcs11Uri,
-    point: &[u8; P256_POINT_LEN],
+    point: &[u8; POINT_LEN],
 ) -> Result<SlotRecord, SlotError> {
-    let (kek, eph) = ecdh_wrap_kek(point).map_err(|e| malformed("public key", e))?;
+    let recipient = ecdh::point(point).map_err(|e| malformed("public key", e))?;
+    let (eph, kek) = ecdh::wrap(&recipient, label::PKCS11_ECDH_KEK);
     let params = Pkcs11Params {
         module,
         uri: uri.to_stored(),
@@ -648,13 +412,15 @@ fn ecdh_record(
     Ok(SlotRecord::new(SlotParams::Pkcs11(params), bk.wrap(&kek)))
 }
 
-fn point_field(v: &Option<String>, field: &str) -> Result<[u8; P256_POINT_LEN], SlotError> {
+/// A stored point: base64 of an uncompressed P-256 point on the curve.
+fn point_field(v: &Option<String>, field: &str) -> Result<[u8; POINT_LEN], SlotError> {
     let v = v
         .as_deref()
         .ok_or_else(|| malformed(field, "missing for mechanism ecdh"))?;
     B64.decode(v.as_bytes())
         .ok()
-        .and_then(|b| p256_point(&b).ok())
+        .and_then(|b| ecdh::point(&b).ok())
+        .map(|k| sec1(&k))
         .ok_or_else(|| malformed(field, "not an uncompressed P-256 point in base64"))
 }
 
@@ -711,9 +477,9 @@ impl Pkcs11Params {
             Ok(x) => x,
             Err(e) => return Some(Err(e)),
         };
-        let token = match Token::open(&self.module_path(ctx.locators), &uri) {
+        let token = match Token::open(&self.module_path(ctx.locators), &uri, &load_hint()) {
             Ok(t) => t,
-            Err(e) => return Some(Err(e)),
+            Err(e) => return Some(Err(e.into())),
         };
         // The token is here: now the PIN is worth asking for.
         let pin = if token.info.protected_authentication_path() {
@@ -742,7 +508,7 @@ impl Pkcs11Params {
                 let recipient = point_field(&self.public_key, "public_key")?;
                 let eph = point_field(&self.ephemeral, "ephemeral")?;
                 let t = key_template(uri, ObjectClass::PRIVATE_KEY, KeyType::EC);
-                let h = find_one(token, &session, uri, &t, "EC private key")?;
+                let h = token.find_one(&session, uri, &t, "EC private key")?;
                 let mech = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), &eph));
                 let template = [
                     Attribute::Class(ObjectClass::SECRET_KEY),
@@ -773,28 +539,35 @@ impl Pkcs11Params {
                         shared.len()
                     )));
                 }
-                Ok(ecdh_kek(&shared, &eph, &recipient))
+                let z: &[u8; ecdh::SHARED_LEN] =
+                    shared.as_slice().try_into().expect("length checked");
+                Ok(ecdh::kek_from_shared(
+                    z,
+                    &eph,
+                    &recipient,
+                    label::PKCS11_ECDH_KEK,
+                ))
             }
             Pkcs11Mechanism::AesGcm => {
                 let sealed = self.sealed()?;
                 let t = key_template(uri, ObjectClass::SECRET_KEY, KeyType::AES);
-                let h = find_one(token, &session, uri, &t, "AES key")?;
-                let mut iv: [u8; GCM_IV_LEN] =
-                    sealed[..GCM_IV_LEN].try_into().expect("length checked");
-                let params = GcmParams::new(&mut iv, AES_GCM_AAD, (GCM_TAG_LEN as u64 * 8).into())
-                    .map_err(|e| SlotError::Device(format!("AES-GCM parameters: {e}")))?;
-                let plain = Zeroizing::new(
-                    session
-                        .decrypt(&Mechanism::AesGcm(params), h, &sealed[GCM_IV_LEN..])
-                        .map_err(|e| match e {
-                            CkError::Pkcs11(RvError::EncryptedDataInvalid, _) => SlotError::Device(format!(
-                                "the AES key {} on {} did not open this slot: it is not the key enrolled",
-                                uri.describe_object(),
-                                token.what
-                            )),
-                            e => ck_error(e, &token.what),
-                        })?,
-                );
+                let h = token.find_one(&session, uri, &t, "AES key")?;
+                let iv: [u8; GCM_IV_LEN] = sealed[..GCM_IV_LEN].try_into().expect("length checked");
+                let plain = token
+                    .gcm_decrypt(
+                        &session,
+                        h,
+                        iv,
+                        label::PKCS11_AES_GCM_KEK,
+                        &sealed[GCM_IV_LEN..],
+                    )
+                    .map_err(|e| match e {
+                        TokenError::NotOpened { what } => SlotError::Device(format!(
+                            "the AES key {} on {what} did not open this slot: it is not the key enrolled",
+                            uri.describe_object(),
+                        )),
+                        e => e.into(),
+                    })?;
                 let k: [u8; KEY_LEN] = plain.as_slice().try_into().map_err(|_| {
                     SlotError::Device(format!(
                         "{}: AES-GCM gave a KEK of the wrong length",
@@ -846,7 +619,8 @@ impl Slot for Pkcs11Params {
         let result = (|| {
             self.checked()?;
             let point = point_field(&self.public_key, "public_key")?;
-            let (kek, eph) = ecdh_wrap_kek(&point).map_err(|e| malformed("public_key", e))?;
+            let recipient = ecdh::point(&point).map_err(|e| malformed("public_key", e))?;
+            let (eph, kek) = ecdh::wrap(&recipient, label::PKCS11_ECDH_KEK);
             Ok(Rewrapped {
                 params: Some(SlotParams::Pkcs11(Pkcs11Params {
                     ephemeral: Some(B64.encode(eph)),
@@ -922,27 +696,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn software_ecdh_wrap_matches_a_manual_agreement() {
-        use ring::agreement;
-        let rng = ring::rand::SystemRandom::new();
-        // The "token" key, in software here.
-        let tok = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng).unwrap();
-        let tok_pub: [u8; 65] = tok
-            .compute_public_key()
-            .unwrap()
-            .as_ref()
-            .try_into()
-            .unwrap();
-        let (kek, eph) = ecdh_wrap_kek(&tok_pub).unwrap();
-        let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, eph);
-        let kek2 = agreement::agree_ephemeral(tok, &peer, |s| ecdh_kek(s, &eph, &tok_pub)).unwrap();
-        assert_eq!(kek.expose(), kek2.expose());
-    }
-
-    #[test]
     fn module_errors_map_to_exit_statuses() {
         use crate::error::Category;
         use cryptoki::context::Function;
+        use cryptoki::error::RvError;
         let st = |rv| ck_error(CkError::Pkcs11(rv, Function::Login), "t").category();
         assert_eq!(st(RvError::PinIncorrect), Category::WrongFactor);
         assert_eq!(st(RvError::PinLocked), Category::NoUsableSlot);
@@ -964,26 +721,12 @@ mod tests {
         assert_eq!(e.to_string(), "t: C_Initialize returned GeneralError");
     }
 
-    #[test]
-    fn public_keys_parse_in_three_encodings() {
-        let mut point = [7u8; 65];
-        point[0] = 4;
-        let mut octet = vec![0x04, 0x41];
-        octet.extend_from_slice(&point);
-        let mut spki = P256_SPKI_PREFIX.to_vec();
-        spki.extend_from_slice(&point);
-        for enc in [&point[..], &octet, &spki] {
-            assert_eq!(p256_point(enc).unwrap(), point);
-        }
-        assert!(p256_point(&spki[1..]).is_err());
-        assert!(p256_point(&[2u8; 65]).is_err());
-        assert!(ecdh_wrap_kek(&point).is_err(), "not on the curve");
-    }
-
     fn point() -> [u8; 65] {
-        let mut p = [9u8; 65];
-        p[0] = 4;
-        p
+        sec1(
+            &p256::SecretKey::from_slice(&[9u8; 32])
+                .unwrap()
+                .public_key(),
+        )
     }
 
     #[test]
@@ -992,12 +735,20 @@ mod tests {
             module: "/nonexistent.so".into(),
             uri: "pkcs11:token=t;object=k".into(),
             mechanism: Pkcs11Mechanism::Ecdh,
-            public_key: Some(B64.encode([4u8; 65])),
+            public_key: Some(B64.encode(point())),
             ephemeral: Some(B64.encode([1u8; 10])),
             sealed_kek: None,
         };
         assert!(
             matches!(p.checked(), Err(SlotError::Malformed { field, .. }) if field == "ephemeral")
+        );
+        // A point off the curve never reaches the token.
+        let off = Pkcs11Params {
+            public_key: Some(B64.encode([4u8; 65])),
+            ..p.clone()
+        };
+        assert!(
+            matches!(off.checked(), Err(SlotError::Malformed { field, .. }) if field == "public_key")
         );
         let good = Pkcs11Params {
             ephemeral: Some(B64.encode(point())),
