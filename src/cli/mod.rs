@@ -121,7 +121,7 @@ impl Cli {
         }
         let path = match &self.keyring {
             Some(p) => p.clone(),
-            None => KeyringFile::default_path().ok_or_else(|| {
+            None => default_keyring_path().ok_or_else(|| {
                 Error::Usage("no keyring path: set --keyring, COFFER_KEYRING or HOME".into())
             })?,
         };
@@ -131,6 +131,20 @@ impl Cli {
             keyring: KeyringFile::new(path),
         })
     }
+}
+
+/// `$COFFER_KEYRING`, else `$XDG_CONFIG_HOME/coffer/keyring.json`, else
+/// `$HOME/.config/coffer/keyring.json`. The binary reads the environment;
+/// the library reads none.
+fn default_keyring_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("COFFER_KEYRING").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(config.join("coffer").join("keyring.json"))
 }
 
 /// Run the parsed command line.

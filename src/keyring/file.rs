@@ -30,19 +30,6 @@ impl KeyringFile {
         Self { path: path.into() }
     }
 
-    /// `$COFFER_KEYRING`, else `$XDG_CONFIG_HOME/coffer/keyring.json`, else
-    /// `$HOME/.config/coffer/keyring.json`.
-    pub fn default_path() -> Option<PathBuf> {
-        if let Some(p) = std::env::var_os("COFFER_KEYRING").filter(|p| !p.is_empty()) {
-            return Some(PathBuf::from(p));
-        }
-        let config = std::env::var_os("XDG_CONFIG_HOME")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-        Some(config.join("coffer").join("keyring.json"))
-    }
-
     /// Whether a keyring exists at the path.
     pub fn exists(&self) -> bool {
         self.path.exists()

@@ -16,17 +16,24 @@
 //! Tokens are found by label/serial/manufacturer/model, never by slot
 //! number (SoftHSM renumbers slots).
 //!
-//! Owns: talking to the module, mapping its return values to [`SlotError`].
+//! Owns: the slot's stored parameters and the [`Slot`] implementation;
+//! enrolling is in `enroll`, getting the KEK back from the token in
+//! `unwrap`, and the token itself (module, login, AES-GCM) in
+//! `crate::pkcs11_token`, shared with the vault's HSM sealer.
 //! Must never: store a PIN (a URI's `pin-value` is dropped before storing),
 //! keep the derived secret or the KEK past the unwrap, or leave a derived
 //! object on the token.
 
 /// The URIs that name tokens and keys (shared with the vault server).
 pub use crate::pkcs11_uri as uri;
+pub use enroll::enroll;
+
+mod enroll;
+mod unwrap;
+use unwrap::point_field;
 
 use super::{
-    FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, SlotRecord,
-    UnlockContext,
+    FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, UnlockContext,
 };
 use crate::ecdh::{self, POINT_LEN, sec1};
 use crate::error::SlotError;
@@ -34,14 +41,12 @@ use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey, label};
 use crate::pkcs11_token::{
     self as token, GCM_IV_LEN, GCM_TAG_LEN, Token, TokenError, key_template,
 };
-use crate::ui::Ui;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::Session;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -209,377 +214,6 @@ fn stored_uri_pin(uri: &Pkcs11Uri) -> Result<Option<SecretString>, SlotError> {
     uri.attr("pin-source").map(pin_from_source).transpose()
 }
 
-fn ec_point_of(token: &Token, session: &Session, h: ObjectHandle) -> Result<[u8; 65], SlotError> {
-    let attrs = session
-        .get_attributes(h, &[AttributeType::EcParams, AttributeType::EcPoint])
-        .map_err(|e| ck_error(e, &token.what))?;
-    let mut point = None;
-    for a in attrs {
-        match a {
-            Attribute::EcParams(p) if p != P256_OID_DER => {
-                return Err(SlotError::Device(format!(
-                    "the key on {} is not on curve P-256 (prime256v1); coffer needs a P-256 key",
-                    token.what
-                )));
-            }
-            Attribute::EcPoint(p) => point = Some(p),
-            _ => {}
-        }
-    }
-    let p = point.ok_or_else(|| {
-        SlotError::Device(format!(
-            "{}: the public key has no CKA_EC_POINT",
-            token.what
-        ))
-    })?;
-    ecdh::public_key(&p)
-        .map(|k| sec1(&k))
-        .map_err(|e| SlotError::Device(format!("{}: public key {e}", token.what)))
-}
-
-/// Enroll a PKCS#11 slot for `bk`. `pin` is asked for only when the token
-/// needs it (generating a key, aes-gcm, or a public key that needs login).
-pub fn enroll(
-    bk: &BackupKey,
-    opts: &EnrollOptions,
-    pin: Option<&SecretString>,
-    ui: &dyn Ui,
-) -> Result<SlotRecord, SlotError> {
-    let mut uri = Pkcs11Uri::parse(&opts.uri).map_err(|e| malformed("uri", e))?;
-    if !uri.names_object() {
-        return Err(malformed(
-            "uri",
-            "it names no key: add object=LABEL or id=HEX (percent-encoded)",
-        ));
-    }
-    let module = opts.module.display().to_string();
-    let uri_pin = uri_pin(&uri)?;
-    let prompt = format!("PIN for PKCS#11 {}: ", uri.describe_token());
-    let get_pin = || -> Option<SecretString> {
-        uri_pin
-            .clone()
-            .or_else(|| pin.cloned())
-            .or_else(|| ui.request_secret(&prompt))
-    };
-    if let (Some(public), Pkcs11Mechanism::Ecdh) = (&opts.public_key, opts.mechanism) {
-        // Public-key-only enrollment: the token is not touched.
-        if !uri.names_token() {
-            return Err(malformed("uri", "name the token (token= or serial=)"));
-        }
-        return ecdh_record(bk, module, &uri, &sec1(public));
-    }
-    let token = Token::open(&opts.module, &uri, &load_hint())?;
-    if !uri.names_token() {
-        // Pin the token by label so a second token cannot be mistaken for it.
-        uri.set("token", token.info.label().trim_end().as_bytes());
-    }
-    let session = token.session(true)?;
-    match opts.mechanism {
-        Pkcs11Mechanism::Ecdh => {
-            if opts.generate {
-                let p = get_pin().ok_or_else(no_pin)?;
-                token.login(&session, Some(&p))?;
-                refuse_existing(
-                    &token,
-                    &session,
-                    &uri,
-                    ObjectClass::PRIVATE_KEY,
-                    KeyType::EC,
-                )?;
-                let mut pubt = key_template(&uri, ObjectClass::PUBLIC_KEY, KeyType::EC);
-                pubt.extend([
-                    Attribute::Token(true),
-                    Attribute::Private(false),
-                    Attribute::EcParams(P256_OID_DER.to_vec()),
-                    Attribute::Derive(true),
-                ]);
-                let mut privt = key_template(&uri, ObjectClass::PRIVATE_KEY, KeyType::EC);
-                privt.extend([
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Derive(true),
-                ]);
-                let (h, _) = session
-                    .generate_key_pair(&Mechanism::EccKeyPairGen, &pubt, &privt)
-                    .map_err(|e| ck_error(e, &token.what))?;
-                let point = ec_point_of(&token, &session, h)?;
-                return ecdh_record(bk, module, &uri, &point);
-            }
-            let t = key_template(&uri, ObjectClass::PUBLIC_KEY, KeyType::EC);
-            let found = session
-                .find_objects(&t)
-                .map_err(|e| ck_error(e, &token.what))?;
-            if found.is_empty() {
-                // Some tokens show public keys only after login.
-                let p = get_pin().ok_or_else(no_pin)?;
-                token.login(&session, Some(&p))?;
-            }
-            let h = token.find_one(&session, &uri, &t, "EC public key")?;
-            let point = ec_point_of(&token, &session, h)?;
-            ecdh_record(bk, module, &uri, &point)
-        }
-        Pkcs11Mechanism::AesGcm => {
-            let p = get_pin().ok_or_else(no_pin)?;
-            token.login(&session, Some(&p))?;
-            let h = if opts.generate {
-                refuse_existing(
-                    &token,
-                    &session,
-                    &uri,
-                    ObjectClass::SECRET_KEY,
-                    KeyType::AES,
-                )?;
-                token.generate_aes256(&session, &uri)?
-            } else {
-                let t = key_template(&uri, ObjectClass::SECRET_KEY, KeyType::AES);
-                token.find_one(&session, &uri, &t, "AES key")?
-            };
-            let kek = Kek::generate();
-            let mut iv = [0u8; GCM_IV_LEN];
-            crate::key::random_bytes(&mut iv);
-            let ct = token.gcm_encrypt(
-                &session,
-                h,
-                &mut iv,
-                label::PKCS11_AES_GCM_KEK,
-                kek.expose(),
-            )?;
-            // `iv` now holds the IV the token used: a FIPS-mode HSM may
-            // replace ours with one it generated.
-            if ct.len() != KEY_LEN + GCM_TAG_LEN {
-                return Err(SlotError::Device(format!(
-                    "{}: AES-GCM gave {} bytes, not {}",
-                    token.what,
-                    ct.len(),
-                    KEY_LEN + GCM_TAG_LEN
-                )));
-            }
-            let mut sealed = iv.to_vec();
-            sealed.extend_from_slice(&ct);
-            let params = Pkcs11Params {
-                module,
-                uri: uri.to_stored(),
-                mechanism: Pkcs11Mechanism::AesGcm,
-                public_key: None,
-                ephemeral: None,
-                sealed_kek: Some(B64.encode(sealed)),
-            };
-            Ok(SlotRecord::new(SlotParams::Pkcs11(params), bk.wrap(&kek)))
-        }
-    }
-}
-
-fn refuse_existing(
-    token: &Token,
-    session: &Session,
-    uri: &Pkcs11Uri,
-    class: ObjectClass,
-    key_type: KeyType,
-) -> Result<(), SlotError> {
-    let t = key_template(uri, class, key_type);
-    let found = session
-        .find_objects(&t)
-        .map_err(|e| ck_error(e, &token.what))?;
-    if found.is_empty() {
-        Ok(())
-    } else {
-        Err(SlotError::Device(format!(
-            "{}: a key {} exists already; enroll it without --generate, or choose another label",
-            token.what,
-            uri.describe_object()
-        )))
-    }
-}
-
-fn ecdh_record(
-    bk: &BackupKey,
-    module: String,
-    uri: &Pkcs11Uri,
-    point: &[u8; POINT_LEN],
-) -> Result<SlotRecord, SlotError> {
-    let recipient = ecdh::point(point).map_err(|e| malformed("public key", e))?;
-    let (eph, kek) = ecdh::wrap(&recipient, label::PKCS11_ECDH_KEK);
-    let params = Pkcs11Params {
-        module,
-        uri: uri.to_stored(),
-        mechanism: Pkcs11Mechanism::Ecdh,
-        public_key: Some(B64.encode(point)),
-        ephemeral: Some(B64.encode(eph)),
-        sealed_kek: None,
-    };
-    Ok(SlotRecord::new(SlotParams::Pkcs11(params), bk.wrap(&kek)))
-}
-
-/// A stored point: base64 of an uncompressed P-256 point on the curve.
-fn point_field(v: &Option<String>, field: &str) -> Result<[u8; POINT_LEN], SlotError> {
-    let v = v
-        .as_deref()
-        .ok_or_else(|| malformed(field, "missing for mechanism ecdh"))?;
-    B64.decode(v.as_bytes())
-        .ok()
-        .and_then(|b| ecdh::point(&b).ok())
-        .map(|k| sec1(&k))
-        .ok_or_else(|| malformed(field, "not an uncompressed P-256 point in base64"))
-}
-
-impl Pkcs11Params {
-    fn module_path(&self, locators: &Locators) -> PathBuf {
-        // A module moved (another machine, another distribution): the
-        // locally named module (--pkcs11-module, $COFFER_PKCS11_MODULE,
-        // which the binary reads) is where it is now.
-        let stored = PathBuf::from(&self.module);
-        match &locators.pkcs11_module {
-            Some(m) if !stored.exists() && !m.as_os_str().is_empty() => m.clone(),
-            _ => stored,
-        }
-    }
-
-    /// Check the stored fields before touching the token.
-    fn checked(&self) -> Result<(Pkcs11Mechanism, Pkcs11Uri), SlotError> {
-        let mech = self.mechanism;
-        let uri = Pkcs11Uri::parse(&self.uri).map_err(|e| malformed("uri", e))?;
-        let extra =
-            |field: &str| malformed(field, format!("not a member of a {} slot", mech.name()));
-        match mech {
-            Pkcs11Mechanism::Ecdh => {
-                point_field(&self.public_key, "public_key")?;
-                point_field(&self.ephemeral, "ephemeral")?;
-                if self.sealed_kek.is_some() {
-                    return Err(extra("sealed_kek"));
-                }
-            }
-            Pkcs11Mechanism::AesGcm => {
-                self.sealed()?;
-                if self.public_key.is_some() {
-                    return Err(extra("public_key"));
-                }
-                if self.ephemeral.is_some() {
-                    return Err(extra("ephemeral"));
-                }
-            }
-        }
-        Ok((mech, uri))
-    }
-
-    fn sealed(&self) -> Result<Vec<u8>, SlotError> {
-        self.sealed_kek
-            .as_deref()
-            .and_then(|s| B64.decode(s.as_bytes()).ok())
-            .filter(|b| b.len() == GCM_IV_LEN + KEY_LEN + GCM_TAG_LEN)
-            .ok_or_else(|| malformed("sealed_kek", "not 60 bytes of base64"))
-    }
-
-    /// Ask the token for the KEK.
-    fn token_kek(&self, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
-        let (mech, uri) = match self.checked() {
-            Ok(x) => x,
-            Err(e) => return Some(Err(e)),
-        };
-        let token = match Token::open(&self.module_path(ctx.locators), &uri, &load_hint()) {
-            Ok(t) => t,
-            Err(e) => return Some(Err(e.into())),
-        };
-        // The token is here: now the PIN is worth asking for.
-        let pin = if token.info.protected_authentication_path() {
-            None
-        } else {
-            let from_uri = match stored_uri_pin(&uri) {
-                Ok(p) => p,
-                Err(e) => return Some(Err(e)),
-            };
-            Some(from_uri.or_else(|| ctx.secret("Token PIN"))?)
-        };
-        Some(self.kek_on(&token, &uri, mech, pin.as_ref()))
-    }
-
-    fn kek_on(
-        &self,
-        token: &Token,
-        uri: &Pkcs11Uri,
-        mech: Pkcs11Mechanism,
-        pin: Option<&SecretString>,
-    ) -> Result<Kek, SlotError> {
-        let session = token.session(false)?;
-        token.login(&session, pin)?;
-        match mech {
-            Pkcs11Mechanism::Ecdh => {
-                let recipient = point_field(&self.public_key, "public_key")?;
-                let eph = point_field(&self.ephemeral, "ephemeral")?;
-                let t = key_template(uri, ObjectClass::PRIVATE_KEY, KeyType::EC);
-                let h = token.find_one(&session, uri, &t, "EC private key")?;
-                let mech = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), &eph));
-                let template = [
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::GENERIC_SECRET),
-                    Attribute::ValueLen((KEY_LEN as u64).into()),
-                    Attribute::Token(false),
-                    Attribute::Sensitive(false),
-                    Attribute::Extractable(true),
-                ];
-                let derived = session
-                    .derive_key(&mech, h, &template)
-                    .map_err(|e| ck_error(e, &token.what))?;
-                let value = session.get_attributes(derived, &[AttributeType::Value]);
-                // Destroy the derived object whatever happened.
-                let destroyed = session.destroy_object(derived);
-                let mut shared = Zeroizing::new(Vec::new());
-                for a in value.map_err(|e| ck_error(e, &token.what))? {
-                    if let Attribute::Value(mut v) = a {
-                        shared.extend_from_slice(&v);
-                        zeroize::Zeroize::zeroize(&mut v);
-                    }
-                }
-                destroyed.map_err(|e| ck_error(e, &token.what))?;
-                if shared.len() != KEY_LEN {
-                    return Err(SlotError::Device(format!(
-                        "{}: ECDH gave {} bytes, not {KEY_LEN}",
-                        token.what,
-                        shared.len()
-                    )));
-                }
-                let z: &[u8; ecdh::SHARED_LEN] =
-                    shared.as_slice().try_into().expect("length checked");
-                Ok(ecdh::kek_from_shared(
-                    z,
-                    &eph,
-                    &recipient,
-                    label::PKCS11_ECDH_KEK,
-                ))
-            }
-            Pkcs11Mechanism::AesGcm => {
-                let sealed = self.sealed()?;
-                let t = key_template(uri, ObjectClass::SECRET_KEY, KeyType::AES);
-                let h = token.find_one(&session, uri, &t, "AES key")?;
-                let iv: [u8; GCM_IV_LEN] = sealed[..GCM_IV_LEN].try_into().expect("length checked");
-                let plain = token
-                    .gcm_decrypt(
-                        &session,
-                        h,
-                        iv,
-                        label::PKCS11_AES_GCM_KEK,
-                        &sealed[GCM_IV_LEN..],
-                    )
-                    .map_err(|e| match e {
-                        TokenError::NotOpened { what } => SlotError::Device(format!(
-                            "the AES key {} on {what} did not open this slot: it is not the key enrolled",
-                            uri.describe_object(),
-                        )),
-                        e => e.into(),
-                    })?;
-                let k: [u8; KEY_LEN] = plain.as_slice().try_into().map_err(|_| {
-                    SlotError::Device(format!(
-                        "{}: AES-GCM gave a KEK of the wrong length",
-                        token.what
-                    ))
-                })?;
-                Ok(Kek::from_bytes(k))
-            }
-        }
-    }
-}
-
 impl Slot for Pkcs11Params {
     fn factor(&self) -> Option<FactorKind> {
         Some(FactorKind::Pin)
@@ -694,6 +328,7 @@ impl Slot for Pkcs11Params {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slot::SlotRecord;
 
     #[test]
     fn module_errors_map_to_exit_statuses() {
