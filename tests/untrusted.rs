@@ -297,37 +297,6 @@ mod token {
     }
 }
 
-/// Run `coffer ARGS` on a pseudo-terminal (util-linux `script`), typing
-/// `answer` at its prompt, as a person would.
-#[cfg(feature = "pkcs11")]
-fn on_a_terminal(h: &Home, env: &[(String, PathBuf)], args: &str, answer: &str) -> (bool, String) {
-    use std::io::Write;
-    let coffer = assert_cmd::cargo::cargo_bin("coffer");
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &format!("{} {args}", coffer.display()), "/dev/null"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", h.dir.path())
-        .env("COFFER_KEYRING", h.path("no-keyring.json"))
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(h.dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux) runs a command on a pseudo-terminal");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(answer.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 #[cfg(feature = "pkcs11")]
 #[test]
 fn a_confirmed_header_token_slot_opens_with_the_local_module_only() {
@@ -368,14 +337,27 @@ fn a_confirmed_header_token_slot_opens_with_the_local_module_only() {
     .success();
     // No keyring at hand: the header's copy is all there is. Saying no
     // opens nothing; saying yes loads the module named on the command line.
-    let args = format!("--pkcs11-module {module} --pin-file pin.txt open a.coffer -o out");
-    let (ok, said) = on_a_terminal(&h, &hsm.env(), &args, "n\n");
+    let args: Vec<std::ffi::OsString> = [
+        "--pkcs11-module",
+        &module,
+        "--pin-file",
+        "pin.txt",
+        "open",
+        "a.coffer",
+        "-o",
+        "out",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let keyring = h.path("no-keyring.json");
+    let (ok, said) = common::run_on_a_terminal(&h, &keyring, hsm.env(), &args, "n\n");
     assert!(!ok && !h.path("out").exists(), "{said}");
     assert!(
         said.contains(&format!("load the PKCS#11 module {module}")),
         "{said}"
     );
-    let (ok, said) = on_a_terminal(&h, &hsm.env(), &args, "y\n");
+    let (ok, said) = common::run_on_a_terminal(&h, &keyring, hsm.env(), &args, "y\n");
     assert!(ok, "{said}");
     assert_eq!(
         std::fs::read_to_string(h.path("out/secret.txt")).unwrap(),

@@ -143,6 +143,20 @@ pub struct Rewrapped {
     pub wrapped: WrappedKey,
 }
 
+/// [`Slot::rewrap`]'s default: prove the factor on `wrapped` and wrap `bk`
+/// under the same KEK, parameters unchanged.
+pub(crate) fn rewrap_under_the_same_kek<S: Slot + ?Sized>(
+    slot: &S,
+    wrapped: &WrappedKey,
+    bk: &BackupKey,
+    ctx: &UnlockContext<'_>,
+) -> Option<Result<Rewrapped, SlotError>> {
+    Some(slot.kek(wrapped, ctx)?.map(|kek| Rewrapped {
+        params: None,
+        wrapped: bk.wrap(&kek),
+    }))
+}
+
 /// What the trust rule may do with a slot of this kind read from an
 /// archive header alone (see [`mod@unlock`]).
 pub enum HeaderOnly {
@@ -211,10 +225,7 @@ pub trait Slot {
         bk: &BackupKey,
         ctx: &UnlockContext<'_>,
     ) -> Option<Result<Rewrapped, SlotError>> {
-        Some(self.kek(wrapped, ctx)?.map(|kek| Rewrapped {
-            params: None,
-            wrapped: bk.wrap(&kek),
-        }))
+        rewrap_under_the_same_kek(self, wrapped, bk, ctx)
     }
 
     /// Whether [`Slot::rewrap`] needs the factor (or device); `false` for

@@ -228,39 +228,15 @@ impl Rig {
         super::tree::assert_same(&self.home.path("data"), &got, Default::default());
     }
 
-    /// Run `coffer ARGS` on a pseudo-terminal (util-linux `script`),
-    /// typing `answer` at its prompt as a person would: whether it
-    /// succeeded, and everything it printed.
+    /// Run `coffer ARGS` on a pseudo-terminal, typing `answer` at its
+    /// prompt ([`super::run_on_a_terminal`]).
     pub fn run_on_a_terminal(&self, a: &[OsString], answer: &str) -> (bool, String) {
-        use std::io::Write;
-        let quote = |s: &OsStr| format!("'{}'", s.to_str().unwrap().replace('\'', r"'\''"));
-        let mut line = quote(assert_cmd::cargo::cargo_bin("coffer").as_os_str());
-        for s in a {
-            line.push(' ');
-            line.push_str(&quote(s));
-        }
-        let mut child = std::process::Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.home.dir.path())
-            .env("COFFER_KEYRING", self.home.keyring())
-            .envs(self.backend.env())
-            .current_dir(self.home.dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("script (util-linux) runs a command on a pseudo-terminal");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(answer.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
+        super::run_on_a_terminal(
+            &self.home,
+            &self.home.keyring(),
+            self.backend.env(),
+            a,
+            answer,
         )
     }
 }

@@ -133,6 +133,53 @@ impl Home {
     }
 }
 
+/// Run `coffer ARGS` on a pseudo-terminal (util-linux `script`), in
+/// `home`, with `keyring` and the extra environment `env`, typing `answer`
+/// at its prompt as a person would: whether it succeeded, and everything
+/// it printed.
+pub fn run_on_a_terminal<K, V>(
+    home: &Home,
+    keyring: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+    args: &[std::ffi::OsString],
+    answer: &str,
+) -> (bool, String)
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    use std::io::Write;
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_str().unwrap().replace('\'', r"'\''"));
+    let mut line = quote(assert_cmd::cargo::cargo_bin("coffer").as_os_str());
+    for s in args {
+        line.push(' ');
+        line.push_str(&quote(s));
+    }
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.dir.path())
+        .env("COFFER_KEYRING", keyring)
+        .envs(env)
+        .current_dir(home.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs a command on a pseudo-terminal");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// Unix permission bits of `p`.
 pub fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;

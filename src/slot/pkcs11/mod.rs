@@ -245,10 +245,7 @@ impl Slot for Pkcs11Params {
         ctx: &UnlockContext<'_>,
     ) -> Option<Result<Rewrapped, SlotError>> {
         if self.mechanism == Pkcs11Mechanism::AesGcm {
-            return Some(self.kek(wrapped, ctx)?.map(|kek| Rewrapped {
-                params: None,
-                wrapped: bk.wrap(&kek),
-            }));
+            return super::rewrap_under_the_same_kek(self, wrapped, bk, ctx);
         }
         let result = (|| {
             self.checked()?;
