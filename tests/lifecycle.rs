@@ -39,18 +39,17 @@ fn home() -> Home {
         .assert()
         .success()
         .stderr(predicate::str::contains("\"laptop\" (password)"));
+    seals(&h, "old.coffer", &["--password-file", "pw.txt"]);
+    h
+}
+
+/// `seal data.txt -o ARCHIVE`, unlocking with `factor`; must succeed.
+fn seals(h: &Home, archive: &str, factor: &[&str]) {
     h.coffer()
-        .args([
-            "seal",
-            "data.txt",
-            "-o",
-            "old.coffer",
-            "--password-file",
-            "pw.txt",
-        ])
+        .args(["seal", "data.txt", "-o", archive])
+        .args(factor)
         .assert()
         .success();
-    h
 }
 
 fn opens(h: &Home, archive: &str, factor: &[&str]) -> assert_cmd::assert::Assert {
@@ -304,17 +303,7 @@ fn rotate_cuts_a_dropped_factor_off_from_later_archives_only() {
     assert_ne!(kr["key_id"], old_key_id);
     assert_eq!(slots(&h).len(), 1);
     // Same recovery key, given: kept.
-    h.coffer()
-        .args([
-            "seal",
-            "data.txt",
-            "-o",
-            "new.coffer",
-            "--recovery-key-file",
-            "recovery.txt",
-        ])
-        .assert()
-        .success();
+    seals(&h, "new.coffer", &["--recovery-key-file", "recovery.txt"]);
     opens(&h, "new.coffer", &["--recovery-key-file", "recovery.txt"]).success();
     // The dropped password still opens the old archive (it carries it)...
     opens(&h, "old.coffer", &["--password-file", "pw.txt"]).success();
@@ -373,17 +362,7 @@ fn rotate_issues_a_new_recovery_key_when_the_old_one_is_not_given() {
         .success()
         .stderr(predicate::str::contains("new recovery key"));
     assert_eq!(slot_id(&h, "recovery"), rec_id, "same slot, new key");
-    h.coffer()
-        .args([
-            "seal",
-            "data.txt",
-            "-o",
-            "new.coffer",
-            "--password-file",
-            "pw.txt",
-        ])
-        .assert()
-        .success();
+    seals(&h, "new.coffer", &["--password-file", "pw.txt"]);
     opens(&h, "new.coffer", &["--recovery-key-file", "new-rk.txt"]).success();
     opens(&h, "new.coffer", &["--recovery-key-file", "recovery.txt"]).code(3);
     // The old key still opens what was sealed before.
@@ -427,17 +406,7 @@ fn rotate_rewraps_each_password_slot_with_its_own_bound_password() {
         ])
         .assert()
         .success();
-    h.coffer()
-        .args([
-            "seal",
-            "data.txt",
-            "-o",
-            "new.coffer",
-            "--recovery-key-file",
-            "recovery.txt",
-        ])
-        .assert()
-        .success();
+    seals(&h, "new.coffer", &["--recovery-key-file", "recovery.txt"]);
     for (slot, file) in [("laptop", "pw.txt"), ("desk", "pw2.txt")] {
         opens(&h, "new.coffer", &["--slot", slot, "--password-file", file]).success();
     }
