@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # whole test toolchain, which hsm-sim/test-all.sh installs).
 bash hsm-sim/install-deps.sh build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools
 echo "== building coffer (release, TPM backend only): about 5 minutes on 2 cores the first time, seconds after" >&2
-cargo build --release --no-default-features --features tpm2 --target-dir target/demo
+cargo build --release --no-default-features --features cli,tpm2 --target-dir target/demo
 COFFER="$PWD/target/demo/release/coffer"
 
 work=$(mktemp -d)
