@@ -501,6 +501,9 @@ pub(super) fn rotate(
         // Not given: it may be typed, or a new one issued; either way a
         // terminal or --recovery-key-out is needed.
         can_hand_over(recovery_out, "rotate")?;
+        env.ui.info(
+            "a recovery slot keeps its key if you type it when asked; left empty, a new recovery key is issued for it",
+        );
     }
     // Proves a factor of this keyring (and checks its MAC) before anything
     // is re-wrapped; the old key itself is not needed after that.
