@@ -18,9 +18,10 @@ pub const WRAPPED_LEN: usize = KEY_LEN + 8;
 /// Length of a key id, in bytes.
 pub const KEY_ID_LEN: usize = 16;
 
-/// Every `coffer/v1 …` label, in one place: the HKDF `info` strings (each
-/// derived key has its own, so no two uses share a key) and the AEAD
-/// associated data that binds a sealed secret to its use. They are part of
+/// Every `coffer/v1 …` and `coffer/v2 …` label, in one place: the HKDF
+/// `info` strings (each derived key has its own, so no two uses share a
+/// key), the AEAD associated data that binds a sealed secret to its use,
+/// and the prefix of the one hash (the format 2 key id). They are part of
 /// the format (docs/format.md §1.1 lists each and where it is used); a
 /// changed byte here makes every existing keyring and archive unreadable.
 pub mod label {
@@ -55,6 +56,21 @@ pub mod label {
     /// HKDF info: the vault server's key for its login-session state, from
     /// the unsealed server setup (`vault/server.rs`).
     pub const VAULT_SESSION_STATE: &[u8] = b"coffer/v1 vault session state key";
+    /// HKDF info: the sealing seed (the X-Wing decapsulation key), from BK
+    /// (`sealing.rs`, format 2).
+    pub const SEALING_SEED: &[u8] = b"coffer/v2 sealing seed";
+    /// SHA-256 prefix (not HKDF): the format 2 key id, a hash of the
+    /// sealing public key (`sealing.rs`).
+    pub const SEALING_KEY_ID: &[u8] = b"coffer/v2 key id";
+    /// HKDF info prefix: a sealer's key, from BK; the full info is this,
+    /// a 0x00 byte and the sealer id (`sealing.rs`, format 2).
+    pub const SEALER_KEY: &[u8] = b"coffer/v2 sealer key";
+    /// HKDF info: a format 2 archive's header MAC key, from the sealer key
+    /// and the archive salt (`sealing.rs`).
+    pub const ARCHIVE_HEADER_MAC_V2: &[u8] = b"coffer/v2 archive header mac";
+    /// HKDF info: a format 2 archive's payload key, from its file key and
+    /// the archive salt (`sealing.rs`).
+    pub const ARCHIVE_PAYLOAD_V2: &[u8] = b"coffer/v2 archive payload";
 }
 
 /// Fill `buf` from the operating system's CSPRNG.

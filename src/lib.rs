@@ -6,6 +6,10 @@
 //! The slots live in the [`keyring`] file, and a copy of them travels in
 //! every archive header.
 //!
+//! [`sealing`] holds format 2's write-only sealing keys (a post-quantum
+//! key pair derived from the backup key, sealer keys); no archive or
+//! keyring uses it yet.
+//!
 //! The library never prints, prompts or exits: people are reached through
 //! the [`ui::Ui`] trait, which the `coffer` command line implements.
 //!
@@ -42,6 +46,7 @@ pub mod keyring;
 pub(crate) mod pkcs11_token;
 #[cfg(any(feature = "pkcs11", feature = "vault-server"))]
 pub mod pkcs11_uri;
+pub mod sealing;
 pub mod slot;
 pub mod ui;
 #[cfg(feature = "vault")]
