@@ -173,6 +173,17 @@ fn fidelity_tree(root: &Path) {
     run(Command::new("mkfifo").arg(p("fifo")));
     run(Command::new("mknod").arg(p("null")).args(["c", "1", "3"]));
     run(Command::new("mknod").arg(p("loop")).args(["b", "7", "200"]));
+    // Their xattrs (Linux allows trusted.* and security.* there, not
+    // user.*), as GNU tar keeps them.
+    for (node, value) in [("fifo", &b"a pipe"[..]), ("null", b"a device")] {
+        rustix::fs::setxattr(
+            p(node),
+            "trusted.node",
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    }
     // Symlinks, dangling and absolute too.
     std::os::unix::fs::symlink("dir/plain", p("rel-link")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", p("abs-link")).unwrap();

@@ -449,6 +449,7 @@ impl<W: Write> Packer<'_, W> {
                 if matches!(kind, Kind::Char | Kind::Block) {
                     e.dev = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
                 }
+                special_xattrs(dir, name, &st, &mut e);
                 match self.header(&mut e, shown) {
                     Some(h) => self.out(&h),
                     None => Ok(()),
@@ -740,4 +741,28 @@ fn sparse_map(fd: BorrowedFd<'_>, size: u64) -> Option<Vec<Segment>> {
         });
     }
     Some(segs)
+}
+
+/// The xattrs of a FIFO or device (`trusted.*`, `security.*`: Linux allows
+/// no `user.*` there), as GNU tar keeps them. The node is never opened for
+/// reading (a FIFO would block, a device could act): an `O_PATH`
+/// descriptor, checked to be the inode already seen, is read through its
+/// `/proc/self/fd/N` path. Nothing is read if that fails (as tar, which
+/// leaves out what it cannot read).
+fn special_xattrs(dir: BorrowedFd<'_>, name: &OsStr, st: &rustix::fs::Stat, e: &mut Entry) {
+    let Ok(fd) = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    match rustix::fs::fstat(&fd) {
+        Ok(now) if now.st_dev == st.st_dev && now.st_ino == st.st_ino => {}
+        _ => return,
+    }
+    use std::os::fd::AsRawFd;
+    let via = std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    super::xattrs::read_from(super::xattrs::Source::Proc(&via), e, false);
 }

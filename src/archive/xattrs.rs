@@ -114,19 +114,58 @@ pub fn acl_from_text(text: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Where xattrs are read from: an open file or folder, or (for a FIFO or
+/// device, which is not opened for reading: that could block or act) the
+/// `/proc/self/fd/N` path of an `O_PATH` descriptor to it.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// An open file or folder.
+    Fd(BorrowedFd<'a>),
+    /// `/proc/self/fd/N` of an `O_PATH` descriptor.
+    Proc(&'a std::path::Path),
+}
+
+impl Source<'_> {
+    fn list(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            Source::Fd(fd) => rustix::fs::flistxattr(*fd, buf),
+            Source::Proc(p) => rustix::fs::listxattr(*p, buf),
+        }
+    }
+
+    fn list_into(&self, buf: &mut Vec<u8>) -> rustix::io::Result<usize> {
+        match self {
+            Source::Fd(fd) => rustix::fs::flistxattr(*fd, rustix::buffer::spare_capacity(buf)),
+            Source::Proc(p) => rustix::fs::listxattr(*p, rustix::buffer::spare_capacity(buf)),
+        }
+    }
+
+    fn get_into(&self, name: &[u8], buf: &mut Vec<u8>) -> rustix::io::Result<usize> {
+        match self {
+            Source::Fd(fd) => rustix::fs::fgetxattr(*fd, name, rustix::buffer::spare_capacity(buf)),
+            Source::Proc(p) => rustix::fs::getxattr(*p, name, rustix::buffer::spare_capacity(buf)),
+        }
+    }
+}
+
 /// Fill `e.xattrs` and its ACLs from the open file `fd`. Attributes that
 /// cannot be read are left out (tar does the same).
 pub fn read(fd: BorrowedFd<'_>, e: &mut Entry, is_dir: bool) {
+    read_from(Source::Fd(fd), e, is_dir)
+}
+
+/// [`read`], from any [`Source`].
+pub fn read_from(src: Source<'_>, e: &mut Entry, is_dir: bool) {
     // Most files have no xattrs: a small buffer on the stack answers them
     // in one call; the kernel says ERANGE when a list needs more.
     let mut small = [0u8; 1024];
     let mut big = Vec::new();
-    let list: &[u8] = match rustix::fs::flistxattr(fd, &mut small[..]) {
+    let list: &[u8] = match src.list(&mut small[..]) {
         Ok(0) => return,
         Ok(n) => &small[..n],
         Err(rustix::io::Errno::RANGE) => {
             big.reserve_exact(MAX_XATTR);
-            match rustix::fs::flistxattr(fd, rustix::buffer::spare_capacity(&mut big)) {
+            match src.list_into(&mut big) {
                 Ok(_) => &big,
                 Err(_) => return,
             }
@@ -143,7 +182,7 @@ pub fn read(fd: BorrowedFd<'_>, e: &mut Entry, is_dir: bool) {
             continue;
         }
         let mut value = Vec::with_capacity(MAX_XATTR);
-        if rustix::fs::fgetxattr(fd, name, rustix::buffer::spare_capacity(&mut value)).is_err() {
+        if src.get_into(name, &mut value).is_err() {
             continue;
         }
         value.shrink_to_fit();

@@ -154,10 +154,38 @@ fn walk(
                 walk(&sub, &format!("{rel}/"), out, inodes, ignore);
                 continue;
             }
+            FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {
+                // Never opened for reading (a FIFO blocks): through the
+                // /proc path of an O_PATH descriptor.
+                let fd =
+                    rustix::fs::openat(dir, &n[..], OFlags::PATH | OFlags::NOFOLLOW, Mode::empty())
+                        .unwrap();
+                use std::os::fd::AsRawFd;
+                let via = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                a.xattrs = xattrs_by_path(&via);
+            }
             _ => {}
         }
         out.insert(rel, a);
     }
+}
+
+fn xattrs_by_path(p: &str) -> Vec<(String, Vec<u8>)> {
+    let mut list = vec![0u8; 65536];
+    let n = rustix::fs::listxattr(p, &mut list[..]).unwrap_or(0);
+    let mut v: Vec<(String, Vec<u8>)> = list[..n]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .filter(|n| !n.starts_with(b"security.selinux"))
+        .map(|name| {
+            let mut val = vec![0u8; 65536];
+            let k = rustix::fs::getxattr(p, name, &mut val[..]).unwrap();
+            val.truncate(k);
+            (String::from_utf8_lossy(name).into_owned(), val)
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 fn xattrs(fd: rustix::fd::BorrowedFd<'_>) -> Vec<(String, Vec<u8>)> {
