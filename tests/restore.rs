@@ -187,6 +187,17 @@ fn fidelity_tree(root: &Path) {
     // Symlinks, dangling and absolute too.
     std::os::unix::fs::symlink("dir/plain", p("rel-link")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", p("abs-link")).unwrap();
+    // The links' own xattrs (trusted.* as root; never their targets':
+    // rel-link points at dir/plain, abs-link at nothing).
+    for (link, value) in [("rel-link", &b"on the link"[..]), ("abs-link", b"dangling")] {
+        rustix::fs::lsetxattr(
+            p(link),
+            "trusted.link",
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    }
     // Set-id and sticky bits, odd modes.
     std::fs::write(p("setuid"), b"#!/bin/sh\n").unwrap();
     std::fs::set_permissions(p("setuid"), std::fs::Permissions::from_mode(0o4755)).unwrap();

@@ -440,6 +440,7 @@ impl<W: Write> Packer<'_, W> {
                         return Ok(());
                     }
                 }
+                special_xattrs(dir, name, &st, &mut e);
                 match self.header(&mut e, shown) {
                     Some(h) => self.out(&h),
                     None => Ok(()),
@@ -743,12 +744,14 @@ fn sparse_map(fd: BorrowedFd<'_>, size: u64) -> Option<Vec<Segment>> {
     Some(segs)
 }
 
-/// The xattrs of a FIFO or device (`trusted.*`, `security.*`: Linux allows
-/// no `user.*` there), as GNU tar keeps them. The node is never opened for
-/// reading (a FIFO would block, a device could act): an `O_PATH`
-/// descriptor, checked to be the inode already seen, is read through its
-/// `/proc/self/fd/N` path. Nothing is read if that fails (as tar, which
-/// leaves out what it cannot read).
+/// The xattrs of a symlink, FIFO or device (`trusted.*`, `security.*`:
+/// Linux allows no `user.*` there), as GNU tar keeps them. The node is
+/// never opened for reading (a FIFO would block, a device could act) nor
+/// followed: an `O_PATH | O_NOFOLLOW` descriptor, checked to be the inode
+/// already seen, is read through its `/proc/self/fd/N` path (which names
+/// the node itself, a symlink included, as glibc's `fchmodat` relies on).
+/// Nothing is read if that fails (as tar, which leaves out what it cannot
+/// read).
 fn special_xattrs(dir: BorrowedFd<'_>, name: &OsStr, st: &rustix::fs::Stat, e: &mut Entry) {
     let Ok(fd) = rustix::fs::openat(
         dir,

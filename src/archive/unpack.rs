@@ -16,7 +16,7 @@
 //! | replace an entry of the same name | `unlinkat(parent, name, 0)` (a folder is never replaced) |
 //! | owner | files, folders: `fchown(fd)`; symlinks: `fchownat(parent, name, AT_SYMLINK_NOFOLLOW)`; FIFOs, devices: `fchownat(O_PATH fd, "", AT_EMPTY_PATH)` |
 //! | mode | files, folders: `fchmod(fd)`; FIFOs, devices: `chmod("/proc/self/fd/N")` on an `O_PATH \| O_NOFOLLOW` descriptor (no `fchmodat2` on Debian 12's kernel; `fchmod` refuses `O_PATH`) |
-//! | xattrs, ACLs | files, folders: `fsetxattr(fd)`; FIFOs, devices: `setxattr("/proc/self/fd/N")` as above; symlinks: none |
+//! | xattrs, ACLs | files, folders: `fsetxattr(fd)`; FIFOs, devices, symlinks: `setxattr("/proc/self/fd/N")` of an `O_PATH \| O_NOFOLLOW` descriptor (it names the node itself, never a link's target) |
 //! | times | files, folders: `futimens(fd)`; symlinks: `utimensat(parent, name, AT_SYMLINK_NOFOLLOW)`; FIFOs, devices: `utimensat("/proc/self/fd/N")` |
 //!
 //! Folder metadata (mode, owner, times) is set when the walk leaves the
@@ -802,6 +802,37 @@ impl Unpacker<'_> {
             }
         }
         let dir = top_fd(&self.levels, &self.root);
+        if !e.xattrs.is_empty() {
+            // On the link itself, never its target: an O_PATH | O_NOFOLLOW
+            // descriptor's /proc path names the link (as for FIFOs).
+            match rustix::fs::openat(
+                dir,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => match rustix::fs::fstat(&fd) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                        let via = proc_path(fd.as_fd());
+                        for (k, v) in &e.xattrs {
+                            if let Err(err) = rustix::fs::setxattr(
+                                &via,
+                                &k[..],
+                                v,
+                                rustix::fs::XattrFlags::empty(),
+                            ) {
+                                failed.push(format!(
+                                    "xattr {} not restored: {err}",
+                                    display_bytes(k)
+                                ));
+                            }
+                        }
+                    }
+                    _ => failed.push("xattrs not restored: it is no longer a symlink".into()),
+                },
+                Err(err) => failed.push(format!("xattrs not restored: {err}")),
+            }
+        }
         if let Err(err) =
             rustix::fs::utimensat(dir, name, &timestamps(e.mtime), AtFlags::SYMLINK_NOFOLLOW)
         {

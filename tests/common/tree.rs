@@ -140,6 +140,13 @@ fn walk(
                         .as_bytes(),
                 )
                 .into_owned();
+                // The link's own xattrs (the /proc path of an O_PATH |
+                // O_NOFOLLOW descriptor names the link, not its target).
+                let fd =
+                    rustix::fs::openat(dir, &n[..], OFlags::PATH | OFlags::NOFOLLOW, Mode::empty())
+                        .unwrap();
+                use std::os::fd::AsRawFd;
+                a.xattrs = xattrs_by_path(&format!("/proc/self/fd/{}", fd.as_raw_fd()));
             }
             FileType::Directory => {
                 let sub = rustix::fs::openat(
