@@ -177,35 +177,36 @@ fn walk(
     }
 }
 
-fn xattrs_by_path(p: &str) -> Vec<(String, Vec<u8>)> {
-    let mut list = vec![0u8; 65536];
-    let n = rustix::fs::listxattr(p, &mut list[..]).unwrap_or(0);
-    let mut v: Vec<(String, Vec<u8>)> = list[..n]
-        .split(|&b| b == 0)
-        .filter(|n| !n.is_empty())
-        .filter(|n| !n.starts_with(b"security.selinux"))
-        .map(|name| {
-            let mut val = vec![0u8; 65536];
-            let k = rustix::fs::getxattr(p, name, &mut val[..]).unwrap();
-            val.truncate(k);
-            (String::from_utf8_lossy(name).into_owned(), val)
-        })
-        .collect();
-    v.sort();
-    v
+fn xattrs(fd: rustix::fd::BorrowedFd<'_>) -> Vec<(String, Vec<u8>)> {
+    sorted_xattrs(
+        |buf| rustix::fs::flistxattr(fd, buf).unwrap_or(0),
+        |name, buf| rustix::fs::fgetxattr(fd, name, buf).unwrap(),
+    )
 }
 
-fn xattrs(fd: rustix::fd::BorrowedFd<'_>) -> Vec<(String, Vec<u8>)> {
-    let mut list = vec![0u8; 65536];
-    let n = rustix::fs::flistxattr(fd, &mut list[..]).unwrap_or(0);
-    let mut v: Vec<(String, Vec<u8>)> = list[..n]
+/// The xattrs of the node a `/proc/self/fd/N` path names (an `O_PATH`
+/// descriptor: a FIFO, device or the symlink itself).
+fn xattrs_by_path(p: &str) -> Vec<(String, Vec<u8>)> {
+    sorted_xattrs(
+        |buf| rustix::fs::listxattr(p, buf).unwrap_or(0),
+        |name, buf| rustix::fs::getxattr(p, name, buf).unwrap(),
+    )
+}
+
+fn sorted_xattrs(
+    list: impl Fn(&mut [u8]) -> usize,
+    get: impl Fn(&[u8], &mut [u8]) -> usize,
+) -> Vec<(String, Vec<u8>)> {
+    let mut names = vec![0u8; 65536];
+    let n = list(&mut names[..]);
+    let mut v: Vec<(String, Vec<u8>)> = names[..n]
         .split(|&b| b == 0)
         .filter(|n| !n.is_empty())
         // security.selinux and the like belong to the machine, not the tree.
         .filter(|n| !n.starts_with(b"security.selinux"))
         .map(|name| {
             let mut val = vec![0u8; 65536];
-            let k = rustix::fs::fgetxattr(fd, name, &mut val[..]).unwrap();
+            let k = get(name, &mut val[..]);
             val.truncate(k);
             (String::from_utf8_lossy(name).into_owned(), val)
         })
