@@ -807,4 +807,30 @@ fn an_unbound_password_file_spends_no_vault_guess_unless_the_slot_was_chosen() {
         std::fs::read_to_string(home.path("ok/f.txt")).unwrap(),
         "kept safe"
     );
+    // rotate --drop vault with the local password unbound: the vault slot
+    // is left out, but its record is not sent that password to delete it
+    // (a wrong one would spend a guess): it is kept, and said so.
+    let vault = home.keyring_json()["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "vault")
+        .unwrap()
+        .clone();
+    home.coffer()
+        .args(["rotate", "--drop", "vault", "--password-file"])
+        .arg(home.path("local"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("was kept"));
+    // The right login above reset the count: all 10 before this one,
+    // 9 after (a delete attempt with the wrong password would leave 8).
+    let client = Client::new(vault["url"].as_str().unwrap(), None).unwrap();
+    let pinned = protocol::unb64(vault["server_key"].as_str().unwrap(), 64).unwrap();
+    match client.login(vault["user"].as_str().unwrap(), b"wrong", &pinned, false) {
+        Err(VaultError::WrongPassword { guesses_left }) => assert_eq!(guesses_left, 9),
+        other => panic!("{other:?}"),
+    }
 }

@@ -543,7 +543,7 @@ pub(super) fn rotate(
         .collect();
     #[cfg(feature = "vault")]
     for s in &dropped {
-        delete_vault_record(env, s);
+        delete_vault_record(env, s, &keyring.slots);
     }
     if cli.json {
         print_json(&json!({
@@ -579,22 +579,26 @@ pub(super) fn rotate(
 }
 
 /// After `rotate --drop` named a vault slot and the new keyring is stored:
-/// delete its record at the server, with its password (bound or unbound
-/// --password-file, or a prompt). Failing that, say what is left.
+/// delete its record at the server, with its password (bound to it, or
+/// unbound when no password slot could take it, or a prompt). Failing
+/// that, say what is left.
 #[cfg(feature = "vault")]
-fn delete_vault_record(env: &Env, s: &coffer::slot::SlotRecord) {
+fn delete_vault_record(env: &Env, s: &coffer::slot::SlotRecord, all: &[coffer::slot::SlotRecord]) {
     let coffer::slot::SlotParams::Vault(p) = &s.params else {
         return;
     };
-    let password = env.factors.for_slot(s, FactorKind::Password).or_else(|| {
-        coffer::ui::Ui::request_secret(
-            &env.ui,
-            &format!(
-                "Vault password for slot {}, to delete its record (empty to keep it): ",
-                s.name()
-            ),
-        )
-    });
+    let password = env
+        .factors
+        .for_slot(s, FactorKind::Password, all)
+        .or_else(|| {
+            coffer::ui::Ui::request_secret(
+                &env.ui,
+                &format!(
+                    "Vault password for slot {}, to delete its record (empty to keep it): ",
+                    s.name()
+                ),
+            )
+        });
     let outcome = match password {
         Some(pw) => p.delete_record(&pw).map_err(|e| e.to_string()),
         None => Err("no password given for it".into()),

@@ -138,20 +138,34 @@ impl Factors {
         Some(self.supplied.remove(i).secret)
     }
 
-    /// The supplied secret of `kind` bound to `slot`, else an unbound one:
-    /// for a slot named outright (a dropped vault slot whose record is to
-    /// be deleted).
-    pub fn for_slot(&self, slot: &SlotRecord, kind: FactorKind) -> Option<SecretString> {
+    /// The secret of `kind` for `slot` outside an unlock (a dropped vault
+    /// slot whose record is to be deleted), under the binding rule: one
+    /// bound to it, else an unbound one if `others` (the rest of the
+    /// keyring) has no slot that takes that kind of secret and spends
+    /// nothing when it is wrong — an unbound password is meant for a
+    /// password slot, not for a vault record.
+    pub fn for_slot(
+        &self,
+        slot: &SlotRecord,
+        kind: FactorKind,
+        others: &[SlotRecord],
+    ) -> Option<SecretString> {
         let bound = self
             .supplied
             .iter()
             .find(|s| s.kind == kind && s.slot.as_deref().is_some_and(|b| slot.answers_to(b)));
-        bound
-            .or_else(|| {
-                self.supplied
-                    .iter()
-                    .find(|s| s.kind == kind && s.slot.is_none())
-            })
+        if let Some(s) = bound {
+            return Some(s.secret.clone());
+        }
+        let meant_elsewhere = others
+            .iter()
+            .any(|r| r.id != slot.id && takes(r) == Some(kind) && !spends_a_guess(r));
+        if meant_elsewhere {
+            return None;
+        }
+        self.supplied
+            .iter()
+            .find(|s| s.kind == kind && s.slot.is_none())
             .map(|s| s.secret.clone())
     }
 
