@@ -360,6 +360,14 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
+/// `/proc/self/fd/N`: the node an `O_PATH` descriptor holds (a FIFO, a
+/// device, a symlink itself, never its target), for calls with no
+/// descriptor form that accepts `O_PATH`. Shared by sealing and opening.
+pub fn proc_fd_path(fd: rustix::fd::BorrowedFd<'_>) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -228,27 +228,13 @@ fn fidelity_tree(root: &Path) {
     )
     .unwrap();
     // xattrs: user.* (binary value too), trusted.* (root only).
-    rustix::fs::setxattr(
-        p("dir/plain"),
-        "user.note",
-        b"hello",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
-    rustix::fs::setxattr(
-        p("dir/plain"),
-        "user.bin",
-        b"\0\n=\xff",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
-    rustix::fs::setxattr(
-        p("dir"),
-        "trusted.secret",
-        b"root only",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    for (path, name, value) in [
+        ("dir/plain", "user.note", &b"hello"[..]),
+        ("dir/plain", "user.bin", b"\0\n=\xff"),
+        ("dir", "trusted.secret", b"root only"),
+    ] {
+        rustix::fs::setxattr(p(path), name, value, rustix::fs::XattrFlags::empty()).unwrap();
+    }
     // ACLs, access and default.
     run(Command::new("setfacl")
         .args(["-m", "u:1234:r,g:99:rw"])

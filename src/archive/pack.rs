@@ -765,7 +765,6 @@ fn special_xattrs(dir: BorrowedFd<'_>, name: &OsStr, st: &rustix::fs::Stat, e: &
         Ok(now) if now.st_dev == st.st_dev && now.st_ino == st.st_ino => {}
         _ => return,
     }
-    use std::os::fd::AsRawFd;
-    let via = std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let via = crate::fsutil::proc_fd_path(fd.as_fd());
     super::xattrs::read_from(super::xattrs::Source::Proc(&via), e, false);
 }

@@ -479,12 +479,7 @@ impl Drop for Writers {
     }
 }
 
-/// `/proc/self/fd/N`: the inode an `O_PATH` descriptor holds, for calls
-/// that have no descriptor form that accepts `O_PATH`.
-fn proc_path(fd: BorrowedFd<'_>) -> PathBuf {
-    use std::os::fd::AsRawFd;
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-}
+use crate::fsutil::proc_fd_path as proc_path;
 
 impl Unpacker<'_> {
     fn io(&self, path: &[u8], e: Errno) -> Error {

@@ -79,15 +79,6 @@ impl Pkcs11Mechanism {
             Pkcs11Mechanism::AesGcm => "aes-gcm",
         }
     }
-
-    /// Parse a stored or typed name.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ecdh" => Some(Self::Ecdh),
-            "aes-gcm" => Some(Self::AesGcm),
-            _ => None,
-        }
-    }
 }
 
 /// Public parameters of a PKCS#11 slot.
