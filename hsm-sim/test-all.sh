@@ -68,7 +68,7 @@ fuzz_smoke() {
   fuzz/target/debug/stream -runs=5000 -max_total_time=30 "$seeds" 2>&1 | tail -1
   fuzz/target/debug/header_slots -runs=20000 -max_total_time=30 "$seeds" 2>&1 | tail -1
   rm -rf "$seeds"; seeds=$(mktemp -d)
-  cp tests/vectors/keyring-v1.json "$seeds/"
+  cp tests/vectors/keyring-v*.json "$seeds/"
   fuzz/target/debug/keyring -runs=200000 -max_total_time=30 "$seeds" 2>&1 | tail -1
   rm -rf "$seeds"; seeds=$(mktemp -d)
   cp fuzz/seeds/tpm2_slot/* "$seeds/"

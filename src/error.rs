@@ -149,6 +149,18 @@ pub enum Error {
         /// What did not match.
         what: String,
     },
+    /// The keyring is a seal-only host's (`export --seal-only`): it seals
+    /// archives and never unlocks.
+    #[error(
+        "keyring {} is seal-only (sealer `{sealer}`): it seals archives but cannot open them or change slots. Open them where the owner's keyring is, or give a factor for one of the archive's own slots (such as --recovery-key-file)",
+        path.display()
+    )]
+    SealOnly {
+        /// The keyring file.
+        path: PathBuf,
+        /// The host's sealer id.
+        sealer: String,
+    },
     /// No keyring at the path.
     #[error("no keyring at {}: create one with `coffer init`, or name one with --keyring", path.display())]
     NoKeyring {
@@ -210,6 +222,7 @@ impl Error {
         match self {
             Error::Io { .. } | Error::AlreadyExists { .. } | Error::Refused(_) => Category::Other,
             Error::NoKeyring { .. } => Category::Other,
+            Error::SealOnly { .. } => Category::NoUsableSlot,
             Error::KeyringCorrupt { .. }
             | Error::KeyringTampered { .. }
             | Error::ArchiveCorrupt { .. } => Category::Corrupt,

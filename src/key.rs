@@ -110,9 +110,11 @@ impl BackupKey {
         &self.0
     }
 
-    /// The public identifier of this key: HKDF-SHA256(BK, "coffer/v1 key id"),
-    /// first 16 bytes. It reveals nothing about the key.
-    pub fn key_id(&self) -> KeyId {
+    /// Format version 1's public identifier of this key: HKDF-SHA256(BK,
+    /// "coffer/v1 key id"), first 16 bytes. It reveals nothing about the
+    /// key. Version 2 names a key by its sealing public key instead
+    /// ([`crate::sealing::SealingPublicKey::key_id`]).
+    pub fn key_id_v1(&self) -> KeyId {
         let mut id = [0u8; KEY_ID_LEN];
         hkdf_sha256(None, &self.0, label::KEY_ID, &mut id);
         KeyId(id)
@@ -280,9 +282,9 @@ mod tests {
     #[test]
     fn key_id_is_stable_and_hex() {
         let bk = BackupKey::from_bytes([7; 32]);
-        let id = bk.key_id();
+        let id = bk.key_id_v1();
         assert_eq!(KeyId::from_hex(&id.to_string()), Some(id));
         assert_eq!(id.to_string().len(), 32);
-        assert_ne!(BackupKey::from_bytes([8; 32]).key_id(), id);
+        assert_ne!(BackupKey::from_bytes([8; 32]).key_id_v1(), id);
     }
 }

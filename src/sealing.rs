@@ -31,9 +31,9 @@
 //! sealer key for a host from anything but `BK` and its id, or let a
 //! malformed public key or encapsulation panic.
 //!
-//! Not yet wired: no archive, keyring or command uses this module (the
-//! header and keyring members that will carry it are a proposal in
-//! docs/format.md §8.8).
+//! The keyring carries the public key and one [`Sealer`]
+//! (`src/keyring/`), the archive header an encapsulation and the sealer's
+//! id (`src/archive/header.rs`); docs/format.md §8.8 has both layouts.
 
 use crate::key::{BackupKey, KEY_ID_LEN, KEY_LEN, KeyId, hkdf_sha256, label, random_bytes};
 use sha2::{Digest as _, Sha256};
@@ -209,8 +209,9 @@ impl SealingPublicKey {
     /// The derandomized encapsulation (draft §5.4.1 `EncapsulateDerand`):
     /// `randomness[0..32]` is ML-KEM's `m`, `randomness[32..64]` the X25519
     /// ephemeral secret. Only [`Self::seal_file_key`] and the known-answer
-    /// tests call it: reused randomness reveals the file key.
-    fn seal_file_key_with(
+    /// vectors call it: reused randomness reveals the file key.
+    #[doc(hidden)]
+    pub fn seal_file_key_with(
         &self,
         randomness: &Zeroizing<[u8; ENCAPSULATION_RANDOMNESS_LEN]>,
     ) -> (Encapsulation, FileKey) {
@@ -400,6 +401,82 @@ impl fmt::Debug for SealerKey {
     }
 }
 
+/// What a keyring seals with: the sealing public key, and one sealer's id
+/// and key. Sealing needs nothing else, so a host holding a `Sealer` for
+/// its own id (`export --seal-only`) seals archives that only `BK` opens,
+/// and that open as sealed by that host. Never printed whole: `Debug`
+/// shows the key id and the sealer id.
+pub struct Sealer {
+    public_key: SealingPublicKey,
+    id: SealerId,
+    key: SealerKey,
+}
+
+impl Sealer {
+    /// The owner's sealer: `BK`'s public key, as `owner`.
+    pub fn owner(bk: &BackupKey) -> Self {
+        Self::derive(bk, SealerId::owner())
+    }
+
+    /// `BK`'s public key, sealing as `id`.
+    pub fn derive(bk: &BackupKey, id: SealerId) -> Self {
+        Self {
+            public_key: SealingPublicKey::derive(bk),
+            key: SealerKey::derive(bk, &id),
+            id,
+        }
+    }
+
+    /// From what a keyring holds (its MAC unchecked: a seal-only host
+    /// cannot check it).
+    pub fn from_parts(public_key: SealingPublicKey, id: SealerId, key: SealerKey) -> Self {
+        Self {
+            public_key,
+            id,
+            key,
+        }
+    }
+
+    /// The public key archives are sealed to.
+    pub fn public_key(&self) -> &SealingPublicKey {
+        &self.public_key
+    }
+
+    /// The key id of the public key.
+    pub fn key_id(&self) -> KeyId {
+        self.public_key.key_id()
+    }
+
+    /// Who seals.
+    pub fn id(&self) -> &SealerId {
+        &self.id
+    }
+
+    /// The sealer key that authenticates headers.
+    pub fn key(&self) -> &SealerKey {
+        &self.key
+    }
+
+    /// Whether `bk` derives this sealer: its public key and its sealer key
+    /// (the latter compared in constant time). What a reader checks after
+    /// unlocking a keyring.
+    pub fn is_derived_from(&self, bk: &BackupKey) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let key = SealerKey::derive(bk, &self.id);
+        let same_key: bool = key.0.ct_eq(&self.key.0).into();
+        same_key && self.public_key.is_derived_from(bk)
+    }
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer")
+            .field("key_id", &self.key_id().to_string())
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,7 +609,7 @@ mod tests {
         assert!(!pk.is_derived_from(&other));
         assert_ne!(pk.key_id(), SealingPublicKey::derive(&other).key_id());
         // The format 2 key id is not the format 1 one.
-        assert_ne!(pk.key_id(), bk.key_id());
+        assert_ne!(pk.key_id(), bk.key_id_v1());
     }
 
     #[test]

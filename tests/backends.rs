@@ -182,10 +182,13 @@ fn remove(r: &mut Rig) {
 /// After `remove`, the kind's factor alone unlocks nothing in the keyring:
 /// `enroll` with it is exit 5 and adds no slot.
 fn removed_slot_no_longer_unlocks_the_keyring(r: &mut Rig) {
-    // Before: the factor alone unlocks the keyring (to seal).
-    let step = "seal with only its factor";
+    // Before: the factor alone unlocks the keyring (to verify an archive
+    // that `seal`, needing no factor, made).
+    let out = r.run(&args(["seal", "data", "-o", "b.coffer"]));
+    r.expect(&out, 0, "seal with no factor");
+    let step = "verify with only its factor";
     let mut a = only_its_factor(r, r.backend.factor_args());
-    a.extend(args(["seal", "data", "-o", "b.coffer"]));
+    a.extend(args(["verify", "b.coffer"]));
     let out = r.run(&a);
     r.expect(&out, 0, step);
     let used = format!(

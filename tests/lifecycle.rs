@@ -102,17 +102,20 @@ fn labels_name_slots_everywhere_and_make_the_keyring_version_2() {
             .stderr(predicate::str::contains(why));
     }
     assert_eq!(slots(&h).len(), 2, "nothing enrolled");
-    // A keyring without labels stays version 1, which older builds read.
+    // Every new keyring is version 2 (it has a sealing key), labels or not.
     let plain = Home::new();
     plain.init();
-    assert_eq!(plain.keyring_json()["version"], 1);
+    assert_eq!(plain.keyring_json()["version"], 2);
 }
 
 #[test]
 fn a_version_1_keyring_with_a_label_is_refused_as_corrupt() {
     let h = home();
-    let mut kr = h.keyring_json();
-    kr["version"] = 1.into();
+    let vector =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/keyring-v1.json");
+    let mut kr: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vector).unwrap()).unwrap();
+    kr["slots"][0]["label"] = "paper".into();
     h.put_keyring_json(&kr);
     h.coffer()
         .arg("slots")
@@ -138,14 +141,7 @@ fn ambiguous_or_unknown_slot_names_are_usage_errors() {
     for args in [
         &["remove", "nonesuch"][..],
         &["rotate", "--drop", "nonesuch"],
-        &[
-            "--password-file",
-            "nonesuch=pw.txt",
-            "seal",
-            "pw.txt",
-            "-o",
-            "x.coffer",
-        ],
+        &["--password-file", "nonesuch=pw.txt", "verify", "old.coffer"],
     ] {
         h.coffer()
             .args(args)
@@ -487,15 +483,15 @@ mod hardware {
         let tries = r.tpm_tries_left();
         assert!(tries.is_some());
         r.h.write("data.txt", "x");
+        // Sealing needs no factor: the PIN given is not even read.
         r.coffer()
-            .args([
-                "seal",
-                "data.txt",
-                "-o",
-                "a.coffer",
-                "--pin-file",
-                "hsm-pin.txt",
-            ])
+            .args(["seal", "data.txt", "-o", "a.coffer"])
+            .args(["--pin-file", "hsm-pin.txt"])
+            .assert()
+            .success();
+        assert_eq!(r.tpm_tries_left(), tries);
+        r.coffer()
+            .args(["verify", "a.coffer", "--pin-file", "hsm-pin.txt"])
             .assert()
             .code(2)
             .stderr(predicate::str::contains("say which"));
@@ -504,7 +500,7 @@ mod hardware {
         // TPM slot, tried first (a device), gets no PIN and is skipped.
         for bound in ["pkcs11=hsm-pin.txt", "ecdh=hsm-pin.txt"] {
             r.coffer()
-                .args(["-v", "seal", "data.txt", "-o", "a.coffer", "--force"])
+                .args(["-v", "verify", "a.coffer"])
                 .args(["--pin-file", bound])
                 .assert()
                 .success()
@@ -514,7 +510,7 @@ mod hardware {
         // Chosen with --slot, an unbound PIN has one slot to go to.
         r.coffer()
             .args(["--slot", "tpm", "--pin-file", "tpm-pin.txt"])
-            .args(["seal", "data.txt", "-o", "a.coffer", "--force"])
+            .args(["verify", "a.coffer"])
             .assert()
             .success();
     }
@@ -599,7 +595,11 @@ mod hardware {
             .assert()
             .success();
         h.coffer()
-            .args(["-v", "--slot", "tpm2", "seal", "data.txt", "-o", "t.coffer"])
+            .args(["seal", "data.txt", "-o", "t.coffer"])
+            .assert()
+            .success();
+        h.coffer()
+            .args(["-v", "--slot", "tpm2", "verify", "t.coffer"])
             .assert()
             .success()
             .stderr(predicate::str::contains("(tpm2)"));
@@ -715,9 +715,15 @@ mod tpm_and_yubikey {
                 .assert()
         }
 
+        /// Seal `new.coffer` (no factor needed), then verify it, the
+        /// keyring unlocking with `pin`.
         fn seal(&self, pin: &str) -> assert_cmd::assert::Assert {
             self.coffer()
-                .args(["-v", "seal", "data.txt", "-o", "new.coffer", "--force"])
+                .args(["seal", "data.txt", "-o", "new.coffer", "--force"])
+                .assert()
+                .success();
+            self.coffer()
+                .args(["-v", "verify", "new.coffer"])
                 .args(["--pin-file", pin])
                 .assert()
         }

@@ -55,10 +55,16 @@ impl Rig {
 
     /// Seal secret.txt (which unlocks the keyring) with `--slot pkcs11` and
     /// the given PIN file.
+    /// Seal a.coffer (no factor needed), then verify it with the token
+    /// only: the keyring's token slot unlocks with `pin_file`.
     fn seal_with_token(&self, pin_file: &str) -> assert_cmd::assert::Assert {
         self.coffer()
-            .args(["--slot", "pkcs11", "--pin-file", pin_file])
             .args(["seal", "secret.txt", "--force", "-o", "a.coffer"])
+            .assert()
+            .success();
+        self.coffer()
+            .args(["--slot", "pkcs11", "--pin-file", pin_file])
+            .args(["verify", "a.coffer"])
             .assert()
     }
 
@@ -164,8 +170,12 @@ fn keys_made_by_pkcs11_tool_enroll_by_uri() {
     let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     let id = v["slot"].as_str().unwrap();
     r.coffer()
-        .args(["--slot", id, "--pin-file", "pin.txt"])
         .args(["seal", "secret.txt", "--force", "-o", "b.coffer"])
+        .assert()
+        .success();
+    r.coffer()
+        .args(["--slot", id, "--pin-file", "pin.txt"])
+        .args(["verify", "b.coffer"])
         .assert()
         .success();
 }
@@ -211,7 +221,11 @@ fn the_pin_comes_from_pin_source_or_the_slot_is_skipped() {
     assert_eq!(r.pkcs11_slot()["uri"], uri);
     // No --pin-file: the URI's pin-source is read.
     r.coffer()
-        .args(["--slot", "pkcs11", "seal", "secret.txt", "-o", "a.coffer"])
+        .args(["seal", "secret.txt", "-o", "a.coffer"])
+        .assert()
+        .success();
+    r.coffer()
+        .args(["--slot", "pkcs11", "verify", "a.coffer"])
         .assert()
         .success();
     // Without any PIN and no terminal the slot is skipped: exit 5.
@@ -223,15 +237,11 @@ fn the_pin_comes_from_pin_source_or_the_slot_is_skipped() {
         .unwrap()
         .to_owned();
     r.coffer()
-        .args([
-            "--slot",
-            &id,
-            "seal",
-            "secret.txt",
-            "--force",
-            "-o",
-            "a.coffer",
-        ])
+        .args(["seal", "secret.txt", "--force", "-o", "a.coffer"])
+        .assert()
+        .success();
+    r.coffer()
+        .args(["--slot", &id, "verify", "a.coffer"])
         .assert()
         .code(5)
         .stderr(predicate::str::contains("for want of a factor"));

@@ -449,11 +449,13 @@ fn cli_unattended_unlock_needs_no_terminal_and_no_factor() {
         .clone();
     assert_eq!(slot["pin"], false);
     assert!(slot.get("pcrs").is_none());
-    // No terminal, no factor files: the TPM slot opens by itself.
-    for cmd in [
-        &["verify", "a.coffer"][..],
-        &["seal", "data.txt", "-o", "b.coffer"],
-    ] {
+    // No terminal, no factor files: the TPM slot opens by itself (and
+    // sealing needs no factor at all).
+    coffer(&h, &tpm)
+        .args(["seal", "data.txt", "-o", "b.coffer"])
+        .assert()
+        .success();
+    for cmd in [&["verify", "a.coffer"][..], &["verify", "b.coffer"]] {
         coffer(&h, &tpm)
             .arg("-v")
             .args(cmd)
@@ -461,8 +463,8 @@ fn cli_unattended_unlock_needs_no_terminal_and_no_factor() {
             .success()
             .stderr(predicate::str::contains("(tpm2)"));
     }
-    // --tcti names the TPM as well as the environment does, for seal (the
-    // keyring) and open (the keyring, and the archive's copy).
+    // --tcti names the TPM as well as the environment does, for open (the
+    // keyring, and the archive's copy).
     h.coffer()
         .args(["--tcti", &tpm.tcti(), "seal", "data.txt", "-o", "c.coffer"])
         .assert()
@@ -533,7 +535,11 @@ fn cli_changed_pcr_exits_5_and_falls_back_to_the_recovery_key() {
         .assert()
         .success();
     coffer(&h, &tpm)
-        .args(["-v", "seal", "data.txt", "-o", "c.coffer"])
+        .args(["seal", "data.txt", "-o", "c.coffer"])
+        .assert()
+        .success();
+    coffer(&h, &tpm)
+        .args(["-v", "verify", "c.coffer"])
         .assert()
         .success()
         .stderr(predicate::str::contains("(tpm2)"));
@@ -572,12 +578,14 @@ fn cli_pin_slot_wrong_pin_exits_3_then_lockout_exits_5() {
         .stderr(predicate::str::contains("(tpm2)"));
     // A wrong PIN: exit 3, with the tries left.
     let tries = coffer_hsm_sim::swtpm::DA_MAX_TRIES;
+    h.write("data.txt", "x");
+    coffer(&h, &tpm)
+        .args(["seal", "data.txt", "-o", "x.coffer"])
+        .assert()
+        .success();
     for left in (0..tries).rev() {
-        h.write("data.txt", "x");
         coffer(&h, &tpm)
-            .args([
-                "seal", "data.txt", "-o", "x.coffer", "--force", "--slot", "tpm2",
-            ])
+            .args(["verify", "x.coffer", "--slot", "tpm2"])
             .args(["--pin-file", "bad-pin.txt"])
             .assert()
             .code(3)
@@ -587,19 +595,19 @@ fn cli_pin_slot_wrong_pin_exits_3_then_lockout_exits_5() {
     }
     // Locked out: exit 5, saying so and for how long; even the right PIN.
     coffer(&h, &tpm)
-        .args(["seal", "data.txt", "-o", "x.coffer", "--slot", "tpm2"])
+        .args(["verify", "x.coffer", "--slot", "tpm2"])
         .args(["--pin-file", "pin.txt"])
         .assert()
         .code(5)
         .stderr(predicate::str::contains("locked").and(predicate::str::contains("60 s")));
     // The other slots still work.
     coffer(&h, &tpm)
-        .args(["seal", "data.txt", "-o", "x.coffer", "--force"])
+        .args(["verify", "x.coffer"])
         .args(["--recovery-key-file", "recovery.txt"])
         .assert()
         .success();
     coffer(&h, &tpm)
-        .args(["seal", "data.txt", "-o", "x.coffer", "--force"])
+        .args(["verify", "x.coffer"])
         .args(["--password-file", "new.txt"])
         .assert()
         .success();

@@ -18,6 +18,9 @@ use coffer::archive::header::{FLAG_TAR, FLAG_ZSTD};
 use coffer::archive::stream::StreamWriter;
 use coffer::key::{BackupKey, Kek};
 use coffer::keyring::Keyring;
+use coffer::sealing::Sealer;
+#[cfg(feature = "cli")]
+use coffer::sealing::{SealerId, SealerKey};
 use coffer::slot::recovery::RecoveryKey;
 use coffer::slot::{SlotId, SlotParams, SlotRecord, recovery::RecoveryParams};
 #[cfg(feature = "cli")]
@@ -52,7 +55,7 @@ fn vector_keyring() -> Keyring {
         wrapped: bk.wrap(&vector_recovery().kek()),
         params: SlotParams::Recovery(RecoveryParams {}),
     };
-    Keyring::new(&bk, vec![slot])
+    Keyring::v1(&bk, vec![slot])
 }
 
 fn seal_with(bk: &BackupKey, flags: u16, chunk: u32, salt: u8, payload: &[u8]) -> Vec<u8> {
@@ -67,9 +70,10 @@ fn seal_with_slots(
     salt: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let header = Header::with_salt(bk, flags, chunk, slots, [salt; 32], 1_700_000_000);
+    let (header, payload_key) =
+        Header::v1_with_salt(bk, flags, chunk, slots, [salt; 32], 1_700_000_000);
     let mut out = header.to_bytes();
-    let mut w = StreamWriter::new(header.payload_key(bk), chunk as usize, Vec::new());
+    let mut w = StreamWriter::new(payload_key, chunk as usize, Vec::new());
     w.write_all(payload).unwrap();
     out.extend(w.finish().unwrap());
     out
@@ -109,7 +113,7 @@ fn derived_values_match_the_spec() {
             .unwrap_or_else(|| panic!("{name} missing"))
             .to_owned()
     };
-    assert_eq!(bk.key_id().to_string(), want("key id"));
+    assert_eq!(bk.key_id_v1().to_string(), want("key id"));
     assert_eq!(hex::encode(kek.expose()), want("recovery kek"));
     assert_eq!(hex::encode(bk.wrap(&kek).0), want("wrapped"));
 }
@@ -205,9 +209,237 @@ fn testkit_cases() -> Vec<(&'static str, Vec<u8>)> {
     // slots unwrap a key whose id does not match.
     cases.push(("swapped-key", seal_with(&other, 0, 4096, 0x27, b"swapped")));
     let mut version = good.clone();
-    version[9] = 2;
+    version[9] = 3;
     cases.push(("unknown-version", version));
     cases
+}
+
+/// The recovery slot of the vectors, with a label (version 2 only).
+fn vector_slot_v2() -> SlotRecord {
+    let mut slot = vector_keyring().slots.remove(0);
+    slot.label = Some(coffer::slot::Label::parse("paper").unwrap());
+    slot
+}
+
+/// The version 2 keyring of the vector key: one labelled recovery slot.
+fn vector_keyring_v2() -> Keyring {
+    Keyring::new(&vector_key(), vec![vector_slot_v2()])
+}
+
+/// The version 1 vector keyring after coffer upgraded it.
+fn vector_keyring_upgraded() -> Keyring {
+    let mut k = vector_keyring();
+    assert!(k.upgrade(&vector_key()));
+    k
+}
+
+/// A version 2 archive of the vector key, sealed by `sealer` with salt
+/// `salt` × 32, encapsulation randomness `eseed` × 64 and the v2 slot.
+fn seal_v2(sealer: &Sealer, flags: u16, salt: u8, eseed: u8, payload: &[u8]) -> Vec<u8> {
+    seal_v2_slots(sealer, vec![vector_slot_v2()], flags, salt, eseed, payload)
+}
+
+fn seal_v2_slots(
+    sealer: &Sealer,
+    slots: Vec<SlotRecord>,
+    flags: u16,
+    salt: u8,
+    eseed: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let (header, key) = Header::seal_with(
+        sealer,
+        flags,
+        4096,
+        slots,
+        [salt; 32],
+        1_700_000_000,
+        [eseed; 64],
+    );
+    let mut out = header.to_bytes();
+    let mut w = StreamWriter::new(key, 4096, Vec::new());
+    w.write_all(payload).unwrap();
+    out.extend(w.finish().unwrap());
+    out
+}
+
+/// `hello, coffer\n` sealed by the owner: salt `33` × 32, randomness
+/// `22` × 64 (those of tests/vectors/sealing-v2.txt).
+fn stream_vector_v2() -> Vec<u8> {
+    seal_v2(
+        &Sealer::owner(&vector_key()),
+        0,
+        0x33,
+        0x22,
+        b"hello, coffer\n",
+    )
+}
+
+#[test]
+fn version_2_vectors_match_the_spec() {
+    let want = std::fs::read(vectors().join("keyring-v2.json")).unwrap();
+    assert_eq!(
+        String::from_utf8(vector_keyring_v2().to_bytes()).unwrap(),
+        String::from_utf8(want.clone()).unwrap()
+    );
+    let parsed = Keyring::parse(&want, Path::new("keyring-v2.json")).unwrap();
+    parsed.verify(&vector_key(), Path::new("v")).unwrap();
+    let want = std::fs::read(vectors().join("keyring-v2-upgraded.json")).unwrap();
+    assert_eq!(
+        String::from_utf8(vector_keyring_upgraded().to_bytes()).unwrap(),
+        String::from_utf8(want.clone()).unwrap()
+    );
+    Keyring::parse(&want, Path::new("u"))
+        .unwrap()
+        .verify(&vector_key(), Path::new("u"))
+        .unwrap();
+    let want = std::fs::read(vectors().join("archive-v2-stream.coffer")).unwrap();
+    assert_eq!(hex::encode(stream_vector_v2()), hex::encode(&want));
+}
+
+/// The version 2 testkit cases (`v2-*`), sealed by the owner or the host
+/// `nas-1` of the vector key.
+#[cfg(feature = "cli")] // runs the `coffer` binary
+fn testkit_cases_v2() -> Vec<(&'static str, Vec<u8>)> {
+    let bk = vector_key();
+    let owner = Sealer::owner(&bk);
+    let host = Sealer::derive(&bk, SealerId::host("nas-1").unwrap());
+    let three_chunks: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let good = seal_v2(&owner, 0, 0x42, 0x52, &three_chunks);
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut hd = tar::Header::new_ustar();
+    hd.set_path("folder/hello.txt").unwrap();
+    hd.set_size(6);
+    hd.set_mode(0o644);
+    hd.set_mtime(1_700_000_000);
+    hd.set_cksum();
+    tar.append(&hd, &b"hello\n"[..]).unwrap();
+    let tar = tar.into_inner().unwrap();
+    let zstd_tar = zstd::encode_all(&tar[..], 3).unwrap();
+    let mut cases = vec![
+        ("v2-stream-three-chunks", good.clone()),
+        ("v2-stream-empty", seal_v2(&owner, 0, 0x41, 0x51, b"")),
+        (
+            "v2-folder-zstd",
+            seal_v2(&owner, FLAG_TAR | FLAG_ZSTD, 0x43, 0x53, &zstd_tar),
+        ),
+        (
+            "v2-host",
+            seal_v2(&host, 0, 0x44, 0x54, b"sealed by a host\n"),
+        ),
+    ];
+    let hl = Header::read(&mut &good[..]).unwrap().encoded_len();
+    let enc_at = coffer::archive::header::FIXED_LEN;
+    let m_at = enc_at + coffer::sealing::ENCAPSULATION_LEN;
+    let mut flip = good.clone();
+    flip[hl - 10] ^= 1;
+    cases.push(("v2-bad-header-mac", flip));
+    let mut flip = good.clone();
+    flip[enc_at + 500] ^= 1;
+    cases.push(("v2-bad-encapsulation", flip));
+    // The host's archive, its sealer id rewritten to another host's.
+    let mut renamed = seal_v2(&host, 0, 0x45, 0x55, b"renamed");
+    assert_eq!(&renamed[m_at + 1..m_at + 6], b"nas-1");
+    renamed[m_at + 5] = b'2';
+    cases.push(("v2-renamed-sealer", renamed));
+    let mut no_id = good.clone();
+    no_id[m_at] = 0;
+    cases.push(("v2-empty-sealer-id", no_id));
+    // Built from the public key alone, with a sealer key made up for
+    // `owner`: the header does not authenticate.
+    let forger = Sealer::from_parts(
+        owner.public_key().clone(),
+        SealerId::owner(),
+        SealerKey::from_bytes([0x66; 32]),
+    );
+    cases.push((
+        "v2-forged-from-public-key",
+        seal_v2(&forger, 0, 0x46, 0x56, b"forged"),
+    ));
+    // Another key's archive, with that key's own slot: a wrong factor.
+    let other = BackupKey::from_bytes([0xee; 32]);
+    let other_slot = SlotRecord {
+        id: SlotId::parse("00000002").unwrap(),
+        label: None,
+        created: 1_700_000_000,
+        wrapped: other.wrap(&RecoveryKey::from_entropy(&[0xdd; 30]).kek()),
+        params: SlotParams::Recovery(RecoveryParams {}),
+    };
+    cases.push((
+        "v2-other-key",
+        seal_v2_slots(
+            &Sealer::owner(&other),
+            vec![other_slot],
+            0,
+            0x47,
+            0x57,
+            b"not yours",
+        ),
+    ));
+    // Our slot, sealed to (and MACed under) another key.
+    cases.push((
+        "v2-swapped-key",
+        seal_v2(&Sealer::owner(&other), 0, 0x48, 0x58, b"swapped"),
+    ));
+    cases
+}
+
+#[cfg(feature = "cli")] // runs the `coffer` binary
+#[test]
+#[ignore = "rewrites the version 2 vectors; only for a new format version"]
+fn regenerate_v2() {
+    std::fs::write(
+        vectors().join("keyring-v2.json"),
+        vector_keyring_v2().to_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        vectors().join("keyring-v2-upgraded.json"),
+        vector_keyring_upgraded().to_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        vectors().join("archive-v2-stream.coffer"),
+        stream_vector_v2(),
+    )
+    .unwrap();
+    let three: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    for (name, bytes) in testkit_cases_v2() {
+        std::fs::write(testkit_dir().join(format!("{name}.coffer")), &bytes).unwrap();
+        let payload: Option<Vec<u8>> = match name {
+            "v2-stream-three-chunks" => Some(three.clone()),
+            "v2-stream-empty" => Some(vec![]),
+            "v2-host" => Some(b"sealed by a host\n".to_vec()),
+            "v2-folder-zstd" => {
+                let h = common::Home::new();
+                std::fs::copy(vectors().join("recovery-v1.txt"), h.recovery_key()).unwrap();
+                let out = h
+                    .coffer()
+                    .arg("open")
+                    .arg(testkit_dir().join(format!("{name}.coffer")))
+                    .args(["-o", "-", "--recovery-key-file", "recovery.txt"])
+                    .assert()
+                    .success();
+                Some(out.get_output().stdout.clone())
+            }
+            _ => None,
+        };
+        let expect = match (name, payload) {
+            ("v2-other-key", None) => "expect: exit 3\n".into(),
+            (name, p) => expectation(name, p.as_deref()),
+        };
+        std::fs::write(testkit_dir().join(format!("{name}.expect")), expect).unwrap();
+    }
+}
+
+/// The version 2 testkit files are what this build makes.
+#[cfg(feature = "cli")] // runs the `coffer` binary
+#[test]
+fn version_2_testkit_matches_its_construction() {
+    for (name, bytes) in testkit_cases_v2() {
+        let want = std::fs::read(testkit_dir().join(format!("{name}.coffer"))).unwrap();
+        assert!(want == bytes, "{name} differs from its construction");
+    }
 }
 
 /// What a testkit case expects: `ok` with the payload's SHA-256 (as
@@ -246,7 +478,7 @@ fn regenerate() {
         vectors().join("derived-v1.txt"),
         format!(
             "key id: {}\nrecovery kek: {}\nwrapped: {}\n",
-            bk.key_id(),
+            bk.key_id_v1(),
             hex::encode(kek.expose()),
             hex::encode(bk.wrap(&kek).0)
         ),

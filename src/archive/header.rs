@@ -1,31 +1,44 @@
 //! The archive header: magic, version, flags, chunk size, key id, salt,
-//! creation time, a copy of the keyring's slots, and a MAC under a key
-//! derived from the backup key and the salt (docs/format.md, "Archive").
+//! creation time, a copy of the keyring's slots, and a MAC
+//! (docs/format.md §4 for version 1, §8.8 for version 2).
+//!
+//! Version 2 (what coffer writes) adds the sealed file key (an X-Wing
+//! encapsulation to the keyring's sealing public key) and the id of the
+//! sealer that wrote the header; its MAC is keyed by that sealer's key and
+//! its payload key derives from the file key, so sealing needs no factor
+//! ([`crate::sealing`]). Version 1 (read, and written only for vectors)
+//! keys both from `BK`.
 //!
 //! Parsing applies hard limits before any allocation and keeps the exact
 //! bytes read, so the MAC is checked over what was on disk.
 //!
 //! Must never: trust any field (slots included) before the MAC checked out,
-//! except to find a slot to unlock with.
+//! except to find a slot to unlock with; hand out a payload key before the
+//! key id and MAC checked out ([`Header::open`] does both, in §8.7's order).
 
+use super::stream::PayloadKey;
 use crate::error::{Error, Result};
 use crate::key::{BackupKey, KEY_ID_LEN, KeyId, label};
 use crate::keyring::{canonical_json, parse_slots};
+use crate::sealing::{
+    ENCAPSULATION_LEN, ENCAPSULATION_RANDOMNESS_LEN, Encapsulation, FileKey, SEALER_ID_MAX, Sealer,
+    SealerId, SealerKey, SealingPublicKey, SealingSecret,
+};
 use crate::slot::SlotRecord;
 use hmac::{KeyInit, Mac};
 use std::io::Read;
+use zeroize::Zeroizing;
 
 /// First 8 bytes of every archive.
 pub const MAGIC: &[u8; 8] = b"coffer\r\n";
-/// The newest archive version this build reads and writes. Version 2 adds
-/// slot labels; an archive whose slots have none is written as version 1,
-/// which older builds read.
+/// The archive version this build writes; it reads 1 and 2.
 pub const VERSION: u16 = 2;
 /// Salt length.
 pub const SALT_LEN: usize = 32;
 /// Header MAC length.
 pub const MAC_LEN: usize = 32;
-/// Length of the fixed part, before the slots.
+/// Length of the fixed part, before the slots (version 1) or the sealed
+/// file key (version 2).
 pub const FIXED_LEN: usize = 8 + 2 + 2 + 4 + KEY_ID_LEN + SALT_LEN + 8 + 4;
 /// Largest slot list accepted, bytes.
 pub const MAX_SLOTS_LEN: u32 = 1 << 20;
@@ -44,16 +57,27 @@ const KNOWN_FLAGS: u16 = FLAG_TAR | FLAG_ZSTD;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
+/// What a version 2 header adds: the file key sealed to the public key,
+/// and who sealed it. Neither is trusted before the MAC checked out.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The file key, sealed to the keyring's public key.
+    pub encapsulation: Encapsulation,
+    /// The sealer whose key authenticates this header.
+    pub sealer: SealerId,
+}
+
 /// A parsed (or newly built) archive header.
 #[derive(Debug, Clone)]
 pub struct Header {
-    /// The format version (1, or 2 when a slot has a label).
+    /// The format version: 2, or 1 for archives of older builds.
     pub version: u16,
     /// [`FLAG_TAR`], [`FLAG_ZSTD`].
     pub flags: u16,
     /// Plaintext bytes per chunk.
     pub chunk_size: u32,
-    /// The backup key's id.
+    /// The key id: of the sealing public key (version 2), of `BK`
+    /// (version 1).
     pub key_id: KeyId,
     /// Per-archive random salt.
     pub salt: [u8; SALT_LEN],
@@ -61,6 +85,8 @@ pub struct Header {
     pub created: u64,
     /// Copies of the keyring's slots (public parts).
     pub slots: Vec<SlotRecord>,
+    /// Version 2's sealed file key and sealer; `None` in version 1.
+    pub sealed: Option<Sealed>,
     /// The exact bytes the MAC covers.
     raw: Vec<u8>,
     mac: [u8; MAC_LEN],
@@ -70,59 +96,189 @@ fn corrupt(what: impl Into<String>) -> Error {
     Error::ArchiveCorrupt { what: what.into() }
 }
 
-fn header_mac(bk: &BackupKey, salt: &[u8], raw: &[u8]) -> HmacSha256 {
-    let key = bk.derive(Some(salt), label::ARCHIVE_HEADER_MAC);
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key.as_ref()).expect("any key length");
+fn hmac(key: &[u8; 32], raw: &[u8]) -> HmacSha256 {
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("any key length");
     mac.update(raw);
     mac
 }
 
+fn slot_list_bytes(slots: &[SlotRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    canonical_json(
+        &serde_json::Value::Array(slots.iter().map(SlotRecord::to_json).collect()),
+        &mut out,
+    );
+    out
+}
+
+/// The fixed part every version starts with.
+fn fixed_part(
+    version: u16,
+    flags: u16,
+    chunk_size: u32,
+    key_id: &KeyId,
+    salt: &[u8; SALT_LEN],
+    created: u64,
+    slots_len: usize,
+) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(FIXED_LEN + ENCAPSULATION_LEN + 1 + SEALER_ID_MAX + slots_len);
+    raw.extend_from_slice(MAGIC);
+    raw.extend_from_slice(&version.to_be_bytes());
+    raw.extend_from_slice(&flags.to_be_bytes());
+    raw.extend_from_slice(&chunk_size.to_be_bytes());
+    raw.extend_from_slice(&key_id.0);
+    raw.extend_from_slice(salt);
+    raw.extend_from_slice(&created.to_be_bytes());
+    raw.extend_from_slice(&(slots_len as u32).to_be_bytes());
+    raw
+}
+
 impl Header {
-    /// A header for a new archive under `bk`, with a fresh salt.
-    pub fn new(bk: &BackupKey, flags: u16, chunk_size: u32, slots: Vec<SlotRecord>) -> Self {
+    /// Seal a new archive's header with `sealer` (no factor needed): a
+    /// fresh salt and file key. Returns the header and the payload key.
+    pub fn seal(
+        sealer: &Sealer,
+        flags: u16,
+        chunk_size: u32,
+        slots: Vec<SlotRecord>,
+    ) -> (Self, PayloadKey) {
         let mut salt = [0u8; SALT_LEN];
         crate::key::random_bytes(&mut salt);
-        Self::with_salt(bk, flags, chunk_size, slots, salt, crate::slot::now_unix())
+        let (encapsulation, file_key) = sealer.public_key().seal_file_key();
+        Self::seal_parts(
+            sealer,
+            flags,
+            chunk_size,
+            slots,
+            salt,
+            crate::slot::now_unix(),
+            encapsulation,
+            &file_key,
+        )
     }
 
-    /// A header with the given salt and time: for known-answer vectors
-    /// only. A salt must never be reused for real archives.
-    pub fn with_salt(
+    /// [`Self::seal`] with the given salt, time and encapsulation
+    /// randomness: for known-answer vectors only. Neither may ever be
+    /// reused for real archives.
+    #[doc(hidden)]
+    pub fn seal_with(
+        sealer: &Sealer,
+        flags: u16,
+        chunk_size: u32,
+        slots: Vec<SlotRecord>,
+        salt: [u8; SALT_LEN],
+        created: u64,
+        randomness: [u8; ENCAPSULATION_RANDOMNESS_LEN],
+    ) -> (Self, PayloadKey) {
+        let (encapsulation, file_key) = sealer
+            .public_key()
+            .seal_file_key_with(&Zeroizing::new(randomness));
+        Self::seal_parts(
+            sealer,
+            flags,
+            chunk_size,
+            slots,
+            salt,
+            created,
+            encapsulation,
+            &file_key,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)] // the header's fields, once
+    fn seal_parts(
+        sealer: &Sealer,
+        flags: u16,
+        chunk_size: u32,
+        slots: Vec<SlotRecord>,
+        salt: [u8; SALT_LEN],
+        created: u64,
+        encapsulation: Encapsulation,
+        file_key: &FileKey,
+    ) -> (Self, PayloadKey) {
+        let slot_bytes = slot_list_bytes(&slots);
+        let key_id = sealer.key_id();
+        let mut raw = fixed_part(
+            2,
+            flags,
+            chunk_size,
+            &key_id,
+            &salt,
+            created,
+            slot_bytes.len(),
+        );
+        raw.extend_from_slice(encapsulation.as_bytes());
+        let id = sealer.id().as_str().as_bytes();
+        raw.push(id.len() as u8);
+        raw.extend_from_slice(id);
+        raw.extend_from_slice(&slot_bytes);
+        let mac = hmac(&sealer.key().header_mac_key(&salt), &raw)
+            .finalize()
+            .into_bytes()
+            .into();
+        let payload_key = PayloadKey::new(&file_key.payload_key(&salt));
+        let header = Self {
+            version: 2,
+            flags,
+            chunk_size,
+            key_id,
+            salt,
+            created,
+            slots,
+            sealed: Some(Sealed {
+                encapsulation,
+                sealer: sealer.id().clone(),
+            }),
+            raw,
+            mac,
+        };
+        (header, payload_key)
+    }
+
+    /// A version 1 header under `bk` with the given salt and time, as
+    /// builds before format 2 wrote them: for vectors and the tests that
+    /// keep version 1 archives opening. coffer writes version 2.
+    #[doc(hidden)]
+    pub fn v1_with_salt(
         bk: &BackupKey,
         flags: u16,
         chunk_size: u32,
         slots: Vec<SlotRecord>,
         salt: [u8; SALT_LEN],
         created: u64,
-    ) -> Self {
-        let mut slot_bytes = Vec::new();
-        canonical_json(
-            &serde_json::Value::Array(slots.iter().map(SlotRecord::to_json).collect()),
-            &mut slot_bytes,
+    ) -> (Self, PayloadKey) {
+        assert!(
+            slots.iter().all(|s| s.label.is_none()),
+            "version 1 has no slot labels"
         );
-        let mut raw = Vec::with_capacity(FIXED_LEN + slot_bytes.len());
-        raw.extend_from_slice(MAGIC);
-        let version = crate::keyring::format_version(&slots) as u16;
-        raw.extend_from_slice(&version.to_be_bytes());
-        raw.extend_from_slice(&flags.to_be_bytes());
-        raw.extend_from_slice(&chunk_size.to_be_bytes());
-        raw.extend_from_slice(&bk.key_id().0);
-        raw.extend_from_slice(&salt);
-        raw.extend_from_slice(&created.to_be_bytes());
-        raw.extend_from_slice(&(slot_bytes.len() as u32).to_be_bytes());
-        raw.extend_from_slice(&slot_bytes);
-        let mac = header_mac(bk, &salt, &raw).finalize().into_bytes().into();
-        Self {
-            version,
+        let slot_bytes = slot_list_bytes(&slots);
+        let key_id = bk.key_id_v1();
+        let mut raw = fixed_part(
+            1,
             flags,
             chunk_size,
-            key_id: bk.key_id(),
+            &key_id,
+            &salt,
+            created,
+            slot_bytes.len(),
+        );
+        raw.extend_from_slice(&slot_bytes);
+        let mac_key = bk.derive(Some(&salt), label::ARCHIVE_HEADER_MAC);
+        let mac = hmac(&mac_key, &raw).finalize().into_bytes().into();
+        let payload_key = PayloadKey::new(&bk.derive(Some(&salt), label::ARCHIVE_PAYLOAD));
+        let header = Self {
+            version: 1,
+            flags,
+            chunk_size,
+            key_id,
             salt,
             created,
             slots,
+            sealed: None,
             raw,
             mac,
-        }
+        };
+        (header, payload_key)
     }
 
     /// The header's bytes as written to the archive (MAC last).
@@ -135,6 +291,12 @@ impl Header {
     /// Length of the encoded header in bytes (where the payload starts).
     pub fn encoded_len(&self) -> usize {
         self.raw.len() + MAC_LEN
+    }
+
+    /// Who sealed it, as the header says (version 2; trusted only once
+    /// [`Self::open`] succeeded).
+    pub fn sealer(&self) -> Option<&SealerId> {
+        self.sealed.as_ref().map(|s| &s.sealer)
     }
 
     /// Read a header from `r`, with limits checked before allocating.
@@ -183,11 +345,38 @@ impl Header {
         }
         let mut raw = Vec::with_capacity(FIXED_LEN + slots_len as usize);
         raw.extend_from_slice(&fixed);
-        raw.resize(FIXED_LEN + slots_len as usize, 0);
-        read_exact(r, &mut raw[FIXED_LEN..], "header slot list")?;
+        let sealed = if version >= 2 {
+            let start = raw.len();
+            raw.resize(start + ENCAPSULATION_LEN + 1, 0);
+            read_exact(r, &mut raw[start..], "header's sealed file key")?;
+            let encapsulation = Encapsulation::from_bytes(&raw[start..start + ENCAPSULATION_LEN])
+                .expect("the length read");
+            let m = raw[start + ENCAPSULATION_LEN] as usize;
+            if !(1..=SEALER_ID_MAX).contains(&m) {
+                return Err(corrupt(format!(
+                    "header: a sealer id of {m} bytes (1 to {SEALER_ID_MAX})"
+                )));
+            }
+            let at = raw.len();
+            raw.resize(at + m, 0);
+            read_exact(r, &mut raw[at..], "header's sealer id")?;
+            let sealer = std::str::from_utf8(&raw[at..])
+                .ok()
+                .and_then(|s| SealerId::parse(s).ok())
+                .ok_or_else(|| corrupt("header: the sealer id is not 1 to 32 of a-z, 0-9, -"))?;
+            Some(Sealed {
+                encapsulation,
+                sealer,
+            })
+        } else {
+            None
+        };
+        let slots_at = raw.len();
+        raw.resize(slots_at + slots_len as usize, 0);
+        read_exact(r, &mut raw[slots_at..], "header slot list")?;
         let mut mac = [0u8; MAC_LEN];
         read_exact(r, &mut mac, "header MAC")?;
-        let value = crate::keyring::parse_strict_json(&raw[FIXED_LEN..])
+        let value = crate::keyring::parse_strict_json(&raw[slots_at..])
             .map_err(|e| corrupt(format!("header: slot list is not valid JSON: {e}")))?;
         let serde_json::Value::Array(list) = value else {
             return Err(corrupt("header: slot list is not a JSON array"));
@@ -202,26 +391,59 @@ impl Header {
             salt,
             created,
             slots,
+            sealed,
             raw,
             mac,
         })
     }
 
-    /// Check that `bk` is this archive's key and the header is intact.
-    pub fn verify(&self, bk: &BackupKey) -> Result<()> {
-        if bk.key_id() != self.key_id {
-            return Err(corrupt(
+    /// Check that `bk` is this archive's key and that the header is
+    /// intact and from a sealer of `bk`, then give the payload key.
+    /// Version 2 (docs/format.md §8.7): `bk` must derive the public key the
+    /// key id names; the MAC must verify under the header's sealer's key;
+    /// then the file key is opened. Version 1: `bk`'s own key id and MAC.
+    /// Every refusal is [`Error::ArchiveCorrupt`] (exit 4).
+    pub fn open(&self, bk: &BackupKey) -> Result<PayloadKey> {
+        let not_this_key = || {
+            corrupt(
                 "header names a key id that is not the one its slots unwrap: it was tampered with",
-            ));
+            )
+        };
+        let tampered = || corrupt("header does not authenticate: it was modified or damaged");
+        match &self.sealed {
+            None => {
+                if bk.key_id_v1() != self.key_id {
+                    return Err(not_this_key());
+                }
+                let mac_key = bk.derive(Some(&self.salt), label::ARCHIVE_HEADER_MAC);
+                hmac(&mac_key, &self.raw)
+                    .verify_slice(&self.mac)
+                    .map_err(|_| tampered())?;
+                Ok(PayloadKey::new(
+                    &bk.derive(Some(&self.salt), label::ARCHIVE_PAYLOAD),
+                ))
+            }
+            Some(sealed) => {
+                let secret = SealingSecret::derive(bk);
+                if secret.public_key().key_id() != self.key_id {
+                    return Err(not_this_key());
+                }
+                let sealer_key = SealerKey::derive(bk, &sealed.sealer);
+                hmac(&sealer_key.header_mac_key(&self.salt), &self.raw)
+                    .verify_slice(&self.mac)
+                    .map_err(|_| tampered())?;
+                let file_key = secret
+                    .open_file_key(&sealed.encapsulation)
+                    .map_err(|e| corrupt(format!("header: {e}: no honest writer makes one")))?;
+                Ok(PayloadKey::new(&file_key.payload_key(&self.salt)))
+            }
         }
-        header_mac(bk, &self.salt, &self.raw)
-            .verify_slice(&self.mac)
-            .map_err(|_| corrupt("header does not authenticate: it was modified or damaged"))
     }
 
-    /// The payload key: HKDF-SHA256(BK, salt, "coffer/v1 archive payload").
-    pub fn payload_key(&self, bk: &BackupKey) -> super::stream::PayloadKey {
-        super::stream::PayloadKey::new(&bk.derive(Some(&self.salt), label::ARCHIVE_PAYLOAD))
+    /// Whether `pk` is the public key this header's key id names (version
+    /// 2), checkable without `BK`.
+    pub fn is_sealed_to(&self, pk: &SealingPublicKey) -> bool {
+        self.sealed.is_some() && pk.key_id() == self.key_id
     }
 }
 
@@ -243,41 +465,72 @@ mod tests {
     fn sample() -> (BackupKey, Header) {
         let bk = BackupKey::generate();
         let (rec, _) = recovery::enroll(&bk);
-        let h = Header::new(&bk, FLAG_TAR, DEFAULT_CHUNK, vec![rec]);
+        let (h, _) = Header::seal(&Sealer::owner(&bk), FLAG_TAR, DEFAULT_CHUNK, vec![rec]);
+        (bk, h)
+    }
+
+    fn sample_v1() -> (BackupKey, Header) {
+        let bk = BackupKey::generate();
+        let (rec, _) = recovery::enroll(&bk);
+        let (h, _) = Header::v1_with_salt(&bk, FLAG_TAR, DEFAULT_CHUNK, vec![rec], [7; 32], 1);
         (bk, h)
     }
 
     #[test]
-    fn round_trip_and_verify() {
-        let (bk, h) = sample();
-        let bytes = h.to_bytes();
-        assert_eq!(bytes.len(), h.encoded_len());
-        let back = Header::read(&mut &bytes[..]).unwrap();
-        back.verify(&bk).unwrap();
-        assert_eq!(back.slots, h.slots);
-        assert_eq!(back.to_bytes(), bytes);
+    fn round_trip_and_open() {
+        for (bk, h) in [sample(), sample_v1()] {
+            let bytes = h.to_bytes();
+            assert_eq!(bytes.len(), h.encoded_len());
+            let back = Header::read(&mut &bytes[..]).unwrap();
+            back.open(&bk).unwrap();
+            assert_eq!(back.slots, h.slots);
+            assert_eq!(back.to_bytes(), bytes);
+            assert_eq!(back.version, h.version);
+        }
+    }
+
+    #[test]
+    fn a_host_seals_what_the_owner_opens_and_names_it() {
+        let bk = BackupKey::generate();
+        let (rec, _) = recovery::enroll(&bk);
+        let host = Sealer::derive(&bk, SealerId::host("nas-1").unwrap());
+        let (h, _) = Header::seal(&host, 0, DEFAULT_CHUNK, vec![rec]);
+        let back = Header::read(&mut &h.to_bytes()[..]).unwrap();
+        back.open(&bk).unwrap();
+        assert_eq!(back.sealer().unwrap().as_str(), "nas-1");
+        assert!(back.is_sealed_to(host.public_key()));
+    }
+
+    #[test]
+    fn another_key_is_refused() {
+        let (_, h) = sample();
+        let other = BackupKey::generate();
+        let err = h.open(&other).err().unwrap();
+        assert!(err.to_string().contains("key id"), "{err}");
     }
 
     #[test]
     fn every_flipped_bit_in_the_header_is_detected() {
-        let (bk, h) = sample();
-        let bytes = h.to_bytes();
-        for i in 0..bytes.len() {
-            let mut bad = bytes.clone();
-            bad[i] ^= 0x01;
-            let ok = Header::read(&mut &bad[..])
-                .and_then(|h| h.verify(&bk))
-                .is_ok();
-            assert!(!ok, "flip at byte {i} accepted");
+        for (bk, h) in [sample(), sample_v1()] {
+            let bytes = h.to_bytes();
+            for i in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[i] ^= 0x01;
+                let ok = Header::read(&mut &bad[..])
+                    .and_then(|h| h.open(&bk))
+                    .is_ok();
+                assert!(!ok, "v{}: flip at byte {i} accepted", h.version);
+            }
         }
     }
 
     #[test]
     fn truncated_headers_are_refused() {
-        let (_, h) = sample();
-        let bytes = h.to_bytes();
-        for cut in 0..bytes.len() {
-            assert!(Header::read(&mut &bytes[..cut]).is_err(), "cut at {cut}");
+        for (_, h) in [sample(), sample_v1()] {
+            let bytes = h.to_bytes();
+            for cut in 0..bytes.len() {
+                assert!(Header::read(&mut &bytes[..cut]).is_err(), "cut at {cut}");
+            }
         }
     }
 
@@ -288,5 +541,22 @@ mod tests {
         bytes[FIXED_LEN - 4..FIXED_LEN].copy_from_slice(&u32::MAX.to_be_bytes());
         let err = Header::read(&mut &bytes[..]).unwrap_err();
         assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    }
+
+    #[test]
+    fn bad_sealer_ids_are_refused_before_the_slots() {
+        let (_, h) = sample();
+        let good = h.to_bytes();
+        let m_at = FIXED_LEN + ENCAPSULATION_LEN;
+        for m in [0u8, 33, 255] {
+            let mut bad = good.clone();
+            bad[m_at] = m;
+            let err = Header::read(&mut &bad[..]).unwrap_err();
+            assert!(err.to_string().contains("sealer id"), "{m}: {err}");
+        }
+        let mut bad = good.clone();
+        bad[m_at + 1] = b'O'; // "Owner"
+        let err = Header::read(&mut &bad[..]).unwrap_err();
+        assert!(err.to_string().contains("sealer id"), "{err}");
     }
 }

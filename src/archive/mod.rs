@@ -1,5 +1,6 @@
-//! Archives: seal files, folders or a byte stream under the backup key, and
-//! open them again (docs/format.md, "Archive").
+//! Archives: seal files, folders or a byte stream to the keyring's sealing
+//! key (no factor needed), and open them again with the backup key
+//! (docs/format.md §4, §8).
 //!
 //! Owns: the order of operations that keeps output safe. `seal` writes a
 //! temp file beside the target and renames it only after the last chunk is
@@ -25,6 +26,7 @@ mod xattrs;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::key::BackupKey;
+use crate::sealing::Sealer;
 use crate::slot::SlotRecord;
 pub use header::Header;
 pub use pack::FileId;
@@ -140,12 +142,14 @@ fn payload_error(e: io::Error, path: &Path) -> Error {
     }
 }
 
-/// Seal `source` under `bk` into `out`; the header carries `slots`.
+/// Seal `source` with `sealer` into `out` (format 2: no factor needed,
+/// only the keyring's public key and sealer key); the header carries
+/// `slots`.
 /// Files in `exclude` (the archive itself, standard output) are left out of
 /// folders. Returns `out` after the last chunk was written (not yet
 /// fsynced), and what was not sealed exactly as found.
 pub fn seal<W: Write + Send + 'static>(
-    bk: &BackupKey,
+    sealer: &Sealer,
     slots: &[SlotRecord],
     source: Source,
     opts: SealOptions,
@@ -161,10 +165,10 @@ pub fn seal<W: Write + Send + 'static>(
     if opts.compression == Compression::Zstd {
         flags |= header::FLAG_ZSTD;
     }
-    let header = Header::new(bk, flags, opts.chunk_size, slots.to_vec());
+    let (header, payload_key) = Header::seal(sealer, flags, opts.chunk_size, slots.to_vec());
     let out_err = |e| Error::io("<archive output>", e);
     out.write_all(&header.to_bytes()).map_err(out_err)?;
-    let sw = StreamWriter::new(header.payload_key(bk), opts.chunk_size as usize, out);
+    let sw = StreamWriter::new(payload_key, opts.chunk_size as usize, out);
     let counted = Counting {
         inner: sw,
         progress,
@@ -212,7 +216,7 @@ fn write_source<W: Write>(
 /// ([`fsutil::open_in_place`]), without `force`. Returns what was not
 /// sealed exactly as found.
 pub fn seal_to_path(
-    bk: &BackupKey,
+    sealer: &Sealer,
     slots: &[SlotRecord],
     source: Source,
     opts: SealOptions,
@@ -223,7 +227,7 @@ pub fn seal_to_path(
     if let Some(file) = fsutil::open_in_place(path)? {
         // `/dev/fd/N` may be a file inside a sealed folder: leave it out.
         let exclude: Vec<FileId> = file_id(&file).into_iter().collect();
-        let (_, notices) = seal(bk, slots, source, opts, file, &exclude, progress)?;
+        let (_, notices) = seal(sealer, slots, source, opts, file, &exclude, progress)?;
         return Ok(notices);
     }
     refuse_existing(path, force)?;
@@ -231,7 +235,7 @@ pub fn seal_to_path(
     let file = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
     let exclude = [file_id(&file).map_err(|e| Error::io(tmp.path(), e))?];
     // Chunks are written whole; no buffering needed.
-    let (file, notices) = seal(bk, slots, source, opts, file, &exclude, progress)?;
+    let (file, notices) = seal(sealer, slots, source, opts, file, &exclude, progress)?;
     file.sync_all().map_err(|e| Error::io(path, e))?;
     fsutil::persist(tmp, path, force)?;
     Ok(notices)
@@ -261,8 +265,7 @@ pub fn payload<R: Read + Send + 'static>(
     bk: &BackupKey,
     input: R,
 ) -> Result<Box<dyn Read + Send>> {
-    header.verify(bk)?;
-    let sr = StreamReader::new(header.payload_key(bk), header.chunk_size as usize, input);
+    let sr = StreamReader::new(header.open(bk)?, header.chunk_size as usize, input);
     Ok(if header.flags & header::FLAG_ZSTD != 0 {
         Box::new(DrainOnEof(
             zstd::Decoder::new(sr).map_err(|e| Error::io("<archive>", e))?,
@@ -363,8 +366,7 @@ pub fn open_to_writer<R: Read + Send + 'static, W: Write>(
     progress: &dyn Progress,
 ) -> Result<u64> {
     let n = if header.flags & header::FLAG_ZSTD == 0 {
-        header.verify(bk)?;
-        StreamReader::new(header.payload_key(bk), header.chunk_size as usize, input)
+        StreamReader::new(header.open(bk)?, header.chunk_size as usize, input)
             .copy_to(out, &mut |n| progress.advance(n))
     } else {
         let p = payload(header, bk, input)?;

@@ -1,9 +1,12 @@
 //! `seal`, `open`, `verify`, `inspect`: the command-line side of archives.
 //!
-//! Sealing unlocks the keyring (its MAC checked) and copies its slots into
-//! the archive header. Opening unlocks with the keyring's slots when the
-//! keyring holds the archive's key, and with the archive's own slot copies
-//! otherwise, so an archive plus any one factor is enough.
+//! Sealing needs no factor (format 2): it reads the keyring's public
+//! sealing key and sealer key, and copies its slots into the archive
+//! header; only a version 1 keyring is unlocked first, once, to upgrade it.
+//! Opening unlocks with the keyring's slots when the keyring holds the
+//! archive's key, and with the archive's own slot copies otherwise, so an
+//! archive plus any one factor is enough. A seal-only keyring opens
+//! nothing.
 //!
 //! Output to `-`, a FIFO, a character device or `/dev/fd/N` is written as
 //! it authenticates; a reader that closes early (`| head`) is not an error:
@@ -118,9 +121,18 @@ fn read_archive(path: &Path) -> Result<(Header, Input)> {
 fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<BackupKey> {
     let mut keyring_slots: Vec<SlotRecord> = Vec::new();
     let mut holds_key = false;
+    let mut upgrade = false;
+    let mut seal_only = None;
     match env.keyring.load() {
+        Ok(k) if k.is_seal_only() => {
+            // A host's keyring: its slots are not the owner's own, and it
+            // is never unlocked; the archive's copies remain, under the
+            // trust rule, for a factor given by hand.
+            seal_only = Some(k.refuse_seal_only(&env.keyring.path).unwrap_err());
+        }
         Ok(k) => {
-            holds_key = k.key_id == header.key_id;
+            holds_key = k.holds_key(&header.key_id);
+            upgrade = holds_key && k.sealer().is_none();
             if !holds_key && cli.verbose {
                 env.ui.info(
                     "the keyring holds another backup key; unlocking with the archive's own slots",
@@ -142,11 +154,65 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<BackupKey> {
         locators: &locators,
         kdf_budget: slot::UNAUTHENTICATED_KDF_BUDGET,
     };
-    let (bk, used) = slot::unlock_with(&candidates, &opts)?;
+    let (bk, used) = match (slot::unlock_with(&candidates, &opts), seal_only) {
+        (Ok(v), _) => v,
+        (Err(e), Some(seal_only)) if e.category() == coffer::error::Category::NoUsableSlot => {
+            return Err(seal_only);
+        }
+        (Err(e), _) => return Err(e),
+    };
     if cli.verbose {
         env.ui.info(&format!("unlocked with slot {}", used.name()));
     }
+    if upgrade {
+        super::upgrade_keyring_file(env, &bk);
+    }
     Ok(bk)
+}
+
+/// `seal`'s options beyond what to seal and where.
+pub(super) struct SealArgs<'a> {
+    pub compress: CompressArg,
+    pub force: bool,
+    pub key_id: Option<&'a str>,
+    pub pq_only: bool,
+}
+
+/// What `seal` seals with: the keyring's sealer, after the `--key-id`
+/// check. A version 1 keyring is unlocked and upgraded first (the one
+/// time `seal` needs a factor).
+fn sealing_keyring(cli: &Cli, env: &Env, key_id: Option<&str>) -> Result<coffer::keyring::Keyring> {
+    let want = key_id
+        .map(|k| {
+            coffer::key::KeyId::from_hex(&k.to_ascii_lowercase()).ok_or_else(|| {
+                Error::Usage(format!(
+                    "--key-id {}: a key id is 32 hex digits (`coffer slots` shows it)",
+                    coffer::ui::escaped(k)
+                ))
+            })
+        })
+        .transpose()?;
+    let mut keyring = env.keyring.load()?;
+    if keyring.sealer().is_none() {
+        env.ui.info(
+            "the keyring is format version 1, which has no sealing key: unlocking it once to upgrade it (from then on `seal` needs no factor)",
+        );
+        let kf = &env.keyring;
+        let lock = kf.lock()?;
+        keyring = kf.load()?;
+        let _bk = unlock(cli, env, &mut keyring)?;
+        kf.store(&keyring, &lock, false)?;
+    }
+    if let Some(want) = want
+        && want != keyring.key_id
+    {
+        return Err(Error::Refused(format!(
+            "the keyring {} seals to key id {}, not {want} (--key-id): nothing sealed. If the key was rotated, export a new seal-only keyring and update --key-id; if not, someone may have replaced this keyring",
+            env.keyring.path.display(),
+            keyring.key_id
+        )));
+    }
+    Ok(keyring)
 }
 
 pub(super) fn seal(
@@ -154,9 +220,14 @@ pub(super) fn seal(
     env: &Env,
     paths: &[PathBuf],
     output: &Path,
-    compress: CompressArg,
-    force: bool,
+    args: SealArgs<'_>,
 ) -> Result<()> {
+    let SealArgs {
+        compress,
+        force,
+        key_id,
+        pq_only,
+    } = args;
     let source = if paths.iter().any(|p| is_dash(p)) {
         if paths.len() > 1 {
             return Err(Error::Usage(
@@ -182,8 +253,20 @@ pub(super) fn seal(
             output.display()
         )));
     }
-    let keyring = env.keyring.load()?;
-    let bk = unlock(cli, env, &keyring)?;
+    let keyring = sealing_keyring(cli, env, key_id)?;
+    let sealer = keyring.sealer().expect("version 2 after sealing_keyring");
+    let slots: Vec<SlotRecord> = keyring
+        .slots
+        .iter()
+        .filter(|s| !(pq_only && s.params.as_slot().is_some_and(|k| k.classical_public_key())))
+        .cloned()
+        .collect();
+    if slots.is_empty() {
+        return Err(Error::Refused(
+            "--pq-only leaves no slot in the header: enroll a recovery key, password or TPM first"
+                .into(),
+        ));
+    }
     let opts = SealOptions {
         compression: match compress {
             CompressArg::None => Compression::None,
@@ -196,26 +279,10 @@ pub(super) fn seal(
         let out = stdout_file()?;
         // `seal DIR -o - > DIR/out` must not read its own output.
         let exclude: Vec<archive::FileId> = archive::file_id(&out).into_iter().collect();
-        archive::seal(
-            &bk,
-            &keyring.slots,
-            source,
-            opts,
-            out,
-            &exclude,
-            bar.as_ref(),
-        )
-        .map(|(_, notices)| notices)
+        archive::seal(sealer, &slots, source, opts, out, &exclude, bar.as_ref())
+            .map(|(_, notices)| notices)
     } else {
-        archive::seal_to_path(
-            &bk,
-            &keyring.slots,
-            source,
-            opts,
-            output,
-            force,
-            bar.as_ref(),
-        )
+        archive::seal_to_path(sealer, &slots, source, opts, output, force, bar.as_ref())
     };
     drop(bar);
     let Some(notices) = reader_left(sealed)? else {
@@ -226,13 +293,19 @@ pub(super) fn seal(
         print_json(&json!({
             "archive": output,
             "key_id": keyring.key_id.to_string(),
+            "sealer": sealer.id().to_string(),
             "notices": notices_json(&notices),
         }))?;
-    } else if !is_dash(output) && notices.is_empty() {
+    } else {
+        let into = if is_dash(output) {
+            "standard output".into()
+        } else {
+            output.display().to_string()
+        };
         env.ui.info(&format!(
-            "sealed into {} (key id {})",
-            output.display(),
-            keyring.key_id
+            "sealed into {into} (key id {}, sealer {})",
+            keyring.key_id,
+            sealer.id()
         ));
     }
     incomplete(&notices, || format!("sealed into {}", output.display()))
@@ -312,9 +385,10 @@ pub(super) fn open(
         return incomplete(&notices, || format!("opened into {}", output.display()));
     } else if !is_dash(output) {
         env.ui.info(&format!(
-            "opened {} into {}",
+            "opened {} into {}{}",
             archive_path.display(),
-            output.display()
+            output.display(),
+            sealed_by(&header)
         ));
     }
     incomplete(&notices, || format!("opened into {}", output.display()))
@@ -327,7 +401,13 @@ pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
     let n = archive::verify(&header, &bk, input, bar.as_ref())?;
     drop(bar);
     if cli.json {
-        print_json(&json!({"archive": archive_path, "ok": true, "plaintext_bytes": n}))?;
+        print_json(&json!({
+            "archive": archive_path,
+            "ok": true,
+            "plaintext_bytes": n,
+            "version": header.version,
+            "sealer": header.sealer().map(|s| s.to_string()),
+        }))?;
     } else {
         let restorable = if header.flags & archive::header::FLAG_TAR != 0 {
             ", every entry restorable"
@@ -335,14 +415,112 @@ pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
             ""
         };
         env.ui.info(&format!(
-            "{}: intact ({n} bytes of content authenticated{restorable})",
-            archive_path.display()
+            "{}: intact ({n} bytes of content authenticated{restorable}){}",
+            archive_path.display(),
+            sealed_by(&header)
         ));
     }
     Ok(())
 }
 
+/// ", sealed by ID" once the header authenticated (version 2).
+fn sealed_by(header: &Header) -> String {
+    match header.sealer() {
+        Some(s) if s.is_owner() => ", sealed by the owner".into(),
+        Some(s) => format!(", sealed by host `{s}`"),
+        None => String::new(),
+    }
+}
+
+/// Whether `path` looks like a keyring (a JSON object) rather than an
+/// archive: its first non-blank byte is `{`.
+fn looks_like_keyring(path: &Path) -> bool {
+    if is_dash(path) {
+        return false;
+    }
+    let mut first = [0u8; 64];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut first))
+        .unwrap_or(0);
+    first[..n]
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{')
+}
+
+/// `inspect` of a keyring file: its version, key ids, sealer and slots;
+/// never the sealer key.
+fn inspect_keyring(cli: &Cli, path: &Path) -> Result<()> {
+    let keyring = coffer::keyring::KeyringFile::new(path).load()?;
+    let sealer = keyring.sealer().map(|s| s.id().to_string());
+    if cli.json {
+        return print_json(&json!({
+            "keyring": path,
+            "version": keyring.version(),
+            "key_id": keyring.key_id.to_string(),
+            "v1_key_id": keyring.v1_key_id().map(|k| k.to_string()),
+            "sealer": sealer,
+            "seal_only": keyring.is_seal_only(),
+            "slots": keyring.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+        }));
+    }
+    let mut text = String::new();
+    let mut w = |line: String| {
+        text.push_str(&line);
+        text.push('\n');
+    };
+    w(format!(
+        "keyring      {}",
+        escaped(&path.display().to_string())
+    ));
+    w(format!("format version {}", keyring.version()));
+    w(format!("key id       {}", keyring.key_id));
+    if let Some(v1) = keyring.v1_key_id() {
+        w(format!(
+            "v1 key id    {v1} (archives sealed before the upgrade)"
+        ));
+    }
+    w(match &sealer {
+        Some(s) if keyring.is_seal_only() => {
+            format!("sealer       {s} (seal-only: seals, never opens)")
+        }
+        Some(s) => format!("sealer       {s}"),
+        None => "sealer       none (version 1: unlocking upgrades it)".into(),
+    });
+    w("slots (not authenticated until unlocked):".into());
+    slot_lines(&keyring.slots, &mut w);
+    reader_left(
+        std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
+            .map_err(|e| Error::io("<stdout>", e)),
+    )?;
+    Ok(())
+}
+
+fn slot_lines(slots: &[SlotRecord], w: &mut dyn FnMut(String)) {
+    use std::fmt::Write as _;
+    for s in slots {
+        let detail = s
+            .params
+            .as_slot()
+            .map(|k| escaped(&k.describe()))
+            .unwrap_or_else(|| "not supported by this build".into());
+        let mut line = String::new();
+        let label = s.label.as_ref().map(|l| escaped(l.as_str()));
+        let _ = write!(
+            line,
+            "  {:<10} {:<16} {:<10} {detail}",
+            s.id,
+            label.as_deref().unwrap_or("-"),
+            s.params.kind()
+        );
+        w(line);
+    }
+}
+
 pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
+    if looks_like_keyring(archive_path) {
+        return inspect_keyring(cli, archive_path);
+    }
     let (header, _) = read_archive(archive_path)?;
     let size = std::fs::metadata(archive_path)
         .ok()
@@ -364,6 +542,7 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
             "archive": archive_path,
             "version": header.version,
             "key_id": header.key_id.to_string(),
+            "sealer": header.sealer().map(|s| s.to_string()),
             "created": created,
             "content": content,
             "compression": compression,
@@ -373,7 +552,6 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
             "slots": header.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
         }));
     }
-    use std::fmt::Write as _;
     let mut text = String::new();
     let mut w = |line: String| {
         text.push_str(&line);
@@ -383,8 +561,13 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
         "archive      {}",
         escaped(&archive_path.display().to_string())
     ));
-    w(format!("version      {}", header.version));
+    w(format!("format version {}", header.version));
     w(format!("key id       {}", header.key_id));
+    if let Some(s) = header.sealer() {
+        w(format!(
+            "sealer       {s} (not authenticated until unlocked)"
+        ));
+    }
     w(format!("created      {created}"));
     w(format!(
         "content      {content}, compression {compression}, chunks of {} KiB",
@@ -397,23 +580,7 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
         ));
     }
     w("slots (not authenticated until unlocked):".into());
-    for s in &header.slots {
-        let detail = s
-            .params
-            .as_slot()
-            .map(|k| escaped(&k.describe()))
-            .unwrap_or_else(|| "not supported by this build".into());
-        let mut line = String::new();
-        let label = s.label.as_ref().map(|l| escaped(l.as_str()));
-        let _ = write!(
-            line,
-            "  {:<10} {:<16} {:<10} {detail}",
-            s.id,
-            label.as_deref().unwrap_or("-"),
-            s.params.kind()
-        );
-        w(line);
-    }
+    slot_lines(&header.slots, &mut w);
     // A reader that stops early (`| head`) is not an error.
     reader_left(
         std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())

@@ -167,7 +167,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         recovery_key_out: Option<PathBuf>,
     },
-    /// Seal files and folders (or standard input, `-`) into an archive
+    /// Seal files and folders (or standard input, `-`) into an archive.
+    /// Needs no factor: only the keyring's public sealing key and its
+    /// sealer key (factor options are accepted and ignored)
     Seal {
         /// Files and folders to seal, each stored under its own name; `-`
         /// alone seals standard input as a single stream
@@ -181,6 +183,40 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = CompressArg::None)]
         compress: CompressArg,
         /// Replace the archive if it is an existing regular file
+        #[arg(long)]
+        force: bool,
+        /// Refuse (writing nothing) unless the keyring's key id is this
+        /// one: pins the key a scheduled job seals to, against a swapped
+        /// keyring
+        #[arg(long, value_name = "KEY_ID")]
+        key_id: Option<String>,
+        /// Leave out of the header the slot copies that rest on classical
+        /// public-key cryptography (YubiKey, PKCS#11 ECDH, vault), so the
+        /// archive opens only through post-quantum or symmetric paths
+        /// (recovery key, password, TPM, PKCS#11 AES) and the keyring
+        #[arg(long)]
+        pq_only: bool,
+    },
+    /// Write a keyring for a host that seals and can never open (unlocks)
+    Export {
+        /// A keyring that seals only: the public sealing key, the host's
+        /// own sealer key and the slots to copy into its archives; never
+        /// the backup key or a slot the host could open unattended
+        #[arg(long, required = true)]
+        seal_only: bool,
+        /// The host's sealer id (1-32 of a-z, 0-9, -; not `owner`), named
+        /// by every archive it seals; default: this machine's hostname
+        #[arg(long, value_name = "ID")]
+        sealer: Option<String>,
+        /// Leave out the slots that rest on classical public-key
+        /// cryptography (YubiKey, PKCS#11 ECDH, vault): every archive the
+        /// host seals is then as `seal --pq-only`
+        #[arg(long)]
+        pq_only: bool,
+        /// The file to write (mode 0600)
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Replace FILE if it exists
         #[arg(long)]
         force: bool,
     },
@@ -207,9 +243,9 @@ pub enum Command {
         /// The archive (`-` for standard input)
         archive: PathBuf,
     },
-    /// Show an archive's header and slots (needs no factor)
+    /// Show an archive's header and slots, or a keyring's (needs no factor)
     Inspect {
-        /// The archive (`-` for standard input)
+        /// The archive (`-` for standard input) or keyring file
         archive: PathBuf,
     },
     /// The key vault server

@@ -178,7 +178,7 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
             )));
         }
     }
-    let bk = unlock(cli, env, &keyring)?;
+    let bk = unlock(cli, env, &mut keyring)?;
     let mut new_key: Option<RecoveryKey> = None;
     let record = match &args.kind {
         EnrollKind::Recovery { .. } => {
@@ -420,17 +420,33 @@ pub(super) fn slots(cli: &Cli, env: &Env) -> Result<()> {
     if cli.json {
         return print_json(&json!({
             "keyring": env.keyring.path,
+            "version": keyring.version(),
             "key_id": keyring.key_id.to_string(),
+            "v1_key_id": keyring.v1_key_id().map(|k| k.to_string()),
+            "sealer": keyring.sealer().map(|s| s.id().to_string()),
+            "seal_only": keyring.is_seal_only(),
             "slots": keyring.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
         }));
     }
     let mut out = std::io::stdout().lock();
     let mut w = |s: String| super::stdout_result(writeln!(out, "{s}"));
     w(format!(
-        "keyring {} (key id {})",
+        "keyring {} (format version {}, key id {})",
         env.keyring.path.display(),
+        keyring.version(),
         keyring.key_id
     ))?;
+    match keyring.sealer() {
+        Some(s) if s.id().is_owner() => {}
+        Some(s) => w(format!(
+            "seal-only: seals as `{}`, cannot open archives",
+            s.id()
+        ))?,
+        None => w(
+            "format version 1: the next command that unlocks upgrades it (then `seal` needs no factor)"
+                .into(),
+        )?,
+    }
     w(format!(
         "{:<10} {:<16} {:<10} {:<20} DETAILS",
         "ID", "LABEL", "KIND", "ENROLLED"
@@ -454,12 +470,117 @@ pub(super) fn slots(cli: &Cli, env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// `export --seal-only`: unlock the owner's keyring (its MAC checked: the
+/// defence against a swapped sealing key), then write a keyring for a
+/// host that seals as `sealer` and never opens. It leaves out the slots
+/// that host could open with no person present, and with `pq_only` the
+/// classical ones, and says which.
+pub(super) fn export_seal_only(
+    cli: &Cli,
+    env: &Env,
+    sealer: Option<&str>,
+    pq_only: bool,
+    output: &Path,
+    force: bool,
+) -> Result<()> {
+    let id = match sealer {
+        Some(s) => s.to_owned(),
+        None => default_sealer_id()?,
+    };
+    let id = coffer::sealing::SealerId::host(&id)
+        .map_err(|e| Error::Usage(format!("--sealer {}: {e}", coffer::ui::escaped(&id))))?;
+    if !force && output.symlink_metadata().is_ok() {
+        return Err(Error::AlreadyExists {
+            path: output.to_path_buf(),
+            hint: ": give --force to replace it".into(),
+        });
+    }
+    let kf = &env.keyring;
+    let lock = kf.lock()?;
+    let mut keyring = kf.load()?;
+    let was_v1 = keyring.sealer().is_none();
+    let bk = unlock(cli, env, &mut keyring)?;
+    if was_v1 {
+        kf.store(&keyring, &lock, false)?;
+    }
+    drop(lock);
+    let mut slots = Vec::new();
+    for s in &keyring.slots {
+        let why = match s.params.as_slot() {
+            Some(k) if k.opens_unattended() => Some(
+                "it opens with no person present, which would let that host read every archive",
+            ),
+            Some(k) if pq_only && k.classical_public_key() => {
+                Some("--pq-only: its copies rest on classical public-key cryptography")
+            }
+            _ => None,
+        };
+        match why {
+            Some(why) => env.ui.warn(&format!("slot {} left out: {why}", s.name())),
+            None => slots.push(s.clone()),
+        }
+    }
+    if slots.is_empty() {
+        return Err(Error::Refused(
+            "every slot would be left out, and archives must carry at least one: enroll a recovery key or another factor a person holds first".into(),
+        ));
+    }
+    let host = keyring.seal_only(&bk, id, slots);
+    coffer::fsutil::write_atomic(output, &host.to_bytes(), force)?;
+    if cli.json {
+        print_json(&json!({
+            "keyring": output,
+            "key_id": host.key_id.to_string(),
+            "sealer": host.sealer().map(|s| s.id().to_string()),
+            "slots": host.slots.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        env.ui.info(&format!(
+            "wrote {} (mode 0600): a keyring that seals as `{}` to key id {} and opens nothing. Copy it to the host (as its keyring, or with --keyring) and seal with `coffer seal --key-id {}`; it holds that host's sealer key, so keep it private: whoever has it can make archives that open as that host's. `coffer rotate` retires it",
+            output.display(),
+            host.sealer().expect("version 2").id(),
+            host.key_id,
+            host.key_id
+        ));
+    }
+    Ok(())
+}
+
+/// This machine's hostname as a sealer id: lowercase, runs of characters
+/// outside `[a-z0-9-]` as `-`, at most 32.
+fn default_sealer_id() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_lowercase();
+    let name = name.split('.').next().unwrap_or("");
+    let mut id = String::new();
+    for c in name.chars() {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && id.ends_with('-')) {
+            id.push(c);
+        }
+    }
+    let id: String = id.trim_matches('-').chars().take(32).collect();
+    let id = id.trim_end_matches('-').to_owned();
+    if id.is_empty() || id == coffer::sealing::SealerId::OWNER {
+        return Err(Error::Usage(
+            "give the host a sealer id with --sealer ID (this machine's hostname does not make one)".into(),
+        ));
+    }
+    Ok(id)
+}
+
 pub(super) fn remove(cli: &Cli, env: &Env, selector: &str, force: bool) -> Result<()> {
     let kf = &env.keyring;
     let lock = kf.lock()?;
     let mut keyring = kf.load()?;
     let i = select_one(&keyring.slots, selector, "remove").map_err(Error::Usage)?;
-    let bk = unlock(cli, env, &keyring)?;
+    let bk = unlock(cli, env, &mut keyring)?;
     let removed = keyring.remove_slot(&bk, i, force)?;
     kf.store(&keyring, &lock, false)?;
     if cli.json {
@@ -481,7 +602,7 @@ pub(super) fn rotate(
 ) -> Result<()> {
     let kf = &env.keyring;
     let lock = kf.lock()?;
-    let keyring = kf.load()?;
+    let mut keyring = kf.load()?;
     let mut keep = vec![true; keyring.slots.len()];
     for d in drop {
         let i = select_one(&keyring.slots, d, "--drop").map_err(Error::Usage)?;
@@ -507,7 +628,7 @@ pub(super) fn rotate(
     }
     // Proves a factor of this keyring (and checks its MAC) before anything
     // is re-wrapped; the old key itself is not needed after that.
-    std::mem::drop(unlock(cli, env, &keyring)?);
+    std::mem::drop(unlock(cli, env, &mut keyring)?);
     let new_bk = coffer::key::BackupKey::generate();
     let locators = cli.unlock.locators();
     let mut opts = super::unlock_options(cli, env, &locators);
@@ -555,7 +676,7 @@ pub(super) fn rotate(
         }))?;
     } else {
         env.ui.info(&format!(
-            "rotated: archives sealed from now on use key {} ({} slot(s) re-wrapped{}). Archives sealed before keep opening with the factors they carry",
+            "rotated: archives sealed from now on use key {} ({} slot(s) re-wrapped{}). Archives sealed before keep opening with the factors they carry. Seal-only keyrings exported before keep sealing to the old key: export them again (`coffer export --seal-only`) and replace them",
             new_keyring.key_id,
             new_keyring.slots.len(),
             if dropped.is_empty() {

@@ -171,7 +171,27 @@ pub fn run(cli: &Cli) -> Result<()> {
             output,
             compress,
             force,
-        } => archive_cmd::seal(cli, &env, paths, output, *compress, *force),
+            key_id,
+            pq_only,
+        } => archive_cmd::seal(
+            cli,
+            &env,
+            paths,
+            output,
+            archive_cmd::SealArgs {
+                compress: *compress,
+                force: *force,
+                key_id: key_id.as_deref(),
+                pq_only: *pq_only,
+            },
+        ),
+        Command::Export {
+            seal_only: _,
+            sealer,
+            pq_only,
+            output,
+            force,
+        } => keyring_cmd::export_seal_only(cli, &env, sealer.as_deref(), *pq_only, output, *force),
         Command::Open {
             archive,
             output,
@@ -200,15 +220,53 @@ pub(crate) fn unlock_options<'a>(
     }
 }
 
-/// Unlock `keyring` with the factors and prompts at hand.
-pub(crate) fn unlock(cli: &Cli, env: &Env, keyring: &Keyring) -> Result<coffer::key::BackupKey> {
+/// Unlock `keyring` with the factors and prompts at hand. A version 1
+/// keyring is upgraded in memory ([`Keyring::upgrade`]); the caller holds
+/// the lock and writes it back (every caller changes the keyring anyway).
+pub(crate) fn unlock(
+    cli: &Cli,
+    env: &Env,
+    keyring: &mut Keyring,
+) -> Result<coffer::key::BackupKey> {
     let locators = cli.unlock.locators();
     let opts = unlock_options(cli, env, &locators);
     let (bk, used) = keyring.unlock_with(&env.keyring.path, &opts)?;
     if cli.verbose {
         env.ui.info(&format!("unlocked with slot {}", used.name()));
     }
+    if keyring.upgrade(&bk) {
+        say_upgraded(env, keyring);
+    }
     Ok(bk)
+}
+
+fn say_upgraded(env: &Env, keyring: &Keyring) {
+    env.ui.info(&format!(
+        "keyring upgraded to format version 2 (key id {}): `seal` needs no factor from now on",
+        keyring.key_id
+    ));
+}
+
+/// After `bk` unlocked an archive through the keyring at `env`'s path, and
+/// that keyring is still version 1: upgrade it in place (under the lock,
+/// re-read, checked against `bk` first). Best effort: a keyring that
+/// cannot be upgraded now (read-only, changed meanwhile) stays as it was.
+pub(crate) fn upgrade_keyring_file(env: &Env, bk: &coffer::key::BackupKey) {
+    let kf = &env.keyring;
+    let result = (|| -> Result<()> {
+        let lock = kf.lock()?;
+        let mut keyring = kf.load()?;
+        keyring.verify(bk, &kf.path)?;
+        if keyring.upgrade(bk) {
+            kf.store(&keyring, &lock, false)?;
+            say_upgraded(env, &keyring);
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        env.ui
+            .warn(&format!("keyring left at format version 1: {e}"));
+    }
 }
 
 /// A Unix time as RFC 3339 (UTC, seconds); beyond year 9999, which RFC 3339

@@ -1,12 +1,16 @@
-//! The keyring file: the key id and the slots, as versioned JSON text,
-//! authenticated by HMAC-SHA256 under a key derived from the backup key.
+//! The keyring file: the key id, the sealing public key and a sealer (format
+//! version 2), and the slots, as versioned JSON text, authenticated by
+//! HMAC-SHA256 under a key derived from the backup key (docs/format.md §3,
+//! §8.8).
 //!
 //! Owns: parsing (with limits, errors naming the field), the canonical form
-//! the MAC covers, checking key id and MAC after every unlock, atomic 0600
-//! writes, and the lock that serialises read-modify-write.
+//! the MAC covers, checking key id, sealer and MAC after every unlock,
+//! upgrading a version 1 keyring, the seal-only keyring a host is given,
+//! atomic 0600 writes, and the lock that serialises read-modify-write.
 //!
 //! Must never: write a keyring whose MAC was not computed from the backup
-//! key just unlocked, or drop a slot it does not understand.
+//! key just unlocked, drop a slot it does not understand, print a sealer
+//! key, or unlock through a seal-only keyring.
 //!
 //! The JSON rules and canonical form live in [`json`] (shared with the
 //! archive header), the file, its atomic writes and its lock in [`file`].
@@ -18,7 +22,8 @@ pub use file::{KeyringFile, KeyringLock};
 pub use json::{canonical_json, parse_strict_json};
 
 use crate::error::{Error, Result};
-use crate::key::{BackupKey, KeyId, label};
+use crate::key::{BackupKey, KEY_LEN, KeyId, label};
+use crate::sealing::{Sealer, SealerId, SealerKey, SealingPublicKey};
 use crate::slot::{self, Factors, MAX_SLOTS, SlotRecord};
 use crate::ui::Ui;
 use base64::Engine as _;
@@ -29,43 +34,163 @@ use std::path::Path;
 
 /// The `format` field of every keyring.
 pub const FORMAT: &str = "coffer-keyring";
-/// The newest keyring version this build reads and writes. Version 2 adds
-/// slot labels; a keyring whose slots have none is written as version 1,
-/// which older builds read.
+/// The keyring version this build writes (it reads 1 and 2). Version 2
+/// adds slot labels, the sealing public key and a sealer.
 pub const VERSION: u64 = 2;
 /// Largest keyring file accepted, bytes.
 pub const MAX_FILE_LEN: u64 = 1 << 20;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// The owner's slots and the key id they all unwrap to.
-#[derive(Debug, Clone, PartialEq)]
+/// What a version 2 keyring seals with (docs/format.md §8.8).
+#[derive(Debug)]
+struct Sealing {
+    sealer: Sealer,
+    /// The version 1 key id of `BK`, kept by an upgraded keyring until
+    /// `rotate`, so archives sealed before the upgrade find it.
+    v1_key_id: Option<KeyId>,
+}
+
+/// The owner's slots and the key id they all unwrap to; in version 2 also
+/// the sealing public key and the sealer this keyring seals as.
+#[derive(Debug)]
 pub struct Keyring {
-    /// Id of the backup key every slot wraps.
+    /// The key id: of the sealing public key (version 2), of `BK` (a
+    /// version 1 keyring, until upgraded).
     pub key_id: KeyId,
     /// The slots, in order.
     pub slots: Vec<SlotRecord>,
+    /// `None`: a version 1 keyring (or a pre-release version 2 one with
+    /// labels only), which [`Keyring::upgrade`] brings to version 2.
+    sealing: Option<Sealing>,
     mac: [u8; 32],
 }
 
+impl PartialEq for Keyring {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_bytes() == other.to_bytes()
+    }
+}
+
 impl Keyring {
-    /// A keyring for `bk` holding `slots`, MAC computed.
+    /// An owner's keyring for `bk` holding `slots`, MAC computed.
     pub fn new(bk: &BackupKey, slots: Vec<SlotRecord>) -> Self {
+        let sealer = Sealer::owner(bk);
         let mut k = Self {
-            key_id: bk.key_id(),
+            key_id: sealer.key_id(),
             slots,
+            sealing: Some(Sealing {
+                sealer,
+                v1_key_id: None,
+            }),
             mac: [0; 32],
         };
         k.mac = k.compute_mac(bk);
         k
     }
 
+    /// A version 1 keyring for `bk`, as builds before format 2 wrote them:
+    /// for vectors and the tests of the upgrade. coffer writes version 2.
+    #[doc(hidden)]
+    pub fn v1(bk: &BackupKey, slots: Vec<SlotRecord>) -> Self {
+        let mut k = Self {
+            key_id: bk.key_id_v1(),
+            slots,
+            sealing: None,
+            mac: [0; 32],
+        };
+        k.mac = k.compute_mac(bk);
+        k
+    }
+
+    /// The keyring for a host that seals and never opens, sealing as `id`
+    /// with `slots` (the caller's choice of this keyring's slots): the same
+    /// public key, that host's sealer key, a MAC under `bk`. Call after
+    /// [`Self::verify`] (the public key it copies is then `bk`'s).
+    pub fn seal_only(&self, bk: &BackupKey, id: SealerId, slots: Vec<SlotRecord>) -> Self {
+        let sealer = Sealer::derive(bk, id);
+        let mut k = Self {
+            key_id: sealer.key_id(),
+            slots,
+            sealing: Some(Sealing {
+                sealer,
+                v1_key_id: None,
+            }),
+            mac: [0; 32],
+        };
+        k.mac = k.compute_mac(bk);
+        k
+    }
+
+    /// The format version: 2 once the keyring has a sealing key.
+    pub fn version(&self) -> u64 {
+        match self.sealing {
+            Some(_) => 2,
+            None => format_version(&self.slots),
+        }
+    }
+
+    /// What this keyring seals with; `None` for a version 1 keyring, which
+    /// must be unlocked and [upgraded](Self::upgrade) first.
+    pub fn sealer(&self) -> Option<&Sealer> {
+        self.sealing.as_ref().map(|s| &s.sealer)
+    }
+
+    /// Whether this keyring only seals (a host's, from `export
+    /// --seal-only`): its sealer is not `owner`.
+    pub fn is_seal_only(&self) -> bool {
+        self.sealer().is_some_and(|s| !s.id().is_owner())
+    }
+
+    /// The version 1 key id an upgraded keyring keeps.
+    pub fn v1_key_id(&self) -> Option<KeyId> {
+        self.sealing.as_ref().and_then(|s| s.v1_key_id)
+    }
+
+    /// Whether an archive with key id `id` was sealed under this keyring's
+    /// key (its version 2 key id, or the version 1 one it keeps).
+    pub fn holds_key(&self, id: &KeyId) -> bool {
+        self.key_id == *id || self.v1_key_id().as_ref() == Some(id)
+    }
+
+    /// Bring a version 1 keyring to version 2 under `bk` (which unlocked
+    /// it and passed [`Self::verify`]): the sealing public key, the owner's
+    /// sealer, the new key id, the old one kept as `v1_key_id`. Returns
+    /// whether anything changed.
+    pub fn upgrade(&mut self, bk: &BackupKey) -> bool {
+        if self.sealing.is_some() {
+            return false;
+        }
+        let sealer = Sealer::owner(bk);
+        let v1 = self.key_id;
+        self.key_id = sealer.key_id();
+        self.sealing = Some(Sealing {
+            sealer,
+            v1_key_id: Some(v1),
+        });
+        self.mac = self.compute_mac(bk);
+        true
+    }
+
     /// The JSON value the MAC covers: everything but `mac`.
     fn body(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("format".into(), FORMAT.into());
-        m.insert("version".into(), format_version(&self.slots).into());
+        m.insert("version".into(), self.version().into());
         m.insert("key_id".into(), self.key_id.to_string().into());
+        if let Some(s) = &self.sealing {
+            if let Some(v1) = &s.v1_key_id {
+                m.insert("v1_key_id".into(), v1.to_string().into());
+            }
+            m.insert(
+                "sealing_public_key".into(),
+                B64.encode(s.sealer.public_key().as_bytes()).into(),
+            );
+            let mut sealer = Map::new();
+            sealer.insert("id".into(), s.sealer.id().as_str().into());
+            sealer.insert("key".into(), B64.encode(s.sealer.key().expose()).into());
+            m.insert("sealer".into(), Value::Object(sealer));
+        }
         m.insert(
             "slots".into(),
             Value::Array(self.slots.iter().map(SlotRecord::to_json).collect()),
@@ -75,7 +200,7 @@ impl Keyring {
 
     fn mac_state(&self, bk: &BackupKey) -> HmacSha256 {
         let key = bk.derive(None, label::KEYRING_MAC);
-        let mut bytes = Vec::new();
+        let mut bytes = zeroize::Zeroizing::new(Vec::new());
         canonical_json(&Value::Object(self.body()), &mut bytes);
         let mut mac =
             <HmacSha256 as KeyInit>::new_from_slice(key.as_ref()).expect("any key length");
@@ -88,12 +213,22 @@ impl Keyring {
     }
 
     /// The file's bytes: pretty JSON, members in a fixed order, newline.
+    /// They hold the sealer key: write them only to a 0600 file.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut m = self.body();
         m.insert("mac".into(), B64.encode(self.mac).into());
         // Fixed, readable member order for people; the MAC does not depend on it.
         let mut ordered = serde_json::Map::new();
-        for k in ["format", "version", "key_id", "slots", "mac"] {
+        for k in [
+            "format",
+            "version",
+            "key_id",
+            "v1_key_id",
+            "sealing_public_key",
+            "sealer",
+            "slots",
+            "mac",
+        ] {
             if let Some(v) = m.remove(k) {
                 ordered.insert(k.into(), v);
             }
@@ -136,16 +271,19 @@ impl Keyring {
                 ));
             }
         }
-        let key_id = match m.remove("key_id") {
-            Some(Value::String(s)) => KeyId::from_hex(&s)
-                .ok_or_else(|| corrupt("field `key_id` is not 32 lowercase hex digits".into()))?,
-            _ => return Err(corrupt("field `key_id` is missing".into())),
+        let key_id_field = |m: &mut Map<String, Value>, name: &str| -> Result<Option<KeyId>> {
+            match m.remove(name) {
+                None => Ok(None),
+                Some(Value::String(s)) => KeyId::from_hex(&s).map(Some).ok_or_else(|| {
+                    corrupt(format!("field `{name}` is not 32 lowercase hex digits"))
+                }),
+                Some(_) => Err(corrupt(format!("field `{name}` is not a string"))),
+            }
         };
+        let key_id = key_id_field(&mut m, "key_id")?
+            .ok_or_else(|| corrupt("field `key_id` is missing".into()))?;
         let mac = match m.remove("mac") {
-            Some(Value::String(s)) => B64
-                .decode(s.as_bytes())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            Some(Value::String(s)) => decode_b64::<32>(&s)
                 .ok_or_else(|| corrupt("field `mac` is not 32 bytes of base64".into()))?,
             _ => return Err(corrupt("field `mac` is missing".into())),
         };
@@ -153,11 +291,46 @@ impl Keyring {
             Some(Value::Array(a)) => a,
             _ => return Err(corrupt("field `slots` is missing or not a list".into())),
         };
+        // Version 2's sealing members; a pre-release version 2 keyring has
+        // none of them (labels only) and is read as version 1 with labels.
+        let sealing = if version == Some(2) && m.contains_key("sealing_public_key") {
+            let v1_key_id = key_id_field(&mut m, "v1_key_id")?;
+            let pk = match m.remove("sealing_public_key") {
+                Some(Value::String(s)) => B64
+                    .decode(s.as_bytes())
+                    .ok()
+                    .filter(|b| B64.encode(b) == s)
+                    .ok_or_else(|| {
+                        corrupt("field `sealing_public_key` is not canonical base64".into())
+                    })?,
+                _ => return Err(corrupt("field `sealing_public_key` is not a string".into())),
+            };
+            let pk = SealingPublicKey::from_bytes(&pk)
+                .map_err(|e| corrupt(format!("field `sealing_public_key`: {e}")))?;
+            if pk.key_id() != key_id {
+                return Err(corrupt(
+                    "field `key_id` is not the key id of `sealing_public_key`: the file was edited or damaged".into(),
+                ));
+            }
+            let sealer = parse_sealer(m.remove("sealer"))
+                .map_err(|w| corrupt(format!("field `sealer`: {w}")))?;
+            Some(Sealing {
+                sealer: Sealer::from_parts(pk, sealer.0, sealer.1),
+                v1_key_id,
+            })
+        } else {
+            None
+        };
         if let Some(k) = m.keys().next() {
             return Err(corrupt(format!("unknown field `{k}`")));
         }
         let slots = parse_slots(&slots, version == Some(2)).map_err(corrupt)?;
-        Ok(Self { key_id, slots, mac })
+        Ok(Self {
+            key_id,
+            slots,
+            sealing,
+            mac,
+        })
     }
 
     /// Check that `bk` is this keyring's key and that nothing was edited.
@@ -166,9 +339,15 @@ impl Keyring {
             path: path.to_path_buf(),
             what: what.into(),
         };
-        if bk.key_id() != self.key_id {
+        let same_key = match &self.sealing {
+            None => bk.key_id_v1() == self.key_id,
+            Some(s) => {
+                s.sealer.is_derived_from(bk) && s.v1_key_id.is_none_or(|v1| v1 == bk.key_id_v1())
+            }
+        };
+        if !same_key {
             return Err(tampered(
-                "its key id is not that of the key its slots unwrap",
+                "its key id, sealing key or sealer key is not that of the key its slots unwrap",
             ));
         }
         // verify_slice compares in constant time.
@@ -186,6 +365,7 @@ impl Keyring {
         factors: &Factors,
         ui: &dyn Ui,
     ) -> Result<(BackupKey, &SlotRecord)> {
+        self.refuse_seal_only(path)?;
         let (bk, used) = slot::unlock(&self.slots, selector, factors, ui)?;
         self.verify(&bk, path)?;
         Ok((bk, used))
@@ -198,10 +378,22 @@ impl Keyring {
         path: &Path,
         opts: &slot::UnlockOptions<'_>,
     ) -> Result<(BackupKey, &SlotRecord)> {
+        self.refuse_seal_only(path)?;
         let candidates = slot::archive_candidates(&self.slots, true, &[]);
         let (bk, used) = slot::unlock_with(&candidates, opts)?;
         self.verify(&bk, path)?;
         Ok((bk, used))
+    }
+
+    /// A seal-only keyring is never unlocked: it is a host's, to seal.
+    pub fn refuse_seal_only(&self, path: &Path) -> Result<()> {
+        match self.sealer() {
+            Some(s) if !s.id().is_owner() => Err(Error::SealOnly {
+                path: path.to_path_buf(),
+                sealer: s.id().to_string(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Add a slot and re-MAC under `bk` (which the caller just unlocked).
@@ -298,9 +490,38 @@ pub fn last_recovery_replaced(slot: &SlotRecord) -> Error {
     ))
 }
 
-/// The format version a list of slots needs: 2 when any has a label, else
-/// 1 (which older builds read).
-pub fn format_version(slots: &[SlotRecord]) -> u64 {
+/// The `{"id", "key"}` of a keyring's `sealer` member.
+fn parse_sealer(v: Option<Value>) -> std::result::Result<(SealerId, SealerKey), String> {
+    let Some(Value::Object(mut o)) = v else {
+        return Err("missing, or not an object".into());
+    };
+    let id = match o.remove("id") {
+        Some(Value::String(s)) => SealerId::parse(&s).map_err(|e| format!("`id`: {e}"))?,
+        _ => return Err("`id` is missing".into()),
+    };
+    let key = match o.remove("key") {
+        Some(Value::String(s)) => decode_b64::<KEY_LEN>(&s)
+            .ok_or_else(|| "`key` is not 32 bytes of canonical base64".to_string())?,
+        _ => return Err("`key` is missing".into()),
+    };
+    if let Some(k) = o.keys().next() {
+        return Err(format!("unknown member `{k}`"));
+    }
+    Ok((id, SealerKey::from_bytes(key)))
+}
+
+/// Exactly `N` bytes of canonical base64 (padding present, no stray bits).
+fn decode_b64<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let b = zeroize::Zeroizing::new(B64.decode(s.as_bytes()).ok()?);
+    if B64.encode(&*b) != s {
+        return None;
+    }
+    <[u8; N]>::try_from(&b[..]).ok()
+}
+
+/// The format version a pre-sealing list of slots was written as: 2 when
+/// any has a label, else 1.
+fn format_version(slots: &[SlotRecord]) -> u64 {
     if slots.iter().any(|s| s.label.is_some()) {
         2
     } else {
@@ -337,6 +558,7 @@ pub fn parse_slots(slots: &[Value], labels: bool) -> std::result::Result<Vec<Slo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sealing::{SealerId, SealingPublicKey};
     use crate::slot::{SlotId, SlotParams, recovery};
 
     fn sample() -> (BackupKey, Keyring) {
@@ -472,13 +694,130 @@ mod tests {
         assert!(matches!(err, Error::KeyringCorrupt { .. }));
         // A member named twice is refused, not resolved by either copy.
         let text = String::from_utf8(kr.to_bytes()).unwrap();
-        let twice = text.replacen("\"version\": 1,", "\"version\": 1, \"version\": 1,", 1);
+        let twice = text.replacen("\"version\": 2,", "\"version\": 2, \"version\": 2,", 1);
         assert_ne!(twice, text);
         let err = Keyring::parse(twice.as_bytes(), Path::new("k")).unwrap_err();
         assert!(err.to_string().contains("appears twice"), "{err}");
         let deep = format!("{}{}", "[".repeat(20), "]".repeat(20));
         let err = Keyring::parse(deep.as_bytes(), Path::new("k")).unwrap_err();
         assert!(err.to_string().contains("deeper"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_keyring_upgrades_and_keeps_its_old_key_id() {
+        let bk = BackupKey::generate();
+        let (rec, _) = recovery::enroll(&bk);
+        let v1 = Keyring::v1(&bk, vec![rec]);
+        let mut kr = Keyring::parse(&v1.to_bytes(), Path::new("k")).unwrap();
+        assert_eq!(kr.version(), 1);
+        assert!(kr.sealer().is_none());
+        kr.verify(&bk, Path::new("k")).unwrap();
+        assert!(kr.upgrade(&bk));
+        assert!(!kr.upgrade(&bk), "a second upgrade changes nothing");
+        let back = Keyring::parse(&kr.to_bytes(), Path::new("k")).unwrap();
+        back.verify(&bk, Path::new("k")).unwrap();
+        assert_eq!(back.version(), 2);
+        assert_eq!(back.key_id, SealingPublicKey::derive(&bk).key_id());
+        assert_eq!(back.v1_key_id(), Some(bk.key_id_v1()));
+        assert!(back.holds_key(&bk.key_id_v1()) && back.holds_key(&back.key_id));
+        assert_eq!(back.sealer().unwrap().id().as_str(), "owner");
+    }
+
+    #[test]
+    fn a_pre_release_version_2_keyring_reads_as_version_1_with_labels() {
+        let bk = BackupKey::generate();
+        let (mut rec, _) = recovery::enroll(&bk);
+        rec.label = Some(crate::slot::Label::parse("paper").unwrap());
+        let draft = Keyring::v1(&bk, vec![rec]);
+        let text = String::from_utf8(draft.to_bytes()).unwrap();
+        assert!(text.contains("\"version\": 2"), "{text}");
+        let mut kr = Keyring::parse(text.as_bytes(), Path::new("k")).unwrap();
+        kr.verify(&bk, Path::new("k")).unwrap();
+        assert!(kr.sealer().is_none());
+        assert!(kr.upgrade(&bk));
+        let back = Keyring::parse(&kr.to_bytes(), Path::new("k")).unwrap();
+        back.verify(&bk, Path::new("k")).unwrap();
+        assert_eq!(back.slots[0].label.as_ref().unwrap().as_str(), "paper");
+    }
+
+    #[test]
+    fn a_seal_only_keyring_seals_as_its_host_and_never_unlocks() {
+        let (bk, kr) = sample();
+        let id = SealerId::host("nas-1").unwrap();
+        let host = kr.seal_only(&bk, id, kr.slots.clone());
+        let back = Keyring::parse(&host.to_bytes(), Path::new("h")).unwrap();
+        assert!(back.is_seal_only());
+        assert_eq!(back.key_id, kr.key_id);
+        assert_eq!(back.sealer().unwrap().id().as_str(), "nas-1");
+        back.verify(&bk, Path::new("h")).unwrap();
+        let err = back
+            .unlock(
+                Path::new("h"),
+                None,
+                &Factors::new(),
+                &crate::ui::NonInteractive::default(),
+            )
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::SealOnly { .. }), "{err}");
+        assert_eq!(err.category(), crate::error::Category::NoUsableSlot);
+    }
+
+    #[test]
+    fn a_swapped_sealing_key_or_sealer_key_is_caught() {
+        let (bk, kr) = sample();
+        let good: Value = serde_json::from_slice(&kr.to_bytes()).unwrap();
+        // Another key's public key with its own (consistent) key id: the
+        // parse passes; only BK can tell.
+        let other = SealingPublicKey::derive(&BackupKey::generate());
+        let mut v = good.clone();
+        v["sealing_public_key"] = B64.encode(other.as_bytes()).into();
+        v["key_id"] = other.key_id().to_string().into();
+        let swapped = Keyring::parse(&serde_json::to_vec(&v).unwrap(), Path::new("k")).unwrap();
+        let err = swapped.verify(&bk, Path::new("k")).unwrap_err();
+        assert!(matches!(err, Error::KeyringTampered { .. }), "{err}");
+        // A key id that is not the public key's: refused before unlocking.
+        let mut v = good.clone();
+        v["key_id"] = other.key_id().to_string().into();
+        let err = Keyring::parse(&serde_json::to_vec(&v).unwrap(), Path::new("k")).unwrap_err();
+        assert!(err.to_string().contains("key_id"), "{err}");
+        // Another sealer key.
+        let mut v = good.clone();
+        v["sealer"]["key"] = B64.encode([7u8; 32]).into();
+        let edited = Keyring::parse(&serde_json::to_vec(&v).unwrap(), Path::new("k")).unwrap();
+        let err = edited.verify(&bk, Path::new("k")).unwrap_err();
+        assert!(matches!(err, Error::KeyringTampered { .. }), "{err}");
+        // Malformed sealing members name the field.
+        for (field, edit) in [
+            ("sealing_public_key", serde_json::json!("AAAA")),
+            ("sealer", serde_json::json!({"id": "owner"})),
+            (
+                "sealer",
+                serde_json::json!({"id": "Owner!", "key": B64.encode([0u8; 32])}),
+            ),
+            (
+                "sealer",
+                serde_json::json!({"id": "owner", "key": "AAAA", }),
+            ),
+            ("v1_key_id", serde_json::json!("xyz")),
+        ] {
+            let mut v = good.clone();
+            v[field] = edit;
+            let err = Keyring::parse(&serde_json::to_vec(&v).unwrap(), Path::new("k")).unwrap_err();
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_sealer_key() {
+        let (_, kr) = sample();
+        let v: Value = serde_json::from_slice(&kr.to_bytes()).unwrap();
+        let key = v["sealer"]["key"].as_str().unwrap().to_owned();
+        let shown = format!("{kr:?}");
+        assert!(!shown.contains(&key), "{shown}");
+        let raw = B64.decode(&key).unwrap();
+        assert!(!shown.contains(&hex::encode(&raw)), "{shown}");
+        assert!(!shown.contains(&format!("{:?}", &raw[..4])), "{shown}");
     }
 
     #[test]

@@ -248,6 +248,21 @@ pub trait Slot {
     /// What the trust rule may do with this slot read from a header alone.
     fn header_only(&self, locators: &Locators) -> HeaderOnly;
 
+    /// Whether the machine holding the device could open this slot with no
+    /// person present (a TPM without PIN): `export --seal-only` leaves such
+    /// slots out, since on the sealing host they would open every archive.
+    fn opens_unattended(&self) -> bool {
+        self.interaction(false) == Interaction::Unattended
+    }
+
+    /// Whether this slot's copy in an archive header rests on classical
+    /// public-key cryptography, which a future quantum computer could
+    /// break from the archive alone or from recorded traffic (P-256 ECDH,
+    /// the vault's OPRF): `seal --pq-only` leaves such copies out.
+    fn classical_public_key(&self) -> bool {
+        false
+    }
+
     /// One line of public detail for `coffer slots` (no secrets).
     fn describe(&self) -> String;
 }

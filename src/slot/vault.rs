@@ -168,6 +168,10 @@ impl Slot for VaultParams {
         true
     }
 
+    fn classical_public_key(&self) -> bool {
+        true
+    }
+
     fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
         let password = ctx.secret("Vault password")?;
         if password.expose_secret().is_empty() {

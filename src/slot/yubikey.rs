@@ -465,6 +465,14 @@ impl Slot for YubikeyParams {
         Interaction::Device
     }
 
+    fn opens_unattended(&self) -> bool {
+        self.pin_policy == StoredPinPolicy::Never && self.touch_policy == StoredTouchPolicy::Never
+    }
+
+    fn classical_public_key(&self) -> bool {
+        true
+    }
+
     fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
         let checked = (|| {
             let n = self.piv_slot_number()?;

@@ -117,9 +117,11 @@ impl Home {
             &coffer::ui::NonInteractive::default(),
         )
         .unwrap();
-        let header = Header::new(&bk, FLAG_TAR, DEFAULT_CHUNK, kr.slots.clone());
+        let sealer = coffer::sealing::Sealer::owner(&bk);
+        let (header, payload_key) =
+            Header::seal(&sealer, FLAG_TAR, DEFAULT_CHUNK, kr.slots.clone());
         let mut out = header.to_bytes();
-        let mut w = StreamWriter::new(header.payload_key(&bk), DEFAULT_CHUNK as usize, Vec::new());
+        let mut w = StreamWriter::new(payload_key, DEFAULT_CHUNK as usize, Vec::new());
         w.write_all(tar_bytes).unwrap();
         out.extend(w.finish().unwrap());
         out
@@ -197,24 +199,34 @@ pub fn listing(dir: &Path) -> Vec<String> {
 }
 
 /// Rewrite an archive's header as anyone who can write the storage can:
-/// `edit` gets the fixed part (docs/format.md §4) and the slot list. The
-/// MAC is left as it was; only the backup key could recompute it.
+/// `edit` gets everything before the slot list (docs/format.md §4; in
+/// version 2 the fixed part, the sealed file key and the sealer id, §8.8)
+/// and the slot list. The MAC is left as it was; only the sealer's key
+/// could recompute it.
 pub fn rewrite_header(
     archive: &Path,
     edit: impl FnOnce(&mut Vec<u8>, &mut Vec<serde_json::Value>),
 ) {
     use coffer::archive::header::FIXED_LEN;
+    use coffer::sealing::ENCAPSULATION_LEN;
     let bytes = std::fs::read(archive).unwrap();
     let len_at = FIXED_LEN - 4;
     let len = u32::from_be_bytes(bytes[len_at..FIXED_LEN].try_into().unwrap()) as usize;
-    let mut fixed = bytes[..FIXED_LEN].to_vec();
+    let version = u16::from_be_bytes([bytes[8], bytes[9]]);
+    let slots_at = if version >= 2 {
+        let m = bytes[FIXED_LEN + ENCAPSULATION_LEN] as usize;
+        FIXED_LEN + ENCAPSULATION_LEN + 1 + m
+    } else {
+        FIXED_LEN
+    };
+    let mut fixed = bytes[..slots_at].to_vec();
     let mut slots: Vec<serde_json::Value> =
-        serde_json::from_slice(&bytes[FIXED_LEN..FIXED_LEN + len]).unwrap();
+        serde_json::from_slice(&bytes[slots_at..slots_at + len]).unwrap();
     edit(&mut fixed, &mut slots);
     let json = serde_json::to_vec(&slots).unwrap();
-    fixed[len_at..].copy_from_slice(&(json.len() as u32).to_be_bytes());
+    fixed[len_at..FIXED_LEN].copy_from_slice(&(json.len() as u32).to_be_bytes());
     let mut out = fixed;
     out.extend_from_slice(&json);
-    out.extend_from_slice(&bytes[FIXED_LEN + len..]);
+    out.extend_from_slice(&bytes[slots_at + len..]);
     std::fs::write(archive, out).unwrap();
 }

@@ -214,6 +214,10 @@ impl Slot for Pkcs11Params {
         Interaction::Device
     }
 
+    fn classical_public_key(&self) -> bool {
+        self.mechanism == Pkcs11Mechanism::Ecdh
+    }
+
     fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
         Some(
             self.token_kek(ctx)?
