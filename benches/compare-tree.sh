@@ -35,7 +35,7 @@ bytes=$(du -sb "$tree" | cut -f1)
 echo "tree: $tree, $entries entries, $((bytes / 1000000)) MB; $runs runs each, $(nproc) cores"
 tar -cf - -C "$parent" "$name" > /dev/null   # into the page cache
 set +e
-"$COFFER" -q seal "$tree" -o "$work/tree.coffer" --recovery-key-file "$work/recovery.txt"
+"$COFFER" -q seal "$tree" -o "$work/tree.coffer"
 s=$?
 set -e
 [ "$s" = 0 ] || [ "$s" = 6 ] || exit "$s"   # 6: some paths skipped (sockets)
@@ -56,7 +56,7 @@ median() {
   printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
 }
 clean='rm -rf "$out"/x; mkdir "$out"/x'
-seal_c=$(median : "'$COFFER' -q seal '$tree' -o - --recovery-key-file '$work/recovery.txt' > /dev/null 2>&1")
+seal_c=$(median : "'$COFFER' -q seal '$tree' -o - > /dev/null 2>&1")
 seal_rss=$(cat "$work/rss")
 seal_t=$(median : "tar -cf - -C '$parent' '$name' 2>/dev/null | age -r '$recipient' > /dev/null")
 open_c=$(median "$clean" "'$COFFER' -q open '$work/tree.coffer' -o '$out/x/r' --recovery-key-file '$work/recovery.txt'")

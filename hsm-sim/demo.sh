@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job, end to end, in a throwaway folder: build coffer, create a
 # keyring (recovery key), enroll a password and a TPM (a software swtpm when
-# this machine has no TPM), seal a folder unattended with the TPM, open it
-# again with the password, then on a "new laptop" (no keyring) with only
-# the archive and the recovery key.
+# this machine has no TPM), seal a folder with no factor at all, open it
+# with the TPM unattended and with the password, then on a "new laptop" (no
+# keyring) with only the archive and the recovery key; then a backup host
+# that seals with a seal-only keyring and cannot open what it sealed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Only what the demo uses: the build tools and the TPM parts (not the
@@ -45,12 +46,12 @@ mkdir -p documents/photos documents/empty
 echo "the plan" > documents/plan.txt
 head -c 3000000 /dev/urandom > documents/photos/cat.jpg
 ln -s plan.txt documents/latest
-say "coffer seal documents -o backup.coffer (unattended: the TPM slot needs nobody)"
-"$COFFER" -v seal documents -o backup.coffer < /dev/null
+say "coffer seal documents -o backup.coffer (no factor: sealing needs only the public key)"
+"$COFFER" seal documents -o backup.coffer < /dev/null
 say "coffer inspect backup.coffer (no factor needed)"
 "$COFFER" inspect backup.coffer
-say "coffer verify backup.coffer"
-"$COFFER" verify backup.coffer --password-file password.txt
+say "coffer verify backup.coffer (unattended: the TPM slot needs nobody)"
+"$COFFER" -v verify backup.coffer < /dev/null
 say "coffer open backup.coffer -o restored"
 "$COFFER" open backup.coffer -o restored --password-file password.txt
 diff -r documents restored/documents && echo "restored copy is identical"
@@ -59,6 +60,19 @@ say "a new laptop: no keyring, only the archive and the recovery key"
 mkdir laptop && cp backup.coffer recovery.txt laptop/
 (cd laptop && COFFER_KEYRING="$PWD/none.json" "$COFFER" open backup.coffer -o restored --recovery-key-file recovery.txt)
 diff -r documents laptop/restored/documents && echo "restored copy is identical"
+
+say "a backup host that seals and can never open: coffer export --seal-only"
+"$COFFER" export --seal-only --sealer backup-host -o host-keyring.json --password-file password.txt
+key_id=$(sed -n 's/.*"key_id": "\([0-9a-f]*\)".*/\1/p' host-keyring.json)
+mkdir host && mv host-keyring.json host/
+(cd host && COFFER_KEYRING="$PWD/host-keyring.json" "$COFFER" seal "$work/documents" -o nightly.coffer --key-id "$key_id" < /dev/null)
+set +e
+(cd host && COFFER_KEYRING="$PWD/host-keyring.json" "$COFFER" open nightly.coffer -o restored < /dev/null)
+status=$?
+set -e
+echo "the host's own open: exit status $status (5: seal-only)"
+[ "$status" = 5 ]
+"$COFFER" verify host/nightly.coffer --password-file password.txt
 
 say "a tampered archive is refused and leaves nothing behind"
 cp backup.coffer tampered.coffer
