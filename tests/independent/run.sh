@@ -1,6 +1,22 @@
 #!/usr/bin/env bash
 # Run the independent (spec-only) coffer reader against every vector and
 # testkit archive. Prints "ok NAME" / "FAIL NAME: why" and "N passed, M failed".
+#
+# Picked up generically, so that new files are tested without editing this:
+#   tests/testdata/archives/*.coffer, each with NAME.expect
+#   tests/testdata/archives/*.json (keyrings), each with NAME.expect
+#   tests/vectors/*.coffer (NAME.expect beside it if there is one; otherwise
+#     archive-v*-stream must open to "hello, coffer\n" as section 6's does)
+#   tests/vectors/keyring-v*.json (must verify; key ids checked against
+#     derived-v1.txt where they are version 1 key ids)
+# plus the X-Wing and sealing vectors of format.md section 8.9, a version 2
+# test kit the reader writes itself from the spec (coffer_decrypt.py
+# --make-v2-testkit), and, when target/debug/coffer exists, round trips
+# through the real binary.
+#
+# .expect lines: "expect: ok" + "payload-sha256: HEX", or "expect: exit N";
+# optional "keyring: FILE" (open through that keyring, beside the .expect)
+# and "key-id: HEX" (keyrings: the key id the reader must print).
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 tests="$(dirname "$here")"
@@ -13,7 +29,7 @@ key="$vec/recovery-v1.txt"
 # on PATH. No pip fallback: Debian 12 has no pip and refuses it (PEP 668).
 py=
 for cand in ${PYTHON:-} /usr/bin/python3 python3; do
-    if "$cand" -c 'import cryptography' 2>/dev/null; then py=$cand; break; fi
+    if "$cand" -c 'import cryptography, hashlib; hashlib.sha3_256; hashlib.shake_256' 2>/dev/null; then py=$cand; break; fi
 done
 if [ -z "$py" ]; then
     echo "no python3 with the cryptography module: apt-get install python3-cryptography (hsm-sim/install-deps.sh does)"
@@ -21,30 +37,36 @@ if [ -z "$py" ]; then
     exit 1
 fi
 
+# No __pycache__ in the source tree.
+export PYTHONDONTWRITEBYTECODE=1
+
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 pass=0
 fail=0
 ok()   { echo "ok $1${2:+ ($2)}"; pass=$((pass + 1)); }
 bad()  { echo "FAIL $1: $2"; fail=$((fail + 1)); }
+field() { sed -n "s/^$1: *//p" "$2" | head -n1; }
 
-for arc in "$kit"/*.coffer; do
-    name="$(basename "$arc" .coffer)"
-    exp="$kit/$name.expect"
-    if [ ! -f "$exp" ]; then bad "$name" "no $name.expect"; continue; fi
-    want="$(sed -n 's/^expect: *//p' "$exp")"
-    sha="$(sed -n 's/^payload-sha256: *//p' "$exp")"
+# check_archive NAME ARCHIVE EXPECT: open ARCHIVE as EXPECT says.
+check_archive() {
+    local name="$1" arc="$2" exp="$3" want sha kr zstd flags rc got args
+    want="$(field expect "$exp")"
+    sha="$(field payload-sha256 "$exp")"
+    kr="$(field keyring "$exp")"
     zstd=0
     # flags are bytes 10-11 of the header; bit 1 = zstd
     flags="$(od -An -tu1 -j11 -N1 "$arc" | tr -d ' ')"
-    [ $(( flags & 2 )) -ne 0 ] && zstd=1
+    [ -n "$flags" ] && [ $(( flags & 2 )) -ne 0 ] && zstd=1
     args=()
-    [ "$zstd" = 1 ] && args=(--raw)
+    [ "$zstd" = 1 ] && args+=(--raw)
+    [ -n "$kr" ] && args+=(--keyring "$(dirname "$exp")/$kr")
+    rm -f "$tmp/out"
     "$py" "$dec" "$arc" --recovery-key-file "$key" -o "$tmp/out" "${args[@]}" 2>"$tmp/err"
     rc=$?
     case "$want" in
         ok)
-            if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc, expected 0: $(cat "$tmp/err")"; continue; fi
+            if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc, expected 0: $(cat "$tmp/err")"; return; fi
             if [ "$zstd" = 1 ]; then
                 # Beyond the brief: if a zstd CLI happens to be installed, also
                 # check the decompressed payload against payload-sha256.
@@ -58,58 +80,204 @@ for arc in "$kit"/*.coffer; do
                 else
                     ok "$name" "zstd: decrypted with --raw, authenticated; decompressed sha256 not checked (no zstd CLI)"
                 fi
-                continue
+                return
             fi
             got="$(sha256sum "$tmp/out" | cut -d' ' -f1)"
-            if [ "$got" = "$sha" ]; then ok "$name"; else bad "$name" "sha256 $got, expected $sha"; fi
+            if [ -z "$sha" ]; then bad "$name" "no payload-sha256 in $exp"
+            elif [ "$got" = "$sha" ]; then ok "$name"
+            else bad "$name" "sha256 $got, expected $sha"; fi
             ;;
         exit\ *)
             n="${want#exit }"
-            if [ "$rc" -eq "$n" ]; then ok "$name"; else bad "$name" "exit $rc, expected $n: $(cat "$tmp/err")"; fi
+            if [ "$rc" -eq "$n" ]; then ok "$name" "exit $n: $(tail -n1 "$tmp/err" | sed 's/^error: //')"
+            else bad "$name" "exit $rc, expected $n: $(cat "$tmp/err")"; fi
             ;;
         *) bad "$name" "cannot parse $exp" ;;
     esac
-    rm -f "$tmp/out"
+}
+
+# check_keyring NAME KEYRING EXPECT: verify KEYRING as EXPECT says.
+check_keyring() {
+    local name="$1" file="$2" exp="$3" want kid rc got
+    want="$(field expect "$exp")"
+    kid="$(field key-id "$exp")"
+    got="$("$py" "$dec" --keyring "$file" --recovery-key-file "$key" 2>"$tmp/err")"
+    rc=$?
+    case "$want" in
+        ok)
+            if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc, expected 0: $(cat "$tmp/err")"
+            elif [ -n "$kid" ] && [ "$got" != "$kid" ]; then bad "$name" "key id $got, expected $kid"
+            else ok "$name" "key id $got"; fi
+            ;;
+        exit\ *)
+            n="${want#exit }"
+            if [ "$rc" -eq "$n" ]; then ok "$name" "exit $n: $(tail -n1 "$tmp/err" | sed 's/^error: //')"
+            else bad "$name" "exit $rc, expected $n: $(cat "$tmp/err")"; fi
+            ;;
+        *) bad "$name" "cannot parse $exp" ;;
+    esac
+}
+
+# The testkit: every archive (and keyring, if any) with its .expect.
+for arc in "$kit"/*.coffer; do
+    [ -e "$arc" ] || continue
+    name="$(basename "$arc" .coffer)"
+    if [ ! -f "$kit/$name.expect" ]; then bad "$name" "no $name.expect"; continue; fi
+    check_archive "$name" "$arc" "$kit/$name.expect"
+done
+for kr in "$kit"/*.json; do
+    [ -e "$kr" ] || continue
+    name="$(basename "$kr" .json)"
+    # A keyring that an archive's .expect names is tested through that archive.
+    if [ ! -f "$kit/$name.expect" ]; then
+        grep -qs "^keyring: *$name.json" "$kit"/*.expect || bad "$name" "no $name.expect"
+        continue
+    fi
+    check_keyring "$name" "$kr" "$kit/$name.expect"
 done
 
-# Known-answer archive vector: "hello, coffer\n"
-name="vector:archive-v1-stream"
-"$py" "$dec" "$vec/archive-v1-stream.coffer" --recovery-key-file "$key" -o "$tmp/out" 2>"$tmp/err"
-rc=$?
-if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc: $(cat "$tmp/err")"
-elif [ "$(od -An -c "$tmp/out")" = "$(printf 'hello, coffer\n' | od -An -c)" ]; then ok "$name"
-else bad "$name" "plaintext $(od -An -c "$tmp/out")"; fi
+# Known-answer archives: an .expect beside it, or section 6's "hello, coffer\n".
+for arc in "$vec"/*.coffer; do
+    [ -e "$arc" ] || continue
+    base="$(basename "$arc" .coffer)"
+    name="vector:$base"
+    if [ -f "$vec/$base.expect" ]; then check_archive "$name" "$arc" "$vec/$base.expect"; continue; fi
+    "$py" "$dec" "$arc" --recovery-key-file "$key" -o "$tmp/out" 2>"$tmp/err"
+    rc=$?
+    if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc: $(cat "$tmp/err")"
+    elif [ "$(od -An -c "$tmp/out")" = "$(printf 'hello, coffer\n' | od -An -c)" ]; then ok "$name"
+    else bad "$name" "plaintext $(od -An -c "$tmp/out" | head -n3), expected \"hello, coffer\\n\" (or add $base.expect)"; fi
+done
 
-# Keyring vector: MAC verifies, key id as in derived-v1.txt
-name="vector:keyring-v1"
-want="$(sed -n 's/^key id: *//p' "$vec/derived-v1.txt")"
-got="$("$py" "$dec" --keyring "$vec/keyring-v1.json" --recovery-key-file "$key" 2>"$tmp/err")"
-rc=$?
-if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc: $(cat "$tmp/err")"
-elif [ -n "$want" ] && [ "$got" = "$want" ]; then ok "$name"
-else bad "$name" "key id '$got', expected '$want'"; fi
+# format.md section 8.9 describes archive-v2-stream.coffer completely (BK,
+# slot, plaintext, flags, chunk size, salt, encapsulation randomness,
+# created, sealer): rebuild it from that prose and compare byte for byte.
+if [ -f "$vec/archive-v2-stream.coffer" ]; then
+    name="vector:archive-v2-stream-rebuilt"
+    if "$py" "$dec" --rebuild-v2-stream "$tmp/rebuilt.coffer" --recovery-key-file "$key" >"$tmp/vout" 2>"$tmp/err"; then
+        if cmp -s "$tmp/rebuilt.coffer" "$vec/archive-v2-stream.coffer"; then
+            ok "$name" "byte for byte from section 8.9's prose; $(grep '^file key' "$tmp/vout")"
+        else
+            bad "$name" "differs from section 8.9's description: $(cmp "$tmp/rebuilt.coffer" "$vec/archive-v2-stream.coffer" 2>&1)"
+        fi
+    else
+        bad "$name" "could not rebuild it: $(cat "$tmp/err")"
+    fi
+fi
 
-# Version 2 (labels, format.md section 7): a keyring and an archive made
-# now by the coffer binary the test suite built, when there is one.
+# Keyring vectors: they verify (MAC, key ids, and for version 2 the sealing
+# key and sealer checks); version 1 key ids are derived-v1.txt's.
+v1kid="$(field 'key id' "$vec/derived-v1.txt")"
+for kr in "$vec"/keyring-v*.json; do
+    [ -e "$kr" ] || continue
+    base="$(basename "$kr" .json)"
+    name="vector:$base"
+    if [ -f "$vec/$base.expect" ]; then check_keyring "$name" "$kr" "$vec/$base.expect"; continue; fi
+    got="$("$py" "$dec" --keyring "$kr" --recovery-key-file "$key" 2>"$tmp/err")"
+    rc=$?
+    file_kid="$(sed -n 's/^ *"key_id": *"\([0-9a-f]*\)".*/\1/p' "$kr")"
+    file_v1="$(sed -n 's/^ *"v1_key_id": *"\([0-9a-f]*\)".*/\1/p' "$kr")"
+    if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc: $(cat "$tmp/err")"
+    elif [ "$got" != "$file_kid" ]; then bad "$name" "key id '$got', file says '$file_kid'"
+    elif grep -q '"sealing_public_key"' "$kr"; then
+        if [ -n "$file_v1" ] && [ "$file_v1" != "$v1kid" ]; then bad "$name" "v1_key_id $file_v1, expected $v1kid"
+        else ok "$name" "version 2, key id $got${file_v1:+, v1_key_id $file_v1}"; fi
+    elif [ "$got" = "$v1kid" ]; then ok "$name"
+    else bad "$name" "key id '$got', expected '$v1kid'"; fi
+done
+
+# Format 2 vectors (format.md section 8.9): the X-Wing draft's, then coffer's.
+for v in xwing-draft06 sealing-v2; do
+    f="$vec/$v.txt"
+    [ -f "$f" ] || { bad "$v" "no $f"; continue; }
+    case "$v" in xwing-*) opt=--check-xwing ;; *) opt=--check-sealing ;; esac
+    "$py" "$dec" "$opt" "$f" >"$tmp/vout" 2>"$tmp/err"
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+        note="$(grep -c ': ok$' "$tmp/vout") values match"
+        if grep -q 'not checked' "$tmp/vout"; then
+            note="$note; lines not checked: $(grep 'not checked' "$tmp/vout" | cut -d: -f1 | paste -sd, -)"
+        fi
+        ok "$v" "$note"
+    else
+        bad "$v" "$(grep -v ': ok$' "$tmp/vout" | tr '\n' ';') $(cat "$tmp/err")"
+    fi
+done
+
+# A version 2 test kit written by coffer_decrypt.py itself, from the spec:
+# archives sealed to BK = 00..1f (section 6) as `owner` and `nas-1`, damaged
+# in every way section 8 names, and version 2 keyrings, good and bad.
+own="$tmp/own"
+if "$py" "$dec" --make-v2-testkit "$own" --recovery-key-file "$key" >/dev/null 2>"$tmp/err"; then
+    for exp in "$own"/*.expect; do
+        base="$(basename "$exp" .expect)"
+        if [ -f "$own/$base.coffer" ]; then check_archive "own:$base" "$own/$base.coffer" "$exp"
+        else check_keyring "own:$base" "$own/$base.json" "$exp"; fi
+    done
+else
+    bad "own:testkit" "could not write it: $(cat "$tmp/err")"
+fi
+
+# Version 2 made now by the coffer binary the test suite built, when there
+# is one: a keyring with a labelled slot, an archive sealed as `owner`, a
+# seal-only keyring for `nas-1` and an archive sealed through it, and a
+# version 1 keyring upgraded by coffer.
 bin="$(dirname "$tests")/target/debug/coffer"
 if [ -x "$bin" ]; then
-    name="coffer:version-2-labels"
+    name="coffer:version-2"
     d="$tmp/v2"; mkdir -p "$d"
     printf 'pw\n' >"$d/pw"; printf 'labelled\n' >"$d/data"
-    if COFFER_KEYRING="$d/k.json" "$bin" init --recovery-key-out "$d/rk" 2>"$tmp/err" &&
+    if COFFER_KEYRING="$d/k.json" "$bin" init --recovery-key-out "$d/rk" 2>"$tmp/err" >/dev/null &&
        COFFER_KEYRING="$d/k.json" "$bin" enroll password --label my-laptop \
-           --new-password-file "$d/pw" --recovery-key-file "$d/rk" 2>>"$tmp/err" &&
+           --new-password-file "$d/pw" --recovery-key-file "$d/rk" 2>>"$tmp/err" >/dev/null &&
        COFFER_KEYRING="$d/k.json" "$bin" seal - -o "$d/a.coffer" \
-           --recovery-key-file "$d/rk" <"$d/data" 2>>"$tmp/err"; then
+           --recovery-key-file "$d/rk" <"$d/data" 2>>"$tmp/err" >/dev/null; then
         got="$("$py" "$dec" --keyring "$d/k.json" --recovery-key-file "$d/rk" 2>"$tmp/err")" &&
         "$py" "$dec" "$d/a.coffer" --recovery-key-file "$d/rk" -o "$d/out" 2>>"$tmp/err"
         rc=$?
         if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc: $(cat "$tmp/err")"
         elif ! grep -q '"version": 2' "$d/k.json"; then bad "$name" "the keyring is not version 2"
-        elif cmp -s "$d/out" "$d/data"; then ok "$name" "keyring $got and a labelled archive"
+        elif [ "$(od -An -tu1 -j9 -N1 "$d/a.coffer" | tr -d ' ')" != 2 ]; then bad "$name" "the archive is not version 2"
+        elif cmp -s "$d/out" "$d/data"; then ok "$name" "keyring $got with a labelled slot, archive sealed as owner"
         else bad "$name" "plaintext differs"; fi
+
+        name="coffer:seal-only"
+        if COFFER_KEYRING="$d/k.json" "$bin" export --seal-only --sealer nas-1 -o "$d/so.json" \
+               --recovery-key-file "$d/rk" >/dev/null 2>"$tmp/err" &&
+           COFFER_KEYRING="$d/so.json" "$bin" seal - -o "$d/b.coffer" <"$d/data" >/dev/null 2>>"$tmp/err"; then
+            got="$("$py" "$dec" --keyring "$d/so.json" --recovery-key-file "$d/rk" 2>"$tmp/err")"; rc1=$?
+            "$py" "$dec" "$d/b.coffer" --recovery-key-file "$d/rk" -o "$d/out2" 2>>"$tmp/err"; rc2=$?
+            "$py" "$dec" "$d/b.coffer" --keyring "$d/so.json" --recovery-key-file "$d/rk" -o /dev/null 2>/dev/null; rc3=$?
+            "$py" "$dec" "$d/b.coffer" --keyring "$d/k.json" --recovery-key-file "$d/rk" -o "$d/out3" 2>>"$tmp/err"; rc4=$?
+            if [ "$rc1" -ne 0 ]; then bad "$name" "the seal-only keyring: exit $rc1: $(cat "$tmp/err")"
+            elif [ "$rc2" -ne 0 ] || [ "$rc4" -ne 0 ]; then bad "$name" "archive sealed by nas-1: exit $rc2/$rc4: $(cat "$tmp/err")"
+            elif [ "$rc3" -ne 5 ]; then bad "$name" "opening through the seal-only keyring: exit $rc3, expected 5"
+            elif ! grep -qs "sealed by 'nas-1'" "$tmp/err"; then bad "$name" "sealer is not nas-1: $(cat "$tmp/err")"
+            elif cmp -s "$d/out2" "$d/data" && cmp -s "$d/out3" "$d/data"; then
+                ok "$name" "keyring verifies, archive sealed as nas-1 opens (header slots, owner keyring), seal-only keyring refused with 5"
+            else bad "$name" "plaintext differs"; fi
+        else
+            bad "$name" "coffer could not make it: $(cat "$tmp/err")"
+        fi
     else
         bad "$name" "coffer could not make it: $(cat "$tmp/err")"
+    fi
+
+    name="coffer:upgrade-v1-keyring"
+    cp "$vec/keyring-v1.json" "$d/kv1.json"
+    if "$bin" --keyring "$d/kv1.json" open "$vec/archive-v1-stream.coffer" -o "$d/out4" \
+           --recovery-key-file "$key" >/dev/null 2>"$tmp/err"; then
+        got="$("$py" "$dec" --keyring "$d/kv1.json" --recovery-key-file "$key" 2>"$tmp/err")"; rc=$?
+        v1="$(sed -n 's/^ *"v1_key_id": *"\([0-9a-f]*\)".*/\1/p' "$d/kv1.json")"
+        "$py" "$dec" "$vec/archive-v1-stream.coffer" --keyring "$d/kv1.json" --recovery-key-file "$key" \
+            -o "$d/out5" 2>>"$tmp/err"; rc2=$?
+        if [ "$rc" -ne 0 ] || [ "$rc2" -ne 0 ]; then bad "$name" "exit $rc/$rc2: $(cat "$tmp/err")"
+        elif ! grep -q '"sealing_public_key"' "$d/kv1.json"; then ok "$name" "coffer did not upgrade it on open; nothing to check"
+        elif [ "$v1" != "$v1kid" ]; then bad "$name" "v1_key_id '$v1', expected $v1kid"
+        elif cmp -s "$d/out5" "$d/out4"; then ok "$name" "key id $got, v1_key_id $v1; the v1 archive opens through it"
+        else bad "$name" "plaintext differs"; fi
+    else
+        bad "$name" "coffer could not open the v1 vector: $(cat "$tmp/err")"
     fi
 fi
 
