@@ -5,22 +5,30 @@ draft-connolly-cfrg-xwing-kem-06 for X-Wing, RFC 7748, RFC 5869, RFC 3394,
 RFC 8439).
 
 Usage:
-  coffer_decrypt.py ARCHIVE --recovery-key-file FILE [--keyring KEYRING] [-o OUT] [--raw]
-  coffer_decrypt.py ARCHIVE --backup-key-file FILE [-o OUT] [--raw]
-  coffer_decrypt.py --keyring KEYRING --recovery-key-file FILE
+  coffer_decrypt.py ARCHIVE [--recovery-key-file FILE] [--keyring KEYRING] [-o OUT] [--raw]
+  coffer_decrypt.py ARCHIVE --backup-key-file FILE [--keyring KEYRING] [-o OUT] [--raw]
+  coffer_decrypt.py --keyring KEYRING [--recovery-key-file FILE]
   coffer_decrypt.py --check-xwing tests/vectors/xwing-draft06.txt
   coffer_decrypt.py --check-sealing tests/vectors/sealing-v2.txt
   coffer_decrypt.py --make-v2-testkit DIR --recovery-key-file FILE
   coffer_decrypt.py --rebuild-v2-stream OUT --recovery-key-file FILE
 
 With --keyring and an ARCHIVE, BK comes from the keyring (fully verified
-first) instead of the header's slots. --backup-key-file gives BK itself
-(64 hex digits), for tests.
+first) when the keyring holds the header's key id as section 8.7 defines it
+(version 2 archive: a version 2 keyring's key_id; version 1 archive: a
+version 1 keyring's key_id or a version 2 keyring's v1_key_id); otherwise,
+and always for a seal-only keyring (never unlocked, section 8.8), from the
+archive's own slots. --backup-key-file gives BK itself (64 hex digits), for
+tests. With no factor at all, nothing opens (exit 5), but a seal-only
+keyring still gets its before-unlocking checks.
 
-Exit status: 0 ok, 1 a vector check failed, 2 usage / malformed recovery
-key, 3 wrong recovery key (no slot unwraps), 4 corrupt / tampered /
-truncated / refused by a MUST, 5 no usable slot (no recovery slot) or an
-archive opened through a seal-only keyring, 6 zstd payload without --raw.
+Exit status (format.md section 5): 0 ok; 1 a vector check failed, or a
+keyring of an unknown version ("upgrade coffer"); 2 usage; 3 wrong factor (a
+recovery key that is not 64 hex digits, fails its checksum with no single
+correction opening the slot, or opens no slot); 4 corrupt / tampered /
+truncated / refused by a MUST; 5 no slot usable with the factors given
+(among them: only a seal-only keyring at hand and no factor for the
+archive's own slots); 6 zstd payload without --raw.
 """
 
 import argparse
@@ -119,7 +127,8 @@ def b64decode_strict(s):
 def parse_recovery_key(text):
     """Return the list of candidate 64-digit hex strings (normally one).
 
-    Raises Fail(EXIT_USAGE) on a malformed key.  If the checksum fails,
+    Raises Fail(EXIT_WRONG_KEY) on a malformed key (section 5: "a recovery
+    key that is not 64 hex digits ... -> 3").  If the checksum fails,
     returns all one-digit / adjacent-swap variants whose checksum matches
     (spec §2.1 SHOULD); the caller accepts only if exactly one unwraps.
     """
@@ -130,9 +139,9 @@ def parse_recovery_key(text):
         if ch in "0123456789abcdefABCDEF":
             digits.append(ch.lower())
         else:
-            raise Fail(EXIT_USAGE, "recovery key: invalid character %r" % ch)
+            raise Fail(EXIT_WRONG_KEY, "recovery key: invalid character %r" % ch)
     if len(digits) != 64:
-        raise Fail(EXIT_USAGE, "recovery key: %d hex digits, expected 64" % len(digits))
+        raise Fail(EXIT_WRONG_KEY, "recovery key: %d hex digits, expected 64" % len(digits))
     key = "".join(digits)
     if _checksum_ok(key):
         return [key], False
@@ -168,6 +177,8 @@ def recover_bk(slots, key_text):
     if not rec:
         # format.md section 5: "no slot usable with the factors given -> 5"
         raise Fail(EXIT_NO_SLOT, "no recovery slot (no slot usable with a recovery key)")
+    if key_text is None:
+        raise Fail(EXIT_NO_SLOT, "no factor given (no slot usable with the factors given)")
     cands, corrected = parse_recovery_key(key_text)
     found = {}
     for cand in cands:
@@ -457,8 +468,15 @@ def header_mac_key_v2(salt, skey):
     return hkdf(salt, skey, b"coffer/v2 archive header mac", 32)
 
 
-def payload_key_v2(salt, file_key):
-    return hkdf(salt, file_key, b"coffer/v2 archive payload", 32)
+def payload_key_v2(header_hash, file_key):
+    """Section 8.7: HKDF(SHA-256(H), file key, ...), H the header bytes its MAC
+    covers (everything before header_mac). Takes SHA-256(H), as sealing-v2.txt
+    gives it."""
+    return hkdf(header_hash, file_key, b"coffer/v2 archive payload", 32)
+
+
+def payload_key_of_header(head, file_key):
+    return payload_key_v2(hashlib.sha256(head).digest(), file_key)
 
 
 def public_key_ok(pk):
@@ -519,23 +537,67 @@ def decrypt_payload(payload_key, s, payload):
     return b"".join(out)
 
 
-def open_archive(data, key_text, bk=None):
+def keyring_holds(kr, version, hdr_kid):
+    """Section 8.7: does this keyring hold the header's key id? A version 2
+    archive: a version 2 keyring's key_id. A version 1 archive: a version 1
+    keyring's key_id (a pre-release "version 2" keyring of section 7 is read
+    as version 1), or a version 2 keyring's v1_key_id. Any other keyring is
+    not used."""
+    if version == 2:
+        return kr.layout == "v2" and kr.key_id == hdr_kid
+    if kr.layout == "v2":
+        return kr.v1_key_id is not None and kr.v1_key_id == hdr_kid
+    return kr.key_id == hdr_kid
+
+
+def bk_for_archive(version, hdr_kid, slots, key_text, bk, kr):
+    """Where BK comes from (section 8.7): a keyring that holds the header's
+    key id, else the archive's own slots (section 2.4). A seal-only keyring
+    is never unlocked and its slots are never used to open (section 8.8)."""
+    if kr is not None:
+        if hdr_kid in kr.retired:
+            print("warning: the keyring lists key id %s as retired: this archive is older than "
+                  "the rotation, or was sealed after it by someone holding an old keyring"
+                  % hdr_kid.hex(), file=sys.stderr)
+        if kr.seal_only:
+            print("info: seal-only keyring (sealer %r): never unlocked; trying the archive's own slots"
+                  % kr.sealer_id, file=sys.stderr)
+            try:
+                return bk if bk is not None else recover_bk(slots, key_text)
+            except Fail as e:
+                if e.code == EXIT_NO_SLOT:
+                    raise Fail(EXIT_NO_SLOT, "seal-only: only a seal-only keyring at hand and no usable "
+                               "factor for the archive's own slots (%s)" % e)
+                raise
+        if keyring_holds(kr, version, hdr_kid):
+            return unlock_keyring(kr, key_text, bk)
+        print("info: the keyring does not hold key id %s (version %d archive); using the archive's "
+              "own slots" % (hdr_kid.hex(), version), file=sys.stderr)
+    if bk is not None:
+        return bk
+    return recover_bk(slots, key_text)
+
+
+def open_archive(data, key_text, bk=None, kr=None):
     """Return (flags, plaintext) once everything authenticated. `bk`, when
-    given (from a keyring or --backup-key-file), replaces the header's slots."""
+    given (--backup-key-file), replaces the factor; `kr` is a parsed keyring
+    (parse_keyring) that section 8.7 may use."""
     version, flags, s, hdr_kid, salt, n = parse_fixed(data)
+
+    def get_bk(slots):
+        return bk_for_archive(version, hdr_kid, slots, key_text, bk, kr)
     if version == 1:
-        return flags, _open_v1(data, key_text, bk, s, hdr_kid, salt, n)
-    return flags, _open_v2(data, key_text, bk, s, hdr_kid, salt, n)
+        return flags, _open_v1(data, get_bk, s, hdr_kid, salt, n)
+    return flags, _open_v2(data, get_bk, s, hdr_kid, salt, n)
 
 
-def _open_v1(data, key_text, bk, s, hdr_kid, salt, n):
+def _open_v1(data, get_bk, s, hdr_kid, salt, n):
     hdr_end = FIXED_LEN + n + MAC_LEN
     if len(data) < hdr_end:
         raise corrupt("truncated header")
     slots = parse_json(data[FIXED_LEN:FIXED_LEN + n])
     validate_slots(slots, 1)
-    if bk is None:
-        bk = recover_bk(slots, key_text)
+    bk = get_bk(slots)
     if not hmac.compare_digest(key_id(bk), hdr_kid):
         raise corrupt("key id of BK does not match header")
     mac_key = hkdf(salt, bk, b"coffer/v1 archive header mac", 32)
@@ -546,7 +608,7 @@ def _open_v1(data, key_text, bk, s, hdr_kid, salt, n):
     return decrypt_payload(payload_key, s, memoryview(data)[hdr_end:])
 
 
-def _open_v2(data, key_text, bk, s, hdr_kid, salt, n):
+def _open_v2(data, get_bk, s, hdr_kid, salt, n):
     # Section 8.8: magic, version, flags, chunk size, n (parse_fixed), then m
     # and the sealer id's alphabet, before reading the slots.
     if len(data) < V2_SID_OFF:
@@ -570,8 +632,7 @@ def _open_v2(data, key_text, bk, s, hdr_kid, salt, n):
     validate_slots(slots, 2)
 
     # Section 8.7, in order.
-    if bk is None:
-        bk = recover_bk(slots, key_text)
+    bk = get_bk(slots)
     expanded = expand_bk(bk)
     if not hmac.compare_digest(key_id_v2(public_key_of(expanded)), hdr_kid):
         raise corrupt("not this key: key id of BK's sealing public key does not match header")
@@ -580,7 +641,9 @@ def _open_v2(data, key_text, bk, s, hdr_kid, salt, n):
     if not hmac.compare_digest(mac, data[mac_off:hdr_end]):
         raise corrupt("header MAC does not verify (sealer %r)" % sid)
     file_key = xwing_decaps(enc, expanded)
-    payload_key = payload_key_v2(salt, file_key)
+    # Section 8.7: the payload key is bound to H, every header byte the MAC
+    # covers (fixed part, encapsulation, m, sealer id, slots).
+    payload_key = payload_key_of_header(data[0:mac_off], file_key)
     print("info: version 2 archive sealed by %r" % sid, file=sys.stderr)
     return decrypt_payload(payload_key, s, memoryview(data)[hdr_end:])
 
@@ -589,6 +652,8 @@ def _open_v2(data, key_text, bk, s, hdr_kid, salt, n):
 
 KEYRING_MEMBERS = {"format", "version", "key_id", "slots", "mac"}
 KEYRING_V2_MEMBERS = KEYRING_MEMBERS | {"sealing_public_key", "sealer"}
+KEYRING_V2_OPTIONAL = {"v1_key_id", "retired_key_ids"}
+MAX_RETIRED = 256
 EXIT_UPGRADE = 1   # section 7: a keyring of an unknown version, "upgrade coffer"
 
 
@@ -613,12 +678,14 @@ def parse_keyring(raw):
     kr.obj = k
     kr.version = k["version"]
     members = set(k.keys())
-    sealing = members & {"sealing_public_key", "sealer", "v1_key_id"}
+    sealing = members & {"sealing_public_key", "sealer", "v1_key_id", "retired_key_ids"}
     if kr.version == 2 and sealing:
+        # Section 8.8: some of sealing_public_key and sealer but not both, or
+        # v1_key_id (or retired_key_ids) without them, is refused here.
         kr.layout = "v2"
-        if members - {"v1_key_id"} != KEYRING_V2_MEMBERS:
-            raise corrupt("version 2 keyring members are not exactly %s (+ optional v1_key_id)"
-                          % sorted(KEYRING_V2_MEMBERS))
+        if members - KEYRING_V2_OPTIONAL != KEYRING_V2_MEMBERS:
+            raise corrupt("version 2 keyring members are not exactly %s (+ optional %s)"
+                          % (sorted(KEYRING_V2_MEMBERS), sorted(KEYRING_V2_OPTIONAL)))
     else:
         # Version 1, or a pre-release "version 2" (version 1 plus labels, section 7).
         kr.layout = "v1" if kr.version == 1 else "v2-labels"
@@ -633,6 +700,9 @@ def parse_keyring(raw):
     if len(kr.mac) != 32:
         raise corrupt("mac is not 32 bytes")
     kr.sealer_id = None
+    kr.seal_only = False
+    kr.v1_key_id = None
+    kr.retired = set()
     if kr.layout == "v2":
         pk = b64decode_strict(k["sealing_public_key"])
         if not public_key_ok(pk):
@@ -646,19 +716,31 @@ def parse_keyring(raw):
         if not isinstance(sealer["id"], str) or not SEALER_ID_RE.match(sealer["id"]):
             raise corrupt("sealer id malformed")
         kr.sealer_id = sealer["id"]
+        kr.seal_only = kr.sealer_id != "owner"
         kr.sealer_key = b64decode_strict(sealer["key"])
         if len(kr.sealer_key) != 32:
             raise corrupt("sealer key is not 32 bytes")
-        kr.v1_key_id = None
         if "v1_key_id" in k:
             if not isinstance(k["v1_key_id"], str) or not HEX32_RE.match(k["v1_key_id"]):
                 raise corrupt("v1_key_id is not 32 lowercase hex digits")
             kr.v1_key_id = bytes.fromhex(k["v1_key_id"])
+        if "retired_key_ids" in k:
+            # Section 8.8's table: 1-256 strings of 32 lowercase hex digits.
+            # Nothing is said of duplicates or of the keyring's own ids: accepted.
+            ids = k["retired_key_ids"]
+            if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_RETIRED:
+                raise corrupt("retired_key_ids is not an array of 1-%d key ids" % MAX_RETIRED)
+            for x in ids:
+                if not isinstance(x, str) or not HEX32_RE.match(x):
+                    raise corrupt("retired_key_ids: %r is not 32 lowercase hex digits" % (x,))
+            kr.retired = {bytes.fromhex(x) for x in ids}
     return kr
 
 
 def unlock_keyring(kr, key_text, bk=None):
     """Recover BK from the keyring's slots and do every check after unlocking."""
+    if kr.seal_only:
+        raise Fail(EXIT_NO_SLOT, "seal-only keyring: never unlocked (section 8.8)")
     if bk is None:
         bk = recover_bk(kr.slots, key_text)
     if kr.layout == "v2":
@@ -679,11 +761,19 @@ def unlock_keyring(kr, key_text, bk=None):
 
 
 def verify_keyring(raw, key_text, bk=None):
+    """All of a keyring's checks. A seal-only keyring gets only those before
+    unlocking (section 8.8: it is never unlocked): its MAC, sealer key and
+    public key derivation are the owner's to vouch for, not the reader's."""
     kr = parse_keyring(raw)
-    unlock_keyring(kr, key_text, bk)
+    if kr.seal_only:
+        print("info: seal-only keyring (sealer %r): checked before unlocking only, never unlocked"
+              % kr.sealer_id, file=sys.stderr)
+    else:
+        unlock_keyring(kr, key_text, bk)
     if kr.layout == "v2":
-        print("info: version 2 keyring, sealer %r%s" % (
-            kr.sealer_id, ", v1_key_id %s" % kr.v1_key_id.hex() if kr.v1_key_id else ""),
+        print("info: version 2 keyring, sealer %r%s%s" % (
+            kr.sealer_id, ", v1_key_id %s" % kr.v1_key_id.hex() if kr.v1_key_id else "",
+            ", %d retired key ids" % len(kr.retired) if kr.retired else ""),
             file=sys.stderr)
     return kr.key_id.hex()
 
@@ -753,10 +843,14 @@ def check_sealing(path):
         ("encapsulation sha256", hashlib.sha256(ct).digest() == v["encapsulation sha256"]),
         ("file key", ss == v["file key"]),
         ("file key (decapsulate)", xwing_decaps(ct, expanded) == v["file key"]),
-        ("payload key", payload_key_v2(salt, ss) == v["payload key"]),
+        # Section 8.7: HKDF(SHA-256(H), file key, ...); the vector gives SHA-256(H)
+        # as an input (44 x 32, not a real header's hash).
+        ("payload key", payload_key_v2(v["header hash"], ss) == v["payload key"]),
+        ("payload key is not the salted one", hkdf(salt, ss, b"coffer/v2 archive payload", 32)
+         != v["payload key"]),
     ]
-    known = {"backup key", "sealing seed", "public key sha256", "key id",
-             "encapsulation randomness", "encapsulation sha256", "file key", "salt", "payload key"}
+    known = {"backup key", "sealing seed", "public key sha256", "key id", "encapsulation randomness",
+             "encapsulation sha256", "file key", "salt", "header hash", "payload key"}
     for name in sorted(v):
         if name.startswith("sealer key "):
             sid = name[len("sealer key "):]
@@ -782,13 +876,28 @@ def encrypt_payload(payload_key, s, plain):
     return b"".join(out)
 
 
-def build_v2(kid, salt, enc, sid_raw, slots_bytes, mac_key, payload_key, plain,
-             flags=0, s=4096, created=1700000000, version=2):
-    head = (MAGIC + struct.pack(">HHI", version, flags, s) + kid + salt
+def head_v2(kid, salt, enc, sid_raw, slots_bytes, flags=0, s=4096, created=1700000000, version=2):
+    """Section 8.8's header up to (not including) header_mac: H of section 8.7."""
+    return (MAGIC + struct.pack(">HHI", version, flags, s) + kid + salt
             + struct.pack(">QI", created, len(slots_bytes))
             + enc + bytes([len(sid_raw)]) + sid_raw + slots_bytes)
+
+
+def build_v2(kid, salt, enc, sid_raw, slots_bytes, mac_key, file_key, plain,
+             flags=0, s=4096, created=1700000000, version=2, payload_key=None):
+    """A version 2 archive; the payload key is section 8.7's unless given."""
+    head = head_v2(kid, salt, enc, sid_raw, slots_bytes, flags, s, created, version)
     mac = hmac.new(mac_key, head, hashlib.sha256).digest()
+    if payload_key is None:
+        payload_key = payload_key_of_header(head, file_key)
     return head + mac + encrypt_payload(payload_key, s, plain)
+
+
+def split_v2(data):
+    """(H, header_mac, payload) of a well-formed version 2 archive."""
+    n = struct.unpack(">I", data[72:76])[0]
+    mac_off = V2_SID_OFF + data[V2_M_OFF] + n
+    return data[:mac_off], data[mac_off:mac_off + MAC_LEN], data[mac_off + MAC_LEN:]
 
 
 def build_v1(bk, salt, slots_bytes, plain, version=1, s=4096, created=1700000000):
@@ -804,8 +913,7 @@ def seal_v2(bk_for_sealer, pk, sid, slots_bytes, plain, salt, eseed, **kw):
         raise Fail(EXIT_USAGE, "public key fails section 8.3")
     ss, ct = xwing_encaps_derand(pk, eseed)
     mac_key = header_mac_key_v2(salt, sealer_key(bk_for_sealer, sid))
-    return build_v2(key_id_v2(pk), salt, ct, sid.encode("ascii"), slots_bytes, mac_key,
-                    payload_key_v2(salt, ss), plain, **kw)
+    return build_v2(key_id_v2(pk), salt, ct, sid.encode("ascii"), slots_bytes, mac_key, ss, plain, **kw)
 
 
 def make_keyring(bk, slots, sealer_id="owner", v1=False, version=2, mutate=None, layout="v2"):
@@ -852,12 +960,16 @@ def make_v2_testkit(out_dir, key_text):
     plain3 = bytes((i * 7 + 3) & 0xFF for i in range(3 * 4096 - 100))
     cases = {}
 
-    def ok(name, data, plain, keyring=None):
-        cases[name] = (data, "expect: ok\npayload-sha256: %s\n" % hashlib.sha256(plain).hexdigest()
-                       + ("keyring: %s\n" % keyring if keyring else ""))
+    def extra(keyring, factor, stderr):
+        return (("keyring: %s\n" % keyring if keyring else "") + ("factor: %s\n" % factor if factor else "")
+                + ("stderr-contains: %s\n" % stderr if stderr else ""))
 
-    def bad(name, data, code, keyring=None):
-        cases[name] = (data, "expect: exit %d\n" % code + ("keyring: %s\n" % keyring if keyring else ""))
+    def ok(name, data, plain, keyring=None, factor=None, stderr=None):
+        cases[name] = (data, "expect: ok\npayload-sha256: %s\n" % hashlib.sha256(plain).hexdigest()
+                       + extra(keyring, factor, stderr))
+
+    def bad(name, data, code, keyring=None, factor=None, stderr=None):
+        cases[name] = (data, "expect: exit %d\n" % code + extra(keyring, factor, stderr))
 
     def flip(data, off, bit=1):
         b = bytearray(data)
@@ -867,7 +979,7 @@ def make_v2_testkit(out_dir, key_text):
     owner_mk = header_mac_key_v2(salt, sealer_key(bk, "owner"))
     nas_mk = header_mac_key_v2(salt, sealer_key(bk, "nas-1"))
     ss, ct = xwing_encaps_derand(pk, eseed)
-    pkey = payload_key_v2(salt, ss)
+    pkey = ss           # build_v2 derives section 8.7's payload key from the file key and H
 
     three = seal_v2(bk, pk, "owner", slots, plain3, salt, eseed)
     ok("v2-stream-three-chunks", three, plain3)
@@ -889,7 +1001,7 @@ def make_v2_testkit(out_dir, key_text):
         build_v2(kid, salt, flip(ct, 1100), b"owner", slots, owner_mk, pkey, b"x"), EXIT_CORRUPT)
     ss_o, ct_o = xwing_encaps_derand(other_pk, eseed)
     bad("v2-encapsulated-to-other-key",
-        build_v2(kid, salt, ct_o, b"owner", slots, owner_mk, payload_key_v2(salt, ss_o), b"x"), EXIT_CORRUPT)
+        build_v2(kid, salt, ct_o, b"owner", slots, owner_mk, ss_o, b"x"), EXIT_CORRUPT)
     bad("v2-zero-x25519",
         build_v2(kid, salt, ct[:MLKEM_CT_LEN] + bytes(32), b"owner", slots, owner_mk, pkey, b"x"), EXIT_CORRUPT)
     bad("v2-x25519-point-one",
@@ -910,8 +1022,42 @@ def make_v2_testkit(out_dir, key_text):
     bad("v2-key-id-v1", build_v2(key_id(bk), salt, ct, b"owner", slots, owner_mk, pkey, b"x"), EXIT_CORRUPT)
     bad("v2-key-id-other", build_v2(key_id_v2(other_pk), salt, ct, b"owner", slots, owner_mk, pkey, b"x"),
         EXIT_CORRUPT)
-    bad("v2-payload-v1-key", build_v2(kid, salt, ct, b"owner", slots, owner_mk,
-                                      hkdf(salt, bk, b"coffer/v1 archive payload", 32), b"x"), EXIT_CORRUPT)
+    bad("v2-payload-v1-key", build_v2(kid, salt, ct, b"owner", slots, owner_mk, ss, b"x",
+                                      payload_key=hkdf(salt, bk, b"coffer/v1 archive payload", 32)),
+        EXIT_CORRUPT)
+    # Section 8.7's payload key, misread: the earlier HKDF(salt, file key, ...);
+    # H taken with header_mac; H taken as the fixed part only. All fail at chunk 0.
+    bad("v2-payload-key-salted", build_v2(kid, salt, ct, b"owner", slots, owner_mk, ss, b"x",
+                                          payload_key=hkdf(salt, ss, b"coffer/v2 archive payload", 32)),
+        EXIT_CORRUPT, stderr="chunk 0 does not authenticate")
+    h = head_v2(kid, salt, ct, b"owner", slots)
+    hm = hmac.new(owner_mk, h, hashlib.sha256).digest()
+    bad("v2-payload-key-hash-with-mac",
+        h + hm + encrypt_payload(payload_key_of_header(h + hm, ss), 4096, b"x"), EXIT_CORRUPT,
+        stderr="chunk 0 does not authenticate")
+    bad("v2-payload-key-hash-of-fixed-part",
+        h + hm + encrypt_payload(payload_key_of_header(h[:FIXED_LEN], ss), 4096, b"x"), EXIT_CORRUPT,
+        stderr="chunk 0 does not authenticate")
+    ok("v2-payload-key-control", h + hm + encrypt_payload(payload_key_of_header(h, ss), 4096, b"x"), b"x")
+
+    # What the binding of section 8.7 stops: host nas-1 (it has its own sealer
+    # key, not the file key) rewrites the header of the owner's archive and
+    # MACs it as itself. The MAC verifies; the payload key changed.
+    H, _, payload = split_v2(three)
+    rec_only = canonical_bytes([rec])
+
+    def host_rewrite(sid=b"nas-1", slots_bytes=slots, flags=0, created=1700000000):
+        hh = head_v2(kid, salt, ct, sid, slots_bytes, flags=flags, created=created)
+        return hh + hmac.new(header_mac_key_v2(salt, sealer_key(bk, sid.decode())), hh,
+                             hashlib.sha256).digest() + payload
+    bad("v2-claimed-by-host", host_rewrite(), EXIT_CORRUPT, stderr="chunk 0 does not authenticate")
+    bad("v2-slots-stripped-by-host", host_rewrite(slots_bytes=rec_only), EXIT_CORRUPT,
+        stderr="chunk 0 does not authenticate")
+    bad("v2-flags-rewritten-by-host", host_rewrite(flags=1), EXIT_CORRUPT,
+        stderr="chunk 0 does not authenticate")
+    bad("v2-created-rewritten-by-owner", host_rewrite(sid=b"owner", created=1800000000), EXIT_CORRUPT,
+        stderr="chunk 0 does not authenticate")
+    ok("v2-rewrite-control", host_rewrite(sid=b"owner"), plain3)
     bad("v2-mac-v1-key", build_v2(kid, salt, ct, b"owner", slots,
                                   hkdf(salt, bk, b"coffer/v1 archive header mac", 32), pkey, b"x"),
         EXIT_CORRUPT)
@@ -985,18 +1131,105 @@ def make_v2_testkit(out_dir, key_text):
     obj["slots"][0]["created"] += 1              # MAC covers the slots
     kr("v2-keyring-slot-changed", (json.dumps(obj, indent=2) + "\n").encode(), EXIT_CORRUPT)
 
-    # Archives opened through keyrings.
+    # Section 8.8: partial sealing members, and sealer.id's alphabet.
+    kr("v2-keyring-missing-sealing-public-key",
+       make_keyring(bk, [rec], mutate=lambda k: k.pop("sealing_public_key")), EXIT_CORRUPT)
+    kr("v2-keyring-v1-key-id-alone", make_keyring(bk, [rec], layout="v1",
+                                                  mutate=setm("v1_key_id", key_id(bk).hex())), EXIT_CORRUPT)
+    kr("v2-keyring-sealer-id-empty", make_keyring(bk, [rec], sealer_id=""), EXIT_CORRUPT)
+    kr("v2-keyring-sealer-id-33", make_keyring(bk, [rec], sealer_id="a" * 33), EXIT_CORRUPT)
+    kr("v2-keyring-sealer-id-32", make_keyring(bk, [rec], sealer_id="a" * 32))
+
+    # Section 8.8's retired_key_ids: optional, 1-256 strings of 32 lowercase
+    # hex digits, covered by the MAC; only in a version 2 keyring.
+    old_ids = [kid.hex(), key_id(bk).hex()]
+    many = [hashlib.sha256(i.to_bytes(2, "big")).hexdigest()[:32] for i in range(257)]
+    kr("v2-keyring-retired-one", make_keyring(bk, [rec], mutate=setm("retired_key_ids", many[:1])))
+    kr("v2-keyring-retired-256", make_keyring(bk, [rec], mutate=setm("retired_key_ids", many[:256])))
+    kr("v2-keyring-retired-257", make_keyring(bk, [rec], mutate=setm("retired_key_ids", many)), EXIT_CORRUPT)
+    kr("v2-keyring-retired-empty", make_keyring(bk, [rec], mutate=setm("retired_key_ids", [])), EXIT_CORRUPT)
+    kr("v2-keyring-retired-uppercase", make_keyring(bk, [rec], mutate=setm(
+        "retired_key_ids", [many[0].upper()])), EXIT_CORRUPT)
+    kr("v2-keyring-retired-short", make_keyring(bk, [rec], mutate=setm("retired_key_ids", [many[0][:30]])),
+       EXIT_CORRUPT)
+    kr("v2-keyring-retired-number", make_keyring(bk, [rec], mutate=setm("retired_key_ids", [1])), EXIT_CORRUPT)
+    kr("v2-keyring-retired-string", make_keyring(bk, [rec], mutate=setm("retired_key_ids", many[0])),
+       EXIT_CORRUPT)
+    kr("v1-keyring-with-retired", make_keyring(bk, [rec], version=1, layout="v1",
+                                               mutate=setm("retired_key_ids", many[:1])), EXIT_CORRUPT)
+    kr("v2-keyring-prerelease-with-retired", make_keyring(bk, [rec], layout="v1",
+                                                          mutate=setm("retired_key_ids", many[:1])), EXIT_CORRUPT)
+    obj = json.loads(make_keyring(bk, [rec], mutate=setm("retired_key_ids", many[:2])))
+    obj["retired_key_ids"].pop()                 # the MAC covers retired_key_ids
+    kr("v2-keyring-retired-changed", (json.dumps(obj, indent=2) + "\n").encode(), EXIT_CORRUPT)
+    obj = json.loads(make_keyring(bk, [rec]))
+    obj["retired_key_ids"] = many[:1]            # added after the MAC
+    kr("v2-keyring-retired-added", (json.dumps(obj, indent=2) + "\n").encode(), EXIT_CORRUPT)
+
+    # Section 8.8: a seal-only keyring is never unlocked. Its checks before
+    # unlocking still apply; what only BK can check (MAC, sealer key) is not
+    # checked by a reader, so these verify.
+    kr("v2-keyring-seal-only-retired", make_keyring(bk, [rec], sealer_id="nas-1",
+                                                    mutate=setm("retired_key_ids", many[:1])))
+    kr("v2-keyring-seal-only-bad-key-id", make_keyring(bk, [rec], sealer_id="nas-1",
+                                                       mutate=setm("key_id", "00" * 16)), EXIT_CORRUPT)
+    obj = json.loads(make_keyring(bk, [rec], sealer_id="nas-1"))
+    obj["mac"] = base64.b64encode(b"\x00" * 32).decode("ascii")
+    kr("v2-keyring-seal-only-bad-mac-not-unlocked", (json.dumps(obj, indent=2) + "\n").encode())
+    kr("v2-keyring-seal-only-bad-sealer-key-not-unlocked", make_keyring(bk, [rec], sealer_id="nas-1", mutate=lambda k: k[
+        "sealer"].__setitem__("key", base64.b64encode(b"\x77" * 32).decode("ascii"))))
+
+    # Archives opened through keyrings (section 8.7: the keyring is used only
+    # if it holds the header's key id; else the archive's own slots are).
+    # The `-pw-only` archives carry only a password slot (no factor here), so
+    # they open only if the keyring is used.
+    pw_only = canonical_bytes([pw])
     v1arc = build_v1(bk, salt, canonical_bytes([rec]), b"old\n")
+    pw1 = {m: v for m, v in pw.items() if m != "label"}     # version 1: no labels
+    v1pw = build_v1(bk, salt, canonical_bytes([pw1]), b"old\n")
+    v2pw = seal_v2(bk, pk, "owner", pw_only, b"pw\n", salt, eseed)
     ok("v2-through-owner-keyring", three, plain3, keyring="v2-keyring-owner.json")
+    ok("v2-pw-only-through-owner-keyring", v2pw, b"pw\n", keyring="v2-keyring-owner.json")
+    bad("v2-through-owner-keyring-no-factor", three, EXIT_NO_SLOT, keyring="v2-keyring-owner.json",
+        factor="none")
+    bad("v2-no-factor", three, EXIT_NO_SLOT, factor="none")
+    bad("v2-pw-only-through-v1-keyring", v2pw, EXIT_NO_SLOT, keyring="v1-keyring.json",
+        stderr="does not hold")
+    bad("v2-pw-only-through-prerelease-keyring", v2pw, EXIT_NO_SLOT,
+        keyring="v2-keyring-prerelease-labels.json", stderr="does not hold")
     ok("v1-through-upgraded-keyring", v1arc, b"old\n", keyring="v2-keyring-upgraded.json")
-    # Same BK, no v1_key_id member: the v1 key id still derives from BK.
-    ok("v1-through-owner-keyring", v1arc, b"old\n", keyring="v2-keyring-owner.json")
-    # After a rotation (another BK, same recovery key): not this key.
+    ok("v1-pw-only-through-upgraded-keyring", v1pw, b"old\n", keyring="v2-keyring-upgraded.json")
+    ok("v1-pw-only-through-v1-keyring", v1pw, b"old\n", keyring="v1-keyring.json")
+    # A version 2 keyring without v1_key_id does not hold a version 1 key id
+    # (even with the same BK): the archive's own slots are used.
+    ok("v1-through-owner-keyring", v1arc, b"old\n", keyring="v2-keyring-owner.json", stderr="does not hold")
+    bad("v1-pw-only-through-owner-keyring", v1pw, EXIT_NO_SLOT, keyring="v2-keyring-owner.json")
+    # After a rotation (another BK, same recovery key, the old ids retired):
+    # the keyring is not used for the old archives; they open through their
+    # own slots, with a warning.
     rotated_rec = dict(rec, wrapped=base64.b64encode(aes_key_wrap(kek, other_bk)).decode("ascii"))
-    kr("v2-keyring-rotated", make_keyring(other_bk, [rotated_rec]))
-    bad("v1-through-rotated-keyring", v1arc, EXIT_CORRUPT, keyring="v2-keyring-rotated.json")
-    bad("v2-through-rotated-keyring", three, EXIT_CORRUPT, keyring="v2-keyring-rotated.json")
-    bad("v2-through-seal-only-keyring", three, EXIT_NO_SLOT, keyring="v2-keyring-seal-only.json")
+    kr("v2-keyring-rotated", make_keyring(other_bk, [rotated_rec], mutate=setm("retired_key_ids", old_ids)))
+    ok("v1-through-rotated-keyring", v1arc, b"old\n", keyring="v2-keyring-rotated.json", stderr="retired")
+    ok("v2-through-rotated-keyring", three, plain3, keyring="v2-keyring-rotated.json", stderr="retired")
+    bad("v2-pw-only-through-rotated-keyring", v2pw, EXIT_NO_SLOT, keyring="v2-keyring-rotated.json",
+        stderr="retired")
+    ok("v2-new-key-pw-only-through-rotated-keyring",
+       seal_v2(other_bk, other_pk, "owner", pw_only, b"new\n", salt, eseed), b"new\n",
+       keyring="v2-keyring-rotated.json")
+    # Section 8.8: a seal-only keyring is never unlocked and its slots are
+    # never used; a reader MAY open through the archive's own slots with a
+    # factor given (this one does); with none usable, exit 5.
+    ok("v2-through-seal-only-keyring", three, plain3, keyring="v2-keyring-seal-only.json",
+       stderr="seal-only")
+    ok("v1-through-seal-only-keyring", v1arc, b"old\n", keyring="v2-keyring-seal-only.json",
+       stderr="seal-only")
+    bad("v2-pw-only-through-seal-only-keyring", v2pw, EXIT_NO_SLOT, keyring="v2-keyring-seal-only.json",
+        stderr="seal-only")
+    bad("v2-through-seal-only-keyring-no-factor", three, EXIT_NO_SLOT, keyring="v2-keyring-seal-only.json",
+        factor="none", stderr="seal-only")
+    bad("v2-other-key-through-seal-only-keyring", seal_v2(other_bk, other_pk, "owner",
+                                                          canonical_bytes([other_rec]), b"x", salt, eseed),
+        EXIT_WRONG_KEY, keyring="v2-keyring-seal-only.json")
 
     os.makedirs(out_dir, exist_ok=True)
     for name, (data, expect) in cases.items():
@@ -1016,7 +1249,9 @@ def rebuild_v2_stream(key_text):
     """format.md section 8.9's archive-v2-stream.coffer, rebuilt from its prose:
     section 6's BK and recovery slot labelled `paper`, `hello, coffer\n`
     sealed by `owner`, flags 0, chunk size 4096, salt 33 x 32, encapsulation
-    randomness 22 x 64, created 1700000000. Returns (archive, file key, payload key)."""
+    randomness 22 x 64, created 1700000000. Returns (archive, values), the
+    values as section 8.9 names them (key id, file key, header hash, payload
+    key), for run.sh to compare with the prose."""
     cands, corrected = parse_recovery_key(key_text)
     if corrected or len(cands) != 1:
         raise Fail(EXIT_USAGE, "needs a recovery key with a valid checksum")
@@ -1028,7 +1263,10 @@ def rebuild_v2_stream(key_text):
     data = seal_v2(bk, pk, "owner", canonical_bytes([slot]), b"hello, coffer\n", salt, eseed,
                    flags=0, s=4096, created=1700000000)
     file_key, _ = xwing_encaps_derand(pk, eseed)
-    return data, file_key, payload_key_v2(salt, file_key)
+    head, _, _ = split_v2(data)
+    hh = hashlib.sha256(head).digest()
+    return data, [("key id (\u00a78.4)", key_id_v2(pk)), ("file key", file_key), ("header hash", hh),
+                  ("payload key", payload_key_v2(hh, file_key))]
 
 
 # ---------------------------------------------------------------- main
@@ -1061,15 +1299,18 @@ def main(argv):
     if args.archive is None and args.keyring is None and not (args.make_v2_testkit or args.rebuild_v2_stream):
         print("error: give ARCHIVE, --keyring, --make-v2-testkit or --rebuild-v2-stream", file=sys.stderr)
         return EXIT_USAGE
-    if (args.recovery_key_file is None) == (args.backup_key_file is None):
-        print("error: give exactly one of --recovery-key-file, --backup-key-file", file=sys.stderr)
+    if args.recovery_key_file is not None and args.backup_key_file is not None:
+        print("error: give at most one of --recovery-key-file, --backup-key-file", file=sys.stderr)
+        return EXIT_USAGE
+    if (args.make_v2_testkit or args.rebuild_v2_stream) and args.recovery_key_file is None:
+        print("error: --make-v2-testkit and --rebuild-v2-stream need --recovery-key-file", file=sys.stderr)
         return EXIT_USAGE
     try:
         key_text, bk = None, None
         if args.recovery_key_file:
             with open(args.recovery_key_file, "r", encoding="utf-8") as f:
                 key_text = f.read()
-        else:
+        elif args.backup_key_file:
             with open(args.backup_key_file, "r", encoding="ascii") as f:
                 bk = bytes.fromhex(f.read().strip())
             if len(bk) != 32:
@@ -1090,21 +1331,16 @@ def main(argv):
             print("%d cases written to %s" % (n, args.make_v2_testkit))
             return EXIT_OK
         if args.rebuild_v2_stream:
-            arc, fk, pkey = rebuild_v2_stream(key_text)
+            arc, values = rebuild_v2_stream(key_text)
             with open(args.rebuild_v2_stream, "wb") as f:
                 f.write(arc)
-            print("file key: %s\npayload key: %s" % (fk.hex(), pkey.hex()))
+            sys.stdout.buffer.write("".join("%s: %s\n" % (n, v.hex()) for n, v in values).encode("utf-8"))
             return EXIT_OK
         if data is None:
             print(verify_keyring(keyring_raw, key_text, bk))
             return EXIT_OK
-        if keyring_raw is not None:
-            kr = parse_keyring(keyring_raw)
-            if kr.layout == "v2" and kr.sealer_id != "owner":
-                raise Fail(EXIT_NO_SLOT, "seal-only keyring (sealer %r): it seals, it does not open"
-                           % kr.sealer_id)
-            bk = unlock_keyring(kr, key_text, bk)
-        flags, plain = open_archive(data, key_text, bk)
+        kr = parse_keyring(keyring_raw) if keyring_raw is not None else None
+        flags, plain = open_archive(data, key_text, bk, kr)
     except Fail as e:
         print("error: %s" % e, file=sys.stderr)
         return e.code

@@ -15,8 +15,10 @@
 # through the real binary.
 #
 # .expect lines: "expect: ok" + "payload-sha256: HEX", or "expect: exit N";
-# optional "keyring: FILE" (open through that keyring, beside the .expect)
-# and "key-id: HEX" (keyrings: the key id the reader must print).
+# optional "keyring: FILE" (open through that keyring, beside the .expect),
+# "key-id: HEX" (keyrings: the key id the reader must print), and, in the
+# reader's own kit, "factor: none" (open with no recovery key) and
+# "stderr-contains: TEXT" (the reader must say so, e.g. a retired key id).
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 tests="$(dirname "$here")"
@@ -50,10 +52,12 @@ field() { sed -n "s/^$1: *//p" "$2" | head -n1; }
 
 # check_archive NAME ARCHIVE EXPECT: open ARCHIVE as EXPECT says.
 check_archive() {
-    local name="$1" arc="$2" exp="$3" want sha kr zstd flags rc got args
+    local name="$1" arc="$2" exp="$3" want sha kr zstd flags rc got args factor says
     want="$(field expect "$exp")"
     sha="$(field payload-sha256 "$exp")"
     kr="$(field keyring "$exp")"
+    factor="$(field factor "$exp")"
+    says="$(field stderr-contains "$exp")"
     zstd=0
     # flags are bytes 10-11 of the header; bit 1 = zstd
     flags="$(od -An -tu1 -j11 -N1 "$arc" | tr -d ' ')"
@@ -61,9 +65,13 @@ check_archive() {
     args=()
     [ "$zstd" = 1 ] && args+=(--raw)
     [ -n "$kr" ] && args+=(--keyring "$(dirname "$exp")/$kr")
+    [ "$factor" = none ] || args+=(--recovery-key-file "$key")
     rm -f "$tmp/out"
-    "$py" "$dec" "$arc" --recovery-key-file "$key" -o "$tmp/out" "${args[@]}" 2>"$tmp/err"
+    "$py" "$dec" "$arc" -o "$tmp/out" "${args[@]}" 2>"$tmp/err"
     rc=$?
+    if [ -n "$says" ] && ! grep -qF -- "$says" "$tmp/err"; then
+        bad "$name" "exit $rc; stderr does not contain '$says': $(cat "$tmp/err")"; return
+    fi
     case "$want" in
         ok)
             if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc, expected 0: $(cat "$tmp/err")"; return; fi
@@ -151,14 +159,25 @@ done
 
 # format.md section 8.9 describes archive-v2-stream.coffer completely (BK,
 # slot, plaintext, flags, chunk size, salt, encapsulation randomness,
-# created, sealer): rebuild it from that prose and compare byte for byte.
+# created, sealer): rebuild it from that prose and compare byte for byte,
+# and compare the values the prose gives for it (key id, file key, header
+# hash, payload key: the last of each name in format.md) with the rebuild's.
+spec="$(dirname "$tests")/docs/format.md"
 if [ -f "$vec/archive-v2-stream.coffer" ]; then
     name="vector:archive-v2-stream-rebuilt"
     if "$py" "$dec" --rebuild-v2-stream "$tmp/rebuilt.coffer" --recovery-key-file "$key" >"$tmp/vout" 2>"$tmp/err"; then
-        if cmp -s "$tmp/rebuilt.coffer" "$vec/archive-v2-stream.coffer"; then
-            ok "$name" "byte for byte from section 8.9's prose; $(grep '^file key' "$tmp/vout")"
-        else
+        prose=""
+        while IFS= read -r line; do
+            label="${line%%: *}"
+            said="$(grep -F "$label: " "$spec" | tail -n1)"
+            [ "$said" = "$line" ] || prose="$prose${prose:+; }$label: rebuilt ${line#*: }, format.md ${said:-(absent)}"
+        done <"$tmp/vout"
+        if ! cmp -s "$tmp/rebuilt.coffer" "$vec/archive-v2-stream.coffer"; then
             bad "$name" "differs from section 8.9's description: $(cmp "$tmp/rebuilt.coffer" "$vec/archive-v2-stream.coffer" 2>&1)"
+        elif [ -n "$prose" ]; then
+            bad "$name" "the file rebuilds byte for byte, but section 8.9's values differ: $prose"
+        else
+            ok "$name" "byte for byte from section 8.9's prose; its key id, file key, header hash and payload key match"
         fi
     else
         bad "$name" "could not rebuild it: $(cat "$tmp/err")"
@@ -247,18 +266,49 @@ if [ -x "$bin" ]; then
            COFFER_KEYRING="$d/so.json" "$bin" seal - -o "$d/b.coffer" <"$d/data" >/dev/null 2>>"$tmp/err"; then
             got="$("$py" "$dec" --keyring "$d/so.json" --recovery-key-file "$d/rk" 2>"$tmp/err")"; rc1=$?
             "$py" "$dec" "$d/b.coffer" --recovery-key-file "$d/rk" -o "$d/out2" 2>>"$tmp/err"; rc2=$?
-            "$py" "$dec" "$d/b.coffer" --keyring "$d/so.json" --recovery-key-file "$d/rk" -o /dev/null 2>/dev/null; rc3=$?
+            # Section 8.8: the seal-only keyring is never unlocked; with a
+            # factor the archive's own slots may open it, with none: exit 5.
+            "$py" "$dec" "$d/b.coffer" --keyring "$d/so.json" --recovery-key-file "$d/rk" -o "$d/out6" 2>>"$tmp/err"; rc3=$?
+            "$py" "$dec" "$d/b.coffer" --keyring "$d/so.json" -o /dev/null 2>/dev/null; rc5=$?
             "$py" "$dec" "$d/b.coffer" --keyring "$d/k.json" --recovery-key-file "$d/rk" -o "$d/out3" 2>>"$tmp/err"; rc4=$?
             if [ "$rc1" -ne 0 ]; then bad "$name" "the seal-only keyring: exit $rc1: $(cat "$tmp/err")"
             elif [ "$rc2" -ne 0 ] || [ "$rc4" -ne 0 ]; then bad "$name" "archive sealed by nas-1: exit $rc2/$rc4: $(cat "$tmp/err")"
-            elif [ "$rc3" -ne 5 ]; then bad "$name" "opening through the seal-only keyring: exit $rc3, expected 5"
+            elif [ "$rc3" -ne 0 ]; then bad "$name" "with the seal-only keyring and a recovery key (own slots): exit $rc3: $(cat "$tmp/err")"
+            elif [ "$rc5" -ne 5 ]; then bad "$name" "with the seal-only keyring and no factor: exit $rc5, expected 5"
             elif ! grep -qs "sealed by 'nas-1'" "$tmp/err"; then bad "$name" "sealer is not nas-1: $(cat "$tmp/err")"
-            elif cmp -s "$d/out2" "$d/data" && cmp -s "$d/out3" "$d/data"; then
-                ok "$name" "keyring verifies, archive sealed as nas-1 opens (header slots, owner keyring), seal-only keyring refused with 5"
+            elif cmp -s "$d/out2" "$d/data" && cmp -s "$d/out3" "$d/data" && cmp -s "$d/out6" "$d/data"; then
+                ok "$name" "seal-only keyring verifies before unlocking; archive sealed as nas-1 opens (header slots, owner keyring, seal-only keyring + factor); no factor: 5"
             else bad "$name" "plaintext differs"; fi
         else
             bad "$name" "coffer could not make it: $(cat "$tmp/err")"
         fi
+    else
+        bad "$name" "coffer could not make it: $(cat "$tmp/err")"
+    fi
+
+    # `rotate` (format.md section 8.8): the new keyring lists the old key id
+    # in retired_key_ids; it does not hold the old archive's key id, so the
+    # archive opens through its own slots, with the reader's warning.
+    name="coffer:rotate"
+    r="$d/rot"; mkdir -p "$r"
+    if COFFER_KEYRING="$r/k.json" "$bin" init --recovery-key-out "$r/rk" >/dev/null 2>"$tmp/err" &&
+       COFFER_KEYRING="$r/k.json" "$bin" seal - -o "$r/a.coffer" <"$d/data" >/dev/null 2>>"$tmp/err" &&
+       cp "$r/k.json" "$r/old.json" &&
+       COFFER_KEYRING="$r/k.json" "$bin" rotate --recovery-key-file "$r/rk" >/dev/null 2>>"$tmp/err" &&
+       COFFER_KEYRING="$r/k.json" "$bin" seal - -o "$r/b.coffer" <"$d/data" >/dev/null 2>>"$tmp/err"; then
+        old="$(sed -n 's/^ *"key_id": *"\([0-9a-f]*\)".*/\1/p' "$r/old.json")"
+        got="$("$py" "$dec" --keyring "$r/k.json" --recovery-key-file "$r/rk" 2>"$tmp/err")"; rc1=$?
+        "$py" "$dec" "$r/a.coffer" --keyring "$r/k.json" --recovery-key-file "$r/rk" -o "$r/out1" 2>"$tmp/err1"; rc2=$?
+        "$py" "$dec" "$r/b.coffer" --keyring "$r/k.json" --recovery-key-file "$r/rk" -o "$r/out2" 2>"$tmp/err2"; rc3=$?
+        if [ "$rc1" -ne 0 ]; then bad "$name" "the rotated keyring: exit $rc1: $(cat "$tmp/err")"
+        elif ! grep -q '"retired_key_ids"' "$r/k.json"; then bad "$name" "no retired_key_ids in the rotated keyring"
+        elif ! grep -q "\"$old\"" "$r/k.json"; then bad "$name" "the old key id $old is not retired"
+        elif [ "$rc2" -ne 0 ] || [ "$rc3" -ne 0 ]; then bad "$name" "exit $rc2/$rc3: $(cat "$tmp/err1" "$tmp/err2")"
+        elif ! grep -q retired "$tmp/err1"; then bad "$name" "no warning for the archive of the retired key"
+        elif grep -q retired "$tmp/err2"; then bad "$name" "a warning for the archive of the new key"
+        elif cmp -s "$r/out1" "$d/data" && cmp -s "$r/out2" "$d/data"; then
+            ok "$name" "key id $got retires $old; the old archive opens through its own slots with a warning, the new one through the keyring"
+        else bad "$name" "plaintext differs"; fi
     else
         bad "$name" "coffer could not make it: $(cat "$tmp/err")"
     fi
