@@ -270,11 +270,19 @@ impl fmt::Debug for Encapsulation {
 pub struct FileKey([u8; FILE_KEY_LEN]);
 
 impl FileKey {
-    /// The archive's payload key: `HKDF(salt, file key, "coffer/v2 archive
-    /// payload", 32)`.
-    pub fn payload_key(&self, salt: &[u8; SALT_LEN]) -> Zeroizing<[u8; KEY_LEN]> {
+    /// The archive's payload key: `HKDF(header hash, file key, "coffer/v2
+    /// archive payload", 32)`, where the header hash is SHA-256 of the
+    /// header bytes its MAC covers. Binding the payload to its whole header
+    /// keeps any other sealer (who can make a valid MAC of its own) from
+    /// moving a payload under a header it rewrote.
+    pub fn payload_key(&self, header_hash: &[u8; 32]) -> Zeroizing<[u8; KEY_LEN]> {
         let mut out = Zeroizing::new([0u8; KEY_LEN]);
-        hkdf_sha256(Some(salt), &self.0, label::ARCHIVE_PAYLOAD_V2, out.as_mut());
+        hkdf_sha256(
+            Some(header_hash),
+            &self.0,
+            label::ARCHIVE_PAYLOAD_V2,
+            out.as_mut(),
+        );
         out
     }
 
@@ -365,9 +373,9 @@ impl SealerKey {
         info.extend_from_slice(label::SEALER_KEY);
         info.push(0x00);
         info.extend_from_slice(id.0.as_bytes());
-        let mut k = [0u8; KEY_LEN];
-        hkdf_sha256(None, bk.expose(), &info, &mut k);
-        Self(k)
+        let mut key = Self([0u8; KEY_LEN]);
+        hkdf_sha256(None, bk.expose(), &info, &mut key.0);
+        key
     }
 
     /// Take ownership of raw bytes (a seal-only host's keyring).
@@ -548,7 +556,9 @@ mod tests {
         );
         got.insert("file key".into(), fk.expose().to_vec());
         got.insert("salt".into(), salt.to_vec());
-        got.insert("payload key".into(), fk.payload_key(&salt).to_vec());
+        let header_hash: [u8; 32] = array(&v["header hash"]);
+        got.insert("header hash".into(), header_hash.to_vec());
+        got.insert("payload key".into(), fk.payload_key(&header_hash).to_vec());
         for id in ["owner", "nas-1"] {
             let key = SealerKey::derive(&bk, &SealerId::parse(id).unwrap());
             got.insert(format!("sealer key {id}"), key.expose().to_vec());

@@ -340,7 +340,9 @@ fn rotation_retires_a_seal_only_keyring() {
         .success()
         .stdout(predicate::str::contains(&old_kid));
     // Both open with the old factors (the recovery key kept its key, the
-    // password is the same), through the slots they carry.
+    // password is the same), through the slots they carry; both are
+    // flagged as sealed to a key `rotate` retired (the second was sealed
+    // after it, by a host still holding the old keyring).
     for name in ["old.coffer", "still-old.coffer"] {
         let p = host.path(name);
         owner
@@ -350,7 +352,8 @@ fn rotation_retires_a_seal_only_keyring() {
             .args(["-o", "-", "--password-file", "new-password.txt"])
             .assert()
             .success()
-            .stdout("before\n");
+            .stdout("before\n")
+            .stderr(predicate::str::contains("retired"));
     }
     // A fresh export seals to the new key.
     let fresh = Home::new();
@@ -415,15 +418,8 @@ fn export_refuses_owner_bad_ids_and_an_existing_file() {
 fn pq_only_leaves_classical_slot_copies_out() {
     let h = Home::new();
     h.init();
-    // An ECDH slot enrolled from a public key alone (no token needed): the
-    // P-256 base point, as a raw SEC1 point.
-    let point = hex::decode(concat!(
-        "04",
-        "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296",
-        "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"
-    ))
-    .unwrap();
-    std::fs::write(h.path("pub.pem"), point).unwrap();
+    // An ECDH slot enrolled from a public key alone (no token needed).
+    std::fs::write(h.path("pub.pem"), p256_base_point()).unwrap();
     h.coffer()
         .args(["enroll", "pkcs11", "--module", "/nonexistent/module.so"])
         .args([
@@ -652,4 +648,206 @@ fn a_host_keyring_made_of_another_key_is_caught_before_sealing() {
         .code(4)
         .stderr(predicate::str::contains("key_id"));
     assert!(!host.path("a.coffer").exists());
+}
+
+#[test]
+fn a_swapped_keyring_is_caught_by_the_next_open_or_verify() {
+    let h = Home::new();
+    h.init();
+    h.coffer()
+        .args(["seal", "-", "-o", "before-swap.coffer"])
+        .write_stdin("before\n")
+        .assert()
+        .success();
+    // Someone who can write the keyring swaps in another key's public key
+    // (with its matching key id): seal cannot tell, having no factor...
+    let other = Home::new();
+    other.init();
+    let theirs = other.keyring_json();
+    let mut kr = h.keyring_json();
+    kr["sealing_public_key"] = theirs["sealing_public_key"].clone();
+    kr["key_id"] = theirs["key_id"].clone();
+    h.put_keyring_json(&kr);
+    h.coffer()
+        .args(["seal", "-", "-o", "after-swap.coffer"])
+        .write_stdin("to the attacker\n")
+        .assert()
+        .success();
+    // ...but the owner's next open or verify, of any archive, is refused
+    // naming the keyring: its own slots unwrap the owner's key, whose
+    // sealing key is not the one it names.
+    for cmd in [
+        vec!["verify", "after-swap.coffer"],
+        vec!["open", "after-swap.coffer", "-o", "-"],
+        vec!["verify", "before-swap.coffer"],
+        vec!["open", "before-swap.coffer", "-o", "-"],
+    ] {
+        h.coffer()
+            .args(&cmd)
+            .args(["--recovery-key-file", "recovery.txt"])
+            .assert()
+            .code(4)
+            .stdout("")
+            .stderr(predicate::str::contains("modified outside coffer"));
+    }
+}
+
+#[test]
+fn another_sealer_cannot_move_a_payload_under_its_own_header() {
+    let (owner, host) = owner_and_host();
+    owner
+        .coffer()
+        .args(["seal", "-", "-o", "owners.coffer"])
+        .write_stdin("the owner's backup\n")
+        .assert()
+        .success();
+    // The host keeps the owner's salt, encapsulation and payload, and
+    // writes a header of its own (its sealer id, no slots but one, its MAC).
+    let bytes = std::fs::read(owner.path("owners.coffer")).unwrap();
+    let real = Header::read(&mut &bytes[..]).unwrap();
+    let v = host.keyring_json();
+    let host_key: [u8; 32] = B64
+        .decode(v["sealer"]["key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let sealed = real.sealed.clone().unwrap();
+    let id = b"nas-1";
+    let mut raw = bytes[..coffer::archive::header::FIXED_LEN].to_vec();
+    raw.extend_from_slice(sealed.encapsulation.as_bytes());
+    raw.push(id.len() as u8);
+    raw.extend_from_slice(id);
+    let slots = serde_json::to_vec(&vec![real.slots[0].to_json()]).unwrap();
+    raw[72..76].copy_from_slice(&(slots.len() as u32).to_be_bytes());
+    raw.extend_from_slice(&slots);
+    let mac_key = SealerKey::from_bytes(host_key).header_mac_key(&real.salt);
+    use hmac::Mac as _;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(&*mac_key).unwrap();
+    mac.update(&raw);
+    let mut forged = raw;
+    forged.extend_from_slice(&mac.finalize().into_bytes());
+    forged.extend_from_slice(&bytes[real.encoded_len()..]);
+    std::fs::write(owner.path("claimed.coffer"), &forged).unwrap();
+    owner
+        .coffer()
+        .args([
+            "open",
+            "claimed.coffer",
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .code(4)
+        .stdout("");
+}
+
+#[test]
+fn export_never_writes_over_the_keyring_and_needs_a_sealer_id() {
+    let h = Home::new();
+    h.init();
+    let before = std::fs::read(h.keyring()).unwrap();
+    for out in ["keyring.json", "./keyring.json"] {
+        h.coffer()
+            .args([
+                "export",
+                "--seal-only",
+                "--sealer",
+                "nas",
+                "--force",
+                "-o",
+                out,
+            ])
+            .args(["--recovery-key-file", "recovery.txt"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("keyring itself"));
+    }
+    assert_eq!(std::fs::read(h.keyring()).unwrap(), before);
+    h.coffer()
+        .args(["export", "--seal-only", "-o", "h.json"])
+        .args(["--recovery-key-file", "recovery.txt"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--sealer"));
+}
+
+#[test]
+fn a_damaged_v1_archive_does_not_upgrade_the_keyring() {
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let h = Home::new();
+    std::fs::copy(vectors.join("keyring-v1.json"), h.keyring()).unwrap();
+    std::fs::copy(vectors.join("recovery-v1.txt"), h.recovery_key()).unwrap();
+    let mut bytes = std::fs::read(vectors.join("archive-v1-stream.coffer")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(h.path("damaged.coffer"), bytes).unwrap();
+    h.coffer()
+        .args([
+            "verify",
+            "damaged.coffer",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .assert()
+        .code(4);
+    assert_eq!(
+        h.keyring_json()["version"],
+        1,
+        "upgraded on a failed verify"
+    );
+}
+
+#[cfg(feature = "pkcs11")]
+#[test]
+fn export_leaves_out_a_token_slot_with_a_stored_pin_source() {
+    let h = Home::new();
+    h.init();
+    std::fs::write(h.path("pub.pem"), p256_base_point()).unwrap();
+    h.write("pin", "123456");
+    let uri = format!(
+        "pkcs11:token=t;object=o?pin-source={}",
+        h.path("pin").display()
+    );
+    h.coffer()
+        .args(["enroll", "pkcs11", "--module", "/nonexistent/module.so"])
+        .args(["--uri", &uri, "--public-key", "pub.pem"])
+        .args(["--recovery-key-file", "recovery.txt"])
+        .assert()
+        .success();
+    h.coffer()
+        .args([
+            "export",
+            "--seal-only",
+            "--sealer",
+            "nas",
+            "-o",
+            "host.json",
+        ])
+        .args(["--recovery-key-file", "recovery.txt"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("no person present"));
+    let kinds: Vec<String> =
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(h.path("host.json")).unwrap())
+            .unwrap()["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["kind"].as_str().unwrap().to_owned())
+            .collect();
+    assert_eq!(kinds, ["recovery"]);
+}
+
+/// The P-256 base point as a raw SEC1 public key: a valid key for slots
+/// enrolled from a public key alone.
+#[cfg(feature = "pkcs11")]
+fn p256_base_point() -> Vec<u8> {
+    hex::decode(concat!(
+        "04",
+        "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296",
+        "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"
+    ))
+    .unwrap()
 }

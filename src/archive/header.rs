@@ -102,6 +102,13 @@ fn hmac(key: &[u8; 32], raw: &[u8]) -> HmacSha256 {
     mac
 }
 
+/// SHA-256 of the header bytes the MAC covers: what a version 2 payload
+/// key is bound to (docs/format.md §8.7).
+fn header_hash(raw: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(raw).into()
+}
+
 fn slot_list_bytes(slots: &[SlotRecord]) -> Vec<u8> {
     let mut out = Vec::new();
     canonical_json(
@@ -216,7 +223,7 @@ impl Header {
             .finalize()
             .into_bytes()
             .into();
-        let payload_key = PayloadKey::new(&file_key.payload_key(&salt));
+        let payload_key = PayloadKey::new(&file_key.payload_key(&header_hash(&raw)));
         let header = Self {
             version: 2,
             flags,
@@ -345,25 +352,44 @@ impl Header {
         }
         let mut raw = Vec::with_capacity(FIXED_LEN + slots_len as usize);
         raw.extend_from_slice(&fixed);
+        // Pre-release builds wrote "version 2" with version 1's layout: its
+        // slot list (`[`) where the encapsulation now starts. Say so if
+        // such a header fails to parse, rather than a puzzling detail.
+        let mut pre_release = false;
+        let hint = |pre_release: bool| {
+            move |e: Error| {
+                if pre_release {
+                    corrupt(
+                        "header: this looks like a pre-release version 2 archive (version 1's layout with slot labels), which this coffer does not read",
+                    )
+                } else {
+                    e
+                }
+            }
+        };
         let sealed = if version >= 2 {
             let start = raw.len();
             raw.resize(start + ENCAPSULATION_LEN + 1, 0);
-            read_exact(r, &mut raw[start..], "header's sealed file key")?;
+            read_exact(r, &mut raw[start..start + 1], "header's sealed file key")?;
+            pre_release = raw[start] == b'[';
+            read_exact(r, &mut raw[start + 1..], "header's sealed file key")
+                .map_err(hint(pre_release))?;
             let encapsulation = Encapsulation::from_bytes(&raw[start..start + ENCAPSULATION_LEN])
                 .expect("the length read");
             let m = raw[start + ENCAPSULATION_LEN] as usize;
             if !(1..=SEALER_ID_MAX).contains(&m) {
-                return Err(corrupt(format!(
+                return Err(hint(pre_release)(corrupt(format!(
                     "header: a sealer id of {m} bytes (1 to {SEALER_ID_MAX})"
-                )));
+                ))));
             }
             let at = raw.len();
             raw.resize(at + m, 0);
-            read_exact(r, &mut raw[at..], "header's sealer id")?;
+            read_exact(r, &mut raw[at..], "header's sealer id").map_err(hint(pre_release))?;
             let sealer = std::str::from_utf8(&raw[at..])
                 .ok()
                 .and_then(|s| SealerId::parse(s).ok())
-                .ok_or_else(|| corrupt("header: the sealer id is not 1 to 32 of a-z, 0-9, -"))?;
+                .ok_or_else(|| corrupt("header: the sealer id is not 1 to 32 of a-z, 0-9, -"))
+                .map_err(hint(pre_release))?;
             Some(Sealed {
                 encapsulation,
                 sealer,
@@ -373,11 +399,12 @@ impl Header {
         };
         let slots_at = raw.len();
         raw.resize(slots_at + slots_len as usize, 0);
-        read_exact(r, &mut raw[slots_at..], "header slot list")?;
+        read_exact(r, &mut raw[slots_at..], "header slot list").map_err(hint(pre_release))?;
         let mut mac = [0u8; MAC_LEN];
-        read_exact(r, &mut mac, "header MAC")?;
+        read_exact(r, &mut mac, "header MAC").map_err(hint(pre_release))?;
         let value = crate::keyring::parse_strict_json(&raw[slots_at..])
-            .map_err(|e| corrupt(format!("header: slot list is not valid JSON: {e}")))?;
+            .map_err(|e| corrupt(format!("header: slot list is not valid JSON: {e}")))
+            .map_err(hint(pre_release))?;
         let serde_json::Value::Array(list) = value else {
             return Err(corrupt("header: slot list is not a JSON array"));
         };
@@ -435,7 +462,9 @@ impl Header {
                 let file_key = secret
                     .open_file_key(&sealed.encapsulation)
                     .map_err(|e| corrupt(format!("header: {e}: no honest writer makes one")))?;
-                Ok(PayloadKey::new(&file_key.payload_key(&self.salt)))
+                Ok(PayloadKey::new(
+                    &file_key.payload_key(&header_hash(&self.raw)),
+                ))
             }
         }
     }
@@ -541,6 +570,19 @@ mod tests {
         bytes[FIXED_LEN - 4..FIXED_LEN].copy_from_slice(&u32::MAX.to_be_bytes());
         let err = Header::read(&mut &bytes[..]).unwrap_err();
         assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    }
+
+    #[test]
+    fn a_pre_release_version_2_archive_is_named_as_such() {
+        let (_, h) = sample_v1();
+        let mut bytes = h.to_bytes();
+        bytes[9] = 2;
+        let err = Header::read(&mut &bytes[..]).unwrap_err();
+        assert!(err.to_string().contains("pre-release"), "{err}");
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[0u8; 2000]);
+        let err = Header::read(&mut &longer[..]).unwrap_err();
+        assert!(err.to_string().contains("pre-release"), "{err}");
     }
 
     #[test]

@@ -114,14 +114,27 @@ fn read_archive(path: &Path) -> Result<(Header, Input)> {
     Ok((header, input))
 }
 
+/// An archive's key, unlocked, and what to do once the archive checked out.
+struct Unlocked {
+    bk: BackupKey,
+    /// The keyring holds this key and is version 1: upgrade it after the
+    /// archive authenticated (never on the strength of an unchecked header).
+    upgrade: bool,
+    /// The keyring lists this archive's key id as retired by `rotate`.
+    retired: bool,
+}
+
 /// Unlock an archive's key: with the keyring's slots when the keyring holds
 /// this key (slots enrolled since sealing count too), then the archive's
 /// own copies, which the library tries only as its trust rule allows
-/// ([`slot::unlock_with`]).
-fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<BackupKey> {
-    let mut keyring_slots: Vec<SlotRecord> = Vec::new();
-    let mut holds_key = false;
-    let mut upgrade = false;
+/// ([`slot::unlock_with`]). When the key came through the keyring (it
+/// holds the key id, or one of its slots gave the key up), the keyring is
+/// checked against the key (key id, sealing key, sealer, MAC), and then
+/// the header: a swapped or edited keyring is caught by the next `open`
+/// or `verify` (exit 4), as `seal`, needing no key, cannot. A seal-only
+/// keyring is never used.
+fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<Unlocked> {
+    let mut keyring = None;
     let mut seal_only = None;
     match env.keyring.load() {
         Ok(k) if k.is_seal_only() => {
@@ -130,22 +143,21 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<BackupKey> {
             // trust rule, for a factor given by hand.
             seal_only = Some(k.refuse_seal_only(&env.keyring.path).unwrap_err());
         }
-        Ok(k) => {
-            holds_key = k.holds_key(&header.key_id);
-            upgrade = holds_key && k.sealer().is_none();
-            if !holds_key && cli.verbose {
-                env.ui.info(
-                    "the keyring holds another backup key; unlocking with the archive's own slots",
-                );
-            }
-            keyring_slots = k.slots;
-        }
+        Ok(k) => keyring = Some(k),
         Err(e) if cli.verbose && env.keyring.exists() => env
             .ui
             .info(&format!("{e}; unlocking with the archive's own slots")),
         Err(_) => {}
     }
-    let candidates = slot::archive_candidates(&keyring_slots, holds_key, &header.slots);
+    let holds_key = keyring
+        .as_ref()
+        .is_some_and(|k| k.holds_key(header.version, &header.key_id));
+    if keyring.is_some() && !holds_key && cli.verbose {
+        env.ui
+            .info("the keyring holds another backup key; unlocking with the archive's own slots");
+    }
+    let keyring_slots = keyring.as_ref().map_or(&[][..], |k| &k.slots[..]);
+    let candidates = slot::archive_candidates(keyring_slots, holds_key, &header.slots);
     let locators = cli.unlock.locators();
     let opts = slot::UnlockOptions {
         selector: cli.unlock.slot.as_deref(),
@@ -164,10 +176,47 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<BackupKey> {
     if cli.verbose {
         env.ui.info(&format!("unlocked with slot {}", used.name()));
     }
-    if upgrade {
-        super::upgrade_keyring_file(env, &bk);
+    let mut upgrade = false;
+    let mut retired = false;
+    if let Some(k) = &keyring {
+        // The key came through the keyring (it holds this key id, or one of
+        // its own slots, byte for byte, gave it up): then the keyring must
+        // be that key's, or it was swapped or edited.
+        if holds_key || k.slots.iter().any(|s| s == used) {
+            k.verify(&bk, &env.keyring.path)?;
+        }
+        if holds_key {
+            header.open(&bk)?;
+            upgrade = k.sealer().is_none();
+        }
+        retired = k.is_retired(&header.key_id);
     }
-    Ok(bk)
+    Ok(Unlocked {
+        bk,
+        upgrade,
+        retired,
+    })
+}
+
+/// What an archive that authenticated tells the owner, on stderr: who
+/// sealed it, and whether its key was retired by `rotate` (then it is an
+/// old backup, or was made later by someone holding an old keyring).
+fn after_authenticated(env: &Env, archive: &Path, header: &Header, unlocked: &Unlocked) {
+    if unlocked.retired {
+        let sealer = header
+            .sealer()
+            .map(|s| format!(" by `{s}`"))
+            .unwrap_or_default();
+        env.ui.warn(&format!(
+            "{} is sealed to key id {}, which `coffer rotate` retired: it is a backup from before that rotation, or was sealed{sealer} later by someone holding an older keyring (a seal-only host's, or a copy of yours). Its date ({}) is what its sealer wrote",
+            archive.display(),
+            header.key_id,
+            super::unix_time_text(header.created)
+        ));
+    }
+    if unlocked.upgrade {
+        super::upgrade_keyring_file(env, &unlocked.bk);
+    }
 }
 
 /// `seal`'s options beyond what to seal and where.
@@ -200,8 +249,11 @@ fn sealing_keyring(cli: &Cli, env: &Env, key_id: Option<&str>) -> Result<coffer:
         let kf = &env.keyring;
         let lock = kf.lock()?;
         keyring = kf.load()?;
-        let _bk = unlock(cli, env, &mut keyring)?;
-        kf.store(&keyring, &lock, false)?;
+        // Another coffer may have upgraded it meanwhile.
+        if keyring.sealer().is_none() {
+            let _bk = unlock(cli, env, &mut keyring)?;
+            kf.store(&keyring, &lock, false)?;
+        }
     }
     if let Some(want) = want
         && want != keyring.key_id
@@ -361,24 +413,29 @@ pub(super) fn open(
     numeric_owner: bool,
 ) -> Result<()> {
     let (header, input) = read_archive(archive_path)?;
-    let bk = unlock_archive(cli, env, &header)?;
+    let unlocked = unlock_archive(cli, env, &header)?;
+    let bk = &unlocked.bk;
     let bar = progress(cli, "opening");
     let opened = if is_dash(output) {
         let mut out = stdout_file()?;
-        archive::open_to_writer(&header, &bk, input, &mut out, bar.as_ref()).map(|_| Vec::new())
+        archive::open_to_writer(&header, bk, input, &mut out, bar.as_ref()).map(|_| Vec::new())
     } else {
         let opts = archive::UnpackOptions { numeric_owner };
-        archive::open_to_path(&header, &bk, input, output, force, opts, bar.as_ref())
+        archive::open_to_path(&header, bk, input, output, force, opts, bar.as_ref())
     };
     drop(bar);
     let Some(notices) = reader_left(opened)? else {
         return Ok(());
     };
+    after_authenticated(env, archive_path, &header, &unlocked);
     report_notices(env, &notices);
     if cli.json {
         print_json(&json!({
             "archive": archive_path,
             "output": output,
+            "version": header.version,
+            "sealer": header.sealer().map(|s| s.to_string()),
+            "retired_key": unlocked.retired,
             "notices": notices_json(&notices),
         }))?;
     } else if !notices.is_empty() {
@@ -396,10 +453,11 @@ pub(super) fn open(
 
 pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
     let (header, input) = read_archive(archive_path)?;
-    let bk = unlock_archive(cli, env, &header)?;
+    let unlocked = unlock_archive(cli, env, &header)?;
     let bar = progress(cli, "verifying");
-    let n = archive::verify(&header, &bk, input, bar.as_ref())?;
+    let n = archive::verify(&header, &unlocked.bk, input, bar.as_ref())?;
     drop(bar);
+    after_authenticated(env, archive_path, &header, &unlocked);
     if cli.json {
         print_json(&json!({
             "archive": archive_path,
@@ -407,6 +465,7 @@ pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
             "plaintext_bytes": n,
             "version": header.version,
             "sealer": header.sealer().map(|s| s.to_string()),
+            "retired_key": unlocked.retired,
         }))?;
     } else {
         let restorable = if header.flags & archive::header::FLAG_TAR != 0 {

@@ -205,9 +205,9 @@ pub enum Command {
         #[arg(long, required = true)]
         seal_only: bool,
         /// The host's sealer id (1-32 of a-z, 0-9, -; not `owner`), named
-        /// by every archive it seals; default: this machine's hostname
+        /// by every archive it seals: one per host (its name, say)
         #[arg(long, value_name = "ID")]
-        sealer: Option<String>,
+        sealer: String,
         /// Leave out the slots that rest on classical public-key
         /// cryptography (YubiKey, PKCS#11 ECDH, vault): every archive the
         /// host seals is then as `seal --pq-only`

@@ -473,29 +473,33 @@ pub(super) fn slots(cli: &Cli, env: &Env) -> Result<()> {
 /// `export --seal-only`: unlock the owner's keyring (its MAC checked: the
 /// defence against a swapped sealing key), then write a keyring for a
 /// host that seals as `sealer` and never opens. It leaves out the slots
-/// that host could open with no person present, and with `pq_only` the
-/// classical ones, and says which.
+/// that host could open with no person present (and those this build
+/// cannot judge), and with `pq_only` the classical ones, and says which.
+/// Never writes over the keyring itself; holds the keyring's lock until
+/// the file is written.
 pub(super) fn export_seal_only(
     cli: &Cli,
     env: &Env,
-    sealer: Option<&str>,
+    sealer: &str,
     pq_only: bool,
     output: &Path,
     force: bool,
 ) -> Result<()> {
-    let id = match sealer {
-        Some(s) => s.to_owned(),
-        None => default_sealer_id()?,
-    };
-    let id = coffer::sealing::SealerId::host(&id)
-        .map_err(|e| Error::Usage(format!("--sealer {}: {e}", coffer::ui::escaped(&id))))?;
+    let id = coffer::sealing::SealerId::host(sealer)
+        .map_err(|e| Error::Usage(format!("--sealer {}: {e}", coffer::ui::escaped(sealer))))?;
+    let kf = &env.keyring;
+    if same_file(output, &kf.path) {
+        return Err(Error::Usage(format!(
+            "-o {}: that is the keyring itself; write the host's keyring elsewhere",
+            output.display()
+        )));
+    }
     if !force && output.symlink_metadata().is_ok() {
         return Err(Error::AlreadyExists {
             path: output.to_path_buf(),
             hint: ": give --force to replace it".into(),
         });
     }
-    let kf = &env.keyring;
     let lock = kf.lock()?;
     let mut keyring = kf.load()?;
     let was_v1 = keyring.sealer().is_none();
@@ -503,10 +507,10 @@ pub(super) fn export_seal_only(
     if was_v1 {
         kf.store(&keyring, &lock, false)?;
     }
-    drop(lock);
     let mut slots = Vec::new();
     for s in &keyring.slots {
         let why = match s.params.as_slot() {
+            None => Some("this build cannot tell whether it opens with no person present"),
             Some(k) if k.opens_unattended() => Some(
                 "it opens with no person present, which would let that host read every archive",
             ),
@@ -527,6 +531,7 @@ pub(super) fn export_seal_only(
     }
     let host = keyring.seal_only(&bk, id, slots);
     coffer::fsutil::write_atomic(output, &host.to_bytes(), force)?;
+    drop(lock);
     if cli.json {
         print_json(&json!({
             "keyring": output,
@@ -536,7 +541,7 @@ pub(super) fn export_seal_only(
         }))?;
     } else {
         env.ui.info(&format!(
-            "wrote {} (mode 0600): a keyring that seals as `{}` to key id {} and opens nothing. Copy it to the host (as its keyring, or with --keyring) and seal with `coffer seal --key-id {}`; it holds that host's sealer key, so keep it private: whoever has it can make archives that open as that host's. `coffer rotate` retires it",
+            "wrote {} (mode 0600): a keyring that seals as `{}` to key id {} and opens nothing. Copy it to the host (as its keyring, or with --keyring) and seal with `coffer seal --key-id {}`. It holds that host's sealer key: keep it private, as whoever has it can make archives that open as that host's. After `coffer rotate`, export again; archives sealed to the old key are then flagged when opened",
             output.display(),
             host.sealer().expect("version 2").id(),
             host.key_id,
@@ -546,33 +551,24 @@ pub(super) fn export_seal_only(
     Ok(())
 }
 
-/// This machine's hostname as a sealer id: lowercase, runs of characters
-/// outside `[a-z0-9-]` as `-`, at most 32.
-fn default_sealer_id() -> Result<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_lowercase();
-    let name = name.split('.').next().unwrap_or("");
-    let mut id = String::new();
-    for c in name.chars() {
-        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            c
-        } else {
-            '-'
-        };
-        if !(c == '-' && id.ends_with('-')) {
-            id.push(c);
-        }
+/// Whether `a` and `b` name the same file: the same inode if both exist,
+/// else the same path once their folders are resolved.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return ma.dev() == mb.dev() && ma.ino() == mb.ino();
     }
-    let id: String = id.trim_matches('-').chars().take(32).collect();
-    let id = id.trim_end_matches('-').to_owned();
-    if id.is_empty() || id == coffer::sealing::SealerId::OWNER {
-        return Err(Error::Usage(
-            "give the host a sealer id with --sealer ID (this machine's hostname does not make one)".into(),
-        ));
+    let resolve = |p: &Path| {
+        let dir = coffer::fsutil::parent_dir(p);
+        std::fs::canonicalize(dir)
+            .ok()
+            .zip(p.file_name())
+            .map(|(d, n)| d.join(n))
+    };
+    match (resolve(a), resolve(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
     }
-    Ok(id)
 }
 
 pub(super) fn remove(cli: &Cli, env: &Env, selector: &str, force: bool) -> Result<()> {
@@ -603,6 +599,8 @@ pub(super) fn rotate(
     let kf = &env.keyring;
     let lock = kf.lock()?;
     let mut keyring = kf.load()?;
+    // The id archives sealed so far carry (before an upgrade renames it).
+    let old_key_id = keyring.key_id;
     let mut keep = vec![true; keyring.slots.len()];
     for d in drop {
         let i = select_one(&keyring.slots, d, "--drop").map_err(Error::Usage)?;
@@ -639,7 +637,7 @@ pub(super) fn rotate(
         .iter()
         .map(|(i, _)| keyring.slots[*i].id.clone())
         .collect();
-    let new_keyring = Keyring::new(&new_bk, rotated.slots);
+    let new_keyring = keyring.rotated(&new_bk, rotated.slots);
     let keys: Vec<(SlotId, RecoveryKey)> = new_ids
         .into_iter()
         .zip(rotated.new_recovery_keys.into_iter().map(|(_, k)| k))
@@ -669,7 +667,7 @@ pub(super) fn rotate(
     if cli.json {
         print_json(&json!({
             "key_id": new_keyring.key_id.to_string(),
-            "old_key_id": keyring.key_id.to_string(),
+            "old_key_id": old_key_id.to_string(),
             "slots": new_keyring.slots.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             "dropped": dropped.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             "new_recovery_keys": keys.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),

@@ -191,7 +191,7 @@ pub fn run(cli: &Cli) -> Result<()> {
             pq_only,
             output,
             force,
-        } => keyring_cmd::export_seal_only(cli, &env, sealer.as_deref(), *pq_only, output, *force),
+        } => keyring_cmd::export_seal_only(cli, &env, sealer, *pq_only, output, *force),
         Command::Open {
             archive,
             output,

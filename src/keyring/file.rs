@@ -66,7 +66,8 @@ impl KeyringFile {
             }
         })?;
         use std::io::Read;
-        let mut bytes = Vec::new();
+        // It holds the sealer key: wiped once parsed.
+        let mut bytes = zeroize::Zeroizing::new(Vec::new());
         file.take(MAX_FILE_LEN + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| Error::io(&self.path, e))?;
@@ -77,7 +78,8 @@ impl KeyringFile {
     /// replace an existing file. Callers changing a keyring hold the lock.
     pub fn store(&self, keyring: &Keyring, _lock: &KeyringLock, create: bool) -> Result<()> {
         fsutil::ensure_private_dir(&fsutil::parent_dir(&self.path))?;
-        fsutil::write_atomic(&self.path, &keyring.to_bytes(), !create).map_err(|e| match e {
+        let bytes = zeroize::Zeroizing::new(keyring.to_bytes());
+        fsutil::write_atomic(&self.path, &bytes, !create).map_err(|e| match e {
             Error::AlreadyExists { path, .. } => Error::AlreadyExists {
                 path,
                 hint: ": move it away first if you mean to start over".into(),

@@ -49,7 +49,13 @@ struct Sealing {
     /// The version 1 key id of `BK`, kept by an upgraded keyring until
     /// `rotate`, so archives sealed before the upgrade find it.
     v1_key_id: Option<KeyId>,
+    /// Key ids that `rotate` retired, oldest first (at most
+    /// [`MAX_RETIRED`]): archives sealed to them are flagged on opening.
+    retired: Vec<KeyId>,
 }
+
+/// Most retired key ids a keyring keeps (the oldest are dropped).
+pub const MAX_RETIRED: usize = 256;
 
 /// The owner's slots and the key id they all unwrap to; in version 2 also
 /// the sealing public key and the sealer this keyring seals as.
@@ -82,6 +88,7 @@ impl Keyring {
             sealing: Some(Sealing {
                 sealer,
                 v1_key_id: None,
+                retired: Vec::new(),
             }),
             mac: [0; 32],
         };
@@ -115,6 +122,7 @@ impl Keyring {
             sealing: Some(Sealing {
                 sealer,
                 v1_key_id: None,
+                retired: Vec::new(),
             }),
             mac: [0; 32],
         };
@@ -147,10 +155,44 @@ impl Keyring {
         self.sealing.as_ref().and_then(|s| s.v1_key_id)
     }
 
-    /// Whether an archive with key id `id` was sealed under this keyring's
-    /// key (its version 2 key id, or the version 1 one it keeps).
-    pub fn holds_key(&self, id: &KeyId) -> bool {
-        self.key_id == *id || self.v1_key_id().as_ref() == Some(id)
+    /// Whether an archive of format `version` with key id `id` was sealed
+    /// under this keyring's key (docs/format.md §8.7): a version 2 archive
+    /// by a version 2 keyring's `key_id`; a version 1 archive by a version
+    /// 1 keyring's `key_id` or a version 2 keyring's `v1_key_id`.
+    pub fn holds_key(&self, version: u16, id: &KeyId) -> bool {
+        match (version, &self.sealing) {
+            (1, None) => self.key_id == *id,
+            (1, Some(s)) => s.v1_key_id.as_ref() == Some(id),
+            (_, Some(_)) => self.key_id == *id,
+            (_, None) => false,
+        }
+    }
+
+    /// The key ids `rotate` retired (oldest first).
+    pub fn retired_key_ids(&self) -> &[KeyId] {
+        self.sealing.as_ref().map_or(&[], |s| &s.retired)
+    }
+
+    /// Whether `id` is a key `rotate` retired from this keyring.
+    pub fn is_retired(&self, id: &KeyId) -> bool {
+        self.retired_key_ids().contains(id)
+    }
+
+    /// The keyring that replaces this one at `rotate`: `slots` for
+    /// `new_bk`, remembering this keyring's key ids (and those it had
+    /// retired) as retired, so archives sealed to them later are flagged.
+    pub fn rotated(&self, new_bk: &BackupKey, slots: Vec<SlotRecord>) -> Self {
+        let mut retired: Vec<KeyId> = self.retired_key_ids().to_vec();
+        retired.push(self.key_id);
+        if let Some(v1) = self.v1_key_id() {
+            retired.push(v1);
+        }
+        let excess = retired.len().saturating_sub(MAX_RETIRED);
+        retired.drain(..excess);
+        let mut k = Self::new(new_bk, slots);
+        k.sealing.as_mut().expect("version 2").retired = retired;
+        k.mac = k.compute_mac(new_bk);
+        k
     }
 
     /// Bring a version 1 keyring to version 2 under `bk` (which unlocked
@@ -167,6 +209,7 @@ impl Keyring {
         self.sealing = Some(Sealing {
             sealer,
             v1_key_id: Some(v1),
+            retired: Vec::new(),
         });
         self.mac = self.compute_mac(bk);
         true
@@ -190,6 +233,12 @@ impl Keyring {
             sealer.insert("id".into(), s.sealer.id().as_str().into());
             sealer.insert("key".into(), B64.encode(s.sealer.key().expose()).into());
             m.insert("sealer".into(), Value::Object(sealer));
+            if !s.retired.is_empty() {
+                m.insert(
+                    "retired_key_ids".into(),
+                    Value::Array(s.retired.iter().map(|k| k.to_string().into()).collect()),
+                );
+            }
         }
         m.insert(
             "slots".into(),
@@ -226,6 +275,7 @@ impl Keyring {
             "v1_key_id",
             "sealing_public_key",
             "sealer",
+            "retired_key_ids",
             "slots",
             "mac",
         ] {
@@ -283,7 +333,7 @@ impl Keyring {
         let key_id = key_id_field(&mut m, "key_id")?
             .ok_or_else(|| corrupt("field `key_id` is missing".into()))?;
         let mac = match m.remove("mac") {
-            Some(Value::String(s)) => decode_b64::<32>(&s)
+            Some(Value::String(s)) => *decode_b64::<32>(&s)
                 .ok_or_else(|| corrupt("field `mac` is not 32 bytes of base64".into()))?,
             _ => return Err(corrupt("field `mac` is missing".into())),
         };
@@ -314,9 +364,25 @@ impl Keyring {
             }
             let sealer = parse_sealer(m.remove("sealer"))
                 .map_err(|w| corrupt(format!("field `sealer`: {w}")))?;
+            let retired = match m.remove("retired_key_ids") {
+                None => Vec::new(),
+                Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_RETIRED => a
+                    .iter()
+                    .map(|v| v.as_str().and_then(KeyId::from_hex))
+                    .collect::<Option<Vec<KeyId>>>()
+                    .ok_or_else(|| {
+                        corrupt("field `retired_key_ids` holds something other than key ids".into())
+                    })?,
+                Some(_) => {
+                    return Err(corrupt(format!(
+                        "field `retired_key_ids` is not a list of 1 to {MAX_RETIRED} key ids"
+                    )));
+                }
+            };
             Some(Sealing {
                 sealer: Sealer::from_parts(pk, sealer.0, sealer.1),
                 v1_key_id,
+                retired,
             })
         } else {
             None
@@ -507,16 +573,18 @@ fn parse_sealer(v: Option<Value>) -> std::result::Result<(SealerId, SealerKey), 
     if let Some(k) = o.keys().next() {
         return Err(format!("unknown member `{k}`"));
     }
-    Ok((id, SealerKey::from_bytes(key)))
+    Ok((id, SealerKey::from_bytes(*key)))
 }
 
 /// Exactly `N` bytes of canonical base64 (padding present, no stray bits).
-fn decode_b64<const N: usize>(s: &str) -> Option<[u8; N]> {
+fn decode_b64<const N: usize>(s: &str) -> Option<zeroize::Zeroizing<[u8; N]>> {
     let b = zeroize::Zeroizing::new(B64.decode(s.as_bytes()).ok()?);
-    if B64.encode(&*b) != s {
+    if *zeroize::Zeroizing::new(B64.encode(&*b)) != s {
         return None;
     }
-    <[u8; N]>::try_from(&b[..]).ok()
+    <[u8; N]>::try_from(&b[..])
+        .ok()
+        .map(zeroize::Zeroizing::new)
 }
 
 /// The format version a pre-sealing list of slots was written as: 2 when
@@ -719,7 +787,9 @@ mod tests {
         assert_eq!(back.version(), 2);
         assert_eq!(back.key_id, SealingPublicKey::derive(&bk).key_id());
         assert_eq!(back.v1_key_id(), Some(bk.key_id_v1()));
-        assert!(back.holds_key(&bk.key_id_v1()) && back.holds_key(&back.key_id));
+        assert!(back.holds_key(1, &bk.key_id_v1()) && back.holds_key(2, &back.key_id));
+        // Each archive version by its own id only.
+        assert!(!back.holds_key(2, &bk.key_id_v1()) && !back.holds_key(1, &back.key_id));
         assert_eq!(back.sealer().unwrap().id().as_str(), "owner");
     }
 
@@ -806,6 +876,29 @@ mod tests {
             let err = Keyring::parse(&serde_json::to_vec(&v).unwrap(), Path::new("k")).unwrap_err();
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
+    }
+
+    #[test]
+    fn rotation_retires_the_old_key_ids() {
+        let bk = BackupKey::generate();
+        let (rec, _) = recovery::enroll(&bk);
+        let mut old = Keyring::v1(&bk, vec![rec.clone()]);
+        old.upgrade(&bk);
+        let new_bk = BackupKey::generate();
+        let new = old.rotated(&new_bk, vec![rec]);
+        let back = Keyring::parse(&new.to_bytes(), Path::new("k")).unwrap();
+        back.verify(&new_bk, Path::new("k")).unwrap();
+        assert!(back.is_retired(&old.key_id) && back.is_retired(&bk.key_id_v1()));
+        assert!(!back.is_retired(&back.key_id));
+        assert_eq!(back.v1_key_id(), None);
+        // And again: the list carries over, capped at MAX_RETIRED.
+        let mut k = back;
+        for _ in 0..MAX_RETIRED {
+            k = k.rotated(&BackupKey::generate(), k.slots.clone());
+        }
+        assert_eq!(k.retired_key_ids().len(), MAX_RETIRED);
+        assert!(!k.is_retired(&old.key_id), "the oldest are dropped");
+        Keyring::parse(&k.to_bytes(), Path::new("k")).unwrap();
     }
 
     #[test]

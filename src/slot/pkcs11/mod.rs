@@ -218,6 +218,13 @@ impl Slot for Pkcs11Params {
         self.mechanism == Pkcs11Mechanism::Ecdh
     }
 
+    /// A stored `pin-source` lets the token open with no one present
+    /// (what it is for: unattended restores); an unparsable URI counts as
+    /// such too, so that `export --seal-only` leaves it out.
+    fn opens_unattended(&self) -> bool {
+        Pkcs11Uri::parse(&self.uri).map_or(true, |u| u.attr("pin-source").is_some())
+    }
+
     fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
         Some(
             self.token_kek(ctx)?
