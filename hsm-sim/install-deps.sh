@@ -17,6 +17,7 @@ ALL=(
   swtpm swtpm-tools tpm2-tools libtss2-dev   # TPM 2.0 simulator and tools
   softhsm2 opensc                 # PKCS#11 token simulator and pkcs11-tool
   age                             # benches/compare-age.sh
+  restic borgbackup               # tests/passphrase.rs: coffer as their password command
   pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool   # YubiKey (PIV) through a virtual card
   postgresql                      # vault tests: a throwaway cluster on loopback
   openssl                         # vault tests: a private CA and the server's certificate

@@ -69,8 +69,12 @@ pub mod label {
     /// and the archive salt (`sealing.rs`).
     pub const ARCHIVE_HEADER_MAC_V2: &[u8] = b"coffer/v2 archive header mac";
     /// HKDF info: a format 2 archive's payload key, from its file key and
-    /// the archive salt (`sealing.rs`).
+    /// the hash of its header (`sealing.rs`).
     pub const ARCHIVE_PAYLOAD_V2: &[u8] = b"coffer/v2 archive payload";
+    /// HKDF info prefix: a passphrase for another tool, from BK; the full
+    /// info is this, a 0x00 byte and the passphrase's name
+    /// (`passphrase.rs`).
+    pub const PASSPHRASE: &[u8] = b"coffer/v2 passphrase";
 }
 
 /// Fill `buf` from the operating system's CSPRNG.

@@ -42,6 +42,7 @@ pub mod error;
 pub mod fsutil;
 pub mod key;
 pub mod keyring;
+pub mod passphrase;
 #[cfg(any(feature = "pkcs11", feature = "vault-server"))]
 pub(crate) mod pkcs11_token;
 #[cfg(any(feature = "pkcs11", feature = "vault-server"))]

@@ -1101,3 +1101,31 @@ fn inspect_into_a_closed_pipe_exits_0_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// In a pipeline the archive comes in on standard input, yet the factor is
+/// asked on the terminal (`/dev/tty`), as `ssh host cat a.coffer | coffer
+/// open - -o - | psql` needs.
+#[test]
+fn a_pipeline_asks_for_the_factor_on_the_terminal() {
+    let h = Home::new();
+    h.init();
+    h.seal_stream(b"through a pipe\n", "a.coffer");
+    let line = format!(
+        "cat a.coffer | {} open - -o - > out.txt",
+        common::shell_quote(assert_cmd::cargo::cargo_bin("coffer").as_os_str())
+    );
+    let key = h.recovery_key_text();
+    let (ok, shown) = common::run_line_on_a_terminal(
+        &h,
+        &h.keyring(),
+        std::iter::empty::<(&str, &str)>(),
+        &line,
+        &format!("{key}\n"),
+    );
+    assert!(ok, "{shown}");
+    assert!(shown.to_lowercase().contains("recovery key"), "{shown}");
+    assert_eq!(
+        std::fs::read_to_string(h.path("out.txt")).unwrap(),
+        "through a pipe\n"
+    );
+}

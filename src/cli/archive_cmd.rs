@@ -198,6 +198,16 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<Unlocked> {
     })
 }
 
+/// The backup key that sealed the archive at `path`, unlocked as `open`
+/// unlocks it, its header authenticated: for `passphrase --from`.
+pub(super) fn archive_key(cli: &Cli, env: &Env, path: &Path) -> Result<BackupKey> {
+    let (header, _) = read_archive(path)?;
+    let unlocked = unlock_archive(cli, env, &header)?;
+    header.open(&unlocked.bk)?;
+    after_authenticated(env, path, &header, &unlocked);
+    Ok(unlocked.bk)
+}
+
 /// What an archive that authenticated tells the owner, on stderr: who
 /// sealed it, and whether its key was retired by `rotate` (then it is an
 /// old backup, or was made later by someone holding an old keyring).

@@ -248,6 +248,20 @@ pub enum Command {
         /// The archive (`-` for standard input) or keyring file
         archive: PathBuf,
     },
+    /// Print a passphrase for another tool (restic, borg, kopia, ...),
+    /// derived from the backup key for NAME: 43 characters on standard
+    /// output and nothing else. Unlocks as any command does.
+    /// RESTIC_PASSWORD_COMMAND="coffer passphrase restic:photos"
+    Passphrase {
+        /// The passphrase's name, one per repository (restic:photos,
+        /// borg:home): printable ASCII, no spaces
+        name: String,
+        /// Derive it from the key that sealed ARCHIVE, through the
+        /// archive's own slots: the passphrase from before a `rotate`, to
+        /// re-key a repository
+        #[arg(long, value_name = "ARCHIVE")]
+        from: Option<std::path::PathBuf>,
+    },
     /// The key vault server
     #[cfg(feature = "vault-server")]
     #[command(subcommand)]

@@ -10,6 +10,7 @@ mod archive_cmd;
 pub mod args;
 mod interrupt;
 mod keyring_cmd;
+mod passphrase_cmd;
 pub mod term;
 #[cfg(feature = "vault-server")]
 mod vault_cmd;
@@ -99,6 +100,7 @@ impl Cli {
             Command::Open { archive, .. }
             | Command::Verify { archive }
             | Command::Inspect { archive } => archive == &dash,
+            Command::Passphrase { from, .. } => from.as_ref() == Some(&dash),
             _ => false,
         };
         let files = [
@@ -200,6 +202,9 @@ pub fn run(cli: &Cli) -> Result<()> {
         } => archive_cmd::open(cli, &env, archive, output, *force, *numeric_owner),
         Command::Verify { archive } => archive_cmd::verify(cli, &env, archive),
         Command::Inspect { archive } => archive_cmd::inspect(cli, archive),
+        Command::Passphrase { name, from } => {
+            passphrase_cmd::passphrase(cli, &env, name, from.as_deref())
+        }
         #[cfg(feature = "vault-server")]
         Command::Vault(_) => unreachable!("handled above"),
     }

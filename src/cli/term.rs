@@ -1,6 +1,7 @@
 //! The terminal side of [`coffer::ui::Ui`]: messages on stderr, secrets
-//! read without echo from the controlling terminal (rpassword), and the
-//! one-time display of a new recovery key.
+//! read without echo from the controlling terminal (rpassword, through
+//! `/dev/tty`, whatever standard input is), and the one-time display of a
+//! new recovery key.
 //!
 //! Must never: echo a secret as it is typed, or ask when there is no
 //! terminal (scripts get `None` and a clear error instead).
@@ -23,8 +24,19 @@ impl TerminalUi {
         Self { quiet }
     }
 
+    /// Whether a person is there to ask: standard input or standard error
+    /// is a terminal, and the controlling terminal opens. Prompts and
+    /// answers go through `/dev/tty`, so `cat a.coffer | coffer open - -o -
+    /// | psql` asks on the terminal while the archive comes in on standard
+    /// input, and a password command run by restic or borg asks too.
+    /// Scripts (no terminal on either) are never asked.
     fn interactive() -> bool {
-        std::io::stdin().is_terminal()
+        (std::io::stdin().is_terminal() || std::io::stderr().is_terminal())
+            && std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/tty")
+                .is_ok()
     }
 
     /// A progress or result line on stderr, unless quiet.

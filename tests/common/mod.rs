@@ -150,15 +150,36 @@ where
     K: AsRef<std::ffi::OsStr>,
     V: AsRef<std::ffi::OsStr>,
 {
-    use std::io::Write;
-    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_str().unwrap().replace('\'', r"'\''"));
-    let mut line = quote(assert_cmd::cargo::cargo_bin("coffer").as_os_str());
+    let mut line = shell_quote(assert_cmd::cargo::cargo_bin("coffer").as_os_str());
     for s in args {
         line.push(' ');
-        line.push_str(&quote(s));
+        line.push_str(&shell_quote(s));
     }
+    run_line_on_a_terminal(home, keyring, env, &line, answer)
+}
+
+/// A word for `sh`, single-quoted.
+pub fn shell_quote(s: &std::ffi::OsStr) -> String {
+    format!("'{}'", s.to_str().unwrap().replace('\'', r"'\''"))
+}
+
+/// [`run_on_a_terminal`] for a whole `sh` command line (pipes included):
+/// the line runs with the pseudo-terminal as its controlling terminal, and
+/// `answer` is typed at it.
+pub fn run_line_on_a_terminal<K, V>(
+    home: &Home,
+    keyring: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+    line: &str,
+    answer: &str,
+) -> (bool, String)
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    use std::io::Write;
     let mut child = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
+        .args(["-qec", line, "/dev/null"])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", home.dir.path())

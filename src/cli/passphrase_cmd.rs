@@ -1,0 +1,44 @@
+//! `coffer passphrase NAME`: a passphrase for another tool, derived from
+//! the backup key ([`coffer::passphrase`]), printed on standard output and
+//! nothing else, for restic's `RESTIC_PASSWORD_COMMAND`, borg's
+//! `BORG_PASSCOMMAND` and the like.
+//!
+//! Must never: print it to a terminal, or anything else to standard
+//! output.
+
+use super::{Cli, Env, archive_cmd, unlock};
+use coffer::error::{Error, Result};
+use coffer::passphrase::{self, PassphraseName};
+use coffer::ui::escaped;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+pub(super) fn passphrase(cli: &Cli, env: &Env, name: &str, from: Option<&Path>) -> Result<()> {
+    let name =
+        PassphraseName::parse(name).map_err(|e| Error::Usage(format!("{}: {e}", escaped(name))))?;
+    if std::io::stdout().is_terminal() {
+        return Err(Error::Usage(
+            "refusing to print a passphrase on the terminal: it is for a password command (RESTIC_PASSWORD_COMMAND=\"coffer passphrase NAME\"); pipe or redirect it if you mean to see it".into(),
+        ));
+    }
+    let bk = match from {
+        // The key that sealed that archive: the passphrase from before a
+        // `rotate`, to re-key a repository.
+        Some(archive) => archive_cmd::archive_key(cli, env, archive)?,
+        None => {
+            let mut keyring = env.keyring.load()?;
+            let was_v1 = keyring.sealer().is_none();
+            let bk = unlock(cli, env, &mut keyring)?;
+            if was_v1 {
+                super::upgrade_keyring_file(env, &bk);
+            }
+            bk
+        }
+    };
+    let mut line = zeroize::Zeroizing::new(passphrase::derive(&bk, &name).as_bytes().to_vec());
+    line.push(b'\n');
+    let mut out = std::io::stdout().lock();
+    out.write_all(&line)
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::io("<stdout>", e))
+}
