@@ -22,11 +22,19 @@ fn main() -> std::process::ExitCode {
     match cli::run(&args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // Messages may quote archive headers: no terminal controls,
-            // but keep the line structure of multi-line messages.
-            let text: Vec<String> = e.to_string().split('\n').map(coffer::ui::escaped).collect();
-            eprintln!("coffer: {}", text.join("\n"));
-            std::process::ExitCode::from(exit_status(e.category()))
+            let status = exit_status(e.category());
+            if args.json {
+                // One object, serde_json escaping every control character.
+                let v = serde_json::json!({"error": e.to_string(), "exit": status});
+                eprintln!("{v}");
+            } else {
+                // Messages may quote archive headers: no terminal controls,
+                // but keep the line structure of multi-line messages.
+                let text: Vec<String> =
+                    e.to_string().split('\n').map(coffer::ui::escaped).collect();
+                eprintln!("coffer: {}", text.join("\n"));
+            }
+            std::process::ExitCode::from(status)
         }
     }
 }

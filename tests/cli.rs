@@ -1129,3 +1129,94 @@ fn a_pipeline_asks_for_the_factor_on_the_terminal() {
         "through a pipe\n"
     );
 }
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_definitions() {
+    let h = Home::new();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = h.coffer().args(["completions", shell]).assert().success();
+        let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+        for word in [
+            "coffer",
+            "passphrase",
+            "export",
+            "seal-only",
+            "recovery-key-file",
+        ] {
+            assert!(text.contains(word), "{shell}: no {word}");
+        }
+    }
+    h.coffer().args(["completions", "tcsh"]).assert().code(2);
+    let out = h.coffer().arg("man").assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(text.starts_with(".ie") || text.contains(".TH"), "{text}");
+    for word in ["coffer", "seal", "open", "passphrase", "rotate"] {
+        assert!(text.contains(word), "man page has no {word}");
+    }
+    // Neither needs a keyring, nor writes one.
+    assert!(!h.keyring().exists());
+}
+
+/// With --json an error is one JSON object on stderr, with the exit status
+/// the process ends with, and nothing else is printed there.
+#[test]
+fn json_errors_are_one_object_on_stderr() {
+    let h = Home::new();
+    h.init();
+    h.seal_stream(b"x", "a.coffer");
+    h.write("wrong.txt", &"0".repeat(64));
+    for (args, code) in [
+        (vec!["open", "missing.coffer", "-o", "-"], 1),
+        (
+            vec![
+                "open",
+                "a.coffer",
+                "-o",
+                "-",
+                "--recovery-key-file",
+                "wrong.txt",
+            ],
+            3,
+        ),
+        (vec!["open", "a.coffer", "-o", "-"], 5),
+        (vec!["passphrase", "two words"], 2),
+    ] {
+        let out = h.coffer().arg("--json").args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&err).unwrap();
+        assert_eq!(v["exit"], code, "{args:?}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{err}");
+    }
+}
+
+/// Never asked, though a terminal is there: with --no-prompt, or when
+/// coffer runs in the background (GNU timeout puts it in a process group
+/// of its own), where reading the terminal would stop it for good.
+#[test]
+fn no_prompt_and_background_jobs_are_never_asked() {
+    let h = Home::new();
+    h.init();
+    h.seal_stream(b"x", "a.coffer");
+    let coffer = common::shell_quote(assert_cmd::cargo::cargo_bin("coffer").as_os_str());
+    for line in [
+        format!("cat a.coffer | {coffer} --no-prompt open - -o - > out.txt; echo status=$?"),
+        format!("timeout 30 {coffer} open a.coffer -o - > out.txt; echo status=$?"),
+    ] {
+        let (ok, shown) = common::run_line_on_a_terminal(
+            &h,
+            &h.keyring(),
+            std::iter::empty::<(&str, &str)>(),
+            &line,
+            &format!("{}\n", h.recovery_key_text()),
+        );
+        assert!(ok, "{line}: {shown}");
+        assert!(shown.contains("status=5"), "{line}: {shown}");
+        assert!(
+            !shown.to_lowercase().contains("recovery key for slot"),
+            "{line}: {shown}"
+        );
+    }
+}

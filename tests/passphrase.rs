@@ -65,7 +65,10 @@ fn passphrase(home: &Home, name: &str, from: Option<&Path>) -> String {
     if let Some(f) = from {
         c.arg("--from").arg(f);
     }
-    let out = c.assert().success().stderr("");
+    let out = c.assert().success();
+    if from.is_none() {
+        assert!(out.get_output().stderr.is_empty(), "{:?}", out.get_output());
+    }
     String::from_utf8(out.get_output().stdout.clone()).unwrap()
 }
 
@@ -86,6 +89,61 @@ fn marker(home: &Home) -> PathBuf {
         .assert()
         .success();
     home.path("marker.coffer")
+}
+
+/// The archive of the old key that `rotate` wrote beside the keyring.
+fn retired_archive(home: &Home) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(home.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("retired-") && n.ends_with(".coffer"))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(common::mode(&found[0]), 0o600);
+    found[0].clone()
+}
+
+/// restic's keys, as (id, whether it is the one in use).
+fn key_ids(list: &[u8]) -> Vec<(String, bool)> {
+    String::from_utf8_lossy(list)
+        .lines()
+        .filter_map(|l| {
+            let current = l.starts_with('*');
+            let id = l.get(1..)?.split_whitespace().next()?;
+            (id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| (id.to_owned(), current))
+        })
+        .collect()
+}
+
+/// docs/restic-borg.md's re-key recipe, run by `sh` as written there (with
+/// the recovery key file `key` for the new passphrase).
+fn rekey_restic(home: &Home, repo: &str, old: &str, key: &str) -> Output {
+    let script = format!(
+        r#"NEW=$(coffer passphrase restic:photos --recovery-key-file {key}) && [ ${{#NEW}} -eq 43 ] || {{ echo "no new passphrase" >&2; exit 1; }}
+printf '%s' "$NEW" | RESTIC_PASSWORD_COMMAND="$OLD" restic --no-cache key add --new-password-file /dev/stdin"#
+    );
+    let bin_dir = coffer_bin().parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", home.dir.path())
+        .env("COFFER_KEYRING", home.keyring())
+        .env("RESTIC_REPOSITORY", repo)
+        .env("OLD", old)
+        .current_dir(home.dir.path())
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -238,34 +296,28 @@ fn restic_keyed_by_coffer_opens_on_a_new_machine_and_is_rekeyed_after_rotate() {
         .assert()
         .success();
     assert!(!restic(&current, &["snapshots"]).status.success());
-    // ...until it is re-keyed: the old passphrase from an archive of the old
-    // key adds the new one, which then removes the old.
-    let old = password_command(&h, "restic:photos", Some(&archive));
-    let new_pw = h.path("new-restic-password");
-    std::fs::write(&new_pw, passphrase(&h, "restic:photos", None)).unwrap();
+    // ...until it is re-keyed as docs/restic-borg.md says: the old
+    // passphrase, from the archive of the old key that rotate left beside
+    // the keyring, adds the new one, which then removes the old.
+    let retired = retired_archive(&h);
+    let old = password_command(&h, "restic:photos", Some(&retired));
+    // With a factor that fails, the recipe's check stops it: no empty key.
+    h.write("wrong.txt", &"0".repeat(64));
+    let out = rekey_restic(&h, repo, &old, "wrong.txt");
+    assert!(!out.status.success());
+    let keys = ok(restic(&old, &["key", "list"]), "restic key list");
+    assert_eq!(key_ids(&keys.stdout).len(), 1, "a key was added");
     ok(
-        restic(
-            &old,
-            &[
-                "key",
-                "add",
-                "--new-password-file",
-                new_pw.to_str().unwrap(),
-            ],
-        ),
-        "restic key add",
+        rekey_restic(&h, repo, &old, "recovery.txt"),
+        "the re-key recipe",
     );
     let keys = ok(restic(&current, &["key", "list"]), "restic key list");
-    let keys = String::from_utf8(keys.stdout).unwrap();
-    let old_id = keys
-        .lines()
-        .find_map(|l| {
-            let id = l.strip_prefix(' ')?.split_whitespace().next()?;
-            (id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
-        })
-        .unwrap_or_else(|| panic!("no old key in:\n{keys}"));
+    let old_id = key_ids(&keys.stdout)
+        .into_iter()
+        .find_map(|(id, current)| (!current).then_some(id))
+        .expect("the old key");
     ok(
-        restic(&current, &["key", "remove", old_id]),
+        restic(&current, &["key", "remove", &old_id]),
         "restic key remove",
     );
     assert!(
@@ -332,6 +384,32 @@ fn borg_keyed_by_coffer_opens_on_a_new_machine() {
     // Another name's passphrase does not open it.
     let other = password_command(&h, "borg:other", None);
     assert!(!borg(&other, &["list", repo], here).status.success());
+    // rotate, then re-key as docs/restic-borg.md says.
+    h.coffer()
+        .args(["rotate", "--recovery-key-file", "recovery.txt"])
+        .assert()
+        .success();
+    assert!(!borg(&cmd, &["list", repo], here).status.success());
+    let old = password_command(&h, "borg:home", Some(&retired_archive(&h)));
+    let new = passphrase(&h, "borg:home", None);
+    let new = new.trim_end();
+    assert_eq!(new.len(), 43);
+    let out = Command::new("borg")
+        .args(["key", "change-passphrase", repo])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", h.dir.path())
+        .env("BORG_BASE_DIR", &base)
+        .env("BORG_PASSCOMMAND", &old)
+        .env("BORG_NEW_PASSPHRASE", new)
+        .output()
+        .unwrap();
+    ok(out, "borg key change-passphrase");
+    ok(
+        borg(&cmd, &["list", repo], here),
+        "borg with the new passphrase",
+    );
+    assert!(!borg(&old, &["list", repo], here).status.success());
 }
 
 /// restic runs the password command with no factor file: coffer asks on
@@ -374,4 +452,61 @@ fn restic_from_a_terminal_gets_the_factor_asked_there() {
     );
     assert!(ok, "{shown}");
     assert!(shown.to_lowercase().contains("recovery key"), "{shown}");
+}
+
+/// `--from` derives only from an archive that authenticates, and, with the
+/// owner's keyring at hand, only from a key that keyring knows: anyone who
+/// can write the storage can make an archive under a key of their own.
+#[test]
+fn from_refuses_a_damaged_archive_and_one_of_a_key_the_keyring_does_not_know() {
+    let h = Home::new();
+    h.init();
+    let mine = marker(&h);
+    let stranger = Home::new();
+    stranger.init();
+    let theirs = marker(&stranger);
+    // Their archive opens with their recovery key, but not here.
+    std::fs::copy(stranger.recovery_key(), h.path("their-key.txt")).unwrap();
+    h.coffer()
+        .args([
+            "passphrase",
+            "restic:photos",
+            "--recovery-key-file",
+            "their-key.txt",
+            "--from",
+        ])
+        .arg(&theirs)
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(predicate::str::contains("neither holds"));
+    // A damaged header (only the header is read): exit 4, nothing printed.
+    let mut bytes = std::fs::read(&mine).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(h.path("damaged.coffer"), &bytes).unwrap();
+    h.coffer()
+        .args([
+            "passphrase",
+            "restic:photos",
+            "--recovery-key-file",
+            "recovery.txt",
+        ])
+        .args(["--from", "damaged.coffer"])
+        .assert()
+        .code(4)
+        .stdout("");
+    // Its own: the key id it derived from is said on stderr.
+    let kid = h.keyring_json()["key_id"].as_str().unwrap().to_owned();
+    h.coffer()
+        .args([
+            "passphrase",
+            "restic:photos",
+            "--recovery-key-file",
+            "recovery.txt",
+            "--from",
+        ])
+        .arg(&mine)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(&kid));
 }

@@ -122,6 +122,9 @@ struct Unlocked {
     upgrade: bool,
     /// The keyring lists this archive's key id as retired by `rotate`.
     retired: bool,
+    /// Whether the owner's keyring at hand knows this archive's key (holds
+    /// it, or `rotate` retired it); `None` without one.
+    known: Option<bool>,
 }
 
 /// Unlock an archive's key: with the keyring's slots when the keyring holds
@@ -178,6 +181,9 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<Unlocked> {
     }
     let mut upgrade = false;
     let mut retired = false;
+    let known = keyring
+        .as_ref()
+        .map(|k| holds_key || k.is_retired(&header.key_id));
     if let Some(k) = &keyring {
         // The key came through the keyring (it holds this key id, or one of
         // its own slots, byte for byte, gave it up): then the keyring must
@@ -195,16 +201,35 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<Unlocked> {
         bk,
         upgrade,
         retired,
+        known,
     })
 }
 
 /// The backup key that sealed the archive at `path`, unlocked as `open`
-/// unlocks it, its header authenticated: for `passphrase --from`.
+/// unlocks it, its header authenticated: for `passphrase --from`. With the
+/// owner's keyring at hand, the archive must be of a key it knows (its
+/// own, or one `rotate` retired): anyone who can write the storage can
+/// make an archive that authenticates under a key of their own, with a
+/// copy of a YubiKey or PKCS#11 slot (those wrap to a public key), and a
+/// passphrase derived from it would be theirs. The key id is always said.
 pub(super) fn archive_key(cli: &Cli, env: &Env, path: &Path) -> Result<BackupKey> {
     let (header, _) = read_archive(path)?;
     let unlocked = unlock_archive(cli, env, &header)?;
     header.open(&unlocked.bk)?;
+    if unlocked.known == Some(false) {
+        return Err(Error::Refused(format!(
+            "{} is sealed to key id {}, which the keyring {} neither holds nor lists as retired by `coffer rotate`: it is not one of your archives (or is from a keyring you replaced). Nothing derived from it",
+            path.display(),
+            header.key_id,
+            env.keyring.path.display()
+        )));
+    }
     after_authenticated(env, path, &header, &unlocked);
+    env.ui.warn(&format!(
+        "derived from key id {} (of {}): check it is yours (`coffer slots` shows the current one)",
+        header.key_id,
+        path.display()
+    ));
     Ok(unlocked.bk)
 }
 

@@ -11,7 +11,8 @@ pub struct Cli {
     /// Keyring file [default: $COFFER_KEYRING, else $XDG_CONFIG_HOME/coffer/keyring.json]
     #[arg(long, global = true, value_name = "PATH")]
     pub keyring: Option<PathBuf>,
-    /// Machine-readable output on stdout
+    /// Machine-readable output on stdout; an error is one JSON object
+    /// on stderr, `{"error": MESSAGE, "exit": STATUS}`
     #[arg(long, global = true)]
     pub json: bool,
     /// Say nothing but errors
@@ -20,6 +21,11 @@ pub struct Cli {
     /// Say which slot unlocked, and more
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Never ask on the terminal (as in a script): a factor not given in a
+    /// file leaves its slot untried, and a slot from an archive header
+    /// that needs a yes is refused
+    #[arg(long, global = true)]
+    pub no_prompt: bool,
     #[command(flatten)]
     pub unlock: UnlockArgs,
     #[command(subcommand)]
@@ -262,6 +268,15 @@ pub enum Command {
         #[arg(long, value_name = "ARCHIVE")]
         from: Option<std::path::PathBuf>,
     },
+    /// Print a shell completion script: `coffer completions bash >
+    /// /etc/bash_completion.d/coffer` (zsh: a file `_coffer` on $fpath;
+    /// fish: ~/.config/fish/completions/coffer.fish)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `coffer man > coffer.1; man -l coffer.1`
+    Man,
     /// The key vault server
     #[cfg(feature = "vault-server")]
     #[command(subcommand)]

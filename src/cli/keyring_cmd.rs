@@ -571,6 +571,36 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Before `rotate` replaces `keyring`: an empty archive sealed to its key
+/// with the slots kept, beside it, `retired-KEYID.coffer` (0600). Returns
+/// its path.
+fn retired_key_archive(
+    kf: &coffer::keyring::KeyringFile,
+    keyring: &Keyring,
+    keep: &[bool],
+) -> Result<std::path::PathBuf> {
+    let sealer = keyring.sealer().expect("unlocked keyrings are version 2");
+    let slots: Vec<coffer::slot::SlotRecord> = keyring
+        .slots
+        .iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .map(|(s, _)| s.clone())
+        .collect();
+    let path =
+        coffer::fsutil::parent_dir(&kf.path).join(format!("retired-{}.coffer", keyring.key_id));
+    coffer::archive::seal_to_path(
+        sealer,
+        &slots,
+        coffer::archive::Source::Stream(Box::new(std::io::empty())),
+        coffer::archive::SealOptions::default(),
+        &path,
+        true,
+        &coffer::archive::NoProgress,
+    )?;
+    Ok(path)
+}
+
 pub(super) fn remove(cli: &Cli, env: &Env, selector: &str, force: bool) -> Result<()> {
     let kf = &env.keyring;
     let lock = kf.lock()?;
@@ -638,6 +668,11 @@ pub(super) fn rotate(
         .map(|(i, _)| keyring.slots[*i].id.clone())
         .collect();
     let new_keyring = keyring.rotated(&new_bk, rotated.slots);
+    // The old key stays reachable from the kept factors: an empty archive
+    // sealed to it beside the keyring, so that `passphrase NAME --from` it
+    // gives each repository's old passphrase (to re-key it), even for
+    // someone who never sealed an archive.
+    let retired = retired_key_archive(kf, &keyring, &keep)?;
     let keys: Vec<(SlotId, RecoveryKey)> = new_ids
         .into_iter()
         .zip(rotated.new_recovery_keys.into_iter().map(|(_, k)| k))
@@ -651,6 +686,7 @@ pub(super) fn rotate(
         if let Some(p) = &written {
             let _ = std::fs::remove_file(p);
         }
+        let _ = std::fs::remove_file(&retired);
         return Err(e);
     }
     let dropped: Vec<&coffer::slot::SlotRecord> = keyring
@@ -668,13 +704,14 @@ pub(super) fn rotate(
         print_json(&json!({
             "key_id": new_keyring.key_id.to_string(),
             "old_key_id": old_key_id.to_string(),
+            "retired_key_archive": retired,
             "slots": new_keyring.slots.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             "dropped": dropped.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             "new_recovery_keys": keys.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
         }))?;
     } else {
         env.ui.info(&format!(
-            "rotated: archives sealed from now on use key {} ({} slot(s) re-wrapped{}). Archives sealed before keep opening with the factors they carry. Seal-only keyrings exported before keep sealing to the old key: export them again (`coffer export --seal-only`) and replace them",
+            "rotated: archives sealed from now on use key {} ({} slot(s) re-wrapped{}). Archives sealed before keep opening with the factors they carry. Seal-only keyrings exported before keep sealing to the old key: export them again (`coffer export --seal-only`) and replace them. Passphrases from `coffer passphrase` change too: re-key each repository, the old passphrase coming from `coffer passphrase NAME --from {}` (an empty archive of the old key, for the kept factors; docs/restic-borg.md)",
             new_keyring.key_id,
             new_keyring.slots.len(),
             if dropped.is_empty() {
@@ -684,7 +721,8 @@ pub(super) fn rotate(
                     "; left out: {}",
                     dropped.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
                 )
-            }
+            },
+            retired.display()
         ));
         if !keys.is_empty() {
             env.ui.info(&format!(

@@ -128,7 +128,9 @@ impl Cli {
             })?,
         };
         Ok(Env {
-            ui: TerminalUi::new(self.quiet),
+            // With --json, stderr carries only errors (and warnings that
+            // change the exit status), never progress lines.
+            ui: TerminalUi::new(self.quiet || self.json, self.no_prompt),
             factors,
             keyring: KeyringFile::new(path),
         })
@@ -154,6 +156,12 @@ pub fn run(cli: &Cli) -> Result<()> {
     #[cfg(feature = "vault-server")]
     if let Command::Vault(cmd) = &cli.command {
         return vault_cmd::run(cmd);
+    }
+    // Generated from the definitions: no keyring, no environment needed.
+    match &cli.command {
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man => return man_page(),
+        _ => {}
     }
     interrupt::remove_temporaries_on_signals()?;
     let mut env = cli.env()?;
@@ -202,12 +210,38 @@ pub fn run(cli: &Cli) -> Result<()> {
         } => archive_cmd::open(cli, &env, archive, output, *force, *numeric_owner),
         Command::Verify { archive } => archive_cmd::verify(cli, &env, archive),
         Command::Inspect { archive } => archive_cmd::inspect(cli, archive),
+        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
         Command::Passphrase { name, from } => {
             passphrase_cmd::passphrase(cli, &env, name, from.as_deref())
         }
         #[cfg(feature = "vault-server")]
         Command::Vault(_) => unreachable!("handled above"),
     }
+}
+
+/// `coffer completions SHELL`: the script clap_complete makes from the
+/// command definitions.
+fn completions(shell: clap_complete::Shell) -> Result<()> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "coffer", &mut out);
+    stdout_result(std::io::Write::write_all(
+        &mut std::io::stdout().lock(),
+        &out,
+    ))
+}
+
+/// `coffer man`: the manual page, in roff, from the command definitions.
+fn man_page() -> Result<()> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut out)
+        .map_err(|e| Error::io("<manual page>", e))?;
+    stdout_result(std::io::Write::write_all(
+        &mut std::io::stdout().lock(),
+        &out,
+    ))
 }
 
 /// The unlock options of this run.

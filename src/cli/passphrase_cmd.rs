@@ -35,7 +35,10 @@ pub(super) fn passphrase(cli: &Cli, env: &Env, name: &str, from: Option<&Path>) 
             bk
         }
     };
-    let mut line = zeroize::Zeroizing::new(passphrase::derive(&bk, &name).as_bytes().to_vec());
+    let secret = passphrase::derive(&bk, &name);
+    // Sized once: a reallocation would leave an unwiped copy behind.
+    let mut line = zeroize::Zeroizing::new(Vec::with_capacity(secret.len() + 1));
+    line.extend_from_slice(secret.as_bytes());
     line.push(b'\n');
     let mut out = std::io::stdout().lock();
     out.write_all(&line)

@@ -16,27 +16,36 @@ use std::io::IsTerminal;
 /// Prompts on the controlling terminal; messages on stderr.
 pub struct TerminalUi {
     quiet: bool,
+    /// `--no-prompt`: never ask, as if there were no terminal.
+    no_prompt: bool,
 }
 
 impl TerminalUi {
-    /// `quiet` silences everything but errors.
-    pub fn new(quiet: bool) -> Self {
-        Self { quiet }
+    /// `quiet` silences everything but errors; `no_prompt` never asks.
+    pub fn new(quiet: bool, no_prompt: bool) -> Self {
+        Self { quiet, no_prompt }
     }
 
-    /// Whether a person is there to ask: standard input or standard error
-    /// is a terminal, and the controlling terminal opens. Prompts and
-    /// answers go through `/dev/tty`, so `cat a.coffer | coffer open - -o -
-    /// | psql` asks on the terminal while the archive comes in on standard
-    /// input, and a password command run by restic or borg asks too.
-    /// Scripts (no terminal on either) are never asked.
-    fn interactive() -> bool {
-        (std::io::stdin().is_terminal() || std::io::stderr().is_terminal())
-            && std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/tty")
-                .is_ok()
+    /// Whether a person is there to ask: not `--no-prompt`; standard input
+    /// or standard error is a terminal; the controlling terminal opens;
+    /// and this process is in its foreground (a background job asking
+    /// would be stopped by the kernel, not answered). Prompts and answers
+    /// go through `/dev/tty`, so `cat a.coffer | coffer open - -o - | psql`
+    /// asks on the terminal while the archive comes in on standard input,
+    /// and a password command run by restic or borg asks too. Scripts (no
+    /// terminal on either) are never asked.
+    fn interactive(&self) -> bool {
+        if self.no_prompt || !(std::io::stdin().is_terminal() || std::io::stderr().is_terminal()) {
+            return false;
+        }
+        let Ok(tty) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+        else {
+            return false;
+        };
+        rustix::termios::tcgetpgrp(&tty).is_ok_and(|fg| fg == rustix::process::getpgrp())
     }
 
     /// A progress or result line on stderr, unless quiet.
@@ -52,7 +61,7 @@ impl TerminalUi {
     }
 
     fn ask(&self, prompt: &str) -> Option<SecretString> {
-        if !Self::interactive() {
+        if !self.interactive() {
             return None;
         }
         rpassword::prompt_password(prompt)
@@ -62,7 +71,7 @@ impl TerminalUi {
 
     /// Ask for a new secret twice. `Ok(None)` when there is no terminal.
     pub fn new_secret(&self, what: &str) -> Result<Option<SecretString>> {
-        if !Self::interactive() {
+        if !self.interactive() {
             return Ok(None);
         }
         for _ in 0..3 {
@@ -133,7 +142,7 @@ impl Ui for TerminalUi {
     /// Without a terminal the answer is no.
     fn confirm(&self, question: &str) -> bool {
         use std::io::{BufRead, Write};
-        if !Self::interactive() {
+        if !self.interactive() {
             return false;
         }
         let Ok(tty) = std::fs::OpenOptions::new()
