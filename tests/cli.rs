@@ -1220,3 +1220,44 @@ fn no_prompt_and_background_jobs_are_never_asked() {
         );
     }
 }
+
+/// One JSON schema (docs/json.md): a slot is `{"id", "kind", "label"}`
+/// wherever a command names one, times are RFC 3339, and `open`/`verify`
+/// say which slot unlocked.
+#[test]
+fn json_names_slots_one_way_and_times_in_rfc_3339() {
+    let h = Home::new();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = h.coffer().arg("--json").args(args).assert().success();
+        serde_json::from_slice(&out.get_output().stdout).unwrap()
+    };
+    let init = json(&["init", "--recovery-key-out", "recovery.txt"]);
+    assert_eq!(init["slot"]["kind"], "recovery");
+    let first = init["slot"]["id"].as_str().unwrap().to_owned();
+    h.write("pw.txt", "a password");
+    let enrolled = json(&[
+        "enroll",
+        "password",
+        "--label",
+        "laptop",
+        "--new-password-file",
+        "pw.txt",
+        "--recovery-key-file",
+        "recovery.txt",
+    ]);
+    assert_eq!(enrolled["slot"]["kind"], "password");
+    assert_eq!(enrolled["slot"]["label"], "laptop");
+    assert!(enrolled["replaced"].is_null());
+    let listed = json(&["slots"]);
+    for s in listed["slots"].as_array().unwrap() {
+        let created = s["created"].as_str().unwrap();
+        assert!(created.len() == 20 && created.ends_with('Z'), "{created}");
+    }
+    h.seal_stream(b"x", "a.coffer");
+    let verified = json(&["verify", "a.coffer", "--password-file", "pw.txt"]);
+    assert_eq!(verified["slot"]["label"], "laptop");
+    assert_eq!(verified["bytes"], 1);
+    let removed = json(&["remove", &first, "--force", "--password-file", "pw.txt"]);
+    assert_eq!(removed["removed"]["id"], first.as_str());
+    assert_eq!(removed["removed"]["kind"], "recovery");
+}

@@ -53,8 +53,6 @@ impl Rig {
             .assert()
     }
 
-    /// Seal secret.txt (which unlocks the keyring) with `--slot pkcs11` and
-    /// the given PIN file.
     /// Seal a.coffer (no factor needed), then verify it with the token
     /// only: the keyring's token slot unlocks with `pin_file`.
     fn seal_with_token(&self, pin_file: &str) -> assert_cmd::assert::Assert {
@@ -168,7 +166,7 @@ fn keys_made_by_pkcs11_tool_enroll_by_uri() {
         ])
         .success();
     let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    let id = v["slot"].as_str().unwrap();
+    let id = v["slot"]["id"].as_str().unwrap();
     r.coffer()
         .args(["seal", "secret.txt", "--force", "-o", "b.coffer"])
         .assert()

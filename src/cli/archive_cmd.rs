@@ -125,6 +125,8 @@ struct Unlocked {
     /// Whether the owner's keyring at hand knows this archive's key (holds
     /// it, or `rotate` retired it); `None` without one.
     known: Option<bool>,
+    /// The slot that gave the key up.
+    slot: SlotRecord,
 }
 
 /// Unlock an archive's key: with the keyring's slots when the keyring holds
@@ -197,11 +199,13 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<Unlocked> {
         }
         retired = k.is_retired(&header.key_id);
     }
+    let slot = used.clone();
     Ok(Unlocked {
         bk,
         upgrade,
         retired,
         known,
+        slot,
     })
 }
 
@@ -471,6 +475,7 @@ pub(super) fn open(
             "version": header.version,
             "sealer": header.sealer().map(|s| s.to_string()),
             "retired_key": unlocked.retired,
+            "slot": super::slot_ref(&unlocked.slot),
             "notices": notices_json(&notices),
         }))?;
     } else if !notices.is_empty() {
@@ -497,10 +502,11 @@ pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
         print_json(&json!({
             "archive": archive_path,
             "ok": true,
-            "plaintext_bytes": n,
+            "bytes": n,
             "version": header.version,
             "sealer": header.sealer().map(|s| s.to_string()),
             "retired_key": unlocked.retired,
+            "slot": super::slot_ref(&unlocked.slot),
         }))?;
     } else {
         let restorable = if header.flags & archive::header::FLAG_TAR != 0 {
@@ -555,7 +561,7 @@ fn inspect_keyring(cli: &Cli, path: &Path) -> Result<()> {
             "v1_key_id": keyring.v1_key_id().map(|k| k.to_string()),
             "sealer": sealer,
             "seal_only": keyring.is_seal_only(),
-            "slots": keyring.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+            "slots": keyring.slots.iter().map(super::slot_json).collect::<Vec<_>>(),
         }));
     }
     let mut text = String::new();
@@ -643,7 +649,7 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
             "chunk_size": header.chunk_size,
             "size": size,
             "header_size": header.encoded_len(),
-            "slots": header.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+            "slots": header.slots.iter().map(super::slot_json).collect::<Vec<_>>(),
         }));
     }
     let mut text = String::new();

@@ -101,6 +101,7 @@ pub(super) fn init(cli: &Cli, env: &Env, recovery_out: Option<&Path>) -> Result<
     let bk = coffer::key::BackupKey::generate();
     let (record, key) = recovery::enroll(&bk);
     let slot_id = record.id.clone();
+    let slot = super::slot_ref(&record);
     let keyring = Keyring::new(&bk, vec![record]);
 
     let written = hand_over(env, &[(slot_id.clone(), key)], recovery_out)?;
@@ -115,7 +116,7 @@ pub(super) fn init(cli: &Cli, env: &Env, recovery_out: Option<&Path>) -> Result<
         print_json(&json!({
             "keyring": kf.path,
             "key_id": key_id,
-            "slot": slot_id.as_str(),
+            "slot": slot,
         }))?;
     } else {
         env.ui.info(&format!(
@@ -293,8 +294,9 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
     };
     let mut record = record;
     record.label = label;
-    let (id, kind) = (record.id.clone(), record.params.kind().to_owned());
-    let old = replaced.map(|i| keyring.slots[i].name());
+    let id = record.id.clone();
+    let old_record = replaced.map(|i| keyring.slots[i].clone());
+    let old = old_record.as_ref().map(|s| s.name());
     keyring.replace_slot(&bk, replaced, record)?;
     let written = match (new_key, &args.kind) {
         (Some(key), EnrollKind::Recovery { recovery_key_out }) => {
@@ -309,11 +311,14 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
         return Err(e);
     }
     if cli.json {
+        let new = keyring
+            .slots
+            .iter()
+            .find(|s| s.id == id)
+            .map(super::slot_ref);
         print_json(&json!({
-            "slot": id.as_str(),
-            "kind": kind,
-            "label": args.label,
-            "replaced": replaced.map(|_| old.clone()),
+            "slot": new,
+            "replaced": old_record.as_ref().map(super::slot_ref),
         }))?;
     } else {
         let shown = keyring
@@ -425,7 +430,7 @@ pub(super) fn slots(cli: &Cli, env: &Env) -> Result<()> {
             "v1_key_id": keyring.v1_key_id().map(|k| k.to_string()),
             "sealer": keyring.sealer().map(|s| s.id().to_string()),
             "seal_only": keyring.is_seal_only(),
-            "slots": keyring.slots.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+            "slots": keyring.slots.iter().map(super::slot_json).collect::<Vec<_>>(),
         }));
     }
     let mut out = std::io::stdout().lock();
@@ -537,7 +542,7 @@ pub(super) fn export_seal_only(
             "keyring": output,
             "key_id": host.key_id.to_string(),
             "sealer": host.sealer().map(|s| s.id().to_string()),
-            "slots": host.slots.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            "slots": host.slots.iter().map(super::slot_ref).collect::<Vec<_>>(),
         }))?;
     } else {
         env.ui.info(&format!(
@@ -610,7 +615,7 @@ pub(super) fn remove(cli: &Cli, env: &Env, selector: &str, force: bool) -> Resul
     let removed = keyring.remove_slot(&bk, i, force)?;
     kf.store(&keyring, &lock, false)?;
     if cli.json {
-        print_json(&json!({"removed": removed.id.as_str(), "kind": removed.params.kind()}))?;
+        print_json(&json!({"removed": super::slot_ref(&removed)}))?;
     } else {
         env.ui.info(&format!(
             "removed slot {}. Archives sealed before still carry it and open with it; and since every archive shares one backup key, whoever holds that factor and an old archive or keyring copy can still read archives sealed later. If the factor was lost or stolen, run `coffer rotate` so that archives sealed from now on use a new key",
@@ -705,9 +710,14 @@ pub(super) fn rotate(
             "key_id": new_keyring.key_id.to_string(),
             "old_key_id": old_key_id.to_string(),
             "retired_key_archive": retired,
-            "slots": new_keyring.slots.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-            "dropped": dropped.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-            "new_recovery_keys": keys.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            "slots": new_keyring.slots.iter().map(super::slot_ref).collect::<Vec<_>>(),
+            "dropped": dropped.iter().map(|s| super::slot_ref(s)).collect::<Vec<_>>(),
+            "new_recovery_keys": new_keyring
+                .slots
+                .iter()
+                .filter(|s| keys.iter().any(|(id, _)| *id == s.id))
+                .map(super::slot_ref)
+                .collect::<Vec<_>>(),
         }))?;
     } else {
         env.ui.info(&format!(

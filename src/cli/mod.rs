@@ -308,6 +308,23 @@ pub(crate) fn upgrade_keyring_file(env: &Env, bk: &coffer::key::BackupKey) {
     }
 }
 
+/// A slot named in `--json` output: `{"id", "kind", "label"}` (docs/json.md).
+pub(crate) fn slot_ref(s: &coffer::slot::SlotRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id.as_str(),
+        "kind": s.params.kind(),
+        "label": s.label.as_ref().map(|l| l.as_str()),
+    })
+}
+
+/// A slot in full in `--json` output: its members as in the keyring
+/// (docs/format.md §2), `created` as RFC 3339.
+pub(crate) fn slot_json(s: &coffer::slot::SlotRecord) -> serde_json::Value {
+    let mut v = s.to_json();
+    v["created"] = unix_time_text(s.created).into();
+    v
+}
+
 /// A Unix time as RFC 3339 (UTC, seconds); beyond year 9999, which RFC 3339
 /// cannot write, the number itself. Times come from files anyone may have
 /// written: any 8 bytes must print.
