@@ -75,6 +75,13 @@ pub mod label {
     /// info is this, a 0x00 byte and the passphrase's name
     /// (`passphrase.rs`).
     pub const PASSPHRASE: &[u8] = b"coffer/v2 passphrase";
+    /// HKDF info prefix: a threshold group's secret, from BK; the full info
+    /// is this, a 0x00 byte and the group id (`shamir.rs`, a draft).
+    pub const THRESHOLD_SECRET: &[u8] = b"coffer/v2 threshold secret";
+    /// HKDF info prefix: a coefficient of a threshold group's polynomial,
+    /// from BK; then 0x00, the group id, 0x00 and the coefficient's index
+    /// as one byte (`shamir.rs`, a draft).
+    pub const THRESHOLD_COEFFICIENT: &[u8] = b"coffer/v2 threshold coefficient";
 }
 
 /// Fill `buf` from the operating system's CSPRNG.

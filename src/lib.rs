@@ -48,6 +48,7 @@ pub(crate) mod pkcs11_token;
 #[cfg(any(feature = "pkcs11", feature = "vault-server"))]
 pub mod pkcs11_uri;
 pub mod sealing;
+pub mod shamir;
 pub mod slot;
 pub mod ui;
 #[cfg(feature = "vault")]
