@@ -1257,6 +1257,37 @@ fn json_names_slots_one_way_and_times_in_rfc_3339() {
     let verified = json(&["verify", "a.coffer", "--password-file", "pw.txt"]);
     assert_eq!(verified["slot"]["label"], "laptop");
     assert_eq!(verified["bytes"], 1);
+    // Byte counts are the content's, before compression, both ways.
+    for compress in ["none", "zstd"] {
+        let out = h
+            .coffer()
+            .args([
+                "--json",
+                "seal",
+                "-",
+                "-o",
+                "z.coffer",
+                "--force",
+                "--compress",
+                compress,
+            ])
+            .write_stdin(vec![0u8; 100_000])
+            .assert()
+            .success();
+        let sealed: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        assert_eq!(sealed["bytes"], 100_000, "{compress}");
+        let opened = json(&[
+            "open",
+            "z.coffer",
+            "-o",
+            "z.out",
+            "--force",
+            "--password-file",
+            "pw.txt",
+        ]);
+        assert_eq!(opened["bytes"], 100_000, "{compress}");
+        assert_eq!(opened["slot"]["kind"], "password");
+    }
     let removed = json(&["remove", &first, "--force", "--password-file", "pw.txt"]);
     assert_eq!(removed["removed"]["id"], first.as_str());
     assert_eq!(removed["removed"]["kind"], "recovery");

@@ -168,31 +168,36 @@ pub fn seal<W: Write + Send + 'static>(
     let (header, payload_key) = Header::seal(sealer, flags, opts.chunk_size, slots.to_vec());
     let out_err = |e| Error::io("<archive output>", e);
     out.write_all(&header.to_bytes()).map_err(out_err)?;
-    let sw = StreamWriter::new(payload_key, opts.chunk_size as usize, out);
-    let counted = Counting {
-        inner: sw,
-        progress,
-    };
-    let counted = match (opts.compression, source) {
+    let mut sw = StreamWriter::new(payload_key, opts.chunk_size as usize, out);
+    // Progress counts the content (the tar stream or the stream sealed),
+    // before compression: what `open` gives back.
+    let sw = match (opts.compression, source) {
         // The common stream case reads straight into chunk buffers.
         (Compression::None, Source::Stream(mut r)) => {
-            let mut counted = counted;
-            let n = counted
-                .inner
-                .read_from(&mut r)
-                .map_err(|e| Error::io("<input>", e))?;
+            let n = sw.read_from(&mut r).map_err(|e| Error::io("<input>", e))?;
             progress.advance(n);
-            counted
+            sw
         }
-        (Compression::None, source) => write_source(source, counted, exclude, &mut notices)?,
+        (Compression::None, source) => {
+            let counted = Counting {
+                inner: sw,
+                progress,
+            };
+            write_source(source, counted, exclude, &mut notices)?.inner
+        }
         (Compression::Zstd, source) => {
-            let enc = zstd::Encoder::new(counted, ZSTD_LEVEL).map_err(out_err)?;
-            write_source(source, enc, exclude, &mut notices)?
+            let enc = zstd::Encoder::new(sw, ZSTD_LEVEL).map_err(out_err)?;
+            let counted = Counting {
+                inner: enc,
+                progress,
+            };
+            write_source(source, counted, exclude, &mut notices)?
+                .inner
                 .finish()
                 .map_err(out_err)?
         }
     };
-    Ok((counted.inner.finish().map_err(out_err)?, notices))
+    Ok((sw.finish().map_err(out_err)?, notices))
 }
 
 fn write_source<W: Write>(

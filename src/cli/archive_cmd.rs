@@ -33,6 +33,33 @@ impl Progress for TermProgress {
     }
 }
 
+/// Progress that also counts the content bytes, for `--json`'s `bytes`.
+struct Tally {
+    shown: Box<dyn Progress>,
+    n: std::sync::atomic::AtomicU64,
+}
+
+impl Tally {
+    fn new(shown: Box<dyn Progress>) -> Self {
+        Self {
+            shown,
+            n: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The bytes counted so far; the display goes when `self` does.
+    fn total(self) -> u64 {
+        self.n.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Progress for Tally {
+    fn advance(&self, n: u64) {
+        self.n.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.shown.advance(n);
+    }
+}
+
 fn progress(cli: &Cli, verb: &str) -> Box<dyn Progress> {
     if cli.quiet || !std::io::stderr().is_terminal() {
         return Box::new(NoProgress);
@@ -365,17 +392,16 @@ pub(super) fn seal(
         },
         ..SealOptions::default()
     };
-    let bar = progress(cli, "sealing");
+    let bar = Tally::new(progress(cli, "sealing"));
     let sealed = if is_dash(output) {
         let out = stdout_file()?;
         // `seal DIR -o - > DIR/out` must not read its own output.
         let exclude: Vec<archive::FileId> = archive::file_id(&out).into_iter().collect();
-        archive::seal(sealer, &slots, source, opts, out, &exclude, bar.as_ref())
-            .map(|(_, notices)| notices)
+        archive::seal(sealer, &slots, source, opts, out, &exclude, &bar).map(|(_, notices)| notices)
     } else {
-        archive::seal_to_path(sealer, &slots, source, opts, output, force, bar.as_ref())
+        archive::seal_to_path(sealer, &slots, source, opts, output, force, &bar)
     };
-    drop(bar);
+    let bytes = bar.total();
     let Some(notices) = reader_left(sealed)? else {
         return Ok(());
     };
@@ -385,6 +411,7 @@ pub(super) fn seal(
             "archive": output,
             "key_id": keyring.key_id.to_string(),
             "sealer": sealer.id().to_string(),
+            "bytes": bytes,
             "notices": notices_json(&notices),
         }))?;
     } else {
@@ -454,15 +481,15 @@ pub(super) fn open(
     let (header, input) = read_archive(archive_path)?;
     let unlocked = unlock_archive(cli, env, &header)?;
     let bk = &unlocked.bk;
-    let bar = progress(cli, "opening");
+    let bar = Tally::new(progress(cli, "opening"));
     let opened = if is_dash(output) {
         let mut out = stdout_file()?;
-        archive::open_to_writer(&header, bk, input, &mut out, bar.as_ref()).map(|_| Vec::new())
+        archive::open_to_writer(&header, bk, input, &mut out, &bar).map(|_| Vec::new())
     } else {
         let opts = archive::UnpackOptions { numeric_owner };
-        archive::open_to_path(&header, bk, input, output, force, opts, bar.as_ref())
+        archive::open_to_path(&header, bk, input, output, force, opts, &bar)
     };
-    drop(bar);
+    let bytes = bar.total();
     let Some(notices) = reader_left(opened)? else {
         return Ok(());
     };
@@ -476,6 +503,7 @@ pub(super) fn open(
             "sealer": header.sealer().map(|s| s.to_string()),
             "retired_key": unlocked.retired,
             "slot": super::slot_ref(&unlocked.slot),
+            "bytes": bytes,
             "notices": notices_json(&notices),
         }))?;
     } else if !notices.is_empty() {
