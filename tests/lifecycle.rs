@@ -111,8 +111,7 @@ fn labels_name_slots_everywhere_and_make_the_keyring_version_2() {
 #[test]
 fn a_version_1_keyring_with_a_label_is_refused_as_corrupt() {
     let h = home();
-    let vector =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/keyring-v1.json");
+    let vector = common::vectors().join("keyring-v1.json");
     let mut kr: serde_json::Value =
         serde_json::from_slice(&std::fs::read(vector).unwrap()).unwrap();
     kr["slots"][0]["label"] = "paper".into();

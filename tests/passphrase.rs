@@ -213,18 +213,7 @@ fn a_passphrase_is_never_printed_on_a_terminal_nor_by_a_seal_only_host() {
     let secret = passphrase(&h, "restic:photos", None);
     assert!(!shown.contains(secret.trim_end()), "{shown}");
     // A seal-only host has no key to derive it from.
-    h.coffer()
-        .args([
-            "export",
-            "--seal-only",
-            "--sealer",
-            "nas",
-            "-o",
-            "host.json",
-        ])
-        .args(["--recovery-key-file", "recovery.txt"])
-        .assert()
-        .success();
+    h.export_seal_only("nas", "host.json").assert().success();
     h.coffer()
         .args(["--keyring", "host.json", "passphrase", "restic:photos"])
         .assert()

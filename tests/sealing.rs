@@ -29,10 +29,7 @@ fn owner_and_host() -> (Home, Home) {
     owner.enroll_password("correct horse");
     let host = Home::new();
     owner
-        .coffer()
-        .args(["export", "--seal-only", "--sealer", "nas-1", "-o"])
-        .arg(host.keyring())
-        .args(["--recovery-key-file", "recovery.txt"])
+        .export_seal_only("nas-1", host.keyring())
         .assert()
         .success()
         .stderr(predicate::str::contains("seals as `nas-1`"));
@@ -358,10 +355,7 @@ fn rotation_retires_a_seal_only_keyring() {
     // A fresh export seals to the new key.
     let fresh = Home::new();
     owner
-        .coffer()
-        .args(["export", "--seal-only", "--sealer", "nas-1", "-o"])
-        .arg(fresh.keyring())
-        .args(["--recovery-key-file", "recovery.txt"])
+        .export_seal_only("nas-1", fresh.keyring())
         .assert()
         .success();
     assert_eq!(fresh.keyring_json()["key_id"].as_str().unwrap(), new_kid);
@@ -386,16 +380,10 @@ fn export_refuses_owner_bad_ids_and_an_existing_file() {
     let h = Home::new();
     h.init();
     for id in ["owner", "Bad", "", &"a".repeat(33)] {
-        h.coffer()
-            .args(["export", "--seal-only", "--sealer", id, "-o", "h.json"])
-            .args(["--recovery-key-file", "recovery.txt"])
-            .assert()
-            .code(2);
+        h.export_seal_only(id, "h.json").assert().code(2);
     }
     h.write("h.json", "keep me");
-    h.coffer()
-        .args(["export", "--seal-only", "--sealer", "nas", "-o", "h.json"])
-        .args(["--recovery-key-file", "recovery.txt"])
+    h.export_seal_only("nas", "h.json")
         .assert()
         .code(1)
         .stderr(predicate::str::contains("already exists"));
@@ -457,17 +445,8 @@ fn pq_only_leaves_classical_slot_copies_out() {
         .success();
     assert_eq!(kinds("pq.coffer"), ["recovery"]);
     // The keyring setting for a host: its keyring leaves them out.
-    h.coffer()
-        .args([
-            "export",
-            "--seal-only",
-            "--sealer",
-            "nas",
-            "--pq-only",
-            "-o",
-            "host.json",
-        ])
-        .args(["--recovery-key-file", "recovery.txt"])
+    h.export_seal_only("nas", "host.json")
+        .arg("--pq-only")
         .assert()
         .success()
         .stderr(predicate::str::contains("left out"));
@@ -514,10 +493,8 @@ fn the_sealer_key_is_never_printed() {
 
 #[test]
 fn a_version_1_keyring_seals_once_unlocked_and_is_upgraded() {
-    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-    let h = Home::new();
-    std::fs::copy(vectors.join("keyring-v1.json"), h.keyring()).unwrap();
-    std::fs::copy(vectors.join("recovery-v1.txt"), h.recovery_key()).unwrap();
+    let vectors = common::vectors();
+    let h = Home::with_v1_vector_keyring();
     std::fs::copy(
         vectors.join("archive-v1-stream.coffer"),
         h.path("v1.coffer"),
@@ -598,10 +575,8 @@ fn a_version_1_keyring_seals_once_unlocked_and_is_upgraded() {
 
 #[test]
 fn opening_a_version_1_archive_upgrades_a_version_1_keyring() {
-    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-    let h = Home::new();
-    std::fs::copy(vectors.join("keyring-v1.json"), h.keyring()).unwrap();
-    std::fs::copy(vectors.join("recovery-v1.txt"), h.recovery_key()).unwrap();
+    let vectors = common::vectors();
+    let h = Home::with_v1_vector_keyring();
     h.coffer()
         .arg("open")
         .arg(vectors.join("archive-v1-stream.coffer"))
@@ -749,17 +724,8 @@ fn export_never_writes_over_the_keyring_and_needs_a_sealer_id() {
     h.init();
     let before = std::fs::read(h.keyring()).unwrap();
     for out in ["keyring.json", "./keyring.json"] {
-        h.coffer()
-            .args([
-                "export",
-                "--seal-only",
-                "--sealer",
-                "nas",
-                "--force",
-                "-o",
-                out,
-            ])
-            .args(["--recovery-key-file", "recovery.txt"])
+        h.export_seal_only("nas", out)
+            .arg("--force")
             .assert()
             .code(2)
             .stderr(predicate::str::contains("keyring itself"));
@@ -775,10 +741,8 @@ fn export_never_writes_over_the_keyring_and_needs_a_sealer_id() {
 
 #[test]
 fn a_damaged_v1_archive_does_not_upgrade_the_keyring() {
-    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-    let h = Home::new();
-    std::fs::copy(vectors.join("keyring-v1.json"), h.keyring()).unwrap();
-    std::fs::copy(vectors.join("recovery-v1.txt"), h.recovery_key()).unwrap();
+    let vectors = common::vectors();
+    let h = Home::with_v1_vector_keyring();
     let mut bytes = std::fs::read(vectors.join("archive-v1-stream.coffer")).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
@@ -816,16 +780,7 @@ fn export_leaves_out_a_token_slot_with_a_stored_pin_source() {
         .args(["--recovery-key-file", "recovery.txt"])
         .assert()
         .success();
-    h.coffer()
-        .args([
-            "export",
-            "--seal-only",
-            "--sealer",
-            "nas",
-            "-o",
-            "host.json",
-        ])
-        .args(["--recovery-key-file", "recovery.txt"])
+    h.export_seal_only("nas", "host.json")
         .assert()
         .success()
         .stderr(predicate::str::contains("no person present"));

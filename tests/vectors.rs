@@ -72,11 +72,51 @@ fn seal_with_slots(
 ) -> Vec<u8> {
     let (header, payload_key) =
         Header::v1_with_salt(bk, flags, chunk, slots, [salt; 32], 1_700_000_000);
+    archive_bytes(&header, payload_key, chunk, payload)
+}
+
+/// An archive: `header`, then `payload` sealed under `key` in chunks of
+/// `chunk` bytes.
+fn archive_bytes(
+    header: &Header,
+    key: coffer::archive::stream::PayloadKey,
+    chunk: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = header.to_bytes();
-    let mut w = StreamWriter::new(payload_key, chunk as usize, Vec::new());
+    let mut w = StreamWriter::new(key, chunk as usize, Vec::new());
     w.write_all(payload).unwrap();
     out.extend(w.finish().unwrap());
     out
+}
+
+/// The keyring file `name` in tests/vectors/ is `built`, byte for byte,
+/// and verifies under the vector key.
+fn keyring_file_is(name: &str, built: &Keyring) {
+    let want = std::fs::read(vectors().join(name)).unwrap();
+    assert_eq!(
+        String::from_utf8(built.to_bytes()).unwrap(),
+        String::from_utf8(want.clone()).unwrap(),
+        "{name}"
+    );
+    Keyring::parse(&want, Path::new(name))
+        .unwrap()
+        .verify(&vector_key(), Path::new(name))
+        .unwrap();
+}
+
+/// `folder/hello.txt` (6 bytes) as a ustar stream: the testkit's folder.
+#[cfg(feature = "cli")] // the testkit
+fn folder_tar() -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut hd = tar::Header::new_ustar();
+    hd.set_path("folder/hello.txt").unwrap();
+    hd.set_size(6);
+    hd.set_mode(0o644);
+    hd.set_mtime(1_700_000_000);
+    hd.set_cksum();
+    tar.append(&hd, &b"hello\n"[..]).unwrap();
+    tar.into_inner().unwrap()
 }
 
 fn stream_vector() -> Vec<u8> {
@@ -85,13 +125,9 @@ fn stream_vector() -> Vec<u8> {
 
 #[test]
 fn keyring_vector_matches_the_spec() {
+    keyring_file_is("keyring-v1.json", &vector_keyring());
     let want = std::fs::read(vectors().join("keyring-v1.json")).unwrap();
-    assert_eq!(
-        String::from_utf8(vector_keyring().to_bytes()).unwrap(),
-        String::from_utf8(want.clone()).unwrap()
-    );
     let parsed = Keyring::parse(&want, Path::new("keyring-v1.json")).unwrap();
-    parsed.verify(&vector_key(), Path::new("v")).unwrap();
     let key_text = std::fs::read_to_string(vectors().join("recovery-v1.txt")).unwrap();
     assert_eq!(key_text.trim(), vector_recovery().display().as_str());
     let kek = RecoveryKey::parse(&key_text).unwrap().kek();
@@ -143,15 +179,7 @@ fn archive_vector_opens_with_the_recovery_key() {
 fn testkit_cases() -> Vec<(&'static str, Vec<u8>)> {
     let bk = vector_key();
     let three_chunks: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut hd = tar::Header::new_ustar();
-    hd.set_path("folder/hello.txt").unwrap();
-    hd.set_size(6);
-    hd.set_mode(0o644);
-    hd.set_mtime(1_700_000_000);
-    hd.set_cksum();
-    tar.append(&hd, &b"hello\n"[..]).unwrap();
-    let tar = tar.into_inner().unwrap();
+    let tar = folder_tar();
     let zstd_tar = zstd::encode_all(&tar[..], 3).unwrap();
 
     let good = seal_with(&bk, 0, 4096, 0x22, &three_chunks);
@@ -256,11 +284,7 @@ fn seal_v2_slots(
         1_700_000_000,
         [eseed; 64],
     );
-    let mut out = header.to_bytes();
-    let mut w = StreamWriter::new(key, 4096, Vec::new());
-    w.write_all(payload).unwrap();
-    out.extend(w.finish().unwrap());
-    out
+    archive_bytes(&header, key, 4096, payload)
 }
 
 /// `hello, coffer\n` sealed by the owner: salt `33` × 32, randomness
@@ -277,22 +301,8 @@ fn stream_vector_v2() -> Vec<u8> {
 
 #[test]
 fn version_2_vectors_match_the_spec() {
-    let want = std::fs::read(vectors().join("keyring-v2.json")).unwrap();
-    assert_eq!(
-        String::from_utf8(vector_keyring_v2().to_bytes()).unwrap(),
-        String::from_utf8(want.clone()).unwrap()
-    );
-    let parsed = Keyring::parse(&want, Path::new("keyring-v2.json")).unwrap();
-    parsed.verify(&vector_key(), Path::new("v")).unwrap();
-    let want = std::fs::read(vectors().join("keyring-v2-upgraded.json")).unwrap();
-    assert_eq!(
-        String::from_utf8(vector_keyring_upgraded().to_bytes()).unwrap(),
-        String::from_utf8(want.clone()).unwrap()
-    );
-    Keyring::parse(&want, Path::new("u"))
-        .unwrap()
-        .verify(&vector_key(), Path::new("u"))
-        .unwrap();
+    keyring_file_is("keyring-v2.json", &vector_keyring_v2());
+    keyring_file_is("keyring-v2-upgraded.json", &vector_keyring_upgraded());
     let want = std::fs::read(vectors().join("archive-v2-stream.coffer")).unwrap();
     assert_eq!(hex::encode(stream_vector_v2()), hex::encode(&want));
 }
@@ -306,15 +316,7 @@ fn testkit_cases_v2() -> Vec<(&'static str, Vec<u8>)> {
     let host = Sealer::derive(&bk, SealerId::host("nas-1").unwrap());
     let three_chunks: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
     let good = seal_v2(&owner, 0, 0x42, 0x52, &three_chunks);
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut hd = tar::Header::new_ustar();
-    hd.set_path("folder/hello.txt").unwrap();
-    hd.set_size(6);
-    hd.set_mode(0o644);
-    hd.set_mtime(1_700_000_000);
-    hd.set_cksum();
-    tar.append(&hd, &b"hello\n"[..]).unwrap();
-    let tar = tar.into_inner().unwrap();
+    let tar = folder_tar();
     let zstd_tar = zstd::encode_all(&tar[..], 3).unwrap();
     let mut cases = vec![
         ("v2-stream-three-chunks", good.clone()),

@@ -173,7 +173,7 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<Unlocked> {
             // A host's keyring: its slots are not the owner's own, and it
             // is never unlocked; the archive's copies remain, under the
             // trust rule, for a factor given by hand.
-            seal_only = Some(k.refuse_seal_only(&env.keyring.path).unwrap_err());
+            seal_only = k.seal_only_error(&env.keyring.path);
         }
         Ok(k) => keyring = Some(k),
         Err(e) if cli.verbose && env.keyring.exists() => env

@@ -505,13 +505,7 @@ pub(super) fn export_seal_only(
             hint: ": give --force to replace it".into(),
         });
     }
-    let lock = kf.lock()?;
-    let mut keyring = kf.load()?;
-    let was_v1 = keyring.sealer().is_none();
-    let bk = unlock(cli, env, &mut keyring)?;
-    if was_v1 {
-        kf.store(&keyring, &lock, false)?;
-    }
+    let (keyring, bk, lock) = super::unlock_and_store_upgrade(cli, env)?;
     let mut slots = Vec::new();
     for s in &keyring.slots {
         let why = match s.params.as_slot() {

@@ -279,6 +279,28 @@ pub(crate) fn unlock(
     Ok(bk)
 }
 
+/// Under the keyring's lock: load it and unlock it, writing it back when
+/// unlocking upgraded it from version 1. The lock stays held (returned)
+/// for callers that write something derived from it.
+pub(crate) fn unlock_and_store_upgrade(
+    cli: &Cli,
+    env: &Env,
+) -> Result<(
+    Keyring,
+    coffer::key::BackupKey,
+    coffer::keyring::KeyringLock,
+)> {
+    let kf = &env.keyring;
+    let lock = kf.lock()?;
+    let mut keyring = kf.load()?;
+    let was_v1 = keyring.sealer().is_none();
+    let bk = unlock(cli, env, &mut keyring)?;
+    if was_v1 {
+        kf.store(&keyring, &lock, false)?;
+    }
+    Ok((keyring, bk, lock))
+}
+
 fn say_upgraded(env: &Env, keyring: &Keyring) {
     env.ui.info(&format!(
         "keyring upgraded to format version 2 (key id {}): `seal` needs no factor from now on",

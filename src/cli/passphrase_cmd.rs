@@ -6,7 +6,7 @@
 //! Must never: print it to a terminal, or anything else to standard
 //! output.
 
-use super::{Cli, Env, archive_cmd, unlock};
+use super::{Cli, Env, archive_cmd};
 use coffer::error::{Error, Result};
 use coffer::passphrase::{self, PassphraseName};
 use coffer::ui::escaped;
@@ -25,15 +25,7 @@ pub(super) fn passphrase(cli: &Cli, env: &Env, name: &str, from: Option<&Path>) 
         // The key that sealed that archive: the passphrase from before a
         // `rotate`, to re-key a repository.
         Some(archive) => archive_cmd::archive_key(cli, env, archive)?,
-        None => {
-            let mut keyring = env.keyring.load()?;
-            let was_v1 = keyring.sealer().is_none();
-            let bk = unlock(cli, env, &mut keyring)?;
-            if was_v1 {
-                super::upgrade_keyring_file(env, &bk);
-            }
-            bk
-        }
+        None => super::unlock_and_store_upgrade(cli, env)?.1,
     };
     let secret = passphrase::derive(&bk, &name);
     // Sized once: a reallocation would leave an unwiped copy behind.

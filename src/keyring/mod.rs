@@ -81,14 +81,23 @@ impl PartialEq for Keyring {
 impl Keyring {
     /// An owner's keyring for `bk` holding `slots`, MAC computed.
     pub fn new(bk: &BackupKey, slots: Vec<SlotRecord>) -> Self {
-        let sealer = Sealer::owner(bk);
+        Self::sealing_as(bk, Sealer::owner(bk), slots, Vec::new())
+    }
+
+    /// A version 2 keyring of `bk` that seals with `sealer`, MAC computed.
+    fn sealing_as(
+        bk: &BackupKey,
+        sealer: Sealer,
+        slots: Vec<SlotRecord>,
+        retired: Vec<KeyId>,
+    ) -> Self {
         let mut k = Self {
             key_id: sealer.key_id(),
             slots,
             sealing: Some(Sealing {
                 sealer,
                 v1_key_id: None,
-                retired: Vec::new(),
+                retired,
             }),
             mac: [0; 32],
         };
@@ -115,19 +124,7 @@ impl Keyring {
     /// public key, that host's sealer key, a MAC under `bk`. Call after
     /// [`Self::verify`] (the public key it copies is then `bk`'s).
     pub fn seal_only(&self, bk: &BackupKey, id: SealerId, slots: Vec<SlotRecord>) -> Self {
-        let sealer = Sealer::derive(bk, id);
-        let mut k = Self {
-            key_id: sealer.key_id(),
-            slots,
-            sealing: Some(Sealing {
-                sealer,
-                v1_key_id: None,
-                retired: Vec::new(),
-            }),
-            mac: [0; 32],
-        };
-        k.mac = k.compute_mac(bk);
-        k
+        Self::sealing_as(bk, Sealer::derive(bk, id), slots, Vec::new())
     }
 
     /// The format version: 2 once the keyring has a sealing key.
@@ -189,10 +186,7 @@ impl Keyring {
         }
         let excess = retired.len().saturating_sub(MAX_RETIRED);
         retired.drain(..excess);
-        let mut k = Self::new(new_bk, slots);
-        k.sealing.as_mut().expect("version 2").retired = retired;
-        k.mac = k.compute_mac(new_bk);
-        k
+        Self::sealing_as(new_bk, Sealer::owner(new_bk), slots, retired)
     }
 
     /// Bring a version 1 keyring to version 2 under `bk` (which unlocked
@@ -453,13 +447,17 @@ impl Keyring {
 
     /// A seal-only keyring is never unlocked: it is a host's, to seal.
     pub fn refuse_seal_only(&self, path: &Path) -> Result<()> {
-        match self.sealer() {
-            Some(s) if !s.id().is_owner() => Err(Error::SealOnly {
+        self.seal_only_error(path).map_or(Ok(()), Err)
+    }
+
+    /// The error that says this keyring is seal-only, if it is.
+    pub fn seal_only_error(&self, path: &Path) -> Option<Error> {
+        self.sealer()
+            .filter(|s| !s.id().is_owner())
+            .map(|s| Error::SealOnly {
                 path: path.to_path_buf(),
                 sealer: s.id().to_string(),
-            }),
-            _ => Ok(()),
-        }
+            })
     }
 
     /// Add a slot and re-MAC under `bk` (which the caller just unlocked).

@@ -10,6 +10,11 @@ pub mod vault;
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
 
+/// tests/vectors/: the format's known-answer files.
+pub fn vectors() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
 /// A temp folder holding a keyring, a recovery key file and a password file.
 pub struct Home {
     pub dir: tempfile::TempDir,
@@ -59,6 +64,25 @@ impl Home {
         let p = self.path(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    /// A home whose keyring is docs/format.md §6's version 1 vector, with
+    /// its recovery key in recovery.txt.
+    pub fn with_v1_vector_keyring() -> Self {
+        let h = Self::new();
+        std::fs::copy(vectors().join("keyring-v1.json"), h.keyring()).unwrap();
+        std::fs::copy(vectors().join("recovery-v1.txt"), h.recovery_key()).unwrap();
+        h
+    }
+
+    /// `coffer export --seal-only --sealer SEALER -o OUT`, unlocking with
+    /// the recovery key; more arguments may follow.
+    pub fn export_seal_only(&self, sealer: &str, out: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = self.coffer();
+        c.args(["export", "--seal-only", "--sealer", sealer, "-o"])
+            .arg(out)
+            .args(["--recovery-key-file", "recovery.txt"]);
+        c
     }
 
     /// Enroll a password slot (unlocking with the recovery key).
