@@ -89,6 +89,17 @@ pub enum SlotError {
     /// a PIN that is needed and was not given (a usage error, exit 2).
     #[error("{0}")]
     Usage(String),
+    /// A threshold group had fewer members open than it needs. Whatever
+    /// its members' failures, the group is simply not usable (exit 5).
+    #[error("{opened} of the {need} members it needs opened{}", members.iter().map(|m| format!("\n      member {m}")).collect::<String>())]
+    GroupShort {
+        /// Members the group needs.
+        need: u8,
+        /// Members that gave their share.
+        opened: usize,
+        /// Each member that did not, as `name: why`.
+        members: Vec<String>,
+    },
 }
 
 impl SlotError {
@@ -104,7 +115,8 @@ impl SlotError {
             SlotError::DeviceNotFound { .. }
             | SlotError::LockedOut { .. }
             | SlotError::PolicyRefused(_)
-            | SlotError::Device(_) => Category::NoUsableSlot,
+            | SlotError::Device(_)
+            | SlotError::GroupShort { .. } => Category::NoUsableSlot,
         }
     }
 }

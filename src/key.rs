@@ -76,12 +76,18 @@ pub mod label {
     /// (`passphrase.rs`).
     pub const PASSPHRASE: &[u8] = b"coffer/v2 passphrase";
     /// HKDF info prefix: a threshold group's secret, from BK; the full info
-    /// is this, a 0x00 byte and the group id (`shamir.rs`, a draft).
+    /// is this, a 0x00 byte and the group id (`shamir.rs`).
     pub const THRESHOLD_SECRET: &[u8] = b"coffer/v2 threshold secret";
     /// HKDF info prefix: a coefficient of a threshold group's polynomial,
     /// from BK; then 0x00, the group id, 0x00 and the coefficient's index
-    /// as one byte (`shamir.rs`, a draft).
+    /// as one byte (`shamir.rs`).
     pub const THRESHOLD_COEFFICIENT: &[u8] = b"coffer/v2 threshold coefficient";
+    /// HKDF info prefix: the KEK a threshold group's member wraps its share
+    /// under, from that member kind's own KEK; then 0x00, the group id,
+    /// 0x00 and the member's x as one byte (`slot/threshold.rs`). A member
+    /// never wraps under its kind's KEK itself, so no reader can take a
+    /// share for the backup key.
+    pub const THRESHOLD_MEMBER_KEK: &[u8] = b"coffer/v2 threshold member kek";
 }
 
 /// Fill `buf` from the operating system's CSPRNG.
@@ -140,11 +146,7 @@ impl BackupKey {
 
     /// `AES-KW(kek, self)` per RFC 3394.
     pub fn wrap(&self, kek: &Kek) -> WrappedKey {
-        let kw = aes_kw::KwAes256::new(&kek.0.into());
-        let mut out = [0u8; WRAPPED_LEN];
-        kw.wrap_key(&self.0, &mut out)
-            .expect("AES-KW of a 32-byte key into a 40-byte buffer");
-        WrappedKey(out)
+        WrappedKey::wrap(&self.0, kek)
     }
 }
 
@@ -201,12 +203,28 @@ pub struct WrappedKey(pub [u8; WRAPPED_LEN]);
 pub struct WrongKek;
 
 impl WrappedKey {
+    /// `AES-KW(kek, secret)` per RFC 3394, for any 32-byte secret (the
+    /// backup key, a threshold member's share).
+    pub(crate) fn wrap(secret: &[u8; KEY_LEN], kek: &Kek) -> Self {
+        let kw = aes_kw::KwAes256::new(&kek.0.into());
+        let mut out = [0u8; WRAPPED_LEN];
+        kw.wrap_key(secret, &mut out)
+            .expect("AES-KW of a 32-byte key into a 40-byte buffer");
+        WrappedKey(out)
+    }
+
     /// Unwrap with `kek`; the RFC 3394 integrity check tells a wrong KEK.
     pub fn unwrap(&self, kek: &Kek) -> Result<BackupKey, WrongKek> {
+        self.unwrap_secret(kek).map(|s| BackupKey(*s))
+    }
+
+    /// [`WrappedKey::unwrap`] for a secret that is not (or not yet known
+    /// to be) the backup key.
+    pub(crate) fn unwrap_secret(&self, kek: &Kek) -> Result<Zeroizing<[u8; KEY_LEN]>, WrongKek> {
         let kw = aes_kw::KwAes256::new(&kek.0.into());
         let mut out = Zeroizing::new([0u8; KEY_LEN]);
         match kw.unwrap_key(&self.0, out.as_mut()) {
-            Ok(_) => Ok(BackupKey(*out)),
+            Ok(_) => Ok(out),
             Err(_) => Err(WrongKek),
         }
     }

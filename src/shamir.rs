@@ -1,5 +1,5 @@
 //! Shamir's secret sharing over GF(2^8), for threshold groups (k of n
-//! factors; docs/format.md §10, a draft: no slot kind uses this yet).
+//! factors; docs/format.md §10, used by `slot/threshold.rs`).
 //!
 //! A group's 32-byte secret `K_g` and its polynomial's coefficients are
 //! derived from the backup key and the group's id, so a member can be added
@@ -96,6 +96,7 @@ impl fmt::Debug for GroupSecret {
 }
 
 /// One member's share: the polynomial at `x`. Never printed.
+#[derive(Clone)]
 pub struct Share {
     /// The member's x coordinate, 1–255.
     pub x: u8,
@@ -109,6 +110,11 @@ impl Share {
             x,
             y: Zeroizing::new(y),
         }
+    }
+
+    /// A share from a member's unwrapped secret, kept zeroizing.
+    pub fn from_secret(x: u8, y: Zeroizing<[u8; LEN]>) -> Self {
+        Self { x, y }
     }
 
     /// The 32 bytes, to wrap under the member's KEK. Keep the borrow short.

@@ -112,7 +112,7 @@ fn header_hash(raw: &[u8]) -> [u8; 32] {
 fn slot_list_bytes(slots: &[SlotRecord]) -> Vec<u8> {
     let mut out = Vec::new();
     canonical_json(
-        &serde_json::Value::Array(slots.iter().map(SlotRecord::to_json).collect()),
+        &serde_json::Value::Array(crate::slot::record::slots_to_json(slots)),
         &mut out,
     );
     out

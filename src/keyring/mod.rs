@@ -236,7 +236,7 @@ impl Keyring {
         }
         m.insert(
             "slots".into(),
-            Value::Array(self.slots.iter().map(SlotRecord::to_json).collect()),
+            Value::Array(crate::slot::record::slots_to_json(&self.slots)),
         );
         m
     }
@@ -467,7 +467,10 @@ impl Keyring {
 
     /// Put `slot` in place of the slot at `replaced` (or add it), in one
     /// step, and re-MAC under `bk`: `enroll --replace`. The new slot's id
-    /// and label must be free among the others.
+    /// and label must be free among the others. A member of a group (its
+    /// `member` set, its group's `next_x` already moved on) goes after the
+    /// group's other members; a group cannot be replaced (its members
+    /// would be left without it).
     pub fn replace_slot(
         &mut self,
         bk: &BackupKey,
@@ -483,10 +486,36 @@ impl Keyring {
         };
         if let Some(i) = replaced
             && self.is_last_recovery(i)
-            && slot.params.kind() != crate::slot::recovery::KIND
+            && (slot.params.kind() != crate::slot::recovery::KIND || slot.member.is_some())
         {
             return Err(last_recovery_replaced(&self.slots[i]));
         }
+        if let Some(i) = replaced
+            && slot::threshold::need(&self.slots[i]).is_some()
+        {
+            return Err(Error::Usage(format!(
+                "--replace {}: it is a threshold group; replace its members one by one, or remove it",
+                self.slots[i].name()
+            )));
+        }
+        let mut after = self.slots.clone();
+        match replaced {
+            Some(i) => after[i] = slot.clone(),
+            None => after.push(slot.clone()),
+        }
+        refuse_lockout(&after, &format!("the new slot {}", slot.name()))?;
+        let group_at = match &slot.member {
+            None => None,
+            Some(m) => match self.slots.iter().position(|s| s.id == m.group) {
+                Some(g) if slot::threshold::need(&self.slots[g]).is_some() => Some(g),
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "slot group {} is not a threshold group of this keyring",
+                        m.group
+                    )));
+                }
+            },
+        };
         if replaced.is_none() && self.slots.len() >= MAX_SLOTS {
             return Err(Error::Refused(format!(
                 "a keyring holds at most {MAX_SLOTS} slots"
@@ -507,42 +536,83 @@ impl Keyring {
                 s.name()
             )));
         }
-        match replaced {
-            Some(i) => self.slots[i] = slot,
-            None => self.slots.push(slot),
+        match (replaced, group_at) {
+            (Some(i), _) => self.slots[i] = slot,
+            (None, Some(g)) => {
+                let after = slot::threshold::descendants(&self.slots, g)
+                    .last()
+                    .copied()
+                    .unwrap_or(g);
+                self.slots.insert(after + 1, slot);
+            }
+            (None, None) => self.slots.push(slot),
         }
         self.mac = self.compute_mac(bk);
         Ok(())
     }
 
-    /// Whether the slot at `index` is the keyring's only recovery slot.
+    /// Whether the slot at `index` is the keyring's only recovery slot that
+    /// opens on its own (a recovery key inside a threshold group does not).
     pub fn is_last_recovery(&self, index: usize) -> bool {
-        let recovery = |s: &SlotRecord| s.params.kind() == crate::slot::recovery::KIND;
+        let recovery =
+            |s: &SlotRecord| s.params.kind() == crate::slot::recovery::KIND && s.member.is_none();
         recovery(&self.slots[index]) && self.slots.iter().filter(|s| recovery(s)).count() == 1
     }
 
-    /// Remove the slot at `index`, refusing the last slot, and the last
-    /// recovery slot unless `force`; re-MAC under `bk`.
-    pub fn remove_slot(&mut self, bk: &BackupKey, index: usize, force: bool) -> Result<SlotRecord> {
+    /// Remove the slot at `index` — a group with every slot inside it —
+    /// refusing to leave no slot that opens on its own, and to remove the
+    /// last recovery slot unless `force`; re-MAC under `bk`. Returns the
+    /// slots removed, the one named first.
+    pub fn remove_slot(
+        &mut self,
+        bk: &BackupKey,
+        index: usize,
+        force: bool,
+    ) -> Result<Vec<SlotRecord>> {
         let name = self.slots[index].name();
-        if self.slots.len() == 1 {
+        let mut gone = vec![index];
+        gone.extend(slot::threshold::descendants(&self.slots, index));
+        let after: Vec<SlotRecord> = (0..self.slots.len())
+            .filter(|i| !gone.contains(i))
+            .map(|i| self.slots[i].clone())
+            .collect();
+        if !after.iter().any(|s| s.member.is_none()) {
             return Err(Error::Refused(format!(
                 "slot {name} is the last one; removing it would make every backup unreadable. Enroll another slot first"
             )));
         }
-        let recovery = |s: &SlotRecord| s.params.kind() == crate::slot::recovery::KIND;
-        if recovery(&self.slots[index])
-            && self.slots.iter().filter(|s| recovery(s)).count() == 1
-            && !force
-        {
+        refuse_lockout(&after, &format!("removing slot {name}"))?;
+        if self.is_last_recovery(index) && !force {
             return Err(Error::Usage(format!(
                 "slot {name} is the last recovery key: without one, losing your other factors loses every backup, and a new laptop with only an archive cannot open it. Issue another first (`coffer enroll recovery`), or give --force if you mean it"
             )));
         }
-        let removed = self.slots.remove(index);
+        let mut removed = Vec::new();
+        for (i, s) in std::mem::take(&mut self.slots).into_iter().enumerate() {
+            if gone.contains(&i) {
+                removed.push(s);
+            } else {
+                self.slots.push(s);
+            }
+        }
+        // The named slot first: a group comes before its members anyway.
         self.mac = self.compute_mac(bk);
         Ok(removed)
     }
+}
+
+/// Refuse a change (`what`) after which no slot of `after` would open on
+/// its own: every slot left a member, or a group short of members. No
+/// `--force`: such a keyring could not even be unlocked to undo it.
+pub fn refuse_lockout(after: &[SlotRecord], what: &str) -> Result<()> {
+    let opens =
+        (0..after.len()).any(|i| after[i].member.is_none() && slot::threshold::complete(after, i));
+    if opens {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "{what}: then no slot would open the keyring on its own (every threshold group left would be short of members), and nothing could unlock it again. Enroll another slot first"
+    )))
 }
 
 /// `enroll --replace` naming the last recovery slot for a slot of another
@@ -602,23 +672,7 @@ pub fn parse_slots(slots: &[Value], labels: bool) -> std::result::Result<Vec<Slo
     if slots.is_empty() {
         return Err("field `slots` is empty".into());
     }
-    if slots.len() > MAX_SLOTS {
-        return Err(format!("more than {MAX_SLOTS} slots"));
-    }
-    let mut out: Vec<SlotRecord> = Vec::with_capacity(slots.len());
-    for (i, s) in slots.iter().enumerate() {
-        let rec = SlotRecord::from_json(s, labels).map_err(|e| format!("slots[{i}]: {e}"))?;
-        if out.iter().any(|o| o.id == rec.id) {
-            return Err(format!("slots[{i}]: id {} appears twice", rec.id));
-        }
-        if let Some(l) = &rec.label
-            && out.iter().any(|o| o.label.as_ref() == Some(l))
-        {
-            return Err(format!("slots[{i}]: label {l} appears twice"));
-        }
-        out.push(rec);
-    }
-    Ok(out)
+    crate::slot::record::slots_from_json(slots, labels)
 }
 
 #[cfg(test)]

@@ -284,6 +284,25 @@ impl Factors {
         Offer::Ask
     }
 
+    /// Every unbound secret of `kind` when none is bound to `slot`, for a
+    /// kind where a wrong one costs nothing (recovery keys): each is tried
+    /// in turn, so that `--recovery-key-file A --recovery-key-file B` opens
+    /// two members of a group without naming them.
+    pub(crate) fn unbound_for(&self, slot: &SlotRecord, kind: FactorKind) -> Vec<SecretString> {
+        let bound = self
+            .supplied
+            .iter()
+            .any(|s| s.kind == kind && s.slot.as_deref().is_some_and(|b| slot.answers_to(b)));
+        if bound {
+            return Vec::new();
+        }
+        self.supplied
+            .iter()
+            .filter(|s| s.kind == kind && s.slot.is_none())
+            .map(|s| s.secret.clone())
+            .collect()
+    }
+
     /// Remember a secret typed at a prompt for `slot`, for the rest of the
     /// run (see the module docs for where it goes).
     pub(crate) fn remember(&self, slot: &SlotRecord, kind: FactorKind, secret: &SecretString) {

@@ -1,19 +1,22 @@
 //! Re-wrapping every slot for a new backup key: what `coffer rotate` is
 //! built on, through the one slot interface ([`Slot::rewrap`]).
 //!
-//! Owns the order and the all-or-nothing rule: public-key slots first (no
-//! device, no PIN), then slots that need their factor, then vault slots
-//! (the only ones with an effect elsewhere: a new record at the server), so
-//! that a slot that cannot be re-wrapped stops the rotation before any
-//! server was touched. A recovery slot whose key is not at hand gets a new
-//! recovery key instead.
+//! Owns the order and the all-or-nothing rule: public-key slots and
+//! threshold groups first (no device, no PIN), then slots that need their
+//! factor, then vault slots (the only ones with an effect elsewhere: a new
+//! record at the server), so that a slot that cannot be re-wrapped stops
+//! the rotation before any server was touched. A recovery slot whose key is
+//! not at hand gets a new recovery key instead. A group gets its new
+//! secret from the new key and its id, and each member the new share at
+//! its x ([`threshold::target_of`]).
 //!
 //! Must never: return a partial set of slots; drop a slot the caller did
-//! not name.
+//! not name, other than those inside a group it named; leave a group with
+//! fewer members than it needs.
 
 use super::factors::{Offer, Scope};
 use super::recovery::{self, RecoveryKey};
-use super::{Slot, SlotRecord, UnlockContext, UnlockOptions};
+use super::{Slot, SlotRecord, UnlockContext, UnlockOptions, threshold};
 use crate::error::{Attempt, Error, UnlockFailure};
 use crate::key::BackupKey;
 
@@ -37,18 +40,27 @@ fn class(kind: &dyn Slot) -> u8 {
     }
 }
 
-/// Wrap `new_bk` into every slot of `slots` whose `keep` is true, each with
-/// its own factor (from `opts`, under the binding rule) or none for
-/// public-key kinds. All or nothing: `Err` when any kept slot can be
-/// neither re-wrapped nor (recovery) issued a new key, naming each with
-/// why; vault slots are re-wrapped last, so that then no server was
-/// touched unless every other slot succeeded.
+/// Wrap `new_bk` into every slot of `slots` whose `keep` is true (and not
+/// inside a group that is not), each with its own factor (from `opts`,
+/// under the binding rule) or none for public-key kinds and groups. All or
+/// nothing: `Err` when any kept slot can be neither re-wrapped nor
+/// (recovery) issued a new key, or a kept group would have fewer members
+/// than it needs, naming each with why; vault slots are re-wrapped last, so
+/// that then no server was touched unless every other slot succeeded.
 pub fn rewrap_all(
     slots: &[SlotRecord],
     keep: &[bool],
     new_bk: &BackupKey,
     opts: &UnlockOptions<'_>,
 ) -> Result<Rotated, Error> {
+    let mut keep = keep.to_vec();
+    for i in 0..slots.len() {
+        if !keep[i] && threshold::need(&slots[i]).is_some() {
+            for d in threshold::descendants(slots, i) {
+                keep[d] = false;
+            }
+        }
+    }
     let kept: Vec<usize> = (0..slots.len()).filter(|&i| keep[i]).collect();
     let scope = Scope {
         slots: kept.iter().map(|&i| &slots[i]).collect(),
@@ -61,6 +73,21 @@ pub fn rewrap_all(
         skipped: Vec::new(),
         refused: Vec::new(),
     };
+    for &i in &kept {
+        if let Some(need) = threshold::need(&slots[i]) {
+            let members = threshold::members(slots, &slots[i].id);
+            let left = members.iter().filter(|&&m| keep[m]).count();
+            // A group still being set up (short before any was dropped) is
+            // re-wrapped as it is; one that dropping makes short is refused.
+            if left < usize::from(need) && members.len() >= usize::from(need) {
+                failure.refused.push(format!(
+                    "{}: a threshold group that needs {need} members would keep {left}; keep its members, or leave the group out too (--drop {})",
+                    slots[i].name(),
+                    slots[i].id
+                ));
+            }
+        }
+    }
     let mut order: Vec<usize> = Vec::new();
     for &i in &kept {
         match slots[i].params.as_slot() {
@@ -70,6 +97,10 @@ pub fn rewrap_all(
                 slots[i].name()
             )),
         }
+    }
+    if !failure.refused.is_empty() {
+        // Known before any factor is asked for or any server touched.
+        return Err(Error::Rewrap(failure));
     }
     order.sort_by_key(|&i| slots[i].params.as_slot().map(class).unwrap_or(0));
     let mut out: Vec<Option<SlotRecord>> = vec![None; slots.len()];
@@ -82,11 +113,35 @@ pub fn rewrap_all(
             failure.skipped.push(slot.name());
             continue;
         }
+        let target = match threshold::target_of(slots, i, new_bk) {
+            Ok(t) => t,
+            Err(error) => {
+                failure.attempts.push(Attempt {
+                    slot: slot.name(),
+                    error,
+                });
+                continue;
+            }
+        };
+        if threshold::need(slot).is_some() {
+            match threshold::rewrapped(slots, i, new_bk) {
+                Ok(wrapped) => {
+                    let mut r = slot.clone();
+                    r.wrapped = wrapped;
+                    out[i] = Some(r);
+                }
+                Err(error) => failure.attempts.push(Attempt {
+                    slot: slot.name(),
+                    error,
+                }),
+            }
+            continue;
+        }
         let mut offer = opts.factors.offer(slot, &scope);
         let result = loop {
             let shared = matches!(offer, Offer::Shared(_));
             let ctx = UnlockContext::new(opts.ui, slot, opts.locators, opts.factors, offer);
-            let result = kind.rewrap(&slot.wrapped, new_bk, &ctx);
+            let result = kind.rewrap(&slot.wrapped, &target, &ctx);
             // A password typed for another slot did not fit this one: ask
             // for this slot's own.
             if shared
@@ -121,7 +176,8 @@ pub fn rewrap_all(
     for i in reissue {
         let key = RecoveryKey::generate();
         let mut r = slots[i].clone();
-        r.wrapped = new_bk.wrap(&key.kek());
+        let target = threshold::target_of(slots, i, new_bk).map_err(Error::Enroll)?;
+        r.wrapped = target.wrap(&key.kek());
         r.created = super::now_unix();
         out[i] = Some(r);
         new_recovery_keys.push((i, key));

@@ -6,13 +6,19 @@
 //! typed and checked when read, from the one registry in [`record`]).
 //! [`Slot`] is implemented by each kind's parameters, like age's
 //! `Identity`/`Recipient` pair in one trait: produce the KEK from a factor
-//! (not tried, failed, or the KEK), and wrap a given backup key into the
-//! slot again ([`Slot::rewrap`], which `rotate` is built on).
+//! (not tried, failed, or the KEK), and wrap a given [`Target`] into the
+//! slot again ([`Slot::rewrap`], which `rotate` is built on). A slot wraps
+//! the backup key, or, as a member of a threshold group ([`threshold`]),
+//! its share of the group's secret under a KEK derived for that member
+//! ([`Membership::kek`]); kinds never wrap or check a wrapped key
+//! themselves, but through [`Target::wrap`] and [`UnlockContext::opens`],
+//! so that every kind can be a member.
 //!
 //! The modules: [`record`] (the stored form and the kind registry),
 //! [`factors`] (which secret goes to which slot), [`mod@unlock`] (ordering and
 //! the trust rule for unauthenticated slots), [`lifecycle`] (re-wrapping
-//! every slot for a new key), and one module per kind.
+//! every slot for a new key), [`threshold`] (groups), and one module per
+//! kind.
 //!
 //! Must never: hold a factor (password, PIN, recovery key) longer than the
 //! unwrap, or put one in an error; load code, contact a server or spend a
@@ -25,6 +31,7 @@ pub mod password;
 pub mod pkcs11;
 pub mod record;
 pub mod recovery;
+pub mod threshold;
 #[cfg(feature = "tpm2")]
 pub mod tpm2;
 pub mod unlock;
@@ -36,7 +43,8 @@ pub mod yubikey;
 pub use factors::{FactorKind, Factors};
 pub(crate) use record::now_unix;
 pub use record::{
-    KNOWN_KINDS, Label, MAX_SLOTS, SlotId, SlotParams, SlotRecord, UnknownSlot, select, select_one,
+    KNOWN_KINDS, Label, MAX_SLOTS, Membership, SlotId, SlotParams, SlotRecord, UnknownSlot, select,
+    select_one,
 };
 pub use unlock::{
     Candidate, Locators, Trust, UNAUTHENTICATED_KDF_BUDGET, UnlockOptions, archive_candidates,
@@ -44,7 +52,8 @@ pub use unlock::{
 };
 
 use crate::error::SlotError;
-use crate::key::{BackupKey, Kek, WrappedKey};
+use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey};
+use crate::shamir::Share;
 use crate::ui::Ui;
 use factors::Offer;
 use secrecy::{ExposeSecret, SecretString};
@@ -106,6 +115,78 @@ impl<'a> UnlockContext<'a> {
     pub fn factor_at_hand(&self) -> bool {
         matches!(self.offer, Offer::Secret(_) | Offer::Shared(_))
     }
+
+    /// Whether `kek`, the KEK this slot's kind computed, opens `wrapped`:
+    /// directly, or for a member of a threshold group through its member
+    /// KEK ([`Membership::kek`]). Kinds check a KEK with this and nothing
+    /// else.
+    pub fn opens(&self, wrapped: &WrappedKey, kek: &Kek) -> bool {
+        open_wrapped(self.slot.member.as_ref(), wrapped, kek).is_ok()
+    }
+}
+
+/// `wrapped` opened with a kind's `kek`, through the member KEK for a
+/// member: the backup key, or a member's share.
+pub(crate) fn open_wrapped(
+    member: Option<&Membership>,
+    wrapped: &WrappedKey,
+    kek: &Kek,
+) -> Result<zeroize::Zeroizing<[u8; KEY_LEN]>, crate::key::WrongKek> {
+    match member {
+        None => wrapped.unwrap_secret(kek),
+        Some(m) => wrapped.unwrap_secret(&m.kek(kek)),
+    }
+}
+
+/// What a slot wraps: the backup key, or, for a member of a threshold
+/// group, its share of the group's secret (wrapped under the member KEK,
+/// [`Membership::kek`]). Enrollment and [`Slot::rewrap`] take one, so that
+/// a slot of any kind can be a member.
+#[derive(Clone)]
+pub enum Target<'a> {
+    /// The backup key: an ordinary slot.
+    BackupKey(&'a BackupKey),
+    /// A member's share, and where the member sits.
+    Share(Share, Membership),
+}
+
+impl<'a> From<&'a BackupKey> for Target<'a> {
+    fn from(bk: &'a BackupKey) -> Self {
+        Target::BackupKey(bk)
+    }
+}
+
+impl<'a> From<&Target<'a>> for Target<'a> {
+    fn from(t: &Target<'a>) -> Self {
+        t.clone()
+    }
+}
+
+impl Target<'_> {
+    /// The group and x of a member; `None` for the backup key.
+    pub fn member(&self) -> Option<&Membership> {
+        match self {
+            Target::BackupKey(_) => None,
+            Target::Share(_, m) => Some(m),
+        }
+    }
+
+    /// The target wrapped under `kek`, a kind's KEK (through the member
+    /// KEK for a share).
+    pub fn wrap(&self, kek: &Kek) -> WrappedKey {
+        match self {
+            Target::BackupKey(bk) => bk.wrap(kek),
+            Target::Share(share, m) => WrappedKey::wrap(share.expose(), &m.kek(kek)),
+        }
+    }
+
+    /// A new slot record of `params` wrapping the target under `kek`, a
+    /// member of its group when the target is a share.
+    pub fn record(&self, params: SlotParams, kek: &Kek) -> SlotRecord {
+        let mut r = SlotRecord::new(params, self.wrap(kek));
+        r.member = self.member().cloned();
+        r
+    }
 }
 
 /// How much a slot needs from a person, which orders the attempts: slots
@@ -134,7 +215,7 @@ impl Interaction {
 
 /// A slot's new content after [`Slot::rewrap`]: new parameters when the
 /// kind needs them (a new ephemeral key, a new vault record), and the new
-/// backup key wrapped. Id, label and creation time stay.
+/// target wrapped. Id, label, creation time and membership stay.
 #[derive(Debug)]
 pub struct Rewrapped {
     /// The new parameters, or `None` to keep them.
@@ -143,17 +224,32 @@ pub struct Rewrapped {
     pub wrapped: WrappedKey,
 }
 
-/// [`Slot::rewrap`]'s default: prove the factor on `wrapped` and wrap `bk`
-/// under the same KEK, parameters unchanged.
+/// [`Slot::rewrap`]'s default: prove the factor on `wrapped` and wrap
+/// `target` under the same KEK, parameters unchanged.
 pub(crate) fn rewrap_under_the_same_kek<S: Slot + ?Sized>(
     slot: &S,
     wrapped: &WrappedKey,
-    bk: &BackupKey,
+    target: &Target<'_>,
     ctx: &UnlockContext<'_>,
 ) -> Option<Result<Rewrapped, SlotError>> {
     Some(slot.kek(wrapped, ctx)?.map(|kek| Rewrapped {
         params: None,
-        wrapped: bk.wrap(&kek),
+        wrapped: target.wrap(&kek),
+    }))
+}
+
+/// What `slot` (tried as `ctx` says) opens: [`Slot::kek`], then the
+/// wrapped secret — the backup key, or a member's share.
+pub(crate) fn open_slot(
+    kind: &dyn Slot,
+    ctx: &UnlockContext<'_>,
+) -> Option<Result<zeroize::Zeroizing<[u8; KEY_LEN]>, SlotError>> {
+    let wrapped = &ctx.slot.wrapped;
+    Some(kind.kek(wrapped, ctx)?.and_then(|kek| {
+        open_wrapped(ctx.slot.member.as_ref(), wrapped, &kek).map_err(|_| SlotError::Malformed {
+            field: "wrapped".into(),
+            reason: "the slot's KEK does not open it".into(),
+        })
     }))
 }
 
@@ -202,30 +298,17 @@ pub trait Slot {
     /// means: a wrong factor, or an altered slot).
     fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>>;
 
-    /// Recover the backup key from `wrapped`: [`Slot::kek`], then unwrap.
-    fn unwrap(
-        &self,
-        wrapped: &WrappedKey,
-        ctx: &UnlockContext<'_>,
-    ) -> Option<Result<BackupKey, SlotError>> {
-        Some(self.kek(wrapped, ctx)?.and_then(|kek| {
-            wrapped.unwrap(&kek).map_err(|_| SlotError::Malformed {
-                field: "wrapped".into(),
-                reason: "the slot's KEK does not open it".into(),
-            })
-        }))
-    }
-
-    /// Wrap `bk` into this slot in place of `wrapped`. The default proves
-    /// the factor on `wrapped` ([`Slot::kek`]) and wraps `bk` under the
-    /// same KEK; public-key kinds override it to need no device and no PIN.
+    /// Wrap `target` into this slot in place of `wrapped`. The default
+    /// proves the factor on `wrapped` ([`Slot::kek`]) and wraps `target`
+    /// under the same KEK; public-key kinds override it to need no device
+    /// and no PIN.
     fn rewrap(
         &self,
         wrapped: &WrappedKey,
-        bk: &BackupKey,
+        target: &Target<'_>,
         ctx: &UnlockContext<'_>,
     ) -> Option<Result<Rewrapped, SlotError>> {
-        rewrap_under_the_same_kek(self, wrapped, bk, ctx)
+        rewrap_under_the_same_kek(self, wrapped, target, ctx)
     }
 
     /// Whether [`Slot::rewrap`] needs the factor (or device); `false` for

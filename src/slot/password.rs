@@ -9,10 +9,11 @@
 //! Must never: keep the password past the derivation.
 
 use super::{
-    FactorKind, HeaderOnly, Interaction, Locators, Slot, SlotParams, SlotRecord, UnlockContext,
+    FactorKind, HeaderOnly, Interaction, Locators, Slot, SlotParams, SlotRecord, Target,
+    UnlockContext,
 };
 use crate::error::SlotError;
-use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey};
+use crate::key::{KEY_LEN, Kek, WrappedKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use secrecy::{ExposeSecret, SecretString};
@@ -182,9 +183,10 @@ fn derive(password: &SecretString, salt: &[u8], cost: Cost) -> Result<Kek, SlotE
     Ok(Kek::from_bytes(*out))
 }
 
-/// Enroll a password for `bk` with the given cost. Refuses an empty password.
-pub fn enroll(
-    bk: &BackupKey,
+/// Enroll a password for `target` (the backup key, or a group member's
+/// share) with the given cost. Refuses an empty password.
+pub fn enroll<'a>(
+    target: impl Into<Target<'a>>,
     password: &SecretString,
     cost: Cost,
 ) -> Result<SlotRecord, SlotError> {
@@ -202,7 +204,7 @@ pub fn enroll(
         p_cost: cost.p_cost,
         salt: B64.encode(salt),
     };
-    Ok(SlotRecord::new(SlotParams::Password(params), bk.wrap(&kek)))
+    Ok(target.into().record(SlotParams::Password(params), &kek))
 }
 
 impl Slot for PasswordParams {
@@ -218,9 +220,9 @@ impl Slot for PasswordParams {
         let password = ctx.secret("Password")?;
         Some(
             self.derive_kek(&password)
-                .and_then(|kek| match wrapped.unwrap(&kek) {
-                    Ok(_) => Ok(kek),
-                    Err(_) => Err(SlotError::WrongPassword),
+                .and_then(|kek| match ctx.opens(wrapped, &kek) {
+                    true => Ok(kek),
+                    false => Err(SlotError::WrongPassword),
                 }),
         )
     }
@@ -244,6 +246,7 @@ impl Slot for PasswordParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::BackupKey;
 
     const FAST: Cost = Cost {
         m_cost_kib: 64,

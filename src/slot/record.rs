@@ -1,12 +1,17 @@
 //! What a slot *is* on disk: its id, label, kind and public parameters,
 //! and the one registry of kinds this build knows.
 //!
-//! Owns: the JSON form of a slot (docs/format.md §2), the kind registry
-//! (`slot_kinds!` — one list from which parsing, writing and dispatch
-//! are generated, so adding a kind cannot leave a `match` behind), slot
-//! ids and labels, and choosing slots by an `id|label|kind` argument.
+//! Owns: the JSON form of a slot (docs/format.md §2) and of a slot list,
+//! where a threshold group's members are nested under it (§10) and read
+//! back into one flat list, each member naming its group
+//! ([`Membership`]); the kind registry (`slot_kinds!` — one list from
+//! which parsing, writing and dispatch are generated, so adding a kind
+//! cannot leave a `match` behind), slot ids and labels, and choosing slots
+//! by an `id|label|kind` argument.
 //!
-//! Must never: drop or change a slot of a kind it does not know.
+//! Must never: drop or change a slot of a kind it does not know; read a
+//! list nested deeper than [`MAX_GROUP_DEPTH`] or longer than
+//! [`MAX_SLOTS`] in all.
 
 #[cfg(feature = "pkcs11")]
 use super::pkcs11;
@@ -16,15 +21,20 @@ use super::tpm2;
 use super::vault;
 #[cfg(feature = "yubikey")]
 use super::yubikey;
-use super::{Slot, password, recovery};
-use crate::key::{WRAPPED_LEN, WrappedKey};
+use super::{Slot, password, recovery, threshold};
+use crate::key::{Kek, WRAPPED_LEN, WrappedKey, label};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// Most slots a keyring or archive header may hold.
+/// Most slots a keyring or archive header may hold, members of threshold
+/// groups included.
 pub const MAX_SLOTS: usize = 64;
+
+/// Most threshold groups one inside another: a group may have groups as
+/// members, and those groups' members may be groups, but no deeper.
+pub const MAX_GROUP_DEPTH: usize = 3;
 
 /// Longest slot label, bytes.
 pub const MAX_LABEL_LEN: usize = 64;
@@ -88,7 +98,7 @@ impl Label {
         {
             return Err("a label is letters, digits, `.`, `_` and `-`".into());
         }
-        if KNOWN_KINDS.contains(&s) || s == "fido2" || s == "threshold" {
+        if KNOWN_KINDS.contains(&s) || s == "fido2" {
             return Err(format!(
                 "`{s}` names a kind of slot; a label must not, or `--slot {s}` would be ambiguous"
             ));
@@ -206,6 +216,32 @@ slot_kinds! {
     Yubikey(yubikey::YubikeyParams) if "yubikey";
     /// A password checked by a key vault server (OPAQUE).
     Vault(vault::VaultParams) if "vault";
+    /// A threshold group: opens with `need` of its members.
+    Threshold(threshold::ThresholdParams);
+}
+
+/// Where a member of a threshold group sits: the group's slot id and the
+/// member's x coordinate (1–255, never reused within the group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The group's slot id.
+    pub group: SlotId,
+    /// The x coordinate of the member's share.
+    pub x: u8,
+}
+
+impl Membership {
+    /// The KEK a member wraps its share under, from its kind's KEK:
+    /// `HKDF(none, KEK, "coffer/v2 threshold member kek" ‖ 0x00 ‖ group id
+    /// ‖ 0x00 ‖ x)` (docs/format.md §10).
+    pub fn kek(&self, kek: &Kek) -> Kek {
+        let mut info = label::THRESHOLD_MEMBER_KEK.to_vec();
+        info.push(0);
+        info.extend_from_slice(self.group.as_str().as_bytes());
+        info.push(0);
+        info.push(self.x);
+        Kek::derive(None, kek.expose(), &info)
+    }
 }
 
 /// One slot as stored in the keyring and in archive headers.
@@ -221,6 +257,8 @@ pub struct SlotRecord {
     pub wrapped: WrappedKey,
     /// The kind and its public parameters.
     pub params: SlotParams,
+    /// For a member of a threshold group: the group and the member's x.
+    pub member: Option<Membership>,
 }
 
 /// Seconds since the Unix epoch, now.
@@ -240,6 +278,7 @@ impl SlotRecord {
             created: now_unix(),
             wrapped,
             params,
+            member: None,
         }
     }
 
@@ -264,7 +303,9 @@ impl SlotRecord {
             || self.params.kind() == selector
     }
 
-    /// The JSON object stored for this slot (docs/format.md).
+    /// The JSON object stored for this slot alone (docs/format.md §2): a
+    /// member's `x` included, a group's members not ([`slots_to_json`]
+    /// nests them).
     pub fn to_json(&self) -> Value {
         // Member order is for people reading the file; the MAC covers the
         // canonical (sorted) form.
@@ -274,19 +315,30 @@ impl SlotRecord {
             m.insert("label".into(), Value::String(l.0.clone()));
         }
         m.insert("kind".into(), Value::String(self.params.kind().to_owned()));
+        if let Some(member) = &self.member {
+            m.insert("x".into(), Value::from(member.x));
+        }
         m.insert("created".into(), Value::from(self.created));
         m.extend(self.params.to_fields());
         m.insert("wrapped".into(), Value::String(B64.encode(self.wrapped.0)));
         Value::Object(m)
     }
 
-    /// Parse one slot object. `labels`: whether the format version allows
-    /// the `label` member (version 2). Errors name the field.
+    /// Parse one slot object, not a member of a group. `labels`: whether
+    /// the format version allows the `label` member (version 2). Errors
+    /// name the field.
     pub fn from_json(v: &Value, labels: bool) -> Result<Self, String> {
         let Value::Object(m) = v else {
             return Err("is not an object".into());
         };
-        let mut m = m.clone();
+        Self::from_map(m.clone(), labels, None)
+    }
+
+    fn from_map(
+        mut m: Map<String, Value>,
+        labels: bool,
+        group: Option<&SlotId>,
+    ) -> Result<Self, String> {
         let mut take_str = |k: &str| -> Result<String, String> {
             match m.remove(k) {
                 Some(Value::String(s)) => Ok(s),
@@ -326,6 +378,22 @@ impl SlotRecord {
             ),
             Some(_) => return Err("field `label` is not a string".into()),
         };
+        let member = match (group, m.remove("x")) {
+            (None, None) => None,
+            (None, Some(_)) => return Err("field `x` is only for a member of a group".into()),
+            (Some(_), None) => return Err("field `x` is missing (a member of a group)".into()),
+            (Some(g), Some(x)) => {
+                let x = x
+                    .as_u64()
+                    .and_then(|x| u8::try_from(x).ok())
+                    .filter(|x| *x != 0)
+                    .ok_or("field `x` is not an integer from 1 to 255")?;
+                Some(Membership {
+                    group: g.clone(),
+                    x,
+                })
+            }
+        };
         let params = SlotParams::from_fields(&kind, m).map_err(|e| format!("({kind}) {e}"))?;
         Ok(Self {
             id,
@@ -333,8 +401,123 @@ impl SlotRecord {
             created,
             wrapped: WrappedKey(wrapped),
             params,
+            member,
         })
     }
+}
+
+/// A flat slot list as stored (docs/format.md §2, §10): every slot that is
+/// no group's member, in order, each threshold group with its members
+/// nested in its `members` array, in list order.
+pub fn slots_to_json(slots: &[SlotRecord]) -> Vec<Value> {
+    fn nested(slots: &[SlotRecord], group: Option<&SlotId>) -> Vec<Value> {
+        slots
+            .iter()
+            .filter(|s| s.member.as_ref().map(|m| &m.group) == group)
+            .map(|s| {
+                let mut v = s.to_json();
+                if matches!(s.params, SlotParams::Threshold(_)) {
+                    v["members"] = Value::Array(nested(slots, Some(&s.id)));
+                }
+                v
+            })
+            .collect()
+    }
+    nested(slots, None)
+}
+
+/// Read a stored slot list into one flat list: each group followed by its
+/// members (depth first), each member naming its group. At most
+/// [`MAX_SLOTS`] slots in all and [`MAX_GROUP_DEPTH`] groups deep; ids and
+/// labels unique across the whole list; a member's `x` unique within its
+/// group and below the group's `next_x`. `labels`: the format version
+/// allows labels (and groups: version 2). Errors name the slot by its
+/// place (`slots[2].members[0]`).
+pub fn slots_from_json(list: &[Value], labels: bool) -> Result<Vec<SlotRecord>, String> {
+    fn walk(
+        list: &[Value],
+        labels: bool,
+        group: Option<(&SlotId, &threshold::ThresholdParams)>,
+        depth: usize,
+        at: &str,
+        out: &mut Vec<SlotRecord>,
+    ) -> Result<(), String> {
+        for (i, v) in list.iter().enumerate() {
+            let here = format!("{at}[{i}]");
+            if out.len() >= MAX_SLOTS {
+                return Err(format!(
+                    "more than {MAX_SLOTS} slots, members of groups included"
+                ));
+            }
+            let Value::Object(m) = v else {
+                return Err(format!("{here}: is not an object"));
+            };
+            let mut m = m.clone();
+            let is_group = m.get("kind") == Some(&Value::String(threshold::KIND.into()));
+            let members = if is_group { m.remove("members") } else { None };
+            let rec = SlotRecord::from_map(m, labels, group.map(|g| g.0))
+                .map_err(|e| format!("{here}: {e}"))?;
+            if out.iter().any(|o| o.id == rec.id) {
+                return Err(format!("{here}: id {} appears twice", rec.id));
+            }
+            if let Some(l) = &rec.label
+                && out.iter().any(|o| o.label.as_ref() == Some(l))
+            {
+                return Err(format!("{here}: label {l} appears twice"));
+            }
+            if let (Some((gid, g)), Some(m)) = (group, &rec.member) {
+                if u16::from(m.x) >= g.next_x {
+                    return Err(format!(
+                        "{here}: field `x` is {}, not below its group's next_x ({})",
+                        m.x, g.next_x
+                    ));
+                }
+                if out.iter().any(|o| {
+                    o.member
+                        .as_ref()
+                        .is_some_and(|o| o.group == *gid && o.x == m.x)
+                }) {
+                    return Err(format!(
+                        "{here}: two members of group {gid} have x = {}",
+                        m.x
+                    ));
+                }
+            }
+            let params = match &rec.params {
+                SlotParams::Threshold(p) => Some(p.clone()),
+                _ => None,
+            };
+            let id = rec.id.clone();
+            out.push(rec);
+            if let Some(p) = params {
+                if !labels {
+                    return Err(format!("{here}: a threshold group needs format version 2"));
+                }
+                if depth >= MAX_GROUP_DEPTH {
+                    return Err(format!(
+                        "{here}: groups are nested more than {MAX_GROUP_DEPTH} deep"
+                    ));
+                }
+                let members = match members {
+                    Some(Value::Array(a)) => a,
+                    Some(_) => return Err(format!("{here}: field `members` is not an array")),
+                    None => return Err(format!("{here}: field `members` is missing")),
+                };
+                walk(
+                    &members,
+                    labels,
+                    Some((&id, &p)),
+                    depth + 1,
+                    &format!("{here}.members"),
+                    out,
+                )?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(list, labels, None, 0, "slots", &mut out)?;
+    Ok(out)
 }
 
 /// Which slots an `id|label|kind` argument names.

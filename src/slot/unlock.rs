@@ -9,14 +9,22 @@
 //! then with module paths and URLs from [`Locators`], never from the
 //! header, and no PIN or PIN source from it. Each kind says what trying it
 //! would mean ([`super::Slot::header_only`]).
+//!
+//! Also owns opening a threshold group: its members are asked in the same
+//! order as any slots (nobody needed first), each under the same rule,
+//! until the group has the shares it needs; a group left short is one
+//! failed slot whatever its members said (exit 5), naming each member
+//! that did not open and why. A member is never tried on its own.
 
 use super::factors::{Factors, Offer, Scope};
-use super::record::{Selection, SlotRecord, select};
-use super::{HeaderOnly, Interaction, UnlockContext, password};
-use crate::error::{Attempt, Error, UnlockFailure};
-use crate::key::BackupKey;
+use super::record::{Selection, SlotId, SlotRecord, select};
+use super::{HeaderOnly, Interaction, SlotParams, UnlockContext, password, threshold};
+use crate::error::{Attempt, Error, SlotError, UnlockFailure};
+use crate::key::{BackupKey, KEY_LEN};
+use crate::shamir::Share;
 use crate::ui::Ui;
 use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
 
 /// Where a slot record was read from, which decides what may be done with
 /// it (DESIGN.md, "Trust rule for unauthenticated data").
@@ -44,7 +52,9 @@ pub struct Candidate<'s> {
 /// The slots to try for an archive, each with its [`Trust`]: the owner's
 /// keyring slots when `keyring_holds_key` (the keyring holds the archive's
 /// key), then the header's. A header slot whose id the keyring's slots
-/// already use is dropped when they are tried (the keyring's copy wins); one
+/// already use is dropped when they are tried (the keyring's copy wins), and
+/// so is every header slot inside such a group or naming such a group as
+/// its own (the keyring's group keeps its own members); one
 /// whose parameters equal a keyring slot's member for member is
 /// [`Trust::Local`] (it names only what the owner's keyring names); every
 /// other header slot is [`Trust::Unauthenticated`].
@@ -60,8 +70,13 @@ pub fn archive_candidates<'s>(
             trust: Trust::Local,
         }));
     }
+    let mut dropped: Vec<&SlotId> = Vec::new();
     for record in header {
-        if keyring_holds_key && keyring.iter().any(|k| k.id == record.id) {
+        let replaced = |id: &SlotId| {
+            keyring_holds_key && (keyring.iter().any(|k| k.id == *id) || dropped.contains(&id))
+        };
+        if replaced(&record.id) || record.member.as_ref().is_some_and(|m| replaced(&m.group)) {
+            dropped.push(&record.id);
             continue;
         }
         let local = |k: &SlotRecord| {
@@ -121,26 +136,62 @@ pub struct UnlockOptions<'a> {
     pub kdf_budget: u64,
 }
 
-/// The slots `selector` names (id, label or kind), or all.
+/// The slots `selector` names (id, label or kind), or all, leaving out
+/// members of groups (they open only with their group), and whether one
+/// slot was named alone.
 fn chosen<'c, 's>(
     slots: &'c [Candidate<'s>],
     selector: Option<&str>,
 ) -> Result<(Vec<&'c Candidate<'s>>, bool), Error> {
+    let alone = |c: &&Candidate<'s>| c.record.member.is_none();
     let Some(sel) = selector else {
-        return Ok((slots.iter().collect(), false));
+        return Ok((slots.iter().filter(alone).collect(), false));
     };
     let records: Vec<SlotRecord> = slots.iter().map(|c| c.record.clone()).collect();
+    let shown = crate::ui::escaped(sel);
     match select(&records, sel, "--slot").map_err(Error::Usage)? {
-        Selection::One(i) => Ok((vec![&slots[i]], true)),
-        Selection::Kind(v) => Ok((v.into_iter().map(|i| &slots[i]).collect(), false)),
+        Selection::One(i) => match &slots[i].record.member {
+            Some(m) => Err(Error::Usage(format!(
+                "--slot {shown}: slot {} is a member of threshold group {}, and opens only with its group: name the group",
+                slots[i].record.name(),
+                m.group
+            ))),
+            None => Ok((vec![&slots[i]], true)),
+        },
+        Selection::Kind(v) => {
+            let chosen: Vec<_> = v.into_iter().map(|i| &slots[i]).filter(alone).collect();
+            if chosen.is_empty() {
+                return Err(Error::Usage(format!(
+                    "--slot {shown}: every slot of that kind is a member of a threshold group, and opens only with its group: name the group"
+                )));
+            }
+            Ok((chosen, false))
+        }
     }
 }
 
+/// The direct members of the group `id` among `all`.
+fn inside<'c, 's>(all: &'c [Candidate<'s>], id: &SlotId) -> Vec<&'c Candidate<'s>> {
+    all.iter()
+        .filter(|c| c.record.member.as_ref().is_some_and(|m| m.group == *id))
+        .collect()
+}
+
 /// The slots the binding rule weighs an unbound factor against: the
-/// owner's own (trusted) slots among those chosen, or, when there are none,
-/// all chosen — so that slots a header adds can neither take an unbound
-/// PIN from the owner's slot nor make it ambiguous.
-fn scope<'s>(chosen: &[&Candidate<'s>], by_name: bool) -> Scope<'s> {
+/// owner's own (trusted) slots among those chosen and inside the groups
+/// chosen, or, when there are none, all of those — so that slots a header
+/// adds can neither take an unbound PIN from the owner's slot nor make it
+/// ambiguous.
+fn scope<'s>(all: &[Candidate<'s>], chosen: &[&Candidate<'s>], by_name: bool) -> Scope<'s> {
+    let mut every: Vec<&Candidate<'s>> = chosen.to_vec();
+    let mut i = 0;
+    while i < every.len() {
+        if threshold::need(every[i].record).is_some() {
+            every.extend(inside(all, &every[i].record.id));
+        }
+        i += 1;
+    }
+    let chosen = every;
     let local: Vec<&'s SlotRecord> = chosen
         .iter()
         .filter(|c| c.trust == Trust::Local)
@@ -161,21 +212,45 @@ fn scope<'s>(chosen: &[&Candidate<'s>], by_name: bool) -> Scope<'s> {
 /// slot where a wrong factor spends a guess for good (vault) goes after
 /// every slot whose failure costs nothing, and the recovery key goes last
 /// (it is the factor of last resort, kept in a drawer) unless it was
-/// supplied.
-fn order(chosen: &mut [&Candidate<'_>], factors: &Factors, scope: &Scope<'_>) {
-    chosen.sort_by_key(|c| {
-        let s = c.record;
-        let Some(kind) = s.params.as_slot() else {
-            return (Interaction::Prompt, false, false);
-        };
-        let at_hand = matches!(factors.offer(s, scope), Offer::Secret(_) | Offer::Shared(_));
-        let recovery = s.params.kind() == super::recovery::KIND;
-        (
-            kind.interaction(at_hand),
-            kind.spends_a_guess() && !recovery,
-            recovery,
-        )
-    });
+/// supplied. A group costs what the cheapest `need` of its members cost
+/// together: as much as the dearest of them.
+fn order(
+    chosen: &mut [&Candidate<'_>],
+    all: &[Candidate<'_>],
+    factors: &Factors,
+    scope: &Scope<'_>,
+) {
+    chosen.sort_by_key(|c| cost(c.record, all, factors, scope));
+}
+
+fn cost(
+    s: &SlotRecord,
+    all: &[Candidate<'_>],
+    factors: &Factors,
+    scope: &Scope<'_>,
+) -> (Interaction, bool, bool) {
+    if let Some(need) = threshold::need(s) {
+        let mut costs: Vec<_> = inside(all, &s.id)
+            .iter()
+            .map(|m| cost(m.record, all, factors, scope))
+            .collect();
+        costs.sort();
+        return costs.get(usize::from(need) - 1).copied().unwrap_or((
+            Interaction::Prompt,
+            true,
+            true,
+        ));
+    }
+    let Some(kind) = s.params.as_slot() else {
+        return (Interaction::Prompt, false, false);
+    };
+    let at_hand = matches!(factors.offer(s, scope), Offer::Secret(_) | Offer::Shared(_));
+    let recovery = s.params.kind() == super::recovery::KIND;
+    (
+        kind.interaction(at_hand),
+        kind.spends_a_guess() && !recovery,
+        recovery,
+    )
 }
 
 /// Try `slots` (all from the owner's keyring) in order until one gives up
@@ -225,6 +300,7 @@ fn admit(
     named_alone: bool,
     budget_left: u64,
     opts: &UnlockOptions<'_>,
+    name_it: &SlotId,
 ) -> Admission {
     match kind.header_only(opts.locators) {
         HeaderOnly::Inert { kdf_work } => {
@@ -232,10 +308,14 @@ fn admit(
                 Admission::AsRead
             } else {
                 Admission::Refuse(format!(
-                    "{HEADER_ONLY}, and its Argon2id cost ({} MiB-passes) is more than is left of the budget for such slots ({} MiB-passes in all); name it alone with --slot {} to try it",
+                    "{HEADER_ONLY}, and its Argon2id cost ({} MiB-passes) is more than is left of the budget for such slots ({} MiB-passes in all); name {} alone with --slot {name_it} to try it",
                     kdf_work / 1024,
                     UNAUTHENTICATED_KDF_BUDGET / 1024,
-                    record.id
+                    if record.member.is_some() {
+                        "its group"
+                    } else {
+                        "it"
+                    },
                 ))
             }
         }
@@ -274,7 +354,8 @@ fn same_check(
 
 /// Try `candidates` in order until one gives up the backup key, applying
 /// the trust rule to every [`Trust::Unauthenticated`] one (see
-/// [`Trust`]): the one place it is enforced.
+/// [`Trust`]): the one place it is enforced. A threshold group is tried
+/// through its members, `need` of which must open (module docs).
 ///
 /// Returns the key and the slot (as read) that opened it. The caller must
 /// then authenticate whatever the slots came from under that key.
@@ -288,92 +369,291 @@ pub fn unlock_with<'s>(
         refused: Vec::new(),
     };
     let (mut chosen, named_alone) = chosen(candidates, opts.selector)?;
-    let scope = scope(&chosen, opts.selector.is_some());
+    // A group named with --slot chooses itself, not its members: the binding
+    // rule applies to them as to slots nobody named (an unbound password
+    // goes to a vault member only when no password member can take it).
+    let by_name =
+        opts.selector.is_some() && !chosen.iter().any(|c| threshold::need(c.record).is_some());
+    let scope = scope(candidates, &chosen, by_name);
     let all: Vec<&SlotRecord> = candidates.iter().map(|c| c.record).collect();
     opts.factors.check(&all, &scope)?;
-    order(&mut chosen, opts.factors, &scope);
-    let mut budget_left = opts.kdf_budget;
-    // Slots a supplied secret was wrong for: (its parameters, the secret).
-    let mut wrong: Vec<(super::SlotParams, SecretString)> = Vec::new();
+    order(&mut chosen, candidates, opts.factors, &scope);
+    let mut run = Run {
+        all: candidates,
+        opts,
+        scope,
+        budget_left: opts.kdf_budget,
+        wrong: Vec::new(),
+    };
     for cand in chosen {
+        match run.attempt(cand, named_alone) {
+            Outcome::Opened(secret, typed) => {
+                if typed || !failure.attempts.is_empty() {
+                    opts.ui
+                        .message(&format!("unlocked with slot {}", cand.record.name()));
+                }
+                return Ok((BackupKey::from_bytes(*secret), cand.record));
+            }
+            Outcome::Skipped(text, _) => failure.skipped.push(text),
+            Outcome::Refused(text) => failure.refused.push(text),
+            Outcome::Failed(error) => failure.attempts.push(Attempt {
+                slot: cand.record.name(),
+                error,
+            }),
+        }
+    }
+    Err(Error::Unlock(failure))
+}
+
+/// How one attempt on one slot ended.
+enum Outcome {
+    /// It opened: the backup key, or a member's share; and whether a
+    /// person typed a secret for it.
+    Opened(Zeroizing<[u8; KEY_LEN]>, bool),
+    /// Not tried: the text for [`UnlockFailure::skipped`], and whether
+    /// for want of a factor.
+    Skipped(String, bool),
+    /// The trust rule did not let it be tried: `name: why`.
+    Refused(String),
+    /// Tried, and it failed.
+    Failed(SlotError),
+}
+
+/// One unlock's state, shared by every slot and member it tries.
+struct Run<'a, 'c, 's> {
+    all: &'c [Candidate<'s>],
+    opts: &'a UnlockOptions<'a>,
+    scope: Scope<'s>,
+    /// What is left of the Argon2id budget for unauthenticated slots.
+    budget_left: u64,
+    /// Slots a supplied secret was wrong for: (its parameters, the secret).
+    wrong: Vec<(SlotParams, SecretString)>,
+}
+
+impl Run<'_, '_, '_> {
+    /// The outermost group the slot is in (itself if none): what `--slot`
+    /// can name.
+    fn outermost(&self, slot: &SlotRecord) -> SlotId {
+        let mut id = slot.id.clone();
+        let mut member = slot.member.clone();
+        for _ in 0..super::record::MAX_GROUP_DEPTH {
+            let Some(m) = member else { break };
+            match self.all.iter().find(|c| c.record.id == m.group) {
+                Some(g) => {
+                    id = g.record.id.clone();
+                    member = g.record.member.clone();
+                }
+                None => break,
+            }
+        }
+        id
+    }
+
+    /// Try one slot (a group through its members). `named_alone`: it, or
+    /// the group it is in, was named by id or label with `--slot`.
+    fn attempt(&mut self, cand: &Candidate<'_>, named_alone: bool) -> Outcome {
+        let opts = self.opts;
         let slot = cand.record;
+        if let SlotParams::Threshold(p) = &slot.params {
+            return self.open_group(cand, p.need, named_alone);
+        }
         let Some(kind) = slot.params.as_slot() else {
-            failure.skipped.push(format!(
-                "{} (kind not supported by this build)",
-                slot.name()
-            ));
-            continue;
+            return Outcome::Skipped(
+                format!("{} (kind not supported by this build)", slot.name()),
+                false,
+            );
         };
         let localized = match cand.trust {
             Trust::Local => None,
-            Trust::Unauthenticated => match admit(slot, kind, named_alone, budget_left, opts) {
-                Admission::AsRead => None,
-                Admission::Try(local) => Some(local),
-                Admission::Refuse(why) => {
-                    failure.refused.push(format!("{}: {why}", slot.name()));
-                    continue;
+            Trust::Unauthenticated => {
+                let name_it = self.outermost(slot);
+                match admit(slot, kind, named_alone, self.budget_left, opts, &name_it) {
+                    Admission::AsRead => None,
+                    Admission::Try(local) => Some(local),
+                    Admission::Refuse(why) => {
+                        return Outcome::Refused(format!("{}: {why}", slot.name()));
+                    }
                 }
-            },
+            }
         };
         let used = localized.as_deref().unwrap_or(slot);
         let Some(kind) = used.params.as_slot() else {
-            continue;
+            return Outcome::Skipped(
+                format!("{} (kind not supported by this build)", slot.name()),
+                false,
+            );
         };
-        let offer = opts.factors.offer(used, &scope);
+        let offer = opts.factors.offer(used, &self.scope);
         let supplied = match &offer {
             Offer::Secret(s) => Some(s.clone()),
             _ => None,
         };
         if let Some(s) = &supplied
-            && wrong.iter().any(|(p, w)| {
+            && self.wrong.iter().any(|(p, w)| {
                 w.expose_secret() == s.expose_secret() && same_check(kind, &used.params, p)
             })
         {
             // An archive may carry copies of a device or vault slot: the
             // same secret, wrong there, would spend another try for nothing.
-            failure.skipped.push(format!(
-                "{} (the same {} as a slot this {} was already wrong for: not tried again)",
-                slot.name(),
-                if kind.spends_a_guess() {
-                    "vault record"
-                } else {
-                    "device"
-                },
-                kind.factor().map(|f| f.what()).unwrap_or("secret"),
-            ));
-            continue;
+            return Outcome::Skipped(
+                format!(
+                    "{} (the same {} as a slot this {} was already wrong for: not tried again)",
+                    slot.name(),
+                    if kind.spends_a_guess() {
+                        "vault record"
+                    } else {
+                        "device"
+                    },
+                    kind.factor().map(|f| f.what()).unwrap_or("secret"),
+                ),
+                false,
+            );
         }
-        let typed = matches!(offer, Offer::Ask | Offer::Shared(_));
-        let ctx = UnlockContext::new(opts.ui, used, opts.locators, opts.factors, offer);
-        let work_before = password::work_done_on_this_thread();
-        let result = kind.unwrap(&used.wrapped, &ctx);
-        if cand.trust == Trust::Unauthenticated {
-            let spent = password::work_done_on_this_thread().saturating_sub(work_before);
-            budget_left = budget_left.saturating_sub(spent);
-        }
-        match result {
-            None => failure.skipped.push(slot.name()),
-            Some(Ok(bk)) => {
-                if typed || !failure.attempts.is_empty() {
-                    opts.ui
-                        .message(&format!("unlocked with slot {}", slot.name()));
-                }
-                return Ok((bk, slot));
+        let mut typed = matches!(offer, Offer::Ask | Offer::Shared(_));
+        // Several unbound recovery keys: each is tried (a wrong one costs
+        // nothing), so that two members open without being named.
+        let mut alternatives = match kind.factor() {
+            Some(super::FactorKind::RecoveryKey) => opts
+                .factors
+                .unbound_for(used, super::FactorKind::RecoveryKey)
+                .into_iter()
+                .skip(1)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut offer = offer;
+        let result = loop {
+            let shared = matches!(offer, Offer::Shared(_));
+            let ctx = UnlockContext::new(opts.ui, used, opts.locators, opts.factors, offer);
+            let work_before = password::work_done_on_this_thread();
+            let result = super::open_slot(kind, &ctx);
+            if cand.trust == Trust::Unauthenticated {
+                let spent = password::work_done_on_this_thread().saturating_sub(work_before);
+                self.budget_left = self.budget_left.saturating_sub(spent);
             }
+            let wrong = matches!(&result, Some(Err(e)) if e.category() == crate::error::Category::WrongFactor);
+            if wrong && !alternatives.is_empty() {
+                offer = Offer::Secret(alternatives.remove(0));
+                continue;
+            }
+            // A password typed for another slot did not fit this member:
+            // ask for this one's own (a group needs each member's).
+            if wrong && shared && slot.member.is_some() {
+                offer = Offer::Ask;
+                typed = true;
+                continue;
+            }
+            break result;
+        };
+        match result {
+            None => Outcome::Skipped(slot.name(), true),
+            Some(Ok(secret)) => Outcome::Opened(secret, typed),
             Some(Err(error)) => {
                 if let Some(s) = supplied
                     && error.category() == crate::error::Category::WrongFactor
                 {
-                    wrong.push((used.params.clone(), s));
+                    self.wrong.push((used.params.clone(), s));
                 }
-                failure.attempts.push(Attempt {
-                    slot: slot.name(),
-                    error,
-                })
+                Outcome::Failed(error)
             }
         }
     }
-    Err(Error::Unlock(failure))
+
+    /// Open a group: ask its members, cheapest first, until `need` gave
+    /// their shares, then open the group's wrapped key with the secret
+    /// they make. Short of `need`: [`SlotError::GroupShort`], naming each
+    /// member that did not open and why.
+    fn open_group(&mut self, cand: &Candidate<'_>, need: u8, named_alone: bool) -> Outcome {
+        let group = cand.record;
+        let mut members = inside(self.all, &group.id);
+        order(&mut members, self.all, self.opts.factors, &self.scope);
+        let n = members.len();
+        let need_n = usize::from(need);
+        if n < need_n {
+            // Nothing is asked of a group that cannot open.
+            let hint = match cand.trust {
+                Trust::Local => format!(
+                    ": add members with `coffer enroll KIND --group {}`",
+                    group.id
+                ),
+                Trust::Unauthenticated => String::new(),
+            };
+            return Outcome::Failed(SlotError::GroupShort {
+                need,
+                opened: 0,
+                members: vec![format!(
+                    "the group has {n} member(s) and needs {need}{hint}"
+                )],
+            });
+        }
+        let mut shares: Vec<Share> = Vec::new();
+        let mut kinds: Vec<&str> = Vec::new();
+        let mut failed: Vec<String> = Vec::new();
+        let mut typed_any = false;
+        for (i, m) in members.iter().enumerate() {
+            if shares.len() == need_n {
+                break;
+            }
+            if shares.len() + (n - i) < need_n {
+                // Short whatever the rest do: ask them nothing (no PIN
+                // try, no vault guess, no prompt for nothing).
+                for rest in &members[i..] {
+                    failed.push(format!(
+                        "{}: not tried (the group could no longer open)",
+                        rest.record.name()
+                    ));
+                }
+                break;
+            }
+            let Some(x) = m.record.member.as_ref().map(|mm| mm.x) else {
+                continue;
+            };
+            match self.attempt(m, named_alone) {
+                Outcome::Opened(secret, typed) => {
+                    typed_any |= typed;
+                    shares.push(Share::from_secret(x, secret));
+                    kinds.push(m.record.params.kind());
+                    self.opts.ui.message(&format!(
+                        "group {}: {need} of {n} needed, {} opened ({})",
+                        group.name(),
+                        shares.len(),
+                        kinds.join(", ")
+                    ));
+                }
+                Outcome::Skipped(_, true) => {
+                    failed.push(format!("{}: not tried (no factor given)", m.record.name()))
+                }
+                Outcome::Skipped(text, false) => failed.push(text),
+                Outcome::Refused(text) => failed.push(format!("{text} (not tried)")),
+                Outcome::Failed(e) => failed.push(format!("{}: {e}", m.record.name())),
+            }
+        }
+        if shares.len() < need_n {
+            return Outcome::Failed(SlotError::GroupShort {
+                need,
+                opened: shares.len(),
+                members: failed,
+            });
+        }
+        let opened = threshold::kek_from_shares(&shares, need)
+            .and_then(|kek| super::open_wrapped(group.member.as_ref(), &group.wrapped, &kek).ok());
+        match opened {
+            Some(secret) => {
+                for f in &failed {
+                    self.opts
+                        .ui
+                        .message(&format!("group {}: member {f}", group.name()));
+                }
+                Outcome::Opened(secret, typed_any)
+            }
+            None => Outcome::Failed(SlotError::Malformed {
+                field: "wrapped".into(),
+                reason:
+                    "the shares its members gave do not open it: the group or a member was altered"
+                        .into(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -402,8 +682,8 @@ mod tests {
         factors: &Factors,
     ) -> Result<Vec<&'c Candidate<'s>>, Error> {
         let (mut chosen, _) = chosen(cands, selector)?;
-        let scope = scope(&chosen, selector.is_some());
-        order(&mut chosen, factors, &scope);
+        let scope = scope(cands, &chosen, selector.is_some());
+        order(&mut chosen, cands, factors, &scope);
         Ok(chosen)
     }
     use std::sync::Mutex;

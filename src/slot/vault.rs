@@ -8,11 +8,11 @@
 //! server whose key is not the pinned one.
 
 use super::{
-    FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, SlotRecord,
+    FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, SlotRecord, Target,
     UnlockContext,
 };
 use crate::error::SlotError;
-use crate::key::{BackupKey, Kek, WrappedKey};
+use crate::key::{Kek, WrappedKey};
 use crate::vault::VaultError;
 use crate::vault::client::Client;
 use base64::Engine as _;
@@ -66,10 +66,10 @@ fn slot_error(url: &str, e: VaultError) -> SlotError {
     }
 }
 
-/// Enroll a vault slot for `bk`: register `password` at `url` under a new
-/// random user id.
-pub fn enroll(
-    bk: &BackupKey,
+/// Enroll a vault slot for `target` (the backup key, or a group member's
+/// share): register `password` at `url` under a new random user id.
+pub fn enroll<'a>(
+    target: impl Into<Target<'a>>,
     url: &str,
     ca_pem: Option<&str>,
     password: &SecretString,
@@ -90,10 +90,9 @@ pub fn enroll(
         server_key: B64.encode(&reg.server_key),
         ca: ca_pem.map(str::to_owned),
     };
-    Ok(SlotRecord::new(
-        SlotParams::Vault(params),
-        bk.wrap(&kek(&reg.export_key)),
-    ))
+    Ok(target
+        .into()
+        .record(SlotParams::Vault(params), &kek(&reg.export_key)))
 }
 
 impl VaultParams {
@@ -108,7 +107,12 @@ impl VaultParams {
     }
 
     /// Log in with `password` and return the KEK, checked against `wrapped`.
-    fn open(&self, wrapped: &WrappedKey, password: &SecretString) -> Result<Kek, SlotError> {
+    fn open(
+        &self,
+        wrapped: &WrappedKey,
+        password: &SecretString,
+        ctx: &UnlockContext<'_>,
+    ) -> Result<Kek, SlotError> {
         if crate::vault::protocol::parse_user(&self.user).is_none() {
             return Err(SlotError::Malformed {
                 field: "user".into(),
@@ -127,9 +131,9 @@ impl VaultParams {
             )
             .map_err(|e| slot_error(&self.url, e))?;
         let kek = kek(&export_key);
-        match wrapped.unwrap(&kek) {
-            Ok(_) => Ok(kek),
-            Err(_) => Err(SlotError::Malformed {
+        match ctx.opens(wrapped, &kek) {
+            true => Ok(kek),
+            false => Err(SlotError::Malformed {
                 field: "wrapped".into(),
                 reason: "the vault's key does not open it: the slot was altered".into(),
             }),
@@ -178,7 +182,7 @@ impl Slot for VaultParams {
             // Never enrolled (enroll refuses it): not worth a guess.
             return Some(Err(SlotError::WrongPassword));
         }
-        Some(self.open(wrapped, &password))
+        Some(self.open(wrapped, &password, ctx))
     }
 
     /// A new record at the same server for the same password (proved on the
@@ -187,13 +191,13 @@ impl Slot for VaultParams {
     fn rewrap(
         &self,
         wrapped: &WrappedKey,
-        bk: &BackupKey,
+        target: &Target<'_>,
         ctx: &UnlockContext<'_>,
     ) -> Option<Result<Rewrapped, SlotError>> {
         let password = ctx.secret("Vault password")?;
         let result = (|| {
-            self.open(wrapped, &password)?;
-            let record = enroll(bk, &self.url, self.ca.as_deref(), &password)?;
+            self.open(wrapped, &password, ctx)?;
+            let record = enroll(target, &self.url, self.ca.as_deref(), &password)?;
             Ok(Rewrapped {
                 params: Some(record.params),
                 wrapped: record.wrapped,

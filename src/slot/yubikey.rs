@@ -17,12 +17,12 @@
 //! the enrolled one. It never uses the default PIN or management key.
 
 use super::{
-    FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, SlotRecord,
+    FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, SlotRecord, Target,
     UnlockContext,
 };
 use crate::ecdh::{self, sec1};
 use crate::error::SlotError;
-use crate::key::{BackupKey, Kek, WrappedKey, label};
+use crate::key::{Kek, WrappedKey, label};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use secrecy::{ExposeSecret, SecretString};
@@ -309,9 +309,10 @@ pub struct EnrollOptions {
 
 /// Enroll a YubiKey: check the PIN (refusing the default one), get the
 /// slot's key (generated now or already there), prove the card holds its
-/// private key with one ECDH, and wrap `bk` to it.
-pub fn enroll(
-    bk: &BackupKey,
+/// private key with one ECDH, and wrap `target` (the backup key, or a group
+/// member's share) to it.
+pub fn enroll<'a>(
+    target: impl Into<Target<'a>>,
     opts: EnrollOptions,
     pin: &SecretString,
     ui: &dyn crate::ui::Ui,
@@ -414,7 +415,7 @@ pub fn enroll(
         pin_policy,
         touch_policy,
     };
-    Ok(SlotRecord::new(SlotParams::Yubikey(params), bk.wrap(&kek)))
+    Ok(target.into().record(SlotParams::Yubikey(params), &kek))
 }
 
 fn card_ecdh(
@@ -439,9 +440,9 @@ impl YubikeyParams {
         parse_piv_slot(&self.piv_slot).map_err(|r| malformed("piv_slot", &r))
     }
 
-    /// Wrap `bk` again for the same card key, without the card: a new
+    /// Wrap `target` again for the same card key, without the card: a new
     /// ephemeral key, same serial, PIV slot and policies.
-    pub fn rewrap_public(&self, bk: &BackupKey) -> Result<Rewrapped, SlotError> {
+    pub fn rewrap_public<'a>(&self, target: impl Into<Target<'a>>) -> Result<Rewrapped, SlotError> {
         self.piv_slot_number()?;
         let card = decode_point("public_key", &self.public_key)?;
         let (eph, kek) = wrap_to(&card);
@@ -451,7 +452,7 @@ impl YubikeyParams {
         };
         Ok(Rewrapped {
             params: Some(SlotParams::Yubikey(params)),
-            wrapped: bk.wrap(&kek),
+            wrapped: target.into().wrap(&kek),
         })
     }
 }
@@ -510,9 +511,9 @@ impl Slot for YubikeyParams {
             Ok(k) => k,
             Err(e) => return Some(Err(e)),
         };
-        Some(match wrapped.unwrap(&kek) {
-            Ok(_) => Ok(kek),
-            Err(_) => Err(SlotError::Device(format!(
+        Some(match ctx.opens(wrapped, &kek) {
+            true => Ok(kek),
+            false => Err(SlotError::Device(format!(
                 "YubiKey {}: PIV slot {} holds a different key than the one enrolled",
                 self.serial, self.piv_slot
             ))),
@@ -523,10 +524,10 @@ impl Slot for YubikeyParams {
     fn rewrap(
         &self,
         _wrapped: &WrappedKey,
-        bk: &BackupKey,
+        target: &Target<'_>,
         _ctx: &UnlockContext<'_>,
     ) -> Option<Result<Rewrapped, SlotError>> {
-        Some(self.rewrap_public(bk))
+        Some(self.rewrap_public(target))
     }
 
     fn rewrap_needs_factor(&self) -> bool {

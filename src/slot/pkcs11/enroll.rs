@@ -38,14 +38,16 @@ fn ec_point_of(token: &Token, session: &Session, h: ObjectHandle) -> Result<[u8;
         .map_err(|e| SlotError::Device(format!("{}: public key {e}", token.what)))
 }
 
-/// Enroll a PKCS#11 slot for `bk`. `pin` is asked for only when the token
-/// needs it (generating a key, aes-gcm, or a public key that needs login).
-pub fn enroll(
-    bk: &BackupKey,
+/// Enroll a PKCS#11 slot for `target` (the backup key, or a group
+/// member's share). `pin` is asked for only when the token needs it
+/// (generating a key, aes-gcm, or a public key that needs login).
+pub fn enroll<'a>(
+    target: impl Into<Target<'a>>,
     opts: &EnrollOptions,
     pin: Option<&SecretString>,
     ui: &dyn Ui,
 ) -> Result<SlotRecord, SlotError> {
+    let target = target.into();
     let mut uri = Pkcs11Uri::parse(&opts.uri).map_err(|e| malformed("uri", e))?;
     if !uri.names_object() {
         return Err(malformed(
@@ -67,7 +69,7 @@ pub fn enroll(
         if !uri.names_token() {
             return Err(malformed("uri", "name the token (token= or serial=)"));
         }
-        return ecdh_record(bk, module, &uri, &sec1(public));
+        return ecdh_record(&target, module, &uri, &sec1(public));
     }
     let token = Token::open(&opts.module, &uri, &load_hint())?;
     if !uri.names_token() {
@@ -106,7 +108,7 @@ pub fn enroll(
                     .generate_key_pair(&Mechanism::EccKeyPairGen, &pubt, &privt)
                     .map_err(|e| ck_error(e, &token.what))?;
                 let point = ec_point_of(&token, &session, h)?;
-                return ecdh_record(bk, module, &uri, &point);
+                return ecdh_record(&target, module, &uri, &point);
             }
             let t = key_template(&uri, ObjectClass::PUBLIC_KEY, KeyType::EC);
             let found = session
@@ -119,7 +121,7 @@ pub fn enroll(
             }
             let h = token.find_one(&session, &uri, &t, "EC public key")?;
             let point = ec_point_of(&token, &session, h)?;
-            ecdh_record(bk, module, &uri, &point)
+            ecdh_record(&target, module, &uri, &point)
         }
         Pkcs11Mechanism::AesGcm => {
             let p = get_pin().ok_or_else(no_pin)?;
@@ -167,7 +169,7 @@ pub fn enroll(
                 ephemeral: None,
                 sealed_kek: Some(B64.encode(sealed)),
             };
-            Ok(SlotRecord::new(SlotParams::Pkcs11(params), bk.wrap(&kek)))
+            Ok(target.record(SlotParams::Pkcs11(params), &kek))
         }
     }
 }
@@ -195,7 +197,7 @@ fn refuse_existing(
 }
 
 fn ecdh_record(
-    bk: &BackupKey,
+    target: &Target<'_>,
     module: String,
     uri: &Pkcs11Uri,
     point: &[u8; POINT_LEN],
@@ -210,5 +212,5 @@ fn ecdh_record(
         ephemeral: Some(B64.encode(eph)),
         sealed_kek: None,
     };
-    Ok(SlotRecord::new(SlotParams::Pkcs11(params), bk.wrap(&kek)))
+    Ok(target.record(SlotParams::Pkcs11(params), &kek))
 }

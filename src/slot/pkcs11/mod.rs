@@ -33,11 +33,12 @@ mod unwrap;
 use unwrap::point_field;
 
 use super::{
-    FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, UnlockContext,
+    FactorKind, HeaderOnly, Interaction, Locators, Rewrapped, Slot, SlotParams, Target,
+    UnlockContext,
 };
 use crate::ecdh::{self, POINT_LEN, sec1};
 use crate::error::SlotError;
-use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey, label};
+use crate::key::{KEY_LEN, Kek, WrappedKey, label};
 use crate::pkcs11_token::{
     self as token, GCM_IV_LEN, GCM_TAG_LEN, Token, TokenError, key_template,
 };
@@ -228,9 +229,9 @@ impl Slot for Pkcs11Params {
     fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
         Some(
             self.token_kek(ctx)?
-                .and_then(|kek| match wrapped.unwrap(&kek) {
-                    Ok(_) => Ok(kek),
-                    Err(_) => Err(SlotError::Device(format!(
+                .and_then(|kek| match ctx.opens(wrapped, &kek) {
+                    true => Ok(kek),
+                    false => Err(SlotError::Device(format!(
                         "the token key {} did not unwrap this slot: it is not the key enrolled",
                         self.uri
                     ))),
@@ -243,11 +244,11 @@ impl Slot for Pkcs11Params {
     fn rewrap(
         &self,
         wrapped: &WrappedKey,
-        bk: &BackupKey,
+        target: &Target<'_>,
         ctx: &UnlockContext<'_>,
     ) -> Option<Result<Rewrapped, SlotError>> {
         if self.mechanism == Pkcs11Mechanism::AesGcm {
-            return super::rewrap_under_the_same_kek(self, wrapped, bk, ctx);
+            return super::rewrap_under_the_same_kek(self, wrapped, target, ctx);
         }
         let result = (|| {
             self.checked()?;
@@ -259,7 +260,7 @@ impl Slot for Pkcs11Params {
                     ephemeral: Some(B64.encode(eph)),
                     ..self.clone()
                 })),
-                wrapped: bk.wrap(&kek),
+                wrapped: target.wrap(&kek),
             })
         })();
         Some(result)

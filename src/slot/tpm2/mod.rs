@@ -17,10 +17,11 @@
 pub mod device;
 
 use super::{
-    FactorKind, HeaderOnly, Interaction, Locators, Slot, SlotParams, SlotRecord, UnlockContext,
+    FactorKind, HeaderOnly, Interaction, Locators, Slot, SlotParams, SlotRecord, Target,
+    UnlockContext,
 };
 use crate::error::SlotError;
-use crate::key::{BackupKey, KEY_LEN, Kek, WrappedKey};
+use crate::key::{KEY_LEN, Kek, WrappedKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use device::{Blobs, Policy, Sealed, Tpm};
@@ -206,8 +207,12 @@ impl std::fmt::Debug for EnrollOptions {
     }
 }
 
-/// Seal a fresh KEK in the TPM and wrap `bk` with it.
-pub fn enroll(bk: &BackupKey, opts: &EnrollOptions) -> Result<SlotRecord, SlotError> {
+/// Seal a fresh KEK in the TPM and wrap `target` (the backup key, or a
+/// group member's share) with it.
+pub fn enroll<'a>(
+    target: impl Into<Target<'a>>,
+    opts: &EnrollOptions,
+) -> Result<SlotRecord, SlotError> {
     let tcti = opts
         .tcti
         .clone()
@@ -251,7 +256,7 @@ pub fn enroll(bk: &BackupKey, opts: &EnrollOptions) -> Result<SlotRecord, SlotEr
         pin_iterations: pin.as_ref().map(|_| DEFAULT_PIN_ITERATIONS),
         tcti_hint: (tcti.len() <= MAX_TCTI_HINT).then_some(tcti),
     };
-    Ok(SlotRecord::new(SlotParams::Tpm2(params), bk.wrap(&kek)))
+    Ok(target.into().record(SlotParams::Tpm2(params), &kek))
 }
 
 fn malformed(field: &str, reason: impl Into<String>) -> SlotError {
@@ -348,18 +353,29 @@ impl Tpm2Params {
         Ok(Kek::from_bytes(bytes))
     }
 
-    /// The KEK from the TPM at `tcti`, checked against `wrapped`.
-    /// [`Slot::kek`] does this with the TCTI [`resolve_tcti`] picks.
+    /// The KEK from the TPM at `tcti`, checked against `wrapped` (a slot
+    /// that is no group's member). [`Slot::kek`] does this with the TCTI
+    /// [`resolve_tcti`] picks.
     pub fn kek_via(
         &self,
         wrapped: &WrappedKey,
         tcti: &str,
         pin: Option<&SecretString>,
     ) -> Result<Kek, SlotError> {
+        self.kek_checked(tcti, pin, &|k| wrapped.unwrap(k).is_ok())
+    }
+
+    /// The KEK from the TPM at `tcti`, if `opens` says it opens the slot.
+    fn kek_checked(
+        &self,
+        tcti: &str,
+        pin: Option<&SecretString>,
+        opens: &dyn Fn(&Kek) -> bool,
+    ) -> Result<Kek, SlotError> {
         let kek = self.unseal_kek(tcti, pin)?;
-        match wrapped.unwrap(&kek) {
-            Ok(_) => Ok(kek),
-            Err(_) => Err(malformed(
+        match opens(&kek) {
+            true => Ok(kek),
+            false => Err(malformed(
                 "wrapped",
                 "the KEK sealed in the TPM does not unwrap this slot's key",
             )),
@@ -404,7 +420,7 @@ impl Slot for Tpm2Params {
         } else {
             None
         };
-        Some(self.kek_via(wrapped, &tcti, pin.as_ref()))
+        Some(self.kek_checked(&tcti, pin.as_ref(), &|k| ctx.opens(wrapped, k)))
     }
 
     fn header_only(&self, locators: &Locators) -> HeaderOnly {
