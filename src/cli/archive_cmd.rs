@@ -373,17 +373,28 @@ pub(super) fn seal(
     }
     let keyring = sealing_keyring(cli, env, key_id)?;
     let sealer = keyring.sealer().expect("version 2 after sealing_keyring");
-    let slots: Vec<SlotRecord> = keyring
-        .slots
-        .iter()
-        .filter(|s| !(pq_only && s.params.as_slot().is_some_and(|k| k.classical_public_key())))
-        .cloned()
-        .collect();
+    const CLASSICAL: &str = "--pq-only";
+    let (slots, left_out) = coffer::slot::threshold::prune(&keyring.slots, &|s, _, i| {
+        (pq_only
+            && s[i]
+                .params
+                .as_slot()
+                .is_some_and(|k| k.classical_public_key()))
+        .then(|| CLASSICAL.to_owned())
+    });
+    for (name, why) in left_out.iter().filter(|(_, why)| why != CLASSICAL) {
+        env.ui
+            .warn(&format!("slot {name} is left out of the archive: {why}"));
+    }
     if slots.is_empty() {
-        return Err(Error::Refused(
-            "--pq-only leaves no slot in the header: enroll a recovery key, password or TPM first"
-                .into(),
-        ));
+        return Err(Error::Refused(format!(
+            "no slot would be left in the archive's header ({}): enroll a recovery key, password or TPM first",
+            left_out
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
     }
     let opts = SealOptions {
         compression: match compress {
@@ -626,18 +637,13 @@ fn inspect_keyring(cli: &Cli, path: &Path) -> Result<()> {
 
 fn slot_lines(slots: &[SlotRecord], w: &mut dyn FnMut(String)) {
     use std::fmt::Write as _;
-    for s in slots {
-        let detail = s
-            .params
-            .as_slot()
-            .map(|k| escaped(&k.describe()))
-            .unwrap_or_else(|| "not supported by this build".into());
+    for (i, s) in slots.iter().enumerate() {
+        let (id, detail) = super::slot_row(slots, i, "not supported by this build");
         let mut line = String::new();
         let label = s.label.as_ref().map(|l| escaped(l.as_str()));
         let _ = write!(
             line,
-            "  {:<10} {:<16} {:<10} {detail}",
-            s.id,
+            "  {id:<10} {:<16} {:<10} {detail}",
             label.as_deref().unwrap_or("-"),
             s.params.kind()
         );

@@ -303,6 +303,11 @@ pub struct EnrollArgs {
     /// update changed the PCRs: `enroll tpm2 --pcrs 7 --replace tpm2`)
     #[arg(long, global = true, value_name = "SLOT")]
     pub replace: Option<String>,
+    /// Make the new slot a member of this threshold group (its id or
+    /// label): it then opens nothing alone, only with enough of the
+    /// group's other members (docs/threshold.md)
+    #[arg(long, global = true, value_name = "GROUP")]
+    pub group: Option<String>,
     /// The kind of slot
     #[command(subcommand)]
     pub kind: EnrollKind,
@@ -316,6 +321,15 @@ pub enum EnrollKind {
         /// Write the new recovery key to FILE (mode 0600) instead of showing it
         #[arg(long, value_name = "FILE")]
         recovery_key_out: Option<PathBuf>,
+    },
+    /// A threshold group: opens only when NEED of its members do (the TPM
+    /// and a YubiKey; any two of three keys). Add members with
+    /// `enroll KIND --group GROUP`; it opens nothing until it has NEED
+    Threshold {
+        /// How many members it takes to open the group (1 to 63: a keyring
+        /// holds 64 slots, the group and its members included)
+        #[arg(long, value_name = "NEED", value_parser = clap::value_parser!(u8).range(1..=63))]
+        need: u8,
     },
     /// A password (Argon2id)
     Password {

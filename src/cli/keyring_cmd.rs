@@ -13,7 +13,7 @@ use super::{Cli, Env, new_password, print_json, unix_time_text, unlock};
 use coffer::error::{Error, Result};
 use coffer::keyring::Keyring;
 use coffer::slot::recovery::{self, RecoveryKey};
-use coffer::slot::{FactorKind, Label, SlotId, password, select_one};
+use coffer::slot::{FactorKind, Label, SlotId, Target, password, select_one, threshold};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
@@ -168,6 +168,10 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
     {
         return Err(coffer::keyring::last_recovery_replaced(&keyring.slots[i]));
     }
+    let group = enrollment_group(&keyring, args, replaced)?;
+    if let Some(i) = replaced {
+        refuse_replacing(&keyring, i, args, group)?;
+    }
     if let Some(l) = &label {
         let taken = keyring.slots.iter().enumerate().find(|(i, s)| {
             Some(*i) != replaced && (s.label.as_ref() == Some(l) || s.id.as_str() == l.as_str())
@@ -180,19 +184,27 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
         }
     }
     let bk = unlock(cli, env, &mut keyring)?;
+    // A member's share (its x taken now, never given again) or the key.
+    let target = match group {
+        Some(g) => threshold::add_member(&bk, &mut keyring.slots[g]).map_err(Error::Enroll)?,
+        None => Target::from(&bk),
+    };
     let mut new_key: Option<RecoveryKey> = None;
     let record = match &args.kind {
         EnrollKind::Recovery { .. } => {
-            let (record, key) = recovery::enroll(&bk);
+            let (record, key) = recovery::enroll(&target);
             new_key = Some(key);
             record
+        }
+        EnrollKind::Threshold { need } => {
+            threshold::enroll(&bk, &target, *need).map_err(Error::Enroll)?
         }
         EnrollKind::Password { new_password_file } => {
             let pw = new_password(env, new_password_file.as_deref(), "password")?;
             if pw.expose_secret().is_empty() {
                 return Err(Error::Usage("the new password is empty".into()));
             }
-            password::enroll(&bk, &pw, password::Cost::default()).map_err(Error::Enroll)?
+            password::enroll(&target, &pw, password::Cost::default()).map_err(Error::Enroll)?
         }
         #[cfg(feature = "tpm2")]
         EnrollKind::Tpm2 {
@@ -215,7 +227,7 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
                 pcrs: pcrs.clone(),
                 pin,
             };
-            coffer::slot::tpm2::enroll(&bk, &opts).map_err(Error::Enroll)?
+            coffer::slot::tpm2::enroll(&target, &opts).map_err(Error::Enroll)?
         }
         #[cfg(feature = "pkcs11")]
         EnrollKind::Pkcs11 {
@@ -227,7 +239,7 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
         } => enroll_pkcs11(
             env,
             device_pin.as_ref(),
-            &bk,
+            &target,
             (module.as_deref(), uri, *generate, *mechanism),
             public_key.as_deref(),
         )?,
@@ -280,7 +292,7 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
                 piv_slot: *piv_slot,
                 key,
             };
-            yk::enroll(&bk, opts, &pin, &env.ui).map_err(|e| match e {
+            yk::enroll(&target, opts, &pin, &env.ui).map_err(|e| match e {
                 coffer::error::SlotError::PolicyRefused(m) => Error::Refused(m),
                 e => Error::Enroll(e),
             })?
@@ -290,7 +302,13 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
             url,
             ca,
             new_password_file,
-        } => enroll_vault(env, &bk, url, ca.as_deref(), new_password_file.as_deref())?,
+        } => enroll_vault(
+            env,
+            &target,
+            url,
+            ca.as_deref(),
+            new_password_file.as_deref(),
+        )?,
     };
     let mut record = record;
     record.label = label;
@@ -333,16 +351,137 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
                 .info(&format!("enrolled slot {shown} in place of slot {o}")),
             None => env.ui.info(&format!("enrolled slot {shown}")),
         }
+        // The group it joined, or the group it is.
+        let new = keyring.slots.iter().find(|s| s.id == id);
+        let group = new.and_then(|n| match &n.member {
+            Some(m) => Some(&m.group),
+            None => threshold::need(n).map(|_| &n.id),
+        });
+        if let Some(g) = group.and_then(|g| keyring.slots.iter().position(|s| s.id == *g)) {
+            env.ui.info(&group_status(&keyring.slots, g));
+        }
         tell_where(env, written.as_deref());
     }
     Ok(())
+}
+
+/// The group the new slot joins, as an index: `--group`, else the group
+/// of the member `--replace` names. Checked before anything is unlocked:
+/// a threshold group, not so deep that the new slot would nest groups
+/// past the limit.
+fn enrollment_group(
+    keyring: &Keyring,
+    args: &EnrollArgs,
+    replaced: Option<usize>,
+) -> Result<Option<usize>> {
+    let slots = &keyring.slots;
+    let g = match (&args.group, replaced) {
+        (Some(sel), _) => select_one(slots, sel, "--group").map_err(Error::Usage)?,
+        (None, Some(i)) => match &slots[i].member {
+            Some(m) => slots.iter().position(|s| s.id == m.group).ok_or_else(|| {
+                Error::Usage(format!(
+                    "--replace {}: its group is missing",
+                    slots[i].name()
+                ))
+            })?,
+            None => return Ok(None),
+        },
+        (None, None) => return Ok(None),
+    };
+    if threshold::need(&slots[g]).is_none() {
+        return Err(Error::Usage(format!(
+            "--group {}: that is not a threshold group (make one with `coffer enroll threshold --need K`)",
+            slots[g].name()
+        )));
+    }
+    if replaced == Some(g) {
+        return Err(Error::Usage(
+            "--replace and --group name the same group".into(),
+        ));
+    }
+    if matches!(args.kind, EnrollKind::Threshold { .. }) {
+        // Groups above g, g itself, and the new one.
+        let mut depth = 2;
+        let mut at = &slots[g];
+        while let Some(m) = &at.member {
+            depth += 1;
+            match slots.iter().find(|s| s.id == m.group) {
+                Some(p) => at = p,
+                None => break,
+            }
+        }
+        if depth > coffer::slot::record::MAX_GROUP_DEPTH {
+            return Err(Error::Usage(format!(
+                "--group {}: groups nest at most {} deep",
+                slots[g].name(),
+                coffer::slot::record::MAX_GROUP_DEPTH
+            )));
+        }
+    }
+    Ok(Some(g))
+}
+
+/// `--replace` checks that need nothing unlocked, made before a device is
+/// touched (a card's key generated, a vault record registered): a group
+/// is never replaced, and the keyring must keep a slot that opens on its
+/// own once the new slot (a member, or a group with no members yet) is in.
+fn refuse_replacing(
+    keyring: &Keyring,
+    i: usize,
+    args: &EnrollArgs,
+    group: Option<usize>,
+) -> Result<()> {
+    let slots = &keyring.slots;
+    if threshold::need(&slots[i]).is_some() {
+        return Err(Error::Usage(format!(
+            "--replace {}: it is a threshold group; replace its members one by one, or remove it",
+            slots[i].name()
+        )));
+    }
+    // What the new slot will be, as far as opening goes.
+    let mut new = slots[i].clone();
+    new.member = group.map(|g| coffer::slot::Membership {
+        group: slots[g].id.clone(),
+        x: 1,
+    });
+    if let EnrollKind::Threshold { need } = &args.kind {
+        new.params = coffer::slot::SlotParams::Threshold(threshold::ThresholdParams {
+            need: *need,
+            next_x: 1,
+        });
+    }
+    let mut after = slots.clone();
+    after[i] = new;
+    coffer::keyring::refuse_lockout(&after, &format!("--replace {}", slots[i].name()))
+}
+
+/// "group G opens with 2 of its 3 members", or what it still lacks.
+fn group_status(slots: &[coffer::slot::SlotRecord], g: usize) -> String {
+    let need = threshold::need(&slots[g]).unwrap_or(0);
+    let n = threshold::members(slots, &slots[g].id).len();
+    if threshold::complete(slots, g) {
+        format!(
+            "group {} opens with {need} of its {n} members",
+            slots[g].name()
+        )
+    } else {
+        format!(
+            "group {} has {n} member(s) and needs {need} to open: until it has them it opens nothing. Add members with `coffer enroll KIND --group {}`",
+            slots[g].name(),
+            slots[g]
+                .label
+                .as_ref()
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| slots[g].id.to_string())
+        )
+    }
 }
 
 /// `coffer enroll vault`.
 #[cfg(feature = "vault")]
 fn enroll_vault(
     env: &Env,
-    bk: &coffer::key::BackupKey,
+    target: &Target<'_>,
     url: &str,
     ca: Option<&Path>,
     new_password_file: Option<&Path>,
@@ -354,14 +493,14 @@ fn enroll_vault(
     if pw.expose_secret().is_empty() {
         return Err(Error::Usage("the new vault password is empty".into()));
     }
-    coffer::slot::vault::enroll(bk, url, ca_pem.as_deref(), &pw).map_err(Error::Enroll)
+    coffer::slot::vault::enroll(target, url, ca_pem.as_deref(), &pw).map_err(Error::Enroll)
 }
 
 #[cfg(feature = "pkcs11")]
 fn enroll_pkcs11(
     env: &Env,
     pin: Option<&SecretString>,
-    bk: &coffer::key::BackupKey,
+    target: &Target<'_>,
     args: (Option<&Path>, &str, bool, MechanismArg),
     public_key: Option<&Path>,
 ) -> Result<coffer::slot::SlotRecord> {
@@ -403,7 +542,7 @@ fn enroll_pkcs11(
         generate,
         public_key,
     };
-    pkcs11::enroll(bk, &opts, pin, &env.ui).map_err(|e| match e {
+    pkcs11::enroll(target, &opts, pin, &env.ui).map_err(|e| match e {
         coffer::error::SlotError::Malformed { field, reason } => {
             Error::Usage(format!("{field}: {reason}"))
         }
@@ -456,17 +595,13 @@ pub(super) fn slots(cli: &Cli, env: &Env) -> Result<()> {
         "{:<10} {:<16} {:<10} {:<20} DETAILS",
         "ID", "LABEL", "KIND", "ENROLLED"
     ))?;
-    for s in &keyring.slots {
+    for (i, s) in keyring.slots.iter().enumerate() {
         let when = unix_time_text(s.created);
-        let detail = s
-            .params
-            .as_slot()
-            .map(|k| coffer::ui::escaped(&k.describe()))
-            .unwrap_or_else(|| "not supported by this build; kept as is".into());
+        let (id, detail) =
+            super::slot_row(&keyring.slots, i, "not supported by this build; kept as is");
         let label = s.label.as_ref().map(|l| l.as_str()).unwrap_or("-");
         w(format!(
-            "{:<10} {:<16} {:<10} {:<20} {detail}",
-            s.id,
+            "{id:<10} {:<16} {:<10} {:<20} {detail}",
             label,
             s.params.kind(),
             when
@@ -506,22 +641,32 @@ pub(super) fn export_seal_only(
         });
     }
     let (keyring, bk, lock) = super::unlock_and_store_upgrade(cli, env)?;
-    let mut slots = Vec::new();
-    for s in &keyring.slots {
-        let why = match s.params.as_slot() {
-            None => Some("this build cannot tell whether it opens with no person present"),
-            Some(k) if k.opens_unattended() => Some(
-                "it opens with no person present, which would let that host read every archive",
-            ),
-            Some(k) if pq_only && k.classical_public_key() => {
-                Some("--pq-only: its copies rest on classical public-key cryptography")
+    // A member is judged with its group: a TPM inside "the TPM and a
+    // YubiKey" stays, since the host alone cannot open the group.
+    let (slots, left_out) = threshold::prune(&keyring.slots, &|s, keep, i| {
+        let r = &s[i];
+        let why = if threshold::need(r).is_some() {
+            (r.member.is_none() && threshold::opens_unattended(s, keep, i)).then_some(
+                "enough of its members open with no person present, which would let that host read every archive",
+            )
+        } else {
+            match r.params.as_slot() {
+                None if r.member.is_none() => {
+                    Some("this build cannot tell whether it opens with no person present")
+                }
+                Some(k) if r.member.is_none() && k.opens_unattended() => Some(
+                    "it opens with no person present, which would let that host read every archive",
+                ),
+                Some(k) if pq_only && k.classical_public_key() => {
+                    Some("--pq-only: its copies rest on classical public-key cryptography")
+                }
+                _ => None,
             }
-            _ => None,
         };
-        match why {
-            Some(why) => env.ui.warn(&format!("slot {} left out: {why}", s.name())),
-            None => slots.push(s.clone()),
-        }
+        why.map(str::to_owned)
+    });
+    for (name, why) in &left_out {
+        env.ui.warn(&format!("slot {name} left out: {why}"));
     }
     if slots.is_empty() {
         return Err(Error::Refused(
@@ -608,13 +753,39 @@ pub(super) fn remove(cli: &Cli, env: &Env, selector: &str, force: bool) -> Resul
     let bk = unlock(cli, env, &mut keyring)?;
     let removed = keyring.remove_slot(&bk, i, force)?;
     kf.store(&keyring, &lock, false)?;
+    let (named, inside) = removed.split_first().expect("the named slot");
     if cli.json {
-        print_json(&json!({"removed": super::slot_ref(&removed)}))?;
+        print_json(&json!({
+            "removed": super::slot_ref(named),
+            "inside": inside.iter().map(super::slot_ref).collect::<Vec<_>>(),
+        }))?;
     } else {
+        let with = if inside.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " with the {} slot(s) inside it ({})",
+                inside.len(),
+                inside
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         env.ui.info(&format!(
-            "removed slot {}. Archives sealed before still carry it and open with it; and since every archive shares one backup key, whoever holds that factor and an old archive or keyring copy can still read archives sealed later. If the factor was lost or stolen, run `coffer rotate` so that archives sealed from now on use a new key",
-            removed.name()
+            "removed slot {}{with}. Archives sealed before still carry it and open with it; and since every archive shares one backup key, whoever holds that factor and an old archive or keyring copy can still read archives sealed later. If the factor was lost or stolen, run `coffer rotate` so that archives sealed from now on use a new key",
+            named.name()
         ));
+        if let Some(m) = &named.member
+            && let Some(g) = keyring.slots.iter().position(|s| s.id == m.group)
+        {
+            env.ui.info(&format!(
+                "it was a member of group {}: its share stays valid with the archives and keyring copies that carry the group, and counts towards it there, until `coffer rotate`",
+                keyring.slots[g].name()
+            ));
+            env.ui.info(&group_status(&keyring.slots, g));
+        }
     }
     Ok(())
 }
@@ -631,9 +802,16 @@ pub(super) fn rotate(
     // The id archives sealed so far carry (before an upgrade renames it).
     let old_key_id = keyring.key_id;
     let mut keep = vec![true; keyring.slots.len()];
+    // The slots --drop names; a group goes with everything inside it, but
+    // only a vault slot named here has its record deleted.
+    let mut named = vec![false; keyring.slots.len()];
     for d in drop {
         let i = select_one(&keyring.slots, d, "--drop").map_err(Error::Usage)?;
         keep[i] = false;
+        named[i] = true;
+        for m in threshold::descendants(&keyring.slots, i) {
+            keep[m] = false;
+        }
     }
     if !keep.iter().any(|k| *k) {
         return Err(Error::Usage(
@@ -696,7 +874,7 @@ pub(super) fn rotate(
         .map(|(s, _)| s)
         .collect();
     #[cfg(feature = "vault")]
-    for s in &dropped {
+    for (s, _) in keyring.slots.iter().zip(&named).filter(|(_, n)| **n) {
         delete_vault_record(env, s, &keyring.slots);
     }
     if cli.json {

@@ -340,11 +340,57 @@ pub(crate) fn slot_ref(s: &coffer::slot::SlotRecord) -> serde_json::Value {
 }
 
 /// A slot in full in `--json` output: its members as in the keyring
-/// (docs/format.md §2), `created` as RFC 3339.
+/// (docs/format.md §2), `created` as RFC 3339, and for a member of a
+/// threshold group its `group` (the group's id) beside its `x`.
 pub(crate) fn slot_json(s: &coffer::slot::SlotRecord) -> serde_json::Value {
     let mut v = s.to_json();
     v["created"] = unix_time_text(s.created).into();
+    if let Some(m) = &s.member {
+        v["group"] = m.group.as_str().into();
+    }
     v
+}
+
+/// One slot of a list as a row: its id indented under its threshold
+/// group, and its public detail (a group's "k of n", a member's x before
+/// its kind's own); `unknown` for a kind this build does not know. Every
+/// string from the file is escaped.
+pub(crate) fn slot_row(
+    slots: &[coffer::slot::SlotRecord],
+    i: usize,
+    unknown: &str,
+) -> (String, String) {
+    use coffer::slot::threshold;
+    let s = &slots[i];
+    let mut depth = 0;
+    let mut at = s;
+    while let Some(m) = &at.member {
+        depth += 1;
+        match slots.iter().find(|g| g.id == m.group) {
+            Some(g) if depth <= coffer::slot::record::MAX_GROUP_DEPTH => at = g,
+            _ => break,
+        }
+    }
+    let id = format!("{}{}", "  ".repeat(depth), s.id);
+    let mut detail = match threshold::need(s) {
+        Some(k) => {
+            let n = threshold::members(slots, &s.id).len();
+            if threshold::complete(slots, i) {
+                format!("{k} of {n} members")
+            } else {
+                format!("{k} of {n} members: incomplete, opens nothing until {k} can")
+            }
+        }
+        None => s
+            .params
+            .as_slot()
+            .map(|k| coffer::ui::escaped(&k.describe()))
+            .unwrap_or_else(|| unknown.to_owned()),
+    };
+    if let Some(m) = &s.member {
+        detail = format!("member {} of {}: {detail}", m.x, m.group);
+    }
+    (id, detail)
 }
 
 /// A Unix time as RFC 3339 (UTC, seconds); beyond year 9999, which RFC 3339
