@@ -54,6 +54,7 @@ fn vector_keyring() -> Keyring {
         created: 1_700_000_000,
         wrapped: bk.wrap(&vector_recovery().kek()),
         params: SlotParams::Recovery(RecoveryParams {}),
+        member: None,
     };
     Keyring::v1(&bk, vec![slot])
 }
@@ -228,6 +229,7 @@ fn testkit_cases() -> Vec<(&'static str, Vec<u8>)> {
         created: 1_700_000_000,
         wrapped: other.wrap(&RecoveryKey::from_entropy(&[0xdd; 30]).kek()),
         params: SlotParams::Recovery(RecoveryParams {}),
+        member: None,
     };
     cases.push((
         "other-key",
@@ -299,6 +301,101 @@ fn stream_vector_v2() -> Vec<u8> {
     )
 }
 
+/// The recovery key of the threshold vector's member at `x` (1 to 3):
+/// entropy `11`, `22` or `33` × 30.
+fn threshold_member_key(x: u8) -> RecoveryKey {
+    RecoveryKey::from_entropy(&[0x11 * x; 30])
+}
+
+/// docs/format.md §10.5: the vector key's group `a1b2c3d4` ("two-of-three",
+/// need 2, next_x 4) with three recovery members, ids `000000b1`–`000000b3`
+/// at x 1–3, all created at 1700000000.
+fn vector_group_slots() -> Vec<SlotRecord> {
+    use coffer::slot::threshold::{self, ThresholdParams};
+    let bk = vector_key();
+    let blank = coffer::key::WrappedKey([0; 40]);
+    let group_id = SlotId::parse("a1b2c3d4").unwrap();
+    let mut slots = vec![SlotRecord {
+        id: group_id.clone(),
+        label: Some(coffer::slot::Label::parse("two-of-three").unwrap()),
+        created: 1_700_000_000,
+        wrapped: blank.clone(),
+        params: SlotParams::Threshold(ThresholdParams { need: 2, next_x: 4 }),
+        member: None,
+    }];
+    for x in 1..=3u8 {
+        slots.push(SlotRecord {
+            id: SlotId::parse(&format!("000000b{x}")).unwrap(),
+            label: None,
+            created: 1_700_000_000,
+            wrapped: blank.clone(),
+            params: SlotParams::Recovery(RecoveryParams {}),
+            member: Some(coffer::slot::Membership {
+                group: group_id.clone(),
+                x,
+            }),
+        });
+    }
+    slots[0].wrapped = threshold::rewrapped(&slots, 0, &bk).unwrap();
+    for x in 1..=3u8 {
+        let i = usize::from(x);
+        slots[i].wrapped = threshold::target_of(&slots, i, &bk)
+            .unwrap()
+            .wrap(&threshold_member_key(x).kek());
+    }
+    slots
+}
+
+/// `hello, coffer\n` sealed by the owner with the group as its only slot:
+/// salt `34` × 32, randomness `23` × 64.
+fn threshold_archive_vector() -> Vec<u8> {
+    seal_v2_slots(
+        &Sealer::owner(&vector_key()),
+        vector_group_slots(),
+        0,
+        0x34,
+        0x23,
+        b"hello, coffer\n",
+    )
+}
+
+#[test]
+fn threshold_vectors_match_the_spec() {
+    keyring_file_is(
+        "keyring-v2-threshold.json",
+        &Keyring::new(&vector_key(), vector_group_slots()),
+    );
+    let want = std::fs::read(vectors().join("archive-v2-threshold.coffer")).unwrap();
+    assert_eq!(hex::encode(threshold_archive_vector()), hex::encode(&want));
+    for x in 1..=3u8 {
+        let text =
+            std::fs::read_to_string(vectors().join(format!("recovery-threshold-{x}.txt"))).unwrap();
+        assert_eq!(text.trim(), threshold_member_key(x).display().as_str());
+    }
+}
+
+#[test]
+#[ignore = "writes the threshold vectors; only when they are new"]
+fn regenerate_threshold() {
+    std::fs::write(
+        vectors().join("keyring-v2-threshold.json"),
+        Keyring::new(&vector_key(), vector_group_slots()).to_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        vectors().join("archive-v2-threshold.coffer"),
+        threshold_archive_vector(),
+    )
+    .unwrap();
+    for x in 1..=3u8 {
+        std::fs::write(
+            vectors().join(format!("recovery-threshold-{x}.txt")),
+            format!("{}\n", threshold_member_key(x).display().as_str()),
+        )
+        .unwrap();
+    }
+}
+
 #[test]
 fn version_2_vectors_match_the_spec() {
     keyring_file_is("keyring-v2.json", &vector_keyring_v2());
@@ -366,6 +463,7 @@ fn testkit_cases_v2() -> Vec<(&'static str, Vec<u8>)> {
         created: 1_700_000_000,
         wrapped: other.wrap(&RecoveryKey::from_entropy(&[0xdd; 30]).kek()),
         params: SlotParams::Recovery(RecoveryParams {}),
+        member: None,
     };
     cases.push((
         "v2-other-key",
