@@ -5,11 +5,12 @@ draft-connolly-cfrg-xwing-kem-06 for X-Wing, RFC 7748, RFC 5869, RFC 3394,
 RFC 8439).
 
 Usage:
-  coffer_decrypt.py ARCHIVE [--recovery-key-file FILE] [--keyring KEYRING] [-o OUT] [--raw]
+  coffer_decrypt.py ARCHIVE [--recovery-key-file FILE ...] [--keyring KEYRING] [-o OUT] [--raw]
   coffer_decrypt.py ARCHIVE --backup-key-file FILE [--keyring KEYRING] [-o OUT] [--raw]
-  coffer_decrypt.py --keyring KEYRING [--recovery-key-file FILE]
+  coffer_decrypt.py --keyring KEYRING [--recovery-key-file FILE ...]
   coffer_decrypt.py --check-xwing tests/vectors/xwing-draft06.txt
   coffer_decrypt.py --check-sealing tests/vectors/sealing-v2.txt
+  coffer_decrypt.py --check-threshold docs/format.md --vectors tests/vectors
   coffer_decrypt.py --make-v2-testkit DIR --recovery-key-file FILE
   coffer_decrypt.py --rebuild-v2-stream OUT --recovery-key-file FILE
 
@@ -22,13 +23,23 @@ archive's own slots. --backup-key-file gives BK itself (64 hex digits), for
 tests. With no factor at all, nothing opens (exit 5), but a seal-only
 keyring still gets its before-unlocking checks.
 
+Threshold groups (section 10): --recovery-key-file may be repeated; every
+key is offered to every recovery slot and every recovery member (through
+its member KEK). A group opens when `need` of its members give shares at
+distinct x (a nested group by opening it first); a member is never tried as
+a slot on its own. --check-threshold recomputes section 10.5's values.
+
 Exit status (format.md section 5): 0 ok; 1 a vector check failed, or a
 keyring of an unknown version ("upgrade coffer"); 2 usage; 3 wrong factor (a
 recovery key that is not 64 hex digits, fails its checksum with no single
-correction opening the slot, or opens no slot); 4 corrupt / tampered /
-truncated / refused by a MUST; 5 no slot usable with the factors given
-(among them: only a seal-only keyring at hand and no factor for the
-archive's own slots); 6 zstd payload without --raw.
+correction opening the slot, or opens neither a slot nor a group member; or
+a group whose `need` shares combine to a K_g its `wrapped` refuses, which
+cannot be told from a damaged slot before BK is known); 4 corrupt / tampered
+/ truncated / refused by a MUST (section 10.1's rules included); 5 no slot
+usable with the factors given (among them: only a seal-only keyring at hand
+and no factor for the archive's own slots; a threshold group left short of
+`need` by keys that did open some of its members); 6 zstd payload without
+--raw.
 """
 
 import argparse
@@ -171,33 +182,233 @@ def recovery_kek(hex64):
     return hkdf(None, e, b"coffer/v1 recovery kek", 32)
 
 
-def recover_bk(slots, key_text):
-    """Try the recovery slots; return BK or raise."""
-    rec = [s for s in slots if s["kind"] == "recovery"]
-    if not rec:
-        # format.md section 5: "no slot usable with the factors given -> 5"
-        raise Fail(EXIT_NO_SLOT, "no recovery slot (no slot usable with a recovery key)")
-    if key_text is None:
-        raise Fail(EXIT_NO_SLOT, "no factor given (no slot usable with the factors given)")
-    cands, corrected = parse_recovery_key(key_text)
-    found = {}
-    for cand in cands:
-        kek = recovery_kek(cand)
-        for s in rec:
+def recovery_key_text(entropy):
+    """Section 2.1's written form of the recovery key with these 30 random
+    bytes (tests: the writer's side)."""
+    assert len(entropy) == 30
+    h = (entropy + crc16_ibm3740(entropy).to_bytes(2, "big")).hex()
+    return "-".join(h[i:i + 4] for i in range(0, 64, 4))
+
+
+# ---------------------------------------------------------------- threshold groups (section 10)
+
+def gf_mul(a, b):
+    """GF(2^8) with AES's reduction polynomial x^8 + x^4 + x^3 + x + 1 (0x11b)."""
+    r = 0
+    while b:
+        if b & 1:
+            r ^= a
+        a <<= 1
+        if a & 0x100:
+            a ^= 0x11B
+        b >>= 1
+    return r
+
+
+def gf_inv(a):
+    """a^254 = a^-1 for a != 0 (the multiplicative group has order 255)."""
+    if a == 0:
+        raise ZeroDivisionError("0 has no inverse in GF(2^8)")
+    r, e = 1, 254
+    while e:
+        if e & 1:
+            r = gf_mul(r, a)
+        a = gf_mul(a, a)
+        e >>= 1
+    return r
+
+
+assert gf_mul(0x57, 0x83) == 0xC1                      # FIPS 197 section 4.2
+assert gf_mul(0x57, 0x13) == 0xFE                      # FIPS 197 section 4.2.1
+assert all(gf_mul(a, gf_inv(a)) == 1 for a in range(1, 256))
+
+THRESHOLD_SECRET = b"coffer/v2 threshold secret"
+THRESHOLD_COEFF = b"coffer/v2 threshold coefficient"
+THRESHOLD_MEMBER_KEK = b"coffer/v2 threshold member kek"
+
+
+def threshold_secret(bk, gid):
+    """Section 10.2: K_g, from BK and the group's id (ASCII)."""
+    return hkdf(None, bk, THRESHOLD_SECRET + b"\x00" + gid.encode("ascii"), 32)
+
+
+def threshold_coefficient(bk, gid, j):
+    """Section 10.2: a_j, j = 1 ... k-1 as one byte."""
+    return hkdf(None, bk, THRESHOLD_COEFF + b"\x00" + gid.encode("ascii") + b"\x00" + bytes([j]), 32)
+
+
+def threshold_share(bk, gid, k, x):
+    """Section 10.2: share(x) of the degree k-1 polynomial, byte by byte."""
+    if not 1 <= x <= 255:
+        raise ValueError("x outside 1-255")
+    coeffs = [threshold_secret(bk, gid)] + [threshold_coefficient(bk, gid, j) for j in range(1, k)]
+    out = bytearray(32)
+    for i in range(32):
+        acc = 0
+        for c in reversed(coeffs):               # Horner: (...(a_{k-1} x + a_{k-2}) x + ...) x + K_g
+            acc = gf_mul(acc, x) ^ c[i]
+        out[i] = acc
+    return bytes(out)
+
+
+def combine_shares(shares):
+    """Section 10.2: K_g[i] = XOR_m share(x_m)[i] * prod_{l != m} x_l / (x_l ^ x_m)."""
+    xs = list(shares)
+    if len(set(xs)) != len(xs) or 0 in xs:
+        raise ValueError("shares need distinct, nonzero x")
+    out = bytearray(32)
+    for m in xs:
+        coef = 1
+        for l in xs:
+            if l != m:
+                coef = gf_mul(coef, gf_mul(l, gf_inv(l ^ m)))
+        sm = shares[m]
+        for i in range(32):
+            out[i] ^= gf_mul(sm[i], coef)
+    return bytes(out)
+
+
+def member_kek(kek, gid, x):
+    """Section 10.3: KEK_member from the member's own KEK (a group's: its K_g),
+    the id of the group it is a member of, and its x (one byte)."""
+    return hkdf(None, kek, THRESHOLD_MEMBER_KEK + b"\x00" + gid.encode("ascii") + b"\x00" + bytes([x]), 32)
+
+
+# ---------------------------------------------------------------- opening slots with recovery keys
+
+class Factors:
+    """The recovery keys given (--recovery-key-file, repeatable), parsed once,
+    and what happened to them while the slots were tried: the exit status when
+    nothing opens depends on it (see recover_bk)."""
+
+    def __init__(self, key_texts):
+        # A recovery key that is not 64 hex digits is exit 3 (section 5), at once.
+        self.keys = [parse_recovery_key(t) for t in key_texts]
+        self.used = set()            # indexes of keys that opened something (a slot or a member)
+        self.ambiguous = False       # a correction matched more than one candidate
+        self.short = []              # groups left short: (group slot, shares it got)
+        self.refused = []            # groups whose combined K_g did not unwrap their `wrapped`
+
+
+def _slot_name(s):
+    return "%r (%s)" % (s["label"], s["id"]) if "label" in s else repr(s["id"])
+
+
+def _open_with_recovery_keys(slot, factors, derive):
+    """Try every recovery key on one `recovery` slot (or member): `derive`
+    turns the recovery KEK into the KEK this slot wraps under (identity at the
+    top level, section 10.3's KEK_member for a member). Section 2.1: a key
+    whose checksum fails is accepted for this slot if exactly one of its
+    corrections unwraps it. Returns the unwrapped 32 bytes or None."""
+    wrapped = b64decode_strict(slot["wrapped"])
+    for idx, (cands, corrected) in enumerate(factors.keys):
+        found = {}
+        for cand in cands:
             try:
-                bk = aes_key_unwrap(kek, b64decode_strict(s["wrapped"]))
+                found[cand] = aes_key_unwrap(derive(recovery_kek(cand)), wrapped)
             except InvalidUnwrap:
                 continue
-            found[cand] = bk
+        if len(found) == 1:
+            cand, value = next(iter(found.items()))
+            if corrected:
+                print("warning: recovery key checksum mismatch; corrected to %s for slot %s"
+                      % (cand, _slot_name(slot)), file=sys.stderr)
+            factors.used.add(idx)
+            return value
+        if len(found) > 1:
+            factors.ambiguous = True
+    return None
+
+
+def _usable(slot):
+    """Could recovery keys open this slot at all? A `recovery` slot, or a group
+    with at least `need` members that could (section 10.4)."""
+    if slot["kind"] == "recovery":
+        return True
+    if slot["kind"] == "threshold":
+        return sum(1 for m in slot["members"] if _usable(m)) >= slot["need"]
+    return False
+
+
+def open_group(group, factors, enclosing=None):
+    """Section 10.4: open members until `need` shares at distinct x are held
+    (members that need nobody first: here, recovery members before nested
+    groups), combine them into K_g, and unwrap the group's `wrapped` with K_g,
+    through KEK_member when the group is itself a member of `enclosing` (a
+    group id). Returns what the group wraps (BK at the top level, its share of
+    the enclosing group otherwise) or None. A member is never tried as a slot
+    on its own, and what a member unwraps is only ever a share."""
+    gid, need = group["id"], group["need"]
+    members = [m for m in group["members"] if m["kind"] != "threshold"] + \
+              [m for m in group["members"] if m["kind"] == "threshold"]
+    shares = {}
+    for m in members:
+        if len(shares) >= need:
             break
-    if len(found) == 1:
-        cand, bk = next(iter(found.items()))
-        if corrected:
-            print("warning: recovery key checksum mismatch; corrected to %s" % cand, file=sys.stderr)
-        return bk
-    if not found:
-        raise Fail(EXIT_WRONG_KEY, "wrong recovery key (no recovery slot unwraps)")
-    raise Fail(EXIT_WRONG_KEY, "recovery key checksum mismatch; ambiguous correction")
+        x = m["x"]
+        if x in shares:                 # cannot happen: x is unique within a group (validate_slots)
+            continue
+        if m["kind"] == "recovery":
+            share = _open_with_recovery_keys(m, factors, lambda kek, x=x: member_kek(kek, gid, x))
+        elif m["kind"] == "threshold":
+            share = open_group(m, factors, enclosing=gid)
+        else:
+            share = None                # a kind this reader has no factor for
+        if share is not None:
+            shares[x] = share
+    if len(shares) < need:
+        factors.short.append((group, len(shares)))
+        return None
+    k_g = combine_shares(shares)
+    kek = k_g if enclosing is None else member_kek(k_g, enclosing, group["x"])
+    try:
+        value = aes_key_unwrap(kek, b64decode_strict(group["wrapped"]))
+    except InvalidUnwrap:
+        factors.refused.append(group)
+        return None
+    print("info: threshold group %s opened with %d shares (x %s)"
+          % (_slot_name(group), need, ", ".join(str(x) for x in sorted(shares))), file=sys.stderr)
+    return value
+
+
+def recover_bk(slots, key_texts):
+    """Try the top-level slots in order with the recovery keys given; return
+    the first BK recovered (the key id and MAC then decide) or raise.
+
+    Exit statuses (section 5): 5 when no slot could be opened by recovery
+    keys at all, or no key is given; 3 (wrong factor) when the keys opened
+    nothing, not even a group member, or when a group got its shares but its
+    `wrapped` refused the combined K_g; 5 (no slot usable with the factors
+    given) when keys opened members but every group they belong to was left
+    short of `need`: the factors are right, there are not enough of them."""
+    if not any(_usable(s) for s in slots):
+        # format.md section 5: "no slot usable with the factors given -> 5"
+        raise Fail(EXIT_NO_SLOT, "no recovery slot, nor a group recovery keys could open "
+                   "(no slot usable with a recovery key)")
+    if not key_texts:
+        raise Fail(EXIT_NO_SLOT, "no factor given (no slot usable with the factors given)")
+    factors = Factors(key_texts)
+    for s in slots:
+        if s["kind"] == "recovery":
+            bk = _open_with_recovery_keys(s, factors, lambda kek: kek)
+        elif s["kind"] == "threshold" and _usable(s):
+            bk = open_group(s, factors)
+        else:
+            continue
+        if bk is not None:
+            return bk
+    if factors.refused:
+        raise Fail(EXIT_WRONG_KEY, "threshold group %s: the shares combine to a K_g that its wrapped "
+                   "refuses (a damaged member or group, or a wrong need)"
+                   % ", ".join(_slot_name(g) for g in factors.refused))
+    if factors.used:
+        top = [(g, n) for g, n in factors.short if n > 0] or factors.short
+        raise Fail(EXIT_NO_SLOT, "not enough factors (no slot usable with the factors given): %s"
+                   % "; ".join("threshold group %s has %d of the %d shares it needs"
+                               % (_slot_name(g), n, g["need"]) for g, n in top))
+    if factors.ambiguous:
+        raise Fail(EXIT_WRONG_KEY, "recovery key checksum mismatch; ambiguous correction")
+    raise Fail(EXIT_WRONG_KEY, "wrong recovery key (no recovery slot or group member unwraps)")
 
 
 # ---------------------------------------------------------------- JSON
@@ -302,40 +513,89 @@ def _is_int(x):
 
 KIND_NAMES = {"recovery", "password", "tpm2", "pkcs11", "yubikey", "vault", "fido2", "threshold"}
 LABEL_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}\Z")
+THRESHOLD_SLOT_MEMBERS = BASE_SLOT_MEMBERS | {"need", "next_x", "members"}
+MAX_SLOT_OBJECTS = 64          # section 10.1: across the top level and every member at any depth
+MAX_GROUP_DEPTH = 3            # section 10.1: a top-level group is at depth 1
 
 
-def validate_slots(slots, version=1):
-    """Common members (format.md section 2); `label` only in version 2 (section 7)."""
+def validate_slots(slots, version=1, groups=None):
+    """Common members (format.md section 2); `label` only in version 2
+    (section 7); threshold groups (section 10.1) only where `groups` (default:
+    version 2): ids and labels unique and at most 64 slot objects across the
+    whole list, members included; `x` in members only."""
+    if groups is None:
+        groups = version >= 2
     if not isinstance(slots, list) or not 1 <= len(slots) <= 64:
         raise corrupt("slots must be an array of 1-64 objects")
-    ids = set()
-    labels = set()
+    seen = {"ids": set(), "labels": set(), "count": 0}
     for s in slots:
-        if isinstance(s, dict) and "label" in s:
-            if version < 2:
-                raise corrupt("slot label in a version 1 file")
-            lab = s["label"]
-            if not isinstance(lab, str) or not LABEL_RE.match(lab) or lab in KIND_NAMES:
-                raise corrupt("slot label malformed")
-            if lab in labels:
-                raise corrupt("duplicate slot label %r" % lab)
-            labels.add(lab)
-            s = {m: v for m, v in s.items() if m != "label"}
-        if not isinstance(s, dict):
-            raise corrupt("slot is not an object")
-        for m in ("id", "kind"):
-            if not isinstance(s.get(m), str) or not SLOT_NAME_RE.match(s[m]):
-                raise corrupt("slot %s missing or malformed" % m)
-        if not _is_int(s.get("created")):
-            raise corrupt("slot created missing or not an integer")
-        if len(b64decode_strict(s.get("wrapped"))) != 40:
-            raise corrupt("slot wrapped is not 40 bytes")
-        if s["id"] in ids:
-            raise corrupt("duplicate slot id %r" % s["id"])
-        ids.add(s["id"])
-        known = KNOWN_KIND_MEMBERS.get(s["kind"])
-        if known is not None and set(s.keys()) != known:
-            raise corrupt("slot %r of kind %r has unexpected/missing members" % (s["id"], s["kind"]))
+        _validate_slot(s, version, groups, seen, None, 0, None)
+
+
+def _validate_slot(s, version, groups, seen, group, depth, xs):
+    """One slot object; `group` is the enclosing group (None at the top level),
+    `depth` that group's depth (0 at the top level), `xs` the x already taken
+    in it."""
+    seen["count"] += 1
+    if seen["count"] > MAX_SLOT_OBJECTS:
+        raise corrupt("more than %d slot objects in the list, members included" % MAX_SLOT_OBJECTS)
+    if not isinstance(s, dict):
+        raise corrupt("slot is not an object")
+    common = dict(s)
+    if "label" in common:
+        if version < 2:
+            raise corrupt("slot label in a version 1 file")
+        lab = common.pop("label")
+        if not isinstance(lab, str) or not LABEL_RE.match(lab) or lab in KIND_NAMES:
+            raise corrupt("slot label malformed")
+        if lab in seen["labels"]:
+            raise corrupt("duplicate slot label %r" % lab)
+        seen["labels"].add(lab)
+    if group is None:
+        if "x" in common:
+            raise corrupt("`x` in a slot that is not a group member")
+    else:
+        if "x" not in common:
+            raise corrupt("member of group %r without `x`" % group["id"])
+        x = common.pop("x")
+        if not _is_int(x) or not 1 <= x <= 255:
+            raise corrupt("member x %r outside 1-255" % (x,))
+        if x >= group["next_x"]:
+            raise corrupt("member x %d not below its group's next_x %d" % (x, group["next_x"]))
+        if x in xs:
+            raise corrupt("two members of group %r at x %d" % (group["id"], x))
+        xs.add(x)
+    for m in ("id", "kind"):
+        if not isinstance(common.get(m), str) or not SLOT_NAME_RE.match(common[m]):
+            raise corrupt("slot %s missing or malformed" % m)
+    if not _is_int(common.get("created")):
+        raise corrupt("slot created missing or not an integer")
+    if len(b64decode_strict(common.get("wrapped"))) != 40:
+        raise corrupt("slot wrapped is not 40 bytes")
+    if common["id"] in seen["ids"]:
+        raise corrupt("duplicate slot id %r" % common["id"])
+    seen["ids"].add(common["id"])
+    if common["kind"] == "threshold":
+        if not groups:
+            raise corrupt("threshold group in a version 1 file (groups need format version 2)")
+        if set(common.keys()) != THRESHOLD_SLOT_MEMBERS:
+            raise corrupt("threshold slot %r has unexpected/missing members" % common["id"])
+        if not _is_int(common["need"]) or not 1 <= common["need"] <= 255:
+            raise corrupt("threshold need %r outside 1-255" % (common["need"],))
+        if not _is_int(common["next_x"]) or not 1 <= common["next_x"] <= 256:
+            raise corrupt("threshold next_x %r outside 1-256" % (common["next_x"],))
+        if not isinstance(common["members"], list):
+            raise corrupt("threshold members is not an array")
+        if depth + 1 > MAX_GROUP_DEPTH:
+            raise corrupt("threshold group %r at depth %d: groups nest at most %d deep"
+                          % (common["id"], depth + 1, MAX_GROUP_DEPTH))
+        taken = set()
+        for m in common["members"]:
+            _validate_slot(m, version, groups, seen, s, depth + 1, taken)
+        return
+    known = KNOWN_KIND_MEMBERS.get(common["kind"])
+    if known is not None and set(common.keys()) != known:
+        raise corrupt("slot %r of kind %r has unexpected/missing members" % (common["id"], common["kind"]))
 
 
 # ---------------------------------------------------------------- X25519 (RFC 7748)
@@ -550,7 +810,7 @@ def keyring_holds(kr, version, hdr_kid):
     return kr.key_id == hdr_kid
 
 
-def bk_for_archive(version, hdr_kid, slots, key_text, bk, kr):
+def bk_for_archive(version, hdr_kid, slots, key_texts, bk, kr):
     """Where BK comes from (section 8.7): a keyring that holds the header's
     key id, else the archive's own slots (section 2.4). A seal-only keyring
     is never unlocked and its slots are never used to open (section 8.8)."""
@@ -563,29 +823,29 @@ def bk_for_archive(version, hdr_kid, slots, key_text, bk, kr):
             print("info: seal-only keyring (sealer %r): never unlocked; trying the archive's own slots"
                   % kr.sealer_id, file=sys.stderr)
             try:
-                return bk if bk is not None else recover_bk(slots, key_text)
+                return bk if bk is not None else recover_bk(slots, key_texts)
             except Fail as e:
                 if e.code == EXIT_NO_SLOT:
                     raise Fail(EXIT_NO_SLOT, "seal-only: only a seal-only keyring at hand and no usable "
                                "factor for the archive's own slots (%s)" % e)
                 raise
         if keyring_holds(kr, version, hdr_kid):
-            return unlock_keyring(kr, key_text, bk)
+            return unlock_keyring(kr, key_texts, bk)
         print("info: the keyring does not hold key id %s (version %d archive); using the archive's "
               "own slots" % (hdr_kid.hex(), version), file=sys.stderr)
     if bk is not None:
         return bk
-    return recover_bk(slots, key_text)
+    return recover_bk(slots, key_texts)
 
 
-def open_archive(data, key_text, bk=None, kr=None):
+def open_archive(data, key_texts, bk=None, kr=None):
     """Return (flags, plaintext) once everything authenticated. `bk`, when
     given (--backup-key-file), replaces the factor; `kr` is a parsed keyring
     (parse_keyring) that section 8.7 may use."""
     version, flags, s, hdr_kid, salt, n = parse_fixed(data)
 
     def get_bk(slots):
-        return bk_for_archive(version, hdr_kid, slots, key_text, bk, kr)
+        return bk_for_archive(version, hdr_kid, slots, key_texts, bk, kr)
     if version == 1:
         return flags, _open_v1(data, get_bk, s, hdr_kid, salt, n)
     return flags, _open_v2(data, get_bk, s, hdr_kid, salt, n)
@@ -694,7 +954,7 @@ def parse_keyring(raw):
     if not isinstance(k["key_id"], str) or not HEX32_RE.match(k["key_id"]):
         raise corrupt("key_id is not 32 lowercase hex digits")
     kr.key_id = bytes.fromhex(k["key_id"])
-    validate_slots(k["slots"], kr.version)
+    validate_slots(k["slots"], kr.version, groups=kr.layout == "v2")
     kr.slots = k["slots"]
     kr.mac = b64decode_strict(k["mac"])
     if len(kr.mac) != 32:
@@ -737,12 +997,12 @@ def parse_keyring(raw):
     return kr
 
 
-def unlock_keyring(kr, key_text, bk=None):
+def unlock_keyring(kr, key_texts, bk=None):
     """Recover BK from the keyring's slots and do every check after unlocking."""
     if kr.seal_only:
         raise Fail(EXIT_NO_SLOT, "seal-only keyring: never unlocked (section 8.8)")
     if bk is None:
-        bk = recover_bk(kr.slots, key_text)
+        bk = recover_bk(kr.slots, key_texts)
     if kr.layout == "v2":
         if public_key_of(expand_bk(bk)) != kr.pk:
             raise corrupt("BK does not derive sealing_public_key")
@@ -760,7 +1020,7 @@ def unlock_keyring(kr, key_text, bk=None):
     return bk
 
 
-def verify_keyring(raw, key_text, bk=None):
+def verify_keyring(raw, key_texts, bk=None):
     """All of a keyring's checks. A seal-only keyring gets only those before
     unlocking (section 8.8: it is never unlocked): its MAC, sealer key and
     public key derivation are the owner's to vouch for, not the reader's."""
@@ -769,7 +1029,7 @@ def verify_keyring(raw, key_text, bk=None):
         print("info: seal-only keyring (sealer %r): checked before unlocking only, never unlocked"
               % kr.sealer_id, file=sys.stderr)
     else:
-        unlock_keyring(kr, key_text, bk)
+        unlock_keyring(kr, key_texts, bk)
     if kr.layout == "v2":
         print("info: version 2 keyring, sealer %r%s%s" % (
             kr.sealer_id, ", v1_key_id %s" % kr.v1_key_id.hex() if kr.v1_key_id else "",
@@ -934,6 +1194,355 @@ def make_keyring(bk, slots, sealer_id="owner", v1=False, version=2, mutate=None,
     return (json.dumps(k, indent=2) + "\n").encode("utf-8")
 
 
+# ---------------------------------------------------------------- threshold groups, the writer's side (tests)
+
+def t_recovery(sid, entropy, x=None, label=None, created=1700000000):
+    """A `recovery` slot (or member at x) for the test writer: entropy is E."""
+    return {"sid": sid, "kind": "recovery", "entropy": entropy, "x": x, "label": label, "created": created}
+
+
+def t_group(sid, need, members, x=None, next_x=None, label=None, created=1700000000):
+    """A `threshold` group; next_x defaults to one past the highest member x."""
+    if next_x is None:
+        next_x = max((m["x"] for m in members), default=0) + 1
+    return {"sid": sid, "kind": "threshold", "need": need, "next_x": next_x, "members": members,
+            "x": x, "label": label, "created": created}
+
+
+def t_build(bk, node, enclosing=None, target=None):
+    """Section 10.3 from the writer's side: the slot object for `node`, which
+    wraps `target` (BK at the top level; share(x) of `enclosing`'s polynomial
+    for a member) under its kind's KEK (a group's: its K_g), through
+    KEK_member for a member. Members are built with their own shares."""
+    s = {"id": node["sid"], "kind": node["kind"], "created": node["created"]}
+    if node.get("label"):
+        s["label"] = node["label"]
+    if enclosing is not None:
+        s["x"] = node["x"]
+    if target is None:
+        target = bk
+    if node["kind"] == "recovery":
+        kek = hkdf(None, node["entropy"], b"coffer/v1 recovery kek", 32)
+    else:
+        kek = threshold_secret(bk, node["sid"])
+        s["need"] = node["need"]
+        s["next_x"] = node["next_x"]
+        s["members"] = [t_build(bk, m, node["sid"], threshold_share(bk, node["sid"], node["need"], m["x"]))
+                        for m in node["members"]]
+    if enclosing is not None:
+        kek = member_kek(kek, enclosing, node["x"])
+    s["wrapped"] = base64.b64encode(aes_key_wrap(kek, target)).decode("ascii")
+    return s
+
+
+def threshold_vector_slot(bk):
+    """Section 10.5's group as its prose describes it: id a1b2c3d4, label
+    two-of-three, need 2, next_x 4, created 1700000000, recovery members
+    000000b1-3 at x 1-3 with entropy 11, 22, 33 x 30. The members' `created`
+    is not in the prose: 1700000000 assumed."""
+    members = [t_recovery("000000b%d" % x, bytes([0x11 * x]) * 30, x=x) for x in (1, 2, 3)]
+    return t_build(bk, t_group("a1b2c3d4", 2, members, next_x=4, label="two-of-three"))
+
+
+def check_threshold(spec_path, vec_dir=None):
+    """Section 10.5: every `name: hex` line of its code blocks, recomputed from
+    the prose (BK = 00..1f, group id a1b2c3d4, k = 2, member entropy 11, 22,
+    33 x 30), and, with vec_dir, the vector files against the same prose."""
+    with open(spec_path, "r", encoding="utf-8") as f:
+        text = f.read()
+    start = text.index("### 10.5 Vectors")
+    end = text.find("\n## ", start)
+    section = text[start:end if end >= 0 else len(text)]
+    said = []
+    for block in section.split("```")[1::2]:
+        for line in block.splitlines():
+            mt = re.match(r"\s*(.+?):\s+([0-9a-f]{32,})\s*\Z", line)
+            if mt:
+                said.append((mt.group(1), bytes.fromhex(mt.group(2))))
+    bk, gid, k = bytes(range(32)), "a1b2c3d4", 2
+    k_g = threshold_secret(bk, gid)
+    mine = {"K_g": k_g, "group wrapped = AES-KW(K_g, BK)": aes_key_wrap(k_g, bk)}
+    for j in range(1, k):
+        mine["a_%d" % j] = threshold_coefficient(bk, gid, j)
+    shares = {}
+    for x in (1, 2, 3):
+        shares[x] = threshold_share(bk, gid, k, x)
+        mine["share(%d)" % x] = shares[x]
+        e = bytes([0x11 * x]) * 30
+        mine["member %d" % x] = member_kek(hkdf(None, e, b"coffer/v1 recovery kek", 32), gid, x)
+    results, unchecked = [], []
+    for name, value in said:
+        if name in mine:
+            results.append(("section 10.5 " + name, mine[name] == value))
+        else:
+            unchecked.append("section 10.5 " + name)
+    results.append(("section 10.5 lines found", len(said) >= 9))
+    # Section 10.2's claims: any k shares give K_g; fewer give a wrong value.
+    for a in (1, 2, 3):
+        for b in range(a + 1, 4):
+            results.append(("K_g from share(%d), share(%d)" % (a, b),
+                            combine_shares({a: shares[a], b: shares[b]}) == k_g))
+        results.append(("share(%d) alone is not K_g" % a, combine_shares({a: shares[a]}) != k_g))
+    results.append(("K_g from all three shares (degree 1 < 2)", combine_shares(shares) == k_g))
+    if vec_dir:
+        slot = threshold_vector_slot(bk)
+        for x in (1, 2, 3):
+            with open(os.path.join(vec_dir, "recovery-threshold-%d.txt" % x), "r", encoding="utf-8") as f:
+                cands, corrected = parse_recovery_key(f.read())
+            results.append(("recovery-threshold-%d.txt: entropy %02x x 30, checksum right" % (x, 0x11 * x),
+                            not corrected and bytes.fromhex(cands[0])[:30] == bytes([0x11 * x]) * 30))
+        with open(os.path.join(vec_dir, "keyring-v2-threshold.json"), "rb") as f:
+            kr = parse_keyring(f.read())
+        got = kr.obj["slots"]
+        results.append(("keyring-v2-threshold.json: its only slot is section 10.5's group, member for member",
+                        canonical_bytes(got) == canonical_bytes([slot])))
+        if len(got) == 1 and got[0].get("kind") == "threshold":
+            results.append(("keyring-v2-threshold.json: group wrapped", b64decode_strict(got[0]["wrapped"])
+                            == mine["group wrapped = AES-KW(K_g, BK)"]))
+            for m in got[0]["members"]:
+                x = m["x"]
+                results.append(("keyring-v2-threshold.json: member %s at x %d wraps share(%d) under member %d's KEK"
+                                % (m["id"], x, x, x), x in shares and aes_key_unwrap(
+                                    mine["member %d" % x], b64decode_strict(m["wrapped"])) == shares[x]))
+        rebuilt = json.loads(make_keyring(bk, [slot]))
+        results.append(("keyring-v2-threshold.json: rebuilt from the prose (members' created assumed), "
+                        "same canonical form and MAC",
+                        canonical_bytes(rebuilt) == canonical_bytes(kr.obj)))
+        with open(os.path.join(vec_dir, "archive-v2-threshold.coffer"), "rb") as f:
+            arc = f.read()
+        pk = public_key_of(expand_bk(bk))
+        mine_arc = seal_v2(bk, pk, "owner", canonical_bytes([slot]), b"hello, coffer\n", b"\x34" * 32,
+                           b"\x23" * 64, flags=0, s=4096, created=1700000000)
+        results.append(("archive-v2-threshold.coffer: rebuilt byte for byte from the prose "
+                        "(flags 0, chunk size 4096, created 1700000000 assumed from section 8.9)", mine_arc == arc))
+    return _report(results, unchecked)
+
+
+def threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr):
+    """Section 10's cases for the reader's own kit (names `v2-threshold-*`),
+    built with the writer's side of section 10 (t_build). Returns the member
+    recovery key files to write beside them (`recovery-key:` lines in the
+    .expect name them)."""
+    import copy
+    ent = {i: bytes([0xA0 + i]) * 30 for i in range(1, 10)}          # member i's recovery entropy
+    files = {"member-%d.txt" % i: recovery_key_text(e) + "\n" for i, e in ent.items()}
+    typo = recovery_key_text(ent[1])
+    typo = ("b" if typo[0] != "b" else "c") + typo[1:]                 # one digit off: checksum fails
+    files["member-1-typo.txt"] = typo + "\n"
+
+    def K(*ids):
+        return ["member-%s.txt" % i for i in ids]
+
+    def R(i, x, sid=None, label=None):
+        return t_recovery(sid or "0000b%03d" % (i * 10 + x), ent[i], x=x, label=label)
+
+    def seal(slot_list, plain=b"threshold\n"):
+        return seal_v2(bk, pk, "owner", canonical_bytes(slot_list), plain, salt, eseed)
+
+    def setin(obj, path, value):
+        """Set obj[path...] = value (path through dicts and lists); value None deletes."""
+        for p in path[:-1]:
+            obj = obj[p]
+        if value is None:
+            del obj[path[-1]]
+        else:
+            obj[path[-1]] = value
+
+    plain = b"threshold\n"
+    g23 = t_group("0000a001", 2, [R(1, 1), R(2, 2), R(3, 3)], label="two-of-three")
+    s23 = t_build(bk, g23)
+    a23 = seal([s23])
+
+    # Any two of three open; one, none or a stranger's key does not.
+    for ks in ((1, 2), (1, 3), (2, 3), (1, 2, 3), (3, 1)):
+        ok("v2-threshold-keys-%s" % "-".join(map(str, ks)), a23, plain, keys=K(*ks))
+    bad("v2-threshold-key-1-alone", a23, EXIT_NO_SLOT, keys=K(1), stderr="1 of the 2 shares")
+    bad("v2-threshold-key-3-alone", a23, EXIT_NO_SLOT, keys=K(3))
+    bad("v2-threshold-key-1-twice", a23, EXIT_NO_SLOT, keys=K(1, 1))
+    bad("v2-threshold-stranger-key", a23, EXIT_WRONG_KEY)            # recovery-v1.txt: opens no member
+    bad("v2-threshold-stranger-and-key-2", a23, EXIT_NO_SLOT, keys=["member-4.txt"] + K(2))
+    bad("v2-threshold-no-factor", a23, EXIT_NO_SLOT, factor="none")
+    # Section 10.3: the typo correction of section 2.1 checks KEK_member.
+    ok("v2-threshold-typo-corrected", a23, plain, keys=["member-1-typo.txt"] + K(2), stderr="corrected")
+    # A top-level recovery slot beside the group: either way opens.
+    both = seal([rec, s23])
+    ok("v2-threshold-beside-recovery-slot", both, plain)
+    ok("v2-threshold-beside-recovery-slot-members", both, plain, keys=K(1, 3))
+
+    # Degree 2 over GF(2^8) with x far from 1-3 (spent x: removed members):
+    # x^2 and the inverses in the interpolation are exercised (section 10.5's
+    # vectors have k = 2 and x 1-3 only).
+    g3 = t_group("0000a003", 3, [R(1, 7), R(2, 150), R(3, 199), R(4, 255)], next_x=256)
+    a3 = seal([t_build(bk, g3)])
+    ok("v2-threshold-3-of-4-high-x", a3, plain, keys=K(1, 2, 4))
+    ok("v2-threshold-3-of-4-high-x-other", a3, plain, keys=K(4, 3, 2))
+    bad("v2-threshold-3-of-4-two-keys", a3, EXIT_NO_SLOT, keys=K(1, 4))
+    g5 = t_group("0000a005", 5, [R(i, i * 50) for i in range(1, 6)])
+    ok("v2-threshold-5-of-5", seal([t_build(bk, g5)]), plain, keys=K(1, 2, 3, 4, 5))
+
+    # need 1: every share is K_g; one member opens.
+    g1 = t_group("0000a006", 1, [R(1, 1), R(2, 2)])
+    ok("v2-threshold-need-1", seal([t_build(bk, g1)]), plain, keys=K(2))
+
+    # Nested: outer 2 of {member 1, inner 2 of {member 2, member 3}}.
+    inner = t_group("0000a022", 2, [R(2, 1), R(3, 2)], x=2, label="inner")
+    outer = t_group("0000a021", 2, [R(1, 1), inner], label="outer")
+    s_nest = t_build(bk, outer)
+    a_nest = seal([s_nest])
+    ok("v2-threshold-nested", a_nest, plain, keys=K(1, 2, 3))
+    ok("v2-threshold-nested-inner-listed-first", seal([t_build(bk, t_group(
+        "0000a021", 2, [inner, R(1, 1)], label="outer"))]), plain, keys=K(3, 2, 1))
+    bad("v2-threshold-nested-inner-only", a_nest, EXIT_NO_SLOT, keys=K(2, 3))
+    bad("v2-threshold-nested-inner-short", a_nest, EXIT_NO_SLOT, keys=K(1, 2))
+    # Three deep (allowed): g1 > g2 > g3 > member.
+    deep3 = t_group("0000a031", 1, [t_group("0000a032", 1, [t_group("0000a033", 1, [R(1, 1)], x=1)], x=1)])
+    ok("v2-threshold-depth-3", seal([t_build(bk, deep3)]), plain, keys=K(1))
+
+    # Members of kinds this reader has no factor for: kept, counted, skipped.
+    fido = {"id": "0000b0f1", "kind": "fido2", "x": 3, "created": 1700000000,
+            "credential": "AAAA", "wrapped": base64.b64encode(b"\x5a" * 40).decode("ascii")}
+    s_mixed = t_build(bk, t_group("0000a041", 2, [R(1, 1), R(2, 2)], next_x=4))
+    s_mixed["members"].append(fido)
+    ok("v2-threshold-unknown-kind-member", seal([s_mixed]), plain, keys=K(1, 2))
+    s_pw = copy.deepcopy(s_mixed)
+    s_pw["members"] = [s_pw["members"][0], fido]      # one recovery member, need 2: never enough
+    bad("v2-threshold-not-enough-recovery-members", seal([s_pw]), EXIT_NO_SLOT, keys=K(1, 2),
+        stderr="no slot usable")
+    s_empty = t_build(bk, t_group("0000a042", 2, [], next_x=1))
+    ok("v2-threshold-empty-group-beside-recovery-slot", seal([s_empty, rec]), plain)
+    bad("v2-threshold-empty-group-alone", seal([s_empty]), EXIT_NO_SLOT)
+
+    # 64 slot objects in all is the limit (section 10.1), members included.
+    g63 = t_group("0000a051", 2, [R(1 + (x % 9), x, sid="0000c%03d" % x) for x in range(1, 64)])
+    s63 = t_build(bk, g63)
+    ok("v2-threshold-64-objects", seal([s63]), plain, keys=K(2, 3))
+    s64 = copy.deepcopy(s63)
+    s64["members"].append(t_build(bk, R(1, 64, sid="0000c064"), "0000a051",
+                                  threshold_share(bk, "0000a051", 2, 64)))
+    s64["next_x"] = 65
+    bad("v2-threshold-65-objects", seal([s64]), EXIT_CORRUPT)
+    bad("v2-threshold-65-objects-top-and-members", seal([rec, s63]), EXIT_CORRUPT)
+
+    # Section 10.4: a member is never a slot on its own, and what it unwraps
+    # is never BK. Member 1 wrapped as if it were a top-level slot: key 1
+    # opens nothing. Member 1 wrapping BK (under its KEK_member): key 1 gets
+    # one "share", not BK.
+    s_asslot = copy.deepcopy(s23)
+    s_asslot["members"][0]["wrapped"] = base64.b64encode(
+        aes_key_wrap(hkdf(None, ent[1], b"coffer/v1 recovery kek", 32), bk)).decode("ascii")
+    bad("v2-threshold-member-wrapped-as-slot", seal([s_asslot]), EXIT_WRONG_KEY, keys=K(1))
+    s_wbk = copy.deepcopy(s23)
+    s_wbk["members"][0]["wrapped"] = base64.b64encode(aes_key_wrap(member_kek(
+        hkdf(None, ent[1], b"coffer/v1 recovery kek", 32), "0000a001", 1), bk)).decode("ascii")
+    bad("v2-threshold-member-wraps-bk", seal([s_wbk]), EXIT_NO_SLOT, keys=K(1))
+    # Misreadings of section 10.3 for a nested group, made by a writer: its
+    # member KEK from its own id (not the enclosing group's), or no member KEK.
+    s_own = copy.deepcopy(s_nest)
+    k_in = threshold_secret(bk, "0000a022")
+    sh_in = threshold_share(bk, "0000a021", 2, 2)
+    s_own["members"][1]["wrapped"] = base64.b64encode(aes_key_wrap(member_kek(k_in, "0000a022", 2), sh_in)
+                                                      ).decode("ascii")
+    bad("v2-threshold-nested-kek-own-id", seal([s_own]), EXIT_WRONG_KEY, keys=K(1, 2, 3), stderr="refuses")
+    s_raw = copy.deepcopy(s_nest)
+    s_raw["members"][1]["wrapped"] = base64.b64encode(aes_key_wrap(k_in, sh_in)).decode("ascii")
+    bad("v2-threshold-nested-no-member-kek", seal([s_raw]), EXIT_WRONG_KEY, keys=K(1, 2, 3))
+
+    # Tampering with a genuine archive's header (same length, so only the MAC
+    # or the shares can tell): x swapped between two members (x is in the
+    # member KEK: neither opens); need lowered (one share gives a wrong K_g,
+    # which the group's wrapped refuses); need raised (three shares of a line
+    # still give K_g: BK comes out and the header MAC catches it).
+    def edit(data, old, new):
+        assert data.count(old) == 1 and len(old) == len(new)
+        return data.replace(old, new)
+    a_sw = edit(a23, b'"x":1}', b'"x":9}')
+    a_sw = edit(a_sw, b'"x":2}', b'"x":1}')
+    bad("v2-threshold-x-swapped-in-header", edit(a_sw, b'"x":9}', b'"x":2}'), EXIT_WRONG_KEY, keys=K(1, 2))
+    bad("v2-threshold-need-lowered-in-header", edit(a23, b'"need":2', b'"need":1'), EXIT_WRONG_KEY,
+        keys=K(1), stderr="refuses")
+    bad("v2-threshold-need-raised-in-header", edit(a23, b'"need":2', b'"need":3'), EXIT_CORRUPT,
+        keys=K(1, 2, 3), stderr="header MAC")
+    s_dmg = copy.deepcopy(s23)
+    s_dmg["wrapped"] = base64.b64encode(b"\x11" * 40).decode("ascii")
+    bad("v2-threshold-group-wrapped-damaged", seal([s_dmg]), EXIT_WRONG_KEY, keys=K(1, 2))
+
+    # Section 10.1's rules: each breach is refused as corrupt (exit 4), before
+    # any factor is tried (the right keys are given).
+    corrupt_cases = {
+        "duplicate-x": (["members", 1, "x"], 1),
+        "x-equals-next-x": (["members", 2, "x"], 4),
+        "x-0": (["members", 0, "x"], 0),
+        "x-256": (["members", 0, "x"], 256),
+        "x-string": (["members", 0, "x"], "1"),
+        "x-missing": (["members", 0, "x"], None),
+        "x-on-group-at-top-level": (["x"], 1),
+        "need-0": (["need"], 0),
+        "need-256": (["need"], 256),
+        "need-missing": (["need"], None),
+        "need-string": (["need"], "2"),
+        "next-x-0": (["next_x"], 0),
+        "next-x-257": (["next_x"], 257),
+        "next-x-missing": (["next_x"], None),
+        "members-missing": (["members"], None),
+        "members-object": (["members"], {}),
+        "member-not-object": (["members", 0], "000000b1"),
+        "members-on-recovery-member": (["members", 0, "members"], []),
+        "extra-member-in-group": (["threshold"], 2),
+        "member-id-duplicates-group": (["members", 0, "id"], "0000a001"),
+        "member-label-kind-name": (["members", 0, "label"], "threshold"),
+        "member-label-duplicates-group": (["members", 0, "label"], "two-of-three"),
+    }
+    for name, (path, value) in corrupt_cases.items():
+        s_bad = copy.deepcopy(s23)
+        setin(s_bad, path, value)
+        bad("v2-threshold-corrupt-" + name, seal([s_bad]), EXIT_CORRUPT, keys=K(1, 2, 3))
+    r_x = dict(rec, x=1)
+    bad("v2-threshold-corrupt-x-on-top-level-slot", seal([r_x, s23]), EXIT_CORRUPT, keys=K(1, 2))
+    s_l = copy.deepcopy(s23)
+    s_l["members"][0]["label"] = "paper"
+    bad("v2-threshold-corrupt-member-label-duplicates-slot", seal([dict(rec, label="paper"), s_l]),
+        EXIT_CORRUPT, keys=K(1, 2))
+    bad("v2-threshold-corrupt-member-id-duplicates-slot",
+        seal([dict(rec, id="0000b011"), s23]), EXIT_CORRUPT, keys=K(1, 2))
+    s_two = t_build(bk, t_group("0000a061", 1, [R(4, 1, sid="0000b011")]))
+    bad("v2-threshold-corrupt-id-in-two-groups", seal([s23, s_two]), EXIT_CORRUPT, keys=K(1, 2))
+    ok("v2-threshold-two-groups", seal([s23, t_build(bk, t_group("0000a061", 1, [R(4, 1, sid="0000b999")]))]),
+       plain, keys=K(4))
+    deep4 = t_group("0000a071", 1, [t_group("0000a072", 1, [t_group("0000a073", 1, [
+        t_group("0000a074", 1, [R(1, 1)], x=1)], x=1)], x=1)])
+    bad("v2-threshold-corrupt-depth-4", seal([t_build(bk, deep4)]), EXIT_CORRUPT, keys=K(1))
+    # Groups need format version 2: a version 1 archive with one is refused.
+    # (without labels, which version 1 refuses on their own).
+    s23_nl = t_build(bk, t_group("0000a001", 2, [R(1, 1), R(2, 2), R(3, 3)]))
+    bad("v2-threshold-corrupt-in-v1-archive", build_v1(bk, salt, canonical_bytes([rec, s23_nl]), plain),
+        EXIT_CORRUPT, stderr="groups need format version 2")
+
+    # Keyrings (section 10 with section 3's MAC over the members).
+    kr("v2-keyring-threshold", make_keyring(bk, [s23]), keys=K(1, 3), key_id=kid.hex())
+    kr("v2-keyring-threshold-one-key", make_keyring(bk, [s23]), EXIT_NO_SLOT, keys=K(2))
+    kr("v2-keyring-threshold-nested", make_keyring(bk, [rec, s_nest]), keys=K(1, 2, 3), key_id=kid.hex())
+    kr("v2-keyring-threshold-nested-short", make_keyring(bk, [s_nest]), EXIT_NO_SLOT, keys=K(2, 3))
+    obj = json.loads(make_keyring(bk, [s23]))
+    obj["slots"][0]["need"] = 3                      # the MAC covers need
+    kr("v2-keyring-threshold-need-changed", (json.dumps(obj, indent=2) + "\n").encode(), EXIT_CORRUPT,
+       keys=K(1, 2, 3))
+    obj = json.loads(make_keyring(bk, [s23]))
+    obj["slots"][0]["next_x"] = 5                    # ... and next_x, which no opening uses
+    kr("v2-keyring-threshold-next-x-changed", (json.dumps(obj, indent=2) + "\n").encode(), EXIT_CORRUPT,
+       keys=K(1, 2))
+    s_bad = copy.deepcopy(s23)
+    s_bad["members"][1]["x"] = 1
+    kr("v2-keyring-threshold-duplicate-x", make_keyring(bk, [s_bad]), EXIT_CORRUPT, keys=K(1, 2))
+    kr("v2-keyring-threshold-depth-4", make_keyring(bk, [t_build(bk, deep4)]), EXIT_CORRUPT, keys=K(1))
+    kr("v2-keyring-threshold-65-objects", make_keyring(bk, [rec, s63]), EXIT_CORRUPT)
+    kr("v2-keyring-threshold-x-at-top-level", make_keyring(bk, [r_x]), EXIT_CORRUPT)
+    kr("v1-keyring-with-threshold", make_keyring(bk, [rec, s23_nl], version=1, layout="v1"), EXIT_CORRUPT,
+       stderr="groups need format version 2")
+    kr("v2-keyring-prerelease-with-threshold", make_keyring(bk, [rec, s23], layout="v1"), EXIT_CORRUPT,
+       stderr="groups need format version 2")
+    return files
+
+
 def make_v2_testkit(out_dir, key_text):
     """Write NAME.coffer / NAME.json with NAME.expect (as tests/testdata/archives)
     into out_dir: version 2 archives and keyrings made from the spec alone."""
@@ -960,16 +1569,17 @@ def make_v2_testkit(out_dir, key_text):
     plain3 = bytes((i * 7 + 3) & 0xFF for i in range(3 * 4096 - 100))
     cases = {}
 
-    def extra(keyring, factor, stderr):
+    def extra(keyring, factor, stderr, keys=()):
         return (("keyring: %s\n" % keyring if keyring else "") + ("factor: %s\n" % factor if factor else "")
-                + ("stderr-contains: %s\n" % stderr if stderr else ""))
+                + ("stderr-contains: %s\n" % stderr if stderr else "")
+                + "".join("recovery-key: %s\n" % k for k in keys))
 
-    def ok(name, data, plain, keyring=None, factor=None, stderr=None):
+    def ok(name, data, plain, keyring=None, factor=None, stderr=None, keys=()):
         cases[name] = (data, "expect: ok\npayload-sha256: %s\n" % hashlib.sha256(plain).hexdigest()
-                       + extra(keyring, factor, stderr))
+                       + extra(keyring, factor, stderr, keys))
 
-    def bad(name, data, code, keyring=None, factor=None, stderr=None):
-        cases[name] = (data, "expect: exit %d\n" % code + extra(keyring, factor, stderr))
+    def bad(name, data, code, keyring=None, factor=None, stderr=None, keys=()):
+        cases[name] = (data, "expect: exit %d\n" % code + extra(keyring, factor, stderr, keys))
 
     def flip(data, off, bit=1):
         b = bytearray(data)
@@ -1077,8 +1687,11 @@ def make_v2_testkit(out_dir, key_text):
 
     keyrings = {}
 
-    def kr(name, data, code=EXIT_OK):
-        keyrings[name] = (data, "expect: ok\n" if code == EXIT_OK else "expect: exit %d\n" % code)
+    def kr(name, data, code=EXIT_OK, keys=(), key_id=None, stderr=None):
+        keyrings[name] = (data, ("expect: ok\n" if code == EXIT_OK else "expect: exit %d\n" % code)
+                          + ("key-id: %s\n" % key_id if key_id else "")
+                          + ("stderr-contains: %s\n" % stderr if stderr else "")
+                          + "".join("recovery-key: %s\n" % k for k in keys))
 
     def setm(member, value):
         return lambda k: k.__setitem__(member, value)
@@ -1231,7 +1844,12 @@ def make_v2_testkit(out_dir, key_text):
                                                           canonical_bytes([other_rec]), b"x", salt, eseed),
         EXIT_WRONG_KEY, keyring="v2-keyring-seal-only.json")
 
+    key_files = threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr)
+
     os.makedirs(out_dir, exist_ok=True)
+    for name, text in key_files.items():
+        with open(os.path.join(out_dir, name), "w") as f:
+            f.write(text)
     for name, (data, expect) in cases.items():
         with open(os.path.join(out_dir, name + ".coffer"), "wb") as f:
             f.write(data)
@@ -1274,7 +1892,8 @@ def rebuild_v2_stream(key_text):
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("archive", nargs="?")
-    ap.add_argument("--recovery-key-file")
+    ap.add_argument("--recovery-key-file", action="append", metavar="FILE",
+                    help="a recovery key; repeat it to give several (threshold group members, section 10)")
     ap.add_argument("--backup-key-file", help="BK as 64 hex digits (tests): skips the slots")
     ap.add_argument("-o", "--output")
     ap.add_argument("--raw", action="store_true", help="emit still-compressed bytes of a zstd archive")
@@ -1284,6 +1903,9 @@ def main(argv):
     ap.add_argument("--make-v2-testkit", metavar="DIR")
     ap.add_argument("--rebuild-v2-stream", metavar="OUT",
                     help="write section 8.9's archive-v2-stream.coffer as its prose describes it")
+    ap.add_argument("--check-threshold", metavar="FORMAT_MD",
+                    help="check section 10.5's values (read from FORMAT_MD) and the threshold vector files")
+    ap.add_argument("--vectors", metavar="DIR", help="with --check-threshold: tests/vectors")
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:
@@ -1293,6 +1915,8 @@ def main(argv):
             return check_xwing(args.check_xwing)
         if args.check_sealing:
             return check_sealing(args.check_sealing)
+        if args.check_threshold:
+            return check_threshold(args.check_threshold, args.vectors)
     except (OSError, KeyError, ValueError) as e:
         print("error: vector file: %r" % e, file=sys.stderr)
         return EXIT_VECTOR
@@ -1306,10 +1930,11 @@ def main(argv):
         print("error: --make-v2-testkit and --rebuild-v2-stream need --recovery-key-file", file=sys.stderr)
         return EXIT_USAGE
     try:
-        key_text, bk = None, None
+        key_texts, bk = [], None
         if args.recovery_key_file:
-            with open(args.recovery_key_file, "r", encoding="utf-8") as f:
-                key_text = f.read()
+            for path in args.recovery_key_file:
+                with open(path, "r", encoding="utf-8") as f:
+                    key_texts.append(f.read())
         elif args.backup_key_file:
             with open(args.backup_key_file, "r", encoding="ascii") as f:
                 bk = bytes.fromhex(f.read().strip())
@@ -1327,20 +1952,20 @@ def main(argv):
         return EXIT_USAGE
     try:
         if args.make_v2_testkit:
-            n = make_v2_testkit(args.make_v2_testkit, key_text)
+            n = make_v2_testkit(args.make_v2_testkit, key_texts[0])
             print("%d cases written to %s" % (n, args.make_v2_testkit))
             return EXIT_OK
         if args.rebuild_v2_stream:
-            arc, values = rebuild_v2_stream(key_text)
+            arc, values = rebuild_v2_stream(key_texts[0])
             with open(args.rebuild_v2_stream, "wb") as f:
                 f.write(arc)
             sys.stdout.buffer.write("".join("%s: %s\n" % (n, v.hex()) for n, v in values).encode("utf-8"))
             return EXIT_OK
         if data is None:
-            print(verify_keyring(keyring_raw, key_text, bk))
+            print(verify_keyring(keyring_raw, key_texts, bk))
             return EXIT_OK
         kr = parse_keyring(keyring_raw) if keyring_raw is not None else None
-        flags, plain = open_archive(data, key_text, bk, kr)
+        flags, plain = open_archive(data, key_texts, bk, kr)
     except Fail as e:
         print("error: %s" % e, file=sys.stderr)
         return e.code

@@ -9,16 +9,21 @@
 #     archive-v*-stream must open to "hello, coffer\n" as section 6's does)
 #   tests/vectors/keyring-v*.json (must verify; key ids checked against
 #     derived-v1.txt where they are version 1 key ids)
-# plus the X-Wing and sealing vectors of format.md section 8.9, a version 2
-# test kit the reader writes itself from the spec (coffer_decrypt.py
-# --make-v2-testkit), and, when target/debug/coffer exists, round trips
-# through the real binary.
+# plus the X-Wing and sealing vectors of format.md section 8.9, the threshold
+# vectors of section 10.5 (its printed values, and the keyring and archive
+# with every pair of member keys, each key alone, none, a stranger's), a
+# version 2 test kit the reader writes itself from the spec (coffer_decrypt.py
+# --make-v2-testkit, threshold groups included), and, when
+# target/debug/coffer exists, round trips through the real binary.
 #
 # .expect lines: "expect: ok" + "payload-sha256: HEX", or "expect: exit N";
 # optional "keyring: FILE" (open through that keyring, beside the .expect),
-# "key-id: HEX" (keyrings: the key id the reader must print), and, in the
-# reader's own kit, "factor: none" (open with no recovery key) and
-# "stderr-contains: TEXT" (the reader must say so, e.g. a retired key id).
+# "key-id: HEX" (keyrings: the key id the reader must print),
+# "recovery-key: FILE" (repeatable, beside the .expect: give these recovery
+# keys, each with its own --recovery-key-file, instead of recovery-v1.txt;
+# threshold group members, format.md section 10), and, in the reader's own
+# kit, "factor: none" (open with no recovery key) and "stderr-contains:
+# TEXT" (the reader must say so, e.g. a retired key id).
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 tests="$(dirname "$here")"
@@ -49,14 +54,24 @@ fail=0
 ok()   { echo "ok $1${2:+ ($2)}"; pass=$((pass + 1)); }
 bad()  { echo "FAIL $1: $2"; fail=$((fail + 1)); }
 field() { sed -n "s/^$1: *//p" "$2" | head -n1; }
+# factor_args EXPECT: fill the array fargs with the recovery keys EXPECT names
+# ("recovery-key:" lines), else recovery-v1.txt, or none ("factor: none").
+factor_args() {
+    local exp="$1" f
+    fargs=()
+    [ "$(field factor "$exp")" = none ] && return
+    while IFS= read -r f; do
+        [ -n "$f" ] && fargs+=(--recovery-key-file "$(dirname "$exp")/$f")
+    done < <(sed -n 's/^recovery-key: *//p' "$exp")
+    [ "${#fargs[@]}" -gt 0 ] || fargs=(--recovery-key-file "$key")
+}
 
 # check_archive NAME ARCHIVE EXPECT: open ARCHIVE as EXPECT says.
 check_archive() {
-    local name="$1" arc="$2" exp="$3" want sha kr zstd flags rc got args factor says
+    local name="$1" arc="$2" exp="$3" want sha kr zstd flags rc got args says
     want="$(field expect "$exp")"
     sha="$(field payload-sha256 "$exp")"
     kr="$(field keyring "$exp")"
-    factor="$(field factor "$exp")"
     says="$(field stderr-contains "$exp")"
     zstd=0
     # flags are bytes 10-11 of the header; bit 1 = zstd
@@ -65,7 +80,8 @@ check_archive() {
     args=()
     [ "$zstd" = 1 ] && args+=(--raw)
     [ -n "$kr" ] && args+=(--keyring "$(dirname "$exp")/$kr")
-    [ "$factor" = none ] || args+=(--recovery-key-file "$key")
+    factor_args "$exp"
+    args+=(${fargs[@]+"${fargs[@]}"})
     rm -f "$tmp/out"
     "$py" "$dec" "$arc" -o "$tmp/out" "${args[@]}" 2>"$tmp/err"
     rc=$?
@@ -106,11 +122,16 @@ check_archive() {
 
 # check_keyring NAME KEYRING EXPECT: verify KEYRING as EXPECT says.
 check_keyring() {
-    local name="$1" file="$2" exp="$3" want kid rc got
+    local name="$1" file="$2" exp="$3" want kid rc got says
     want="$(field expect "$exp")"
     kid="$(field key-id "$exp")"
-    got="$("$py" "$dec" --keyring "$file" --recovery-key-file "$key" 2>"$tmp/err")"
+    says="$(field stderr-contains "$exp")"
+    factor_args "$exp"
+    got="$("$py" "$dec" --keyring "$file" ${fargs[@]+"${fargs[@]}"} 2>"$tmp/err")"
     rc=$?
+    if [ -n "$says" ] && ! grep -qF -- "$says" "$tmp/err"; then
+        bad "$name" "exit $rc; stderr does not contain '$says': $(cat "$tmp/err")"; return
+    fi
     case "$want" in
         ok)
             if [ "$rc" -ne 0 ]; then bad "$name" "exit $rc, expected 0: $(cat "$tmp/err")"
@@ -223,6 +244,61 @@ for v in xwing-draft06 sealing-v2; do
     fi
 done
 
+# Threshold groups (format.md section 10.5): the values its prose prints,
+# recomputed (K_g, a_1, the shares, the member KEKs, the group's wrapped),
+# and the vector files checked against the same prose (the member keys'
+# entropy, the keyring member for member and its MAC, the archive byte for
+# byte). Then the keyring and the archive with every pair of the three member
+# keys and all three (open, the keyring's key id printed), each key alone and
+# no key (refused: exit 5, no slot usable with the factors given), and a
+# stranger's key (exit 3: it opens nothing). keyring-v2-threshold.expect and
+# archive-v2-threshold.expect (members 1 and 3) are the generic checks above.
+if [ -f "$vec/keyring-v2-threshold.json" ]; then
+    name="threshold-vectors"
+    "$py" "$dec" --check-threshold "$spec" --vectors "$vec" >"$tmp/vout" 2>"$tmp/err"
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+        note="$(grep -c ': ok$' "$tmp/vout") values and claims match"
+        if grep -q 'not checked' "$tmp/vout"; then
+            note="$note; lines not checked: $(grep 'not checked' "$tmp/vout" | cut -d: -f1 | paste -sd, -)"
+        fi
+        ok "$name" "$note"
+    else
+        bad "$name" "$(grep -v ': ok$' "$tmp/vout" | tr '\n' ';') $(cat "$tmp/err")"
+    fi
+    tkr="$vec/keyring-v2-threshold.json"
+    tarc="$vec/archive-v2-threshold.coffer"
+    tkid="$(sed -n 's/^ *"key_id": *"\([0-9a-f]*\)".*/\1/p' "$tkr")"
+    for set in "1 2" "1 3" "2 3" "3 2 1" "1" "2" "3" "" "stranger"; do
+        targs=()
+        for i in $set; do
+            if [ "$i" = stranger ]; then targs+=(--recovery-key-file "$key")
+            else targs+=(--recovery-key-file "$vec/recovery-threshold-$i.txt"); fi
+        done
+        case "$set" in
+            ?\ ?*) want=0 ;;
+            stranger) want=3 ;;
+            *) want=5 ;;
+        esac
+        what="members ${set:-none}"; [ "$set" = stranger ] && what="recovery-v1.txt"
+        name="vector:threshold-keyring ($what)"
+        got="$("$py" "$dec" --keyring "$tkr" ${targs[@]+"${targs[@]}"} 2>"$tmp/err")"
+        rc=$?
+        if [ "$rc" -ne "$want" ]; then bad "$name" "exit $rc, expected $want: $(cat "$tmp/err")"
+        elif [ "$want" -eq 0 ] && [ "$got" != "$tkid" ]; then bad "$name" "key id '$got', expected $tkid"
+        elif [ "$want" -eq 0 ]; then ok "$name" "key id $got"
+        else ok "$name" "exit $rc: $(tail -n1 "$tmp/err" | sed 's/^error: //')"; fi
+        name="vector:threshold-archive ($what)"
+        rm -f "$tmp/out"
+        "$py" "$dec" "$tarc" -o "$tmp/out" ${targs[@]+"${targs[@]}"} 2>"$tmp/err"
+        rc=$?
+        if [ "$rc" -ne "$want" ]; then bad "$name" "exit $rc, expected $want: $(cat "$tmp/err")"
+        elif [ "$want" -ne 0 ]; then ok "$name" "exit $rc: $(tail -n1 "$tmp/err" | sed 's/^error: //')"
+        elif [ "$(od -An -c "$tmp/out")" = "$(printf 'hello, coffer\n' | od -An -c)" ]; then ok "$name" "hello, coffer"
+        else bad "$name" "plaintext $(od -An -c "$tmp/out" | head -n3), expected \"hello, coffer\\n\""; fi
+    done
+fi
+
 # A version 2 test kit written by coffer_decrypt.py itself, from the spec:
 # archives sealed to BK = 00..1f (section 6) as `owner` and `nas-1`, damaged
 # in every way section 8 names, and version 2 keyrings, good and bad.
@@ -309,6 +385,84 @@ if [ -x "$bin" ]; then
         elif cmp -s "$r/out1" "$d/data" && cmp -s "$r/out2" "$d/data"; then
             ok "$name" "key id $got retires $old; the old archive opens through its own slots with a warning, the new one through the keyring"
         else bad "$name" "plaintext differs"; fi
+    else
+        bad "$name" "coffer could not make it: $(cat "$tmp/err")"
+    fi
+
+    # Threshold groups made by coffer (format.md section 10): a group "trio"
+    # needing 3, with recovery members m1, m2, m3, a nested group "pair"
+    # (2 of n1, n2) and m5; an archive sealed, m2 removed (its x stays spent),
+    # another sealed. The reader: 3 of {m1, m3, m5} (x 1, 3, 5: degree 2),
+    # or the pair as one share, open the keyring and the archive; two
+    # shares do not (exit 5); the archive sealed before the removal still
+    # opens with m2 (section 10.4: removing revokes nothing), the later one
+    # does not. Then `rotate` (section 7): the same ids, x, need and next_x,
+    # new shares; the reader verifies the new keyring with the same keys.
+    name="coffer:threshold"
+    t="$d/thr"; mkdir -p "$t"
+    tk() { COFFER_KEYRING="$t/k.json" "$bin" "$@" >/dev/null 2>>"$tmp/err"; }
+    : >"$tmp/err"
+    if tk init --recovery-key-out "$t/rk" &&
+       tk enroll threshold --need 3 --label trio --recovery-key-file "$t/rk" &&
+       tk enroll recovery --group trio --label m1 --recovery-key-out "$t/m1" --recovery-key-file "$t/rk" &&
+       tk enroll recovery --group trio --label m2 --recovery-key-out "$t/m2" --recovery-key-file "$t/rk" &&
+       tk enroll recovery --group trio --label m3 --recovery-key-out "$t/m3" --recovery-key-file "$t/rk" &&
+       tk enroll threshold --need 2 --group trio --label pair --recovery-key-file "$t/rk" &&
+       tk enroll recovery --group pair --label n1 --recovery-key-out "$t/n1" --recovery-key-file "$t/rk" &&
+       tk enroll recovery --group pair --label n2 --recovery-key-out "$t/n2" --recovery-key-file "$t/rk" &&
+       tk enroll recovery --group trio --label m5 --recovery-key-out "$t/m5" --recovery-key-file "$t/rk" &&
+       tk seal - -o "$t/a0.coffer" <"$d/data" &&
+       tk remove m2 --recovery-key-file "$t/rk" &&
+       tk seal - -o "$t/a.coffer" <"$d/data"; then
+        tkid="$(sed -n 's/^ *"key_id": *"\([0-9a-f]*\)".*/\1/p' "$t/k.json")"
+        why=""
+        # texpect WANT ARCHIVE|keyring KEYS...: the reader with these member keys.
+        texpect() {
+            local want="$1" what="$2" rc got f r=(); shift 2
+            for f in "$@"; do r+=(--recovery-key-file "$t/$f"); done
+            if [ "$what" = keyring ]; then
+                got="$("$py" "$dec" --keyring "$t/k.json" "${r[@]}" 2>>"$tmp/err")"; rc=$?
+                [ "$rc" -eq 0 ] && [ "$got" != "$tkid" ] && { why="$why; keyring with $*: key id $got, expected $tkid"; return; }
+            else
+                rm -f "$t/out"
+                "$py" "$dec" "$t/$what" -o "$t/out" "${r[@]}" 2>>"$tmp/err"; rc=$?
+                [ "$rc" -eq 0 ] && ! cmp -s "$t/out" "$d/data" && { why="$why; $what with $*: plaintext differs"; return; }
+            fi
+            [ "$rc" -eq "$want" ] || why="$why; $what with $*: exit $rc, expected $want"
+        }
+        texpect 0 keyring m1 m3 m5
+        texpect 0 keyring n2 m5 n1 m3
+        texpect 5 keyring m1 m3
+        texpect 0 a.coffer m1 m3 m5
+        texpect 0 a.coffer n1 n2 m3 m5
+        texpect 0 a.coffer m5 n2 m1 n1
+        texpect 5 a.coffer m1 m3
+        texpect 5 a.coffer m1 n1 m3
+        texpect 5 a.coffer m1 m2 m3
+        texpect 0 a0.coffer m1 m2 m3
+        texpect 0 a.coffer rk
+        before="$(sed -n 's/^ *"\(id\|x\|need\|next_x\|label\)": *\(.*\)/\1 \2/p' "$t/k.json")"
+        if [ -z "$why" ] &&
+           tk --no-prompt rotate --recovery-key-file "$t/rk" --recovery-key-file "m1=$t/m1" \
+               --recovery-key-file "m3=$t/m3" --recovery-key-file "n1=$t/n1" \
+               --recovery-key-file "n2=$t/n2" --recovery-key-file "m5=$t/m5" &&
+           tk seal - -o "$t/b.coffer" <"$d/data"; then
+            old="$tkid"
+            tkid="$(sed -n 's/^ *"key_id": *"\([0-9a-f]*\)".*/\1/p' "$t/k.json")"
+            after="$(sed -n 's/^ *"\(id\|x\|need\|next_x\|label\)": *\(.*\)/\1 \2/p' "$t/k.json")"
+            [ "$before" = "$after" ] || why="$why; rotate changed ids, x, need, next_x or labels"
+            [ "$old" != "$tkid" ] || why="$why; rotate kept the key id"
+            texpect 0 keyring m1 m3 m5
+            texpect 0 b.coffer n1 n2 m3 m5
+            texpect 5 b.coffer m1 m3
+        elif [ -z "$why" ]; then
+            why="; coffer could not rotate: $(cat "$tmp/err")"
+        fi
+        if [ -z "$why" ]; then
+            ok "$name" "3 of {m1, m3, m5} or the nested pair open keyring and archives, two shares give 5, a removed member still opens the older archive; after rotate the same keys open"
+        else
+            bad "$name" "${why#; } ($(grep -v '^info:' "$tmp/err" | tail -n3 | tr '\n' ' '))"
+        fi
     else
         bad "$name" "coffer could not make it: $(cat "$tmp/err")"
     fi
