@@ -658,7 +658,12 @@ fn decode_b64<const N: usize>(s: &str) -> Option<zeroize::Zeroizing<[u8; N]>> {
 /// The format version a pre-sealing list of slots was written as: 2 when
 /// any has a label, else 1.
 fn format_version(slots: &[SlotRecord]) -> u64 {
-    if slots.iter().any(|s| s.label.is_some()) {
+    // Labels and groups need version 2 (a group in a version 1 list would
+    // be refused when read back).
+    if slots
+        .iter()
+        .any(|s| s.label.is_some() || slot::threshold::need(s).is_some())
+    {
         2
     } else {
         1

@@ -904,6 +904,22 @@ mod tests {
         assert_eq!(kr.slots.len(), 3);
     }
 
+    /// A keyring not yet upgraded to version 2 (its upgrade failed) that
+    /// gains a group is written in a layout that reads back.
+    #[test]
+    fn a_group_in_a_version_1_keyring_is_written_as_version_2() {
+        let bk = BackupKey::generate();
+        let (slots, _) = recovery_group(&bk, 1, 1);
+        let (rec, _) = recovery::enroll(&bk);
+        let kr = crate::keyring::Keyring::v1(&bk, vec![rec]);
+        let mut kr2 = crate::keyring::Keyring::v1(&bk, kr.slots.clone());
+        for s in slots {
+            kr2.add_slot(&bk, s).unwrap();
+        }
+        let back = crate::keyring::Keyring::parse(&kr2.to_bytes(), std::path::Path::new("k"));
+        assert!(back.is_ok(), "{:?}", back.err());
+    }
+
     /// Stored lists that break §10.1's rules are refused, naming where.
     #[test]
     fn hostile_slot_lists_are_refused() {
