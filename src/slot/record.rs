@@ -454,6 +454,12 @@ pub fn slots_from_json(list: &[Value], labels: bool) -> Result<Vec<SlotRecord>, 
             };
             let mut m = m.clone();
             let is_group = m.get("kind") == Some(&Value::String(threshold::KIND.into()));
+            if !is_group && m.contains_key("members") {
+                // Reserved for groups, whatever the kind (format.md §2).
+                return Err(format!(
+                    "{here}: field `members` is only for a threshold group"
+                ));
+            }
             let members = if is_group { m.remove("members") } else { None };
             let rec = SlotRecord::from_map(m, labels, group.map(|g| g.0))
                 .map_err(|e| format!("{here}: {e}"))?;

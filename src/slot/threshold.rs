@@ -980,17 +980,20 @@ mod tests {
             },
             "only for a member of a group",
         );
-        // A password slot does not take members: refused as an unknown field.
-        bad(
-            &|l| {
-                let mut m = l[0]["members"][0].clone();
-                m["id"] = json!("other");
-                m.as_object_mut().unwrap().remove("x");
-                m["members"] = json!([]);
-                l.push(m);
-            },
-            "unknown field",
-        );
+        // No other kind takes members, known or not.
+        for kind in ["recovery", "future-kind"] {
+            bad(
+                &|l| {
+                    let mut m = l[0]["members"][0].clone();
+                    m["id"] = json!("other");
+                    m["kind"] = json!(kind);
+                    m.as_object_mut().unwrap().remove("x");
+                    m["members"] = json!("hi");
+                    l.push(m);
+                },
+                "field `members` is only for a threshold group",
+            );
+        }
         // Format version 1 has no groups.
         assert!(
             slots_from_json(&good, false)
