@@ -385,6 +385,17 @@ impl Keyring {
             return Err(corrupt(format!("unknown field `{k}`")));
         }
         let slots = parse_slots(&slots, version == Some(2)).map_err(corrupt)?;
+        if sealing.is_none()
+            && let Some(s) = slots
+                .iter()
+                .find(|s| s.member.is_some() || slot::threshold::need(s).is_some())
+        {
+            // A pre-release version 2 keyring is version 1 with labels.
+            return Err(corrupt(format!(
+                "slot {}: a threshold group needs format version 2",
+                s.id
+            )));
+        }
         Ok(Self {
             key_id,
             slots,
@@ -497,6 +508,14 @@ impl Keyring {
                 "--replace {}: it is a threshold group; replace its members one by one, or remove it",
                 self.slots[i].name()
             )));
+        }
+        if self.sealing.is_none()
+            && (slot.member.is_some() || slot::threshold::need(&slot).is_some())
+        {
+            return Err(Error::Refused(
+                "a threshold group needs a format version 2 keyring; unlocking it upgrades it"
+                    .into(),
+            ));
         }
         let mut after = self.slots.clone();
         match replaced {
@@ -658,12 +677,7 @@ fn decode_b64<const N: usize>(s: &str) -> Option<zeroize::Zeroizing<[u8; N]>> {
 /// The format version a pre-sealing list of slots was written as: 2 when
 /// any has a label, else 1.
 fn format_version(slots: &[SlotRecord]) -> u64 {
-    // Labels and groups need version 2 (a group in a version 1 list would
-    // be refused when read back).
-    if slots
-        .iter()
-        .any(|s| s.label.is_some() || slot::threshold::need(s).is_some())
-    {
+    if slots.iter().any(|s| s.label.is_some()) {
         2
     } else {
         1

@@ -14,32 +14,41 @@ Usage:
   coffer_decrypt.py --make-v2-testkit DIR --recovery-key-file FILE
   coffer_decrypt.py --rebuild-v2-stream OUT --recovery-key-file FILE
 
-With --keyring and an ARCHIVE, BK comes from the keyring (fully verified
-first) when the keyring holds the header's key id as section 8.7 defines it
-(version 2 archive: a version 2 keyring's key_id; version 1 archive: a
-version 1 keyring's key_id or a version 2 keyring's v1_key_id); otherwise,
-and always for a seal-only keyring (never unlocked, section 8.8), from the
-archive's own slots. --backup-key-file gives BK itself (64 hex digits), for
+With --keyring and an ARCHIVE: when the keyring holds the header's key id
+as section 8.7 defines it (version 2 archive: a version 2 keyring's key_id;
+version 1 archive: a version 1 keyring's key_id or a version 2 keyring's
+v1_key_id), the keys are offered to the keyring's slots and the archive's
+own slots together, a header slot whose id is a keyring slot's left out
+(the keyring's copy of a group replaces the header's, section 10.4), and
+the keyring is then fully checked against BK; otherwise, and always for a
+seal-only keyring (never unlocked, section 8.8), the archive's own slots
+alone are used. --backup-key-file gives BK itself (64 hex digits), for
 tests. With no factor at all, nothing opens (exit 5), but a seal-only
 keyring still gets its before-unlocking checks.
 
-Threshold groups (section 10): --recovery-key-file may be repeated; every
-key is offered to every recovery slot and every recovery member (through
-its member KEK). A group opens when `need` of its members give shares at
-distinct x (a nested group by opening it first); a member is never tried as
-a slot on its own. --check-threshold recomputes section 10.5's values.
+Threshold groups (section 10): --recovery-key-file may be repeated; an
+unbound key is offered to every recovery slot and every recovery member
+(through its member KEK); SLOT=FILE, as coffer takes it, offers the key to
+the slot or member with that id or label only (a name no slot has, or a slot
+that takes no recovery key: exit 2; `recovery`, the kind, binds nothing).
+A group opens when `need` of its members give shares at distinct x (a
+nested group by opening it first); a member is never tried as a slot on its
+own. --check-threshold recomputes section 10.5's values.
 
 Exit status (format.md section 5): 0 ok; 1 a vector check failed, or a
-keyring of an unknown version ("upgrade coffer"); 2 usage; 3 wrong factor (a
-recovery key that is not 64 hex digits, fails its checksum with no single
-correction opening the slot, or opens neither a slot nor a group member; or
-a group whose `need` shares combine to a K_g its `wrapped` refuses, which
-cannot be told from a damaged slot before BK is known); 4 corrupt / tampered
-/ truncated / refused by a MUST (section 10.1's rules included); 5 no slot
-usable with the factors given (among them: only a seal-only keyring at hand
-and no factor for the archive's own slots; a threshold group left short of
-`need` by keys that did open some of its members); 6 zstd payload without
---raw.
+keyring of an unknown version ("upgrade coffer"); 2 usage; 4 corrupt /
+tampered / truncated / refused by a MUST (section 10.1's rules and section
+2's reserved `x` and `members` included); 6 zstd payload without --raw.
+When no slot gives BK up, each top-level slot tried ends one way -- a
+recovery slot met a wrong factor (a key that does not unwrap it, that is
+not 64 hex digits, or whose checksum fails with no single correction
+opening it); a group that opened fewer than `need` members has no usable
+factor, whatever its members' failures; a top-level group whose `need`
+shares, each of which opened its member, do not open its `wrapped` was
+altered -- and the status is 3 if any met a wrong factor, else 4 if any was
+altered, else 5 (also 5 with no factor, no slot recovery keys could open,
+or only a seal-only keyring at hand and no factor for the archive's own
+slots).
 """
 
 import argparse
@@ -70,6 +79,7 @@ MAX_SLOTS_LEN = 1048576
 MAX_KEYRING = 1 << 20
 MAX_DEPTH = 16
 SLOT_NAME_RE = re.compile(r"[0-9a-z-]{1,32}\Z")
+BINDING_RE = re.compile(r"([A-Za-z0-9._-]{1,64})=(.+)\Z", re.S)
 BASE_SLOT_MEMBERS = {"id", "kind", "created", "wrapped"}
 KNOWN_KIND_MEMBERS = {
     "recovery": BASE_SLOT_MEMBERS,
@@ -279,15 +289,62 @@ def member_kek(kek, gid, x):
 class Factors:
     """The recovery keys given (--recovery-key-file, repeatable), parsed once,
     and what happened to them while the slots were tried: the exit status when
-    nothing opens depends on it (see recover_bk)."""
+    nothing opens depends on it (see recover_bk).
+
+    A key is given as text, or as (NAME, text) when bound to a slot as coffer's
+    `--recovery-key-file SLOT=FILE` binds it: NAME is a slot's or member's id
+    or label, and the key is offered to that slot only (section 5: "keys bound
+    to their members (`ID=FILE`) do not" meet a standalone recovery slot);
+    NAME `recovery` (the kind) binds nothing. Unbound keys are offered to
+    every recovery slot and every recovery member."""
 
     def __init__(self, key_texts):
-        # A recovery key that is not 64 hex digits is exit 3 (section 5), at once.
-        self.keys = [parse_recovery_key(t) for t in key_texts]
-        self.used = set()            # indexes of keys that opened something (a slot or a member)
-        self.ambiguous = False       # a correction matched more than one candidate
-        self.short = []              # groups left short: (group slot, shares it got)
-        self.refused = []            # groups whose combined K_g did not unwrap their `wrapped`
+        # Section 5: a recovery key that is not 64 hex digits is a wrong
+        # factor (3) for a slot outside any group it meets; given to a group's
+        # member, it is one of that group's failures (5). So it is kept, as a
+        # key that unwraps nothing, and what it met decides.
+        self.keys = []               # (candidates, corrected) or None for a malformed key, and its binding
+        for t in key_texts:
+            name, text = t if isinstance(t, tuple) else (None, t)
+            if name == "recovery":
+                name = None
+            try:
+                parsed, why = parse_recovery_key(text), None
+            except Fail as e:
+                if e.code != EXIT_WRONG_KEY:
+                    raise
+                parsed, why = None, str(e)
+            self.keys.append({"parsed": parsed, "bound": name, "malformed": why})
+        self.malformed = [k["malformed"] for k in self.keys if k["malformed"]]
+        self.outside_wrong = []      # top-level slots that met a wrong factor: (slot, why)
+        self.short = []              # groups left short of `need`: (group, shares it got, members not asked)
+        self.refused = []            # top-level groups whose `need` shares do not open their `wrapped`
+        self.nested_refused = []     # the same for a group that is a member (a failure of its enclosing group)
+
+    def bound_names(self):
+        return {k["bound"] for k in self.keys if k["bound"] is not None}
+
+    def for_slot(self, slot):
+        """The keys offered to this recovery slot or member."""
+        return [k for k in self.keys if k["bound"] is None or k["bound"] in (slot["id"], slot.get("label"))]
+
+
+def _all_slots(slots):
+    for s in slots:
+        yield s
+        if s.get("kind") == "threshold":
+            yield from _all_slots(s["members"])
+
+
+def check_bindings(slots, factors):
+    """As coffer: a key bound to a name that no slot or member has, or to a
+    slot that takes no recovery key, is a usage error (exit 2)."""
+    for name in sorted(factors.bound_names()):
+        hits = [s for s in _all_slots(slots) if name in (s["id"], s.get("label"))]
+        if not hits:
+            raise Fail(EXIT_USAGE, "--recovery-key-file %s=...: no slot or member has that id or label" % name)
+        if not any(s["kind"] == "recovery" for s in hits):
+            raise Fail(EXIT_USAGE, "--recovery-key-file %s=...: that slot takes no recovery key" % name)
 
 
 def _slot_name(s):
@@ -295,13 +352,25 @@ def _slot_name(s):
 
 
 def _open_with_recovery_keys(slot, factors, derive):
-    """Try every recovery key on one `recovery` slot (or member): `derive`
-    turns the recovery KEK into the KEK this slot wraps under (identity at the
-    top level, section 10.3's KEK_member for a member). Section 2.1: a key
-    whose checksum fails is accepted for this slot if exactly one of its
-    corrections unwraps it. Returns the unwrapped 32 bytes or None."""
+    """Try the recovery keys offered to one `recovery` slot (or member):
+    `derive` turns the recovery KEK into the KEK this slot wraps under
+    (identity at the top level, section 10.3's KEK_member for a member).
+    Section 2.1: a key whose checksum fails is accepted for this slot if
+    exactly one of its corrections unwraps it. Returns (the unwrapped 32 bytes
+    or None, why it failed: None when no key was offered to it (it was not
+    tried), else "ambiguous correction", "malformed recovery key" or "wrong
+    recovery key")."""
+    offered = factors.for_slot(slot)
+    if not offered:
+        return None, None
     wrapped = b64decode_strict(slot["wrapped"])
-    for idx, (cands, corrected) in enumerate(factors.keys):
+    why = "wrong recovery key"
+    if all(k["parsed"] is None for k in offered):
+        why = "malformed recovery key (%s)" % "; ".join(k["malformed"] for k in offered)
+    for k in offered:
+        if k["parsed"] is None:         # malformed: unwraps nothing
+            continue
+        cands, corrected = k["parsed"]
         found = {}
         for cand in cands:
             try:
@@ -313,11 +382,18 @@ def _open_with_recovery_keys(slot, factors, derive):
             if corrected:
                 print("warning: recovery key checksum mismatch; corrected to %s for slot %s"
                       % (cand, _slot_name(slot)), file=sys.stderr)
-            factors.used.add(idx)
-            return value
+            return value, None
         if len(found) > 1:
-            factors.ambiguous = True
-    return None
+            why = "recovery key checksum mismatch; ambiguous correction"
+    return None, why
+
+
+def _askable(slot, factors):
+    """Could this reader ask anything of this slot (or member)? A `recovery`
+    slot that some key is offered to, and a group through its members."""
+    if slot["kind"] == "recovery":
+        return bool(factors.for_slot(slot))
+    return slot["kind"] == "threshold"
 
 
 def _usable(slot):
@@ -337,78 +413,114 @@ def open_group(group, factors, enclosing=None):
     through KEK_member when the group is itself a member of `enclosing` (a
     group id). Returns what the group wraps (BK at the top level, its share of
     the enclosing group otherwise) or None. A member is never tried as a slot
-    on its own, and what a member unwraps is only ever a share."""
+    on its own, and what a member unwraps is only ever a share. As coffer
+    does (section 10.4), it stops as soon as it has `need` shares and asks
+    nothing more of a group that can no longer reach `need`."""
     gid, need = group["id"], group["need"]
     members = [m for m in group["members"] if m["kind"] != "threshold"] + \
               [m for m in group["members"] if m["kind"] == "threshold"]
+    askable = [m for m in members if _askable(m, factors)]
     shares = {}
-    for m in members:
+    not_asked = 0
+    for i, m in enumerate(askable):
         if len(shares) >= need:
+            break
+        if len(shares) + len(askable) - i < need:
+            not_asked = len(askable) - i
+            print("info: threshold group %s: %d member(s) not asked (the group can no longer reach "
+                  "need %d)" % (_slot_name(group), not_asked, need), file=sys.stderr)
             break
         x = m["x"]
         if x in shares:                 # cannot happen: x is unique within a group (validate_slots)
             continue
         if m["kind"] == "recovery":
-            share = _open_with_recovery_keys(m, factors, lambda kek, x=x: member_kek(kek, gid, x))
-        elif m["kind"] == "threshold":
-            share = open_group(m, factors, enclosing=gid)
+            share, _ = _open_with_recovery_keys(m, factors, lambda kek, x=x: member_kek(kek, gid, x))
         else:
-            share = None                # a kind this reader has no factor for
+            share = open_group(m, factors, enclosing=gid)
         if share is not None:
             shares[x] = share
     if len(shares) < need:
-        factors.short.append((group, len(shares)))
+        factors.short.append((group, len(shares), not_asked))
         return None
     k_g = combine_shares(shares)
     kek = k_g if enclosing is None else member_kek(k_g, enclosing, group["x"])
     try:
         value = aes_key_unwrap(kek, b64decode_strict(group["wrapped"]))
     except InvalidUnwrap:
-        factors.refused.append(group)
+        print("info: threshold group %s: %d shares (x %s) combine to a K_g its wrapped refuses"
+              % (_slot_name(group), need, ", ".join(str(x) for x in sorted(shares))), file=sys.stderr)
+        (factors.refused if enclosing is None else factors.nested_refused).append(group)
         return None
     print("info: threshold group %s opened with %d shares (x %s)"
           % (_slot_name(group), need, ", ".join(str(x) for x in sorted(shares))), file=sys.stderr)
     return value
 
 
-def recover_bk(slots, key_texts):
+def recover_bk(slots, key_texts, origin=None):
     """Try the top-level slots in order with the recovery keys given; return
     the first BK recovered (the key id and MAC then decide) or raise.
+    `origin`, if given, names where each slot comes from (keyring, header),
+    for the messages only.
 
-    Exit statuses (section 5): 5 when no slot could be opened by recovery
-    keys at all, or no key is given; 3 (wrong factor) when the keys opened
-    nothing, not even a group member, or when a group got its shares but its
-    `wrapped` refused the combined K_g; 5 (no slot usable with the factors
-    given) when keys opened members but every group they belong to was left
-    short of `need`: the factors are right, there are not enough of them."""
+    Exit statuses (section 5, as revised for threshold groups): each
+    top-level slot tried ends one way --
+    - a `recovery` slot that some key was offered to and none opened met a
+      wrong factor (a key that does not unwrap it, an ambiguous correction, a
+      key that is not 64 hex digits); one offered no key (all keys bound
+      elsewhere) was not tried;
+    - a group that opened fewer than `need` members is a slot with no usable
+      factor, whatever its members' failures (a wrong, malformed or
+      uncorrectable key among them, a nested group whose shares its wrapped
+      refuses);
+    - a top-level group whose `need` shares each opened their member but do
+      not open its `wrapped` is altered.
+    "Over the top-level slots tried, the status is then 3 if any met a wrong
+    factor, else 4 if any was altered or malformed, else 5." With no slot
+    recovery keys could open, or no key given: 5."""
+    factors = Factors(key_texts)
+    check_bindings(slots, factors)
     if not any(_usable(s) for s in slots):
         # format.md section 5: "no slot usable with the factors given -> 5"
         raise Fail(EXIT_NO_SLOT, "no recovery slot, nor a group recovery keys could open "
                    "(no slot usable with a recovery key)")
     if not key_texts:
         raise Fail(EXIT_NO_SLOT, "no factor given (no slot usable with the factors given)")
-    factors = Factors(key_texts)
-    for s in slots:
+    untried = []
+    for i, s in enumerate(slots):
         if s["kind"] == "recovery":
-            bk = _open_with_recovery_keys(s, factors, lambda kek: kek)
+            bk, why = _open_with_recovery_keys(s, factors, lambda kek: kek)
+            if bk is None:
+                (factors.outside_wrong.append((s, why)) if why else untried.append(s))
         elif s["kind"] == "threshold" and _usable(s):
             bk = open_group(s, factors)
         else:
             continue
         if bk is not None:
+            print("info: BK from slot %s%s" % (_slot_name(s), " (%s)" % origin[i] if origin else ""),
+                  file=sys.stderr)
             return bk
+    if factors.outside_wrong:
+        parts = ["slot %s: %s" % (_slot_name(s), why) for s, why in factors.outside_wrong]
+        if factors.refused:
+            parts.append("(and threshold group %s refused its shares: altered, but section 5 puts a "
+                         "wrong factor first)" % ", ".join(_slot_name(g) for g in factors.refused))
+        raise Fail(EXIT_WRONG_KEY, "; ".join(parts))
     if factors.refused:
-        raise Fail(EXIT_WRONG_KEY, "threshold group %s: the shares combine to a K_g that its wrapped "
-                   "refuses (a damaged member or group, or a wrong need)"
+        raise Fail(EXIT_CORRUPT, "threshold group %s: the shares its members gave combine to a K_g "
+                   "that its wrapped refuses (the group or a member was altered)"
                    % ", ".join(_slot_name(g) for g in factors.refused))
-    if factors.used:
-        top = [(g, n) for g, n in factors.short if n > 0] or factors.short
-        raise Fail(EXIT_NO_SLOT, "not enough factors (no slot usable with the factors given): %s"
-                   % "; ".join("threshold group %s has %d of the %d shares it needs"
-                               % (_slot_name(g), n, g["need"]) for g, n in top))
-    if factors.ambiguous:
-        raise Fail(EXIT_WRONG_KEY, "recovery key checksum mismatch; ambiguous correction")
-    raise Fail(EXIT_WRONG_KEY, "wrong recovery key (no recovery slot or group member unwraps)")
+    top = [(g, n, na) for g, n, na in factors.short if not any(g is r for r in factors.nested_refused)]
+    parts = ["threshold group %s has %d of the %d shares it needs%s"
+             % (_slot_name(g), n, g["need"], " (%d member(s) not asked)" % na if na else "")
+             for g, n, na in top]
+    parts += ["member group %s: its shares combine to a K_g its wrapped refuses (a failure of its "
+              "enclosing group)" % _slot_name(g) for g in factors.nested_refused]
+    if untried:
+        parts.append("not tried (no key offered to it): %s" % ", ".join(_slot_name(s) for s in untried))
+    if factors.malformed:
+        parts.append("malformed recovery key(s), which open nothing: %s" % "; ".join(factors.malformed))
+    raise Fail(EXIT_NO_SLOT, "not enough factors (no slot usable with the factors given): %s"
+               % "; ".join(parts))
 
 
 # ---------------------------------------------------------------- JSON
@@ -593,6 +705,12 @@ def _validate_slot(s, version, groups, seen, group, depth, xs):
         for m in common["members"]:
             _validate_slot(m, version, groups, seen, s, depth + 1, taken)
         return
+    # Section 2: `members` is reserved for `threshold` slots, for every kind,
+    # known or not (as `x` is for group members, checked above), so even a
+    # slot of a kind this reader keeps unchanged is refused with one.
+    if "members" in common:
+        raise corrupt("slot %r of kind %r has `members`, which only a threshold slot may have"
+                      % (common["id"], common["kind"]))
     known = KNOWN_KIND_MEMBERS.get(common["kind"])
     if known is not None and set(common.keys()) != known:
         raise corrupt("slot %r of kind %r has unexpected/missing members" % (common["id"], common["kind"]))
@@ -810,10 +928,46 @@ def keyring_holds(kr, version, hdr_kid):
     return kr.key_id == hdr_kid
 
 
+def beside_keyring(header_slots, keyring_slots):
+    """Section 10.4: "When the reader's own keyring holds the archive's key,
+    its slots are tried and every header slot whose id is that of a keyring
+    slot is left out, and so is everything nested in such a header slot, and
+    every header member whose group's id is that of a keyring slot: the
+    keyring's copy of a group replaces the header's, members and all."
+    Returns the header slots tried beside the keyring's. "Header slot" and
+    "keyring slot" are read as top-level slots, as the same paragraph says
+    "member or not" and "members of its groups included" where it means
+    members too; a nested header group whose id is a keyring slot's keeps
+    its place but loses its members."""
+    ids = {s["id"] for s in keyring_slots}
+
+    def prune(s):
+        if s["kind"] != "threshold":
+            return s
+        if s["id"] in ids:
+            print("info: header member group %s: its members are left out (a keyring slot has its id)"
+                  % _slot_name(s), file=sys.stderr)
+            return dict(s, members=[])
+        return dict(s, members=[prune(m) for m in s["members"]])
+    rest = []
+    for s in header_slots:
+        if s["id"] in ids:
+            print("info: header slot %s left out: the keyring's copy replaces it" % _slot_name(s),
+                  file=sys.stderr)
+        else:
+            rest.append(prune(s))
+    return rest
+
+
 def bk_for_archive(version, hdr_kid, slots, key_texts, bk, kr):
-    """Where BK comes from (section 8.7): a keyring that holds the header's
-    key id, else the archive's own slots (section 2.4). A seal-only keyring
-    is never unlocked and its slots are never used to open (section 8.8)."""
+    """Where BK comes from (section 8.7): the slots of a keyring that holds the
+    header's key id and the archive's own slots, together ("coffer offers the
+    factors to the slots of a keyring that holds the key (as the owner's own)
+    and to the archive's copies (under section 2.4's rule) together"), a
+    header slot whose id is a keyring slot's left out (section 10.4); else
+    the archive's own slots alone. A seal-only keyring is never unlocked and
+    its slots are never used to open (section 8.8). When the keyring holds
+    the key, it is checked against BK whichever slot gave BK up."""
     if kr is not None:
         if hdr_kid in kr.retired:
             print("warning: the keyring lists key id %s as retired: this archive is older than "
@@ -830,7 +984,11 @@ def bk_for_archive(version, hdr_kid, slots, key_texts, bk, kr):
                                "factor for the archive's own slots (%s)" % e)
                 raise
         if keyring_holds(kr, version, hdr_kid):
-            return unlock_keyring(kr, key_texts, bk)
+            if bk is None:
+                rest = beside_keyring(slots, kr.slots)
+                bk = recover_bk(kr.slots + rest, key_texts,
+                                origin=["keyring"] * len(kr.slots) + ["archive header"] * len(rest))
+            return check_unlocked_keyring(kr, bk)
         print("info: the keyring does not hold key id %s (version %d archive); using the archive's "
               "own slots" % (hdr_kid.hex(), version), file=sys.stderr)
     if bk is not None:
@@ -1003,6 +1161,11 @@ def unlock_keyring(kr, key_texts, bk=None):
         raise Fail(EXIT_NO_SLOT, "seal-only keyring: never unlocked (section 8.8)")
     if bk is None:
         bk = recover_bk(kr.slots, key_texts)
+    return check_unlocked_keyring(kr, bk)
+
+
+def check_unlocked_keyring(kr, bk):
+    """Every check of a keyring that needs BK (sections 3, 8.8)."""
     if kr.layout == "v2":
         if public_key_of(expand_bk(bk)) != kr.pk:
             raise corrupt("BK does not derive sealing_public_key")
@@ -1318,7 +1481,7 @@ def check_threshold(spec_path, vec_dir=None):
     return _report(results, unchecked)
 
 
-def threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr):
+def threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr, key_text):
     """Section 10's cases for the reader's own kit (names `v2-threshold-*`),
     built with the writer's side of section 10 (t_build). Returns the member
     recovery key files to write beside them (`recovery-key:` lines in the
@@ -1329,6 +1492,11 @@ def threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr):
     typo = recovery_key_text(ent[1])
     typo = ("b" if typo[0] != "b" else "c") + typo[1:]                 # one digit off: checksum fails
     files["member-1-typo.txt"] = typo + "\n"
+    # Four digits off: the checksum fails and no single correction opens anything.
+    h = recovery_key_text(ent[1]).replace("-", "")
+    files["member-1-uncorrectable.txt"] = "".join("1" if ch == "0" else "0" for ch in h[:4]) + h[4:] + "\n"
+    files["malformed.txt"] = h[:60] + "\n"                           # 60 hex digits
+    files["owner-recovery.txt"] = key_text                           # the top-level slot `rec`'s key
 
     def K(*ids):
         return ["member-%s.txt" % i for i in ids]
@@ -1359,7 +1527,14 @@ def threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr):
     bad("v2-threshold-key-1-alone", a23, EXIT_NO_SLOT, keys=K(1), stderr="1 of the 2 shares")
     bad("v2-threshold-key-3-alone", a23, EXIT_NO_SLOT, keys=K(3))
     bad("v2-threshold-key-1-twice", a23, EXIT_NO_SLOT, keys=K(1, 1))
-    bad("v2-threshold-stranger-key", a23, EXIT_WRONG_KEY)            # recovery-v1.txt: opens no member
+    # Section 5 (revised): a group that opened fewer than `need` members is a
+    # slot with no usable factor, whatever its members' failures, a wrong key
+    # included: 5. recovery-v1.txt opens no member; after two members refuse
+    # it, the third is not asked (section 10.4: the group can no longer reach 2).
+    bad("v2-threshold-stranger-key", a23, EXIT_NO_SLOT, stderr="1 member(s) not asked")
+    bad("v2-threshold-uncorrectable-typo", a23, EXIT_NO_SLOT, keys=["member-1-uncorrectable.txt"])
+    bad("v2-threshold-malformed-key", a23, EXIT_NO_SLOT, keys=["malformed.txt"])
+    ok("v2-threshold-malformed-key-and-two-members", a23, plain, keys=["malformed.txt"] + K(1, 2))
     bad("v2-threshold-stranger-and-key-2", a23, EXIT_NO_SLOT, keys=["member-4.txt"] + K(2))
     bad("v2-threshold-no-factor", a23, EXIT_NO_SLOT, factor="none")
     # Section 10.3: the typo correction of section 2.1 checks KEK_member.
@@ -1368,6 +1543,14 @@ def threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr):
     both = seal([rec, s23])
     ok("v2-threshold-beside-recovery-slot", both, plain)
     ok("v2-threshold-beside-recovery-slot-members", both, plain, keys=K(1, 3))
+    # ... and 3 only when a slot outside any group met a wrong factor: here the
+    # top-level recovery slot meets member 1's key (right for the group, wrong
+    # for it), a stranger's key, a key off by four digits, a malformed key.
+    bad("v2-threshold-beside-recovery-slot-one-member", both, EXIT_WRONG_KEY, keys=K(1))
+    bad("v2-threshold-beside-recovery-slot-stranger", both, EXIT_WRONG_KEY, keys=K(4))
+    bad("v2-threshold-beside-recovery-slot-uncorrectable", both, EXIT_WRONG_KEY,
+        keys=["member-1-uncorrectable.txt"])
+    bad("v2-threshold-beside-recovery-slot-malformed", both, EXIT_WRONG_KEY, keys=["malformed.txt"])
 
     # Degree 2 over GF(2^8) with x far from 1-3 (spent x: removed members):
     # x^2 and the inverses in the interpolation are exercised (section 10.5's
@@ -1430,41 +1613,82 @@ def threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr):
     s_asslot = copy.deepcopy(s23)
     s_asslot["members"][0]["wrapped"] = base64.b64encode(
         aes_key_wrap(hkdf(None, ent[1], b"coffer/v1 recovery kek", 32), bk)).decode("ascii")
-    bad("v2-threshold-member-wrapped-as-slot", seal([s_asslot]), EXIT_WRONG_KEY, keys=K(1))
+    bad("v2-threshold-member-wrapped-as-slot", seal([s_asslot]), EXIT_NO_SLOT, keys=K(1))
     s_wbk = copy.deepcopy(s23)
     s_wbk["members"][0]["wrapped"] = base64.b64encode(aes_key_wrap(member_kek(
         hkdf(None, ent[1], b"coffer/v1 recovery kek", 32), "0000a001", 1), bk)).decode("ascii")
     bad("v2-threshold-member-wraps-bk", seal([s_wbk]), EXIT_NO_SLOT, keys=K(1))
     # Misreadings of section 10.3 for a nested group, made by a writer: its
     # member KEK from its own id (not the enclosing group's), or no member KEK.
+    # The inner group's shares do not open its wrapped; that is a failure of
+    # a member of the outer group, which is then left short: 5, "whatever
+    # its members' failures" (section 5; coffer, black box, agrees).
     s_own = copy.deepcopy(s_nest)
     k_in = threshold_secret(bk, "0000a022")
     sh_in = threshold_share(bk, "0000a021", 2, 2)
     s_own["members"][1]["wrapped"] = base64.b64encode(aes_key_wrap(member_kek(k_in, "0000a022", 2), sh_in)
                                                       ).decode("ascii")
-    bad("v2-threshold-nested-kek-own-id", seal([s_own]), EXIT_WRONG_KEY, keys=K(1, 2, 3), stderr="refuses")
+    bad("v2-threshold-nested-kek-own-id", seal([s_own]), EXIT_NO_SLOT, keys=K(1, 2, 3), stderr="refuses")
     s_raw = copy.deepcopy(s_nest)
     s_raw["members"][1]["wrapped"] = base64.b64encode(aes_key_wrap(k_in, sh_in)).decode("ascii")
-    bad("v2-threshold-nested-no-member-kek", seal([s_raw]), EXIT_WRONG_KEY, keys=K(1, 2, 3))
+    bad("v2-threshold-nested-no-member-kek", seal([s_raw]), EXIT_NO_SLOT, keys=K(1, 2, 3))
 
     # Tampering with a genuine archive's header (same length, so only the MAC
     # or the shares can tell): x swapped between two members (x is in the
-    # member KEK: neither opens); need lowered (one share gives a wrong K_g,
-    # which the group's wrapped refuses); need raised (three shares of a line
-    # still give K_g: BK comes out and the header MAC catches it).
+    # member KEK: neither opens, the group is short: 5); need lowered (one
+    # share gives a wrong K_g, which the group's wrapped refuses: section 5's
+    # "shares that each opened their member but together do not open the
+    # group's wrapped -> 4"); need raised (three shares of a line still give
+    # K_g: BK comes out and the header MAC catches it: 4).
     def edit(data, old, new):
         assert data.count(old) == 1 and len(old) == len(new)
         return data.replace(old, new)
     a_sw = edit(a23, b'"x":1}', b'"x":9}')
     a_sw = edit(a_sw, b'"x":2}', b'"x":1}')
-    bad("v2-threshold-x-swapped-in-header", edit(a_sw, b'"x":9}', b'"x":2}'), EXIT_WRONG_KEY, keys=K(1, 2))
-    bad("v2-threshold-need-lowered-in-header", edit(a23, b'"need":2', b'"need":1'), EXIT_WRONG_KEY,
+    bad("v2-threshold-x-swapped-in-header", edit(a_sw, b'"x":9}', b'"x":2}'), EXIT_NO_SLOT, keys=K(1, 2))
+    bad("v2-threshold-need-lowered-in-header", edit(a23, b'"need":2', b'"need":1'), EXIT_CORRUPT,
         keys=K(1), stderr="refuses")
     bad("v2-threshold-need-raised-in-header", edit(a23, b'"need":2', b'"need":3'), EXIT_CORRUPT,
         keys=K(1, 2, 3), stderr="header MAC")
     s_dmg = copy.deepcopy(s23)
     s_dmg["wrapped"] = base64.b64encode(b"\x11" * 40).decode("ascii")
-    bad("v2-threshold-group-wrapped-damaged", seal([s_dmg]), EXIT_WRONG_KEY, keys=K(1, 2))
+    bad("v2-threshold-group-wrapped-damaged", seal([s_dmg]), EXIT_CORRUPT, keys=K(1, 2), stderr="altered")
+    # Beside a recovery slot that meets the members' keys (a wrong factor for
+    # it): section 5, "the status is then 3 if any met a wrong factor, else 4
+    # if any was altered or malformed, else 5", so 3, in either order. With
+    # the slot's own key too, the slot opens and nothing is refused.
+    bad("v2-threshold-group-wrapped-damaged-beside-recovery-slot", seal([rec, s_dmg]), EXIT_WRONG_KEY,
+        keys=K(1, 2), stderr="altered")
+    bad("v2-threshold-group-wrapped-damaged-before-recovery-slot", seal([s_dmg, rec]), EXIT_WRONG_KEY,
+        keys=K(1, 2), stderr="altered")
+    # ... and with the members' keys bound to them (coffer's ID=FILE), they do
+    # not meet the recovery slot: 4.
+    bad("v2-threshold-group-wrapped-damaged-beside-recovery-slot-bound", seal([rec, s_dmg]), EXIT_CORRUPT,
+        keys=["0000b011=member-1.txt", "0000b022=member-2.txt"], stderr="altered")
+    # A group left short beside a group that refused its shares: 4 (5 last).
+    bad("v2-threshold-group-wrapped-damaged-beside-short-group",
+        seal([s_dmg, t_build(bk, t_group("0000a061", 2, [R(4, 1, sid="0000b999"), R(5, 2, sid="0000b998")]))]),
+        EXIT_CORRUPT, keys=K(1, 2, 4), stderr="altered")
+
+    # Section 5: "Unbound recovery keys are tried on every recovery slot ...,
+    # so a member's key also meets a standalone recovery slot, as a wrong
+    # factor there; keys bound to their members (ID=FILE) do not." Bound
+    # keys (by id or label, as coffer's --recovery-key-file SLOT=FILE):
+    bad("v2-threshold-beside-recovery-slot-bound-one-member", both, EXIT_NO_SLOT,
+        keys=["0000b011=member-1.txt"], stderr="not tried")
+    ok("v2-threshold-beside-recovery-slot-bound-two-members", both, plain,
+       keys=["0000b011=member-1.txt", "0000b022=member-2.txt"])
+    bad("v2-threshold-beside-recovery-slot-bound-swapped", both, EXIT_NO_SLOT,
+        keys=["0000b011=member-2.txt", "0000b022=member-1.txt"])
+    bad("v2-threshold-beside-recovery-slot-bound-to-kind", both, EXIT_WRONG_KEY,
+        keys=["recovery=member-1.txt"])
+    ok("v2-threshold-bound-by-label", seal([t_build(bk, t_group("0000a001", 2, [
+        R(1, 1, label="m-one"), R(2, 2, label="m-two"), R(3, 3)], label="two-of-three"))]), plain,
+        keys=["m-one=member-1.txt", "m-two=member-2.txt"])
+    bad("v2-threshold-bound-to-unknown-slot", both, EXIT_USAGE, keys=["0000b0ff=member-1.txt"])
+    bad("v2-threshold-bound-to-group", both, EXIT_USAGE, keys=["two-of-three=member-1.txt"])
+    ok("v2-threshold-group-wrapped-damaged-then-slot-opens", seal([s_dmg, rec]), plain,
+       keys=K(1, 2) + ["owner-recovery.txt"])
 
     # Section 10.1's rules: each breach is refused as corrupt (exit 4), before
     # any factor is tried (the right keys are given).
@@ -1497,6 +1721,20 @@ def threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr):
         setin(s_bad, path, value)
         bad("v2-threshold-corrupt-" + name, seal([s_bad]), EXIT_CORRUPT, keys=K(1, 2, 3))
     r_x = dict(rec, x=1)
+    # Section 2: `x` and `members` are reserved, for every kind, known or not.
+    unk = {"id": "0000e001", "kind": "future-kind", "created": 1700000000,
+           "wrapped": base64.b64encode(b"\x5a" * 40).decode("ascii")}
+    ok("v2-threshold-unknown-kind-kept", seal([rec, unk]), plain, keys=["owner-recovery.txt"])
+    bad("v2-threshold-corrupt-members-on-unknown-kind", seal([rec, dict(unk, members=[])]), EXIT_CORRUPT,
+        keys=["owner-recovery.txt"], stderr="only a threshold slot")
+    bad("v2-threshold-corrupt-x-on-unknown-kind", seal([rec, dict(unk, x=1)]), EXIT_CORRUPT,
+        keys=["owner-recovery.txt"])
+    s_um = copy.deepcopy(s23)
+    s_um["members"].append(dict(unk, x=3, members=[]))
+    s_um["members"][2]["x"] = 4
+    s_um["next_x"] = 5
+    bad("v2-threshold-corrupt-members-on-unknown-kind-member", seal([s_um]), EXIT_CORRUPT, keys=K(1, 2),
+        stderr="only a threshold slot")
     bad("v2-threshold-corrupt-x-on-top-level-slot", seal([r_x, s23]), EXIT_CORRUPT, keys=K(1, 2))
     s_l = copy.deepcopy(s23)
     s_l["members"][0]["label"] = "paper"
@@ -1517,9 +1755,58 @@ def threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr):
     bad("v2-threshold-corrupt-in-v1-archive", build_v1(bk, salt, canonical_bytes([rec, s23_nl]), plain),
         EXIT_CORRUPT, stderr="groups need format version 2")
 
+    # Section 10.4: when the reader's own keyring holds the archive's key, its
+    # slots are tried together with the header's (section 8.7), but the
+    # keyring's copy of a group replaces the header's, members and all. The
+    # header's copy of group 0000a001 has member 4 at x 3 where the keyring
+    # (v2-keyring-threshold.json) has member 3: through the keyring, member 3
+    # counts and member 4 is not tried; without it, the header's copy opens.
+    a_hdr = seal([t_build(bk, t_group("0000a001", 2, [R(1, 1), R(2, 2), R(4, 3)], label="two-of-three"))])
+    ok("v2-threshold-keyring-copy-replaces-header", a_hdr, plain, keyring="v2-keyring-threshold.json",
+       keys=K(3, 1))
+    bad("v2-threshold-keyring-copy-replaces-header-member-not-tried", a_hdr, EXIT_NO_SLOT,
+        keyring="v2-keyring-threshold.json", keys=K(4, 1), stderr="left out")
+    ok("v2-threshold-header-copy-without-keyring", a_hdr, plain, keys=K(4, 1))
+    # A header slot the keyring does not have is tried beside the keyring's:
+    # the archive's recovery slot opens it through a keyring holding the key
+    # that has only the group; the members' keys meet that slot (3).
+    ok("v2-threshold-keyring-holds-header-slot-opens", both, plain, keyring="v2-keyring-threshold.json",
+       keys=["owner-recovery.txt"], stderr="archive header")
+    bad("v2-threshold-keyring-holds-header-slot-meets-member-key", both, EXIT_WRONG_KEY,
+        keyring="v2-keyring-threshold.json", keys=K(1))
+    ok("v2-threshold-keyring-holds-bound-members", both, plain, keyring="v2-keyring-threshold.json",
+       keys=["0000b011=member-1.txt", "0000b033=member-3.txt"], stderr="(keyring)")
+    # "... and every header member whose group's id is that of a keyring
+    # slot": a header group (not in the keyring) holding a group with the id
+    # of the keyring's group. Through the keyring its members are not tried.
+    a_inner = seal([t_build(bk, t_group("0000a0f1", 1, [
+        t_group("0000a001", 2, [R(5, 1), R(6, 2)], x=1)]))])
+    ok("v2-threshold-header-member-group-without-keyring", a_inner, plain, keys=K(5, 6))
+    bad("v2-threshold-header-member-group-named-by-keyring", a_inner, EXIT_NO_SLOT,
+        keyring="v2-keyring-threshold.json", keys=K(5, 6), stderr="members are left out")
+    # Section 10.1's note on older builds: a member's label repeated by a
+    # top-level slot is refused in an archive header even when the keyring
+    # at hand holds its key (the header is checked before any slot is tried).
+    bad("v2-threshold-corrupt-member-label-duplicates-slot-through-keyring",
+        seal([dict(rec, label="paper"), s_l]), EXIT_CORRUPT, keyring="v2-keyring-threshold.json",
+        keys=K(1, 2))
+
     # Keyrings (section 10 with section 3's MAC over the members).
     kr("v2-keyring-threshold", make_keyring(bk, [s23]), keys=K(1, 3), key_id=kid.hex())
     kr("v2-keyring-threshold-one-key", make_keyring(bk, [s23]), EXIT_NO_SLOT, keys=K(2))
+    kr("v2-keyring-threshold-stranger", make_keyring(bk, [s23]), EXIT_NO_SLOT)
+    kr("v2-keyring-threshold-beside-recovery-one-member", make_keyring(bk, [rec, s23]), EXIT_WRONG_KEY,
+       keys=K(1))
+    kr("v2-keyring-threshold-wrapped-damaged", make_keyring(bk, [s_dmg]), EXIT_CORRUPT, keys=K(1, 3),
+       stderr="altered")
+    kr("v2-keyring-threshold-wrapped-damaged-beside-recovery", make_keyring(bk, [rec, s_dmg]), EXIT_WRONG_KEY,
+       keys=K(1, 3), stderr="altered")
+    kr("v2-keyring-threshold-wrapped-damaged-beside-recovery-bound", make_keyring(bk, [rec, s_dmg]),
+       EXIT_CORRUPT, keys=["0000b011=member-1.txt", "0000b033=member-3.txt"], stderr="altered")
+    kr("v2-keyring-threshold-beside-recovery-bound-one-member", make_keyring(bk, [rec, s23]), EXIT_NO_SLOT,
+       keys=["0000b011=member-1.txt"])
+    kr("v2-keyring-members-on-unknown-kind", make_keyring(bk, [rec, dict(unk, members=[])]), EXIT_CORRUPT,
+       keys=["owner-recovery.txt"])
     kr("v2-keyring-threshold-nested", make_keyring(bk, [rec, s_nest]), keys=K(1, 2, 3), key_id=kid.hex())
     kr("v2-keyring-threshold-nested-short", make_keyring(bk, [s_nest]), EXIT_NO_SLOT, keys=K(2, 3))
     obj = json.loads(make_keyring(bk, [s23]))
@@ -1844,7 +2131,7 @@ def make_v2_testkit(out_dir, key_text):
                                                           canonical_bytes([other_rec]), b"x", salt, eseed),
         EXIT_WRONG_KEY, keyring="v2-keyring-seal-only.json")
 
-    key_files = threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr)
+    key_files = threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr, key_text)
 
     os.makedirs(out_dir, exist_ok=True)
     for name, text in key_files.items():
@@ -1892,8 +2179,9 @@ def rebuild_v2_stream(key_text):
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("archive", nargs="?")
-    ap.add_argument("--recovery-key-file", action="append", metavar="FILE",
-                    help="a recovery key; repeat it to give several (threshold group members, section 10)")
+    ap.add_argument("--recovery-key-file", action="append", metavar="[SLOT=]FILE",
+                    help="a recovery key; repeat it to give several (threshold group members, section 10); "
+                    "SLOT=FILE (a slot's or member's id or label) offers it to that slot only, as coffer does")
     ap.add_argument("--backup-key-file", help="BK as 64 hex digits (tests): skips the slots")
     ap.add_argument("-o", "--output")
     ap.add_argument("--raw", action="store_true", help="emit still-compressed bytes of a zstd archive")
@@ -1933,8 +2221,13 @@ def main(argv):
         key_texts, bk = [], None
         if args.recovery_key_file:
             for path in args.recovery_key_file:
+                # coffer's `SLOT=FILE`: the key goes to that slot (id or label) only.
+                name = None
+                m = BINDING_RE.match(path)
+                if m and not os.path.exists(path):
+                    name, path = m.group(1), m.group(2)
                 with open(path, "r", encoding="utf-8") as f:
-                    key_texts.append(f.read())
+                    key_texts.append(f.read() if name is None else (name, f.read()))
         elif args.backup_key_file:
             with open(args.backup_key_file, "r", encoding="ascii") as f:
                 bk = bytes.fromhex(f.read().strip())
