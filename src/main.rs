@@ -15,7 +15,33 @@ fn forbid_core_dumps() {
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
 }
 
+/// libtss2 prints its own `ERROR:tcti:…` lines on standard error whenever
+/// no TPM answers, beside coffer's message that already says what to do.
+/// It takes its log level only from `TSS2_LOG` in the environment, which a
+/// program without `unsafe` cannot set for itself: so, unless the person
+/// set `TSS2_LOG`, the binary runs itself again once with `TSS2_LOG=all+none`
+/// (`exec`: the same process, arguments and descriptors). If that fails,
+/// it goes on, logs and all.
+#[cfg(all(feature = "tpm2", target_os = "linux"))]
+fn quiet_tss_logs() {
+    use std::os::unix::process::CommandExt;
+    const VAR: &str = "TSS2_LOG";
+    if std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let Some(arg0) = args.next() else { return };
+    // /proc/self/exe: this very binary, even if its file was replaced.
+    let _failed = std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .env(VAR, "all+none")
+        .exec();
+}
+
 fn main() -> std::process::ExitCode {
+    #[cfg(all(feature = "tpm2", target_os = "linux"))]
+    quiet_tss_logs();
     forbid_core_dumps();
     raise_descriptor_limit();
     let args = cli::Cli::parse();

@@ -105,6 +105,28 @@ fn absent_device_exits_5_and_writes_nothing(r: &mut Rig) {
     for said in r.backend.absent_says() {
         r.expect_said(&out, said, step);
     }
+    // coffer's message alone: no library's own log lines (libtss2 prints
+    // `ERROR:tcti:…` when no TPM answers, unless TSS2_LOG says otherwise).
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.lines()
+            .any(|l| l.starts_with("ERROR:") || l.starts_with("WARNING:")),
+        "[{}] {step}: a library's log lines on stderr:\n{err}",
+        r.name()
+    );
+    if r.backend.slot_kind() == "tpm2" {
+        // A TSS2_LOG the person set is theirs.
+        let mut a = only_its_factor(r, r.backend.factor_args());
+        a.extend(args(["open", "a.coffer", "-o", "out"]));
+        let out = r
+            .coffer()
+            .env("TSS2_LOG", "all+error")
+            .args(&a)
+            .output()
+            .unwrap();
+        r.expect(&out, 5, "absent TPM, TSS2_LOG set");
+        r.expect_said(&out, "ERROR:", "absent TPM, TSS2_LOG set");
+    }
     assert_eq!(r.state(), before, "[{}] {step}: wrote something", r.name());
     // Without --slot, the device is tried and the recovery key opens.
     let step = "absent device, recovery key too";
