@@ -1292,3 +1292,57 @@ fn json_names_slots_one_way_and_times_in_rfc_3339() {
     assert_eq!(removed["removed"]["id"], first.as_str());
     assert_eq!(removed["removed"]["kind"], "recovery");
 }
+
+/// On a terminal, `open` and `verify` show a bar with the percentage (the
+/// archive's size gives the total); `seal` and `open` end saying how many
+/// bytes of content they sealed or restored. Off a terminal, no display.
+#[test]
+fn progress_on_a_terminal_has_a_total_and_the_last_line_the_bytes() {
+    let h = Home::new();
+    h.init();
+    std::fs::write(h.path("big"), vec![7u8; 24 << 20]).unwrap();
+    let none = std::iter::empty::<(&str, &str)>();
+    let a = |v: &[&str]| -> Vec<std::ffi::OsString> { v.iter().map(|s| s.into()).collect() };
+    let (ok, out) = common::run_on_a_terminal(
+        &h,
+        &h.keyring(),
+        none,
+        &a(&["seal", "big", "-o", "a.coffer"]),
+        "",
+    );
+    assert!(ok, "{out}");
+    let sealed = out
+        .lines()
+        .find_map(|l| {
+            l.split("sealed ")
+                .nth(1)?
+                .split(" bytes into a.coffer")
+                .next()
+        })
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no `sealed N bytes into a.coffer`: {out}"));
+    assert!(sealed > 24 << 20, "{sealed}");
+    let rk = h.recovery_key();
+    let rk = rk.to_str().unwrap();
+    // A terminal that says what it is, as a person's does.
+    let term = [("TERM", "xterm-256color")];
+    let (ok, out) = common::run_on_a_terminal(
+        &h,
+        &h.keyring(),
+        term,
+        &a(&["--recovery-key-file", rk, "open", "a.coffer", "-o", "out"]),
+        "",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains('%'), "no percentage: {out}");
+    assert!(out.contains(&format!("into out ({sealed} bytes)")), "{out}");
+    // Not on a terminal: the last line alone.
+    let out = h
+        .coffer()
+        .args(["--recovery-key-file", rk, "verify", "a.coffer"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains('%'), "{err}");
+}

@@ -24,13 +24,122 @@ use serde_json::json;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
-/// A byte counter on stderr, when it is a terminal and not `-q`.
-struct TermProgress(indicatif::ProgressBar);
+/// The progress display on standard error, when it is a terminal and not
+/// `-q`: bytes and speed; once the total is known, a bar with the
+/// percentage and the time left. Clones show on the same line.
+#[derive(Clone)]
+struct Display(Option<indicatif::ProgressBar>);
 
-impl Progress for TermProgress {
-    fn advance(&self, n: u64) {
-        self.0.inc(n);
+impl Display {
+    fn new(cli: &Cli, verb: &str, total: Option<u64>) -> Self {
+        if cli.quiet || !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner().with_message(verb.to_owned());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})")
+                .expect("valid template"),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let shown = Self(Some(bar));
+        if let Some(t) = total {
+            shown.set_total(t);
+        }
+        shown
     }
+
+    /// The total is known (or estimated): show a bar, the percentage and
+    /// the time left.
+    fn set_total(&self, total: u64) {
+        let Some(bar) = &self.0 else { return };
+        bar.set_length(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:24}] {bytes}/{total_bytes} {percent}% ({bytes_per_sec}, {eta} left)",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+    }
+
+    fn shown(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Progress for Display {
+    fn advance(&self, n: u64) {
+        if let Some(bar) = &self.0 {
+            bar.inc(n);
+        }
+    }
+}
+
+/// An archive read through the display: `open` and `verify` count the
+/// archive's bytes, whose total the file's size gives.
+struct ShownRead {
+    inner: Input,
+    shown: Display,
+}
+
+impl Read for ShownRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.shown.advance(n as u64);
+        Ok(n)
+    }
+}
+
+/// The archive's bytes after its header, when it is a regular file.
+fn payload_len(path: &Path, header: &Header) -> Option<u64> {
+    if is_dash(path) {
+        return None;
+    }
+    let m = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    Some(m.len().saturating_sub(header.encoded_len() as u64))
+}
+
+/// The display of `verb` over the archive at `path`, and the archive read
+/// through it.
+fn shown_input(cli: &Cli, verb: &str, path: &Path, header: &Header, input: Input) -> Input {
+    let shown = Display::new(cli, verb, payload_len(path, header));
+    if !shown.shown() {
+        return input;
+    }
+    Box::new(ShownRead {
+        inner: input,
+        shown,
+    })
+}
+
+/// About how many bytes of tar stream `paths` make, for the display of
+/// `seal`: each entry's header and extended header, and each file's data
+/// in 512-byte blocks. Walked on its own thread, the total appearing when
+/// known; symlinks are not followed, unreadable folders count as empty.
+fn estimate_in_background(paths: &[PathBuf], shown: &Display) {
+    if !shown.shown() {
+        return;
+    }
+    let paths = paths.to_vec();
+    let shown = shown.clone();
+    std::thread::spawn(move || {
+        let mut total: u64 = 1024;
+        let mut todo = paths;
+        while let Some(p) = todo.pop() {
+            let Ok(m) = p.symlink_metadata() else {
+                continue;
+            };
+            total = total.saturating_add(1536);
+            if m.is_file() {
+                total = total.saturating_add(m.len().div_ceil(512) * 512);
+            } else if m.is_dir()
+                && let Ok(entries) = std::fs::read_dir(&p)
+            {
+                todo.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+        shown.set_total(total);
+    });
 }
 
 /// Progress that also counts the content bytes, for `--json`'s `bytes`.
@@ -58,19 +167,6 @@ impl Progress for Tally {
         self.n.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         self.shown.advance(n);
     }
-}
-
-fn progress(cli: &Cli, verb: &str) -> Box<dyn Progress> {
-    if cli.quiet || !std::io::stderr().is_terminal() {
-        return Box::new(NoProgress);
-    }
-    let bar = indicatif::ProgressBar::new_spinner().with_message(verb.to_owned());
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})")
-            .expect("valid template"),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    Box::new(TermProgress(bar))
 }
 
 fn is_dash(p: &Path) -> bool {
@@ -403,7 +499,11 @@ pub(super) fn seal(
         },
         ..SealOptions::default()
     };
-    let bar = Tally::new(progress(cli, "sealing"));
+    let shown = Display::new(cli, "sealing", None);
+    if !paths.iter().any(|p| is_dash(p)) {
+        estimate_in_background(paths, &shown);
+    }
+    let bar = Tally::new(Box::new(shown));
     let sealed = if is_dash(output) {
         let out = stdout_file()?;
         // `seal DIR -o - > DIR/out` must not read its own output.
@@ -432,7 +532,7 @@ pub(super) fn seal(
             output.display().to_string()
         };
         env.ui.info(&format!(
-            "sealed into {into} (key id {}, sealer {})",
+            "sealed {bytes} bytes into {into} (key id {}, sealer {})",
             keyring.key_id,
             sealer.id()
         ));
@@ -492,7 +592,8 @@ pub(super) fn open(
     let (header, input) = read_archive(archive_path)?;
     let unlocked = unlock_archive(cli, env, &header)?;
     let bk = &unlocked.bk;
-    let bar = Tally::new(progress(cli, "opening"));
+    let input = shown_input(cli, "opening", archive_path, &header, input);
+    let bar = Tally::new(Box::new(NoProgress));
     let opened = if is_dash(output) {
         let mut out = stdout_file()?;
         archive::open_to_writer(&header, bk, input, &mut out, &bar).map(|_| Vec::new())
@@ -521,7 +622,7 @@ pub(super) fn open(
         return incomplete(&notices, || format!("opened into {}", output.display()));
     } else if !is_dash(output) {
         env.ui.info(&format!(
-            "opened {} into {}{}",
+            "opened {} into {} ({bytes} bytes){}",
             archive_path.display(),
             output.display(),
             sealed_by(&header)
@@ -533,9 +634,8 @@ pub(super) fn open(
 pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
     let (header, input) = read_archive(archive_path)?;
     let unlocked = unlock_archive(cli, env, &header)?;
-    let bar = progress(cli, "verifying");
-    let n = archive::verify(&header, &unlocked.bk, input, bar.as_ref())?;
-    drop(bar);
+    let input = shown_input(cli, "verifying", archive_path, &header, input);
+    let n = archive::verify(&header, &unlocked.bk, input, &NoProgress)?;
     after_authenticated(env, archive_path, &header, &unlocked);
     if cli.json {
         print_json(&json!({
