@@ -589,8 +589,10 @@ fn enroll_and_unlock_over_https_with_a_private_ca() {
         .arg("--recovery-key-file")
         .arg(home.recovery_key())
         .assert()
-        .failure()
-        .stderr(predicates::str::contains("unreachable"));
+        .code(5)
+        .stderr(predicates::str::contains(
+            "not signed by a CA this machine trusts; for a private CA, give the CA's certificate (PEM) with --ca FILE",
+        ));
     home.coffer()
         .args(["enroll", "vault", "--url", &url, "--ca"])
         .arg(pki.path().join("ca.pem"))
@@ -606,6 +608,41 @@ fn enroll_and_unlock_over_https_with_a_private_ca() {
         std::fs::read_to_string(home.path("out/f.txt")).unwrap(),
         "kept safe"
     );
+}
+
+/// A server presenting its CA's own certificate (a common mistake with a
+/// private CA): the client trusting that CA is told what to change.
+#[test]
+fn a_ca_certificate_served_as_the_servers_own_says_what_to_do() {
+    let home = Home::new();
+    let token = Token::new();
+    let pki = pki();
+    let mut args: Vec<std::ffi::OsString> = vec!["--listen".into(), "127.0.0.1:0".into()];
+    args.push("--tls-cert".into());
+    args.push(pki.path().join("ca.pem").into());
+    args.push("--tls-key".into());
+    args.push(pki.path().join("ca.key").into());
+    let server = Server::start_with(
+        &token,
+        &format!("sqlite:{}", home.path("vault.db").display()),
+        10,
+        &args,
+    );
+    home.init();
+    std::fs::write(home.path("pw"), "vault password\n").unwrap();
+    let url = format!("https://localhost:{}", port_of(&server.url));
+    home.coffer()
+        .args(["enroll", "vault", "--url", &url, "--ca"])
+        .arg(pki.path().join("ca.pem"))
+        .arg("--new-password-file")
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
+        .code(5)
+        .stderr(predicates::str::contains(
+            "presents a CA certificate as its own: give the server a certificate signed by that CA",
+        ));
 }
 
 #[test]
@@ -636,12 +673,20 @@ fn https_serves_beyond_loopback_and_plain_http_is_refused_there() {
     client
         .login(user, b"right", &reg.server_key, false)
         .unwrap();
+    // By an address the certificate does not list: refused, and says so.
+    let elsewhere = format!("https://127.0.0.2:{}", port_of(&server.url));
+    let err = Client::new(&elsewhere, Some(ca.as_bytes()))
+        .unwrap()
+        .login(user, b"right", &reg.server_key, false)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("not for this host name"), "{err}");
     // A client that does not trust the CA gets nowhere.
     assert!(matches!(
         Client::new(&url, None)
             .unwrap()
             .login(user, b"right", &reg.server_key, false),
-        Err(VaultError::Unreachable { .. })
+        Err(VaultError::Untrusted { .. })
     ));
     // Plain HTTP to the TLS port is not answered as HTTP.
     let (status, _) = post_raw(port_of(&server.url), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");

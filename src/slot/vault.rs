@@ -59,6 +59,9 @@ fn slot_error(url: &str, e: VaultError) -> SlotError {
             what: format!("vault server {url}"),
             hint: format!("unreachable ({reason}); check the network, or unlock with another slot"),
         },
+        VaultError::Untrusted { url, why } => {
+            SlotError::PolicyRefused(format!("vault server {url}: {why}"))
+        }
         VaultError::KeyMismatch => SlotError::PolicyRefused(format!(
             "vault server {url} presented a key other than the one pinned at enrollment; refusing it"
         )),

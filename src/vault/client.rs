@@ -85,6 +85,37 @@ pub fn check_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// Why the server's certificate was refused, in words that say what to
+/// do; `None` when the failure is not about the certificate.
+fn untrusted_because(e: &ureq::Error) -> Option<String> {
+    use rustls::CertificateError as C;
+    let tls = match e {
+        ureq::Error::Rustls(t) => t,
+        ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
+        _ => return None,
+    };
+    let rustls::Error::InvalidCertificate(c) = tls else {
+        return None;
+    };
+    const UNKNOWN_CA: &str = "its TLS certificate is not signed by a CA this machine trusts; \
+        for a private CA, give the CA's certificate (PEM) with --ca FILE";
+    const CA_AS_SERVER: &str = "it presents a CA certificate as its own: give the server a \
+        certificate signed by that CA (--tls-cert), and the CA's to clients (--ca)";
+    Some(match c {
+        C::UnknownIssuer => UNKNOWN_CA.into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+            "its TLS certificate is not for this host name ({c}); use a URL with a name it lists"
+        ),
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+            format!(
+                "its TLS certificate is outside its validity period ({c}); renew it, or check this machine's clock"
+            )
+        }
+        C::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => CA_AS_SERVER.into(),
+        other => format!("its TLS certificate is refused ({other})"),
+    })
+}
+
 impl Client {
     /// A client for the server at `url`, trusting `ca` (PEM) instead of
     /// the system roots when given.
@@ -114,6 +145,21 @@ impl Client {
         })
     }
 
+    /// A transport failure: a certificate coffer will not trust (saying
+    /// what to do), or the server unreachable.
+    fn failed(&self, e: ureq::Error) -> VaultError {
+        match untrusted_because(&e) {
+            Some(why) => VaultError::Untrusted {
+                url: self.url.clone(),
+                why,
+            },
+            None => VaultError::Unreachable {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            },
+        }
+    }
+
     fn post<Q: Serialize, A: DeserializeOwned>(
         &self,
         path: &str,
@@ -125,10 +171,7 @@ impl Client {
             .post(format!("{}{path}", self.url))
             .header("Content-Type", "application/json")
             .send(body)
-            .map_err(|e| VaultError::Unreachable {
-                url: self.url.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.failed(e))?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()

@@ -46,6 +46,14 @@ pub enum VaultError {
         /// The transport error.
         reason: String,
     },
+    /// The server answered, but its TLS certificate is not one to trust.
+    #[error("vault server {url}: {why}")]
+    Untrusted {
+        /// The server.
+        url: String,
+        /// What is wrong with the certificate, and what to do.
+        why: String,
+    },
     /// The server's key is not the one pinned at enrollment.
     #[error("the vault server's public key is not the one pinned at enrollment")]
     KeyMismatch,
