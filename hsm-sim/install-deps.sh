@@ -21,6 +21,7 @@ ALL=(
   pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool   # YubiKey (PIV) through a virtual card
   postgresql                      # vault tests: a throwaway cluster on loopback
   openssl                         # vault tests: a private CA and the server's certificate
+  dpkg-dev                        # packaging/deb.sh: dpkg-shlibdeps for the package's dependencies
 )
 if (($#)); then PACKAGES=("$@"); else PACKAGES=("${ALL[@]}"); fi
 
@@ -49,3 +50,8 @@ for c in rustfmt clippy; do
     rustup component add "$c" >&2 || true
   fi
 done
+# packaging/deb.sh builds the Debian package with cargo-deb.
+if ! command -v cargo-deb >/dev/null; then
+  echo "install-deps: installing cargo-deb (cargo install)" >&2
+  cargo install --quiet --locked cargo-deb --version 3.8.0 >&2
+fi

@@ -83,6 +83,29 @@ fuzz_smoke() {
   rm -rf "$seeds"
 }
 step fuzz_smoke
+
+# The Debian package (debug build: what it holds, not how fast): the
+# binary runs from it, the man page and completions are in it.
+deb_check() {
+  bash packaging/deb.sh --dev >/dev/null
+  local root list
+  root=$(mktemp -d)
+  dpkg-deb -x target/coffer.deb "$root"
+  list=$(dpkg-deb -c target/coffer.deb | awk '{print $6}')
+  for f in ./usr/bin/coffer ./usr/share/man/man1/coffer.1.gz \
+           ./usr/share/bash-completion/completions/coffer \
+           ./usr/share/zsh/vendor-completions/_coffer \
+           ./usr/share/fish/vendor_completions.d/coffer.fish \
+           ./usr/share/doc/coffer/examples/coffer-seal.service \
+           ./usr/share/doc/coffer/examples/coffer-seal.timer; do
+    grep -qxF "$f" <<<"$list" || { echo "target/coffer.deb lacks $f"; rm -rf "$root"; return 1; }
+  done
+  "$root/usr/bin/coffer" --version
+  zcat "$root/usr/share/man/man1/coffer.1.gz" | grep -q '^\.TH' || { echo "the man page is not one"; rm -rf "$root"; return 1; }
+  dpkg-deb -f target/coffer.deb Depends
+  rm -rf "$root"
+}
+step deb_check
 echo
 echo "== all checks passed"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
