@@ -18,21 +18,31 @@ fn forbid_core_dumps() {
 /// libtss2 prints its own `ERROR:tcti:…` lines on standard error whenever
 /// no TPM answers, beside coffer's message that already says what to do.
 /// It takes its log level only from `TSS2_LOG` in the environment, which a
-/// program without `unsafe` cannot set for itself: so, unless the person
-/// set `TSS2_LOG`, the binary runs itself again once with `TSS2_LOG=all+none`
-/// (`exec`: the same process, arguments and descriptors). If that fails,
-/// it goes on, logs and all.
+/// program without `unsafe` cannot set for itself: so, for a command that
+/// may reach a TPM and unless the person set `TSS2_LOG`, the binary runs
+/// itself again once with `TSS2_LOG=all+none` (`exec`: the same process,
+/// arguments and descriptors, before any secret is read). It does not when
+/// it cannot tell its own file (started through the dynamic loader or an
+/// emulator, or its file replaced since): it goes on, logs and all.
 #[cfg(all(feature = "tpm2", target_os = "linux"))]
 fn quiet_tss_logs() {
     use std::os::unix::process::CommandExt;
+    use std::path::Path;
     const VAR: &str = "TSS2_LOG";
     if std::env::var_os(VAR).is_some() {
         return;
     }
     let mut args = std::env::args_os();
     let Some(arg0) = args.next() else { return };
-    // /proc/self/exe: this very binary, even if its file was replaced.
-    let _failed = std::process::Command::new("/proc/self/exe")
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    // The running image must be the program named: not `ld.so`, valgrind
+    // or qemu running it, nor a file since replaced (` (deleted)`).
+    if Path::new(&arg0).file_name() != exe.file_name() || !exe.is_file() {
+        return;
+    }
+    let _failed = std::process::Command::new(exe)
         .arg0(arg0)
         .args(args)
         .env(VAR, "all+none")
@@ -40,11 +50,13 @@ fn quiet_tss_logs() {
 }
 
 fn main() -> std::process::ExitCode {
-    #[cfg(all(feature = "tpm2", target_os = "linux"))]
-    quiet_tss_logs();
     forbid_core_dumps();
     raise_descriptor_limit();
     let args = cli::Cli::parse();
+    #[cfg(all(feature = "tpm2", target_os = "linux"))]
+    if args.command.may_reach_a_tpm() {
+        quiet_tss_logs();
+    }
     match cli::run(&args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1297,7 +1297,7 @@ fn json_names_slots_one_way_and_times_in_rfc_3339() {
 /// archive's size gives the total); `seal` and `open` end saying how many
 /// bytes of content they sealed or restored. Off a terminal, no display.
 #[test]
-fn progress_on_a_terminal_has_a_total_and_the_last_line_the_bytes() {
+fn progress_on_a_terminal_has_a_total_and_the_end_says_the_bytes() {
     let h = Home::new();
     h.init();
     std::fs::write(h.path("big"), vec![7u8; 24 << 20]).unwrap();

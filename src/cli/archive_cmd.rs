@@ -40,6 +40,10 @@ impl Display {
             indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})")
                 .expect("valid template"),
         );
+        if bar.is_hidden() {
+            // A terminal indicatif will not draw on (TERM unset or dumb).
+            return Self(None);
+        }
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
         let shown = Self(Some(bar));
         if let Some(t) = total {
@@ -52,6 +56,9 @@ impl Display {
     /// the time left.
     fn set_total(&self, total: u64) {
         let Some(bar) = &self.0 else { return };
+        if bar.is_finished() {
+            return;
+        }
         bar.set_length(total);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -64,6 +71,13 @@ impl Display {
 
     fn shown(&self) -> bool {
         self.0.is_some()
+    }
+
+    /// The work is done: take the display away before the last line.
+    fn done(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -101,21 +115,30 @@ fn payload_len(path: &Path, header: &Header) -> Option<u64> {
 
 /// The display of `verb` over the archive at `path`, and the archive read
 /// through it.
-fn shown_input(cli: &Cli, verb: &str, path: &Path, header: &Header, input: Input) -> Input {
+fn shown_input(
+    cli: &Cli,
+    verb: &str,
+    path: &Path,
+    header: &Header,
+    input: Input,
+) -> (Input, Display) {
     let shown = Display::new(cli, verb, payload_len(path, header));
     if !shown.shown() {
-        return input;
+        return (input, shown);
     }
-    Box::new(ShownRead {
+    let read = ShownRead {
         inner: input,
-        shown,
-    })
+        shown: shown.clone(),
+    };
+    (Box::new(read), shown)
 }
 
 /// About how many bytes of tar stream `paths` make, for the display of
 /// `seal`: each entry's header and extended header, and each file's data
-/// in 512-byte blocks. Walked on its own thread, the total appearing when
-/// known; symlinks are not followed, unreadable folders count as empty.
+/// in 512-byte blocks (what is allocated, for sparse files; once per
+/// inode, for hard links). Walked on its own thread, the total appearing
+/// when known; symlinks are not followed, unreadable folders count as
+/// empty.
 fn estimate_in_background(paths: &[PathBuf], shown: &Display) {
     if !shown.shown() {
         return;
@@ -123,15 +146,18 @@ fn estimate_in_background(paths: &[PathBuf], shown: &Display) {
     let paths = paths.to_vec();
     let shown = shown.clone();
     std::thread::spawn(move || {
+        use std::os::unix::fs::MetadataExt;
         let mut total: u64 = 1024;
         let mut todo = paths;
+        let mut linked = std::collections::HashSet::new();
         while let Some(p) = todo.pop() {
             let Ok(m) = p.symlink_metadata() else {
                 continue;
             };
             total = total.saturating_add(1536);
-            if m.is_file() {
-                total = total.saturating_add(m.len().div_ceil(512) * 512);
+            if m.is_file() && (m.nlink() == 1 || linked.insert((m.dev(), m.ino()))) {
+                let data = m.len().min(m.blocks().saturating_mul(512));
+                total = total.saturating_add(data.div_ceil(512) * 512);
             } else if m.is_dir()
                 && let Ok(entries) = std::fs::read_dir(&p)
             {
@@ -503,7 +529,7 @@ pub(super) fn seal(
     if !paths.iter().any(|p| is_dash(p)) {
         estimate_in_background(paths, &shown);
     }
-    let bar = Tally::new(Box::new(shown));
+    let bar = Tally::new(Box::new(shown.clone()));
     let sealed = if is_dash(output) {
         let out = stdout_file()?;
         // `seal DIR -o - > DIR/out` must not read its own output.
@@ -512,6 +538,7 @@ pub(super) fn seal(
     } else {
         archive::seal_to_path(sealer, &slots, source, opts, output, force, &bar)
     };
+    shown.done();
     let bytes = bar.total();
     let Some(notices) = reader_left(sealed)? else {
         return Ok(());
@@ -592,7 +619,7 @@ pub(super) fn open(
     let (header, input) = read_archive(archive_path)?;
     let unlocked = unlock_archive(cli, env, &header)?;
     let bk = &unlocked.bk;
-    let input = shown_input(cli, "opening", archive_path, &header, input);
+    let (input, shown) = shown_input(cli, "opening", archive_path, &header, input);
     let bar = Tally::new(Box::new(NoProgress));
     let opened = if is_dash(output) {
         let mut out = stdout_file()?;
@@ -601,6 +628,7 @@ pub(super) fn open(
         let opts = archive::UnpackOptions { numeric_owner };
         archive::open_to_path(&header, bk, input, output, force, opts, &bar)
     };
+    shown.done();
     let bytes = bar.total();
     let Some(notices) = reader_left(opened)? else {
         return Ok(());
@@ -634,8 +662,10 @@ pub(super) fn open(
 pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
     let (header, input) = read_archive(archive_path)?;
     let unlocked = unlock_archive(cli, env, &header)?;
-    let input = shown_input(cli, "verifying", archive_path, &header, input);
-    let n = archive::verify(&header, &unlocked.bk, input, &NoProgress)?;
+    let (input, shown) = shown_input(cli, "verifying", archive_path, &header, input);
+    let n = archive::verify(&header, &unlocked.bk, input, &NoProgress);
+    shown.done();
+    let n = n?;
     after_authenticated(env, archive_path, &header, &unlocked);
     if cli.json {
         print_json(&json!({

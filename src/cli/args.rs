@@ -283,6 +283,25 @@ pub enum Command {
     Vault(super::vault_cmd::VaultCmd),
 }
 
+impl Command {
+    /// Whether the command may unlock through a slot, and so reach a TPM.
+    #[cfg(feature = "tpm2")]
+    pub fn may_reach_a_tpm(&self) -> bool {
+        matches!(
+            self,
+            Command::Enroll(_)
+                // A version 1 keyring unlocks once to be upgraded.
+                | Command::Seal { .. }
+                | Command::Remove { .. }
+                | Command::Rotate { .. }
+                | Command::Export { .. }
+                | Command::Open { .. }
+                | Command::Verify { .. }
+                | Command::Passphrase { .. }
+        )
+    }
+}
+
 /// `--compress` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CompressArg {
