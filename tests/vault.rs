@@ -591,7 +591,7 @@ fn enroll_and_unlock_over_https_with_a_private_ca() {
         .assert()
         .code(5)
         .stderr(predicates::str::contains(
-            "not signed by a CA this machine trusts; for a private CA, give the CA's certificate (PEM) with --ca FILE",
+            "not signed by a CA coffer trusts (the Mozilla roots built into it, not this machine's store); for a private CA, enroll the slot with --ca FILE",
         ));
     home.coffer()
         .args(["enroll", "vault", "--url", &url, "--ca"])

@@ -36,6 +36,9 @@ pub struct Registered {
 pub struct Client {
     agent: ureq::Agent,
     url: String,
+    /// Whether it trusts a CA given with `--ca` rather than the built-in
+    /// roots (for what a refused certificate's message advises).
+    own_ca: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -86,8 +89,10 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 /// Why the server's certificate was refused, in words that say what to
-/// do; `None` when the failure is not about the certificate.
-fn untrusted_because(e: &ureq::Error) -> Option<String> {
+/// do; `None` when the failure is not about the certificate. `own_ca`:
+/// whether the client trusts a CA given with `--ca` (kept in the slot)
+/// rather than the roots built into coffer.
+fn untrusted_because(e: &ureq::Error, own_ca: bool) -> Option<String> {
     use rustls::CertificateError as C;
     let tls = match e {
         ureq::Error::Rustls(t) => t,
@@ -97,11 +102,17 @@ fn untrusted_because(e: &ureq::Error) -> Option<String> {
     let rustls::Error::InvalidCertificate(c) = tls else {
         return None;
     };
-    const UNKNOWN_CA: &str = "its TLS certificate is not signed by a CA this machine trusts; \
-        for a private CA, give the CA's certificate (PEM) with --ca FILE";
+    const UNKNOWN_CA: &str = "its TLS certificate is not signed by a CA coffer trusts (the \
+        Mozilla roots built into it, not this machine's store); for a private CA, enroll the \
+        slot with --ca FILE (the CA's certificate, PEM), or check that the server sends its \
+        intermediate certificates";
+    const NOT_THE_CA: &str = "its TLS certificate is not signed by the CA given with --ca at \
+        enrollment (kept in the slot): give the server a certificate from that CA, or enroll \
+        the slot again with the CA that signs it";
     const CA_AS_SERVER: &str = "it presents a CA certificate as its own: give the server a \
         certificate signed by that CA (--tls-cert), and the CA's to clients (--ca)";
     Some(match c {
+        C::UnknownIssuer if own_ca => NOT_THE_CA.into(),
         C::UnknownIssuer => UNKNOWN_CA.into(),
         C::NotValidForName | C::NotValidForNameContext { .. } => format!(
             "its TLS certificate is not for this host name ({c}); use a URL with a name it lists"
@@ -142,13 +153,14 @@ impl Client {
         Ok(Self {
             agent: ureq::Agent::new_with_config(config),
             url: url.trim_end_matches('/').to_owned(),
+            own_ca: ca_pem.is_some(),
         })
     }
 
     /// A transport failure: a certificate coffer will not trust (saying
     /// what to do), or the server unreachable.
     fn failed(&self, e: ureq::Error) -> VaultError {
-        match untrusted_because(&e) {
+        match untrusted_because(&e, self.own_ca) {
             Some(why) => VaultError::Untrusted {
                 url: self.url.clone(),
                 why,
