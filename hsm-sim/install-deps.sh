@@ -51,7 +51,7 @@ for c in rustfmt clippy; do
   fi
 done
 # packaging/deb.sh builds the Debian package with cargo-deb.
-if ! command -v cargo-deb >/dev/null; then
+if ! cargo-deb --version 2>/dev/null | grep -q '^cargo-deb 3\.'; then
   echo "install-deps: installing cargo-deb (cargo install)" >&2
   cargo install --quiet --locked cargo-deb --version 3.8.0 >&2
 fi

@@ -89,7 +89,8 @@ step fuzz_smoke
 deb_check() {
   bash packaging/deb.sh --dev >/dev/null
   local root list
-  root=$(mktemp -d)
+  # Under target/: /tmp may be mounted noexec.
+  root=$(mktemp -d -p target)
   dpkg-deb -x target/coffer.deb "$root"
   list=$(dpkg-deb -c target/coffer.deb | awk '{print $6}')
   for f in ./usr/bin/coffer ./usr/share/man/man1/coffer.1.gz \
@@ -100,9 +101,12 @@ deb_check() {
            ./usr/share/doc/coffer/examples/coffer-seal.timer; do
     grep -qxF "$f" <<<"$list" || { echo "target/coffer.deb lacks $f"; rm -rf "$root"; return 1; }
   done
-  "$root/usr/bin/coffer" --version
-  zcat "$root/usr/share/man/man1/coffer.1.gz" | grep -q '^\.TH' || { echo "the man page is not one"; rm -rf "$root"; return 1; }
-  dpkg-deb -f target/coffer.deb Depends
+  zcat "$root/usr/share/man/man1/coffer.1.gz" | grep -c '^\.TH' >/dev/null || { echo "the man page is not one"; rm -rf "$root"; return 1; }
+  "$root/usr/bin/coffer" --version || { rm -rf "$root"; return 1; }
+  local deps
+  deps=$(dpkg-deb -f target/coffer.deb Depends)
+  grep -q libtss2-tcti-device0 <<<"$deps" || { echo "Depends lacks the TPM device TCTI: $deps"; rm -rf "$root"; return 1; }
+  echo "Depends: $deps"
   rm -rf "$root"
 }
 step deb_check
