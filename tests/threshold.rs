@@ -545,3 +545,32 @@ fn the_vector_archive_opens_with_any_two_member_keys() {
     said(&out, "1 of the 2 members it needs opened");
     assert!(out.stdout.is_empty());
 }
+
+/// The second vector (format.md §10.5): a 3-of-3 group at x 5, 130 and
+/// 255, the last a nested 1-of-1 group. All three keys open it, given
+/// unbound; any two do not.
+#[test]
+fn the_nested_vector_archive_opens_with_all_three_keys_only() {
+    let h = Home::new();
+    let vectors = common::vectors();
+    let key = |n: u8| vectors.join(format!("recovery-threshold-nested-{n}.txt"));
+    let open = |keys: &[u8]| {
+        let mut c = h.coffer();
+        for &n in keys {
+            c.arg("--recovery-key-file").arg(key(n));
+        }
+        c.arg("open")
+            .arg(vectors.join("archive-v2-threshold-nested.coffer"))
+            .args(["-o", "-"])
+            .output()
+            .unwrap()
+    };
+    let out = open(&[3, 1, 2]);
+    expect(&out, 0, "all three");
+    assert_eq!(out.stdout, b"hello, coffer\n");
+    for two in [[1, 2], [1, 3], [2, 3]] {
+        let out = open(&two);
+        expect(&out, 5, &format!("members {two:?}"));
+        assert!(out.stdout.is_empty());
+    }
+}

@@ -359,6 +359,116 @@ fn threshold_archive_vector() -> Vec<u8> {
     )
 }
 
+/// The recovery key of member `n` (1 to 3) of the nested threshold vector:
+/// entropy `44`, `55` or `66` × 30.
+fn nested_member_key(n: u8) -> RecoveryKey {
+    RecoveryKey::from_entropy(&[0x33 + 0x11 * n; 30])
+}
+
+/// docs/format.md §10.5, the second vector: group `b0b1b2b3` ("all-three",
+/// need 3, next_x 256) with a recovery member `000000c5` at x 5, one
+/// `000000c6` at x 130, and at x 255 the group `c0c1c2c3` (need 1, next_x 2)
+/// whose one member is the recovery slot `000000c7` at x 1. All created at
+/// 1700000000.
+fn nested_group_slots() -> Vec<SlotRecord> {
+    use coffer::slot::threshold::{self, ThresholdParams};
+    let bk = vector_key();
+    let blank = coffer::key::WrappedKey([0; 40]);
+    let outer = SlotId::parse("b0b1b2b3").unwrap();
+    let inner = SlotId::parse("c0c1c2c3").unwrap();
+    let slot = |id: &str, params, member: Option<(&SlotId, u8)>| SlotRecord {
+        id: SlotId::parse(id).unwrap(),
+        label: None,
+        created: 1_700_000_000,
+        wrapped: blank.clone(),
+        params,
+        member: member.map(|(g, x)| coffer::slot::Membership {
+            group: g.clone(),
+            x,
+        }),
+    };
+    let recovery = || SlotParams::Recovery(RecoveryParams {});
+    let mut slots = vec![
+        slot(
+            "b0b1b2b3",
+            SlotParams::Threshold(ThresholdParams {
+                need: 3,
+                next_x: 256,
+            }),
+            None,
+        ),
+        slot("000000c5", recovery(), Some((&outer, 5))),
+        slot("000000c6", recovery(), Some((&outer, 130))),
+        slot(
+            "c0c1c2c3",
+            SlotParams::Threshold(ThresholdParams { need: 1, next_x: 2 }),
+            Some((&outer, 255)),
+        ),
+        slot("000000c7", recovery(), Some((&inner, 1))),
+    ];
+    slots[0].label = Some(coffer::slot::Label::parse("all-three").unwrap());
+    for g in [0, 3] {
+        slots[g].wrapped = threshold::rewrapped(&slots, g, &bk).unwrap();
+    }
+    for (i, n) in [(1, 1), (2, 2), (4, 3)] {
+        slots[i].wrapped = threshold::target_of(&slots, i, &bk)
+            .unwrap()
+            .wrap(&nested_member_key(n).kek());
+    }
+    slots
+}
+
+/// `hello, coffer\n` sealed by the owner with the nested group as its only
+/// slot: salt `35` × 32, randomness `24` × 64.
+fn nested_archive_vector() -> Vec<u8> {
+    seal_v2_slots(
+        &Sealer::owner(&vector_key()),
+        nested_group_slots(),
+        0,
+        0x35,
+        0x24,
+        b"hello, coffer\n",
+    )
+}
+
+#[test]
+fn the_nested_threshold_vectors_match_the_spec() {
+    keyring_file_is(
+        "keyring-v2-threshold-nested.json",
+        &Keyring::new(&vector_key(), nested_group_slots()),
+    );
+    let want = std::fs::read(vectors().join("archive-v2-threshold-nested.coffer")).unwrap();
+    assert_eq!(hex::encode(nested_archive_vector()), hex::encode(&want));
+    for n in 1..=3u8 {
+        let text =
+            std::fs::read_to_string(vectors().join(format!("recovery-threshold-nested-{n}.txt")))
+                .unwrap();
+        assert_eq!(text.trim(), nested_member_key(n).display().as_str());
+    }
+}
+
+#[test]
+#[ignore = "writes the nested threshold vectors; only when they are new"]
+fn regenerate_threshold_nested() {
+    std::fs::write(
+        vectors().join("keyring-v2-threshold-nested.json"),
+        Keyring::new(&vector_key(), nested_group_slots()).to_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        vectors().join("archive-v2-threshold-nested.coffer"),
+        nested_archive_vector(),
+    )
+    .unwrap();
+    for n in 1..=3u8 {
+        std::fs::write(
+            vectors().join(format!("recovery-threshold-nested-{n}.txt")),
+            format!("{}\n", nested_member_key(n).display().as_str()),
+        )
+        .unwrap();
+    }
+}
+
 #[test]
 fn threshold_vectors_match_the_spec() {
     keyring_file_is(
