@@ -1407,22 +1407,127 @@ def threshold_vector_slot(bk):
     return t_build(bk, t_group("a1b2c3d4", 2, members, next_x=4, label="two-of-three"))
 
 
-def check_threshold(spec_path, vec_dir=None):
-    """Section 10.5: every `name: hex` line of its code blocks, recomputed from
-    the prose (BK = 00..1f, group id a1b2c3d4, k = 2, member entropy 11, 22,
-    33 x 30), and, with vec_dir, the vector files against the same prose."""
+def _section_10_5_lines(spec_path):
+    """Section 10.5's `name: hex` lines, split between its two vectors: the
+    lines before the paragraph "A second vector" belong to the first (k = 2),
+    those after it to the second (k = 3, nested). A line may end in a
+    parenthesis (the prose's note on how the value is derived)."""
     with open(spec_path, "r", encoding="utf-8") as f:
         text = f.read()
     start = text.index("### 10.5 Vectors")
     end = text.find("\n## ", start)
     section = text[start:end if end >= 0 else len(text)]
-    said = []
-    for block in section.split("```")[1::2]:
-        for line in block.splitlines():
-            mt = re.match(r"\s*(.+?):\s+([0-9a-f]{32,})\s*\Z", line)
-            if mt:
-                said.append((mt.group(1), bytes.fromhex(mt.group(2))))
-    bk, gid, k = bytes(range(32)), "a1b2c3d4", 2
+    cut = section.find("A second vector")
+    parts = [section, ""] if cut < 0 else [section[:cut], section[cut:]]
+    out = []
+    for part in parts:
+        said = []
+        for block in part.split("```")[1::2]:
+            for line in block.splitlines():
+                mt = re.match(r"\s*(.+?):\s+([0-9a-f]{32,})(?:\s+\(.*\))?\s*\Z", line)
+                if mt:
+                    said.append((mt.group(1), bytes.fromhex(mt.group(2))))
+        out.append(said)
+    return out[0], out[1], cut >= 0
+
+
+def _compare_said(prefix, said, mine, results, unchecked):
+    for name, value in said:
+        if name in mine:
+            results.append(("%s %s" % (prefix, name), mine[name] == value))
+        else:
+            unchecked.append("%s %s" % (prefix, name))
+
+
+def _check_key_file(vec_dir, fname, entropy, results):
+    with open(os.path.join(vec_dir, fname), "r", encoding="utf-8") as f:
+        cands, corrected = parse_recovery_key(f.read())
+    results.append(("%s: entropy %02x x 30, checksum right" % (fname, entropy[0]),
+                    not corrected and bytes.fromhex(cands[0])[:30] == entropy))
+
+
+def _check_vector_files(vec_dir, tag, slot, bk, salt, eseed, results):
+    """keyring-v2-TAG.json and archive-v2-TAG.coffer against the prose: the
+    keyring's only slot is `slot` (built by t_build from the prose), and the
+    keyring and the archive are rebuilt from the prose: the keyring to the same
+    canonical form (section 3: member order and whitespace are free, so the
+    file's own bytes are not the spec's to fix), MAC included, the archive
+    byte for byte (flags 0, chunk size 4096, created 1700000000: section
+    10.5, "sealed as the section 8.9 vectors are", by owner)."""
+    kname, aname = "keyring-v2-%s.json" % tag, "archive-v2-%s.coffer" % tag
+    with open(os.path.join(vec_dir, kname), "rb") as f:
+        raw = f.read()
+    kr = parse_keyring(raw)
+    results.append(("%s: its only slot is the prose's group, member for member" % kname,
+                    canonical_bytes(kr.obj["slots"]) == canonical_bytes([slot])))
+    rebuilt = json.loads(make_keyring(bk, [slot]))
+    results.append(("%s: rebuilt from the prose, same canonical bytes, MAC included" % kname,
+                    canonical_bytes(rebuilt) == canonical_bytes(kr.obj)))
+    results.append(("%s: the file parses to exactly that object (it differs from the rebuild only in "
+                    "member order and whitespace)" % kname, json.loads(raw) == rebuilt))
+    with open(os.path.join(vec_dir, aname), "rb") as f:
+        arc = f.read()
+    pk = public_key_of(expand_bk(bk))
+    mine_arc = seal_v2(bk, pk, "owner", canonical_bytes([slot]), b"hello, coffer\n", salt, eseed,
+                       flags=0, s=4096, created=1700000000)
+    results.append(("%s: rebuilt byte for byte from the prose (salt %02x x 32, randomness %02x x 64, "
+                    "flags 0, chunk size 4096, created 1700000000)" % (aname, salt[0], eseed[0]),
+                    mine_arc == arc))
+    return kr
+
+
+def threshold_nested_vector_slot(bk):
+    """Section 10.5's second vector as its prose describes it: group b0b1b2b3,
+    label all-three, need 3, next_x 256, with recovery members 000000c5 at
+    x 5 and 000000c6 at x 130 (entropy 44, 55 x 30), and at x 255 the group
+    c0c1c2c3 (need 1, next_x 2, no label) whose one member is the recovery
+    slot 000000c7 at x 1 (entropy 66 x 30); everything created at 1700000000."""
+    inner = t_group("c0c1c2c3", 1, [t_recovery("000000c7", b"\x66" * 30, x=1)], x=255, next_x=2)
+    return t_build(bk, t_group("b0b1b2b3", 3, [t_recovery("000000c5", b"\x44" * 30, x=5),
+                                               t_recovery("000000c6", b"\x55" * 30, x=130), inner],
+                               next_x=256, label="all-three"))
+
+
+def _share_integer_powers(bk, gid, k, x):
+    """A misreading of section 10.2, for the check that the vector catches it:
+    x^j as an integer power (mod 256) instead of in GF(2^8)."""
+    coeffs = [threshold_secret(bk, gid)] + [threshold_coefficient(bk, gid, j) for j in range(1, k)]
+    return bytes(coeffs[0][i] ^ _xor_all(gf_mul(coeffs[j][i], pow(x, j, 256)) for j in range(1, k))
+                 for i in range(32))
+
+
+def _xor_all(values):
+    r = 0
+    for v in values:
+        r ^= v
+    return r
+
+
+def _combine_integer_difference(shares):
+    """A misreading of section 10.2: |x_l - x_m| instead of x_l XOR x_m."""
+    out = bytearray(32)
+    for m in shares:
+        coef = 1
+        for l in shares:
+            if l != m:
+                coef = gf_mul(coef, gf_mul(l, gf_inv(abs(l - m) % 256 or 1)))
+        for i in range(32):
+            out[i] ^= gf_mul(shares[m][i], coef)
+    return bytes(out)
+
+
+def check_threshold(spec_path, vec_dir=None):
+    """Section 10.5: every `name: hex` line of its code blocks, recomputed from
+    the prose -- the first vector (BK = 00..1f, group id a1b2c3d4, k = 2,
+    member entropy 11, 22, 33 x 30) and the second (k = 3 at x 5, 130, 255,
+    the member at 255 a nested group) -- and, with vec_dir, the vector files
+    against the same prose."""
+    said1, said2, has_second = _section_10_5_lines(spec_path)
+    results, unchecked = [], []
+    bk = bytes(range(32))
+
+    # The first vector: k = 2, x 1-3.
+    gid, k = "a1b2c3d4", 2
     k_g = threshold_secret(bk, gid)
     mine = {"K_g": k_g, "group wrapped = AES-KW(K_g, BK)": aes_key_wrap(k_g, bk)}
     for j in range(1, k):
@@ -1433,13 +1538,8 @@ def check_threshold(spec_path, vec_dir=None):
         mine["share(%d)" % x] = shares[x]
         e = bytes([0x11 * x]) * 30
         mine["member %d" % x] = member_kek(hkdf(None, e, b"coffer/v1 recovery kek", 32), gid, x)
-    results, unchecked = [], []
-    for name, value in said:
-        if name in mine:
-            results.append(("section 10.5 " + name, mine[name] == value))
-        else:
-            unchecked.append("section 10.5 " + name)
-    results.append(("section 10.5 lines found", len(said) >= 9))
+    _compare_said("section 10.5", said1, mine, results, unchecked)
+    results.append(("section 10.5 lines found", len(said1) >= 9))
     # Section 10.2's claims: any k shares give K_g; fewer give a wrong value.
     for a in (1, 2, 3):
         for b in range(a + 1, 4):
@@ -1450,15 +1550,9 @@ def check_threshold(spec_path, vec_dir=None):
     if vec_dir:
         slot = threshold_vector_slot(bk)
         for x in (1, 2, 3):
-            with open(os.path.join(vec_dir, "recovery-threshold-%d.txt" % x), "r", encoding="utf-8") as f:
-                cands, corrected = parse_recovery_key(f.read())
-            results.append(("recovery-threshold-%d.txt: entropy %02x x 30, checksum right" % (x, 0x11 * x),
-                            not corrected and bytes.fromhex(cands[0])[:30] == bytes([0x11 * x]) * 30))
-        with open(os.path.join(vec_dir, "keyring-v2-threshold.json"), "rb") as f:
-            kr = parse_keyring(f.read())
+            _check_key_file(vec_dir, "recovery-threshold-%d.txt" % x, bytes([0x11 * x]) * 30, results)
+        kr = _check_vector_files(vec_dir, "threshold", slot, bk, b"\x34" * 32, b"\x23" * 64, results)
         got = kr.obj["slots"]
-        results.append(("keyring-v2-threshold.json: its only slot is section 10.5's group, member for member",
-                        canonical_bytes(got) == canonical_bytes([slot])))
         if len(got) == 1 and got[0].get("kind") == "threshold":
             results.append(("keyring-v2-threshold.json: group wrapped", b64decode_strict(got[0]["wrapped"])
                             == mine["group wrapped = AES-KW(K_g, BK)"]))
@@ -1467,17 +1561,72 @@ def check_threshold(spec_path, vec_dir=None):
                 results.append(("keyring-v2-threshold.json: member %s at x %d wraps share(%d) under member %d's KEK"
                                 % (m["id"], x, x, x), x in shares and aes_key_unwrap(
                                     mine["member %d" % x], b64decode_strict(m["wrapped"])) == shares[x]))
-        rebuilt = json.loads(make_keyring(bk, [slot]))
-        results.append(("keyring-v2-threshold.json: rebuilt from the prose (members' created assumed), "
-                        "same canonical form and MAC",
-                        canonical_bytes(rebuilt) == canonical_bytes(kr.obj)))
-        with open(os.path.join(vec_dir, "archive-v2-threshold.coffer"), "rb") as f:
-            arc = f.read()
-        pk = public_key_of(expand_bk(bk))
-        mine_arc = seal_v2(bk, pk, "owner", canonical_bytes([slot]), b"hello, coffer\n", b"\x34" * 32,
-                           b"\x23" * 64, flags=0, s=4096, created=1700000000)
-        results.append(("archive-v2-threshold.coffer: rebuilt byte for byte from the prose "
-                        "(flags 0, chunk size 4096, created 1700000000 assumed from section 8.9)", mine_arc == arc))
+
+    # The second vector: k = 3 at x 5, 130, 255; at 255 the group c0c1c2c3
+    # (need 1), whose member KEK comes from its own K_g with G the enclosing
+    # group's id (section 10.3).
+    results.append(("section 10.5 has a second vector (k = 3, nested)", has_second))
+    if has_second:
+        og, ig, k3 = "b0b1b2b3", "c0c1c2c3", 3
+        o_kg, i_kg = threshold_secret(bk, og), threshold_secret(bk, ig)
+        xs = (5, 130, 255)
+        ent = {5: b"\x44" * 30, 130: b"\x55" * 30}
+        oshares = {x: threshold_share(bk, og, k3, x) for x in xs}
+        c7_kek = member_kek(recovery_kek(recovery_key_text(b"\x66" * 30).replace("-", "")), ig, 1)
+        mine2 = {"outer K_g": o_kg, "inner K_g": i_kg,
+                 "inner's member KEK": member_kek(i_kg, og, 255),
+                 "member 000000c7 KEK": c7_kek}
+        for j in range(1, k3):
+            mine2["outer a_%d" % j] = threshold_coefficient(bk, og, j)
+        for x in xs:
+            mine2["share(%d)" % x] = oshares[x]
+        for x, e in ent.items():
+            mine2["member 000000c%d KEK" % (5 if x == 5 else 6)] = member_kek(
+                recovery_kek(recovery_key_text(e).replace("-", "")), og, x)
+        pre = "section 10.5 (k = 3, nested)"
+        _compare_said(pre, said2, mine2, results, unchecked)
+        results.append(("%s lines found" % pre, len(said2) >= 11))
+        # Section 10.2: the three shares give K_g, no two do; the inner group
+        # (k = 1) has a constant polynomial, so its share(1) is its K_g.
+        results.append(("outer K_g from share(5), share(130), share(255)", combine_shares(oshares) == o_kg))
+        for a, b in ((5, 130), (5, 255), (130, 255)):
+            results.append(("share(%d), share(%d) alone are not the outer K_g" % (a, b),
+                            combine_shares({a: oshares[a], b: oshares[b]}) != o_kg))
+        results.append(("inner share(1) = inner K_g (need 1: degree 0)", threshold_share(bk, ig, 1, 1) == i_kg))
+        # Misreadings this vector catches (the first one could not: x 1-3).
+        results.append(("the vector tells x^j in GF(2^8) from an integer power (share(130))",
+                        _share_integer_powers(bk, og, k3, 130) != oshares[130]))
+        results.append(("the vector tells x_l XOR x_m from |x_l - x_m| (K_g from x 5, 130, 255)",
+                        _combine_integer_difference(oshares) != o_kg))
+        results.append(("the vector tells G = the enclosing group from the nested group's own id",
+                        member_kek(i_kg, ig, 255) != mine2["inner's member KEK"]))
+        if vec_dir:
+            slot2 = threshold_nested_vector_slot(bk)
+            for i, e in enumerate((b"\x44" * 30, b"\x55" * 30, b"\x66" * 30), 1):
+                _check_key_file(vec_dir, "recovery-threshold-nested-%d.txt" % i, e, results)
+            kr2 = _check_vector_files(vec_dir, "threshold-nested", slot2, bk, b"\x35" * 32, b"\x24" * 64,
+                                      results)
+            # Each wrapped value of the file, opened with the table's keys.
+            kn = "keyring-v2-threshold-nested.json"
+            got = kr2.obj["slots"]
+            try:
+                g = got[0]
+                byid = {m["id"]: m for m in g["members"]}
+                inner = byid["c0c1c2c3"]
+                unwrap = lambda kek, s: aes_key_unwrap(kek, b64decode_strict(s["wrapped"]))
+                results += [
+                    ("%s: the group's wrapped opens with the outer K_g to BK" % kn, unwrap(o_kg, g) == bk),
+                    ("%s: 000000c5 wraps share(5) under its member KEK" % kn,
+                     unwrap(mine2["member 000000c5 KEK"], byid["000000c5"]) == oshares[5]),
+                    ("%s: 000000c6 wraps share(130) under its member KEK" % kn,
+                     unwrap(mine2["member 000000c6 KEK"], byid["000000c6"]) == oshares[130]),
+                    ("%s: c0c1c2c3 wraps share(255) under the inner's member KEK" % kn,
+                     unwrap(mine2["inner's member KEK"], inner) == oshares[255]),
+                    ("%s: 000000c7 wraps the inner share(1) under its member KEK" % kn,
+                     unwrap(c7_kek, inner["members"][0]) == i_kg),
+                ]
+            except (KeyError, IndexError, TypeError, InvalidUnwrap) as e:
+                results.append(("%s: its wrapped values open with the table's keys (%r)" % (kn, e), False))
     return _report(results, unchecked)
 
 
