@@ -44,10 +44,13 @@ impl Display {
             // A terminal indicatif will not draw on (TERM unset or dumb).
             return Self(None);
         }
-        bar.enable_steady_tick(std::time::Duration::from_millis(200));
         let shown = Self(Some(bar));
+        // A total known now is in the very first frame drawn.
         if let Some(t) = total {
             shown.set_total(t);
+        }
+        if let Some(bar) = &shown.0 {
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
         }
         shown
     }
