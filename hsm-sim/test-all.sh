@@ -94,6 +94,7 @@ deb_check() {
   dpkg-deb -x target/coffer.deb "$root"
   list=$(dpkg-deb -c target/coffer.deb | awk '{print $6}')
   for f in ./usr/bin/coffer ./usr/share/man/man1/coffer.1.gz \
+           ./usr/share/man/man1/coffer-seal.1.gz ./usr/share/man/man1/coffer-enroll-threshold.1.gz \
            ./usr/share/bash-completion/completions/coffer \
            ./usr/share/zsh/vendor-completions/_coffer \
            ./usr/share/fish/vendor_completions.d/coffer.fish \

@@ -22,7 +22,8 @@ bin="target/$dir/coffer"
 assets=target/deb-assets
 rm -rf "$assets"
 mkdir -p "$assets"
-"$bin" man | gzip -9n > "$assets/coffer.1.gz"
+"$bin" man --dir "$assets/man"
+gzip -9n "$assets"/man/*.1
 "$bin" completions bash > "$assets/coffer.bash"
 "$bin" completions zsh > "$assets/_coffer"
 "$bin" completions fish > "$assets/coffer.fish"

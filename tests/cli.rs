@@ -1153,6 +1153,17 @@ fn completions_and_the_manual_page_come_from_the_definitions() {
     for word in ["coffer", "seal", "open", "passphrase", "rotate"] {
         assert!(text.contains(word), "man page has no {word}");
     }
+    // With --dir: that page and one per subcommand, at any depth.
+    h.coffer().args(["man", "--dir", "man"]).assert().success();
+    let page = |name: &str| std::fs::read_to_string(h.path("man").join(name)).unwrap();
+    assert!(page("coffer.1").contains(".TH coffer 1"));
+    assert!(
+        page("coffer-seal.1").contains("key\\-id"),
+        "{}",
+        page("coffer-seal.1")
+    );
+    assert!(page("coffer-enroll-threshold.1").contains("\\-\\-need"));
+    assert!(page("coffer-vault-serve.1").contains("tls\\-cert"));
     // Neither needs a keyring, nor writes one.
     assert!(!h.keyring().exists());
 }

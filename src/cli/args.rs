@@ -275,8 +275,14 @@ pub enum Command {
         /// The shell
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff): `coffer man > coffer.1; man -l coffer.1`
-    Man,
+    /// Print the manual page (roff): `coffer man > coffer.1; man -l coffer.1`;
+    /// with --dir, write it and one page per subcommand (coffer-seal.1, …)
+    Man {
+        /// Write coffer.1 and a page per subcommand into DIR (created if
+        /// missing) instead of printing the top-level page
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The key vault server
     #[cfg(feature = "vault-server")]
     #[command(subcommand)]

@@ -160,7 +160,7 @@ pub fn run(cli: &Cli) -> Result<()> {
     // Generated from the definitions: no keyring, no environment needed.
     match &cli.command {
         Command::Completions { shell } => return completions(*shell),
-        Command::Man => return man_page(),
+        Command::Man { dir } => return man_page(dir.as_deref()),
         _ => {}
     }
     interrupt::remove_temporaries_on_signals()?;
@@ -210,7 +210,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         } => archive_cmd::open(cli, &env, archive, output, *force, *numeric_owner),
         Command::Verify { archive } => archive_cmd::verify(cli, &env, archive),
         Command::Inspect { archive } => archive_cmd::inspect(cli, archive),
-        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         Command::Passphrase { name, from } => {
             passphrase_cmd::passphrase(cli, &env, name, from.as_deref())
         }
@@ -232,16 +232,42 @@ fn completions(shell: clap_complete::Shell) -> Result<()> {
 }
 
 /// `coffer man`: the manual page, in roff, from the command definitions.
-fn man_page() -> Result<()> {
+/// `coffer man`: the top-level page on standard output, or with `dir`
+/// that page and one per subcommand at any depth (`coffer-enroll-tpm2.1`),
+/// each in its own file.
+fn man_page(dir: Option<&Path>) -> Result<()> {
     use clap::CommandFactory;
-    let mut out = Vec::new();
-    clap_mangen::Man::new(Cli::command())
-        .render(&mut out)
-        .map_err(|e| Error::io("<manual page>", e))?;
-    stdout_result(std::io::Write::write_all(
-        &mut std::io::stdout().lock(),
-        &out,
-    ))
+    fn render(cmd: clap::Command) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .render(&mut out)
+            .map_err(|e| Error::io("<manual page>", e))?;
+        Ok(out)
+    }
+    let mut top = Cli::command();
+    top.build();
+    let Some(dir) = dir else {
+        return stdout_result(std::io::Write::write_all(
+            &mut std::io::stdout().lock(),
+            &render(top)?,
+        ));
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut pages = vec![("coffer".to_owned(), top)];
+    let mut i = 0;
+    while i < pages.len() {
+        let (name, cmd) = (pages[i].0.clone(), pages[i].1.clone());
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let sub_name = format!("{name}-{}", sub.get_name());
+            pages.push((sub_name.clone(), sub.clone().name(sub_name)));
+        }
+        i += 1;
+    }
+    for (name, cmd) in pages {
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, render(cmd)?).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
 }
 
 /// The unlock options of this run.
