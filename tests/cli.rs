@@ -1163,6 +1163,7 @@ fn completions_and_the_manual_page_come_from_the_definitions() {
         page("coffer-seal.1")
     );
     assert!(page("coffer-enroll-threshold.1").contains("\\-\\-need"));
+    #[cfg(feature = "vault-server")]
     assert!(page("coffer-vault-serve.1").contains("tls\\-cert"));
     // Neither needs a keyring, nor writes one.
     assert!(!h.keyring().exists());
