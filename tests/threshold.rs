@@ -387,33 +387,8 @@ fn any_two_of_a_token_a_password_and_the_vault() {
 /// share still opens the archives whose header carries it, until `rotate`.
 #[test]
 fn nested_groups_and_members_added_and_removed() {
-    /// A password member with its own password.
-    struct Pw(std::path::PathBuf);
-    impl Backend for Pw {
-        fn name(&self) -> &'static str {
-            "password"
-        }
-        fn slot_kind(&self) -> &'static str {
-            "password"
-        }
-        fn enroll_args(&self) -> Args {
-            let mut a = args(["password", "--new-password-file"]);
-            a.push(self.0.clone().into());
-            a
-        }
-        fn factor_args(&self) -> Args {
-            args([OsStr::new("--password-file"), self.0.as_os_str()])
-        }
-        fn wrong_factor_args(&self) -> Option<Args> {
-            None
-        }
-    }
-    let pw = |k: &Keyring, name: &str| {
-        Box::new(Pw(k.home.write(
-            &format!("{name}.txt"),
-            &format!("the password of {name}\n"),
-        )))
-    };
+    use common::backend::Password;
+    let pw = |k: &Keyring, name: &str| Box::new(Password::named(&k.home, name));
     let mut k = Keyring::new();
     // outer: 2 of {a, inner: 1 of {b}}.
     k.group("outer", 2, None);

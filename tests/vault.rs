@@ -549,13 +549,40 @@ fn pki() -> tempfile::TempDir {
 /// A vault server speaking HTTPS with the certificate from [`pki`], on
 /// `listen`, plus `extra` arguments.
 fn start_tls(token: &Token, db: &Path, pki: &Path, listen: &str, extra: &[&str]) -> Server {
+    start_tls_as(token, db, pki, "leaf", listen, extra)
+}
+
+/// [`start_tls`] presenting `NAME.pem` (key `NAME.key`) of [`pki`].
+fn start_tls_as(
+    token: &Token,
+    db: &Path,
+    pki: &Path,
+    name: &str,
+    listen: &str,
+    extra: &[&str],
+) -> Server {
     let mut args: Vec<std::ffi::OsString> = vec!["--listen".into(), listen.into()];
     args.push("--tls-cert".into());
-    args.push(pki.join("leaf.pem").into());
+    args.push(pki.join(format!("{name}.pem")).into());
     args.push("--tls-key".into());
-    args.push(pki.join("leaf.key").into());
+    args.push(pki.join(format!("{name}.key")).into());
     args.extend(extra.iter().map(Into::into));
     Server::start_with(token, &format!("sqlite:{}", db.display()), 10, &args)
+}
+
+/// `enroll vault --url URL [--ca CA] --new-password-file pw`, unlocking
+/// with the recovery key.
+fn enroll_vault(home: &Home, url: &str, ca: Option<&Path>) -> assert_cmd::assert::Assert {
+    let mut c = home.coffer();
+    c.args(["enroll", "vault", "--url", url]);
+    if let Some(ca) = ca {
+        c.arg("--ca").arg(ca);
+    }
+    c.arg("--new-password-file")
+        .arg(home.path("pw"))
+        .arg("--recovery-key-file")
+        .arg(home.recovery_key())
+        .assert()
 }
 
 fn port_of(url: &str) -> u16 {
@@ -583,25 +610,12 @@ fn enroll_and_unlock_over_https_with_a_private_ca() {
     home.init();
     std::fs::write(home.path("pw"), "vault password\n").unwrap();
     // Without the CA, the server's certificate is not trusted.
-    home.coffer()
-        .args(["enroll", "vault", "--url", &url, "--new-password-file"])
-        .arg(home.path("pw"))
-        .arg("--recovery-key-file")
-        .arg(home.recovery_key())
-        .assert()
+    enroll_vault(&home, &url, None)
         .code(5)
         .stderr(predicates::str::contains(
             "not signed by a CA coffer trusts (the Mozilla roots built into it, not this machine's store); for a private CA, enroll the slot with --ca FILE",
         ));
-    home.coffer()
-        .args(["enroll", "vault", "--url", &url, "--ca"])
-        .arg(pki.path().join("ca.pem"))
-        .arg("--new-password-file")
-        .arg(home.path("pw"))
-        .arg("--recovery-key-file")
-        .arg(home.recovery_key())
-        .assert()
-        .success();
+    enroll_vault(&home, &url, Some(&pki.path().join("ca.pem"))).success();
     seal(&home);
     open_with(&home, "pw", "out").success();
     assert_eq!(
@@ -617,28 +631,18 @@ fn a_ca_certificate_served_as_the_servers_own_says_what_to_do() {
     let home = Home::new();
     let token = Token::new();
     let pki = pki();
-    let mut args: Vec<std::ffi::OsString> = vec!["--listen".into(), "127.0.0.1:0".into()];
-    args.push("--tls-cert".into());
-    args.push(pki.path().join("ca.pem").into());
-    args.push("--tls-key".into());
-    args.push(pki.path().join("ca.key").into());
-    let server = Server::start_with(
+    let server = start_tls_as(
         &token,
-        &format!("sqlite:{}", home.path("vault.db").display()),
-        10,
-        &args,
+        &home.path("vault.db"),
+        pki.path(),
+        "ca",
+        "127.0.0.1:0",
+        &[],
     );
     home.init();
     std::fs::write(home.path("pw"), "vault password\n").unwrap();
     let url = format!("https://localhost:{}", port_of(&server.url));
-    home.coffer()
-        .args(["enroll", "vault", "--url", &url, "--ca"])
-        .arg(pki.path().join("ca.pem"))
-        .arg("--new-password-file")
-        .arg(home.path("pw"))
-        .arg("--recovery-key-file")
-        .arg(home.recovery_key())
-        .assert()
+    enroll_vault(&home, &url, Some(&pki.path().join("ca.pem")))
         .code(5)
         .stderr(predicates::str::contains(
             "presents a CA certificate as its own: give the server a certificate signed by that CA",

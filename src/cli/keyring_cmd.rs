@@ -401,16 +401,7 @@ fn enrollment_group(
     }
     if matches!(args.kind, EnrollKind::Threshold { .. }) {
         // Groups above g, g itself, and the new one.
-        let mut depth = 2;
-        let mut at = &slots[g];
-        while let Some(m) = &at.member {
-            depth += 1;
-            match slots.iter().find(|s| s.id == m.group) {
-                Some(p) => at = p,
-                None => break,
-            }
-        }
-        if depth > coffer::slot::record::MAX_GROUP_DEPTH {
+        if threshold::depth(slots, g) + 2 > coffer::slot::record::MAX_GROUP_DEPTH {
             return Err(Error::Usage(format!(
                 "--group {}: groups nest at most {} deep",
                 slots[g].name(),
@@ -433,10 +424,7 @@ fn refuse_replacing(
 ) -> Result<()> {
     let slots = &keyring.slots;
     if threshold::need(&slots[i]).is_some() {
-        return Err(Error::Usage(format!(
-            "--replace {}: it is a threshold group; replace its members one by one, or remove it",
-            slots[i].name()
-        )));
+        return Err(coffer::keyring::group_replaced(&slots[i]));
     }
     // What the new slot will be, as far as opening goes.
     let mut new = slots[i].clone();

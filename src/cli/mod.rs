@@ -388,16 +388,7 @@ pub(crate) fn slot_row(
 ) -> (String, String) {
     use coffer::slot::threshold;
     let s = &slots[i];
-    let mut depth = 0;
-    let mut at = s;
-    while let Some(m) = &at.member {
-        depth += 1;
-        match slots.iter().find(|g| g.id == m.group) {
-            Some(g) if depth <= coffer::slot::record::MAX_GROUP_DEPTH => at = g,
-            _ => break,
-        }
-    }
-    let id = format!("{}{}", "  ".repeat(depth), s.id);
+    let id = format!("{}{}", "  ".repeat(threshold::depth(slots, i)), s.id);
     let mut detail = match threshold::need(s) {
         Some(k) => {
             let n = threshold::members(slots, &s.id).len();

@@ -504,10 +504,7 @@ impl Keyring {
         if let Some(i) = replaced
             && slot::threshold::need(&self.slots[i]).is_some()
         {
-            return Err(Error::Usage(format!(
-                "--replace {}: it is a threshold group; replace its members one by one, or remove it",
-                self.slots[i].name()
-            )));
+            return Err(group_replaced(&self.slots[i]));
         }
         if self.sealing.is_none()
             && (slot.member.is_some() || slot::threshold::need(&slot).is_some())
@@ -618,6 +615,15 @@ impl Keyring {
         self.mac = self.compute_mac(bk);
         Ok(removed)
     }
+}
+
+/// `enroll --replace` naming a threshold group: refused, its members would
+/// be left without it.
+pub fn group_replaced(slot: &SlotRecord) -> Error {
+    Error::Usage(format!(
+        "--replace {}: it is a threshold group; replace its members one by one, or remove it",
+        slot.name()
+    ))
 }
 
 /// Refuse a change (`what`) after which no slot of `after` would open on

@@ -194,11 +194,7 @@ mod tests {
     use crate::slot::{FactorKind, Factors, Locators, UNAUTHENTICATED_KDF_BUDGET, password};
     use secrecy::SecretString;
 
-    const FAST: password::Cost = password::Cost {
-        m_cost_kib: 64,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    const FAST: password::Cost = password::TEST_COST;
 
     fn opts<'a>(f: &'a Factors, ui: &'a dyn crate::ui::Ui, l: &'a Locators) -> UnlockOptions<'a> {
         UnlockOptions {

@@ -37,6 +37,14 @@ pub const MAX_P_COST: u32 = 64;
 /// Salt length, bytes.
 pub const SALT_LEN: usize = 16;
 
+/// The cheapest cost a test can enroll with (64 KiB, one pass, one lane).
+#[cfg(test)]
+pub(crate) const TEST_COST: Cost = Cost {
+    m_cost_kib: 64,
+    t_cost: 1,
+    p_cost: 1,
+};
+
 /// Public parameters of a password slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

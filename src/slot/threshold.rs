@@ -190,6 +190,24 @@ pub fn descendants(slots: &[SlotRecord], i: usize) -> Vec<usize> {
     out
 }
 
+/// How many groups the slot at `i` is inside (0: not a member), following
+/// its group, that group's group, and so on (at most
+/// [`super::record::MAX_GROUP_DEPTH`] steps, a missing group ending it).
+pub fn depth(slots: &[SlotRecord], i: usize) -> usize {
+    let mut depth = 0;
+    let mut at = &slots[i];
+    while let Some(m) = &at.member
+        && depth < super::record::MAX_GROUP_DEPTH
+    {
+        depth += 1;
+        match slots.iter().find(|s| s.id == m.group) {
+            Some(g) => at = g,
+            None => break,
+        }
+    }
+    depth
+}
+
 /// The group's `need`, if the slot at `i` is a group.
 pub fn need(slot: &SlotRecord) -> Option<u8> {
     match &slot.params {
@@ -355,11 +373,7 @@ mod tests {
     use crate::slot::{FactorKind, Factors, password, recovery};
     use secrecy::SecretString;
 
-    const FAST: password::Cost = password::Cost {
-        m_cost_kib: 64,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    const FAST: password::Cost = password::TEST_COST;
 
     fn pw(s: &str) -> SecretString {
         SecretString::from(s.to_owned())

@@ -267,6 +267,17 @@ impl Password {
             wrong: h.write("wrong-password.txt", "correct horse battery stapler\n"),
         }
     }
+
+    /// A password of its own, `NAME.txt` (several in one home).
+    pub fn named(h: &Home, name: &str) -> Self {
+        Self {
+            right: h.write(&format!("{name}.txt"), &format!("the password of {name}\n")),
+            wrong: h.write(
+                &format!("wrong-{name}.txt"),
+                &format!("not the password of {name}\n"),
+            ),
+        }
+    }
 }
 
 impl Backend for Password {
