@@ -209,6 +209,15 @@ pub enum Error {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// The unlock agent ([`crate::agent`]) answered with a failure: its own
+    /// message, and the kind it said it was.
+    #[error("unlock agent: {message}")]
+    Agent {
+        /// What kind of failure the agent met.
+        category: Category,
+        /// The agent's message.
+        message: String,
+    },
     /// The command did its job, but not for everything: each path left out
     /// or changed was already named.
     #[error("{what}, but {count} path(s) were skipped or changed (named above)")]
@@ -241,6 +250,7 @@ impl Error {
             Error::Unlock(u) | Error::Rewrap(u) => u.category(),
             Error::Enroll(e) => e.category(),
             Error::Usage(_) => Category::Usage,
+            Error::Agent { category, .. } => *category,
             Error::Incomplete { .. } => Category::Incomplete,
         }
     }

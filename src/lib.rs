@@ -10,6 +10,10 @@
 //! key pair derived from the backup key, sealer keys); no archive or
 //! keyring uses it yet.
 //!
+//! [`agent`] is the unlock agent: it holds the backup key after one unlock
+//! and answers with what the key derives (payload keys, passphrases),
+//! never the key.
+//!
 //! The library never prints, prompts or exits: people are reached through
 //! the [`ui::Ui`] trait, which the `coffer` command line implements.
 //!
@@ -35,6 +39,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod archive;
 #[cfg(any(feature = "pkcs11", feature = "yubikey"))]
 pub mod ecdh;

@@ -431,6 +431,12 @@ impl Header {
     /// then the file key is opened. Version 1: `bk`'s own key id and MAC.
     /// Every refusal is [`Error::ArchiveCorrupt`] (exit 4).
     pub fn open(&self, bk: &BackupKey) -> Result<PayloadKey> {
+        Ok(PayloadKey::new(&*self.payload_key_bytes(bk)?))
+    }
+
+    /// [`Self::open`], giving the payload key as its 32 bytes: what the
+    /// unlock agent ([`crate::agent`]) hands a client instead of `bk`.
+    pub fn payload_key_bytes(&self, bk: &BackupKey) -> Result<Zeroizing<[u8; 32]>> {
         let not_this_key = || {
             corrupt(
                 "header names a key id that is not the one its slots unwrap: it was tampered with",
@@ -446,9 +452,7 @@ impl Header {
                 hmac(&mac_key, &self.raw)
                     .verify_slice(&self.mac)
                     .map_err(|_| tampered())?;
-                Ok(PayloadKey::new(
-                    &bk.derive(Some(&self.salt), label::ARCHIVE_PAYLOAD),
-                ))
+                Ok(bk.derive(Some(&self.salt), label::ARCHIVE_PAYLOAD))
             }
             Some(sealed) => {
                 let secret = SealingSecret::derive(bk);
@@ -462,9 +466,7 @@ impl Header {
                 let file_key = secret
                     .open_file_key(&sealed.encapsulation)
                     .map_err(|e| corrupt(format!("header: {e}: no honest writer makes one")))?;
-                Ok(PayloadKey::new(
-                    &file_key.payload_key(&header_hash(&self.raw)),
-                ))
+                Ok(file_key.payload_key(&header_hash(&self.raw)))
             }
         }
     }

@@ -25,14 +25,13 @@ mod xattrs;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::key::BackupKey;
 use crate::sealing::Sealer;
 use crate::slot::SlotRecord;
 pub use header::Header;
 pub use pack::FileId;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use stream::{StreamError, StreamReader, StreamWriter};
+use stream::{PayloadKey, StreamError, StreamReader, StreamWriter};
 pub use unpack::UnpackOptions;
 
 /// Something sealed or opened other than exactly as found, named so the
@@ -265,12 +264,17 @@ fn refuse_existing(path: &Path, force: bool) -> Result<()> {
 
 /// The payload of an archive as a reader: authenticated, decompressed.
 /// Reaches end of file only after the last chunk authenticated.
+///
+/// Here and in [`verify`], [`open_to_writer`] and [`open_to_path`], `key`
+/// is the payload key of `header`: [`Header::open`] gives it from the
+/// backup key (which also authenticates the header), the unlock agent
+/// from its own copy ([`crate::agent`]).
 pub fn payload<R: Read + Send + 'static>(
     header: &Header,
-    bk: &BackupKey,
+    key: &PayloadKey,
     input: R,
 ) -> Result<Box<dyn Read + Send>> {
-    let sr = StreamReader::new(header.open(bk)?, header.chunk_size as usize, input);
+    let sr = StreamReader::new(key.clone(), header.chunk_size as usize, input);
     Ok(if header.flags & header::FLAG_ZSTD != 0 {
         Box::new(DrainOnEof(
             zstd::Decoder::new(sr).map_err(|e| Error::io("<archive>", e))?,
@@ -308,11 +312,11 @@ impl Read for DrainOnEof {
 /// entry ([`unpack::validate`]): an archive that verifies, opens.
 pub fn verify<R: Read + Send + 'static>(
     header: &Header,
-    bk: &BackupKey,
+    key: &PayloadKey,
     input: R,
     progress: &dyn Progress,
 ) -> Result<u64> {
-    let p = payload(header, bk, input)?;
+    let p = payload(header, key, input)?;
     let total = std::sync::atomic::AtomicU64::new(0);
     let tally = Tally {
         total: &total,
@@ -365,16 +369,16 @@ fn stream_corrupt(e: Error) -> Error {
 /// output as void unless this returns `Ok`.
 pub fn open_to_writer<R: Read + Send + 'static, W: Write>(
     header: &Header,
-    bk: &BackupKey,
+    key: &PayloadKey,
     input: R,
     out: &mut W,
     progress: &dyn Progress,
 ) -> Result<u64> {
     let n = if header.flags & header::FLAG_ZSTD == 0 {
-        StreamReader::new(header.open(bk)?, header.chunk_size as usize, input)
+        StreamReader::new(key.clone(), header.chunk_size as usize, input)
             .copy_to(out, &mut |n| progress.advance(n))
     } else {
-        let p = payload(header, bk, input)?;
+        let p = payload(header, key, input)?;
         io::copy(&mut Counting { inner: p, progress }, out)
     }
     .map_err(|e| payload_error(e, Path::new("<output>")))?;
@@ -391,7 +395,7 @@ pub fn open_to_writer<R: Read + Send + 'static, W: Write>(
 /// exactly (devices when not root, metadata the file system refused).
 pub fn open_to_path<R: Read + Send + 'static>(
     header: &Header,
-    bk: &BackupKey,
+    key: &PayloadKey,
     input: R,
     dst: &Path,
     force: bool,
@@ -399,11 +403,11 @@ pub fn open_to_path<R: Read + Send + 'static>(
     progress: &dyn Progress,
 ) -> Result<Vec<Notice>> {
     if let Some(mut file) = fsutil::open_in_place(dst)? {
-        open_to_writer(header, bk, input, &mut file, progress)?;
+        open_to_writer(header, key, input, &mut file, progress)?;
         return Ok(Vec::new());
     }
     refuse_existing(dst, force)?;
-    let p = payload(header, bk, input)?;
+    let p = payload(header, key, input)?;
     let mut counted = Counting { inner: p, progress };
     if header.flags & header::FLAG_TAR == 0 {
         let mut tmp = fsutil::temp_beside(dst)?;

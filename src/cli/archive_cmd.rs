@@ -14,15 +14,19 @@
 //!
 //! Must never: write an archive to a terminal, or leave partial output.
 
-use super::{Cli, CompressArg, Env, print_json, unlock};
+use super::{Cli, CompressArg, Env, agent_cmd, print_json, unlock};
+use coffer::agent;
+use coffer::archive::stream::PayloadKey;
 use coffer::archive::{self, Compression, Header, NoProgress, Progress, SealOptions, Source};
 use coffer::error::{Error, Result};
 use coffer::key::BackupKey;
+use coffer::passphrase::{self, PassphraseName};
 use coffer::slot::{self, SlotRecord};
 use coffer::ui::escaped;
 use serde_json::json;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
 
 /// The progress display on standard error, when it is a terminal and not
 /// `-q`: bytes and speed; once the total is known, a bar with the
@@ -266,31 +270,81 @@ fn read_archive(path: &Path) -> Result<(Header, Input)> {
     Ok((header, input))
 }
 
-/// An archive's key, unlocked, and what to do once the archive checked out.
-struct Unlocked {
-    bk: BackupKey,
-    /// The keyring holds this key and is version 1: upgrade it after the
-    /// archive authenticated (never on the strength of an unchecked header).
-    upgrade: bool,
-    /// The keyring lists this archive's key id as retired by `rotate`.
-    retired: bool,
-    /// Whether the owner's keyring at hand knows this archive's key (holds
-    /// it, or `rotate` retired it); `None` without one.
-    known: Option<bool>,
-    /// The slot that gave the key up.
-    slot: SlotRecord,
+/// What a command wants of an archive's key.
+#[derive(Clone, Copy)]
+enum Want<'a> {
+    /// Its payload key: to open or verify.
+    PayloadKey,
+    /// A passphrase derived from it (`passphrase --from`).
+    Passphrase(&'a PassphraseName),
 }
 
-/// Unlock an archive's key: with the keyring's slots when the keyring holds
-/// this key (slots enrolled since sealing count too), then the archive's
-/// own copies, which the library tries only as its trust rule allows
-/// ([`slot::unlock_with`]). When the key came through the keyring (it
-/// holds the key id, or one of its slots gave the key up), the keyring is
-/// checked against the key (key id, sealing key, sealer, MAC), and then
-/// the header: a swapped or edited keyring is caught by the next `open`
-/// or `verify` (exit 4), as `seal`, needing no key, cannot. A seal-only
-/// keyring is never used.
-fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<Unlocked> {
+/// What it got.
+enum Got {
+    PayloadKey(PayloadKey),
+    Passphrase(Zeroizing<String>),
+}
+
+impl Got {
+    fn payload_key(self) -> PayloadKey {
+        match self {
+            Got::PayloadKey(k) => k,
+            Got::Passphrase(_) => unreachable!("asked for the payload key"),
+        }
+    }
+}
+
+/// How an archive was unlocked, and what to do once it checked out.
+struct Unlocked {
+    /// The keyring holds this key and is version 1: upgrade it with `bk`
+    /// after the archive authenticated (never on the strength of an
+    /// unchecked header). Never through the agent, whose keyring is
+    /// version 2.
+    upgrade: Option<BackupKey>,
+    /// The keyring lists this archive's key id as retired by `rotate`.
+    retired: bool,
+    /// The slot that gave the key up; `None`: the unlock agent answered.
+    slot: Option<SlotRecord>,
+}
+
+impl Unlocked {
+    /// How it was unlocked, for `--json`: `slot` (null through the agent)
+    /// and `agent`.
+    fn json(&self) -> (serde_json::Value, bool) {
+        (
+            self.slot
+                .as_ref()
+                .map_or(serde_json::Value::Null, super::slot_ref),
+            self.slot.is_none(),
+        )
+    }
+}
+
+/// Unlock an archive's key and give what `want`s of it. First a running
+/// unlock agent (`coffer agent start`) for the archive's key id, which
+/// answers only for a header that authenticates under its key. Else the
+/// slots: the keyring's when the keyring holds this key (slots enrolled
+/// since sealing count too), then the archive's own copies, which the
+/// library tries only as its trust rule allows ([`slot::unlock_with`]).
+/// When the key came through the keyring (it holds the key id, or one of
+/// its slots gave the key up), the keyring is checked against the key
+/// (key id, sealing key, sealer, MAC), and then the header: a swapped or
+/// edited keyring is caught by the next `open` or `verify` (exit 4), as
+/// `seal`, needing no key, cannot. A seal-only keyring is never used.
+///
+/// For a passphrase with the owner's keyring at hand, the archive must be
+/// of a key it knows (its own, or one `rotate` retired), checked before
+/// anything is asked: anyone who can write the storage can make an archive
+/// that authenticates under a key of their own, with a copy of a YubiKey
+/// or PKCS#11 slot (those wrap to a public key), and a passphrase derived
+/// from it would be theirs.
+fn unlock_archive(
+    cli: &Cli,
+    env: &Env,
+    path: &Path,
+    header: &Header,
+    want: Want<'_>,
+) -> Result<(Got, Unlocked)> {
     let mut keyring = None;
     let mut seal_only = None;
     match env.keyring.load() {
@@ -309,6 +363,28 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<Unlocked> {
     let holds_key = keyring
         .as_ref()
         .is_some_and(|k| k.holds_key(header.version, &header.key_id));
+    let retired = keyring
+        .as_ref()
+        .is_some_and(|k| k.is_retired(&header.key_id));
+    if let (Want::Passphrase(_), Some(_)) = (want, &keyring)
+        && !holds_key
+        && !retired
+    {
+        return Err(Error::Refused(format!(
+            "{} is sealed to key id {}, which the keyring {} neither holds nor lists as retired by `coffer rotate`: it is not one of your archives (or is from a keyring you replaced). Nothing derived from it",
+            path.display(),
+            header.key_id,
+            env.keyring.path.display()
+        )));
+    }
+    if let Some(got) = from_agent(cli, env, header, keyring.as_ref(), holds_key, want)? {
+        let how = Unlocked {
+            upgrade: None,
+            retired,
+            slot: None,
+        };
+        return Ok((got, how));
+    }
     if keyring.is_some() && !holds_key && cli.verbose {
         env.ui
             .info("the keyring holds another backup key; unlocking with the archive's own slots");
@@ -333,60 +409,83 @@ fn unlock_archive(cli: &Cli, env: &Env, header: &Header) -> Result<Unlocked> {
     if cli.verbose {
         env.ui.info(&format!("unlocked with slot {}", used.name()));
     }
-    let mut upgrade = false;
-    let mut retired = false;
-    let known = keyring
-        .as_ref()
-        .map(|k| holds_key || k.is_retired(&header.key_id));
-    if let Some(k) = &keyring {
-        // The key came through the keyring (it holds this key id, or one of
-        // its own slots, byte for byte, gave it up): then the keyring must
-        // be that key's, or it was swapped or edited.
-        if holds_key || k.slots.iter().any(|s| s == used) {
-            k.verify(&bk, &env.keyring.path)?;
-        }
-        if holds_key {
-            header.open(&bk)?;
-            upgrade = k.sealer().is_none();
-        }
-        retired = k.is_retired(&header.key_id);
+    // The key came through the keyring (it holds this key id, or one of
+    // its own slots, byte for byte, gave it up): then the keyring must be
+    // that key's, or it was swapped or edited.
+    if let Some(k) = &keyring
+        && (holds_key || k.slots.iter().any(|s| s == used))
+    {
+        k.verify(&bk, &env.keyring.path)?;
     }
-    let slot = used.clone();
-    Ok(Unlocked {
-        bk,
-        upgrade,
+    let payload_key = header.open(&bk)?;
+    let got = match want {
+        Want::PayloadKey => Got::PayloadKey(payload_key),
+        Want::Passphrase(name) => Got::Passphrase(passphrase::derive(&bk, name)),
+    };
+    let upgrade = keyring
+        .as_ref()
+        .is_some_and(|k| holds_key && k.sealer().is_none());
+    let how = Unlocked {
+        upgrade: upgrade.then_some(bk),
         retired,
-        known,
-        slot,
-    })
+        slot: Some(used.clone()),
+    };
+    Ok((got, how))
 }
 
-/// The backup key that sealed the archive at `path`, unlocked as `open`
-/// unlocks it, its header authenticated: for `passphrase --from`. With the
-/// owner's keyring at hand, the archive must be of a key it knows (its
-/// own, or one `rotate` retired): anyone who can write the storage can
-/// make an archive that authenticates under a key of their own, with a
-/// copy of a YubiKey or PKCS#11 slot (those wrap to a public key), and a
-/// passphrase derived from it would be theirs. The key id is always said.
-pub(super) fn archive_key(cli: &Cli, env: &Env, path: &Path) -> Result<BackupKey> {
-    let (header, _) = read_archive(path)?;
-    let unlocked = unlock_archive(cli, env, &header)?;
-    header.open(&unlocked.bk)?;
-    if unlocked.known == Some(false) {
-        return Err(Error::Refused(format!(
-            "{} is sealed to key id {}, which the keyring {} neither holds nor lists as retired by `coffer rotate`: it is not one of your archives (or is from a keyring you replaced). Nothing derived from it",
-            path.display(),
-            header.key_id,
-            env.keyring.path.display()
-        )));
+/// Ask a running unlock agent for what `want`s of the archive: the agent
+/// of the header's key id, or, for a version 1 archive of this keyring's
+/// key, the agent of the keyring's key id.
+fn from_agent(
+    cli: &Cli,
+    env: &Env,
+    header: &Header,
+    keyring: Option<&coffer::keyring::Keyring>,
+    holds_key: bool,
+    want: Want<'_>,
+) -> Result<Option<Got>> {
+    let mut ids = vec![header.key_id];
+    if let Some(k) = keyring.filter(|k| holds_key && k.key_id != header.key_id) {
+        ids.push(k.key_id);
     }
+    for id in ids {
+        let Some(socket) = agent_cmd::socket_for(cli, &id) else {
+            return Ok(None);
+        };
+        let asked = match want {
+            Want::PayloadKey => agent::payload_key(&socket, header).map(|k| k.map(Got::PayloadKey)),
+            Want::Passphrase(name) => {
+                agent::passphrase(&socket, name, Some(header)).map(|p| p.map(Got::Passphrase))
+            }
+        };
+        if let Some(got) = agent_cmd::asked(cli, env, &socket, asked)? {
+            return Ok(Some(got));
+        }
+    }
+    Ok(None)
+}
+
+/// The passphrase `name` from the backup key that sealed the archive at
+/// `path`, unlocked as `open` unlocks it (the agent included), its header
+/// authenticated: for `passphrase --from`. The key id is always said.
+pub(super) fn archive_passphrase(
+    cli: &Cli,
+    env: &Env,
+    path: &Path,
+    name: &PassphraseName,
+) -> Result<Zeroizing<String>> {
+    let (header, _) = read_archive(path)?;
+    let (got, unlocked) = unlock_archive(cli, env, path, &header, Want::Passphrase(name))?;
     after_authenticated(env, path, &header, &unlocked);
     env.ui.warn(&format!(
         "derived from key id {} (of {}): check it is yours (`coffer slots` shows the current one)",
         header.key_id,
         path.display()
     ));
-    Ok(unlocked.bk)
+    match got {
+        Got::Passphrase(p) => Ok(p),
+        Got::PayloadKey(_) => unreachable!("asked for a passphrase"),
+    }
 }
 
 /// What an archive that authenticated tells the owner, on stderr: who
@@ -405,8 +504,8 @@ fn after_authenticated(env: &Env, archive: &Path, header: &Header, unlocked: &Un
             super::unix_time_text(header.created)
         ));
     }
-    if unlocked.upgrade {
-        super::upgrade_keyring_file(env, &unlocked.bk);
+    if let Some(bk) = &unlocked.upgrade {
+        super::upgrade_keyring_file(env, bk);
     }
 }
 
@@ -620,16 +719,16 @@ pub(super) fn open(
     numeric_owner: bool,
 ) -> Result<()> {
     let (header, input) = read_archive(archive_path)?;
-    let unlocked = unlock_archive(cli, env, &header)?;
-    let bk = &unlocked.bk;
+    let (got, unlocked) = unlock_archive(cli, env, archive_path, &header, Want::PayloadKey)?;
+    let key = got.payload_key();
     let (input, shown) = shown_input(cli, "opening", archive_path, &header, input);
     let bar = Tally::new(Box::new(NoProgress));
     let opened = if is_dash(output) {
         let mut out = stdout_file()?;
-        archive::open_to_writer(&header, bk, input, &mut out, &bar).map(|_| Vec::new())
+        archive::open_to_writer(&header, &key, input, &mut out, &bar).map(|_| Vec::new())
     } else {
         let opts = archive::UnpackOptions { numeric_owner };
-        archive::open_to_path(&header, bk, input, output, force, opts, &bar)
+        archive::open_to_path(&header, &key, input, output, force, opts, &bar)
     };
     shown.done();
     let bytes = bar.total();
@@ -645,7 +744,8 @@ pub(super) fn open(
             "version": header.version,
             "sealer": header.sealer().map(|s| s.to_string()),
             "retired_key": unlocked.retired,
-            "slot": super::slot_ref(&unlocked.slot),
+            "slot": unlocked.json().0,
+            "agent": unlocked.json().1,
             "bytes": bytes,
             "notices": notices_json(&notices),
         }))?;
@@ -664,9 +764,10 @@ pub(super) fn open(
 
 pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
     let (header, input) = read_archive(archive_path)?;
-    let unlocked = unlock_archive(cli, env, &header)?;
+    let (got, unlocked) = unlock_archive(cli, env, archive_path, &header, Want::PayloadKey)?;
+    let key = got.payload_key();
     let (input, shown) = shown_input(cli, "verifying", archive_path, &header, input);
-    let n = archive::verify(&header, &unlocked.bk, input, &NoProgress);
+    let n = archive::verify(&header, &key, input, &NoProgress);
     shown.done();
     let n = n?;
     after_authenticated(env, archive_path, &header, &unlocked);
@@ -678,7 +779,8 @@ pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
             "version": header.version,
             "sealer": header.sealer().map(|s| s.to_string()),
             "retired_key": unlocked.retired,
-            "slot": super::slot_ref(&unlocked.slot),
+            "slot": unlocked.json().0,
+            "agent": unlocked.json().1,
         }))?;
     } else {
         let restorable = if header.flags & archive::header::FLAG_TAR != 0 {

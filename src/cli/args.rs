@@ -75,6 +75,10 @@ pub struct UnlockArgs {
     /// keyring was enrolled with, else device:/dev/tpmrm0]
     #[arg(long, global = true, value_name = "TCTI")]
     pub tcti: Option<String>,
+    /// Do not ask a running unlock agent (`coffer agent start`): unlock
+    /// with the slots. Naming a slot with --slot does the same
+    #[arg(long, global = true)]
+    pub no_agent: bool,
 }
 
 /// `[SLOT=]FILE`: a factor file, bound to a slot or not.
@@ -268,6 +272,10 @@ pub enum Command {
         #[arg(long, value_name = "ARCHIVE")]
         from: Option<std::path::PathBuf>,
     },
+    /// The unlock agent: unlock once, then open, verify and passphrase need
+    /// no factor until it forgets the key (docs/agent.md)
+    #[command(subcommand)]
+    Agent(super::agent_cmd::AgentCmd),
     /// Print a shell completion script: `coffer completions bash >
     /// /etc/bash_completion.d/coffer` (zsh: a file `_coffer` on $fpath;
     /// fish: ~/.config/fish/completions/coffer.fish)
@@ -304,6 +312,7 @@ impl Command {
                 | Command::Open { .. }
                 | Command::Verify { .. }
                 | Command::Passphrase { .. }
+                | Command::Agent(super::agent_cmd::AgentCmd::Start(_))
         )
     }
 }

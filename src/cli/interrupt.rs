@@ -40,7 +40,7 @@ pub fn remove_temporaries_on_signals() -> Result<()> {
 /// The signals this process was started with set to "ignore", as a bit
 /// mask (bit n-1 for signal n), from the `SigIgn` line of
 /// `/proc/self/status`; 0 when that cannot be read.
-fn inherited_ignored() -> u64 {
+pub(super) fn inherited_ignored() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

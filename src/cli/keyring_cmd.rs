@@ -865,10 +865,12 @@ pub(super) fn rotate(
     for (s, _) in keyring.slots.iter().zip(&named).filter(|(_, n)| **n) {
         delete_vault_record(env, s, &keyring.slots);
     }
+    let agent_stopped = super::agent_cmd::stop_retired(env, &old_key_id);
     if cli.json {
         print_json(&json!({
             "key_id": new_keyring.key_id.to_string(),
             "old_key_id": old_key_id.to_string(),
+            "agent_stopped": agent_stopped,
             "retired_key_archive": retired,
             "slots": new_keyring.slots.iter().map(super::slot_ref).collect::<Vec<_>>(),
             "dropped": dropped.iter().map(|s| super::slot_ref(s)).collect::<Vec<_>>(),

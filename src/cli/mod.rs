@@ -6,6 +6,7 @@
 //! Must never: print a secret except a new recovery key, and that only to
 //! the terminal or the file the person named.
 
+mod agent_cmd;
 mod archive_cmd;
 pub mod args;
 mod interrupt;
@@ -163,6 +164,10 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Man { dir } => return man_page(dir.as_deref()),
         _ => {}
     }
+    // The agent handles its own signals: it must drop, and wipe, the key.
+    if let Command::Agent(cmd) = &cli.command {
+        return agent_cmd::run(cli, cmd);
+    }
     interrupt::remove_temporaries_on_signals()?;
     let mut env = cli.env()?;
     match &cli.command {
@@ -210,7 +215,9 @@ pub fn run(cli: &Cli) -> Result<()> {
         } => archive_cmd::open(cli, &env, archive, output, *force, *numeric_owner),
         Command::Verify { archive } => archive_cmd::verify(cli, &env, archive),
         Command::Inspect { archive } => archive_cmd::inspect(cli, archive),
-        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Man { .. } | Command::Agent(_) => {
+            unreachable!("handled above")
+        }
         Command::Passphrase { name, from } => {
             passphrase_cmd::passphrase(cli, &env, name, from.as_deref())
         }

@@ -6,12 +6,14 @@
 //! Must never: print it to a terminal, or anything else to standard
 //! output.
 
-use super::{Cli, Env, archive_cmd};
+use super::{Cli, Env, agent_cmd, archive_cmd};
+use coffer::agent;
 use coffer::error::{Error, Result};
 use coffer::passphrase::{self, PassphraseName};
 use coffer::ui::escaped;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use zeroize::Zeroizing;
 
 pub(super) fn passphrase(cli: &Cli, env: &Env, name: &str, from: Option<&Path>) -> Result<()> {
     let name =
@@ -21,13 +23,15 @@ pub(super) fn passphrase(cli: &Cli, env: &Env, name: &str, from: Option<&Path>) 
             "refusing to print a passphrase on the terminal: it is for a password command (RESTIC_PASSWORD_COMMAND=\"coffer passphrase NAME\"); pipe or redirect it if you mean to see it".into(),
         ));
     }
-    let bk = match from {
+    let secret = match from {
         // The key that sealed that archive: the passphrase from before a
         // `rotate`, to re-key a repository.
-        Some(archive) => archive_cmd::archive_key(cli, env, archive)?,
-        None => super::unlock_and_store_upgrade(cli, env)?.1,
+        Some(archive) => archive_cmd::archive_passphrase(cli, env, archive, &name)?,
+        None => match from_agent(cli, env, &name)? {
+            Some(secret) => secret,
+            None => passphrase::derive(&super::unlock_and_store_upgrade(cli, env)?.1, &name),
+        },
     };
-    let secret = passphrase::derive(&bk, &name);
     // Sized once: a reallocation would leave an unwiped copy behind.
     let mut line = zeroize::Zeroizing::new(Vec::with_capacity(secret.len() + 1));
     line.extend_from_slice(secret.as_bytes());
@@ -36,4 +40,18 @@ pub(super) fn passphrase(cli: &Cli, env: &Env, name: &str, from: Option<&Path>) 
     out.write_all(&line)
         .and_then(|()| out.flush())
         .map_err(|e| Error::io("<stdout>", e))
+}
+
+/// The passphrase from a running unlock agent of the keyring's key, if any.
+fn from_agent(cli: &Cli, env: &Env, name: &PassphraseName) -> Result<Option<Zeroizing<String>>> {
+    let Ok(keyring) = env.keyring.load() else {
+        return Ok(None);
+    };
+    if keyring.is_seal_only() || keyring.sealer().is_none() {
+        return Ok(None);
+    }
+    let Some(socket) = agent_cmd::socket_for(cli, &keyring.key_id) else {
+        return Ok(None);
+    };
+    agent_cmd::asked(cli, env, &socket, agent::passphrase(&socket, name, None))
 }
