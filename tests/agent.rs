@@ -280,11 +280,16 @@ fn an_archive_of_another_key_is_not_answered() {
     r.ok(&["verify", "a.coffer"]);
 }
 
-/// Everything that crosses the socket, both ways, through a proxy put in
-/// place of the agent's socket.
-fn record_traffic(socket: &Path) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
-    let real = socket.with_file_name("real.sock");
-    std::fs::rename(socket, &real).unwrap();
+/// Everything that crosses the socket, both ways, through a proxy at
+/// `socket` in front of the agent's socket `real` (an agent whose socket
+/// is moved away ends: it cannot be put in its place).
+fn record_traffic(
+    socket: &Path,
+    real: PathBuf,
+) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
+    let dir = socket.parent().unwrap();
+    std::fs::create_dir(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let listener = UnixListener::bind(socket).unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -297,7 +302,8 @@ fn record_traffic(socket: &Path) -> (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandl
             client.read_exact(&mut len).unwrap();
             let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
             client.read_exact(&mut body).unwrap();
-            let stop = body == [4];
+            // [protocol version, STOP]
+            let stop = body == [1, 4];
             agent.write_all(&len).unwrap();
             agent.write_all(&body).unwrap();
             let mut answer = Vec::new();
@@ -349,8 +355,29 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn the_backup_key_never_crosses_the_socket_and_is_never_written() {
     let r = Rig::new();
-    let agent = r.start(&[]);
-    let (seen, proxy) = record_traffic(&agent.socket);
+    // The agent's own runtime folder; the commands look in r.runtime(),
+    // where the proxy listens.
+    let agent_runtime = r.home.path("run-agent");
+    std::fs::create_dir(&agent_runtime).unwrap();
+    std::fs::set_permissions(&agent_runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let o = r
+        .coffer()
+        .env("XDG_RUNTIME_DIR", &agent_runtime)
+        .args(["agent", "start", "--password-file", "password.txt"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let real = agent_runtime.join("coffer/agent-646a6f1a3e48f3fe8c988224ce56427e.sock");
+    let proxied = r
+        .runtime()
+        .join("coffer/agent-646a6f1a3e48f3fe8c988224ce56427e.sock");
+    let (seen, proxy) = record_traffic(&proxied, real.clone());
+    let s = r.ok(&["--json", "agent", "status"]);
+    let s: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    let agent = Agent {
+        pid: s["pid"].as_u64().unwrap() as u32,
+        socket: real,
+    };
     r.ok(&["verify", "a.coffer"]);
     assert_eq!(r.open("out").status.code(), Some(0));
     r.ok(&["passphrase", "kopia:x"]);
@@ -358,7 +385,7 @@ fn the_backup_key_never_crosses_the_socket_and_is_never_written() {
     r.ok(&["agent", "status"]);
     r.ok(&["agent", "stop"]);
     proxy.join().unwrap();
-    std::fs::remove_file(&agent.socket).unwrap();
+    std::fs::remove_file(&proxied).unwrap();
     let seen = seen.lock().unwrap();
     // The agent did answer: the payload key of a.coffer went through.
     let header =
@@ -682,4 +709,132 @@ fn a_foreground_agent_serves_until_signalled_and_removes_its_socket() {
     assert!(text(&out.stderr).contains("ended (interrupted): it forgot the key"));
     assert!(!socket.exists());
     r.fails(5, &["verify", "a.coffer"]);
+}
+
+#[test]
+fn an_agent_whose_socket_is_removed_forgets_the_key_and_exits() {
+    // As logind removes $XDG_RUNTIME_DIR at the last logout: no command
+    // could reach the agent any more, so it must not go on holding the key.
+    let r = Rig::new();
+    let agent = r.start(&["--ttl", "none"]);
+    std::fs::remove_dir_all(r.runtime().join("coffer")).unwrap();
+    agent.wait_gone(Duration::from_secs(10));
+    // And a new one starts.
+    let again = r.start(&[]);
+    r.ok(&["agent", "stop"]);
+    again.wait_gone(Duration::from_secs(10));
+}
+
+#[test]
+fn a_socket_left_by_a_dead_agent_is_replaced_and_only_one_of_two_starts_wins() {
+    let r = Rig::new();
+    let dir = r.runtime().join("coffer");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A socket nobody listens on any more.
+    drop(UnixListener::bind(dir.join("agent-646a6f1a3e48f3fe8c988224ce56427e.sock")).unwrap());
+    let agent = r.start(&[]);
+    r.ok(&["verify", "a.coffer"]);
+    r.ok(&["agent", "stop"]);
+    agent.wait_gone(Duration::from_secs(10));
+
+    // Two at once: one agent, one clear refusal.
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+            c.args([
+                "--no-prompt",
+                "agent",
+                "start",
+                "--password-file",
+                "password.txt",
+            ])
+            .env_clear()
+            .env("HOME", r.home.dir.path())
+            .env("COFFER_KEYRING", r.home.keyring())
+            .env("XDG_RUNTIME_DIR", r.runtime())
+            .current_dir(r.home.dir.path());
+            std::thread::spawn(move || c.output().unwrap())
+        })
+        .collect();
+    let outs: Vec<Output> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(
+        ok,
+        1,
+        "{:?}",
+        outs.iter().map(|o| text(&o.stderr)).collect::<Vec<_>>()
+    );
+    let refused = outs.iter().find(|o| !o.status.success()).unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("already"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let s = r.ok(&["--json", "agent", "status"]);
+    let s: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    let agent = Agent {
+        pid: s["pid"].as_u64().unwrap() as u32,
+        socket: PathBuf::from(s["socket"].as_str().unwrap()),
+    };
+    // The loser's agent, if it got as far as starting, was killed.
+    let agents = std::process::Command::new("pgrep")
+        .args(["-f", &format!("agent serve .*{}", r.runtime().display())])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&agents.stdout).lines().count(),
+        1,
+        "{}",
+        text(&agents.stdout)
+    );
+    r.ok(&["agent", "stop"]);
+    agent.wait_gone(Duration::from_secs(10));
+}
+
+#[test]
+fn a_silent_caller_holds_up_no_one() {
+    let r = Rig::new();
+    let agent = r.start(&[]);
+    // Half a request, then nothing: the agent serves others meanwhile.
+    let mut silent = UnixStream::connect(&agent.socket).unwrap();
+    silent.write_all(&[0, 0, 0, 9, 1]).unwrap();
+    let t = Instant::now();
+    r.ok(&["verify", "a.coffer"]);
+    r.ok(&["agent", "stop"]);
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    agent.wait_gone(Duration::from_secs(10));
+    drop(silent);
+}
+
+#[test]
+fn a_factor_given_is_checked_not_the_agent() {
+    let r = Rig::new();
+    let _agent = r.start(&[]);
+    r.home.write("wrong.txt", "wrong\n");
+    // Checking a password: the agent must not answer in its stead.
+    r.fails(3, &["verify", "a.coffer", "--password-file", "wrong.txt"]);
+    r.ok(&["verify", "a.coffer", "--password-file", "password.txt"]);
+    r.fails(3, &["passphrase", "x:y", "--password-file", "wrong.txt"]);
+    // --no-agent alone: no factor, nothing opens.
+    r.fails(5, &["verify", "a.coffer", "--no-agent"]);
+    // An archive of a key the keyring does not know: refused before the
+    // agent (or any factor) is asked.
+    let other = Home::new();
+    other.init();
+    std::fs::create_dir(other.path("d")).unwrap();
+    other
+        .coffer()
+        .args(["seal", "d", "-o"])
+        .arg(r.home.path("b.coffer"))
+        .assert()
+        .success();
+    let o = r.fails(1, &["passphrase", "x:y", "--from", "b.coffer"]);
+    assert!(
+        text(&o.stderr).contains("neither holds nor lists"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(o.stdout.is_empty());
 }

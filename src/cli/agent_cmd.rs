@@ -2,28 +2,28 @@
 //! [`coffer::agent`], and how the other commands find it.
 //!
 //! `start` unlocks in this process (prompts and all), then either serves
-//! here (`--foreground`) or runs `coffer agent serve` (hidden) in a new
-//! process group, hands it the key through a pipe on its standard input,
-//! and returns once it says its socket listens. The key never goes through
-//! argv, the environment or a file.
+//! here (`--foreground`) or runs `coffer agent serve` (hidden), which
+//! starts a session of its own (no terminal), hands it the key through a
+//! pipe on its standard input, and returns once it says its socket
+//! listens. The key never goes through argv, the environment or a file.
 //!
 //! Must never: print the key, or start a second agent for one key.
 
 use super::interrupt;
+use super::term::TerminalUi;
 use super::{Cli, Env, print_json};
 use clap::{Args, Subcommand};
-use coffer::agent::{self, Agent, Ended, Limits, Socket, Status};
+use coffer::agent::{self, Agent, Ended, Limits, Socket, Status, wire};
 use coffer::error::{Category, Error, Result};
 use coffer::key::{BackupKey, KEY_LEN, KeyId};
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// `coffer agent ...`
 #[derive(Debug, Subcommand)]
@@ -66,19 +66,28 @@ pub struct ServeArgs {
     max_uses: Option<u64>,
     #[arg(long)]
     runtime_dir: PathBuf,
+    /// The key id the key on standard input must have.
+    #[arg(long)]
+    key_id: String,
 }
 
 /// `--ttl`: a duration, or none.
 #[derive(Debug, Clone, Copy)]
 struct Ttl(Option<Duration>);
 
+/// The longest TTL: past it, say `none`.
+const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 fn parse_ttl(s: &str) -> std::result::Result<Ttl, String> {
     if s == "none" {
         return Ok(Ttl(None));
     }
     match humantime::parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(Ttl(Some(d))),
-        Ok(_) => Err("a TTL of zero would forget the key at once".into()),
+        Ok(d) if d.is_zero() => Err("a TTL of zero would forget the key at once".into()),
+        Ok(d) if d > MAX_TTL => {
+            Err("a TTL is at most a year; `none` keeps the key until stopped".into())
+        }
+        Ok(d) => Ok(Ttl(Some(d))),
         Err(e) => Err(format!("{e} (such as 15m, 2h, 1d, or none)")),
     }
 }
@@ -108,19 +117,25 @@ fn need_runtime_dir() -> Result<PathBuf> {
 }
 
 /// The socket of the agent that would hold `key_id`, for a command about
-/// to unlock; `None` when it should not ask one (--no-agent, --slot, no
-/// runtime folder).
+/// to unlock; `None` when it should not ask one: --no-agent, --slot or a
+/// factor file given (the person said how to unlock, perhaps to check
+/// that factor), or no runtime folder.
 pub(super) fn socket_for(cli: &Cli, key_id: &KeyId) -> Option<PathBuf> {
-    if cli.unlock.no_agent || cli.unlock.slot.is_some() {
+    let u = &cli.unlock;
+    let named = u.slot.is_some()
+        || !u.recovery_key_file.is_empty()
+        || !u.password_file.is_empty()
+        || !u.pin_file.is_empty();
+    if u.no_agent || named {
         return None;
     }
     runtime_dir().map(|d| agent::socket_path(&d, key_id))
 }
 
 /// Ask the agent through `ask`; `Ok(None)` to unlock with the slots
-/// instead (no agent, or one that failed for reasons of its own, said as
-/// a warning). A verdict on the archive itself (corrupt, a bad name) is
-/// final: the slots would reach the same.
+/// instead: no agent, one that declined, or one that failed for reasons of
+/// its own (said as a warning). Only a header that did not authenticate
+/// under its key (`Corrupt`) is final: the slots would reach the same.
 pub(super) fn asked<T>(
     cli: &Cli,
     env: &Env,
@@ -136,7 +151,7 @@ pub(super) fn asked<T>(
             Ok(Some(v))
         }
         Ok(None) => Ok(None),
-        Err(e) if matches!(e.category(), Category::Corrupt | Category::Usage) => Err(e),
+        Err(e) if e.category() == Category::Corrupt => Err(e),
         Err(e) => {
             env.ui.warn(&format!("{e}; unlocking with the slots"));
             Ok(None)
@@ -189,8 +204,8 @@ fn keyring_socket(env: &Env) -> Result<(KeyId, PathBuf)> {
 }
 
 fn start(cli: &Cli, args: &StartArgs) -> Result<()> {
-    let env = cli.env()?;
     let runtime = need_runtime_dir()?;
+    let env = cli.env()?;
     // Before any factor is asked for: a second agent would only cost a PIN.
     let (old_id, socket) = keyring_socket(&env)?;
     agent::prepare_dir(&runtime)?;
@@ -202,29 +217,33 @@ fn start(cli: &Cli, args: &StartArgs) -> Result<()> {
     }
     let (keyring, bk, lock) = super::unlock_and_store_upgrade(cli, &env)?;
     drop(lock);
+    // The factors read or typed for that unlock: not kept for the agent's
+    // life (a password outlives a `rotate`, the key does not).
+    let Env { ui, factors, .. } = env;
+    drop(factors);
     let limits = Limits {
         ttl: args.ttl.0,
         max_uses: args.max_uses,
     };
     if args.foreground {
-        let agent = Agent::new(bk, limits);
+        let agent = Agent::new(Box::new(bk), limits);
         if agent.key_id() != keyring.key_id {
             return Err(Error::Refused(format!(
                 "the key unlocked is not key id {}: nothing served",
                 keyring.key_id
             )));
         }
-        return serve_here(&env.ui, agent, &runtime);
+        return serve_here(&ui, agent, &runtime);
     }
-    spawn(cli, &env, bk, args, &runtime, &keyring.key_id)
+    spawn(cli, &ui, bk, args, &runtime, &keyring.key_id)
 }
 
-/// Start `coffer agent serve` in its own process group (a Ctrl-C at this
-/// terminal does not reach it), give it the key through its standard
-/// input, and wait for the line that says it listens.
+/// Start `coffer agent serve`, give it the key through its standard
+/// input, and wait for the line that says it listens. On any failure after
+/// it started, it is killed: no agent is left holding the key unreported.
 fn spawn(
     cli: &Cli,
-    env: &Env,
+    ui: &TerminalUi,
     bk: BackupKey,
     args: &StartArgs,
     runtime: &Path,
@@ -233,40 +252,49 @@ fn spawn(
     let exe = std::env::current_exe().map_err(|e| Error::io("<this program>", e))?;
     let mut cmd = std::process::Command::new(&exe);
     cmd.args(["agent", "serve", "--ttl", &args.ttl.arg(), "--runtime-dir"])
-        .arg(runtime);
+        .arg(runtime)
+        .args(["--key-id", &key_id.to_string()]);
     if let Some(n) = args.max_uses {
         cmd.args(["--max-uses", &n.to_string()]);
     }
     let mut child = cmd
         .current_dir("/")
-        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| Error::io(&exe, e))?;
-    let mut input = child.stdin.take().expect("piped");
-    let sent = input.write_all(bk.expose());
-    drop(input);
-    drop(bk);
-    sent.map_err(|e| Error::io("<agent's standard input>", e))?;
-    let mut line = String::new();
-    let out = child.stdout.take().expect("piped");
-    std::io::BufReader::new(out)
-        .take(64 * 1024)
-        .read_line(&mut line)
-        .map_err(|e| Error::io("<agent's standard output>", e))?;
-    if line.trim_end() != READY {
-        let _ = child.wait();
-        return Err(child_error(&line));
-    }
-    let socket = agent::socket_path(runtime, key_id);
-    match agent::status(&socket)? {
-        Some(s) if s.key_id == key_id.to_string() => report(cli, env, &socket, &s, "started"),
-        _ => Err(Error::Refused(format!(
-            "the agent started but does not answer for key id {key_id} at {}",
-            socket.display()
-        ))),
+    let started = (|| {
+        let mut input = child.stdin.take().expect("piped");
+        let sent = input.write_all(bk.expose());
+        drop(input);
+        drop(bk);
+        sent.map_err(|e| Error::io("<agent's standard input>", e))?;
+        let mut line = String::new();
+        let out = child.stdout.take().expect("piped");
+        std::io::BufReader::new(out)
+            .take(64 * 1024)
+            .read_line(&mut line)
+            .map_err(|e| Error::io("<agent's standard output>", e))?;
+        if line.trim_end() != READY {
+            return Err(child_error(&line));
+        }
+        let socket = agent::socket_path(runtime, key_id);
+        match agent::status(&socket)? {
+            Some(s) if s.key_id == key_id.to_string() && s.pid == child.id() => Ok((socket, s)),
+            _ => Err(Error::Refused(format!(
+                "the agent started but does not answer for key id {key_id} at {}",
+                socket.display()
+            ))),
+        }
+    })();
+    match started {
+        Ok((socket, s)) => report(cli, ui, &socket, &s, "started"),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
     }
 }
 
@@ -274,62 +302,53 @@ fn spawn(
 const READY: &str = "ready";
 
 /// The error the detached agent reported on its standard output
-/// (`error CODE MESSAGE`), or that it ended without a word.
+/// (`error CODE MESSAGE`, CODE as on the agent's wire), or that it ended
+/// without a word.
 fn child_error(line: &str) -> Error {
     let mut parts = line.trim_end().splitn(3, ' ');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("error"), Some(code), Some(message)) => Error::Agent {
-            category: match code {
-                "2" => Category::Usage,
-                "4" => Category::Corrupt,
-                "5" => Category::NoUsableSlot,
-                _ => Category::Other,
-            },
+            category: code
+                .parse()
+                .ok()
+                .and_then(wire::code_category)
+                .unwrap_or(Category::Other),
             message: coffer::ui::escaped(message),
         },
         _ => Error::Refused("the agent ended before its socket listened".into()),
     }
 }
 
-/// `coffer agent serve`: read the key from the pipe `start` wrote it to,
-/// bind, say `ready` (or `error CODE MESSAGE`) on standard output, serve.
+/// `coffer agent serve`: leave the caller's session (no controlling
+/// terminal; its hangup and Ctrl-C do not reach the agent), read the key
+/// from the pipe `start` wrote it to, check its key id, bind, say `ready`
+/// (or `error CODE MESSAGE`) on standard output, serve.
 fn serve_detached(args: &ServeArgs) -> Result<()> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
+    if std::io::stdin().is_terminal() {
         return Err(Error::Usage(
             "`coffer agent serve` is what `coffer agent start` runs, and reads the key from a pipe: use `coffer agent start`".into(),
         ));
     }
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    let mut rest = [0u8; 1];
-    let mut input = stdin.lock();
-    let read = input
-        .read_exact(&mut key[..])
-        .and_then(|()| input.read(&mut rest));
+    let _ = rustix::process::setsid();
     let limits = Limits {
         ttl: args.ttl.0,
         max_uses: args.max_uses,
     };
-    let bound = match read {
-        Ok(0) => {
-            let agent = Agent::new(BackupKey::from_bytes(*key), limits);
-            drop(key);
-            Socket::bind(&args.runtime_dir, &agent.key_id()).map(|s| (agent, s))
+    let bound = read_key().and_then(|bk| {
+        let agent = Agent::new(bk, limits);
+        if agent.key_id().to_string() != args.key_id {
+            return Err(Error::Usage(format!(
+                "the key given is not key id {}",
+                args.key_id
+            )));
         }
-        _ => Err(Error::Usage(
-            "expected the 32-byte key on standard input".into(),
-        )),
-    };
+        Socket::bind(&args.runtime_dir, &agent.key_id()).map(|s| (agent, s))
+    });
     let mut out = std::io::stdout().lock();
     let (mut agent, socket) = match bound {
         Ok(b) => b,
         Err(e) => {
-            let code = match e.category() {
-                Category::Usage => 2,
-                Category::Corrupt => 4,
-                Category::NoUsableSlot => 5,
-                _ => 1,
-            };
+            let code = wire::category_code(e.category());
             let message = e.to_string().replace('\n', " ");
             let _ = writeln!(out, "error {code} {message}");
             return Err(e);
@@ -343,9 +362,40 @@ fn serve_detached(args: &ServeArgs) -> Result<()> {
     serve(agent, &socket).map(|_| ())
 }
 
+/// The 32-byte key, and nothing more, from standard input: read straight
+/// from the descriptor into its box (std's buffered standard input would
+/// keep a copy for the life of the process).
+fn read_key() -> Result<Box<BackupKey>> {
+    let mut key = Box::new(BackupKey::from_bytes([0; KEY_LEN]));
+    let mut buf = Zeroizing::new([0u8; KEY_LEN + 1]);
+    let stdin = std::io::stdin();
+    let mut n = 0;
+    loop {
+        match rustix::io::read(stdin.as_fd(), &mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::io("<standard input>", e.into())),
+        }
+        if n > KEY_LEN {
+            break;
+        }
+    }
+    if n != KEY_LEN {
+        return Err(Error::Usage(
+            "expected the 32-byte key on standard input".into(),
+        ));
+    }
+    let mut bytes = [0u8; KEY_LEN];
+    bytes.copy_from_slice(&buf[..KEY_LEN]);
+    *key = BackupKey::from_bytes(bytes);
+    bytes.zeroize();
+    Ok(key)
+}
+
 /// `--foreground`: serve in this process until the agent ends, saying when
 /// it listens and when it ended.
-fn serve_here(ui: &super::term::TerminalUi, mut agent: Agent, runtime: &Path) -> Result<()> {
+fn serve_here(ui: &TerminalUi, mut agent: Agent, runtime: &Path) -> Result<()> {
     let locked = agent.lock_memory();
     let socket = Socket::bind(runtime, &agent.key_id())?;
     let id = agent.key_id();
@@ -381,7 +431,7 @@ fn serve(agent: Agent, socket: &Socket) -> Result<Ended> {
                 .map_err(|e| Error::io("<signal handler>", e))?;
         }
     }
-    agent.serve(socket.listener(), Some(wake.as_fd()))
+    agent.serve(socket, Some(wake.as_fd()))
 }
 
 fn stop(cli: &Cli) -> Result<()> {
@@ -403,7 +453,7 @@ fn status(cli: &Cli) -> Result<()> {
     let env = cli.env()?;
     let (id, socket) = keyring_socket(&env)?;
     match agent::status(&socket)? {
-        Some(s) => report(cli, &env, &socket, &s, "running"),
+        Some(s) => report(cli, &env.ui, &socket, &s, "running"),
         None => Err(Error::Refused(format!(
             "no agent is running for key id {id}"
         ))),
@@ -411,7 +461,7 @@ fn status(cli: &Cli) -> Result<()> {
 }
 
 /// Say what an agent is: on stderr, or as JSON on stdout.
-fn report(cli: &Cli, env: &Env, socket: &Path, s: &Status, verb: &str) -> Result<()> {
+fn report(cli: &Cli, ui: &TerminalUi, socket: &Path, s: &Status, verb: &str) -> Result<()> {
     if cli.json {
         return print_json(&json!({
             "key_id": s.key_id,
@@ -440,7 +490,7 @@ fn report(cli: &Cli, env: &Env, socket: &Path, s: &Status, verb: &str) -> Result
     } else {
         "memory not locked: see docs/agent.md"
     };
-    env.ui.info(&format!(
+    ui.info(&format!(
         "agent {verb} for key id {} (pid {}, {}): {until}; {memory}",
         s.key_id,
         s.pid,
@@ -468,6 +518,7 @@ mod tests {
     #[test]
     fn child_errors_keep_their_kind() {
         let e = child_error("error 2 expected the key\n");
+        assert_eq!(child_error("error 4 x").category(), Category::Corrupt);
         assert_eq!(e.category(), Category::Usage);
         assert!(e.to_string().contains("expected the key"));
         assert_eq!(child_error("").category(), Category::Other);

@@ -308,15 +308,11 @@ struct Unlocked {
 }
 
 impl Unlocked {
-    /// How it was unlocked, for `--json`: `slot` (null through the agent)
-    /// and `agent`.
-    fn json(&self) -> (serde_json::Value, bool) {
-        (
-            self.slot
-                .as_ref()
-                .map_or(serde_json::Value::Null, super::slot_ref),
-            self.slot.is_none(),
-        )
+    /// The slot that unlocked, for `--json`: `null` through the agent.
+    fn slot_json(&self) -> serde_json::Value {
+        self.slot
+            .as_ref()
+            .map_or(serde_json::Value::Null, super::slot_ref)
     }
 }
 
@@ -744,8 +740,8 @@ pub(super) fn open(
             "version": header.version,
             "sealer": header.sealer().map(|s| s.to_string()),
             "retired_key": unlocked.retired,
-            "slot": unlocked.json().0,
-            "agent": unlocked.json().1,
+            "slot": unlocked.slot_json(),
+            "agent": unlocked.slot.is_none(),
             "bytes": bytes,
             "notices": notices_json(&notices),
         }))?;
@@ -779,8 +775,8 @@ pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
             "version": header.version,
             "sealer": header.sealer().map(|s| s.to_string()),
             "retired_key": unlocked.retired,
-            "slot": unlocked.json().0,
-            "agent": unlocked.json().1,
+            "slot": unlocked.slot_json(),
+            "agent": unlocked.slot.is_none(),
         }))?;
     } else {
         let restorable = if header.flags & archive::header::FLAG_TAR != 0 {
