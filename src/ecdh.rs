@@ -1,6 +1,7 @@
 //! P-256 ECDH to a device's public key, then HKDF-SHA256 to a KEK: the
 //! scheme the YubiKey slot and the PKCS#11 `ecdh` slot share
-//! (docs/format.md §1.1).
+//! (docs/format.md §1.1). The agreement alone ([`agree`]) also serves
+//! FIDO2's PIN/UV auth protocols, which derive their own keys from `Z`.
 //!
 //! Wrapping needs only the device's public key `P`: a fresh ephemeral key
 //! `e` agrees with it, `Z` is the x coordinate of `e·P`, and
@@ -89,15 +90,7 @@ pub fn public_key(bytes: &[u8]) -> Result<PublicKey, String> {
 /// Wrap side: a fresh ephemeral key agrees with `recipient`. Returns the
 /// ephemeral public point (SEC1 uncompressed, to store) and the KEK.
 pub fn wrap(recipient: &PublicKey, info: &[u8]) -> ([u8; POINT_LEN], Kek) {
-    let secret = loop {
-        let mut b = Zeroizing::new([0u8; 32]);
-        random_bytes(b.as_mut());
-        // Rejects 0 and values ≥ n: a 2^-128 chance; draw again.
-        if let Ok(s) = p256::SecretKey::from_slice(b.as_ref()) {
-            break s;
-        }
-    };
-    wrap_with(&secret, recipient, info)
+    wrap_with(&ephemeral(), recipient, info)
 }
 
 fn wrap_with(
@@ -105,12 +98,38 @@ fn wrap_with(
     recipient: &PublicKey,
     info: &[u8],
 ) -> ([u8; POINT_LEN], Kek) {
-    let eph = sec1(&ephemeral.public_key());
-    let shared = p256::ecdh::diffie_hellman(ephemeral.to_nonzero_scalar(), recipient.as_affine());
-    let z: &[u8] = shared.raw_secret_bytes().as_ref();
-    let z: &[u8; SHARED_LEN] = z.try_into().expect("a P-256 x coordinate is 32 bytes");
-    let kek = kek_from_shared(z, &eph, &sec1(recipient), info);
+    let (eph, z) = agree_with(ephemeral, recipient);
+    let kek = kek_from_shared(&z, &eph, &sec1(recipient), info);
     (eph, kek)
+}
+
+/// A fresh ephemeral key agrees with `peer`: the ephemeral public point
+/// (SEC1 uncompressed) and the shared x coordinate `Z`, for a protocol
+/// that derives its own keys from `Z` (FIDO2's PIN/UV auth protocols).
+pub fn agree(peer: &PublicKey) -> ([u8; POINT_LEN], Zeroizing<[u8; SHARED_LEN]>) {
+    agree_with(&ephemeral(), peer)
+}
+
+fn ephemeral() -> p256::SecretKey {
+    loop {
+        let mut b = Zeroizing::new([0u8; 32]);
+        random_bytes(b.as_mut());
+        // Rejects 0 and values ≥ n: a 2^-128 chance; draw again.
+        if let Ok(s) = p256::SecretKey::from_slice(b.as_ref()) {
+            break s;
+        }
+    }
+}
+
+fn agree_with(
+    ephemeral: &p256::SecretKey,
+    peer: &PublicKey,
+) -> ([u8; POINT_LEN], Zeroizing<[u8; SHARED_LEN]>) {
+    let eph = sec1(&ephemeral.public_key());
+    let shared = p256::ecdh::diffie_hellman(ephemeral.to_nonzero_scalar(), peer.as_affine());
+    let z: &[u8] = shared.raw_secret_bytes().as_ref();
+    let z: [u8; SHARED_LEN] = z.try_into().expect("a P-256 x coordinate is 32 bytes");
+    (eph, Zeroizing::new(z))
 }
 
 /// Unwrap side: the KEK from the shared x coordinate `z` a device computed

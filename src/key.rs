@@ -47,6 +47,9 @@ pub mod label {
     /// AES-GCM associated data (not HKDF): the KEK a PKCS#11 `aes-gcm`
     /// slot's token key seals (`slot/pkcs11`).
     pub const PKCS11_AES_GCM_KEK: &[u8] = b"coffer/v1 pkcs11 aes-gcm kek";
+    /// HKDF info: a FIDO2 slot's KEK, from the key's hmac-secret output,
+    /// salted with the slot's salt (`slot/fido2.rs`).
+    pub const FIDO2_KEK: &[u8] = b"coffer/v2 fido2 kek";
     /// HKDF info: a vault slot's KEK, from the OPAQUE export key
     /// (`slot/vault.rs`).
     pub const VAULT_KEK: &[u8] = b"coffer/v1 vault kek";

@@ -41,9 +41,11 @@
 
 pub mod agent;
 pub mod archive;
-#[cfg(any(feature = "pkcs11", feature = "yubikey"))]
+#[cfg(any(feature = "pkcs11", feature = "yubikey", feature = "fido2"))]
 pub mod ecdh;
 pub mod error;
+#[cfg(feature = "fido2")]
+pub mod fido2;
 pub mod fsutil;
 pub mod key;
 pub mod keyring;

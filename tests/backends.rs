@@ -488,6 +488,17 @@ backend_tests! {
         rotate_rewraps_it_for_a_new_key,
         replace_puts_a_labelled_slot_in_its_place,
     ];
+    #[cfg(feature = "fido2")]
+    fido2 = Fido2::new => [
+        opens_with_only_its_factor,
+        wrong_factor_exits_3_and_writes_nothing,
+        absent_device_exits_5_and_writes_nothing,
+        enroll_with_the_device_absent_exits_5,
+        removed_slot_no_longer_unlocks_the_keyring,
+        archive_sealed_before_removal_still_opens,
+        rotate_rewraps_it_for_a_new_key,
+        replace_puts_a_labelled_slot_in_its_place,
+    ];
     #[cfg(feature = "vault")]
     vault_sqlite = Vault::sqlite => [
         opens_with_only_its_factor,

@@ -75,6 +75,18 @@ pub struct UnlockArgs {
     /// keyring was enrolled with, else device:/dev/tpmrm0]
     #[arg(long, global = true, value_name = "TCTI")]
     pub tcti: Option<String>,
+    /// The FIDO2 security key for fido2 slots: a hidraw node
+    /// (/dev/hidraw3) or unix:PATH (hsm-sim's virtual key) [default:
+    /// $COFFER_FIDO2_DEVICE, else every FIDO2 key plugged in]
+    #[cfg(feature = "fido2")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DEVICE",
+        env = "COFFER_FIDO2_DEVICE",
+        hide_env = true
+    )]
+    pub fido2_device: Option<String>,
     /// Do not ask a running unlock agent (`coffer agent start`): unlock
     /// with the slots. Naming a slot with --slot does the same
     #[arg(long, global = true)]
@@ -133,6 +145,10 @@ impl UnlockArgs {
             vault_url: self.vault_url.clone(),
             tcti: self.tcti.clone(),
             tcti_default: env("TPM2TOOLS_TCTI").or_else(|| env("TCTI")),
+            #[cfg(feature = "fido2")]
+            fido2_device: self.fido2_device.clone(),
+            #[cfg(not(feature = "fido2"))]
+            fido2_device: None,
         }
     }
 }
@@ -317,6 +333,24 @@ impl Command {
     }
 }
 
+/// `yes` or `no`, as systemd-cryptenroll's FIDO2 options take them.
+#[cfg(feature = "fido2")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum YesNo {
+    /// Yes
+    Yes,
+    /// No
+    No,
+}
+
+#[cfg(feature = "fido2")]
+impl YesNo {
+    /// As a boolean.
+    pub fn yes(self) -> bool {
+        self == YesNo::Yes
+    }
+}
+
 /// `--compress` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CompressArg {
@@ -442,6 +476,26 @@ pub enum EnrollKind {
         /// without it, the card is asked (YubiKey firmware 5.3+)
         #[arg(long, value_name = "FILE", conflicts_with = "generate")]
         public_key_file: Option<PathBuf>,
+    },
+    /// A FIDO2 security key (hmac-secret): docs/backends/fido2.md. The key
+    /// is the one plugged in, or --fido2-device
+    #[cfg(feature = "fido2")]
+    Fido2 {
+        /// The relying party id of the credential
+        #[arg(long, value_name = "ID", default_value = coffer::slot::fido2::DEFAULT_RP_ID)]
+        rp_id: String,
+        /// Send the key's PIN [default: yes when the key has one set]
+        #[arg(long, value_enum, value_name = "yes|no", require_equals = false)]
+        with_pin: Option<YesNo>,
+        /// Ask for a touch
+        #[arg(long, value_enum, value_name = "yes|no", default_value_t = YesNo::Yes)]
+        user_presence: YesNo,
+        /// Ask the key to verify the user itself (a fingerprint)
+        #[arg(long, value_enum, value_name = "yes|no", default_value_t = YesNo::No)]
+        user_verification: YesNo,
+        /// Store the credential on the key (a discoverable credential)
+        #[arg(long)]
+        discoverable: bool,
     },
     /// A password checked by a coffer key vault server (OPAQUE, guess limit)
     #[cfg(feature = "vault")]

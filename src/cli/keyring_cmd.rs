@@ -141,7 +141,7 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
     // The new device's PIN is an unbound --pin-file: taken out here, so the
     // unlock before enrolling never offers it to another slot.
     #[cfg_attr(
-        not(any(feature = "yubikey", feature = "pkcs11")),
+        not(any(feature = "yubikey", feature = "pkcs11", feature = "fido2")),
         allow(unused_variables)
     )]
     let device_pin: Option<SecretString> = match &args.kind {
@@ -149,6 +149,8 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
         EnrollKind::Yubikey { .. } => env.factors.take_unbound(FactorKind::Pin),
         #[cfg(feature = "pkcs11")]
         EnrollKind::Pkcs11 { .. } => env.factors.take_unbound(FactorKind::Pin),
+        #[cfg(feature = "fido2")]
+        EnrollKind::Fido2 { .. } => env.factors.take_unbound(FactorKind::Pin),
         _ => None,
     };
     let env = &*env;
@@ -294,6 +296,37 @@ pub(super) fn enroll(cli: &Cli, env: &mut Env, args: &EnrollArgs) -> Result<()> 
             };
             yk::enroll(&target, opts, &pin, &env.ui).map_err(|e| match e {
                 coffer::error::SlotError::PolicyRefused(m) => Error::Refused(m),
+                e => Error::Enroll(e),
+            })?
+        }
+        #[cfg(feature = "fido2")]
+        EnrollKind::Fido2 {
+            rp_id,
+            with_pin,
+            user_presence,
+            user_verification,
+            discoverable,
+        } => {
+            use coffer::slot::fido2;
+            let opts = fido2::EnrollOptions {
+                device: cli
+                    .unlock
+                    .fido2_device
+                    .as_deref()
+                    .map(coffer::fido2::Device::parse),
+                rp_id: rp_id.clone(),
+                with_pin: with_pin.map(super::args::YesNo::yes),
+                up: user_presence.yes(),
+                uv: user_verification.yes(),
+                discoverable: *discoverable,
+            };
+            let pin = || match &device_pin {
+                Some(p) => Some(p.clone()),
+                None => coffer::ui::Ui::request_secret(&env.ui, "Security key PIN: "),
+            };
+            fido2::enroll(&target, opts, &pin, &env.ui).map_err(|e| match e {
+                coffer::error::SlotError::PolicyRefused(m) => Error::Refused(m),
+                coffer::error::SlotError::Usage(m) => Error::Usage(m),
                 e => Error::Enroll(e),
             })?
         }

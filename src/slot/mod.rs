@@ -25,6 +25,8 @@
 //! PIN try because an unauthenticated slot said so.
 
 pub mod factors;
+#[cfg(feature = "fido2")]
+pub mod fido2;
 pub mod lifecycle;
 pub mod password;
 #[cfg(feature = "pkcs11")]

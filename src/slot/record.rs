@@ -13,6 +13,8 @@
 //! list nested deeper than [`MAX_GROUP_DEPTH`] or longer than
 //! [`MAX_SLOTS`] in all.
 
+#[cfg(feature = "fido2")]
+use super::fido2;
 #[cfg(feature = "pkcs11")]
 use super::pkcs11;
 #[cfg(feature = "tpm2")]
@@ -214,6 +216,8 @@ slot_kinds! {
     Pkcs11(pkcs11::Pkcs11Params) if "pkcs11";
     /// A P-256 key in a YubiKey's PIV slot.
     Yubikey(yubikey::YubikeyParams) if "yubikey";
+    /// A credential on a FIDO2 security key (hmac-secret).
+    Fido2(fido2::Fido2Params) if "fido2";
     /// A password checked by a key vault server (OPAQUE).
     Vault(vault::VaultParams) if "vault";
     /// A threshold group: opens with `need` of its members.

@@ -112,6 +112,10 @@ pub struct Locators {
     /// `$TPM2TOOLS_TCTI` or `$TCTI`; before the TCTI a slot of the owner's
     /// keyring was enrolled with.
     pub tcti_default: Option<String>,
+    /// The FIDO2 key for fido2 slots (`--fido2-device`, else
+    /// `$COFFER_FIDO2_DEVICE`): a hidraw node or `unix:PATH`; `None`: every
+    /// FIDO2 key plugged in.
+    pub fido2_device: Option<String>,
 }
 
 /// Total Argon2id work (KiB-passes, [`password::Cost::work`]) one unlock
@@ -1090,7 +1094,8 @@ mod tests {
                 feature = "tpm2",
                 feature = "yubikey",
                 feature = "vault",
-                feature = "pkcs11"
+                feature = "pkcs11",
+                feature = "fido2"
             )),
             allow(unused_mut)
         )]
@@ -1112,6 +1117,18 @@ mod tests {
             o["ephemeral"] = "AA==".into();
             o["pin_policy"] = "once".into();
             o["touch_policy"] = "never".into();
+            objs.push(o);
+        }
+        #[cfg(feature = "fido2")]
+        {
+            let mut o = common("fido2", "a6");
+            o["rp_id"] = "coffer".into();
+            o["credential"] = B64.encode([3u8; 64]).into();
+            o["salt"] = B64.encode([4u8; 32]).into();
+            o["pin"] = true.into();
+            o["up"] = true.into();
+            o["uv"] = false.into();
+            o["discoverable"] = false.into();
             objs.push(o);
         }
         #[cfg(feature = "vault")]
@@ -1142,6 +1159,7 @@ mod tests {
             vault_url: Some("http://127.0.0.1:9".into()),
             tcti: Some("swtpm:host=127.0.0.1,port=9".into()),
             tcti_default: None,
+            fido2_device: Some("unix:/nonexistent/key.sock".into()),
         };
         let ui = crate::ui::NonInteractive::default();
         for sel in [None, Some("a1"), Some("a2"), Some("a3"), Some("a4")] {

@@ -761,3 +761,71 @@ impl Backend for Vault {
         self.server = Some(server);
     }
 }
+
+/// A FIDO2 slot on hsm-sim's virtual key (trussed-dev's fido-authenticator
+/// behind CTAPHID packets on a socket), with a PIN; touch is given at once.
+#[cfg(feature = "fido2")]
+pub struct Fido2 {
+    key: coffer_hsm_sim::VirtualKey,
+    pin: PathBuf,
+    wrong_pin: PathBuf,
+}
+
+#[cfg(feature = "fido2")]
+impl Fido2 {
+    pub const PIN: &str = "482016";
+
+    pub fn new(h: &Home) -> Self {
+        Self {
+            key: coffer_hsm_sim::VirtualKey::start(Some(Self::PIN)),
+            pin: h.write("fido2-pin.txt", Self::PIN),
+            wrong_pin: h.write("fido2-wrong-pin.txt", "111111"),
+        }
+    }
+}
+
+#[cfg(feature = "fido2")]
+impl Backend for Fido2 {
+    fn name(&self) -> &'static str {
+        "fido2"
+    }
+    fn slot_kind(&self) -> &'static str {
+        "fido2"
+    }
+    fn env(&self) -> Vec<(OsString, OsString)> {
+        vec![("COFFER_FIDO2_DEVICE".into(), self.key.device().into())]
+    }
+    fn enroll_args(&self) -> Args {
+        args([
+            OsStr::new("fido2"),
+            OsStr::new("--pin-file"),
+            self.pin.as_os_str(),
+        ])
+    }
+    fn factor_args(&self) -> Args {
+        args([OsStr::new("--pin-file"), self.pin.as_os_str()])
+    }
+    fn wrong_factor_args(&self) -> Option<Args> {
+        Some(args([OsStr::new("--pin-file"), self.wrong_pin.as_os_str()]))
+    }
+    /// The defaults: relying party coffer, PIN (the key has one), touch,
+    /// no built-in verification, not discoverable.
+    fn check_enrolled(&self, slot: &serde_json::Value) {
+        assert_eq!(slot["rp_id"], "coffer", "{slot}");
+        assert_eq!(slot["pin"], true, "{slot}");
+        assert_eq!(slot["up"], true, "{slot}");
+        assert_eq!(slot["uv"], false, "{slot}");
+        assert_eq!(slot["discoverable"], false, "{slot}");
+    }
+    fn absent_says(&self) -> &'static [&'static str] {
+        &["not found", "plug"]
+    }
+    /// Pulled out: its socket goes away; its credentials stay.
+    fn take_away(&mut self) -> bool {
+        self.key.unplug();
+        true
+    }
+    fn bring_back(&mut self) {
+        self.key.plug();
+    }
+}

@@ -1,0 +1,426 @@
+//! The CTAP2 commands a hmac-secret client needs (CTAP 2.1 §6): getInfo,
+//! clientPin (retries, key agreement, PIN token), makeCredential and
+//! getAssertion with the hmac-secret extension.
+
+use super::Error;
+use super::cbor::{int_map, map_get, map_text, text_map};
+use super::ctaphid::{CMD_CBOR, Channel};
+use super::pin::{Protocol, Shared};
+use super::transport::{self, Device};
+use ciborium::Value;
+use zeroize::Zeroizing;
+
+const GET_INFO: u8 = 0x04;
+const MAKE_CREDENTIAL: u8 = 0x01;
+const GET_ASSERTION: u8 = 0x02;
+const CLIENT_PIN: u8 = 0x06;
+
+const PIN_GET_RETRIES: i64 = 1;
+const PIN_GET_KEY_AGREEMENT: i64 = 2;
+const PIN_GET_TOKEN: i64 = 5;
+const PIN_GET_TOKEN_WITH_PERMISSIONS: i64 = 9;
+/// Permissions of a token (CTAP 2.1 §6.5.5.7): makeCredential, getAssertion.
+pub const PERMISSION_MC: u8 = 0x01;
+/// See [`PERMISSION_MC`].
+pub const PERMISSION_GA: u8 = 0x02;
+
+/// What getInfo says of a key.
+#[derive(Debug, Clone, Default)]
+pub struct Info {
+    /// `FIDO_2_0`, `FIDO_2_1`, ...
+    pub versions: Vec<String>,
+    /// Extensions (`hmac-secret`, ...).
+    pub extensions: Vec<String>,
+    /// Options and their values (`clientPin`, `uv`, `rk`, ...).
+    pub options: Vec<(String, bool)>,
+    /// PIN/UV auth protocols, preferred first.
+    pub pin_protocols: Vec<u8>,
+    /// The model's AAGUID.
+    pub aaguid: Vec<u8>,
+}
+
+impl Info {
+    /// An option's value; `None` when the key does not have it.
+    pub fn option(&self, name: &str) -> Option<bool> {
+        self.options
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// Whether a PIN is set.
+    pub fn pin_set(&self) -> bool {
+        self.option("clientPin") == Some(true)
+    }
+
+    /// Whether it supports hmac-secret.
+    pub fn hmac_secret(&self) -> bool {
+        self.extensions.iter().any(|e| e == "hmac-secret")
+    }
+
+    /// Whether it has built-in user verification (a fingerprint), set up.
+    pub fn builtin_uv(&self) -> bool {
+        self.option("uv") == Some(true)
+    }
+
+    /// Whether it speaks CTAP 2.1 (PIN tokens with permissions).
+    pub fn ctap21(&self) -> bool {
+        self.versions.iter().any(|v| v == "FIDO_2_1") && self.option("pinUvAuthToken") == Some(true)
+    }
+
+    /// The PIN/UV auth protocol to use: 2 where the key has it, else 1.
+    pub fn protocol(&self) -> Protocol {
+        if self.pin_protocols.contains(&2) {
+            Protocol::Two
+        } else {
+            Protocol::One
+        }
+    }
+}
+
+/// A PIN/UV auth token, with its protocol.
+pub struct Token {
+    protocol: Protocol,
+    token: Zeroizing<Vec<u8>>,
+}
+
+impl Token {
+    /// pinUvAuthParam over `msg`.
+    fn param(&self, msg: &[u8]) -> Value {
+        Value::Bytes(self.protocol.authenticate(&self.token, msg))
+    }
+}
+
+/// What the key needs for an assertion or a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Ask for a touch (user presence).
+    pub up: bool,
+    /// Ask for built-in user verification (a fingerprint), without a PIN.
+    pub builtin_uv: bool,
+}
+
+/// An open key: a CTAPHID channel and what getInfo said.
+pub struct Key {
+    channel: Channel,
+    /// getInfo's answer.
+    pub info: Info,
+    /// Where it is.
+    pub device: Device,
+}
+
+fn texts(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_text().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Key {
+    /// Open the key at `device` and ask what it is.
+    pub fn open(device: &Device) -> Result<Self, Error> {
+        let t = transport::open(device).map_err(|e| Error::Open(device.clone(), e))?;
+        let mut key = Self {
+            channel: Channel::open(t)?,
+            info: Info::default(),
+            device: device.clone(),
+        };
+        let info = key.call(GET_INFO, None, &mut || {})?;
+        let options = map_get(&info, 4)
+            .and_then(Value::as_map)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.as_text()?.to_owned(), v.as_bool()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        key.info = Info {
+            versions: texts(map_get(&info, 1)),
+            extensions: texts(map_get(&info, 2)),
+            aaguid: map_get(&info, 3)
+                .and_then(Value::as_bytes)
+                .cloned()
+                .unwrap_or_default(),
+            options,
+            pin_protocols: map_get(&info, 6)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_integer().and_then(|i| u8::try_from(i).ok()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        Ok(key)
+    }
+
+    /// One CTAP2 command; its answer's map, or the key's error status.
+    fn call(
+        &mut self,
+        command: u8,
+        params: Option<Value>,
+        touch: &mut dyn FnMut(),
+    ) -> Result<Value, Error> {
+        let mut request = vec![command];
+        if let Some(p) = params {
+            ciborium::into_writer(&p, &mut request)
+                .map_err(|e| Error::Protocol(format!("encoding a request: {e}")))?;
+        }
+        let answer = self.channel.exchange(CMD_CBOR, &request, touch)?;
+        match answer.split_first() {
+            Some((0, [])) => Ok(Value::Map(Vec::new())),
+            Some((0, body)) => ciborium::from_reader(body)
+                .map_err(|e| Error::Protocol(format!("an answer that is not CBOR: {e}"))),
+            Some((status, _)) => Err(Error::Ctap(*status)),
+            None => Err(Error::Protocol("an empty answer".into())),
+        }
+    }
+
+    /// PIN tries left before the PIN is blocked.
+    pub fn pin_retries(&mut self) -> Result<u32, Error> {
+        let protocol = self.info.protocol();
+        let a = self.call(
+            CLIENT_PIN,
+            Some(int_map(vec![
+                (1, protocol.number().into()),
+                (2, PIN_GET_RETRIES.into()),
+            ])),
+            &mut || {},
+        )?;
+        map_get(&a, 3)
+            .and_then(Value::as_integer)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| Error::Protocol("no retry count".into()))
+    }
+
+    fn shared(&mut self) -> Result<Shared, Error> {
+        let protocol = self.info.protocol();
+        let a = self.call(
+            CLIENT_PIN,
+            Some(int_map(vec![
+                (1, protocol.number().into()),
+                (2, PIN_GET_KEY_AGREEMENT.into()),
+            ])),
+            &mut || {},
+        )?;
+        let key = map_get(&a, 1).ok_or_else(|| Error::Protocol("no key-agreement key".into()))?;
+        Shared::new(protocol, key)
+    }
+
+    /// A token for `permissions` on `rp_id`, from the PIN (CTAP 2.1's
+    /// getPinUvAuthTokenUsingPinWithPermissions, or 2.0's getPinToken).
+    pub fn pin_token(&mut self, pin: &str, permissions: u8, rp_id: &str) -> Result<Token, Error> {
+        let shared = self.shared()?;
+        let hash = <sha2::Sha256 as sha2::Digest>::digest(pin.as_bytes());
+        let pin_hash_enc = shared.encrypt(&hash[..16]);
+        let mut params = vec![
+            (1, shared.protocol().number().into()),
+            (
+                2,
+                if self.info.ctap21() {
+                    PIN_GET_TOKEN_WITH_PERMISSIONS
+                } else {
+                    PIN_GET_TOKEN
+                }
+                .into(),
+            ),
+            (3, shared.platform_key.clone()),
+            (6, Value::Bytes(pin_hash_enc)),
+        ];
+        if self.info.ctap21() {
+            params.push((9, permissions.into()));
+            params.push((10, rp_id.into()));
+        }
+        let a = self.call(CLIENT_PIN, Some(int_map(params)), &mut || {})?;
+        let enc = map_get(&a, 2)
+            .and_then(Value::as_bytes)
+            .ok_or_else(|| Error::Protocol("no PIN token".into()))?;
+        Ok(Token {
+            protocol: shared.protocol(),
+            token: shared.decrypt(enc)?,
+        })
+    }
+
+    /// Make a credential for `rp_id` with hmac-secret; returns its id.
+    /// `resident`: stored on the key (discoverable).
+    pub fn make_credential(
+        &mut self,
+        rp_id: &str,
+        resident: bool,
+        token: Option<&Token>,
+        options: Options,
+        touch: &mut dyn FnMut(),
+    ) -> Result<Vec<u8>, Error> {
+        let mut cdh = [0u8; 32];
+        crate::key::random_bytes(&mut cdh);
+        let mut user_id = [0u8; 16];
+        crate::key::random_bytes(&mut user_id);
+        let mut opts = vec![("rk", Value::Bool(resident))];
+        if options.builtin_uv {
+            opts.push(("uv", true.into()));
+        }
+        let mut params = vec![
+            (1, Value::Bytes(cdh.to_vec())),
+            (
+                2,
+                text_map(vec![("id", rp_id.into()), ("name", rp_id.into())]),
+            ),
+            (
+                3,
+                text_map(vec![
+                    ("id", Value::Bytes(user_id.to_vec())),
+                    ("name", "coffer".into()),
+                    ("displayName", "coffer backup key".into()),
+                ]),
+            ),
+            (
+                4,
+                Value::Array(vec![text_map(vec![
+                    ("alg", (-7).into()),
+                    ("type", "public-key".into()),
+                ])]),
+            ),
+            (6, text_map(vec![("hmac-secret", true.into())])),
+            (7, text_map(opts)),
+        ];
+        if let Some(t) = token {
+            params.push((8, t.param(&cdh)));
+            params.push((9, t.protocol.number().into()));
+        }
+        let a = self.call(MAKE_CREDENTIAL, Some(int_map(params)), touch)?;
+        let auth_data = map_get(&a, 2)
+            .and_then(Value::as_bytes)
+            .ok_or_else(|| Error::Protocol("no authenticator data".into()))?;
+        credential_id(auth_data)
+    }
+
+    /// Whether this key holds credential `id` for `rp_id`: an assertion
+    /// without a touch, a PIN or an extension (a key without it answers
+    /// "no credentials").
+    pub fn has_credential(&mut self, rp_id: &str, id: &[u8]) -> Result<bool, Error> {
+        let mut cdh = [0u8; 32];
+        crate::key::random_bytes(&mut cdh);
+        let params = int_map(vec![
+            (1, rp_id.into()),
+            (2, Value::Bytes(cdh.to_vec())),
+            (
+                3,
+                Value::Array(vec![text_map(vec![
+                    ("id", Value::Bytes(id.to_vec())),
+                    ("type", "public-key".into()),
+                ])]),
+            ),
+            (5, text_map(vec![("up", false.into())])),
+        ]);
+        match self.call(GET_ASSERTION, Some(params), &mut || {}) {
+            Ok(_) => Ok(true),
+            Err(Error::Ctap(super::status::NO_CREDENTIALS)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The hmac-secret output of credential `id` on `rp_id` for `salt`.
+    /// With `token` (from the PIN) the key verifies the user, and CTAP 2.1
+    /// keys then give a different output than without: callers pass the
+    /// same as at enrollment.
+    pub fn hmac_secret(
+        &mut self,
+        rp_id: &str,
+        id: &[u8],
+        salt: &[u8; 32],
+        token: Option<&Token>,
+        options: Options,
+        touch: &mut dyn FnMut(),
+    ) -> Result<Zeroizing<[u8; 32]>, Error> {
+        let shared = self.shared()?;
+        let salt_enc = shared.encrypt(salt);
+        let salt_auth = shared.authenticate(&salt_enc);
+        let mut ext = vec![
+            (1, shared.platform_key.clone()),
+            (2, Value::Bytes(salt_enc)),
+            (3, Value::Bytes(salt_auth)),
+        ];
+        if shared.protocol() == Protocol::Two {
+            ext.push((4, 2.into()));
+        }
+        let mut cdh = [0u8; 32];
+        crate::key::random_bytes(&mut cdh);
+        let mut opts = vec![("up", Value::Bool(options.up))];
+        if options.builtin_uv {
+            opts.push(("uv", true.into()));
+        }
+        let mut params = vec![
+            (1, rp_id.into()),
+            (2, Value::Bytes(cdh.to_vec())),
+            (
+                3,
+                Value::Array(vec![text_map(vec![
+                    ("id", Value::Bytes(id.to_vec())),
+                    ("type", "public-key".into()),
+                ])]),
+            ),
+            (4, text_map(vec![("hmac-secret", int_map(ext))])),
+            (5, text_map(opts)),
+        ];
+        if let Some(t) = token {
+            params.push((6, t.param(&cdh)));
+            params.push((7, t.protocol.number().into()));
+        }
+        let a = self.call(GET_ASSERTION, Some(int_map(params)), touch)?;
+        let auth_data = map_get(&a, 2)
+            .and_then(Value::as_bytes)
+            .ok_or_else(|| Error::Protocol("no authenticator data".into()))?;
+        let ext = extensions(auth_data)?
+            .ok_or_else(|| Error::Protocol("the key returned no hmac-secret".into()))?;
+        let out = map_text(&ext, "hmac-secret")
+            .and_then(Value::as_bytes)
+            .ok_or_else(|| Error::Protocol("the key returned no hmac-secret".into()))?;
+        let plain = shared.decrypt(out)?;
+        let secret: [u8; 32] = plain[..]
+            .try_into()
+            .map_err(|_| Error::Protocol(format!("a {}-byte hmac-secret", plain.len())))?;
+        Ok(Zeroizing::new(secret))
+    }
+}
+
+const FLAG_AT: u8 = 0x40;
+const FLAG_ED: u8 = 0x80;
+
+/// The parts of authenticator data (WebAuthn §6.1) after the fixed 37
+/// bytes: the credential id, if attested, and where the rest starts.
+fn attested(auth_data: &[u8]) -> Result<(Option<Vec<u8>>, &[u8]), Error> {
+    let bad = || Error::Protocol("malformed authenticator data".into());
+    let flags = *auth_data.get(32).ok_or_else(bad)?;
+    let mut rest = auth_data.get(37..).ok_or_else(bad)?;
+    let mut id = None;
+    if flags & FLAG_AT != 0 {
+        // aaguid (16), id length (2), id, public key (COSE)
+        let len = u16::from_be_bytes([
+            *rest.get(16).ok_or_else(bad)?,
+            *rest.get(17).ok_or_else(bad)?,
+        ]) as usize;
+        id = Some(rest.get(18..18 + len).ok_or_else(bad)?.to_vec());
+        rest = &rest[18 + len..];
+        let _key: Value = ciborium::from_reader(&mut rest).map_err(|_| bad())?;
+    }
+    Ok((id, rest))
+}
+
+fn credential_id(auth_data: &[u8]) -> Result<Vec<u8>, Error> {
+    attested(auth_data)?
+        .0
+        .ok_or_else(|| Error::Protocol("the key attested no credential".into()))
+}
+
+fn extensions(auth_data: &[u8]) -> Result<Option<Value>, Error> {
+    let (_, mut rest) = attested(auth_data)?;
+    if auth_data[32] & FLAG_ED == 0 {
+        return Ok(None);
+    }
+    ciborium::from_reader(&mut rest)
+        .map(Some)
+        .map_err(|_| Error::Protocol("malformed extension outputs".into()))
+}

@@ -1,0 +1,489 @@
+//! The FIDO2 slot: a credential on a FIDO2 security key (a Security Key by
+//! Yubico, a SoloKey, a Nitrokey, a Titan...) and its `hmac-secret`
+//! extension, as systemd-cryptenroll's `--fido2-device` uses it.
+//!
+//! Enrollment makes a credential for the relying party (`coffer`, or
+//! `--rp-id`), non-discoverable unless asked, and a random 32-byte salt;
+//! the key's hmac-secret over that salt, through HKDF (salt = the slot's
+//! salt, info [`label::FIDO2_KEK`]), is the KEK. The slot records the
+//! credential id, the salt and how it was asked: with the PIN (which
+//! makes a CTAP 2.1 key verify the user, and its hmac-secret then differs
+//! from without), with a touch, with built-in verification (a
+//! fingerprint). Unlocking asks exactly the same way; re-wrapping at
+//! `rotate` needs the key, as a TPM does.
+//!
+//! The client is this crate's own ([`crate::fido2`]: CTAPHID over Linux
+//! hidraw, CTAP2 CBOR, PIN/UV auth protocols 2 and 1), since no safe Rust
+//! client lets the transport be swapped for the virtual key the tests
+//! use; see that module.
+//!
+//! Must never: send the PIN to a key that does not hold the slot's
+//! credential, keep the PIN or the hmac-secret output past the unwrap, or
+//! put either in an error. A slot read from an archive header alone is
+//! tried only after a yes (it would touch a device and may spend a PIN
+//! try).
+
+use super::{
+    FactorKind, HeaderOnly, Interaction, Locators, Slot, SlotParams, SlotRecord, Target,
+    UnlockContext,
+};
+use crate::error::SlotError;
+use crate::fido2::ctap2::{PERMISSION_GA, PERMISSION_MC};
+use crate::fido2::{Device, Error, Key, Options, status, transport};
+use crate::key::{Kek, WrappedKey, label};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// The kind name in the keyring.
+pub const KIND: &str = "fido2";
+/// The relying party id credentials are made for, unless told otherwise.
+pub const DEFAULT_RP_ID: &str = "coffer";
+/// Longest credential id CTAP allows, bytes.
+const MAX_CREDENTIAL: usize = 1023;
+/// What to say when the key waits for a touch.
+pub const TOUCH: &str = "Touch your security key";
+
+/// Public parameters of a FIDO2 slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fido2Params {
+    /// The relying party id the credential is for.
+    pub rp_id: String,
+    /// The credential id, base64.
+    pub credential: String,
+    /// The hmac-secret salt, 32 bytes, base64.
+    pub salt: String,
+    /// Whether the PIN is sent (the key then verifies the user).
+    pub pin: bool,
+    /// Whether the key asks for a touch.
+    pub up: bool,
+    /// Whether the key verifies the user itself (a fingerprint).
+    pub uv: bool,
+    /// Whether the credential is stored on the key (discoverable).
+    pub discoverable: bool,
+}
+
+fn malformed(field: &str, reason: &str) -> SlotError {
+    SlotError::Malformed {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A relying party id as a slot may name one: 1 to 253 printable ASCII
+/// characters without spaces (a domain-like name).
+pub fn check_rp_id(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 253 || !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(format!(
+            "`{}` is not a relying party id (1 to 253 printable characters, such as coffer)",
+            crate::ui::escaped(s)
+        ));
+    }
+    Ok(())
+}
+
+impl Fido2Params {
+    /// The credential id and salt, checked.
+    fn decoded(&self) -> Result<(Vec<u8>, [u8; 32]), SlotError> {
+        check_rp_id(&self.rp_id).map_err(|r| malformed("rp_id", &r))?;
+        let id = B64
+            .decode(&self.credential)
+            .ok()
+            .filter(|b| !b.is_empty() && b.len() <= MAX_CREDENTIAL)
+            .ok_or_else(|| malformed("credential", "not 1 to 1023 bytes of base64"))?;
+        let salt: [u8; 32] = B64
+            .decode(&self.salt)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| malformed("salt", "not 32 bytes of base64"))?;
+        Ok((id, salt))
+    }
+
+    fn options(&self) -> Options {
+        Options {
+            up: self.up,
+            builtin_uv: self.uv,
+        }
+    }
+}
+
+/// The KEK from the key's hmac-secret output.
+fn kek_from(output: &[u8; 32], salt: &[u8; 32]) -> Kek {
+    Kek::derive(Some(salt), output, label::FIDO2_KEK)
+}
+
+/// A client error as something a person can act on.
+fn key_error(key: Option<&mut Key>, e: Error) -> SlotError {
+    match e {
+        Error::Open(d, io) if io.kind() == std::io::ErrorKind::NotFound => {
+            SlotError::DeviceNotFound {
+                what: format!("FIDO2 security key {d}"),
+                hint: "plug it in".into(),
+            }
+        }
+        Error::Open(d, io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            SlotError::Device(format!(
+                "{d}: permission denied: your user may not open the key (systemd's uaccess rule gives the person at the console access; or add a udev rule for it)"
+            ))
+        }
+        Error::Ctap(status::PIN_INVALID) => SlotError::WrongPin {
+            tries_left: key.and_then(|k| k.pin_retries().ok()),
+        },
+        Error::Ctap(status::PIN_BLOCKED) => SlotError::LockedOut {
+            what: "the security key's PIN".into(),
+            hint: "blocked after too many wrong PINs: only resetting the key unblocks it, and that deletes its credentials; unlock with another slot".into(),
+        },
+        Error::Ctap(status::PIN_AUTH_BLOCKED) => SlotError::LockedOut {
+            what: "the security key's PIN".into(),
+            hint: "three wrong PINs in a row: unplug the key and plug it in again before the next try".into(),
+        },
+        Error::Ctap(status::NO_CREDENTIALS) => SlotError::Device(
+            "the security key does not hold this slot's credential: it was deleted, or the key reset".into(),
+        ),
+        Error::Ctap(status::PIN_NOT_SET) => SlotError::Device(
+            "the slot sends the key's PIN, but the key has none now: was it reset?".into(),
+        ),
+        Error::Ctap(status::OPERATION_DENIED | status::USER_ACTION_TIMEOUT) => {
+            SlotError::PolicyRefused("the security key was not touched".into())
+        }
+        Error::Ctap(status::UNSUPPORTED_OPTION) => SlotError::Device(
+            "the security key cannot do what this slot asks (user verification it lacks, or hmac-secret without a touch)".into(),
+        ),
+        e => SlotError::Device(format!("FIDO2 security key: {e}")),
+    }
+}
+
+/// How a new slot asks the key.
+pub struct EnrollOptions {
+    /// The key (`--fido2-device`); `None`: the one key plugged in.
+    pub device: Option<Device>,
+    /// The relying party id.
+    pub rp_id: String,
+    /// Send the PIN: `None` means yes when the key has one set.
+    pub with_pin: Option<bool>,
+    /// Ask for a touch.
+    pub up: bool,
+    /// Ask the key to verify the user itself (a fingerprint).
+    pub uv: bool,
+    /// Store the credential on the key.
+    pub discoverable: bool,
+}
+
+/// The one key to enroll: the one named, or the only one plugged in.
+fn the_key(named: Option<&Device>) -> Result<Key, SlotError> {
+    let device = match named {
+        Some(d) => d.clone(),
+        None => {
+            let found = transport::list();
+            match found.as_slice() {
+                [] => {
+                    return Err(SlotError::DeviceNotFound {
+                        what: "FIDO2 security key".into(),
+                        hint: "plug it in (or name it with --fido2-device)".into(),
+                    });
+                }
+                [one] => one.clone(),
+                several => {
+                    return Err(SlotError::Usage(format!(
+                        "several FIDO2 security keys are plugged in ({}): name one with --fido2-device",
+                        several
+                            .iter()
+                            .map(Device::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    Key::open(&device).map_err(|e| key_error(None, e))
+}
+
+/// Enroll a FIDO2 key: make a credential with hmac-secret, ask it once
+/// for the secret over a fresh salt, and wrap `target` under the KEK.
+/// `pin` is asked only when the PIN is to be sent.
+pub fn enroll<'a>(
+    target: impl Into<Target<'a>>,
+    opts: EnrollOptions,
+    pin: &dyn Fn() -> Option<SecretString>,
+    ui: &dyn crate::ui::Ui,
+) -> Result<SlotRecord, SlotError> {
+    check_rp_id(&opts.rp_id).map_err(SlotError::Usage)?;
+    let mut key = the_key(opts.device.as_ref())?;
+    if !key.info.hmac_secret() {
+        return Err(SlotError::PolicyRefused(format!(
+            "the security key {} has no hmac-secret extension: it cannot hold a coffer slot",
+            key.device
+        )));
+    }
+    let with_pin = opts.with_pin.unwrap_or(key.info.pin_set());
+    if with_pin && !key.info.pin_set() {
+        return Err(SlotError::PolicyRefused(format!(
+            "the security key {} has no PIN: set one first (`fido2-token -S {}`, or your key's own tool), or enroll with --with-pin=no",
+            key.device, key.device
+        )));
+    }
+    if opts.uv && !key.info.builtin_uv() {
+        return Err(SlotError::PolicyRefused(format!(
+            "the security key {} has no built-in user verification set up (a fingerprint): enroll with --user-verification=no",
+            key.device
+        )));
+    }
+    let pin = if with_pin {
+        Some(pin().ok_or_else(|| {
+            SlotError::Usage(
+                "enroll fido2 needs the key's PIN: --pin-file FILE, or a terminal".into(),
+            )
+        })?)
+    } else {
+        None
+    };
+    let options = Options {
+        up: opts.up,
+        builtin_uv: opts.uv,
+    };
+    let rp = opts.rp_id.as_str();
+    let token = |key: &mut Key, permission| match &pin {
+        Some(p) => key
+            .pin_token(p.expose_secret(), permission, rp)
+            .map(Some)
+            .map_err(|e| key_error(Some(key), e)),
+        None => Ok(None),
+    };
+    let t = token(&mut key, PERMISSION_MC)?;
+    // Making a credential always asks for a touch.
+    let credential = key
+        .make_credential(rp, opts.discoverable, t.as_ref(), options, &mut || {
+            ui.message(TOUCH)
+        })
+        .map_err(|e| key_error(Some(&mut key), e))?;
+    let mut salt = [0u8; 32];
+    crate::key::random_bytes(&mut salt);
+    let t = token(&mut key, PERMISSION_GA)?;
+    let output = key
+        .hmac_secret(rp, &credential, &salt, t.as_ref(), options, &mut || {
+            ui.message(&format!("{TOUCH} again"))
+        })
+        .map_err(|e| key_error(Some(&mut key), e))?;
+    let params = Fido2Params {
+        rp_id: opts.rp_id,
+        credential: B64.encode(&credential),
+        salt: B64.encode(salt),
+        pin: with_pin,
+        up: opts.up,
+        uv: opts.uv,
+        discoverable: opts.discoverable,
+    };
+    Ok(target
+        .into()
+        .record(SlotParams::Fido2(params), &kek_from(&output, &salt)))
+}
+
+/// The key that holds `credential`: the one named by `--fido2-device`, or
+/// the first plugged-in key that says it holds it (asked without a PIN or
+/// a touch, so a PIN goes only to that key).
+fn find(locators: &Locators, rp_id: &str, credential: &[u8]) -> Result<Key, SlotError> {
+    let devices = match &locators.fido2_device {
+        Some(d) => vec![Device::parse(d)],
+        None => transport::list(),
+    };
+    if devices.is_empty() {
+        return Err(SlotError::DeviceNotFound {
+            what: "FIDO2 security key".into(),
+            hint: "plug in the key this slot was enrolled with".into(),
+        });
+    }
+    let mut last = None;
+    for d in &devices {
+        let mut key = match Key::open(d) {
+            Ok(k) => k,
+            Err(e) => {
+                last = Some(key_error(None, e));
+                continue;
+            }
+        };
+        match key.has_credential(rp_id, credential) {
+            Ok(true) => return Ok(key),
+            Ok(false) => {
+                last = Some(key_error(None, Error::Ctap(status::NO_CREDENTIALS)));
+            }
+            Err(e) => last = Some(key_error(Some(&mut key), e)),
+        }
+    }
+    Err(match (devices.len(), last) {
+        (1, Some(e)) => e,
+        (_, _) => SlotError::DeviceNotFound {
+            what: "the security key of this slot".into(),
+            hint: format!(
+                "none of the keys plugged in ({}) holds its credential: plug in the one enrolled",
+                devices
+                    .iter()
+                    .map(Device::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    })
+}
+
+impl Slot for Fido2Params {
+    fn factor(&self) -> Option<FactorKind> {
+        self.pin.then_some(FactorKind::Pin)
+    }
+
+    fn interaction(&self, _at_hand: bool) -> Interaction {
+        Interaction::Device
+    }
+
+    fn opens_unattended(&self) -> bool {
+        !self.pin && !self.up && !self.uv
+    }
+
+    fn kek(&self, wrapped: &WrappedKey, ctx: &UnlockContext<'_>) -> Option<Result<Kek, SlotError>> {
+        let (credential, salt) = match self.decoded() {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        // The key first: no key, no PIN prompt.
+        let mut key = match find(ctx.locators, &self.rp_id, &credential) {
+            Ok(k) => k,
+            Err(e) => return Some(Err(e)),
+        };
+        let token = if self.pin {
+            let pin = ctx.secret("Security key PIN")?;
+            match key.pin_token(pin.expose_secret(), PERMISSION_GA, &self.rp_id) {
+                Ok(t) => Some(t),
+                Err(e) => return Some(Err(key_error(Some(&mut key), e))),
+            }
+        } else {
+            None
+        };
+        let output = match key.hmac_secret(
+            &self.rp_id,
+            &credential,
+            &salt,
+            token.as_ref(),
+            self.options(),
+            &mut || ctx.ui.message(TOUCH),
+        ) {
+            Ok(o) => o,
+            Err(e) => return Some(Err(key_error(Some(&mut key), e))),
+        };
+        let kek = kek_from(&output, &salt);
+        Some(match ctx.opens(wrapped, &kek) {
+            true => Ok(kek),
+            false => Err(SlotError::Device(
+                "the security key's answer does not open this slot: a different key with the same credential id, or the slot was altered".into(),
+            )),
+        })
+    }
+
+    fn header_only(&self, _: &Locators) -> HeaderOnly {
+        HeaderOnly::Confirm {
+            what: format!(
+                "ask the FIDO2 security keys plugged in for a credential of relying party `{}`{}",
+                crate::ui::escaped(&self.rp_id),
+                if self.pin {
+                    " and send one the PIN (a wrong one spends one of its tries)"
+                } else {
+                    ""
+                }
+            ),
+            local: SlotParams::Fido2(self.clone()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        format!(
+            "FIDO2 security key, relying party {}, PIN {}, touch {}, built-in verification {}, discoverable {}",
+            crate::ui::escaped(&self.rp_id),
+            yes(self.pin),
+            yes(self.up),
+            yes(self.uv),
+            yes(self.discoverable)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Fido2Params {
+        Fido2Params {
+            rp_id: "coffer".into(),
+            credential: B64.encode([1u8; 64]),
+            salt: B64.encode([2u8; 32]),
+            pin: true,
+            up: true,
+            uv: false,
+            discoverable: false,
+        }
+    }
+
+    #[test]
+    fn params_are_checked() {
+        params().decoded().unwrap();
+        for bad in [
+            Fido2Params {
+                salt: B64.encode([2u8; 31]),
+                ..params()
+            },
+            Fido2Params {
+                credential: String::new(),
+                ..params()
+            },
+            Fido2Params {
+                credential: B64.encode(vec![1u8; 1024]),
+                ..params()
+            },
+            Fido2Params {
+                rp_id: "a b".into(),
+                ..params()
+            },
+        ] {
+            assert!(bad.decoded().is_err(), "{bad:?}");
+        }
+        let v = serde_json::json!({
+            "rp_id": "coffer", "credential": "AQ==", "salt": "", "pin": true,
+            "up": true, "uv": false, "discoverable": false, "extra": 1
+        });
+        assert!(serde_json::from_value::<Fido2Params>(v).is_err());
+    }
+
+    #[test]
+    fn unattended_only_without_pin_touch_or_verification() {
+        assert!(!params().opens_unattended());
+        let none = Fido2Params {
+            pin: false,
+            up: false,
+            uv: false,
+            ..params()
+        };
+        assert!(none.opens_unattended());
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        use crate::Category;
+        let e = key_error(None, Error::Ctap(status::PIN_INVALID));
+        assert_eq!(e.category(), Category::WrongFactor);
+        let e = key_error(None, Error::Ctap(status::PIN_BLOCKED));
+        assert_eq!(e.category(), Category::NoUsableSlot);
+        assert!(e.to_string().contains("reset"), "{e}");
+        let e = key_error(None, Error::Ctap(status::NO_CREDENTIALS));
+        assert_eq!(e.category(), Category::NoUsableSlot);
+        assert!(e.to_string().contains("deleted"), "{e}");
+        let e = key_error(
+            None,
+            Error::Open(
+                Device::parse("/dev/hidraw9"),
+                std::io::ErrorKind::NotFound.into(),
+            ),
+        );
+        assert_eq!(e.category(), Category::NoUsableSlot);
+    }
+}
