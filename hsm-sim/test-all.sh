@@ -25,12 +25,12 @@ step cargo clippy --workspace --all-targets -- -D warnings
 # (every slot, vault client, no CLI and no vault server).
 step cargo clippy --workspace --all-targets --no-default-features -- -D warnings
 step cargo clippy --workspace --all-targets --no-default-features --features cli -- -D warnings
-step cargo clippy -p coffer-backup --all-targets --no-default-features --features tpm2,pkcs11,yubikey,vault -- -D warnings
+step cargo clippy -p coffer-backup --all-targets --no-default-features --features tpm2,pkcs11,yubikey,fido2,vault -- -D warnings
 
 # The embeddable library must not drag in the CLI or the vault server:
 # none of these may appear among its normal dependencies.
 library_deps() {
-  local features=tpm2,pkcs11,yubikey,vault found
+  local features=tpm2,pkcs11,yubikey,fido2,vault found
   found=$(cargo tree -e normal --no-default-features --features "$features" -p coffer-backup \
       --prefix none --format '{p}' | awk '{print $1}' | sort -u |
     grep -xE 'clap|indicatif|rpassword|signal-hook|humantime|hyper|hyper-util|tokio|tokio-rustls|rusqlite|postgres' || true)

@@ -25,6 +25,8 @@
 //!
 //! - `tpm2`, `pkcs11`, `yubikey`: the hardware slots (the last two share
 //!   `ecdh`: P-256 ECDH to the device's public key, HKDF to the KEK).
+//! - `fido2`: FIDO2 security key slots (`slot::fido2`, over the CTAP2
+//!   client of `fido2`; shares `ecdh` for the PIN/UV auth protocols).
 //! - `vault`: the key vault slot (`slot::vault`, the OPAQUE client of
 //!   `vault::client`).
 //! - `vault-server` (implies `vault`): the vault server, its storage and

@@ -1,7 +1,14 @@
-//! The CTAP2 client (`coffer::fido2`) against an independent authenticator
-//! (trussed-dev's fido-authenticator in hsm-sim's `fido2-key`), through the
-//! same CTAPHID packets a hidraw node carries.
+//! The CTAP2 client (`coffer::fido2`) and the `fido2` slot against an
+//! independent authenticator (trussed-dev's fido-authenticator in
+//! hsm-sim's `fido2-key`), through the same CTAPHID packets a hidraw node
+//! carries. The scenarios every kind shares are in tests/backends.rs.
+//!
+//! Against a real key instead (makes credentials for relying party
+//! `coffer-test` on it; its PIN in $COFFER_TEST_FIDO2_PIN_FILE):
+//! `COFFER_TEST_FIDO2_DEVICE=/dev/hidrawN cargo test --test fido2 -- --ignored real_`.
 #![cfg(feature = "fido2")]
+
+mod common;
 
 use coffer::fido2::ctap2::{PERMISSION_GA, PERMISSION_MC};
 use coffer::fido2::{Device, Error, Key, Options, status};
@@ -142,4 +149,326 @@ fn an_unplugged_key_cannot_be_opened_and_comes_back_the_same() {
         .hmac_secret(RP, &id, &[3u8; 32], None, TOUCH, &mut || {})
         .unwrap();
     assert_eq!(*before, *after);
+}
+
+// The `coffer` binary with fido2 slots.
+
+#[cfg(feature = "cli")]
+mod cli {
+    use super::*;
+    use common::Home;
+    use std::ffi::OsStr;
+    use std::process::Output;
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    /// A keyring (recovery slot) with a folder sealed into a.coffer, and
+    /// the PIN files.
+    fn home() -> Home {
+        let h = Home::new();
+        h.init();
+        h.write("pin.txt", PIN);
+        h.write("wrong-pin.txt", "000000");
+        std::fs::create_dir(h.path("data")).unwrap();
+        h.write("data/f.txt", "fido2\n");
+        h
+    }
+
+    fn run(h: &Home, device: &str, args: &[&str]) -> Output {
+        h.coffer()
+            .env("COFFER_FIDO2_DEVICE", device)
+            .arg("--no-prompt")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    #[track_caller]
+    fn expect(out: &Output, code: i32) {
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
+    }
+
+    fn enroll(h: &Home, key: &VirtualKey, label: &str) {
+        let o = run(
+            h,
+            &key.device(),
+            &[
+                "enroll",
+                "fido2",
+                "--label",
+                label,
+                "--pin-file",
+                "pin.txt",
+                "--recovery-key-file",
+                "recovery.txt",
+            ],
+        );
+        expect(&o, 0);
+    }
+
+    #[test]
+    fn two_keys_each_open_their_own_slot_and_a_reset_key_is_named() {
+        let h = home();
+        let (a, b) = (VirtualKey::start(Some(PIN)), VirtualKey::start(Some(PIN)));
+        enroll(&h, &a, "first");
+        enroll(&h, &b, "second");
+        expect(
+            &run(&h, &b.device(), &["seal", "data", "-o", "a.coffer"]),
+            0,
+        );
+        // Only the second key here: its slot opens; the first's is told
+        // apart without a PIN sent to the wrong key.
+        let o = run(
+            &h,
+            &b.device(),
+            &[
+                "-v",
+                "open",
+                "a.coffer",
+                "-o",
+                "out",
+                "--pin-file",
+                "second=pin.txt",
+            ],
+        );
+        expect(&o, 0);
+        assert!(text(&o.stderr).contains("second"), "{}", text(&o.stderr));
+        let o = run(
+            &h,
+            &b.device(),
+            &[
+                "verify",
+                "a.coffer",
+                "--slot",
+                "first",
+                "--pin-file",
+                "pin.txt",
+            ],
+        );
+        expect(&o, 5);
+        assert!(
+            text(&o.stderr).contains("does not hold this slot's credential"),
+            "{}",
+            text(&o.stderr)
+        );
+        // A key reset (here: a new key where the old one was): 5, named.
+        let reset = VirtualKey::start(Some(PIN));
+        let o = run(
+            &h,
+            &reset.device(),
+            &[
+                "verify",
+                "a.coffer",
+                "--slot",
+                "second",
+                "--pin-file",
+                "pin.txt",
+            ],
+        );
+        expect(&o, 5);
+        assert!(
+            text(&o.stderr).contains("deleted, or the key reset"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+
+    #[test]
+    fn a_blocked_pin_is_5_and_the_recovery_key_still_opens() {
+        let h = home();
+        let mut key = VirtualKey::start(Some(PIN));
+        enroll(&h, &key, "key");
+        expect(
+            &run(&h, &key.device(), &["seal", "data", "-o", "a.coffer"]),
+            0,
+        );
+        // Wrong PINs until the key blocks it. Three in a row and the key
+        // wants a power cycle before the next try (5, and it says so).
+        let mut tries_left = Vec::new();
+        let mut replugs = 0;
+        loop {
+            let o = run(
+                &h,
+                &key.device(),
+                &[
+                    "verify",
+                    "a.coffer",
+                    "--slot",
+                    "key",
+                    "--pin-file",
+                    "wrong-pin.txt",
+                ],
+            );
+            let said = text(&o.stderr);
+            if o.status.code() == Some(3) {
+                let n: u32 = said
+                    .split("wrong PIN (")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no tries left in: {said}"));
+                tries_left.push(n);
+                continue;
+            }
+            expect(&o, 5);
+            if said.contains("unplug the key") {
+                replugs += 1;
+                assert!(replugs < 5, "{said}");
+                key.power_off();
+                key.power_on();
+                continue;
+            }
+            assert!(said.contains("blocked after too many wrong PINs"), "{said}");
+            break;
+        }
+        assert!(replugs >= 1);
+        assert!(tries_left.windows(2).all(|w| w[1] < w[0]), "{tries_left:?}");
+        let o = run(
+            &h,
+            &key.device(),
+            &[
+                "verify",
+                "a.coffer",
+                "--slot",
+                "key",
+                "--pin-file",
+                "pin.txt",
+            ],
+        );
+        expect(&o, 5);
+        assert!(text(&o.stderr).contains("blocked"), "{}", text(&o.stderr));
+        let o = run(
+            &h,
+            &key.device(),
+            &[
+                "open",
+                "a.coffer",
+                "-o",
+                "out",
+                "--recovery-key-file",
+                "recovery.txt",
+            ],
+        );
+        expect(&o, 0);
+    }
+
+    #[test]
+    fn a_touch_is_asked_for_when_the_key_waits_for_one() {
+        use std::io::{BufRead, BufReader};
+        let h = home();
+        let key = VirtualKey::start(Some(PIN));
+        enroll(&h, &key, "key");
+        expect(
+            &run(&h, &key.device(), &["seal", "data", "-o", "a.coffer"]),
+            0,
+        );
+        key.presence(Presence::Require);
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("coffer"))
+            .args(["--no-prompt", "verify", "a.coffer", "--pin-file", "pin.txt"])
+            .env_clear()
+            .env("HOME", h.dir.path())
+            .env("COFFER_KEYRING", h.keyring())
+            .env("COFFER_FIDO2_DEVICE", key.device())
+            .current_dir(h.dir.path())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.contains("Touch your security key") {
+            let mut line = String::new();
+            assert_ne!(
+                err.read_line(&mut line).unwrap(),
+                0,
+                "ended without asking: {said}"
+            );
+            said.push_str(&line);
+        }
+        key.touch();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{said}{rest}");
+    }
+
+    #[test]
+    fn a_slot_from_an_archive_alone_needs_a_yes() {
+        let h = home();
+        let key = VirtualKey::start(Some(PIN));
+        enroll(&h, &key, "key");
+        expect(
+            &run(&h, &key.device(), &["seal", "data", "-o", "a.coffer"]),
+            0,
+        );
+        // A new laptop: no keyring, the archive and the key.
+        std::fs::remove_file(h.keyring()).unwrap();
+        let o = run(
+            &h,
+            &key.device(),
+            &["open", "a.coffer", "-o", "out", "--pin-file", "pin.txt"],
+        );
+        expect(&o, 5);
+        assert!(
+            text(&o.stderr).contains("FIDO2 security keys"),
+            "{}",
+            text(&o.stderr)
+        );
+        let args: Vec<std::ffi::OsString> =
+            ["open", "a.coffer", "-o", "out2", "--pin-file", "pin.txt"]
+                .iter()
+                .map(|s| OsStr::new(s).to_owned())
+                .collect();
+        let (ok, said) = common::run_on_a_terminal(
+            &h,
+            &h.keyring(),
+            [("COFFER_FIDO2_DEVICE", key.device())],
+            &args,
+            "yes\n",
+        );
+        assert!(ok, "{said}");
+        assert!(h.path("out2/data/f.txt").exists());
+    }
+
+    /// The round trip on a real key, when one is named.
+    #[test]
+    #[ignore = "needs a real FIDO2 key: COFFER_TEST_FIDO2_DEVICE and COFFER_TEST_FIDO2_PIN_FILE"]
+    fn real_fido2_key_enroll_then_open() {
+        let device = std::env::var("COFFER_TEST_FIDO2_DEVICE").expect("COFFER_TEST_FIDO2_DEVICE");
+        let pin = std::env::var("COFFER_TEST_FIDO2_PIN_FILE").expect("COFFER_TEST_FIDO2_PIN_FILE");
+        let h = home();
+        let o = run(
+            &h,
+            &device,
+            &[
+                "enroll",
+                "fido2",
+                "--rp-id",
+                "coffer-test",
+                "--pin-file",
+                &pin,
+                "--recovery-key-file",
+                "recovery.txt",
+            ],
+        );
+        expect(&o, 0);
+        expect(&run(&h, &device, &["seal", "data", "-o", "a.coffer"]), 0);
+        let o = run(
+            &h,
+            &device,
+            &[
+                "open",
+                "a.coffer",
+                "-o",
+                "out",
+                "--slot",
+                "fido2",
+                "--pin-file",
+                &pin,
+            ],
+        );
+        expect(&o, 0);
+        assert!(h.path("out/data/f.txt").exists());
+    }
 }
