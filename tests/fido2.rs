@@ -472,3 +472,40 @@ mod cli {
         assert!(h.path("out/data/f.txt").exists());
     }
 }
+
+#[test]
+fn pin_protocol_one_and_ctap_2_0_tokens_give_the_same_secret() {
+    // A CTAP 2.0 key speaks PIN/UV auth protocol 1 and getPinToken only:
+    // make the client see this key as one, and compare with protocol 2.
+    let vk = VirtualKey::start(Some(PIN));
+    let mut key = open(&vk);
+    let token = key.pin_token(PIN, PERMISSION_MC, RP).unwrap();
+    let id = key
+        .make_credential(RP, false, Some(&token), TOUCH, &mut || {})
+        .unwrap();
+    let salt = [9u8; 32];
+    let t = key.pin_token(PIN, PERMISSION_GA, RP).unwrap();
+    let two = key
+        .hmac_secret(RP, &id, &salt, Some(&t), TOUCH, &mut || {})
+        .unwrap();
+    let plain_two = key
+        .hmac_secret(RP, &id, &salt, None, TOUCH, &mut || {})
+        .unwrap();
+    key.info.pin_protocols = vec![1];
+    key.info.versions.retain(|v| v != "FIDO_2_1");
+    assert_eq!(key.info.protocol(), coffer::fido2::pin::Protocol::One);
+    assert!(!key.info.ctap21());
+    let t = key.pin_token(PIN, PERMISSION_GA, RP).unwrap();
+    let one = key
+        .hmac_secret(RP, &id, &salt, Some(&t), TOUCH, &mut || {})
+        .unwrap();
+    let plain_one = key
+        .hmac_secret(RP, &id, &salt, None, TOUCH, &mut || {})
+        .unwrap();
+    assert_eq!(*one, *two);
+    assert_eq!(*plain_one, *plain_two);
+    match key.pin_token("000000", PERMISSION_GA, RP) {
+        Err(Error::Ctap(status::PIN_INVALID)) => {}
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
