@@ -101,6 +101,10 @@ pub fn random_bytes(buf: &mut [u8]) {
     getrandom::fill(buf).expect("the operating system's random number generator failed");
 }
 
+/// HMAC-SHA256, the one MAC of the formats (keyring, archive header) and
+/// of FIDO2's PIN/UV auth protocols.
+pub(crate) type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
 /// HKDF-SHA256 expand of `ikm` (with optional salt) under `info`, into `out`.
 pub(crate) fn hkdf_sha256(salt: Option<&[u8]>, ikm: &[u8], info: &[u8], out: &mut [u8]) {
     Hkdf::<Sha256>::new(salt, ikm)

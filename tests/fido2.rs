@@ -35,7 +35,8 @@ fn hmac_secret_is_stable_per_salt_and_differs_with_user_verification() {
     let token = key.pin_token(PIN, PERMISSION_MC, RP).unwrap();
     let id = key
         .make_credential(RP, false, Some(&token), TOUCH, &mut || {})
-        .unwrap();
+        .unwrap()
+        .id;
     let salt = [7u8; 32];
     let mut with_uv = || {
         let t = key.pin_token(PIN, PERMISSION_GA, RP).unwrap();
@@ -99,7 +100,8 @@ fn touch_is_waited_for_with_keepalives_and_refusal_is_an_error() {
     assert!(!key.info.pin_set());
     let id = key
         .make_credential(RP, false, None, TOUCH, &mut || {})
-        .unwrap();
+        .unwrap()
+        .id;
     vk.presence(Presence::Require);
     let mut asked = 0;
     let secret = key
@@ -129,7 +131,8 @@ fn an_unplugged_key_cannot_be_opened_and_comes_back_the_same() {
     let mut key = open(&vk);
     let id = key
         .make_credential(RP, true, None, TOUCH, &mut || {})
-        .unwrap();
+        .unwrap()
+        .id;
     let before = key
         .hmac_secret(RP, &id, &[3u8; 32], None, TOUCH, &mut || {})
         .unwrap();
@@ -191,35 +194,43 @@ mod cli {
     }
 
     fn enroll(h: &Home, key: &VirtualKey, label: &str) {
-        let o = run(
-            h,
-            &key.device(),
-            &[
-                "enroll",
-                "fido2",
-                "--label",
-                label,
-                "--pin-file",
-                "pin.txt",
-                "--recovery-key-file",
-                "recovery.txt",
-            ],
-        );
-        expect(&o, 0);
+        enroll_with(h, key, label, "pin.txt", &[]);
+    }
+
+    fn enroll_with(h: &Home, key: &VirtualKey, label: &str, pin: &str, more: &[&str]) {
+        let mut args = vec![
+            "enroll",
+            "fido2",
+            "--label",
+            label,
+            "--pin-file",
+            pin,
+            "--recovery-key-file",
+            "recovery.txt",
+        ];
+        args.extend(more);
+        expect(&run(h, &key.device(), &args), 0);
+    }
+
+    fn retries(key: &VirtualKey) -> u32 {
+        open(key).pin_retries().unwrap()
     }
 
     #[test]
     fn two_keys_each_open_their_own_slot_and_a_reset_key_is_named() {
         let h = home();
-        let (a, b) = (VirtualKey::start(Some(PIN)), VirtualKey::start(Some(PIN)));
-        enroll(&h, &a, "first");
-        enroll(&h, &b, "second");
+        const PIN_B: &str = "135790";
+        h.write("pin-b.txt", PIN_B);
+        let (a, b) = (VirtualKey::start(Some(PIN)), VirtualKey::start(Some(PIN_B)));
+        enroll_with(&h, &a, "first", "pin.txt", &[]);
+        enroll_with(&h, &b, "second", "pin-b.txt", &[]);
         expect(
             &run(&h, &b.device(), &["seal", "data", "-o", "a.coffer"]),
             0,
         );
-        // Only the second key here: its slot opens; the first's is told
-        // apart without a PIN sent to the wrong key.
+        let b_tries = retries(&b);
+        // Only the second key here: its slot opens, and the first slot's
+        // PIN never reaches it (its retry counter stays as it was).
         let o = run(
             &h,
             &b.device(),
@@ -230,11 +241,14 @@ mod cli {
                 "-o",
                 "out",
                 "--pin-file",
-                "second=pin.txt",
+                "first=pin.txt",
+                "--pin-file",
+                "second=pin-b.txt",
             ],
         );
         expect(&o, 0);
         assert!(text(&o.stderr).contains("second"), "{}", text(&o.stderr));
+        assert_eq!(retries(&b), b_tries, "a PIN went to the wrong key");
         let o = run(
             &h,
             &b.device(),
@@ -253,8 +267,9 @@ mod cli {
             "{}",
             text(&o.stderr)
         );
+        assert_eq!(retries(&b), b_tries, "a PIN went to the wrong key");
         // A key reset (here: a new key where the old one was): 5, named.
-        let reset = VirtualKey::start(Some(PIN));
+        let reset = VirtualKey::start(Some(PIN_B));
         let o = run(
             &h,
             &reset.device(),
@@ -264,15 +279,92 @@ mod cli {
                 "--slot",
                 "second",
                 "--pin-file",
-                "pin.txt",
+                "pin-b.txt",
             ],
         );
         expect(&o, 5);
         assert!(
-            text(&o.stderr).contains("deleted, or the key reset"),
+            text(&o.stderr).contains("a reset deletes them all"),
             "{}",
             text(&o.stderr)
         );
+    }
+
+    #[test]
+    fn enroll_options_as_systemd_cryptenroll_names_them() {
+        let h = home();
+        let key = VirtualKey::start(Some(PIN));
+        // Without the PIN at unlock, on a key that has one: the key wants
+        // it once to make the credential, never again.
+        enroll_with(
+            &h,
+            &key,
+            "nopin",
+            "pin.txt",
+            &["--with-pin", "no", "--discoverable"],
+        );
+        let kr = h.keyring_json();
+        let slot = kr["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["label"] == "nopin")
+            .unwrap();
+        assert_eq!(slot["pin"], false, "{slot}");
+        assert_eq!(slot["discoverable"], true, "{slot}");
+        expect(
+            &run(&h, &key.device(), &["seal", "data", "-o", "a.coffer"]),
+            0,
+        );
+        let before = retries(&key);
+        expect(
+            &run(
+                &h,
+                &key.device(),
+                &["verify", "a.coffer", "--slot", "nopin"],
+            ),
+            0,
+        );
+        assert_eq!(retries(&key), before);
+        // Built-in verification the key does not have: refused, nothing
+        // enrolled; both ways at once: a usage error.
+        let slots = kr["slots"].as_array().unwrap().len();
+        let o = run(
+            &h,
+            &key.device(),
+            &[
+                "enroll",
+                "fido2",
+                "--user-verification",
+                "yes",
+                "--pin-file",
+                "pin.txt",
+                "--recovery-key-file",
+                "recovery.txt",
+            ],
+        );
+        expect(&o, 1);
+        assert!(
+            text(&o.stderr).contains("no built-in user verification"),
+            "{}",
+            text(&o.stderr)
+        );
+        let o = run(
+            &h,
+            &key.device(),
+            &[
+                "enroll",
+                "fido2",
+                "--user-verification",
+                "yes",
+                "--with-pin",
+                "yes",
+                "--recovery-key-file",
+                "recovery.txt",
+            ],
+        );
+        expect(&o, 2);
+        assert_eq!(h.keyring_json()["slots"].as_array().unwrap().len(), slots);
     }
 
     #[test]
@@ -482,7 +574,8 @@ fn pin_protocol_one_and_ctap_2_0_tokens_give_the_same_secret() {
     let token = key.pin_token(PIN, PERMISSION_MC, RP).unwrap();
     let id = key
         .make_credential(RP, false, Some(&token), TOUCH, &mut || {})
-        .unwrap();
+        .unwrap()
+        .id;
     let salt = [9u8; 32];
     let t = key.pin_token(PIN, PERMISSION_GA, RP).unwrap();
     let two = key
@@ -508,4 +601,33 @@ fn pin_protocol_one_and_ctap_2_0_tokens_give_the_same_secret() {
         Err(Error::Ctap(status::PIN_INVALID)) => {}
         other => panic!("{:?}", other.map(|_| ())),
     }
+}
+
+#[test]
+fn the_silent_check_answers_only_for_the_credential_and_its_key() {
+    let vk = VirtualKey::start(None);
+    let mut key = open(&vk);
+    let cred = key
+        .make_credential(RP, false, None, TOUCH, &mut || {})
+        .unwrap();
+    vk.presence(Presence::Deny);
+    // No touch needed, none asked.
+    assert!(
+        key.has_credential(RP, &cred, &mut || panic!("a touch"))
+            .unwrap()
+    );
+    let other_id = coffer::fido2::Credential {
+        id: vec![9u8; cred.id.len()],
+        ..cred.clone()
+    };
+    assert!(!key.has_credential(RP, &other_id, &mut || {}).unwrap());
+    assert!(!key.has_credential("elsewhere", &cred, &mut || {}).unwrap());
+    // The right id, the wrong public key: the answer does not verify.
+    let mut wrong = cred.clone();
+    wrong.public_key = coffer::ecdh::sec1(
+        &p256::SecretKey::from_slice(&[5u8; 32])
+            .unwrap()
+            .public_key(),
+    );
+    assert!(key.has_credential(RP, &wrong, &mut || {}).is_err());
 }

@@ -55,7 +55,7 @@ pub const FLAG_TAR: u16 = 1 << 0;
 pub const FLAG_ZSTD: u16 = 1 << 1;
 const KNOWN_FLAGS: u16 = FLAG_TAR | FLAG_ZSTD;
 
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+use crate::key::HmacSha256;
 
 /// What a version 2 header adds: the file key sealed to the public key,
 /// and who sealed it. Neither is trusted before the MAC checked out.

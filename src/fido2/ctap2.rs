@@ -91,6 +91,16 @@ impl Token {
     }
 }
 
+/// A credential the key made: its id, and its public key (SEC1
+/// uncompressed), with which the key's assertions are checked.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// The credential id.
+    pub id: Vec<u8>,
+    /// Its ES256 public key, `04 ‖ x ‖ y`.
+    pub public_key: [u8; 65],
+}
+
 /// What the key needs for an assertion or a credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
@@ -214,7 +224,9 @@ impl Key {
     /// getPinUvAuthTokenUsingPinWithPermissions, or 2.0's getPinToken).
     pub fn pin_token(&mut self, pin: &str, permissions: u8, rp_id: &str) -> Result<Token, Error> {
         let shared = self.shared()?;
-        let hash = <sha2::Sha256 as sha2::Digest>::digest(pin.as_bytes());
+        // LEFT(SHA-256(PIN), 16) stands for the PIN: wiped after use.
+        let mut hash = Zeroizing::new([0u8; 32]);
+        hash.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(pin.as_bytes()));
         let pin_hash_enc = shared.encrypt(&hash[..16]);
         let mut params = vec![
             (1, shared.protocol().number().into()),
@@ -244,8 +256,11 @@ impl Key {
         })
     }
 
-    /// Make a credential for `rp_id` with hmac-secret; returns its id.
-    /// `resident`: stored on the key (discoverable).
+    /// Make a credential for `rp_id` with hmac-secret (and, where the key
+    /// has credProtect, protection level 1, so that it answers whether it
+    /// holds the credential without a PIN). `resident`: stored on the key
+    /// (discoverable). With `token` the key verifies the user by the PIN;
+    /// else by itself if `options.builtin_uv`. It always asks for a touch.
     pub fn make_credential(
         &mut self,
         rp_id: &str,
@@ -253,15 +268,21 @@ impl Key {
         token: Option<&Token>,
         options: Options,
         touch: &mut dyn FnMut(),
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<Credential, Error> {
         let mut cdh = [0u8; 32];
         crate::key::random_bytes(&mut cdh);
         let mut user_id = [0u8; 16];
         crate::key::random_bytes(&mut user_id);
         let mut opts = vec![("rk", Value::Bool(resident))];
-        if options.builtin_uv {
+        // A token already verifies the user: never both (CTAP 2.1 §6.1.2).
+        if options.builtin_uv && token.is_none() {
             opts.push(("uv", true.into()));
         }
+        let mut extensions = Vec::new();
+        if self.info.extensions.iter().any(|e| e == "credProtect") {
+            extensions.push(("credProtect", 1.into()));
+        }
+        extensions.push(("hmac-secret", true.into()));
         let mut params = vec![
             (1, Value::Bytes(cdh.to_vec())),
             (
@@ -283,7 +304,7 @@ impl Key {
                     ("type", "public-key".into()),
                 ])]),
             ),
-            (6, text_map(vec![("hmac-secret", true.into())])),
+            (6, text_map(extensions)),
             (7, text_map(opts)),
         ];
         if let Some(t) = token {
@@ -294,13 +315,23 @@ impl Key {
         let auth_data = map_get(&a, 2)
             .and_then(Value::as_bytes)
             .ok_or_else(|| Error::Protocol("no authenticator data".into()))?;
-        credential_id(auth_data)
+        attested(auth_data)?
+            .0
+            .ok_or_else(|| Error::Protocol("the key attested no credential".into()))
     }
 
-    /// Whether this key holds credential `id` for `rp_id`: an assertion
-    /// without a touch, a PIN or an extension (a key without it answers
-    /// "no credentials").
-    pub fn has_credential(&mut self, rp_id: &str, id: &[u8]) -> Result<bool, Error> {
+    /// Whether this key holds `credential` for `rp_id`: an assertion
+    /// without a touch, a PIN or an extension, over a fresh challenge, its
+    /// signature checked with the credential's public key. A key without
+    /// it answers "no credentials"; a device that answers without a valid
+    /// signature is not the key enrolled (and never gets a PIN). `touch` is
+    /// called if the key asks for a touch all the same.
+    pub fn has_credential(
+        &mut self,
+        rp_id: &str,
+        credential: &Credential,
+        touch: &mut dyn FnMut(),
+    ) -> Result<bool, Error> {
         let mut cdh = [0u8; 32];
         crate::key::random_bytes(&mut cdh);
         let params = int_map(vec![
@@ -309,16 +340,24 @@ impl Key {
             (
                 3,
                 Value::Array(vec![text_map(vec![
-                    ("id", Value::Bytes(id.to_vec())),
+                    ("id", Value::Bytes(credential.id.clone())),
                     ("type", "public-key".into()),
                 ])]),
             ),
             (5, text_map(vec![("up", false.into())])),
         ]);
-        match self.call(GET_ASSERTION, Some(params), &mut || {}) {
-            Ok(_) => Ok(true),
-            Err(Error::Ctap(super::status::NO_CREDENTIALS)) => Ok(false),
-            Err(e) => Err(e),
+        let a = match self.call(GET_ASSERTION, Some(params), touch) {
+            Ok(a) => a,
+            Err(Error::Ctap(super::status::NO_CREDENTIALS)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let auth_data = map_get(&a, 2).and_then(Value::as_bytes);
+        let signature = map_get(&a, 3).and_then(Value::as_bytes);
+        match (auth_data, signature) {
+            (Some(d), Some(sig)) if signed_by(credential, rp_id, d, &cdh, sig) => Ok(true),
+            _ => Err(Error::Protocol(
+                "the device answered for this credential without its signature: it is not the key enrolled".into(),
+            )),
         }
     }
 
@@ -349,7 +388,8 @@ impl Key {
         let mut cdh = [0u8; 32];
         crate::key::random_bytes(&mut cdh);
         let mut opts = vec![("up", Value::Bool(options.up))];
-        if options.builtin_uv {
+        // A token already verifies the user: never both (CTAP 2.1 §6.2.2).
+        if options.builtin_uv && token.is_none() {
             opts.push(("uv", true.into()));
         }
         let mut params = vec![
@@ -379,40 +419,81 @@ impl Key {
             .and_then(Value::as_bytes)
             .ok_or_else(|| Error::Protocol("the key returned no hmac-secret".into()))?;
         let plain = shared.decrypt(out)?;
-        let secret: [u8; 32] = plain[..]
-            .try_into()
-            .map_err(|_| Error::Protocol(format!("a {}-byte hmac-secret", plain.len())))?;
-        Ok(Zeroizing::new(secret))
+        if plain.len() != 32 {
+            return Err(Error::Protocol(format!(
+                "a {}-byte hmac-secret",
+                plain.len()
+            )));
+        }
+        let mut secret = Zeroizing::new([0u8; 32]);
+        secret.copy_from_slice(&plain);
+        Ok(secret)
     }
 }
 
 const FLAG_AT: u8 = 0x40;
 const FLAG_ED: u8 = 0x80;
 
+/// Whether `sig` (ASN.1 DER ECDSA) is the credential's signature over
+/// `auth_data ‖ cdh`, and `auth_data` names `rp_id` (its SHA-256 first).
+fn signed_by(
+    credential: &Credential,
+    rp_id: &str,
+    auth_data: &[u8],
+    cdh: &[u8],
+    sig: &[u8],
+) -> bool {
+    use p256::ecdsa::signature::Verifier;
+    let rp_hash = <sha2::Sha256 as sha2::Digest>::digest(rp_id.as_bytes());
+    if auth_data.get(..32) != Some(&rp_hash[..]) {
+        return false;
+    }
+    let (Ok(key), Ok(sig)) = (
+        p256::ecdsa::VerifyingKey::from_sec1_bytes(&credential.public_key),
+        p256::ecdsa::Signature::from_der(sig),
+    ) else {
+        return false;
+    };
+    key.verify(&[auth_data, cdh].concat(), &sig).is_ok()
+}
+
 /// The parts of authenticator data (WebAuthn §6.1) after the fixed 37
-/// bytes: the credential id, if attested, and where the rest starts.
-fn attested(auth_data: &[u8]) -> Result<(Option<Vec<u8>>, &[u8]), Error> {
+/// bytes: the attested credential (id and ES256 public key), if any, and
+/// where the rest starts.
+fn attested(auth_data: &[u8]) -> Result<(Option<Credential>, &[u8]), Error> {
     let bad = || Error::Protocol("malformed authenticator data".into());
     let flags = *auth_data.get(32).ok_or_else(bad)?;
     let mut rest = auth_data.get(37..).ok_or_else(bad)?;
-    let mut id = None;
+    let mut credential = None;
     if flags & FLAG_AT != 0 {
         // aaguid (16), id length (2), id, public key (COSE)
         let len = u16::from_be_bytes([
             *rest.get(16).ok_or_else(bad)?,
             *rest.get(17).ok_or_else(bad)?,
         ]) as usize;
-        id = Some(rest.get(18..18 + len).ok_or_else(bad)?.to_vec());
+        let id = rest.get(18..18 + len).ok_or_else(bad)?.to_vec();
         rest = &rest[18 + len..];
-        let _key: Value = ciborium::from_reader(&mut rest).map_err(|_| bad())?;
+        let key: Value = ciborium::from_reader(&mut rest).map_err(|_| bad())?;
+        let es256 = map_get(&key, 1).and_then(Value::as_integer) == Some(2.into())
+            && map_get(&key, 3).and_then(Value::as_integer) == Some((-7).into())
+            && map_get(&key, -1).and_then(Value::as_integer) == Some(1.into());
+        let coordinate = |label| {
+            map_get(&key, label)
+                .and_then(Value::as_bytes)
+                .filter(|b| b.len() == 32)
+        };
+        let (Some(x), Some(y), true) = (coordinate(-2), coordinate(-3), es256) else {
+            return Err(Error::Protocol(
+                "the key made a credential that is not ES256 (P-256)".into(),
+            ));
+        };
+        let mut public_key = [0u8; 65];
+        public_key[0] = 4;
+        public_key[1..33].copy_from_slice(x);
+        public_key[33..].copy_from_slice(y);
+        credential = Some(Credential { id, public_key });
     }
-    Ok((id, rest))
-}
-
-fn credential_id(auth_data: &[u8]) -> Result<Vec<u8>, Error> {
-    attested(auth_data)?
-        .0
-        .ok_or_else(|| Error::Protocol("the key attested no credential".into()))
+    Ok((credential, rest))
 }
 
 fn extensions(auth_data: &[u8]) -> Result<Option<Value>, Error> {
@@ -423,4 +504,64 @@ fn extensions(auth_data: &[u8]) -> Result<Option<Value>, Error> {
     ciborium::from_reader(&mut rest)
         .map(Some)
         .map_err(|_| Error::Protocol("malformed extension outputs".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::signature::Signer;
+
+    #[test]
+    fn assertions_are_checked_against_the_credential_key_and_rp() {
+        let signing = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let public = crate::ecdh::sec1(&p256::PublicKey::from(signing.verifying_key()));
+        let credential = Credential {
+            id: vec![1, 2, 3],
+            public_key: public,
+        };
+        let rp_hash = <sha2::Sha256 as sha2::Digest>::digest(b"coffer");
+        let auth_data = [&rp_hash[..], &[0x00, 0, 0, 0, 9]].concat();
+        let cdh = [5u8; 32];
+        let sig: p256::ecdsa::Signature = signing.sign(&[&auth_data[..], &cdh].concat());
+        let der = sig.to_der();
+        assert!(signed_by(
+            &credential,
+            "coffer",
+            &auth_data,
+            &cdh,
+            der.as_bytes()
+        ));
+        // Another relying party, another challenge, another key: no.
+        assert!(!signed_by(
+            &credential,
+            "other",
+            &auth_data,
+            &cdh,
+            der.as_bytes()
+        ));
+        assert!(!signed_by(
+            &credential,
+            "coffer",
+            &auth_data,
+            &[6u8; 32],
+            der.as_bytes()
+        ));
+        let other = p256::ecdsa::SigningKey::from_slice(&[8u8; 32]).unwrap();
+        let forged: p256::ecdsa::Signature = other.sign(&[&auth_data[..], &cdh].concat());
+        assert!(!signed_by(
+            &credential,
+            "coffer",
+            &auth_data,
+            &cdh,
+            forged.to_der().as_bytes()
+        ));
+        assert!(!signed_by(
+            &credential,
+            "coffer",
+            &auth_data,
+            &cdh,
+            b"not DER"
+        ));
+        assert!(!signed_by(&credential, "coffer", &[], &cdh, der.as_bytes()));
+    }
 }

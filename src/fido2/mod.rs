@@ -20,7 +20,7 @@ pub mod ctaphid;
 pub mod pin;
 pub mod transport;
 
-pub use ctap2::{Info, Key, Options, Token};
+pub use ctap2::{Credential, Info, Key, Options, Token};
 pub use transport::Device;
 
 /// A CTAP2 status byte's meaning, for errors.
@@ -66,6 +66,9 @@ pub enum Error {
     /// It did not answer in time.
     #[error("the security key did not answer in time")]
     Timeout,
+    /// Another program is using it (CTAPHID channel busy).
+    #[error("another program is using the security key")]
+    Busy,
     /// It answered something that is not CTAPHID or CTAP2.
     #[error("{0}")]
     Protocol(String),
@@ -86,6 +89,14 @@ pub mod status {
     pub const PIN_NOT_SET: u8 = 0x35;
     /// A PIN is needed.
     pub const PIN_REQUIRED: u8 = 0x36;
+    /// A PIN token the key refused.
+    pub const PIN_AUTH_INVALID: u8 = 0x33;
+    /// CTAP 2.0's timeout.
+    pub const ACTION_TIMEOUT: u8 = 0x3a;
+    /// Built-in user verification blocked.
+    pub const UV_BLOCKED: u8 = 0x3c;
+    /// Built-in user verification failed.
+    pub const UV_INVALID: u8 = 0x3f;
     /// The credential is not on this key.
     pub const NO_CREDENTIALS: u8 = 0x2e;
     /// Touch refused.

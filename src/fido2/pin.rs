@@ -18,7 +18,7 @@ use hmac::{KeyInit, Mac};
 use sha2::Digest;
 use zeroize::Zeroizing;
 
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+use crate::key::HmacSha256;
 
 /// A PIN/UV auth protocol: 1 or 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -128,16 +128,33 @@ impl Transport for Socket {
     }
 }
 
-/// Open `device`.
+/// Open `device`. A hidraw node whose report descriptor (in sysfs) is not
+/// a FIDO key's is refused: CTAPHID packets are not written to a keyboard.
 pub fn open(device: &Device) -> io::Result<Box<dyn Transport>> {
     Ok(match device {
-        Device::Hidraw(p) => Box::new(Hidraw(File::options().read(true).write(true).open(p)?)),
+        Device::Hidraw(p) => {
+            let descriptor = p
+                .file_name()
+                .map(|n| {
+                    Path::new("/sys/class/hidraw")
+                        .join(n)
+                        .join("device/report_descriptor")
+                })
+                .and_then(|d| std::fs::read(d).ok());
+            if descriptor.is_some_and(|d| !is_fido(&d)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a FIDO security key (its HID report descriptor has no FIDO usage page)",
+                ));
+            }
+            Box::new(Hidraw(File::options().read(true).write(true).open(p)?))
+        }
         Device::Unix(p) => Box::new(Socket(UnixStream::connect(p)?)),
     })
 }
 
 /// The hidraw nodes whose HID report descriptor declares the FIDO usage
-/// page and CTAPHID usage, in name order.
+/// page and CTAPHID usage, in number order.
 pub fn list() -> Vec<Device> {
     let Ok(entries) = std::fs::read_dir("/sys/class/hidraw") else {
         return Vec::new();
@@ -149,7 +166,12 @@ pub fn list() -> Vec<Device> {
         })
         .map(|e| Device::Hidraw(Path::new("/dev").join(e.file_name())))
         .collect();
-    out.sort_by_key(|d| d.to_string());
+    // hidraw2 before hidraw10.
+    out.sort_by_key(|d| {
+        let name = d.to_string();
+        let digits = name.trim_start_matches(|c: char| !c.is_ascii_digit());
+        (digits.parse::<u64>().unwrap_or(u64::MAX), name)
+    });
     out
 }
 

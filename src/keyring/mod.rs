@@ -40,7 +40,7 @@ pub const VERSION: u64 = 2;
 /// Largest keyring file accepted, bytes.
 pub const MAX_FILE_LEN: u64 = 1 << 20;
 
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+use crate::key::HmacSha256;
 
 /// What a version 2 keyring seals with (docs/format.md §8.8).
 #[derive(Debug)]

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::error::SlotError;
 use crate::fido2::ctap2::{PERMISSION_GA, PERMISSION_MC};
-use crate::fido2::{Device, Error, Key, Options, status, transport};
+use crate::fido2::{Credential, Device, Error, Key, Options, status, transport};
 use crate::key::{Kek, WrappedKey, label};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -53,6 +53,9 @@ pub struct Fido2Params {
     pub rp_id: String,
     /// The credential id, base64.
     pub credential: String,
+    /// The credential's ES256 public key, SEC1 uncompressed, base64: the
+    /// key's answer is checked with it before the PIN is sent.
+    pub public_key: String,
     /// The hmac-secret salt, 32 bytes, base64.
     pub salt: String,
     /// Whether the PIN is sent (the key then verifies the user).
@@ -85,20 +88,26 @@ pub fn check_rp_id(s: &str) -> Result<(), String> {
 }
 
 impl Fido2Params {
-    /// The credential id and salt, checked.
-    fn decoded(&self) -> Result<(Vec<u8>, [u8; 32]), SlotError> {
+    /// The credential and salt, checked.
+    fn decoded(&self) -> Result<(Credential, [u8; 32]), SlotError> {
         check_rp_id(&self.rp_id).map_err(|r| malformed("rp_id", &r))?;
         let id = B64
             .decode(&self.credential)
             .ok()
             .filter(|b| !b.is_empty() && b.len() <= MAX_CREDENTIAL)
             .ok_or_else(|| malformed("credential", "not 1 to 1023 bytes of base64"))?;
+        let public_key: [u8; 65] = B64
+            .decode(&self.public_key)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .filter(|k: &[u8; 65]| crate::ecdh::point(k).is_ok())
+            .ok_or_else(|| malformed("public_key", "not a P-256 point (SEC1, base64)"))?;
         let salt: [u8; 32] = B64
             .decode(&self.salt)
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| malformed("salt", "not 32 bytes of base64"))?;
-        Ok((id, salt))
+        Ok((Credential { id, public_key }, salt))
     }
 
     fn options(&self) -> Options {
@@ -139,15 +148,32 @@ fn key_error(key: Option<&mut Key>, e: Error) -> SlotError {
             what: "the security key's PIN".into(),
             hint: "three wrong PINs in a row: unplug the key and plug it in again before the next try".into(),
         },
-        Error::Ctap(status::NO_CREDENTIALS) => SlotError::Device(
-            "the security key does not hold this slot's credential: it was deleted, or the key reset".into(),
-        ),
+        Error::Ctap(status::NO_CREDENTIALS) => SlotError::Device(format!(
+            "the security key{} does not hold this slot's credential: another key, or the credential was deleted (a reset deletes them all)",
+            key.map(|k| format!(" {}", k.device)).unwrap_or_default()
+        )),
         Error::Ctap(status::PIN_NOT_SET) => SlotError::Device(
             "the slot sends the key's PIN, but the key has none now: was it reset?".into(),
         ),
-        Error::Ctap(status::OPERATION_DENIED | status::USER_ACTION_TIMEOUT) => {
-            SlotError::PolicyRefused("the security key was not touched".into())
+        Error::Ctap(status::PIN_REQUIRED) => SlotError::Device(
+            "the security key wants its PIN for this, and this slot does not send it (the key's settings changed, e.g. always-UV): enroll it again".into(),
+        ),
+        Error::Ctap(status::PIN_AUTH_INVALID) => {
+            SlotError::Device("the security key refused the PIN token it gave".into())
         }
+        Error::Ctap(
+            status::OPERATION_DENIED | status::USER_ACTION_TIMEOUT | status::ACTION_TIMEOUT,
+        )
+        | Error::Timeout => SlotError::Device(
+            "the security key was not touched in time (or the touch was refused)".into(),
+        ),
+        Error::Ctap(status::UV_BLOCKED) => SlotError::LockedOut {
+            what: "the security key's built-in user verification".into(),
+            hint: "too many failed tries: verify with the key's PIN in its own tool to unblock it, or unlock with another slot".into(),
+        },
+        Error::Ctap(status::UV_INVALID) => SlotError::Device(
+            "the security key did not verify the user (fingerprint not recognised)".into(),
+        ),
         Error::Ctap(status::UNSUPPORTED_OPTION) => SlotError::Device(
             "the security key cannot do what this slot asks (user verification it lacks, or hmac-secret without a touch)".into(),
         ),
@@ -161,7 +187,8 @@ pub struct EnrollOptions {
     pub device: Option<Device>,
     /// The relying party id.
     pub rp_id: String,
-    /// Send the PIN: `None` means yes when the key has one set.
+    /// Send the PIN at unlock: `None` means yes when the key has one set
+    /// and `uv` is off.
     pub with_pin: Option<bool>,
     /// Ask for a touch.
     pub up: bool,
@@ -171,39 +198,49 @@ pub struct EnrollOptions {
     pub discoverable: bool,
 }
 
+/// The devices to ask: the one named (`--fido2-device`), else every
+/// FIDO2 key plugged in.
+fn candidates(named: Option<Device>) -> Vec<Device> {
+    match named {
+        Some(d) => vec![d],
+        None => transport::list(),
+    }
+}
+
+fn listed(devices: &[Device]) -> String {
+    devices
+        .iter()
+        .map(Device::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The one key to enroll: the one named, or the only one plugged in.
-fn the_key(named: Option<&Device>) -> Result<Key, SlotError> {
-    let device = match named {
-        Some(d) => d.clone(),
-        None => {
-            let found = transport::list();
-            match found.as_slice() {
-                [] => {
-                    return Err(SlotError::DeviceNotFound {
-                        what: "FIDO2 security key".into(),
-                        hint: "plug it in (or name it with --fido2-device)".into(),
-                    });
-                }
-                [one] => one.clone(),
-                several => {
-                    return Err(SlotError::Usage(format!(
-                        "several FIDO2 security keys are plugged in ({}): name one with --fido2-device",
-                        several
-                            .iter()
-                            .map(Device::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
+fn the_key(named: Option<Device>) -> Result<Key, SlotError> {
+    let device = match candidates(named).as_slice() {
+        [] => {
+            return Err(SlotError::DeviceNotFound {
+                what: "FIDO2 security key".into(),
+                hint: "plug it in (or name it with --fido2-device)".into(),
+            });
+        }
+        [one] => one.clone(),
+        several => {
+            return Err(SlotError::Usage(format!(
+                "several FIDO2 security keys are plugged in ({}): name one with --fido2-device",
+                listed(several)
+            )));
         }
     };
     Key::open(&device).map_err(|e| key_error(None, e))
 }
 
-/// Enroll a FIDO2 key: make a credential with hmac-secret, ask it once
-/// for the secret over a fresh salt, and wrap `target` under the KEK.
-/// `pin` is asked only when the PIN is to be sent.
+/// Enroll a FIDO2 key: make a credential with hmac-secret, check the key
+/// answers for it without a PIN (as unlocking will ask), ask it once for
+/// the secret over a fresh salt, and wrap `target` under the KEK. `pin`
+/// is asked when the key has a PIN and does not verify the user itself:
+/// the key wants it to make a credential, whether or not the slot sends
+/// it later.
 pub fn enroll<'a>(
     target: impl Into<Target<'a>>,
     opts: EnrollOptions,
@@ -211,14 +248,19 @@ pub fn enroll<'a>(
     ui: &dyn crate::ui::Ui,
 ) -> Result<SlotRecord, SlotError> {
     check_rp_id(&opts.rp_id).map_err(SlotError::Usage)?;
-    let mut key = the_key(opts.device.as_ref())?;
+    if opts.uv && opts.with_pin == Some(true) {
+        return Err(SlotError::Usage(
+            "verify the user one way: --with-pin yes or --user-verification yes (a key gives the same secret for either, but takes only one at a time)".into(),
+        ));
+    }
+    let mut key = the_key(opts.device.clone())?;
     if !key.info.hmac_secret() {
         return Err(SlotError::PolicyRefused(format!(
             "the security key {} has no hmac-secret extension: it cannot hold a coffer slot",
             key.device
         )));
     }
-    let with_pin = opts.with_pin.unwrap_or(key.info.pin_set());
+    let with_pin = opts.with_pin.unwrap_or(key.info.pin_set() && !opts.uv);
     if with_pin && !key.info.pin_set() {
         return Err(SlotError::PolicyRefused(format!(
             "the security key {} has no PIN: set one first (`fido2-token -S {}`, or your key's own tool), or enroll with --with-pin=no",
@@ -231,7 +273,8 @@ pub fn enroll<'a>(
             key.device
         )));
     }
-    let pin = if with_pin {
+    let needs_pin = with_pin || (key.info.pin_set() && !opts.uv);
+    let pin = if needs_pin {
         Some(pin().ok_or_else(|| {
             SlotError::Usage(
                 "enroll fido2 needs the key's PIN: --pin-file FILE, or a terminal".into(),
@@ -259,17 +302,32 @@ pub fn enroll<'a>(
             ui.message(TOUCH)
         })
         .map_err(|e| key_error(Some(&mut key), e))?;
+    // Unlocking finds the key by asking this, without a PIN or a touch.
+    match key.has_credential(rp, &credential, &mut || ui.message(TOUCH)) {
+        Ok(true) => {}
+        Ok(false) | Err(_) => {
+            return Err(SlotError::PolicyRefused(format!(
+                "the security key {} does not answer, without its PIN, whether it holds the credential it just made (is always-UV on?): coffer could not find it among other keys without sending a PIN; nothing enrolled",
+                key.device
+            )));
+        }
+    }
     let mut salt = [0u8; 32];
     crate::key::random_bytes(&mut salt);
-    let t = token(&mut key, PERMISSION_GA)?;
+    let t = if with_pin {
+        token(&mut key, PERMISSION_GA)?
+    } else {
+        None
+    };
     let output = key
-        .hmac_secret(rp, &credential, &salt, t.as_ref(), options, &mut || {
+        .hmac_secret(rp, &credential.id, &salt, t.as_ref(), options, &mut || {
             ui.message(&format!("{TOUCH} again"))
         })
         .map_err(|e| key_error(Some(&mut key), e))?;
     let params = Fido2Params {
         rp_id: opts.rp_id,
-        credential: B64.encode(&credential),
+        credential: B64.encode(&credential.id),
+        public_key: B64.encode(credential.public_key),
         salt: B64.encode(salt),
         pin: with_pin,
         up: opts.up,
@@ -282,49 +340,56 @@ pub fn enroll<'a>(
 }
 
 /// The key that holds `credential`: the one named by `--fido2-device`, or
-/// the first plugged-in key that says it holds it (asked without a PIN or
-/// a touch, so a PIN goes only to that key).
-fn find(locators: &Locators, rp_id: &str, credential: &[u8]) -> Result<Key, SlotError> {
-    let devices = match &locators.fido2_device {
-        Some(d) => vec![Device::parse(d)],
-        None => transport::list(),
-    };
+/// the first plugged-in key that answers for it, asked without a PIN and
+/// its answer checked with the credential's public key, so that a PIN goes
+/// only to the key enrolled.
+fn find(
+    locators: &Locators,
+    rp_id: &str,
+    credential: &Credential,
+    ui: &dyn crate::ui::Ui,
+) -> Result<Key, SlotError> {
+    let devices = candidates(locators.fido2_device.as_deref().map(Device::parse));
     if devices.is_empty() {
         return Err(SlotError::DeviceNotFound {
             what: "FIDO2 security key".into(),
             hint: "plug in the key this slot was enrolled with".into(),
         });
     }
-    let mut last = None;
+    let mut failures = Vec::new();
     for d in &devices {
         let mut key = match Key::open(d) {
             Ok(k) => k,
             Err(e) => {
-                last = Some(key_error(None, e));
+                failures.push(key_error(None, e));
                 continue;
             }
         };
-        match key.has_credential(rp_id, credential) {
+        match key.has_credential(rp_id, credential, &mut || ui.message(TOUCH)) {
             Ok(true) => return Ok(key),
             Ok(false) => {
-                last = Some(key_error(None, Error::Ctap(status::NO_CREDENTIALS)));
+                failures.push(key_error(
+                    Some(&mut key),
+                    Error::Ctap(status::NO_CREDENTIALS),
+                ));
             }
-            Err(e) => last = Some(key_error(Some(&mut key), e)),
+            Err(e) => failures.push(key_error(Some(&mut key), e)),
         }
     }
-    Err(match (devices.len(), last) {
-        (1, Some(e)) => e,
-        (_, _) => SlotError::DeviceNotFound {
-            what: "the security key of this slot".into(),
-            hint: format!(
-                "none of the keys plugged in ({}) holds its credential: plug in the one enrolled",
-                devices
-                    .iter()
-                    .map(Device::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        },
+    if failures.len() == 1 {
+        return Err(failures.remove(0));
+    }
+    Err(SlotError::DeviceNotFound {
+        what: "the security key of this slot".into(),
+        hint: format!(
+            "none of the keys plugged in holds its credential ({})",
+            devices
+                .iter()
+                .zip(&failures)
+                .map(|(d, e)| format!("{d}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
     })
 }
 
@@ -347,7 +412,7 @@ impl Slot for Fido2Params {
             Err(e) => return Some(Err(e)),
         };
         // The key first: no key, no PIN prompt.
-        let mut key = match find(ctx.locators, &self.rp_id, &credential) {
+        let mut key = match find(ctx.locators, &self.rp_id, &credential, ctx.ui) {
             Ok(k) => k,
             Err(e) => return Some(Err(e)),
         };
@@ -362,7 +427,7 @@ impl Slot for Fido2Params {
         };
         let output = match key.hmac_secret(
             &self.rp_id,
-            &credential,
+            &credential.id,
             &salt,
             token.as_ref(),
             self.options(),
@@ -416,6 +481,11 @@ mod tests {
         Fido2Params {
             rp_id: "coffer".into(),
             credential: B64.encode([1u8; 64]),
+            public_key: B64.encode(crate::ecdh::sec1(
+                &p256::SecretKey::from_slice(&[5u8; 32])
+                    .unwrap()
+                    .public_key(),
+            )),
             salt: B64.encode([2u8; 32]),
             pin: true,
             up: true,
@@ -448,7 +518,7 @@ mod tests {
             assert!(bad.decoded().is_err(), "{bad:?}");
         }
         let v = serde_json::json!({
-            "rp_id": "coffer", "credential": "AQ==", "salt": "", "pin": true,
+            "rp_id": "coffer", "credential": "AQ==", "public_key": "", "salt": "", "pin": true,
             "up": true, "uv": false, "discoverable": false, "extra": 1
         });
         assert!(serde_json::from_value::<Fido2Params>(v).is_err());

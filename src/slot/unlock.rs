@@ -1124,6 +1124,13 @@ mod tests {
             let mut o = common("fido2", "a6");
             o["rp_id"] = "coffer".into();
             o["credential"] = B64.encode([3u8; 64]).into();
+            o["public_key"] = B64
+                .encode(crate::ecdh::sec1(
+                    &p256::SecretKey::from_slice(&[5u8; 32])
+                        .unwrap()
+                        .public_key(),
+                ))
+                .into();
             o["salt"] = B64.encode([4u8; 32]).into();
             o["pin"] = true.into();
             o["up"] = true.into();
@@ -1162,7 +1169,14 @@ mod tests {
             fido2_device: Some("unix:/nonexistent/key.sock".into()),
         };
         let ui = crate::ui::NonInteractive::default();
-        for sel in [None, Some("a1"), Some("a2"), Some("a3"), Some("a4")] {
+        for sel in [
+            None,
+            Some("a1"),
+            Some("a2"),
+            Some("a3"),
+            Some("a4"),
+            Some("a6"),
+        ] {
             let Ok(chosen) = ordered(&cands, sel, &factors) else {
                 continue; // a kind this build leaves out
             };
