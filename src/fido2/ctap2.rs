@@ -37,6 +37,8 @@ pub struct Info {
     pub pin_protocols: Vec<u8>,
     /// The model's AAGUID.
     pub aaguid: Vec<u8>,
+    /// The largest message it takes, when it says (getInfo's maxMsgSize).
+    pub max_message: Option<usize>,
 }
 
 impl Info {
@@ -154,6 +156,9 @@ impl Key {
                 .and_then(Value::as_bytes)
                 .cloned()
                 .unwrap_or_default(),
+            max_message: map_get(&info, 5)
+                .and_then(Value::as_integer)
+                .and_then(|n| usize::try_from(n).ok()),
             options,
             pin_protocols: map_get(&info, 6)
                 .and_then(Value::as_array)
@@ -178,6 +183,12 @@ impl Key {
         if let Some(p) = params {
             ciborium::into_writer(&p, &mut request)
                 .map_err(|e| Error::Protocol(format!("encoding a request: {e}")))?;
+        }
+        if let Some(max) = self.info.max_message.filter(|m| request.len() > *m) {
+            return Err(Error::Protocol(format!(
+                "a request of {} bytes, more than the key takes ({max}): a shorter relying party id?",
+                request.len()
+            )));
         }
         let answer = self.channel.exchange(CMD_CBOR, &request, touch)?;
         match answer.split_first() {

@@ -97,6 +97,8 @@ pub mod status {
     pub const UV_BLOCKED: u8 = 0x3c;
     /// Built-in user verification failed.
     pub const UV_INVALID: u8 = 0x3f;
+    /// The PIN breaks the key's policy (or must be changed first).
+    pub const PIN_POLICY_VIOLATION: u8 = 0x37;
     /// The credential is not on this key.
     pub const NO_CREDENTIALS: u8 = 0x2e;
     /// Touch refused.

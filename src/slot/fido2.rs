@@ -44,6 +44,13 @@ pub const DEFAULT_RP_ID: &str = "coffer";
 const MAX_CREDENTIAL: usize = 1023;
 /// What to say when the key waits for a touch.
 pub const TOUCH: &str = "Touch your security key";
+/// What to say when the key waits for its own user verification.
+pub const FINGER: &str = "Put your finger on the security key's sensor";
+
+/// What to say while the key waits, by whether it verifies the user.
+fn prompt(uv: bool) -> &'static str {
+    if uv { FINGER } else { TOUCH }
+}
 
 /// Public parameters of a FIDO2 slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +178,9 @@ fn key_error(key: Option<&mut Key>, e: Error) -> SlotError {
             what: "the security key's built-in user verification".into(),
             hint: "too many failed tries: verify with the key's PIN in its own tool to unblock it, or unlock with another slot".into(),
         },
+        Error::Ctap(status::PIN_POLICY_VIOLATION) => SlotError::Device(
+            "the security key refuses its PIN as it is (it may want it changed first: use the key's own tool)".into(),
+        ),
         Error::Ctap(status::UV_INVALID) => SlotError::Device(
             "the security key did not verify the user (fingerprint not recognised)".into(),
         ),
@@ -296,10 +306,11 @@ pub fn enroll<'a>(
         None => Ok(None),
     };
     let t = token(&mut key, PERMISSION_MC)?;
+    let wait = prompt(opts.uv);
     // Making a credential always asks for a touch.
     let credential = key
         .make_credential(rp, opts.discoverable, t.as_ref(), options, &mut || {
-            ui.message(TOUCH)
+            ui.message(wait)
         })
         .map_err(|e| key_error(Some(&mut key), e))?;
     // Unlocking finds the key by asking this, without a PIN or a touch.
@@ -321,7 +332,7 @@ pub fn enroll<'a>(
     };
     let output = key
         .hmac_secret(rp, &credential.id, &salt, t.as_ref(), options, &mut || {
-            ui.message(&format!("{TOUCH} again"))
+            ui.message(&format!("{wait} again"))
         })
         .map_err(|e| key_error(Some(&mut key), e))?;
     let params = Fido2Params {
@@ -431,7 +442,7 @@ impl Slot for Fido2Params {
             &salt,
             token.as_ref(),
             self.options(),
-            &mut || ctx.ui.message(TOUCH),
+            &mut || ctx.ui.message(prompt(self.uv)),
         ) {
             Ok(o) => o,
             Err(e) => return Some(Err(key_error(Some(&mut key), e))),
