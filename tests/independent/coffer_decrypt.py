@@ -81,6 +81,17 @@ MAX_DEPTH = 16
 SLOT_NAME_RE = re.compile(r"[0-9a-z-]{1,32}\Z")
 BINDING_RE = re.compile(r"([A-Za-z0-9._-]{1,64})=(.+)\Z", re.S)
 BASE_SLOT_MEMBERS = {"id", "kind", "created", "wrapped"}
+# The kinds this reader implements, with their members (section 2: "A reader
+# MUST refuse ... if a slot of a kind it implements lacks a listed member or
+# has members other than those listed"). Every other kind, the hardware
+# kinds specified in section 2.3 and docs/backends/ (`tpm2`, `pkcs11`,
+# `yubikey`, `fido2`, `vault`) included, is one this reader does not
+# implement (it has no device or server to derive the KEK from), so it MUST
+# "keep [it] unchanged (all members)": its members are not checked here,
+# only the common ones and the reserved `x` and `members`. `fido2` in
+# particular is not listed although section 2.3 now names its members: a
+# reader that cannot use a fido2 slot refusing one for a missing `rp_id`
+# would break the MUST keep (FINDINGS.md, "The fido2 kind").
 KNOWN_KIND_MEMBERS = {
     "recovery": BASE_SLOT_MEMBERS,
     "password": BASE_SLOT_MEMBERS | {"kdf", "m_cost_kib", "t_cost", "p_cost", "salt"},
@@ -1364,6 +1375,28 @@ def t_recovery(sid, entropy, x=None, label=None, created=1700000000):
     return {"sid": sid, "kind": "recovery", "entropy": entropy, "x": x, "label": label, "created": created}
 
 
+def t_fido2(sid, out, x=None, label=None, created=1700000000, seed=b"\x01"):
+    """A `fido2` slot (or member at x) for the test writer, with exactly the
+    members of section 2.3, well formed: what a security key whose
+    `hmac-secret` output for the slot's salt is `out` (32 bytes) would have
+    enrolled. No key here gives `out`, so no reader can open it; it is
+    there to be kept (this reader) or passed over (a reader without the key)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives import serialization
+    d = int.from_bytes(hashlib.sha256(b"fido2 test credential key" + seed).digest(), "big")
+    point = ec.derive_private_key(d % (2 ** 255) + 1, ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    assert len(point) == 65 and point[0] == 4            # SEC1 uncompressed, on P-256 by construction
+    return {"sid": sid, "kind": "fido2", "out": out, "x": x, "label": label, "created": created,
+            "fido2": {"rp_id": "coffer",
+                      "credential": base64.b64encode(hashlib.sha512(b"fido2 test credential id" + seed)
+                                                     .digest()).decode("ascii"),          # 64 bytes
+                      "public_key": base64.b64encode(point).decode("ascii"),
+                      "salt": base64.b64encode(hashlib.sha256(b"fido2 test salt" + seed).digest()
+                                               ).decode("ascii"),                          # 32 bytes
+                      "pin": True, "up": True, "uv": False, "discoverable": False}}
+
+
 def t_group(sid, need, members, x=None, next_x=None, label=None, created=1700000000):
     """A `threshold` group; next_x defaults to one past the highest member x."""
     if next_x is None:
@@ -1386,6 +1419,10 @@ def t_build(bk, node, enclosing=None, target=None):
         target = bk
     if node["kind"] == "recovery":
         kek = hkdf(None, node["entropy"], b"coffer/v1 recovery kek", 32)
+    elif node["kind"] == "fido2":
+        s.update(node["fido2"])
+        # Section 1.1's FIDO2 KEK: HKDF(salt, out, "coffer/v2 fido2 kek", 32).
+        kek = hkdf(b64decode_strict(node["fido2"]["salt"]), node["out"], b"coffer/v2 fido2 kek", 32)
     else:
         kek = threshold_secret(bk, node["sid"])
         s["need"] = node["need"]
@@ -1730,16 +1767,38 @@ def threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr, key_text):
     deep3 = t_group("0000a031", 1, [t_group("0000a032", 1, [t_group("0000a033", 1, [R(1, 1)], x=1)], x=1)])
     ok("v2-threshold-depth-3", seal([t_build(bk, deep3)]), plain, keys=K(1))
 
-    # Members of kinds this reader has no factor for: kept, counted, skipped.
-    fido = {"id": "0000b0f1", "kind": "fido2", "x": 3, "created": 1700000000,
-            "credential": "AAAA", "wrapped": base64.b64encode(b"\x5a" * 40).decode("ascii")}
+    # Members of a kind no reader has a factor for: kept, counted, skipped.
+    # The kind must be one the spec does not define (section 2), so that every
+    # conforming reader keeps it as it is; `fido2` no longer qualifies (section
+    # 2.3 names its members, and a reader that implements it refuses a fido2
+    # slot without them), hence `future-kind`, with a member of its own making.
+    later = {"id": "0000b0f1", "kind": "future-kind", "x": 3, "created": 1700000000,
+             "credential": "AAAA", "wrapped": base64.b64encode(b"\x5a" * 40).decode("ascii")}
     s_mixed = t_build(bk, t_group("0000a041", 2, [R(1, 1), R(2, 2)], next_x=4))
-    s_mixed["members"].append(fido)
+    s_mixed["members"].append(later)
     ok("v2-threshold-unknown-kind-member", seal([s_mixed]), plain, keys=K(1, 2))
     s_pw = copy.deepcopy(s_mixed)
-    s_pw["members"] = [s_pw["members"][0], fido]      # one recovery member, need 2: never enough
+    s_pw["members"] = [s_pw["members"][0], later]     # one recovery member, need 2: never enough
     bad("v2-threshold-not-enough-recovery-members", seal([s_pw]), EXIT_NO_SLOT, keys=K(1, 2),
         stderr="no slot usable")
+    # A `fido2` member with exactly section 2.3's members, well formed (its
+    # wrapped is share(3) under the member KEK of a FIDO2 KEK no key here
+    # gives). This reader does not implement fido2 and keeps it; a reader that
+    # does accepts it, and, with no key (and, from a header, no one to say
+    # yes: section 2.4), cannot use it. Either way the recovery members decide.
+    f3 = t_fido2("0000b0f3", b"\x6f" * 32, x=3)
+    ok("v2-threshold-fido2-member", seal([t_build(bk, t_group("0000a043", 2, [R(1, 1), R(2, 2), f3]))]),
+       plain, keys=K(1, 2))
+    ok("v2-threshold-fido2-member-and-one-recovery-member",
+       seal([t_build(bk, t_group("0000a043", 1, [f3, R(1, 1)], next_x=4))]), plain, keys=K(1))
+    bad("v2-threshold-fido2-member-not-enough-recovery-members",
+        seal([t_build(bk, t_group("0000a043", 2, [R(1, 1), f3]))]), EXIT_NO_SLOT, keys=K(1, 2),
+        stderr="no slot usable")
+    # ... and `members` on it is refused by every reader (section 2: reserved
+    # "whatever the kind, known or not").
+    s_fm = t_build(bk, t_group("0000a043", 2, [R(1, 1), R(2, 2), f3]))
+    s_fm["members"][2]["members"] = []
+    bad("v2-threshold-corrupt-members-on-fido2-member", seal([s_fm]), EXIT_CORRUPT, keys=K(1, 2))
     s_empty = t_build(bk, t_group("0000a042", 2, [], next_x=1))
     ok("v2-threshold-empty-group-beside-recovery-slot", seal([s_empty, rec]), plain)
     bad("v2-threshold-empty-group-alone", seal([s_empty]), EXIT_NO_SLOT)
@@ -1874,6 +1933,18 @@ def threshold_testkit(bk, pk, kid, salt, eseed, rec, ok, bad, kr, key_text):
     unk = {"id": "0000e001", "kind": "future-kind", "created": 1700000000,
            "wrapped": base64.b64encode(b"\x5a" * 40).decode("ascii")}
     ok("v2-threshold-unknown-kind-kept", seal([rec, unk]), plain, keys=["owner-recovery.txt"])
+    # A well-formed top-level `fido2` slot before a group: passed over (no
+    # key, and a header's slot), the group opens.
+    f_top = t_build(bk, t_fido2("0000f001", b"\x6e" * 32, label="blue", seed=b"\x02"))
+    ok("v2-threshold-fido2-slot-before-group", seal([f_top, s23]), plain, keys=K(1, 2))
+    # A fido2 slot without section 2.3's `rp_id`. Section 2 makes its fate
+    # depend on the reader: one that implements fido2 MUST refuse the whole
+    # header (4), one that does not, this one, MUST keep it (all members) and
+    # opens with the recovery slot beside it. So this case is this reader's
+    # alone (no `threshold` in its name: coffer:threshold-exit-statuses does
+    # not run it); run.sh's coffer:fido2-slot-per-reader checks coffer's 4.
+    f_bad = {k: v for k, v in f_top.items() if k != "rp_id"}
+    ok("v2-fido2-slot-missing-rp-id-kept", seal([rec, f_bad]), plain, keys=["owner-recovery.txt"])
     bad("v2-threshold-corrupt-members-on-unknown-kind", seal([rec, dict(unk, members=[])]), EXIT_CORRUPT,
         keys=["owner-recovery.txt"], stderr="only a threshold slot")
     bad("v2-threshold-corrupt-x-on-unknown-kind", seal([rec, dict(unk, x=1)]), EXIT_CORRUPT,

@@ -584,6 +584,22 @@ if [ -x "$bin" ]; then
     if [ -z "$why" ]; then ok "$name" "coffer gives the kit's status in all $n threshold cases ($na archives, $nk keyrings)${said:+; reported, not checked (the text and coffer differ):${said#,}}"
     else bad "$name" "${why#; }"; fi
 
+    # Section 2 per reader, for a kind the spec defines: a fido2 slot without
+    # section 2.3's `rp_id`. This reader does not implement fido2, so it MUST
+    # keep the slot and opens with the recovery slot beside it (the kit's
+    # .expect: ok, checked above as own:v2-fido2-slot-missing-rp-id-kept);
+    # coffer implements fido2, so it MUST refuse the whole header (4). Both
+    # follow the text; the well-formed fido2 slots and members of the kit are
+    # in coffer:threshold-exit-statuses.
+    name="coffer:fido2-slot-per-reader"
+    c=v2-fido2-slot-missing-rp-id-kept
+    if [ -f "$own/$c.coffer" ]; then
+        bin_status "$c"; rc=$?
+        if [ "$rc" -eq 4 ] && grep -q 'rp_id' "$tmp/err"; then
+            ok "$name" "coffer, which implements fido2, refuses $c with 4 (section 2: MUST refuse a slot of a kind it implements that lacks a listed member); this reader keeps it and opens (MUST keep a kind it does not implement)"
+        else bad "$name" "$c: coffer exit $rc, expected 4 naming rp_id ($(grep -v '^ *$' "$tmp/err" | tail -n2 | tr '\n' ' '))"; fi
+    else bad "$name" "$c missing from the reader's kit"; fi
+
     # Section 10.5's second vector through the binary (black box): the
     # archive, on its header alone, and the keyring (`passphrase`, on a copy),
     # with all three member keys in two orders, and with each pair (5, as
