@@ -33,7 +33,7 @@ library_deps() {
   local features=tpm2,pkcs11,yubikey,fido2,vault found
   found=$(cargo tree -e normal --no-default-features --features "$features" -p coffer-backup \
       --prefix none --format '{p}' | awk '{print $1}' | sort -u |
-    grep -xE 'clap|indicatif|rpassword|signal-hook|humantime|hyper|hyper-util|tokio|tokio-rustls|rusqlite|postgres' || true)
+    grep -xE 'clap|indicatif|rpassword|signal-hook|humantime|hyper|hyper-util|tokio|tokio-rustls|rusqlite|postgres|tracing-subscriber' || true)
   if [ -n "$found" ]; then
     echo "the library (--no-default-features --features $features) depends on:" $found
     echo "these belong behind the cli or vault-server features (Cargo.toml)"

@@ -56,6 +56,9 @@ pub mod label {
     /// AES-GCM associated data (not HKDF): the vault server's sealed OPAQUE
     /// server setup (`vault/server.rs`, sealed by `vault/hsm.rs`).
     pub const VAULT_SERVER_SETUP: &[u8] = b"coffer/v1 vault opaque-server-setup";
+    /// Hash prefix (not HKDF): a record's id as the vault server's audit
+    /// log names it (`vault/server.rs`).
+    pub const VAULT_AUDIT_RECORD: &[u8] = b"coffer/v1 vault audit record";
     /// HKDF info: the vault server's key for its login-session state, from
     /// the unsealed server setup (`vault/server.rs`).
     pub const VAULT_SESSION_STATE: &[u8] = b"coffer/v1 vault session state key";

@@ -886,3 +886,81 @@ fn an_unbound_password_file_spends_no_vault_guess_unless_the_slot_was_chosen() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The audit trail (`--log-format json`): one JSON line per registration,
+/// login start, login finish and deletion, with the record's hashed id,
+/// the outcome, the guesses left and the client's address; never the
+/// record's id, a password, a protocol message or a session.
+#[test]
+fn every_registration_login_and_deletion_is_audited_and_nothing_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = Token::new();
+    let log_path = dir.path().join("audit.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let db = format!("sqlite:{}", dir.path().join("vault.db").display());
+    let server = Server::start_logging(
+        &token,
+        &db,
+        5,
+        &["--listen", "127.0.0.1:0", "--log-format", "json"],
+        log.into(),
+    );
+    let password = b"the audited password";
+    let (user, key) = register(&server.url, password);
+    let client = Client::new(&server.url, None).unwrap();
+    assert!(matches!(
+        client.login(&user, b"a wrong one", &key, false),
+        Err(VaultError::WrongPassword { guesses_left: 4 })
+    ));
+    client.login(&user, password, &key, false).unwrap();
+    client.login(&user, password, &key, true).unwrap();
+    assert!(client.login(&user, password, &key, false).is_err());
+    drop(server);
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|v: &serde_json::Value| v["target"] == "coffer_vault::audit")
+        .collect();
+    let record = coffer::vault::server::audit_record(&user);
+    let seen: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["record"], record.as_str(), "{e}");
+            assert_eq!(e["client"], "127.0.0.1", "{e}");
+            (
+                e["event"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("register_start", "ok"),
+        ("register_finish", "ok"),
+        // The wrong password: the server answers the start and never
+        // hears a finish; it cannot know the password was wrong.
+        ("login_start", "ok"),
+        ("login_start", "ok"),
+        ("login_finish", "ok"),
+        ("login_start", "ok"),
+        ("delete", "ok"),
+        ("login_start", "destroyed"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(seen, want, "{text}");
+    let guesses: Vec<Option<u64>> = events
+        .iter()
+        .filter(|e| e["event"] == "login_start")
+        .map(|e| e["guesses_left"].as_u64())
+        .collect();
+    assert_eq!(guesses, [Some(4), Some(3), Some(4), None], "{text}");
+    // Nothing that identifies or opens the record in clear (the server's
+    // public key, in the start-up line, is public).
+    for secret in [user.as_str(), "the audited password"] {
+        assert!(!text.contains(secret), "the log holds {secret}: {text}");
+    }
+}

@@ -64,6 +64,33 @@ pub struct ServeArgs {
     /// instead of an HSM (demos only: whoever reads the disk gets them)
     #[arg(long, conflicts_with = "hsm_module")]
     insecure_local_key: bool,
+    /// How the audit trail (one line per registration, login start, login
+    /// finish and deletion) is written to standard error
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One readable line each
+    Text,
+    /// One JSON object per line (for a log collector)
+    Json,
+}
+
+/// Write the server's audit events (and nothing more verbose than INFO)
+/// to standard error.
+fn audit_to_stderr(format: LogFormat) -> Result<()> {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    installed.map_err(|e| Error::Refused(format!("cannot start the audit log: {e}")))
 }
 
 fn vault_err(e: coffer::vault::VaultError) -> Error {
@@ -77,6 +104,7 @@ fn is_postgres(db: &str) -> bool {
 /// Run a `coffer vault` command.
 pub fn run(cmd: &VaultCmd) -> Result<()> {
     let VaultCmd::Serve(a) = cmd;
+    audit_to_stderr(a.log_format)?;
     // The TLS identity first: a typo there should not wait for the HSM.
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(Tls::from_pem_files(cert, key).map_err(vault_err)?),

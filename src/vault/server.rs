@@ -4,8 +4,15 @@
 //! for [`SESSION_TTL`], sealed under a key derived from the server setup,
 //! so that any replica can take the finish, once.
 //!
+//! Every registration, login start, login finish and deletion is audited:
+//! one `tracing` event (target [`AUDIT_TARGET`]) with the record's hashed id,
+//! the outcome, the guesses left (at a login start) and the client's
+//! address. The binary writes them to stderr, as JSON with `--log-format
+//! json`.
+//!
 //! Must never: answer a login start before its guess is committed; log a
-//! request body, a session id or a secret; panic on a client's bytes.
+//! request body, a session id, a password, an OPRF value or a key; panic on
+//! a client's bytes.
 
 use super::VaultError;
 use super::hsm::Sealer;
@@ -64,6 +71,43 @@ fn bad() -> Reply {
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body).map_err(|_| bad())
+}
+
+/// The `tracing` target of the audit events.
+pub const AUDIT_TARGET: &str = "coffer_vault::audit";
+
+/// What one audited request concerned, filled in as it is answered.
+#[derive(Default)]
+struct Audit {
+    /// The record's id, hashed ([`audit_record`]).
+    record: Option<String>,
+    /// Guesses left, answered at a login start.
+    guesses_left: Option<u32>,
+}
+
+/// A record's id as the audit trail names it: the first 16 bytes of
+/// SHA-256("coffer/v1 vault audit record" ‖ 0x00 ‖ id), hex. Enough to
+/// follow one record's history, without putting the id clients look the
+/// record up by into log files.
+pub fn audit_record(user: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(label::VAULT_AUDIT_RECORD)
+        .chain_update([0u8])
+        .chain_update(user.as_bytes())
+        .finalize();
+    hex::encode(&digest[..16])
+}
+
+/// The outcome an audit event gives for an answer: `ok`, or the error code
+/// sent to the client (`no-record`, `destroyed`, `unauthenticated`, ...).
+fn outcome(reply: &Result<Reply, Reply>) -> String {
+    match reply {
+        Ok(_) => "ok".into(),
+        Err((_, body)) => serde_json::from_str::<protocol::ErrorResponse>(body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| "error".into()),
+    }
 }
 
 fn user_of(s: &str) -> Result<[u8; protocol::USER_ID_LEN], Reply> {
@@ -161,25 +205,47 @@ impl Vault {
         &self.store
     }
 
-    /// Answer one request.
-    pub fn handle(&self, method: &str, url: &str, body: &[u8]) -> Reply {
+    /// Answer one request from `client`, and audit it.
+    pub fn handle(
+        &self,
+        method: &str,
+        url: &str,
+        body: &[u8],
+        client: Option<SocketAddr>,
+    ) -> Reply {
         if method != "POST" {
             return err(405, "method-not-allowed");
         }
-        let r = match url {
-            path::REGISTER_START => self.register_start(body),
-            path::REGISTER_FINISH => self.register_finish(body),
-            path::LOGIN_START => self.login_start(body),
-            path::LOGIN_FINISH => self.login_finish(body, false),
-            path::DELETE => self.login_finish(body, true),
-            _ => Err(err(404, "not-found")),
+        let mut audit = Audit::default();
+        let (event, r) = match url {
+            path::REGISTER_START => ("register_start", self.register_start(body, &mut audit)),
+            path::REGISTER_FINISH => ("register_finish", self.register_finish(body, &mut audit)),
+            path::LOGIN_START => ("login_start", self.login_start(body, &mut audit)),
+            path::LOGIN_FINISH => ("login_finish", self.login_finish(body, false, &mut audit)),
+            path::DELETE => ("delete", self.login_finish(body, true, &mut audit)),
+            _ => return err(404, "not-found"),
         };
+        let outcome = outcome(&r);
+        let record = audit.record.as_deref().unwrap_or("-");
+        let client = client.map_or_else(|| "-".to_owned(), |a| a.ip().to_string());
+        match audit.guesses_left {
+            Some(guesses_left) => tracing::info!(
+                target: AUDIT_TARGET,
+                event,
+                record,
+                outcome,
+                guesses_left,
+                client,
+            ),
+            None => tracing::info!(target: AUDIT_TARGET, event, record, outcome, client),
+        }
         r.unwrap_or_else(|e| e)
     }
 
-    fn register_start(&self, body: &[u8]) -> Result<Reply, Reply> {
+    fn register_start(&self, body: &[u8], audit: &mut Audit) -> Result<Reply, Reply> {
         let req: protocol::StartRequest = parse(body)?;
         let user = user_of(&req.user)?;
+        audit.record = Some(audit_record(&req.user));
         let msg = protocol::unb64(&req.message, 256).ok_or_else(bad)?;
         let msg = RegistrationRequest::<Suite>::deserialize(&msg).map_err(|_| bad())?;
         if self.store.exists(&req.user).map_err(|e| self.internal(e))? {
@@ -195,9 +261,10 @@ impl Vault {
         ))
     }
 
-    fn register_finish(&self, body: &[u8]) -> Result<Reply, Reply> {
+    fn register_finish(&self, body: &[u8], audit: &mut Audit) -> Result<Reply, Reply> {
         let req: protocol::RegisterFinishRequest = parse(body)?;
         user_of(&req.user)?;
+        audit.record = Some(audit_record(&req.user));
         let msg = protocol::unb64(&req.message, 1024).ok_or_else(bad)?;
         let upload = RegistrationUpload::<Suite>::deserialize(&msg).map_err(|_| bad())?;
         let record = ServerRegistration::finish(upload);
@@ -211,9 +278,10 @@ impl Vault {
         Ok((200, "{}".into()))
     }
 
-    fn login_start(&self, body: &[u8]) -> Result<Reply, Reply> {
+    fn login_start(&self, body: &[u8], audit: &mut Audit) -> Result<Reply, Reply> {
         let req: protocol::StartRequest = parse(body)?;
         let user = user_of(&req.user)?;
+        audit.record = Some(audit_record(&req.user));
         let msg = protocol::unb64(&req.message, 256).ok_or_else(bad)?;
         // Parse everything before counting: a malformed message costs no guess.
         let request = CredentialRequest::<Suite>::deserialize(&msg).map_err(|_| bad())?;
@@ -229,6 +297,7 @@ impl Vault {
                 guesses_left,
             } => (registration, guesses_left),
         };
+        audit.guesses_left = Some(guesses_left);
         let registration = ServerRegistration::<Suite>::deserialize(&registration)
             .map_err(|e| self.internal(VaultError::Store(format!("stored record: {e}"))))?;
         let start = ServerLogin::start(
@@ -259,7 +328,7 @@ impl Vault {
         ))
     }
 
-    fn login_finish(&self, body: &[u8], delete: bool) -> Result<Reply, Reply> {
+    fn login_finish(&self, body: &[u8], delete: bool, audit: &mut Audit) -> Result<Reply, Reply> {
         let req: protocol::LoginFinishRequest = parse(body)?;
         let msg = protocol::unb64(&req.message, 256).ok_or_else(bad)?;
         let fin = CredentialFinalization::<Suite>::deserialize(&msg).map_err(|_| bad())?;
@@ -272,6 +341,7 @@ impl Vault {
             .take_session(&req.session)
             .map_err(|e| self.internal(e))?
             .ok_or_else(|| err(400, "bad-session"))?;
+        audit.record = Some(audit_record(&user));
         let state = self
             .unseal_state(&req.session, &user, &sealed)
             .and_then(|s| ServerLogin::<Suite>::deserialize(&s).ok())
@@ -422,8 +492,8 @@ impl Server {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return Ok(());
             };
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
+            let (stream, client) = match listener.accept().await {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: say so, breathe, go on.
                     (self.vault.log)(&format!("accepting a connection: {e}"));
@@ -437,12 +507,12 @@ impl Server {
                 let _ = stream.set_nodelay(true);
                 let served = async {
                     match tls {
-                        None => serve_http(stream, vault, limits).await,
+                        None => serve_http(stream, vault, limits, client).await,
                         Some(tls) => {
                             if let Ok(Ok(stream)) =
                                 tokio::time::timeout(limits.io_timeout, tls.accept(stream)).await
                             {
-                                serve_http(stream, vault, limits).await;
+                                serve_http(stream, vault, limits, client).await;
                             }
                         }
                     }
@@ -453,13 +523,13 @@ impl Server {
     }
 }
 
-async fn serve_http<S>(stream: S, vault: Arc<Vault>, limits: Limits)
+async fn serve_http<S>(stream: S, vault: Arc<Vault>, limits: Limits, client: SocketAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
         let vault = vault.clone();
-        async move { Ok::<_, std::convert::Infallible>(answer(vault, req, limits).await) }
+        async move { Ok::<_, std::convert::Infallible>(answer(vault, req, limits, client).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -476,6 +546,7 @@ async fn answer(
     vault: Arc<Vault>,
     req: hyper::Request<hyper::body::Incoming>,
     limits: Limits,
+    client: SocketAddr,
 ) -> hyper::Response<Full<Bytes>> {
     let (head, body) = req.into_parts();
     let (status, body) = match read_body(body, limits.io_timeout).await {
@@ -483,7 +554,7 @@ async fn answer(
         Ok(body) => {
             let method = head.method.as_str().to_owned();
             let path = head.uri.path().to_owned();
-            tokio::task::spawn_blocking(move || vault.handle(&method, &path, &body))
+            tokio::task::spawn_blocking(move || vault.handle(&method, &path, &body, Some(client)))
                 .await
                 .unwrap_or_else(|_| err(500, "internal"))
         }
@@ -559,13 +630,13 @@ mod tests {
             ];
             let user = "00112233445566778899aabbccddeeff";
             v.store().register(user, b"not a record").unwrap();
-            let (status, _) = v.handle("POST", paths[which], &body);
+            let (status, _) = v.handle("POST", paths[which], &body, None);
             prop_assert!((400..500).contains(&status), "{status}");
             let json = format!(
                 r#"{{"user":"{user}","session":"{user}","message":"{}"}}"#,
                 protocol::b64(&msg)
             );
-            let (status, _) = v.handle("POST", paths[which], json.as_bytes());
+            let (status, _) = v.handle("POST", paths[which], json.as_bytes(), None);
             prop_assert!((400..500).contains(&status), "{status}");
             prop_assert_eq!(v.store().failed_guesses(user).unwrap(), Some(0));
         }

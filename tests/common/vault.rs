@@ -66,6 +66,18 @@ impl Server {
         max_guesses: u32,
         args: &[S],
     ) -> Self {
+        Self::start_logging(token, db, max_guesses, args, Stdio::inherit())
+    }
+
+    /// [`Server::start_with`], its standard error (the audit trail) to
+    /// `stderr`.
+    pub fn start_logging<S: AsRef<std::ffi::OsStr>>(
+        token: &Token,
+        db: &str,
+        max_guesses: u32,
+        args: &[S],
+        stderr: Stdio,
+    ) -> Self {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("coffer"))
             .env("SOFTHSM2_CONF", token.conf())
             .args(["vault", "serve", "--db", db])
@@ -76,7 +88,7 @@ impl Server {
             .arg(token.dir.path().join("pin"))
             .args(["--max-guesses", &max_guesses.to_string()])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
