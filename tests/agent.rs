@@ -96,10 +96,9 @@ impl Rig {
         let mut args = vec!["agent", "start", "--password-file", "password.txt"];
         args.extend(more);
         let out = self.ok(&args);
-        assert!(
-            text(&out.stderr).contains("agent started for key id 646a6f1a3e48f3fe8c988224ce56427e"),
-            "{}",
-            text(&out.stderr)
+        says(
+            &out,
+            "agent started for key id 646a6f1a3e48f3fe8c988224ce56427e",
         );
         let status = self.ok(&["--json", "agent", "status"]);
         let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -158,6 +157,12 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Panic unless standard error says `what`.
+#[track_caller]
+fn says(o: &Output, what: &str) {
+    assert!(text(&o.stderr).contains(what), "{}", text(&o.stderr));
+}
+
 #[test]
 fn one_unlock_then_opens_verifies_and_passphrases_with_no_factor() {
     let r = Rig::new();
@@ -193,33 +198,17 @@ fn one_unlock_then_opens_verifies_and_passphrases_with_no_factor() {
     r.fails(5, &["verify", "a.coffer", "--slot", "password"]);
     // A second agent for the same key is refused, before any factor.
     let o = r.fails(1, &["agent", "start"]);
-    assert!(
-        text(&o.stderr).contains("already holds key id"),
-        "{}",
-        text(&o.stderr)
-    );
+    says(&o, "already holds key id");
 
     let o = r.ok(&["agent", "stop"]);
-    assert!(
-        text(&o.stderr).contains("stopped: it forgot the key"),
-        "{}",
-        text(&o.stderr)
-    );
+    says(&o, "stopped: it forgot the key");
     agent.wait_gone(Duration::from_secs(10));
     r.fails(5, &["verify", "a.coffer"]);
     let o = r.fails(1, &["agent", "status"]);
-    assert!(
-        text(&o.stderr).contains("no agent is running"),
-        "{}",
-        text(&o.stderr)
-    );
+    says(&o, "no agent is running");
     // Stopping none is no error.
     let o = r.ok(&["agent", "stop"]);
-    assert!(
-        text(&o.stderr).contains("no agent was running"),
-        "{}",
-        text(&o.stderr)
-    );
+    says(&o, "no agent was running");
 }
 
 #[test]
@@ -271,11 +260,7 @@ fn an_archive_of_another_key_is_not_answered() {
     bytes[header_len - 1] ^= 1;
     std::fs::write(r.home.path("c.coffer"), &bytes).unwrap();
     let o = r.fails(4, &["verify", "c.coffer"]);
-    assert!(
-        text(&o.stderr).contains("unlock agent:"),
-        "{}",
-        text(&o.stderr)
-    );
+    says(&o, "unlock agent:");
     // The agent still serves.
     r.ok(&["verify", "a.coffer"]);
 }
@@ -533,11 +518,7 @@ fn another_user_is_refused_and_spends_no_use() {
         b"",
     );
     assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
-    assert!(
-        text(&o.stderr).contains("served by uid 0, not by you (uid 65534): not used"),
-        "{}",
-        text(&o.stderr)
-    );
+    says(&o, "served by uid 0, not by you (uid 65534): not used");
     // Neither spent the one use the owner allowed.
     assert!(agent.alive());
     r.ok(&["verify", "a.coffer"]);
@@ -554,11 +535,7 @@ fn the_agent_refuses_a_folder_others_can_enter_and_needs_a_runtime_folder() {
     )
     .unwrap();
     let o = r.fails(1, &["agent", "start", "--password-file", "password.txt"]);
-    assert!(
-        text(&o.stderr).contains("no one else can enter"),
-        "{}",
-        text(&o.stderr)
-    );
+    says(&o, "no one else can enter");
     let o = r
         .home
         .coffer()
@@ -572,11 +549,7 @@ fn the_agent_refuses_a_folder_others_can_enter_and_needs_a_runtime_folder() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
-    assert!(
-        text(&o.stderr).contains("XDG_RUNTIME_DIR"),
-        "{}",
-        text(&o.stderr)
-    );
+    says(&o, "XDG_RUNTIME_DIR");
     // A wrong password starts nothing.
     std::fs::set_permissions(
         r.runtime().join("coffer"),
@@ -767,11 +740,7 @@ fn a_socket_left_by_a_dead_agent_is_replaced_and_only_one_of_two_starts_wins() {
     );
     let refused = outs.iter().find(|o| !o.status.success()).unwrap();
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
-    assert!(
-        text(&refused.stderr).contains("already"),
-        "{}",
-        text(&refused.stderr)
-    );
+    says(refused, "already");
     let s = r.ok(&["--json", "agent", "status"]);
     let s: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
     let agent = Agent {
@@ -831,10 +800,6 @@ fn a_factor_given_is_checked_not_the_agent() {
         .assert()
         .success();
     let o = r.fails(1, &["passphrase", "x:y", "--from", "b.coffer"]);
-    assert!(
-        text(&o.stderr).contains("neither holds nor lists"),
-        "{}",
-        text(&o.stderr)
-    );
+    says(&o, "neither holds nor lists");
     assert!(o.stdout.is_empty());
 }

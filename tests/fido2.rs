@@ -21,6 +21,16 @@ const TOUCH: Options = Options {
     builtin_uv: false,
 };
 
+/// Panic unless `result` is the key's CTAP2 error `want`.
+#[track_caller]
+fn expect_status<T>(result: Result<T, Error>, want: u8) {
+    match result {
+        Err(Error::Ctap(s)) if s == want => {}
+        Err(e) => panic!("{e}, not status {want:#04x}"),
+        Ok(_) => panic!("succeeded, not status {want:#04x}"),
+    }
+}
+
 fn open(vk: &VirtualKey) -> Key {
     Key::open(&Device::parse(&vk.device())).expect("open the virtual key")
 }
@@ -75,11 +85,10 @@ fn wrong_pins_count_down_and_unknown_credentials_are_named() {
     let vk = VirtualKey::start(Some(PIN));
     let mut key = open(&vk);
     let before = key.pin_retries().unwrap();
-    match key.pin_token("000000", PERMISSION_GA, RP) {
-        Err(Error::Ctap(status::PIN_INVALID)) => {}
-        Err(e) => panic!("{e}"),
-        Ok(_) => panic!("a wrong PIN gave a token"),
-    }
+    expect_status(
+        key.pin_token("000000", PERMISSION_GA, RP),
+        status::PIN_INVALID,
+    );
     assert_eq!(key.pin_retries().unwrap(), before - 1);
     key.pin_token(PIN, PERMISSION_GA, RP).unwrap();
     assert_eq!(
@@ -87,10 +96,10 @@ fn wrong_pins_count_down_and_unknown_credentials_are_named() {
         before,
         "a right PIN resets the count"
     );
-    match key.hmac_secret(RP, &[1u8; 64], &[0u8; 32], None, TOUCH, &mut || {}) {
-        Err(Error::Ctap(status::NO_CREDENTIALS)) => {}
-        other => panic!("{:?}", other.map(|_| ())),
-    }
+    expect_status(
+        key.hmac_secret(RP, &[1u8; 64], &[0u8; 32], None, TOUCH, &mut || {}),
+        status::NO_CREDENTIALS,
+    );
 }
 
 #[test]
@@ -119,10 +128,10 @@ fn touch_is_waited_for_with_keepalives_and_refusal_is_an_error() {
         .unwrap();
     assert_eq!(*secret, *again);
     vk.presence(Presence::Deny);
-    match key.hmac_secret(RP, &id, &[1u8; 32], None, TOUCH, &mut || {}) {
-        Err(Error::Ctap(status::OPERATION_DENIED)) => {}
-        other => panic!("{:?}", other.map(|_| ())),
-    }
+    expect_status(
+        key.hmac_secret(RP, &id, &[1u8; 32], None, TOUCH, &mut || {}),
+        status::OPERATION_DENIED,
+    );
 }
 
 #[test]
@@ -165,6 +174,12 @@ mod cli {
 
     fn text(b: &[u8]) -> String {
         String::from_utf8_lossy(b).into_owned()
+    }
+
+    /// Panic unless standard error says `what`.
+    #[track_caller]
+    fn says(o: &Output, what: &str) {
+        assert!(text(&o.stderr).contains(what), "{}", text(&o.stderr));
     }
 
     /// A keyring (recovery slot) with a folder sealed into a.coffer, and
@@ -247,7 +262,7 @@ mod cli {
             ],
         );
         expect(&o, 0);
-        assert!(text(&o.stderr).contains("second"), "{}", text(&o.stderr));
+        says(&o, "second");
         assert_eq!(retries(&b), b_tries, "a PIN went to the wrong key");
         let o = run(
             &h,
@@ -262,11 +277,7 @@ mod cli {
             ],
         );
         expect(&o, 5);
-        assert!(
-            text(&o.stderr).contains("does not hold this slot's credential"),
-            "{}",
-            text(&o.stderr)
-        );
+        says(&o, "does not hold this slot's credential");
         assert_eq!(retries(&b), b_tries, "a PIN went to the wrong key");
         // A key reset (here: a new key where the old one was): 5, named.
         let reset = VirtualKey::start(Some(PIN_B));
@@ -283,11 +294,7 @@ mod cli {
             ],
         );
         expect(&o, 5);
-        assert!(
-            text(&o.stderr).contains("a reset deletes them all"),
-            "{}",
-            text(&o.stderr)
-        );
+        says(&o, "a reset deletes them all");
     }
 
     #[test]
@@ -344,11 +351,7 @@ mod cli {
             ],
         );
         expect(&o, 1);
-        assert!(
-            text(&o.stderr).contains("no built-in user verification"),
-            "{}",
-            text(&o.stderr)
-        );
+        says(&o, "no built-in user verification");
         let o = run(
             &h,
             &key.device(),
@@ -430,7 +433,7 @@ mod cli {
             ],
         );
         expect(&o, 5);
-        assert!(text(&o.stderr).contains("blocked"), "{}", text(&o.stderr));
+        says(&o, "blocked");
         let o = run(
             &h,
             &key.device(),
@@ -502,11 +505,7 @@ mod cli {
             &["open", "a.coffer", "-o", "out", "--pin-file", "pin.txt"],
         );
         expect(&o, 5);
-        assert!(
-            text(&o.stderr).contains("FIDO2 security keys"),
-            "{}",
-            text(&o.stderr)
-        );
+        says(&o, "FIDO2 security keys");
         let args: Vec<std::ffi::OsString> =
             ["open", "a.coffer", "-o", "out2", "--pin-file", "pin.txt"]
                 .iter()
@@ -597,10 +596,10 @@ fn pin_protocol_one_and_ctap_2_0_tokens_give_the_same_secret() {
         .unwrap();
     assert_eq!(*one, *two);
     assert_eq!(*plain_one, *plain_two);
-    match key.pin_token("000000", PERMISSION_GA, RP) {
-        Err(Error::Ctap(status::PIN_INVALID)) => {}
-        other => panic!("{:?}", other.map(|_| ())),
-    }
+    expect_status(
+        key.pin_token("000000", PERMISSION_GA, RP),
+        status::PIN_INVALID,
+    );
 }
 
 #[test]

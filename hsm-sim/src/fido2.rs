@@ -167,33 +167,5 @@ impl Drop for VirtualKey {
 /// The `fido2-key` binary, built once per test process (or
 /// `$COFFER_FIDO2_KEY`).
 pub fn key_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("COFFER_FIDO2_KEY") {
-        return p.into();
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    BUILD.call_once(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "coffer-hsm-sim",
-                "--features",
-                "fido2",
-                "--bin",
-                "fido2-key",
-            ])
-            .current_dir(manifest)
-            .status()
-            .expect("run cargo build for fido2-key");
-        assert!(status.success(), "building fido2-key failed");
-    });
-    let exe = std::env::current_exe().expect("current exe");
-    let target = exe
-        .ancestors()
-        .find(|a| a.file_name().is_some_and(|n| n == "target"))
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest.join("../target"));
-    target.join("debug").join("fido2-key")
+    crate::built_binary(&BUILD, "COFFER_FIDO2_KEY", "fido2", "fido2-key")
 }

@@ -14,3 +14,45 @@ pub mod pcsc;
 pub mod softhsm;
 pub use fido2::VirtualKey;
 pub use pcsc::VirtualCard;
+
+/// One of this crate's simulator binaries, built once per test process
+/// (`cargo build -p coffer-hsm-sim --features FEATURE --bin BIN`), or the
+/// one `$OVERRIDE` names. Its path is beside the test's own target folder.
+pub(crate) fn built_binary(
+    once: &std::sync::Once,
+    overrides: &str,
+    feature: &str,
+    bin: &str,
+) -> std::path::PathBuf {
+    use std::path::Path;
+    if let Some(p) = std::env::var_os(overrides) {
+        return p.into();
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    once.call_once(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "coffer-hsm-sim",
+                "--features",
+                feature,
+                "--bin",
+                bin,
+            ])
+            .current_dir(manifest)
+            .status()
+            .unwrap_or_else(|e| panic!("run cargo build for {bin}: {e}"));
+        assert!(status.success(), "building {bin} failed");
+    });
+    // target/<profile>/deps/<test exe> → target/debug/<bin>
+    let exe = std::env::current_exe().expect("current exe");
+    let target = exe
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == "target"))
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest.join("../target"));
+    target.join("debug").join(bin)
+}

@@ -183,34 +183,5 @@ fn wait_for(want: impl Fn(bool) -> bool, what: &str) {
 
 /// The `vpiv-card` binary, built once per test process.
 fn card_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("COFFER_VPIV_CARD") {
-        return p.into();
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    BUILD.call_once(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "coffer-hsm-sim",
-                "--features",
-                "card",
-                "--bin",
-                "vpiv-card",
-            ])
-            .current_dir(manifest)
-            .status()
-            .expect("run cargo build for vpiv-card");
-        assert!(status.success(), "building vpiv-card failed");
-    });
-    // target/<profile>/deps/<test exe> → target/debug/vpiv-card
-    let exe = std::env::current_exe().expect("current exe");
-    let target = exe
-        .ancestors()
-        .find(|a| a.file_name().is_some_and(|n| n == "target"))
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest.join("../target"));
-    target.join("debug").join("vpiv-card")
+    crate::built_binary(&BUILD, "COFFER_VPIV_CARD", "card", "vpiv-card")
 }

@@ -280,8 +280,7 @@ impl Key {
         options: Options,
         touch: &mut dyn FnMut(),
     ) -> Result<Credential, Error> {
-        let mut cdh = [0u8; 32];
-        crate::key::random_bytes(&mut cdh);
+        let cdh = challenge();
         let mut user_id = [0u8; 16];
         crate::key::random_bytes(&mut user_id);
         let mut opts = vec![("rk", Value::Bool(resident))];
@@ -323,9 +322,7 @@ impl Key {
             params.push((9, t.protocol.number().into()));
         }
         let a = self.call(MAKE_CREDENTIAL, Some(int_map(params)), touch)?;
-        let auth_data = map_get(&a, 2)
-            .and_then(Value::as_bytes)
-            .ok_or_else(|| Error::Protocol("no authenticator data".into()))?;
+        let auth_data = auth_data(&a)?;
         attested(auth_data)?
             .0
             .ok_or_else(|| Error::Protocol("the key attested no credential".into()))
@@ -343,18 +340,11 @@ impl Key {
         credential: &Credential,
         touch: &mut dyn FnMut(),
     ) -> Result<bool, Error> {
-        let mut cdh = [0u8; 32];
-        crate::key::random_bytes(&mut cdh);
+        let cdh = challenge();
         let params = int_map(vec![
             (1, rp_id.into()),
             (2, Value::Bytes(cdh.to_vec())),
-            (
-                3,
-                Value::Array(vec![text_map(vec![
-                    ("id", Value::Bytes(credential.id.clone())),
-                    ("type", "public-key".into()),
-                ])]),
-            ),
+            (3, allow_list(&credential.id)),
             (5, text_map(vec![("up", false.into())])),
         ]);
         let a = match self.call(GET_ASSERTION, Some(params), touch) {
@@ -362,9 +352,8 @@ impl Key {
             Err(Error::Ctap(super::status::NO_CREDENTIALS)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let auth_data = map_get(&a, 2).and_then(Value::as_bytes);
         let signature = map_get(&a, 3).and_then(Value::as_bytes);
-        match (auth_data, signature) {
+        match (auth_data(&a).ok(), signature) {
             (Some(d), Some(sig)) if signed_by(credential, rp_id, d, &cdh, sig) => Ok(true),
             _ => Err(Error::Protocol(
                 "the device answered for this credential without its signature: it is not the key enrolled".into(),
@@ -396,8 +385,7 @@ impl Key {
         if shared.protocol() == Protocol::Two {
             ext.push((4, 2.into()));
         }
-        let mut cdh = [0u8; 32];
-        crate::key::random_bytes(&mut cdh);
+        let cdh = challenge();
         let mut opts = vec![("up", Value::Bool(options.up))];
         // A token already verifies the user: never both (CTAP 2.1 §6.2.2).
         if options.builtin_uv && token.is_none() {
@@ -406,13 +394,7 @@ impl Key {
         let mut params = vec![
             (1, rp_id.into()),
             (2, Value::Bytes(cdh.to_vec())),
-            (
-                3,
-                Value::Array(vec![text_map(vec![
-                    ("id", Value::Bytes(id.to_vec())),
-                    ("type", "public-key".into()),
-                ])]),
-            ),
+            (3, allow_list(id)),
             (4, text_map(vec![("hmac-secret", int_map(ext))])),
             (5, text_map(opts)),
         ];
@@ -421,9 +403,7 @@ impl Key {
             params.push((7, t.protocol.number().into()));
         }
         let a = self.call(GET_ASSERTION, Some(int_map(params)), touch)?;
-        let auth_data = map_get(&a, 2)
-            .and_then(Value::as_bytes)
-            .ok_or_else(|| Error::Protocol("no authenticator data".into()))?;
+        let auth_data = auth_data(&a)?;
         let ext = extensions(auth_data)?
             .ok_or_else(|| Error::Protocol("the key returned no hmac-secret".into()))?;
         let out = map_text(&ext, "hmac-secret")
@@ -444,6 +424,29 @@ impl Key {
 
 const FLAG_AT: u8 = 0x40;
 const FLAG_ED: u8 = 0x80;
+
+/// A fresh random client data hash: the challenge a key signs.
+fn challenge() -> [u8; 32] {
+    let mut cdh = [0u8; 32];
+    crate::key::random_bytes(&mut cdh);
+    cdh
+}
+
+/// An allow list of the one credential `id`.
+fn allow_list(id: &[u8]) -> Value {
+    Value::Array(vec![text_map(vec![
+        ("id", Value::Bytes(id.to_vec())),
+        ("type", "public-key".into()),
+    ])])
+}
+
+/// The authenticator data of a makeCredential or getAssertion answer.
+fn auth_data(answer: &Value) -> Result<&[u8], Error> {
+    map_get(answer, 2)
+        .and_then(Value::as_bytes)
+        .map(Vec::as_slice)
+        .ok_or_else(|| Error::Protocol("no authenticator data".into()))
+}
 
 /// Whether `sig` (ASN.1 DER ECDSA) is the credential's signature over
 /// `auth_data ‖ cdh`, and `auth_data` names `rp_id` (its SHA-256 first).
