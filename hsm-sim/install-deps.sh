@@ -13,6 +13,7 @@ ALL=(
   libclang-dev                    # bindgen, for the virtual PIV card's littlefs2-sys
   procps                          # pgrep, in hsm-sim/pcsc.sh
   python3 python3-cryptography    # tests/independent/run.sh (Debian 12 has no pip: PEP 668)
+  python3-venv                    # a virtual environment for moto (the S3 server of tests/storage.rs)
   acl attr                        # getfacl/setfacl, setfattr: the restore-fidelity tests
   swtpm swtpm-tools tpm2-tools libtss2-dev   # TPM 2.0 simulator and tools
   softhsm2 opensc                 # PKCS#11 token simulator and pkcs11-tool
@@ -54,4 +55,20 @@ done
 if ! cargo-deb --version 2>/dev/null | grep -q '^cargo-deb 3\.'; then
   echo "install-deps: installing cargo-deb (cargo install)" >&2
   cargo install --quiet --locked cargo-deb --version 3.8.0 >&2
+fi
+
+# moto in server mode: the S3 server tests/storage.rs runs (one per test,
+# through coffer_hsm_sim::S3Server). Debian 12 has no package for it and its
+# Python refuses pip installs (PEP 668), so it goes into its own virtual
+# environment, pinned. COFFER_MOTO_VENV moves it.
+MOTO_VERSION=5.2.5
+venv=${COFFER_MOTO_VENV:-/opt/coffer-moto}
+if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  if [ ! -w "$(dirname "$venv")" ] && [ ! -w "$venv" ]; then
+    echo "install-deps: moto $MOTO_VERSION missing from $venv; run as root (or set COFFER_MOTO_VENV to a folder you can write)" >&2
+    exit 1
+  fi
+  echo "install-deps: installing moto[server]==$MOTO_VERSION into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
 fi

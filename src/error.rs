@@ -218,6 +218,15 @@ pub enum Error {
         /// The agent's message.
         message: String,
     },
+    /// An object store refused or failed a request (no such bucket, access
+    /// denied, no credentials, an error answer).
+    #[error("{location}: {what}")]
+    Storage {
+        /// The object's URL.
+        location: String,
+        /// What the store said, and what to check.
+        what: String,
+    },
     /// The command did its job, but not for everything: each path left out
     /// or changed was already named.
     #[error("{what}, but {count} path(s) were skipped or changed (named above)")]
@@ -241,7 +250,10 @@ impl Error {
     /// What kind of failure this is.
     pub fn category(&self) -> Category {
         match self {
-            Error::Io { .. } | Error::AlreadyExists { .. } | Error::Refused(_) => Category::Other,
+            Error::Io { .. }
+            | Error::AlreadyExists { .. }
+            | Error::Refused(_)
+            | Error::Storage { .. } => Category::Other,
             Error::NoKeyring { .. } => Category::Other,
             Error::SealOnly { .. } => Category::NoUsableSlot,
             Error::KeyringCorrupt { .. }

@@ -2,8 +2,8 @@
 //! of the folder. Files are created mode 0600.
 //!
 //! Owns: the registry of temporary output (temp files and folders beside a
-//! target) that a program removes with [`remove_temporaries`] when it is
-//! interrupted, and the choice between replacing an output path and
+//! target, uploads not yet completed) that a program removes with
+//! [`remove_temporaries`] when it is interrupted, and the choice between replacing an output path and
 //! writing into it in place ([`open_in_place`]).
 //!
 //! Must never: leave a half-written file at the target path, replace
@@ -28,7 +28,7 @@ pub fn parent_dir(path: &Path) -> PathBuf {
 /// Temporary output of this process not yet renamed into place.
 struct Temps {
     next_id: u64,
-    live: Vec<(u64, PathBuf)>,
+    live: Vec<(u64, Temporary)>,
     /// [`remove_temporaries`] ran: nothing may be registered or committed.
     removed: bool,
 }
@@ -38,6 +38,14 @@ static TEMPS: Mutex<Temps> = Mutex::new(Temps {
     live: Vec::new(),
     removed: false,
 });
+
+/// One piece of temporary output.
+enum Temporary {
+    /// A file or folder, removed.
+    Path(PathBuf),
+    /// Anything else (an upload in progress), undone by this.
+    Undo(Box<dyn FnOnce() + Send>),
+}
 
 fn temps() -> MutexGuard<'static, Temps> {
     TEMPS.lock().unwrap_or_else(PoisonError::into_inner)
@@ -67,6 +75,20 @@ pub fn register_temp(path: &Path) -> Result<TempRegistration> {
     create_listed(path, || Ok(((), path.to_path_buf()))).map(|((), reg)| reg)
 }
 
+/// List temporary output that is not a file, for [`remove_temporaries`]
+/// to undo with `undo` (an upload not yet completed, to abort). `what`
+/// names it in the error when that already ran.
+pub fn register_undo(what: &str, undo: Box<dyn FnOnce() + Send>) -> Result<TempRegistration> {
+    let mut t = temps();
+    if t.removed {
+        return Err(interrupted(Path::new(what)));
+    }
+    let id = t.next_id;
+    t.next_id += 1;
+    t.live.push((id, Temporary::Undo(undo)));
+    Ok(TempRegistration { id })
+}
+
 /// Create a temporary with `make` (which returns its path) and list it,
 /// under one lock: no interruption falls between the two.
 fn create_listed<T>(
@@ -80,7 +102,7 @@ fn create_listed<T>(
     let (made, path) = make()?;
     let id = t.next_id;
     t.next_id += 1;
-    t.live.push((id, path));
+    t.live.push((id, Temporary::Path(path)));
     Ok((made, TempRegistration { id }))
 }
 
@@ -106,6 +128,18 @@ impl Drop for TempRegistration {
     }
 }
 
+/// Refuse to go on when `path` exists (even as a dangling symlink), unless
+/// `force`.
+pub fn refuse_existing(path: &Path, force: bool) -> Result<()> {
+    if !force && path.symlink_metadata().is_ok() {
+        return Err(Error::AlreadyExists {
+            path: path.to_path_buf(),
+            hint: ": give --force to replace it".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Remove every registered temporary file and folder, and refuse any later
 /// registration or commit. For a program interrupted by a signal, just
 /// before it exits; safe to call from any thread.
@@ -116,8 +150,11 @@ impl Drop for TempRegistration {
 pub fn remove_temporaries() {
     let mut t = temps();
     t.removed = true;
-    for (_, path) in t.live.drain(..) {
-        remove_temporary(&path);
+    for (_, temp) in t.live.drain(..) {
+        match temp {
+            Temporary::Path(path) => remove_temporary(&path),
+            Temporary::Undo(undo) => undo(),
+        }
     }
 }
 

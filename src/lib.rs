@@ -59,6 +59,7 @@ pub mod pkcs11_uri;
 pub mod sealing;
 pub mod shamir;
 pub mod slot;
+pub mod storage;
 pub mod ui;
 #[cfg(feature = "vault")]
 pub mod vault;

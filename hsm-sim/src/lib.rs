@@ -1,5 +1,5 @@
 //! Test fixtures that start real software devices (swtpm, SoftHSM2, a
-//! virtual PIV card behind pcscd, a virtual FIDO2 key) for coffer's
+//! virtual PIV card behind pcscd, a virtual FIDO2 key, an S3 server) for coffer's
 //! integration tests.
 //!
 //! Each fixture owns its process and its state directory and tears both down
@@ -11,9 +11,11 @@ pub mod swtpm;
 pub use swtpm::SwTpm;
 pub mod fido2;
 pub mod pcsc;
+pub mod s3;
 pub mod softhsm;
 pub use fido2::VirtualKey;
 pub use pcsc::VirtualCard;
+pub use s3::S3Server;
 
 /// One of this crate's simulator binaries, built once per test process
 /// (`cargo build -p coffer-hsm-sim --features FEATURE --bin BIN`), or the

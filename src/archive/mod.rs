@@ -214,11 +214,28 @@ fn write_source<W: Write>(
     }
 }
 
-/// Seal into the file `path`: a temp file beside it, fsynced, then renamed.
-/// An existing `path` is replaced only with `force`. A FIFO, character
-/// device or `/dev/fd/N` is written in place instead
-/// ([`fsutil::open_in_place`]), without `force`. Returns what was not
-/// sealed exactly as found.
+/// Seal into `sink` and commit it: the archive appears at its place
+/// (a file, an object) only after the last chunk was written, and not at
+/// all when this fails (the sink is dropped uncommitted). A local file the
+/// sink writes is left out of sealed folders. Returns what was not sealed
+/// exactly as found.
+pub fn seal_to(
+    sealer: &Sealer,
+    slots: &[SlotRecord],
+    source: Source,
+    opts: SealOptions,
+    sink: Box<dyn crate::storage::ArchiveSink>,
+    progress: &dyn Progress,
+) -> Result<Vec<Notice>> {
+    let exclude: Vec<FileId> = sink.file_id().into_iter().collect();
+    let (sink, notices) = seal(sealer, slots, source, opts, sink, &exclude, progress)?;
+    sink.commit()?;
+    Ok(notices)
+}
+
+/// Seal into the file `path` ([`crate::storage::FileSink`]: a temp file
+/// beside it, fsynced, then renamed; an existing `path` replaced only with
+/// `force`; a FIFO, character device or `/dev/fd/N` written in place).
 pub fn seal_to_path(
     sealer: &Sealer,
     slots: &[SlotRecord],
@@ -228,21 +245,8 @@ pub fn seal_to_path(
     force: bool,
     progress: &dyn Progress,
 ) -> Result<Vec<Notice>> {
-    if let Some(file) = fsutil::open_in_place(path)? {
-        // `/dev/fd/N` may be a file inside a sealed folder: leave it out.
-        let exclude: Vec<FileId> = file_id(&file).into_iter().collect();
-        let (_, notices) = seal(sealer, slots, source, opts, file, &exclude, progress)?;
-        return Ok(notices);
-    }
-    refuse_existing(path, force)?;
-    let tmp = fsutil::temp_beside(path)?;
-    let file = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
-    let exclude = [file_id(&file).map_err(|e| Error::io(tmp.path(), e))?];
-    // Chunks are written whole; no buffering needed.
-    let (file, notices) = seal(sealer, slots, source, opts, file, &exclude, progress)?;
-    file.sync_all().map_err(|e| Error::io(path, e))?;
-    fsutil::persist(tmp, path, force)?;
-    Ok(notices)
+    let sink = crate::storage::FileSink::create(path, force)?;
+    seal_to(sealer, slots, source, opts, Box::new(sink), progress)
 }
 
 /// The device and inode of an open file, to leave it out of a seal.
@@ -250,16 +254,6 @@ pub fn file_id(f: &std::fs::File) -> io::Result<FileId> {
     use std::os::unix::fs::MetadataExt;
     let m = f.metadata()?;
     Ok((m.dev(), m.ino()))
-}
-
-fn refuse_existing(path: &Path, force: bool) -> Result<()> {
-    if !force && path.symlink_metadata().is_ok() {
-        return Err(Error::AlreadyExists {
-            path: path.to_path_buf(),
-            hint: ": give --force to replace it".into(),
-        });
-    }
-    Ok(())
 }
 
 /// The payload of an archive as a reader: authenticated, decompressed.
@@ -406,7 +400,7 @@ pub fn open_to_path<R: Read + Send + 'static>(
         open_to_writer(header, key, input, &mut file, progress)?;
         return Ok(Vec::new());
     }
-    refuse_existing(dst, force)?;
+    fsutil::refuse_existing(dst, force)?;
     let p = payload(header, key, input)?;
     let mut counted = Counting { inner: p, progress };
     if header.flags & header::FLAG_TAR == 0 {

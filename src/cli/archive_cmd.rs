@@ -12,6 +12,11 @@
 //! it authenticates; a reader that closes early (`| head`) is not an error:
 //! the command stops quietly with status 0 (see `reader_left`).
 //!
+//! Archives are read and written through `coffer::storage`: a path, `-`,
+//! or an object URL (`s3://bucket/key`) name where, and the same code runs
+//! for each. Object stores' credentials and endpoints come from the
+//! environment here, the only place that reads it for them.
+//!
 //! Must never: write an archive to a terminal, or leave partial output.
 
 use super::{Cli, CompressArg, Env, agent_cmd, print_json, unlock};
@@ -22,6 +27,7 @@ use coffer::error::{Error, Result};
 use coffer::key::BackupKey;
 use coffer::passphrase::{self, PassphraseName};
 use coffer::slot::{self, SlotRecord};
+use coffer::storage::{self, ArchiveSink, ArchiveSource, FileSink, FileSource, Location};
 use coffer::ui::escaped;
 use serde_json::json;
 use std::io::{IsTerminal, Read};
@@ -111,25 +117,17 @@ impl Read for ShownRead {
     }
 }
 
-/// The archive's bytes after its header, when it is a regular file.
-fn payload_len(path: &Path, header: &Header) -> Option<u64> {
-    if is_dash(path) {
-        return None;
-    }
-    let m = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
-    Some(m.len().saturating_sub(header.encoded_len() as u64))
-}
-
-/// The display of `verb` over the archive at `path`, and the archive read
-/// through it.
+/// The display of `verb` over an archive of `len` bytes (when known), and
+/// the archive read through it.
 fn shown_input(
     cli: &Cli,
     verb: &str,
-    path: &Path,
+    len: Option<u64>,
     header: &Header,
     input: Input,
 ) -> (Input, Display) {
-    let shown = Display::new(cli, verb, payload_len(path, header));
+    let payload_len = len.map(|n| n.saturating_sub(header.encoded_len() as u64));
+    let shown = Display::new(cli, verb, payload_len);
     if !shown.shown() {
         return (input, shown);
     }
@@ -256,18 +254,44 @@ fn stdout_file() -> Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
-/// Open the archive (or stdin) and read its header.
-fn read_archive(path: &Path) -> Result<(Header, Input)> {
-    let mut input: Input = if is_dash(path) {
-        Box::new(stdin_file()?)
-    } else {
-        Box::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?)
-    };
+/// Object stores' settings, from this process's environment (`AWS_*`).
+fn store_options() -> storage::StoreOptions {
+    storage::StoreOptions::from_pairs(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    )
+}
+
+/// Where `path` (a file, `-`, an object URL) is read from.
+fn archive_source(path: &Path) -> Result<Box<dyn ArchiveSource>> {
+    Ok(match Location::parse(path) {
+        Location::Standard => Box::new(FileSource::stream(stdin_file()?)),
+        Location::File(p) => Box::new(FileSource::open(&p)?),
+        Location::Object(url) => storage::object_source(&url, &store_options())?,
+    })
+}
+
+/// Where an archive is sealed to: a file (an existing one replaced only
+/// with `force`), standard output, or an object.
+fn archive_sink(output: &Path, force: bool) -> Result<Box<dyn ArchiveSink>> {
+    Ok(match Location::parse(output) {
+        Location::Standard => Box::new(FileSink::stream(stdout_file()?)),
+        Location::File(p) => Box::new(FileSink::create(&p, force)?),
+        Location::Object(url) => storage::object_sink(&url, force, &store_options())?,
+    })
+}
+
+/// Open the archive and read its header. Also returns the archive's size
+/// when known.
+fn read_archive(path: &Path) -> Result<(Header, Input, Option<u64>)> {
+    let source = archive_source(path)?;
+    let len = source.len();
+    let mut input = source.into_reader();
     let header = Header::read(&mut input).map_err(|e| match e {
         Error::Io { source, .. } => Error::io(path, source),
         e => e,
     })?;
-    Ok((header, input))
+    Ok((header, input, len))
 }
 
 /// What a command wants of an archive's key.
@@ -470,7 +494,7 @@ pub(super) fn archive_passphrase(
     path: &Path,
     name: &PassphraseName,
 ) -> Result<Zeroizing<String>> {
-    let (header, _) = read_archive(path)?;
+    let (header, _, _) = read_archive(path)?;
     let (got, unlocked) = unlock_archive(cli, env, path, &header, Want::Passphrase(name))?;
     after_authenticated(env, path, &header, &unlocked);
     env.ui.warn(&format!(
@@ -628,14 +652,9 @@ pub(super) fn seal(
         estimate_in_background(paths, &shown);
     }
     let bar = Tally::new(Box::new(shown.clone()));
-    let sealed = if is_dash(output) {
-        let out = stdout_file()?;
-        // `seal DIR -o - > DIR/out` must not read its own output.
-        let exclude: Vec<archive::FileId> = archive::file_id(&out).into_iter().collect();
-        archive::seal(sealer, &slots, source, opts, out, &exclude, &bar).map(|(_, notices)| notices)
-    } else {
-        archive::seal_to_path(sealer, &slots, source, opts, output, force, &bar)
-    };
+    // A local file written (`-o DIR/x`, or `-o - > DIR/x`) is left out.
+    let sealed = archive_sink(output, force)
+        .and_then(|sink| archive::seal_to(sealer, &slots, source, opts, sink, &bar));
     shown.done();
     let bytes = bar.total();
     let Some(notices) = reader_left(sealed)? else {
@@ -714,10 +733,15 @@ pub(super) fn open(
     force: bool,
     numeric_owner: bool,
 ) -> Result<()> {
-    let (header, input) = read_archive(archive_path)?;
+    if let Location::Object(url) = Location::parse(output) {
+        return Err(Error::Usage(format!(
+            "{url}: `open` writes to a local path or `-`; the archive itself may be an object"
+        )));
+    }
+    let (header, input, len) = read_archive(archive_path)?;
     let (got, unlocked) = unlock_archive(cli, env, archive_path, &header, Want::PayloadKey)?;
     let key = got.payload_key();
-    let (input, shown) = shown_input(cli, "opening", archive_path, &header, input);
+    let (input, shown) = shown_input(cli, "opening", len, &header, input);
     let bar = Tally::new(Box::new(NoProgress));
     let opened = if is_dash(output) {
         let mut out = stdout_file()?;
@@ -759,10 +783,10 @@ pub(super) fn open(
 }
 
 pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
-    let (header, input) = read_archive(archive_path)?;
+    let (header, input, len) = read_archive(archive_path)?;
     let (got, unlocked) = unlock_archive(cli, env, archive_path, &header, Want::PayloadKey)?;
     let key = got.payload_key();
-    let (input, shown) = shown_input(cli, "verifying", archive_path, &header, input);
+    let (input, shown) = shown_input(cli, "verifying", len, &header, input);
     let n = archive::verify(&header, &key, input, &NoProgress);
     shown.done();
     let n = n?;
@@ -886,11 +910,7 @@ pub(super) fn inspect(cli: &Cli, archive_path: &Path) -> Result<()> {
     if looks_like_keyring(archive_path) {
         return inspect_keyring(cli, archive_path);
     }
-    let (header, _) = read_archive(archive_path)?;
-    let size = std::fs::metadata(archive_path)
-        .ok()
-        .filter(|_| !is_dash(archive_path))
-        .map(|m| m.len());
+    let (header, _, size) = read_archive(archive_path)?;
     let content = if header.flags & archive::header::FLAG_TAR != 0 {
         "files"
     } else {

@@ -201,14 +201,16 @@ pub enum Command {
         /// alone seals standard input as a single stream
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
-        /// The archive to write (`-` for standard output); a FIFO, a
-        /// character device or /dev/fd/N is written into, not replaced
+        /// The archive to write: a file, `-` for standard output, or an
+        /// object (`s3://BUCKET/KEY`, credentials from AWS_*; see
+        /// docs/storage.md); a FIFO, a character device or /dev/fd/N is
+        /// written into, not replaced
         #[arg(short, long, value_name = "ARCHIVE")]
         output: PathBuf,
         /// Compress before encrypting
         #[arg(long, value_enum, default_value_t = CompressArg::None)]
         compress: CompressArg,
-        /// Replace the archive if it is an existing regular file
+        /// Replace the archive if it is an existing regular file or object
         #[arg(long)]
         force: bool,
         /// Refuse (writing nothing) unless the keyring's key id is this
@@ -248,7 +250,7 @@ pub enum Command {
     },
     /// Open an archive into a folder (or a file, or `-` for standard output)
     Open {
-        /// The archive (`-` for standard input)
+        /// The archive: a file, `-` for standard input, or `s3://BUCKET/KEY`
         archive: PathBuf,
         /// Where to put what it holds: a new folder for files and folders, a
         /// file for a sealed stream, `-` for standard output; a FIFO, a
@@ -266,12 +268,13 @@ pub enum Command {
     /// Authenticate every byte of an archive and check that it would
     /// restore; write nothing
     Verify {
-        /// The archive (`-` for standard input)
+        /// The archive: a file, `-` for standard input, or `s3://BUCKET/KEY`
         archive: PathBuf,
     },
     /// Show an archive's header and slots, or a keyring's (needs no factor)
     Inspect {
-        /// The archive (`-` for standard input) or keyring file
+        /// The archive (a file, `-` for standard input, or
+        /// `s3://BUCKET/KEY`; only its header is read) or keyring file
         archive: PathBuf,
     },
     /// Print a passphrase for another tool (restic, borg, kopia, ...),

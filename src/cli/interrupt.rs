@@ -29,7 +29,10 @@ pub fn remove_temporaries_on_signals() -> Result<()> {
         .name("signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
-                coffer::fsutil::remove_temporaries();
+                // Exit even if undoing something panicked: a process that
+                // caught the signal must not live on.
+                let undo = std::panic::AssertUnwindSafe(coffer::fsutil::remove_temporaries);
+                let _ = std::panic::catch_unwind(undo);
                 std::process::exit(128 + signal);
             }
         })

@@ -1,0 +1,660 @@
+//! Archives in S3 and S3-compatible object stores (`s3://bucket/key`),
+//! through the `object_store` crate.
+//!
+//! Sealing streams through a multipart upload: parts are cut on a
+//! schedule that grows with the part number ([`part_size`]), a bounded
+//! number are in flight at once ([`in_flight`]), and the object appears
+//! only when the upload completes, after the last chunk. Dropping the sink
+//! before [`commit`](ArchiveSink::commit) aborts the upload, and so does
+//! [`crate::fsutil::remove_temporaries`] (an interrupted `seal`). Without
+//! `force`, completion carries `If-None-Match: *`: the store itself
+//! refuses to replace an object, with no check-then-write race.
+//!
+//! Opening reads with ranged GETs, several ahead of the reader, each
+//! pinned to the object's ETag so that a replaced object fails instead of
+//! mixing two archives. `object_store` retries throttling, 5xx answers
+//! and resets itself (a part is retried on its own; a completed part is
+//! never sent again).
+//!
+//! Owns: the part-size schedule and the in-flight bound (together: peak
+//! memory and the largest archive, [`MAX_ARCHIVE`]), and the conditional
+//! completion request.
+//!
+//! Must never: let an object appear before the last part, replace an
+//! object without `force`, or keep more than [`in_flight`] parts of memory.
+
+use super::{ArchiveSink, ArchiveSource, StoreOptions};
+use crate::error::{Error, Result};
+use bytes::Bytes;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
+use object_store::client::{ClientOptions, HttpClient, HttpConnector, ReqwestConnector};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
+use object_store::{GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt, PutPayload};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+const MIB: usize = 1 << 20;
+
+/// S3's limit on the parts of one upload.
+pub const MAX_PARTS: usize = 10_000;
+
+/// The size of part `index` (0-based): 8 MiB for the first thousand
+/// parts, 16 MiB for the next thousand, 32 MiB for the third, then
+/// 64 MiB. Small archives upload in small parts; the largest reach
+/// [`MAX_ARCHIVE`] within [`MAX_PARTS`].
+pub fn part_size(index: usize) -> usize {
+    match index {
+        0..1000 => 8 * MIB,
+        1000..2000 => 16 * MIB,
+        2000..3000 => 32 * MIB,
+        _ => 64 * MIB,
+    }
+}
+
+/// How many parts of `size` bytes may be uploading at once: 128 MiB of
+/// parts, and at most 8 requests. With the part being filled, at most
+/// 192 MiB of archive is held whatever its size.
+pub fn in_flight(size: usize) -> usize {
+    (128 * MIB / size).clamp(1, 8)
+}
+
+/// The largest archive an upload can hold: 1000 parts each of 8, 16 and
+/// 32 MiB, then 7000 of 64 MiB (504,000 MiB, about 492 GiB).
+pub const MAX_ARCHIVE: u64 = (1000 * (8 + 16 + 32) + 7000 * 64) as u64 * MIB as u64;
+
+/// How far ahead `open` reads: ranges of this size…
+const RANGE: u64 = 8 * MIB as u64;
+/// …this many at once (32 MiB in memory).
+const AHEAD: usize = 4;
+/// The first range: enough for any header, so `inspect` costs one small
+/// request.
+const FIRST_RANGE: u64 = 64 * 1024;
+
+/// How long an abort may take when a seal fails or is interrupted.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One object in a store, and the runtime its requests run on.
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    rt: Runtime,
+    s3: Arc<AmazonS3>,
+    /// The same client settings as `s3`'s, for the one request
+    /// `object_store` does not make: the conditional completion.
+    http: HttpClient,
+    /// The region requests are signed for (object_store's default when
+    /// none is set: us-east-1).
+    region: String,
+    path: ObjectPath,
+    url: String,
+}
+
+impl Store {
+    /// The object at `url` (`s3://bucket/key`), with credentials, endpoint
+    /// and client settings from `opts`.
+    pub fn open(url: &str, opts: &StoreOptions) -> Result<Store> {
+        let usage = |what: &str| Error::Usage(format!("{url}: {what}"));
+        let (scheme, rest) = url.split_once("://").expect("Location::parse saw ://");
+        match scheme {
+            "s3" | "s3a" => {}
+            "az" | "azure" | "abfs" | "abfss" | "gs" => {
+                return Err(usage(
+                    "this build of coffer reaches S3 and S3-compatible stores only (s3://bucket/key); Azure and Google Cloud Storage are not supported yet",
+                ));
+            }
+            _ => {
+                return Err(usage(
+                    "unknown kind of store (coffer reaches s3://bucket/key)",
+                ));
+            }
+        }
+        let Some((bucket, key)) = rest
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        else {
+            return Err(usage("name an object: s3://BUCKET/KEY"));
+        };
+        let path =
+            ObjectPath::parse(key).map_err(|e| usage(&format!("not a usable object key: {e}")))?;
+        // object_store signs with ring; its HTTP client's TLS uses the
+        // process's rustls provider, ring as everywhere in coffer. An
+        // error means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = AmazonS3Builder::new();
+        let mut client = ClientOptions::new();
+        for (k, v) in opts.pairs() {
+            if let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                if let AmazonS3ConfigKey::Client(c) = key {
+                    client = client.with_config(c, v);
+                }
+                builder = builder.with_config(key, v);
+            }
+        }
+        let region = builder
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::DefaultRegion))
+            .unwrap_or_else(|| "us-east-1".into());
+        let s3 = builder
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| store_error(url, &e))?;
+        let http = ReqwestConnector::default()
+            .connect(&client)
+            .map_err(|e| store_error(url, &e))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("coffer-store")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("<object store runtime>", e))?;
+        Ok(Store {
+            shared: Arc::new(Shared {
+                rt,
+                s3: Arc::new(s3),
+                http,
+                region,
+                path,
+                url: url.to_owned(),
+            }),
+        })
+    }
+
+    /// A sink that uploads the archive, replacing an existing object only
+    /// with `force`.
+    pub fn sink(self, force: bool) -> Result<ObjectSink> {
+        let sh = &self.shared;
+        if !force {
+            // Early, for a clear message before any upload; the store's
+            // conditional completion is what enforces it. A bucket that
+            // may be written but not read answers 403 here: go on.
+            if sh.rt.block_on(sh.s3.head(&sh.path)).is_ok() {
+                return Err(exists(&sh.url));
+            }
+        }
+        let upload = sh
+            .rt
+            .block_on(sh.s3.create_multipart(&sh.path))
+            .map_err(|e| store_error(&sh.url, &e))?;
+        let undo = {
+            let (s3, path, id) = (sh.s3.clone(), sh.path.clone(), upload.clone());
+            let handle = sh.rt.handle().clone();
+            Box::new(move || {
+                // The timer is made inside the runtime: it needs its context.
+                handle.block_on(async move {
+                    let _ =
+                        tokio::time::timeout(ABORT_TIMEOUT, s3.abort_multipart(&path, &id)).await;
+                });
+            })
+        };
+        let reg = crate::fsutil::register_undo(&sh.url, undo)?;
+        Ok(ObjectSink {
+            shared: self.shared,
+            upload,
+            force,
+            buf: Vec::new(),
+            next: 0,
+            written: 0,
+            uploading: VecDeque::new(),
+            parts: Vec::new(),
+            reg: Some(reg),
+        })
+    }
+
+    /// A source reading the object.
+    pub fn source(self) -> Result<ObjectSource> {
+        let sh = &self.shared;
+        let meta = sh
+            .rt
+            .block_on(sh.s3.head(&sh.path))
+            .map_err(|e| store_error(&sh.url, &e))?;
+        Ok(ObjectSource {
+            shared: self.shared,
+            size: meta.size,
+            e_tag: meta.e_tag,
+        })
+    }
+}
+
+fn exists(url: &str) -> Error {
+    Error::AlreadyExists {
+        path: url.into(),
+        hint: ": give --force to replace it".into(),
+    }
+}
+
+/// An `object_store` failure as coffer's error, naming the object.
+fn store_error(url: &str, e: &object_store::Error) -> Error {
+    use object_store::Error as E;
+    let what = match e {
+        E::NotFound { .. } => "no such object or bucket".to_owned(),
+        E::PermissionDenied { .. } => format!(
+            "access denied; check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, …) and the bucket's policy ({e})"
+        ),
+        // object_store falls back to the EC2 instance metadata service
+        // when nothing else gives credentials.
+        E::Generic { .. } if e.to_string().contains("169.254.169.254") => format!(
+            "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN), or run on an EC2 instance with a role; the instance metadata service failed ({e})"
+        ),
+        E::Unauthenticated { .. } => format!(
+            "not signed in: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where the store's standard credentials are found ({e})"
+        ),
+        _ => e.to_string(),
+    };
+    Error::Storage {
+        location: url.to_owned(),
+        what,
+    }
+}
+
+fn io_error(url: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{url}: {e}"))
+}
+
+/// The multipart upload of one archive.
+pub struct ObjectSink {
+    shared: Arc<Shared>,
+    upload: MultipartId,
+    force: bool,
+    /// The part being filled.
+    buf: Vec<u8>,
+    /// The index of the part being filled.
+    next: usize,
+    written: u64,
+    /// Parts sent, oldest first, not yet known to have arrived.
+    uploading: VecDeque<JoinHandle<object_store::Result<PartId>>>,
+    /// Parts that arrived, in order.
+    parts: Vec<PartId>,
+    /// Listed for `remove_temporaries`, which aborts the upload; `None`
+    /// once completed.
+    reg: Option<crate::fsutil::TempRegistration>,
+}
+
+impl ObjectSink {
+    /// Send the part being filled, then wait while too many are in flight.
+    fn send_part(&mut self) -> io::Result<()> {
+        if self.next >= MAX_PARTS {
+            return Err(io_error(
+                &self.shared.url,
+                format!(
+                    "the archive is larger than an upload can hold ({} GiB, {MAX_PARTS} parts)",
+                    MAX_ARCHIVE >> 30
+                ),
+            ));
+        }
+        let size = part_size(self.next + 1);
+        let data = std::mem::take(&mut self.buf);
+        let (s3, path, id, idx) = (
+            self.shared.s3.clone(),
+            self.shared.path.clone(),
+            self.upload.clone(),
+            self.next,
+        );
+        self.uploading.push_back(
+            self.shared
+                .rt
+                .spawn(async move { s3.put_part(&path, &id, idx, PutPayload::from(data)).await }),
+        );
+        self.next += 1;
+        while self.uploading.len() >= in_flight(size) {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn wait_oldest(&mut self) -> io::Result<()> {
+        let Some(h) = self.uploading.pop_front() else {
+            return Ok(());
+        };
+        let url = &self.shared.url;
+        let part = self
+            .shared
+            .rt
+            .block_on(h)
+            .map_err(|e| io_error(url, e))?
+            .map_err(|e| io_error(url, store_error(url, &e)))?;
+        self.parts.push(part);
+        Ok(())
+    }
+
+    /// Complete the upload: the object appears. Without `force`, only if
+    /// no object is there (`If-None-Match: *`, enforced by the store).
+    fn complete(&self) -> Result<()> {
+        let sh = &self.shared;
+        if self.force {
+            return sh
+                .rt
+                .block_on(
+                    sh.s3
+                        .complete_multipart(&sh.path, &self.upload, self.parts.clone()),
+                )
+                .map(drop)
+                .map_err(|e| store_error(&sh.url, &e));
+        }
+        sh.rt
+            .block_on(complete_if_absent(sh, &self.upload, &self.parts))
+    }
+}
+
+/// `CompleteMultipartUpload` with `If-None-Match: *`: the one request
+/// `object_store` does not make, signed with its SigV4 signer
+/// ([`AwsAuthorizer`], the header covered) and sent with an HTTP client of
+/// the same settings, to the URL `object_store` itself addresses the
+/// object by. Retried on 5xx, 409 (a concurrent conditional write) and
+/// transport errors; a 412 is an existing object (after a retry it may be
+/// this very upload, completed by a request whose answer was lost: the
+/// message says so).
+async fn complete_if_absent(sh: &Shared, upload: &MultipartId, parts: &[PartId]) -> Result<()> {
+    use http::header::{CONTENT_TYPE, IF_NONE_MATCH};
+    let fail = |what: String| Error::Storage {
+        location: sh.url.clone(),
+        what,
+    };
+    let mut url = sh
+        .s3
+        .signed_url(http::Method::POST, &sh.path, Duration::from_secs(60))
+        .await
+        .map_err(|e| store_error(&sh.url, &e))?;
+    url.set_query(Some(&format!("uploadId={}", query_escape(upload))));
+    let body = complete_body(parts);
+    let mut last = String::new();
+    for attempt in 0..6u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        let credential = sh
+            .s3
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(|e| store_error(&sh.url, &e))?;
+        let mut request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(url.as_str())
+            .header(IF_NONE_MATCH, "*")
+            .header(CONTENT_TYPE, "application/xml")
+            .body(Bytes::from(body.clone()).into())
+            .expect("a well-formed request");
+        AwsAuthorizer::new(&credential, "s3", &sh.region)
+            .try_authorize(&mut request, None)
+            .map_err(|e| store_error(&sh.url, &e))?;
+        let response = match sh.http.execute(request).await {
+            Ok(r) => r,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        let status = response.status();
+        let text = match response.into_body().bytes().await {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        // S3 may answer 200 and then report an error in the body.
+        let code = xml_text(&text, "Code");
+        match status.as_u16() {
+            200 if code.is_none() => return Ok(()),
+            412 if attempt == 0 => return Err(exists(&sh.url)),
+            412 => {
+                return Err(fail(
+                    "the store says an object exists here, after a retried completion: if it is this archive (a completion whose answer was lost), it is whole; check it with `coffer verify`".into(),
+                ));
+            }
+            200 | 409 | 500..=599 => {
+                last = format!("{status}: {}", describe(&text));
+            }
+            _ => {
+                return Err(fail(format!(
+                    "completing the upload: {status}: {}",
+                    describe(&text)
+                )));
+            }
+        }
+    }
+    Err(fail(format!(
+        "completing the upload failed 6 times; last: {last}"
+    )))
+}
+
+/// `s` percent-encoded for a URL query (RFC 3986 unreserved kept).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The XML body of `CompleteMultipartUpload`.
+fn complete_body(parts: &[PartId]) -> String {
+    let mut body = String::from(
+        r#"<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">"#,
+    );
+    for (i, p) in parts.iter().enumerate() {
+        let etag = p
+            .content_id
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        body.push_str(&format!(
+            "<Part><PartNumber>{}</PartNumber><ETag>{etag}</ETag></Part>",
+            i + 1
+        ));
+    }
+    body.push_str("</CompleteMultipartUpload>");
+    body
+}
+
+/// The text of the first `<tag>` in an S3 answer.
+fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let start = xml.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(xml[start..end].to_owned())
+}
+
+/// An S3 error answer as "Code: Message", or its first 200 bytes.
+fn describe(xml: &str) -> String {
+    match (xml_text(xml, "Code"), xml_text(xml, "Message")) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        _ => xml.chars().take(200).collect(),
+    }
+}
+
+impl Write for ObjectSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(part_size(self.next));
+        }
+        let room = part_size(self.next) - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        self.written += n as u64;
+        if self.buf.len() == part_size(self.next) {
+            self.send_part()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ArchiveSink for ObjectSink {
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        let url = self.shared.url.clone();
+        let io = |e| Error::io(&url, e);
+        // The last part may be short; an archive never ends on an empty
+        // one unless its size is a multiple of the part size.
+        if !self.buf.is_empty() || self.next == 0 {
+            self.send_part().map_err(io)?;
+        }
+        while !self.uploading.is_empty() {
+            self.wait_oldest().map_err(io)?;
+        }
+        // Under the registration's lock: an interruption now waits for
+        // the completion, and never aborts an upload half completed.
+        let reg = self.reg.take().expect("registered until completed");
+        let done = reg.commit(|| self.complete());
+        if done.is_err() {
+            abort(&self.shared, &self.upload);
+        }
+        done
+    }
+}
+
+fn abort(sh: &Shared, upload: &MultipartId) {
+    sh.rt.block_on(async {
+        let _ = tokio::time::timeout(ABORT_TIMEOUT, sh.s3.abort_multipart(&sh.path, upload)).await;
+    });
+}
+
+impl Drop for ObjectSink {
+    fn drop(&mut self) {
+        if let Some(reg) = self.reg.take() {
+            for h in self.uploading.drain(..) {
+                h.abort();
+            }
+            abort(&self.shared, &self.upload);
+            drop(reg);
+        }
+    }
+}
+
+/// An object read with ranged GETs.
+pub struct ObjectSource {
+    shared: Arc<Shared>,
+    size: u64,
+    e_tag: Option<String>,
+}
+
+impl ArchiveSource for ObjectSource {
+    fn len(&self) -> Option<u64> {
+        Some(self.size)
+    }
+
+    fn into_reader(self: Box<Self>) -> Box<dyn Read + Send> {
+        Box::new(Prefetch {
+            source: *self,
+            next: 0,
+            ahead: VecDeque::new(),
+            current: Bytes::new(),
+            first_done: false,
+        })
+    }
+}
+
+/// Reads an object in order, with up to [`AHEAD`] ranged GETs running.
+struct Prefetch {
+    source: ObjectSource,
+    /// Where the next range to ask for starts.
+    next: u64,
+    ahead: VecDeque<JoinHandle<object_store::Result<Bytes>>>,
+    current: Bytes,
+    /// The first (small) range was read whole: read ahead from now on.
+    first_done: bool,
+}
+
+impl Prefetch {
+    fn ask(&mut self) {
+        let depth = if self.first_done { AHEAD } else { 1 };
+        while self.ahead.len() < depth && self.next < self.source.size {
+            let len = if self.next == 0 { FIRST_RANGE } else { RANGE };
+            let range = self.next..(self.next + len).min(self.source.size);
+            self.next = range.end;
+            let sh = &self.source.shared;
+            let (s3, path) = (sh.s3.clone(), sh.path.clone());
+            let options = GetOptions {
+                range: Some(GetRange::Bounded(range)),
+                if_match: self.source.e_tag.clone(),
+                ..GetOptions::default()
+            };
+            self.ahead.push_back(
+                sh.rt
+                    .spawn(async move { s3.get_opts(&path, options).await?.bytes().await }),
+            );
+        }
+    }
+}
+
+impl Read for Prefetch {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.next > 0 && self.ahead.is_empty() {
+                self.first_done = true;
+            }
+            self.ask();
+            let Some(h) = self.ahead.pop_front() else {
+                return Ok(0);
+            };
+            let sh = &self.source.shared;
+            self.current = sh
+                .rt
+                .block_on(h)
+                .map_err(|e| io_error(&sh.url, e))?
+                .map_err(|e| io_error(&sh.url, store_error(&sh.url, &e)))?;
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_reaches_the_documented_maximum_within_the_part_limit() {
+        let total: u64 = (0..MAX_PARTS).map(|i| part_size(i) as u64).sum();
+        assert_eq!(total, MAX_ARCHIVE);
+        for i in 0..MAX_PARTS {
+            let size = part_size(i);
+            assert!(
+                size >= 5 * MIB,
+                "S3's smallest part (but the last) is 5 MiB"
+            );
+            // Parts in flight, plus the one being filled.
+            assert!(in_flight(size) * size + size <= 192 * MIB);
+        }
+    }
+
+    #[test]
+    fn the_completion_body_names_parts_in_order() {
+        let parts = [
+            PartId {
+                content_id: "\"a\"".into(),
+            },
+            PartId {
+                content_id: "\"b<\"".into(),
+            },
+        ];
+        assert_eq!(
+            complete_body(&parts),
+            r#"<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Part><PartNumber>1</PartNumber><ETag>"a"</ETag></Part><Part><PartNumber>2</PartNumber><ETag>"b&lt;"</ETag></Part></CompleteMultipartUpload>"#
+        );
+    }
+
+    #[test]
+    fn error_answers_are_read() {
+        let xml =
+            "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>no</Message></Error>";
+        assert_eq!(describe(xml), "AccessDenied: no");
+        assert_eq!(xml_text("<x/>", "Code"), None);
+    }
+}

@@ -1,0 +1,417 @@
+//! Archives on object storage, against moto's S3 server (a real server
+//! written by others; coffer_hsm_sim::S3Server starts one per test) and a
+//! fault proxy in front of it.
+#![cfg(feature = "object-storage")]
+
+mod common;
+
+use coffer_hsm_sim::s3::{BUCKET, S3Server};
+use common::Home;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// A home with a keyring whose `coffer` reaches the store with `env`.
+fn run(h: &Home, env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    let mut c = h.coffer();
+    c.envs(env.iter().map(|(k, v)| (k, v))).args(args);
+    c.output().unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn random(n: usize) -> Vec<u8> {
+    use ring::rand::SecureRandom;
+    let mut v = vec![0; n];
+    ring::rand::SystemRandom::new().fill(&mut v).unwrap();
+    v
+}
+
+/// Seal `data` as a stream into `url`; the command's output.
+fn seal_stream(
+    h: &Home,
+    env: &[(String, String)],
+    data: &[u8],
+    url: &str,
+    more: &[&str],
+) -> std::process::Output {
+    let mut c = h.coffer();
+    c.envs(env.iter().map(|(k, v)| (k, v)))
+        .args(["seal", "-", "-o", url])
+        .args(more)
+        .write_stdin(data.to_vec());
+    c.output().unwrap()
+}
+
+#[test]
+fn seal_open_verify_inspect_a_folder_and_a_stream_in_s3() {
+    let s3 = S3Server::start();
+    let env = s3.env();
+    let h = Home::new();
+    h.init();
+    let tree = h.path("docs");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), "hello").unwrap();
+    std::fs::write(tree.join("sub/big"), random(3 << 20)).unwrap();
+    let url = S3Server::url("host/2026-11-29.coffer");
+    let out = run(&h, &env, &["seal", tree.to_str().unwrap(), "-o", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(s3.objects(), ["host/2026-11-29.coffer"]);
+    assert!(s3.uploads().is_empty(), "the upload completed");
+
+    let out = run(&h, &env, &["inspect", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("format version 2"));
+    let out = run(
+        &h,
+        &env,
+        &["verify", &url, "--recovery-key-file", "recovery.txt"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(
+        &h,
+        &env,
+        &[
+            "open",
+            &url,
+            "-o",
+            "restored",
+            "--recovery-key-file",
+            "recovery.txt",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    common::tree::assert_same(
+        &tree,
+        &h.path("restored/docs"),
+        common::tree::Ignore::default(),
+    );
+
+    // A stream of several parts (8 MiB each), read back through `-o -`.
+    let data = random(20 << 20);
+    let url = S3Server::url("stream.coffer");
+    let out = seal_stream(&h, &env, &data, &url, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(
+        &h,
+        &env,
+        &[
+            "open",
+            &url,
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == data, "the stream came back whole");
+    // The object is exactly what a local seal writes: same format.
+    std::fs::write(h.path("copy.coffer"), s3.get("stream.coffer")).unwrap();
+    let out = run(
+        &h,
+        &[],
+        &[
+            "verify",
+            "copy.coffer",
+            "--recovery-key-file",
+            "recovery.txt",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn inspect_reads_only_the_header_and_open_reads_ahead_in_ranges() {
+    let s3 = S3Server::start();
+    let proxy = s3.fault_proxy();
+    let h = Home::new();
+    h.init();
+    let env = S3Server::env_for(&proxy.endpoint(), ("testing", "testing"));
+    // Put the archive in place without the proxy (no part faults).
+    let data = random(20 << 20);
+    let out = seal_stream(&h, &s3.env(), &data, &S3Server::url("a.coffer"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = run(&h, &env, &["inspect", &S3Server::url("a.coffer")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let gets: Vec<String> = proxy
+        .log()
+        .requests
+        .into_iter()
+        .filter(|r| r.starts_with("GET"))
+        .collect();
+    assert_eq!(gets, [format!("GET /{BUCKET}/a.coffer bytes=0-65535")]);
+
+    let out = run(
+        &h,
+        &env,
+        &[
+            "open",
+            &S3Server::url("a.coffer"),
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == data);
+    // Parallel, so in any order: sorted, they tile the object, 64 KiB
+    // first, then 8 MiB ranges to the end.
+    let mut ranges: Vec<(u64, u64)> = proxy
+        .log()
+        .requests
+        .iter()
+        .filter(|r| r.starts_with("GET"))
+        .skip(1)
+        .map(|r| {
+            let (a, b) = r.rsplit_once("bytes=").unwrap().1.split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse::<u64>().unwrap() + 1)
+        })
+        .collect();
+    ranges.sort();
+    let size = s3.get("a.coffer").len() as u64;
+    assert_eq!(ranges.first().map(|r| r.0), Some(0), "{ranges:?}");
+    assert_eq!(ranges.last().map(|r| r.1), Some(size), "{ranges:?}");
+    for (i, w) in ranges.windows(2).enumerate() {
+        assert_eq!(w[0].1, w[1].0, "contiguous: {ranges:?}");
+        let want = if i == 0 { 65536 } else { 8 << 20 };
+        assert_eq!(w[0].1 - w[0].0, want, "{ranges:?}");
+    }
+}
+
+#[test]
+fn an_existing_object_is_replaced_only_with_force() {
+    let s3 = S3Server::start();
+    let env = s3.env();
+    let h = Home::new();
+    h.init();
+    let url = S3Server::url("a.coffer");
+    assert!(seal_stream(&h, &env, b"first", &url, &[]).status.success());
+    let before = s3.get("a.coffer");
+    let out = seal_stream(&h, &env, b"second", &url, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(s3.get("a.coffer"), before, "left alone");
+    assert!(s3.uploads().is_empty(), "nothing left behind");
+    let out = seal_stream(&h, &env, b"second", &url, &["--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(s3.get("a.coffer"), before, "replaced");
+    let out = run(
+        &h,
+        &env,
+        &[
+            "open",
+            &url,
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ],
+    );
+    assert_eq!(out.stdout, b"second");
+}
+
+#[test]
+fn a_part_refused_once_is_retried_alone_and_never_sent_again() {
+    let s3 = S3Server::start();
+    let proxy = s3.fault_proxy();
+    let env = S3Server::env_for(&proxy.endpoint(), ("testing", "testing"));
+    let h = Home::new();
+    h.init();
+    let data = random(20 << 20);
+    let out = seal_stream(&h, &env, &data, &S3Server::url("a.coffer"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = proxy.log();
+    assert_eq!(
+        log.faults, 3,
+        "each of the 3 parts was refused once: {log:?}"
+    );
+    for (part, tries) in &log.tries {
+        assert_eq!(
+            tries,
+            &[503, 200],
+            "part {part}: one refusal, one retry, nothing after"
+        );
+    }
+    let out = run(
+        &h,
+        &s3.env(),
+        &[
+            "open",
+            &S3Server::url("a.coffer"),
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == data, "the archive is whole");
+}
+
+#[test]
+fn a_seal_that_fails_mid_upload_leaves_no_object_and_no_parts() {
+    let s3 = S3Server::start();
+    let proxy = s3.fault_proxy();
+    proxy.refuse_part(2);
+    let env = S3Server::env_for(&proxy.endpoint(), ("testing", "testing"));
+    let h = Home::new();
+    h.init();
+    let out = seal_stream(&h, &env, &random(30 << 20), &S3Server::url("a.coffer"), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
+    assert!(
+        proxy.log().tries[&2].iter().all(|s| *s == 403),
+        "part 2 was refused"
+    );
+    assert!(s3.objects().is_empty(), "no object appeared");
+    assert!(
+        s3.uploads().is_empty(),
+        "the upload was aborted: no parts left"
+    );
+}
+
+#[test]
+fn an_interrupted_seal_leaves_no_object_and_no_parts() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let s3 = S3Server::start();
+    let h = Home::new();
+    h.init();
+    for (signal, status) in [(Signal::TERM, 143), (Signal::INT, 130)] {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+        c.env_clear()
+            .env("COFFER_KEYRING", h.keyring())
+            .env("HOME", h.dir.path())
+            .envs(s3.env())
+            .args(["seal", "-", "-o", &S3Server::url("cut.coffer")])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // More than two parts, then nothing more while the pipe stays open.
+        stdin.write_all(&random(20 << 20)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while s3.uploads().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no upload started");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        kill_process(Pid::from_child(&child), signal).unwrap();
+        // Standard input stays open: only the signal can end the seal.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("the seal did not end on {signal:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(status), "{}", stderr(&out));
+        assert!(s3.objects().is_empty(), "no object appeared");
+        assert!(
+            s3.uploads().is_empty(),
+            "the upload was aborted: no parts left"
+        );
+    }
+}
+
+#[test]
+fn store_errors_are_clear_and_exit_1() {
+    let s3 = S3Server::start();
+    let env = s3.env();
+    let h = Home::new();
+    h.init();
+    let out = seal_stream(&h, &env, b"x", "s3://no-such-bucket/a.coffer", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("s3://no-such-bucket/a.coffer: no such object or bucket"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&h, &env, &["verify", &S3Server::url("missing.coffer")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no such object"), "{}", stderr(&out));
+    for (url, what) in [
+        ("s3://bucket-only", "name an object"),
+        ("az://container/a.coffer", "not supported yet"),
+        ("ftp://host/a.coffer", "unknown kind of store"),
+    ] {
+        let out = seal_stream(&h, &env, b"x", url, &[]);
+        assert_eq!(out.status.code(), Some(2), "{url}: {}", stderr(&out));
+        assert!(stderr(&out).contains(what), "{url}: {}", stderr(&out));
+    }
+    let out = run(&h, &env, &["open", "x.coffer", "-o", &S3Server::url("out")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(s3.objects().is_empty() && s3.uploads().is_empty());
+}
+
+#[test]
+fn a_seal_only_host_seals_into_a_bucket_it_cannot_read() {
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":["s3:PutObject","s3:AbortMultipartUpload"],"Resource":"arn:aws:s3:::{BUCKET}/*"}}]}}"#
+    );
+    let (s3, sealer_key, admin_key) = S3Server::start_with_auth(&policy);
+    let host = S3Server::env_for(&s3.endpoint(), (&sealer_key.id, &sealer_key.secret));
+    let admin = S3Server::env_for(&s3.endpoint(), (&admin_key.id, &admin_key.secret));
+    let h = Home::new();
+    h.init();
+    h.export_seal_only("nightly", "host-keyring.json")
+        .assert()
+        .success();
+    let host_home = Home::new();
+    std::fs::copy(h.path("host-keyring.json"), host_home.keyring()).unwrap();
+
+    // The owner's archive is there; the host may not read it: the test
+    // cannot pass for a bucket that lets everyone in.
+    let earlier = S3Server::url("earlier.coffer");
+    let out = seal_stream(&h, &admin, b"owner's", &earlier, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&host_home, &host, &["inspect", &earlier]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
+
+    // The host seals nightly; the owner opens it.
+    let data = random(12 << 20);
+    let url = S3Server::url("nightly/2026-11-29.coffer");
+    let out = seal_stream(&host_home, &host, &data, &url, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(
+        &h,
+        &admin,
+        &[
+            "open",
+            &url,
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == data);
+
+    // It cannot check first whether an object exists; the store refuses
+    // to replace one at completion (If-None-Match), and the owner's
+    // archive is untouched.
+    let out = seal_stream(&host_home, &host, b"over", &earlier, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let out = run(
+        &h,
+        &admin,
+        &[
+            "open",
+            &earlier,
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ],
+    );
+    assert_eq!(out.stdout, b"owner's");
+}
