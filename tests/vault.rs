@@ -964,3 +964,90 @@ fn every_registration_login_and_deletion_is_audited_and_nothing_secret() {
         assert!(!text.contains(secret), "the log holds {secret}: {text}");
     }
 }
+
+/// GET `path` from `base` (`http://ADDR`): status and body.
+fn get(base: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+/// The value of the series `name` (with its labels) in a scrape.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_count_what_the_server_knows_and_healthz_follows_the_database() {
+    let pg = Postgres::start();
+    let token = Token::new();
+    let server = Server::start_with(
+        &token,
+        &pg.url(),
+        2,
+        &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+    );
+    let m = server.metrics.clone().unwrap();
+    assert_eq!(get(&m, "/healthz"), (200, "ok\n".into()));
+    let (_, before) = get(&m, "/metrics");
+    assert_eq!(metric(&before, "coffer_vault_guesses_charged_total"), 0.0);
+
+    let client = Client::new(&server.url, None).unwrap();
+    // One record: a wrong guess, a right one (a refund), a deletion.
+    let (a, key_a) = register(&server.url, b"right");
+    assert!(client.login(&a, b"wrong", &key_a, false).is_err());
+    client.login(&a, b"right", &key_a, false).unwrap();
+    client.login(&a, b"right", &key_a, true).unwrap();
+    // Another: two wrong guesses, then a start that finds none left.
+    let (b, key_b) = register(&server.url, b"right");
+    for _ in 0..2 {
+        assert!(client.login(&b, b"wrong", &key_b, false).is_err());
+    }
+    assert!(client.login(&b, b"right", &key_b, false).is_err());
+
+    let (status, text) = get(&m, "/metrics");
+    assert_eq!(status, 200);
+    // Starts answered: a's three, b's two (the third found it destroyed).
+    assert_eq!(metric(&text, "coffer_vault_guesses_charged_total"), 5.0);
+    assert_eq!(metric(&text, "coffer_vault_guesses_refunded_total"), 1.0);
+    // a deleted, b out of guesses.
+    assert_eq!(metric(&text, "coffer_vault_records_destroyed_total"), 2.0);
+    assert_eq!(metric(&text, "coffer_vault_database_errors_total"), 0.0);
+    let count = "coffer_vault_request_duration_seconds_count";
+    assert_eq!(
+        metric(&text, &format!("{count}{{event=\"login_start\"}}")),
+        6.0
+    );
+    assert_eq!(
+        metric(&text, &format!("{count}{{event=\"register_finish\"}}")),
+        2.0
+    );
+    let inf = "coffer_vault_request_duration_seconds_bucket{event=\"login_start\",le=\"+Inf\"}";
+    assert_eq!(metric(&text, inf), 6.0);
+    // Nothing from a request becomes a label: no record id in a scrape.
+    assert!(!text.contains(&a) && !text.contains(&coffer::vault::server::audit_record(&a)));
+
+    // The database goes away: health says so, and a login's failure counts.
+    drop(pg);
+    let (status, body) = get(&m, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("database: "), "{body}");
+    assert!(client.login(&b, b"right", &key_b, false).is_err());
+    let (_, text) = get(&m, "/metrics");
+    assert!(metric(&text, "coffer_vault_database_errors_total") >= 1.0);
+    assert_eq!(get(&m, "/nothing").0, 404);
+}

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// finish and deletion) is written to standard error
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Also serve /metrics (Prometheus) and /healthz on this address, in
+    /// plain HTTP with no authentication: one only monitoring reaches
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// `--log-format`.
@@ -158,9 +162,12 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
         max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
         ..Limits::default()
     };
-    let server = Server::bind(a.listen, vault, tls)
+    let mut server = Server::bind(a.listen, vault, tls)
         .map_err(vault_err)?
         .with_limits(limits);
+    if let Some(m) = a.metrics_listen {
+        server = server.with_metrics(m).map_err(vault_err)?;
+    }
     let url = server.url();
     eprintln!(
         "coffer vault: secrets sealed by {}; database {}; max guesses {}; server key {key}",
@@ -170,6 +177,10 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
     );
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {url}")
+        .and_then(|_| match server.metrics_addr() {
+            Some(m) => writeln!(out, "metrics on http://{m}/metrics"),
+            None => Ok(()),
+        })
         .and_then(|_| out.flush())
         .map_err(|e| Error::io("<stdout>", e))?;
     drop(out);

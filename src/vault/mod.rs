@@ -14,6 +14,8 @@
 pub mod client;
 #[cfg(feature = "vault-server")]
 pub mod hsm;
+#[cfg(feature = "vault-server")]
+pub mod metrics;
 pub mod protocol;
 #[cfg(feature = "vault-server")]
 pub mod server;

@@ -17,7 +17,7 @@
 use super::VaultError;
 use super::hsm::Sealer;
 use super::protocol::{self, Suite, path};
-use super::store::{LoginRecord, Store};
+use super::store::{LoginRecord, Store, Taken};
 use crate::key::label;
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -49,6 +49,7 @@ pub struct Vault {
     /// has it.
     session_key: aead::LessSafeKey,
     log: Log,
+    metrics: crate::vault::metrics::Metrics,
 }
 
 /// An HTTP answer: status and JSON body.
@@ -150,12 +151,14 @@ impl Vault {
             max_guesses,
             session_key,
             log,
+            metrics: Default::default(),
         })
     }
 
     /// A failure on our side: the operator hears the cause, the client
     /// only a 500.
     fn internal(&self, e: VaultError) -> Reply {
+        self.metrics.database_error();
         (self.log)(&format!("internal error: {e}"));
         err(500, "internal")
     }
@@ -205,6 +208,16 @@ impl Vault {
         &self.store
     }
 
+    /// This server's counters (`/metrics`).
+    pub fn metrics(&self) -> &crate::vault::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Whether the vault can answer: its database does (`/healthz`).
+    pub fn healthy(&self) -> Result<(), VaultError> {
+        self.store.ping()
+    }
+
     /// Answer one request from `client`, and audit it.
     pub fn handle(
         &self,
@@ -216,6 +229,7 @@ impl Vault {
         if method != "POST" {
             return err(405, "method-not-allowed");
         }
+        let started = std::time::Instant::now();
         let mut audit = Audit::default();
         let (event, r) = match url {
             path::REGISTER_START => ("register_start", self.register_start(body, &mut audit)),
@@ -225,6 +239,15 @@ impl Vault {
             path::DELETE => ("delete", self.login_finish(body, true, &mut audit)),
             _ => return err(404, "not-found"),
         };
+        self.metrics.observe(event, started.elapsed());
+        if r.is_ok() {
+            match event {
+                "login_start" => self.metrics.guess_charged(),
+                "login_finish" => self.metrics.guesses_refunded(),
+                "delete" => self.metrics.record_destroyed(),
+                _ => {}
+            }
+        }
         let outcome = outcome(&r);
         let record = audit.record.as_deref().unwrap_or("-");
         let client = client.map_or_else(|| "-".to_owned(), |a| a.ip().to_string());
@@ -292,6 +315,10 @@ impl Vault {
         {
             LoginRecord::Missing => return Err(err(404, "no-record")),
             LoginRecord::Destroyed => return Err(err(410, "destroyed")),
+            LoginRecord::Exhausted => {
+                self.metrics.record_destroyed();
+                return Err(err(410, "destroyed"));
+            }
             LoginRecord::Found {
                 registration,
                 guesses_left,
@@ -315,9 +342,11 @@ impl Vault {
         let state = Zeroizing::new(start.state.serialize().to_vec());
         let sealed = self.seal_state(&session, &req.user, &state);
         let expires = (crate::slot::now_unix() + SESSION_TTL.as_secs()) as i64;
-        self.store
+        let swept = self
+            .store
             .put_session(&session, &req.user, &sealed, expires)
             .map_err(|e| self.internal(e))?;
+        self.metrics.sessions_expired(swept);
         Ok(json(
             200,
             &protocol::LoginStartResponse {
@@ -336,11 +365,18 @@ impl Vault {
             return Err(err(400, "bad-session"));
         }
         // One use per session: a replayed finish finds nothing.
-        let (user, sealed) = self
+        let (user, sealed) = match self
             .store
             .take_session(&req.session)
             .map_err(|e| self.internal(e))?
-            .ok_or_else(|| err(400, "bad-session"))?;
+        {
+            Taken::Live { user, state } => (user, state),
+            Taken::Expired => {
+                self.metrics.sessions_expired(1);
+                return Err(err(400, "bad-session"));
+            }
+            Taken::Missing => return Err(err(400, "bad-session")),
+        };
         audit.record = Some(audit_record(&user));
         let state = self
             .unseal_state(&req.session, &user, &sealed)
@@ -431,6 +467,8 @@ pub struct Server {
     tls: Option<tokio_rustls::TlsAcceptor>,
     vault: Arc<Vault>,
     limits: Limits,
+    /// `/metrics` and `/healthz`, plain HTTP ([`Server::with_metrics`]).
+    metrics: Option<std::net::TcpListener>,
 }
 
 impl Server {
@@ -450,7 +488,25 @@ impl Server {
             tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
             vault: Arc::new(vault),
             limits: Limits::default(),
+            metrics: None,
         })
+    }
+
+    /// Also serve `/metrics` (Prometheus text format) and `/healthz` (200
+    /// when the database answers, 503 otherwise) on `listen`, in plain
+    /// HTTP: they carry no secret and no record id, but bind an address
+    /// only the monitoring can reach.
+    pub fn with_metrics(mut self, listen: SocketAddr) -> Result<Self, VaultError> {
+        let listener = std::net::TcpListener::bind(listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| VaultError::Protocol(format!("cannot listen on {listen}: {e}")))?;
+        self.metrics = Some(listener);
+        Ok(self)
+    }
+
+    /// The address `/metrics` is served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Replace the default [`Limits`].
@@ -487,6 +543,11 @@ impl Server {
     async fn accept_loop(self) -> Result<(), VaultError> {
         let listener = tokio::net::TcpListener::from_std(self.listener)
             .map_err(|e| VaultError::Protocol(format!("cannot listen: {e}")))?;
+        if let Some(metrics) = self.metrics {
+            let listener = tokio::net::TcpListener::from_std(metrics)
+                .map_err(|e| VaultError::Protocol(format!("cannot listen: {e}")))?;
+            tokio::spawn(serve_metrics(listener, self.vault.clone(), self.limits));
+        }
         let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
         loop {
             let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -537,6 +598,56 @@ where
         .max_buf_size(MAX_HEAD)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
         .await;
+}
+
+/// `/metrics` and `/healthz`, each connection on its own task with the
+/// same time limits as the vault's (at most 64 at once: a scraper needs
+/// one).
+async fn serve_metrics(listener: tokio::net::TcpListener, vault: Arc<Vault>, limits: Limits) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(64));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let vault = vault.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                let vault = vault.clone();
+                async move {
+                    let (status, body) = match (req.method().as_str(), req.uri().path()) {
+                        ("GET", "/metrics") => (200, vault.metrics().render()),
+                        ("GET", "/healthz") => {
+                            let v = vault.clone();
+                            match tokio::task::spawn_blocking(move || v.healthy()).await {
+                                Ok(Ok(())) => (200, "ok\n".to_owned()),
+                                Ok(Err(e)) => (503, format!("database: {e}\n")),
+                                Err(_) => (503, "internal\n".to_owned()),
+                            }
+                        }
+                        ("GET", _) => (404, "not found\n".to_owned()),
+                        _ => (405, "method not allowed\n".to_owned()),
+                    };
+                    let response = hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                        .body(Full::new(Bytes::from(body)))
+                        .expect("a well-formed answer");
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.io_timeout)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection_lifetime, served).await;
+        });
+    }
 }
 
 /// Request head and read buffer (hyper's smallest allowed).
@@ -609,6 +720,32 @@ mod tests {
         );
         drop(v);
         assert_eq!(vault(dir.path()).public_key(), key);
+    }
+
+    #[test]
+    fn the_store_tells_expired_login_sessions_from_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path());
+        let past = crate::slot::now_unix() as i64 - 1;
+        let later = past + 3600;
+        // A finish after the session's time: expired (counted), and gone.
+        v.store().put_session("a", "u", b"s", past).unwrap();
+        assert!(matches!(
+            v.store().take_session("a").unwrap(),
+            Taken::Expired
+        ));
+        assert!(matches!(
+            v.store().take_session("a").unwrap(),
+            Taken::Missing
+        ));
+        // Expired ones no finish came for: swept (and counted) by the next
+        // login start.
+        v.store().put_session("b", "u", b"s", past).unwrap();
+        assert_eq!(v.store().put_session("c", "u", b"s", later).unwrap(), 1);
+        assert!(matches!(
+            v.store().take_session("c").unwrap(),
+            Taken::Live { .. }
+        ));
     }
 
     proptest! {

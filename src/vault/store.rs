@@ -52,9 +52,27 @@ pub enum LoginRecord {
         /// Guesses left if this one is wrong.
         guesses_left: u32,
     },
-    /// The record was destroyed (too many guesses, or deleted).
+    /// The record was destroyed (too many guesses, or deleted) before.
     Destroyed,
+    /// The record had no guess left: this request destroyed it.
+    Exhausted,
     /// No record for this user.
+    Missing,
+}
+
+/// What [`Store::take_session`] found.
+#[derive(Debug)]
+pub enum Taken {
+    /// The session, now gone from the store: its user and sealed state.
+    Live {
+        /// The record the login is for.
+        user: String,
+        /// The sealed server login state.
+        state: Vec<u8>,
+    },
+    /// The session was there but had expired (now gone too).
+    Expired,
+    /// No such session (never, already finished, or swept as expired).
     Missing,
 }
 
@@ -293,7 +311,7 @@ impl Store {
                         &[&user, &now()],
                     )
                     .map_err(pg)?;
-                    LoginRecord::Destroyed
+                    LoginRecord::Exhausted
                 }
                 Some((Some(registration), failed)) => {
                     tx.execute(
@@ -331,7 +349,7 @@ impl Store {
                     params![user, now()],
                 )
                 .map_err(db)?;
-                LoginRecord::Destroyed
+                LoginRecord::Exhausted
             }
             Some((Some(registration), failed)) => {
                 tx.execute(
@@ -390,40 +408,41 @@ impl Store {
     }
 
     /// Keep a login's sealed server state until `expires` (Unix seconds),
-    /// dropping expired ones.
+    /// dropping expired ones. Returns how many expired ones were dropped.
     pub fn put_session(
         &self,
         id: &str,
         user: &str,
         state: &[u8],
         expires: i64,
-    ) -> Result<(), VaultError> {
+    ) -> Result<u64, VaultError> {
         if let Some(mut c) = self.pg() {
-            c.execute("DELETE FROM sessions WHERE expires < $1", &[&now()])
+            let swept = c
+                .execute("DELETE FROM sessions WHERE expires < $1", &[&now()])
                 .map_err(pg)?;
-            return c
-                .execute(
-                    "INSERT INTO sessions (id, user_id, state, expires) VALUES ($1, $2, $3, $4)",
-                    &[&id, &user, &state, &expires],
-                )
-                .map(drop)
-                .map_err(pg);
+            c.execute(
+                "INSERT INTO sessions (id, user_id, state, expires) VALUES ($1, $2, $3, $4)",
+                &[&id, &user, &state, &expires],
+            )
+            .map_err(pg)?;
+            return Ok(swept);
         }
         let conn = self.conn();
-        conn.execute("DELETE FROM sessions WHERE expires < ?1", params![now()])
+        let swept = conn
+            .execute("DELETE FROM sessions WHERE expires < ?1", params![now()])
             .map_err(db)?;
         conn.execute(
             "INSERT INTO sessions (id, user_id, state, expires) VALUES (?1, ?2, ?3, ?4)",
             params![id, user, state, expires],
         )
-        .map(drop)
-        .map_err(db)
+        .map_err(db)?;
+        Ok(swept as u64)
     }
 
     /// Take (delete and return) the login state `id` if it has not
-    /// expired: `(user, sealed state)`. Atomic, so a finish is accepted
-    /// once even when replayed to several replicas at once.
-    pub fn take_session(&self, id: &str) -> Result<Option<(String, Vec<u8>)>, VaultError> {
+    /// expired. Atomic, so a finish is accepted once even when replayed to
+    /// several replicas at once.
+    pub fn take_session(&self, id: &str) -> Result<Taken, VaultError> {
         let row = if let Some(mut c) = self.pg() {
             c.query_opt(
                 "DELETE FROM sessions WHERE id = $1 RETURNING user_id, state, expires",
@@ -441,9 +460,21 @@ impl Store {
                 .optional()
                 .map_err(db)?
         };
-        Ok(row
-            .filter(|(_, _, expires)| *expires >= now())
-            .map(|(user, state, _)| (user, state)))
+        Ok(match row {
+            None => Taken::Missing,
+            Some((_, _, expires)) if expires < now() => Taken::Expired,
+            Some((user, state, _)) => Taken::Live { user, state },
+        })
+    }
+
+    /// Whether the database answers (`/healthz`).
+    pub fn ping(&self) -> Result<(), VaultError> {
+        if let Some(mut c) = self.pg() {
+            return c.simple_query("SELECT 1").map(drop).map_err(pg);
+        }
+        self.conn()
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(db)
     }
 
     /// Unrefunded guesses for `user` (for tests and operators).

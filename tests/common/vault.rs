@@ -48,6 +48,8 @@ impl Token {
 pub struct Server {
     child: Child,
     pub url: String,
+    /// `http://ADDR` of `/metrics` and `/healthz`, with `--metrics-listen`.
+    pub metrics: Option<String>,
 }
 
 impl Server {
@@ -92,15 +94,30 @@ impl Server {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
         let url = line
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("server did not start: {line:?}"))
             .to_owned();
-        Self { child, url }
+        let metrics = args
+            .iter()
+            .any(|a| a.as_ref() == "--metrics-listen")
+            .then(|| {
+                line.clear();
+                out.read_line(&mut line).unwrap();
+                line.trim()
+                    .strip_prefix("metrics on ")
+                    .and_then(|m| m.strip_suffix("/metrics"))
+                    .unwrap_or_else(|| panic!("no metrics address: {line:?}"))
+                    .to_owned()
+            });
+        Self {
+            child,
+            url,
+            metrics,
+        }
     }
 }
 
