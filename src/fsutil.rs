@@ -75,18 +75,24 @@ pub fn register_temp(path: &Path) -> Result<TempRegistration> {
     create_listed(path, || Ok(((), path.to_path_buf()))).map(|((), reg)| reg)
 }
 
-/// List temporary output that is not a file, for [`remove_temporaries`]
-/// to undo with `undo` (an upload not yet completed, to abort). `what`
-/// names it in the error when that already ran.
-pub fn register_undo(what: &str, undo: Box<dyn FnOnce() + Send>) -> Result<TempRegistration> {
+/// Make temporary output that is not a file with `make` (an upload, to be
+/// aborted unless completed), which returns it and how to undo it, and
+/// list it for [`remove_temporaries`], under one lock: no interruption
+/// falls between the two (one waits for `make`). `what` names it in the
+/// error when [`remove_temporaries`] already ran.
+pub fn register_undo_with<T>(
+    what: &str,
+    make: impl FnOnce() -> Result<(T, Box<dyn FnOnce() + Send>)>,
+) -> Result<(T, TempRegistration)> {
     let mut t = temps();
     if t.removed {
         return Err(interrupted(Path::new(what)));
     }
+    let (made, undo) = make()?;
     let id = t.next_id;
     t.next_id += 1;
     t.live.push((id, Temporary::Undo(undo)));
-    Ok(TempRegistration { id })
+    Ok((made, TempRegistration { id }))
 }
 
 /// Create a temporary with `make` (which returns its path) and list it,

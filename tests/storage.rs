@@ -159,7 +159,7 @@ fn inspect_reads_only_the_header_and_open_reads_ahead_in_ranges() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stdout == data);
     // Parallel, so in any order: sorted, they tile the object, 64 KiB
-    // first, then 8 MiB ranges to the end.
+    // first, then to 2 MiB, then 8 MiB ranges to the end.
     let mut ranges: Vec<(u64, u64)> = proxy
         .log()
         .requests
@@ -177,7 +177,11 @@ fn inspect_reads_only_the_header_and_open_reads_ahead_in_ranges() {
     assert_eq!(ranges.last().map(|r| r.1), Some(size), "{ranges:?}");
     for (i, w) in ranges.windows(2).enumerate() {
         assert_eq!(w[0].1, w[1].0, "contiguous: {ranges:?}");
-        let want = if i == 0 { 65536 } else { 8 << 20 };
+        let want = match i {
+            0 => 65536,
+            1 => (2 << 20) - 65536,
+            _ => 8 << 20,
+        };
         assert_eq!(w[0].1 - w[0].0, want, "{ranges:?}");
     }
 }
@@ -262,7 +266,16 @@ fn a_seal_that_fails_mid_upload_leaves_no_object_and_no_parts() {
     h.init();
     let out = seal_stream(&h, &env, &random(30 << 20), &S3Server::url("a.coffer"), &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("coffer: s3://coffer-test/a.coffer: access denied"),
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("s3://").count(),
+        1,
+        "the URL said once: {said}"
+    );
     assert!(
         proxy.log().tries[&2].iter().all(|s| *s == 403),
         "part 2 was refused"
@@ -274,43 +287,65 @@ fn a_seal_that_fails_mid_upload_leaves_no_object_and_no_parts() {
     );
 }
 
+/// `coffer seal - -o URL` reaching the store through `env`, its standard
+/// input a pipe the caller holds.
+fn spawn_seal(h: &Home, env: &[(String, String)], url: &str) -> std::process::Child {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+    c.env_clear()
+        .env("COFFER_KEYRING", h.keyring())
+        .env("HOME", h.dir.path())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(["seal", "-", "-o", url])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped());
+    c.spawn().unwrap()
+}
+
+/// Wait (at most 30 s) until `done`.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited in vain: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Wait for `child` to end by itself (at most 30 s; else kill it and fail).
+fn ended(mut child: std::process::Child, why: &str) -> std::process::Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the seal did not end: {why}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn an_interrupted_seal_leaves_no_object_and_no_parts() {
     use rustix::process::{Pid, Signal, kill_process};
     let s3 = S3Server::start();
+    let proxy = s3.fault_proxy();
+    let env = S3Server::env_for(&proxy.endpoint(), ("testing", "testing"));
     let h = Home::new();
     h.init();
     for (signal, status) in [(Signal::TERM, 143), (Signal::INT, 130)] {
-        let mut c = Command::new(assert_cmd::cargo::cargo_bin("coffer"));
-        c.env_clear()
-            .env("COFFER_KEYRING", h.keyring())
-            .env("HOME", h.dir.path())
-            .envs(s3.env())
-            .args(["seal", "-", "-o", &S3Server::url("cut.coffer")])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
+        let mut child = spawn_seal(&h, &env, &S3Server::url("cut.coffer"));
         let mut stdin = child.stdin.take().unwrap();
-        // More than two parts, then nothing more while the pipe stays open.
+        // Two parts and more, then nothing while the pipe stays open: only
+        // the signal can end the seal.
         stdin.write_all(&random(20 << 20)).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while s3.uploads().is_empty() {
-            assert!(std::time::Instant::now() < deadline, "no upload started");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        wait_for("a part stored", || {
+            proxy.log().tries.values().any(|t| t.contains(&200))
+        });
         kill_process(Pid::from_child(&child), signal).unwrap();
-        // Standard input stays open: only the signal can end the seal.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                child.kill().unwrap();
-                panic!("the seal did not end on {signal:?}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let out = ended(child, &format!("{signal:?}"));
         drop(stdin);
-        let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(status), "{}", stderr(&out));
         assert!(s3.objects().is_empty(), "no object appeared");
         assert!(
@@ -318,6 +353,43 @@ fn an_interrupted_seal_leaves_no_object_and_no_parts() {
             "the upload was aborted: no parts left"
         );
     }
+}
+
+#[test]
+fn the_store_refuses_to_replace_an_object_made_while_the_upload_ran() {
+    let s3 = S3Server::start();
+    let proxy = s3.fault_proxy();
+    let env = S3Server::env_for(&proxy.endpoint(), ("testing", "testing"));
+    let h = Home::new();
+    h.init();
+    let url = S3Server::url("race.coffer");
+    let mut child = spawn_seal(&h, &env, &url);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&random(10 << 20)).unwrap();
+    // Past the early check: a part is stored. Then someone else writes.
+    wait_for("a part stored", || {
+        proxy.log().tries.values().any(|t| t.contains(&200))
+    });
+    let other = seal_stream(&h, &s3.env(), b"someone else's", &url, &[]);
+    assert!(other.status.success(), "{}", stderr(&other));
+    let theirs = s3.get("race.coffer");
+    drop(stdin);
+    let out = ended(child, "end of input");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(s3.get("race.coffer"), theirs, "left alone");
+    assert!(s3.uploads().is_empty(), "the upload was aborted");
+    let completions: Vec<String> = proxy
+        .log()
+        .requests
+        .into_iter()
+        .filter(|r| r.starts_with("POST") && r.contains("uploadId="))
+        .collect();
+    assert_eq!(
+        completions.len(),
+        1,
+        "refused by the store: {completions:?}"
+    );
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! fault proxy in front of it that answers `503 SlowDown` to the first try
 //! of each upload part, counting what it saw.
 //!
+//! The proxy reads request bodies by Content-Length and answers by reading
+//! moto's to the end: coffer's client and moto send no chunked bodies.
+//!
 //! The fixture talks to moto with plain unsigned HTTP (moto checks no
 //! signature until authentication is switched on; with
 //! [`S3Server::start_with_auth`] it enforces IAM policies after the first
@@ -122,23 +125,33 @@ impl S3Server {
     }
 
     fn spawn(env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new(moto_server());
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
+        // The port is free when picked, but another test may take it before
+        // moto binds it: then moto exits, and another port is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(moto_server());
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let child = cmd.spawn().expect("start moto_server");
+            let mut s = Self { child, port };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if s.child.try_wait().expect("moto_server's status").is_some() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return s;
+                }
+                assert!(Instant::now() < deadline, "moto_server did not come up");
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        let child = cmd.spawn().expect("start moto_server");
-        let s = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        s
+        panic!("moto_server exited at start five times (its port taken?)");
     }
 
     /// Its endpoint, `http://127.0.0.1:PORT`.
@@ -203,14 +216,8 @@ impl S3Server {
     /// An object's bytes.
     pub fn get(&self, key: &str) -> Vec<u8> {
         let (status, _, body) = http(self.port, "GET", &format!("/{BUCKET}/{key}"), &[], b"");
-        assert_eq!(status, 200, "GET {key}");
+        assert_eq!(status, 200, "GET {key}: {}", String::from_utf8_lossy(&body));
         body
-    }
-
-    /// Write an object's bytes.
-    pub fn put(&self, key: &str, data: &[u8]) {
-        let (status, _, _) = http(self.port, "PUT", &format!("/{BUCKET}/{key}"), &[], data);
-        assert_eq!(status, 200, "PUT {key}");
     }
 
     /// Start a fault proxy in front of this server.

@@ -228,8 +228,9 @@ pub fn seal_to(
     progress: &dyn Progress,
 ) -> Result<Vec<Notice>> {
     let exclude: Vec<FileId> = sink.file_id().into_iter().collect();
-    let (sink, notices) = seal(sealer, slots, source, opts, sink, &exclude, progress)?;
-    sink.commit()?;
+    let (sink, notices) = seal(sealer, slots, source, opts, sink, &exclude, progress)
+        .map_err(crate::storage::surface)?;
+    sink.commit().map_err(crate::storage::surface)?;
     Ok(notices)
 }
 

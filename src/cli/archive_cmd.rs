@@ -287,7 +287,7 @@ fn read_archive(path: &Path) -> Result<(Header, Input, Option<u64>)> {
     let source = archive_source(path)?;
     let len = source.len();
     let mut input = source.into_reader();
-    let header = Header::read(&mut input).map_err(|e| match e {
+    let header = Header::read(&mut input).map_err(|e| match storage::surface(e) {
         Error::Io { source, .. } => Error::io(path, source),
         e => e,
     })?;
@@ -752,7 +752,7 @@ pub(super) fn open(
     };
     shown.done();
     let bytes = bar.total();
-    let Some(notices) = reader_left(opened)? else {
+    let Some(notices) = reader_left(opened.map_err(storage::surface))? else {
         return Ok(());
     };
     after_authenticated(env, archive_path, &header, &unlocked);
@@ -789,7 +789,7 @@ pub(super) fn verify(cli: &Cli, env: &Env, archive_path: &Path) -> Result<()> {
     let (input, shown) = shown_input(cli, "verifying", len, &header, input);
     let n = archive::verify(&header, &key, input, &NoProgress);
     shown.done();
-    let n = n?;
+    let n = n.map_err(storage::surface)?;
     after_authenticated(env, archive_path, &header, &unlocked);
     if cli.json {
         print_json(&json!({

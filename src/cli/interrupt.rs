@@ -24,11 +24,20 @@ pub fn remove_temporaries_on_signals() -> Result<()> {
     if wanted.is_empty() {
         return Ok(());
     }
+    // A second signal ends the process at once, as if unhandled: undoing
+    // (aborting an upload, waiting for a completion under way) may take
+    // seconds, and a person pressing Ctrl-C again means it.
+    let again = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for s in &wanted {
+        signal_hook::flag::register_conditional_default(*s, again.clone())
+            .map_err(|e| Error::io("<signal handler>", e))?;
+    }
     let mut signals = Signals::new(&wanted).map_err(|e| Error::io("<signal handler>", e))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
+                again.store(true, std::sync::atomic::Ordering::SeqCst);
                 // Exit even if undoing something panicked: a process that
                 // caught the signal must not live on.
                 let undo = std::panic::AssertUnwindSafe(coffer::fsutil::remove_temporaries);

@@ -9,7 +9,9 @@
 //! what exists without `force`.
 //!
 //! Must never: read the environment (credentials and endpoints come in as
-//! [`StoreOptions`], which the binary fills), make an archive visible
+//! [`StoreOptions`], which the binary fills; the one exception is the HTTP
+//! client beneath `object_store`, reqwest, which honours `HTTPS_PROXY` and
+//! `NO_PROXY` itself, docs/storage.md), make an archive visible
 //! before its last chunk was written, or leave a partial one behind when
 //! a seal fails or is interrupted.
 
@@ -209,6 +211,24 @@ impl ArchiveSource for FileSource {
     }
     fn into_reader(self: Box<Self>) -> Box<dyn Read + Send> {
         Box::new(self.file)
+    }
+}
+
+/// The coffer error an I/O error carries, if it carries one (a store's
+/// answer, raised through `Write` or `Read`); otherwise `e` unchanged. So
+/// a refused upload reads "s3://b/k: access denied …", not wrapped in the
+/// stream's own name.
+pub fn surface(e: Error) -> Error {
+    match e {
+        Error::Io { path, source } => {
+            if source.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+                let inner = source.into_inner().expect("checked above");
+                *inner.downcast::<Error>().expect("checked above")
+            } else {
+                Error::Io { path, source }
+            }
+        }
+        e => e,
     }
 }
 

@@ -75,6 +75,10 @@ const AHEAD: usize = 4;
 /// The first range: enough for any header, so `inspect` costs one small
 /// request.
 const FIRST_RANGE: u64 = 64 * 1024;
+/// Where the header surely ends (its slot list is at most 1 MiB,
+/// `MAX_SLOTS_LEN`): one request at a time until here, so `inspect` of
+/// the largest header reads at most this much.
+const HEADER_RANGE: u64 = 2 * MIB as u64;
 
 /// How long an abort may take when a seal fails or is interrupted.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +97,11 @@ struct Shared {
     /// The region requests are signed for (object_store's default when
     /// none is set: us-east-1).
     region: String,
+    /// `AWS_REQUEST_PAYER`: the completion must say so too.
+    request_payer: bool,
+    /// A setting the conditional completion cannot honour (it would send
+    /// a different request than object_store's), named for the error.
+    unconditional_only: Option<&'static str>,
     path: ObjectPath,
     url: String,
 }
@@ -142,6 +151,19 @@ impl Store {
             .get_config_value(&AmazonS3ConfigKey::Region)
             .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::DefaultRegion))
             .unwrap_or_else(|| "us-east-1".into());
+        let set = |key| {
+            builder
+                .get_config_value(&key)
+                .is_some_and(|v| v == "true" || v == "sha256" || v == "crc64nvme")
+        };
+        let request_payer = set(AmazonS3ConfigKey::RequestPayer);
+        let unconditional_only = if set(AmazonS3ConfigKey::Checksum) {
+            Some("AWS_CHECKSUM_ALGORITHM")
+        } else if set(AmazonS3ConfigKey::S3Express) {
+            Some("AWS_S3_EXPRESS")
+        } else {
+            None
+        };
         let s3 = builder
             .with_bucket_name(bucket)
             .build()
@@ -161,6 +183,8 @@ impl Store {
                 s3: Arc::new(s3),
                 http,
                 region,
+                request_payer,
+                unconditional_only,
                 path,
                 url: url.to_owned(),
             }),
@@ -171,6 +195,12 @@ impl Store {
     /// with `force`.
     pub fn sink(self, force: bool) -> Result<ObjectSink> {
         let sh = &self.shared;
+        if let (false, Some(setting)) = (force, sh.unconditional_only) {
+            return Err(Error::Usage(format!(
+                "{}: with {setting} set, coffer cannot ask the store to refuse replacing an object; unset it, or give --force",
+                sh.url
+            )));
+        }
         if !force {
             // Early, for a clear message before any upload; the store's
             // conditional completion is what enforces it. A bucket that
@@ -179,25 +209,22 @@ impl Store {
                 return Err(exists(&sh.url));
             }
         }
-        let upload = sh
-            .rt
-            .block_on(sh.s3.create_multipart(&sh.path))
-            .map_err(|e| store_error(&sh.url, &e))?;
-        let undo = {
-            let (s3, path, id) = (sh.s3.clone(), sh.path.clone(), upload.clone());
-            let handle = sh.rt.handle().clone();
-            Box::new(move || {
-                // The timer is made inside the runtime: it needs its context.
-                handle.block_on(async move {
-                    let _ =
-                        tokio::time::timeout(ABORT_TIMEOUT, s3.abort_multipart(&path, &id)).await;
-                });
-            })
-        };
-        let reg = crate::fsutil::register_undo(&sh.url, undo)?;
+        let tasks: Tasks = Arc::default();
+        // Created and listed under one lock: no interruption falls between
+        // the upload starting and its undo being known.
+        let (upload, reg) = crate::fsutil::register_undo_with(&sh.url, || {
+            let upload = sh
+                .rt
+                .block_on(sh.s3.create_multipart(&sh.path))
+                .map_err(|e| store_error(&sh.url, &e))?;
+            let (sh, id, tasks) = (self.shared.clone(), upload.clone(), tasks.clone());
+            let undo: Box<dyn FnOnce() + Send> = Box::new(move || abort(&sh, &id, &tasks));
+            Ok((upload, undo))
+        })?;
         Ok(ObjectSink {
             shared: self.shared,
             upload,
+            tasks,
             force,
             buf: Vec::new(),
             next: 0,
@@ -234,9 +261,9 @@ fn exists(url: &str) -> Error {
 fn store_error(url: &str, e: &object_store::Error) -> Error {
     use object_store::Error as E;
     let what = match e {
-        E::NotFound { .. } => "no such object or bucket".to_owned(),
+        E::NotFound { source, .. } => format!("no such object or bucket ({source})"),
         E::PermissionDenied { .. } => format!(
-            "access denied; check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, …) and the bucket's policy ({e})"
+            "access denied; check the credentials (AWS_ACCESS_KEY_ID, or the role) and the bucket's policy ({e})"
         ),
         // object_store falls back to the EC2 instance metadata service
         // when nothing else gives credentials.
@@ -258,10 +285,14 @@ fn io_error(url: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{url}: {e}"))
 }
 
+/// The part uploads running, to cancel before an abort.
+type Tasks = Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>;
+
 /// The multipart upload of one archive.
 pub struct ObjectSink {
     shared: Arc<Shared>,
     upload: MultipartId,
+    tasks: Tasks,
     force: bool,
     /// The part being filled.
     buf: Vec<u8>,
@@ -297,13 +328,20 @@ impl ObjectSink {
             self.upload.clone(),
             self.next,
         );
-        self.uploading.push_back(
-            self.shared
-                .rt
-                .spawn(async move { s3.put_part(&path, &id, idx, PutPayload::from(data)).await }),
-        );
+        let task = self
+            .shared
+            .rt
+            .spawn(async move { s3.put_part(&path, &id, idx, PutPayload::from(data)).await });
+        {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task.abort_handle());
+        }
+        self.uploading.push_back(task);
         self.next += 1;
-        while self.uploading.len() >= in_flight(size) {
+        // At most in_flight(size) parts upload while the next (of `size`
+        // bytes, no smaller than any before it) fills.
+        while self.uploading.len() > in_flight(size) {
             self.wait_oldest()?;
         }
         Ok(())
@@ -319,7 +357,7 @@ impl ObjectSink {
             .rt
             .block_on(h)
             .map_err(|e| io_error(url, e))?
-            .map_err(|e| io_error(url, store_error(url, &e)))?;
+            .map_err(|e| io::Error::other(store_error(url, &e)))?;
         self.parts.push(part);
         Ok(())
     }
@@ -383,6 +421,7 @@ async fn complete_if_absent(sh: &Shared, upload: &MultipartId, parts: &[PartId])
             .body(Bytes::from(body.clone()).into())
             .expect("a well-formed request");
         AwsAuthorizer::new(&credential, "s3", &sh.region)
+            .with_request_payer(sh.request_payer)
             .try_authorize(&mut request, None)
             .map_err(|e| store_error(&sh.url, &e))?;
         let response = match sh.http.execute(request).await {
@@ -405,10 +444,13 @@ async fn complete_if_absent(sh: &Shared, upload: &MultipartId, parts: &[PartId])
         match status.as_u16() {
             200 if code.is_none() => return Ok(()),
             412 if attempt == 0 => return Err(exists(&sh.url)),
-            412 => {
-                return Err(fail(
-                    "the store says an object exists here, after a retried completion: if it is this archive (a completion whose answer was lost), it is whole; check it with `coffer verify`".into(),
-                ));
+            // After a retry, a 412 (an object is there) or a 404 (no such
+            // upload) may both mean the earlier try completed it.
+            412 | 404 if attempt > 0 => {
+                return Err(fail(format!(
+                    "completing the upload, retried: {status}: {}; if an earlier try completed it (its answer lost), the object is this archive, whole: check it with `coffer verify`",
+                    describe(&text)
+                )));
             }
             200 | 409 | 500..=599 => {
                 last = format!("{status}: {}", describe(&text));
@@ -509,16 +551,26 @@ impl ArchiveSink for ObjectSink {
         // Under the registration's lock: an interruption now waits for
         // the completion, and never aborts an upload half completed.
         let reg = self.reg.take().expect("registered until completed");
-        let done = reg.commit(|| self.complete());
-        if done.is_err() {
-            abort(&self.shared, &self.upload);
-        }
-        done
+        // A failed completion aborts under the same lock: an interruption
+        // meanwhile waits for the abort instead of skipping it.
+        reg.commit(|| {
+            self.complete().inspect_err(|_| {
+                abort(&self.shared, &self.upload, &self.tasks);
+            })
+        })
     }
 }
 
-fn abort(sh: &Shared, upload: &MultipartId) {
+/// Cancel the part uploads still running (their requests are dropped
+/// unfinished, so the store keeps none of them), then abort the upload.
+/// Best effort, within [`ABORT_TIMEOUT`]: what a failed abort leaves, the
+/// bucket's lifecycle rule removes (docs/storage.md).
+fn abort(sh: &Shared, upload: &MultipartId, tasks: &Tasks) {
+    for t in tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        t.abort();
+    }
     sh.rt.block_on(async {
+        // The timer is made inside the runtime: it needs its context.
         let _ = tokio::time::timeout(ABORT_TIMEOUT, sh.s3.abort_multipart(&sh.path, upload)).await;
     });
 }
@@ -526,10 +578,7 @@ fn abort(sh: &Shared, upload: &MultipartId) {
 impl Drop for ObjectSink {
     fn drop(&mut self) {
         if let Some(reg) = self.reg.take() {
-            for h in self.uploading.drain(..) {
-                h.abort();
-            }
-            abort(&self.shared, &self.upload);
+            abort(&self.shared, &self.upload, &self.tasks);
             drop(reg);
         }
     }
@@ -553,7 +602,6 @@ impl ArchiveSource for ObjectSource {
             next: 0,
             ahead: VecDeque::new(),
             current: Bytes::new(),
-            first_done: false,
         })
     }
 }
@@ -565,16 +613,20 @@ struct Prefetch {
     next: u64,
     ahead: VecDeque<JoinHandle<object_store::Result<Bytes>>>,
     current: Bytes,
-    /// The first (small) range was read whole: read ahead from now on.
-    first_done: bool,
 }
 
 impl Prefetch {
     fn ask(&mut self) {
-        let depth = if self.first_done { AHEAD } else { 1 };
+        // 64 KiB, then to 2 MiB, one at a time: a header costs no more;
+        // past it, 8 MiB ranges, AHEAD at once.
+        let depth = if self.next < HEADER_RANGE { 1 } else { AHEAD };
         while self.ahead.len() < depth && self.next < self.source.size {
-            let len = if self.next == 0 { FIRST_RANGE } else { RANGE };
-            let range = self.next..(self.next + len).min(self.source.size);
+            let end = match self.next {
+                0 => FIRST_RANGE,
+                n if n < HEADER_RANGE => HEADER_RANGE,
+                n => n + RANGE,
+            };
+            let range = self.next..end.min(self.source.size);
             self.next = range.end;
             let sh = &self.source.shared;
             let (s3, path) = (sh.s3.clone(), sh.path.clone());
@@ -594,9 +646,6 @@ impl Prefetch {
 impl Read for Prefetch {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
-            if self.next > 0 && self.ahead.is_empty() {
-                self.first_done = true;
-            }
             self.ask();
             let Some(h) = self.ahead.pop_front() else {
                 return Ok(0);
@@ -606,7 +655,7 @@ impl Read for Prefetch {
                 .rt
                 .block_on(h)
                 .map_err(|e| io_error(&sh.url, e))?
-                .map_err(|e| io_error(&sh.url, store_error(&sh.url, &e)))?;
+                .map_err(|e| io::Error::other(store_error(&sh.url, &e)))?;
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current[..n]);
