@@ -218,6 +218,13 @@ pub enum Error {
         /// The agent's message.
         message: String,
     },
+    /// The key vault's audit table does not check: an entry was altered,
+    /// inserted or removed.
+    #[error("{what}")]
+    AuditBroken {
+        /// The first entry that does not check, and why.
+        what: String,
+    },
     /// An object store refused or failed a request (no such bucket, access
     /// denied, no credentials, an error answer).
     #[error("{location}: {what}")]
@@ -258,7 +265,8 @@ impl Error {
             Error::SealOnly { .. } => Category::NoUsableSlot,
             Error::KeyringCorrupt { .. }
             | Error::KeyringTampered { .. }
-            | Error::ArchiveCorrupt { .. } => Category::Corrupt,
+            | Error::ArchiveCorrupt { .. }
+            | Error::AuditBroken { .. } => Category::Corrupt,
             Error::Unlock(u) | Error::Rewrap(u) => u.category(),
             Error::Enroll(e) => e.category(),
             Error::Usage(_) => Category::Usage,

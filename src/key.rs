@@ -62,6 +62,12 @@ pub mod label {
     /// HKDF info: the vault server's key for its login-session state, from
     /// the unsealed server setup (`vault/server.rs`).
     pub const VAULT_SESSION_STATE: &[u8] = b"coffer/v1 vault session state key";
+    /// HKDF info: the vault server's audit chain key, from the unsealed
+    /// server setup (`vault/audit.rs`).
+    pub const VAULT_AUDIT_CHAIN: &[u8] = b"coffer/v1 vault audit chain key";
+    /// HMAC prefix (not HKDF): one row of the vault's audit chain
+    /// (`vault/audit.rs`).
+    pub const VAULT_AUDIT_ROW: &[u8] = b"coffer/v1 vault audit row";
     /// HKDF info: the sealing seed (the X-Wing decapsulation key), from BK
     /// (`sealing.rs`, format 2).
     pub const SEALING_SEED: &[u8] = b"coffer/v2 sealing seed";

@@ -1025,7 +1025,22 @@ fn metrics_count_what_the_server_knows_and_healthz_follows_the_database() {
     assert_eq!(metric(&text, "coffer_vault_guesses_charged_total"), 5.0);
     assert_eq!(metric(&text, "coffer_vault_guesses_refunded_total"), 1.0);
     // a deleted, b out of guesses.
-    assert_eq!(metric(&text, "coffer_vault_records_destroyed_total"), 2.0);
+    let destroyed = "coffer_vault_records_destroyed_total";
+    assert_eq!(
+        metric(&text, &format!("{destroyed}{{cause=\"deleted\"}}")),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, &format!("{destroyed}{{cause=\"exhausted\"}}")),
+        1.0
+    );
+    for family in [destroyed, "coffer_vault_guesses_charged_total"] {
+        assert!(
+            text.contains(&format!("# TYPE {family} counter\n")),
+            "{text}"
+        );
+    }
+    assert!(text.contains("# TYPE coffer_vault_request_duration_seconds histogram\n"));
     assert_eq!(metric(&text, "coffer_vault_database_errors_total"), 0.0);
     let count = "coffer_vault_request_duration_seconds_count";
     assert_eq!(
@@ -1041,13 +1056,117 @@ fn metrics_count_what_the_server_knows_and_healthz_follows_the_database() {
     // Nothing from a request becomes a label: no record id in a scrape.
     assert!(!text.contains(&a) && !text.contains(&coffer::vault::server::audit_record(&a)));
 
-    // The database goes away: health says so, and a login's failure counts.
+    // The database goes away: health says so (once its last answer, kept
+    // a second, is stale), and a login's failure counts.
     drop(pg);
-    let (status, body) = get(&m, "/healthz");
-    assert_eq!(status, 503, "{body}");
-    assert!(body.starts_with("database: "), "{body}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(get(&m, "/healthz"), (503, "database unavailable\n".into()));
     assert!(client.login(&b, b"right", &key_b, false).is_err());
     let (_, text) = get(&m, "/metrics");
     assert!(metric(&text, "coffer_vault_database_errors_total") >= 1.0);
     assert_eq!(get(&m, "/nothing").0, 404);
+}
+
+/// A request of `method` to `path` on `base`: the status.
+fn status_of(base: &str, method: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text[9..12].parse().unwrap()
+}
+
+#[test]
+fn the_metrics_port_answers_only_what_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = Token::new();
+    let db = format!("sqlite:{}", dir.path().join("vault.db").display());
+    let server = Server::start_with(
+        &token,
+        &db,
+        3,
+        &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+    );
+    let m = server.metrics.clone().unwrap();
+    assert_eq!(status_of(&m, "POST", "/metrics"), 405);
+    assert_eq!(status_of(&m, "DELETE", "/healthz"), 405);
+    assert_eq!(status_of(&m, "GET", "/v1/login/start"), 404);
+    // The vault's own port does not serve them.
+    assert_ne!(status_of(&server.url, "GET", "/metrics"), 200);
+    assert_eq!(get(&m, "/healthz"), (200, "ok\n".into()));
+}
+
+/// `coffer vault audit verify` on `db`, with the token's key.
+fn audit_verify(token: &Token, db: &str) -> std::process::Output {
+    Command::new(assert_cmd::cargo::cargo_bin("coffer"))
+        .env("SOFTHSM2_CONF", token.conf())
+        .args(["vault", "audit", "verify", "--db", db])
+        .args(["--hsm-module", SOFTHSM])
+        .args(["--hsm-uri", "pkcs11:token=vault-test;object=coffer-vault"])
+        .arg("--hsm-pin-file")
+        .arg(token.dir.path().join("pin"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_audit_table_chains_every_answer_and_its_check_names_the_first_tampered_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = Token::new();
+    let path = dir.path().join("vault.db");
+    let db = format!("sqlite:{}", path.display());
+    // Two server processes in turn: two chains.
+    for _ in 0..2 {
+        let server = Server::start(&token, &path, 5);
+        let (user, key) = register(&server.url, b"right");
+        let client = Client::new(&server.url, None).unwrap();
+        assert!(client.login(&user, b"wrong", &key, false).is_err());
+        client.login(&user, b"right", &key, false).unwrap();
+    }
+    let out = audit_verify(&token, &db);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Per process: register start and finish, two login starts, a finish.
+    assert!(said.contains("10 entries in 2 chains"), "{said}");
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let row = |sql: &str| -> (String, i64) {
+        conn.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+    };
+    let check = |what: &str, want: &str| {
+        let out = audit_verify(&token, &db);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{what}: {err}");
+        assert!(err.contains(want), "{what}: {err}");
+    };
+    // A failed login made to look refused... or an outcome rewritten.
+    let (chain, _) = row("SELECT chain, seq FROM audit_log WHERE seq = 3 LIMIT 1");
+    let tx = |sql: &str| conn.execute(sql, []).unwrap();
+    tx(&format!(
+        "UPDATE audit_log SET outcome = 'unauthenticated' WHERE chain = '{chain}' AND seq = 3"
+    ));
+    check("altered", &format!("audit chain {chain} breaks at entry 3"));
+    tx(&format!(
+        "UPDATE audit_log SET outcome = 'ok' WHERE chain = '{chain}' AND seq = 3"
+    ));
+    assert!(audit_verify(&token, &db).status.success(), "restored");
+    // A row removed from the middle.
+    tx(&format!(
+        "DELETE FROM audit_log WHERE chain = '{chain}' AND seq = 2"
+    ));
+    check(
+        "removed",
+        &format!("audit chain {chain} breaks at entry 3: expected entry 2"),
+    );
 }

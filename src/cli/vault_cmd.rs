@@ -23,6 +23,39 @@ pub enum VaultCmd {
     /// Run the key vault server (HTTPS with --tls-cert/--tls-key; plain
     /// HTTP on a loopback address only)
     Serve(ServeArgs),
+    /// The vault's tamper-evident audit table
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+/// `coffer vault audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Check every chain of the audit table: exit 0 when intact, 4 naming
+    /// the first entry that does not check (needs the vault's HSM key)
+    Verify(DbArgs),
+}
+
+/// The vault's database and the key that seals its secrets: `serve`'s and
+/// `audit verify`'s.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// Database: `sqlite:PATH`, a path, or `postgres://USER@HOST/DB` (shared by replicas)
+    #[arg(long, value_name = "URL", default_value = "sqlite:coffer-vault.sqlite")]
+    db: String,
+    /// PKCS#11 module holding the key that seals the server's secrets
+    #[arg(long, value_name = "PATH", requires = "hsm_uri")]
+    hsm_module: Option<PathBuf>,
+    /// The token and key: pkcs11:token=LABEL;object=LABEL
+    #[arg(long, value_name = "URI", requires = "hsm_module")]
+    hsm_uri: Option<String>,
+    /// Read the token's user PIN from FILE
+    #[arg(long, value_name = "FILE", requires = "hsm_module")]
+    hsm_pin_file: Option<PathBuf>,
+    /// Seal the server's secrets with a key file beside the database
+    /// instead of an HSM (demos only: whoever reads the disk gets them)
+    #[arg(long, conflicts_with = "hsm_module")]
+    insecure_local_key: bool,
 }
 
 /// `coffer vault serve` options.
@@ -45,25 +78,11 @@ pub struct ServeArgs {
     /// Connections served at once (more wait in the listen backlog)
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_connections: u64,
-    /// Database: `sqlite:PATH`, a path, or `postgres://USER@HOST/DB` (shared by replicas)
-    #[arg(long, value_name = "URL", default_value = "sqlite:coffer-vault.sqlite")]
-    db: String,
-    /// PKCS#11 module holding the key that seals the server's secrets
-    #[arg(long, value_name = "PATH", requires = "hsm_uri")]
-    hsm_module: Option<PathBuf>,
-    /// The token and key: pkcs11:token=LABEL;object=LABEL
-    #[arg(long, value_name = "URI", requires = "hsm_module")]
-    hsm_uri: Option<String>,
-    /// Read the token's user PIN from FILE
-    #[arg(long, value_name = "FILE", requires = "hsm_module")]
-    hsm_pin_file: Option<PathBuf>,
+    #[command(flatten)]
+    store: DbArgs,
     /// Unrefunded wrong guesses before a record is destroyed
     #[arg(long, default_value_t = DEFAULT_MAX_GUESSES, value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_guesses: u32,
-    /// Seal the server's secrets with a key file beside the database
-    /// instead of an HSM (demos only: whoever reads the disk gets them)
-    #[arg(long, conflicts_with = "hsm_module")]
-    insecure_local_key: bool,
     /// How the audit trail (one line per registration, login start, login
     /// finish and deletion) is written to standard error
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
@@ -107,19 +126,24 @@ fn is_postgres(db: &str) -> bool {
 
 /// Run a `coffer vault` command.
 pub fn run(cmd: &VaultCmd) -> Result<()> {
-    let VaultCmd::Serve(a) = cmd;
-    audit_to_stderr(a.log_format)?;
-    // The TLS identity first: a typo there should not wait for the HSM.
-    let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(cert), Some(key)) => Some(Tls::from_pem_files(cert, key).map_err(vault_err)?),
-        _ => None,
-    };
-    let sqlite =
-        (!is_postgres(&a.db)).then(|| PathBuf::from(a.db.strip_prefix("sqlite:").unwrap_or(&a.db)));
-    let sealer = match (&a.hsm_module, &a.hsm_uri) {
+    match cmd {
+        VaultCmd::Serve(a) => serve(a),
+        VaultCmd::Audit(AuditCmd::Verify(d)) => audit_verify(d),
+    }
+}
+
+/// The SQLite file of `db`, or `None` for PostgreSQL.
+fn sqlite_path(db: &str) -> Option<PathBuf> {
+    (!is_postgres(db)).then(|| PathBuf::from(db.strip_prefix("sqlite:").unwrap_or(db)))
+}
+
+/// What seals the vault's secrets: the HSM key, or with
+/// `--insecure-local-key` a key file beside the database.
+fn sealer(d: &DbArgs, command: &str) -> Result<Sealer> {
+    match (&d.hsm_module, &d.hsm_uri) {
         (Some(module), Some(uri)) => {
             let uri = TokenKey::parse(uri).map_err(|e| Error::Usage(format!("--hsm-uri: {e}")))?;
-            let pin = match &a.hsm_pin_file {
+            let pin = match &d.hsm_pin_file {
                 Some(f) => read_secret_file(f)?,
                 None => {
                     return Err(Error::Usage(
@@ -127,11 +151,10 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
                     ));
                 }
             };
-            Sealer::token(module, uri, pin).map_err(vault_err)?
+            Sealer::token(module, uri, pin).map_err(vault_err)
         }
-        _ if a.insecure_local_key => {
-            let mut key = sqlite
-                .clone()
+        _ if d.insecure_local_key => {
+            let mut key = sqlite_path(&d.db)
                 .unwrap_or_else(|| PathBuf::from("coffer-vault"))
                 .into_os_string();
             key.push(".key");
@@ -140,15 +163,46 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
                 "coffer vault: WARNING: --insecure-local-key: the server's secrets are sealed by {}; whoever can read it and the database can test passwords offline. Use --hsm-module for anything but a demo.",
                 Path::new(&key).display()
             );
-            s
+            Ok(s)
         }
-        _ => {
-            return Err(Error::Usage(
-                "coffer vault serve keeps its secrets in an HSM: give --hsm-module, --hsm-uri and --hsm-pin-file, or --insecure-local-key for a demo".into(),
-            ));
+        _ => Err(Error::Usage(format!(
+            "coffer vault {command} needs the vault's HSM key: give --hsm-module, --hsm-uri and --hsm-pin-file, or --insecure-local-key for a demo"
+        ))),
+    }
+}
+
+/// `coffer vault audit verify`.
+fn audit_verify(d: &DbArgs) -> Result<()> {
+    let sealer = sealer(d, "audit verify")?;
+    let store = Store::open(&d.db).map_err(vault_err)?;
+    let key = Vault::audit_key(&store, &sealer).map_err(vault_err)?;
+    let rows = store.audit_entries().map_err(vault_err)?;
+    match coffer::vault::audit::verify(&key, rows) {
+        Ok(c) => {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "audit table intact: {} entries in {} chains (a chain's missing tail cannot be seen)",
+                c.entries, c.chains
+            )
+            .map_err(|e| Error::io("<stdout>", e))
         }
+        Err(broken) => Err(Error::AuditBroken {
+            what: broken.to_string(),
+        }),
+    }
+}
+
+fn serve(a: &ServeArgs) -> Result<()> {
+    audit_to_stderr(a.log_format)?;
+    // The TLS identity first: a typo there should not wait for the HSM.
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::from_pem_files(cert, key).map_err(vault_err)?),
+        _ => None,
     };
-    let store = Store::open(&a.db).map_err(vault_err)?;
+    let sqlite = sqlite_path(&a.store.db);
+    let sealer = sealer(&a.store, "serve")?;
+    let store = Store::open(&a.store.db).map_err(vault_err)?;
     // Never print a PostgreSQL URL: it may hold a password.
     let db = match &sqlite {
         Some(p) => p.display().to_string(),
@@ -166,6 +220,11 @@ pub fn run(cmd: &VaultCmd) -> Result<()> {
         .map_err(vault_err)?
         .with_limits(limits);
     if let Some(m) = a.metrics_listen {
+        if !m.ip().is_loopback() {
+            eprintln!(
+                "coffer vault: /metrics and /healthz on {m} are plain HTTP with no authentication: keep that address reachable by the monitoring only"
+            );
+        }
         server = server.with_metrics(m).map_err(vault_err)?;
     }
     let url = server.url();

@@ -30,12 +30,21 @@ const BUCKETS: [f64; 12] = [
 
 #[derive(Default)]
 struct Histogram {
-    /// Cumulative as Prometheus wants it is computed when rendered; each
-    /// slot counts the observations of its own bucket (the last: above
-    /// every bound).
+    /// Cumulative as Prometheus wants it is computed when rendered (and
+    /// `_count` is the last sum, so the two always agree); each slot
+    /// counts the observations of its own bucket (the last: above every
+    /// bound).
     buckets: [AtomicU64; BUCKETS.len() + 1],
-    count: AtomicU64,
     sum_nanos: AtomicU64,
+}
+
+/// Why a record was destroyed.
+#[derive(Debug, Clone, Copy)]
+pub enum Destroyed {
+    /// A login start found no guess left.
+    Exhausted,
+    /// Its owner deleted it (a valid login finish asking so).
+    Deleted,
 }
 
 /// Counters of one vault server process.
@@ -43,7 +52,8 @@ struct Histogram {
 pub struct Metrics {
     guesses_charged: AtomicU64,
     guesses_refunded: AtomicU64,
-    records_destroyed: AtomicU64,
+    records_exhausted: AtomicU64,
+    records_deleted: AtomicU64,
     sessions_expired: AtomicU64,
     database_errors: AtomicU64,
     latency: [Histogram; EVENTS.len()],
@@ -62,9 +72,15 @@ impl Metrics {
     pub fn guesses_refunded(&self) {
         inc(&self.guesses_refunded, 1);
     }
-    /// A record was destroyed (its last guess spent, or deleted).
-    pub fn record_destroyed(&self) {
-        inc(&self.records_destroyed, 1);
+    /// A record was destroyed.
+    pub fn record_destroyed(&self, why: Destroyed) {
+        inc(
+            match why {
+                Destroyed::Exhausted => &self.records_exhausted,
+                Destroyed::Deleted => &self.records_deleted,
+            },
+            1,
+        );
     }
     /// `n` login sessions expired without a finish.
     pub fn sessions_expired(&self, n: u64) {
@@ -87,7 +103,6 @@ impl Metrics {
             .position(|bound| secs <= *bound)
             .unwrap_or(BUCKETS.len());
         inc(&h.buckets[b], 1);
-        inc(&h.count, 1);
         inc(
             &h.sum_nanos,
             u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
@@ -100,18 +115,13 @@ impl Metrics {
         let counters = [
             (
                 "coffer_vault_guesses_charged_total",
-                "Login starts answered: each charges one guess against its record.",
+                "Login starts answered; each had charged one guess (a start that charged and then failed is not counted).",
                 &self.guesses_charged,
             ),
             (
                 "coffer_vault_guesses_refunded_total",
-                "Valid login finishes: each refunds its record's charged guesses.",
+                "Valid login finishes that refunded their record's charged guesses.",
                 &self.guesses_refunded,
-            ),
-            (
-                "coffer_vault_records_destroyed_total",
-                "Records destroyed: their last guess spent, or deleted by their owner.",
-                &self.records_destroyed,
             ),
             (
                 "coffer_vault_login_sessions_expired_total",
@@ -128,6 +138,22 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        let name = "coffer_vault_records_destroyed_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Records destroyed, by cause: a login start that found no guess left, or a deletion by their owner."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (cause, value) in [
+            ("exhausted", &self.records_exhausted),
+            ("deleted", &self.records_deleted),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{cause=\"{cause}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
         let name = "coffer_vault_request_duration_seconds";
         let _ = writeln!(
@@ -151,11 +177,7 @@ impl Metrics {
             );
             let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
             let _ = writeln!(out, "{name}_sum{{event=\"{event}\"}} {sum}");
-            let _ = writeln!(
-                out,
-                "{name}_count{{event=\"{event}\"}} {}",
-                h.count.load(Ordering::Relaxed)
-            );
+            let _ = writeln!(out, "{name}_count{{event=\"{event}\"}} {cumulative}");
         }
         out
     }

@@ -11,6 +11,8 @@
 //! Must never: send the password, or anything derived from it other than
 //! OPAQUE messages, to the server; log a secret.
 
+#[cfg(feature = "vault-server")]
+pub mod audit;
 pub mod client;
 #[cfg(feature = "vault-server")]
 pub mod hsm;

@@ -15,7 +15,9 @@
 //! a client's bytes.
 
 use super::VaultError;
+use super::audit::{AuditKey, Chain, Entry as AuditEntry};
 use super::hsm::Sealer;
+use super::metrics::Destroyed;
 use super::protocol::{self, Suite, path};
 use super::store::{LoginRecord, Store, Taken};
 use crate::key::label;
@@ -50,6 +52,9 @@ pub struct Vault {
     session_key: aead::LessSafeKey,
     log: Log,
     metrics: crate::vault::metrics::Metrics,
+    /// The audit table's chain key, and this process's chain.
+    audit_key: AuditKey,
+    chain: std::sync::Mutex<Chain>,
 }
 
 /// An HTTP answer: status and JSON body.
@@ -140,6 +145,7 @@ impl Vault {
         let plain = sealer.unseal(&sealed, label::VAULT_SERVER_SETUP)?;
         let setup = ServerSetup::<Suite>::deserialize(&plain)
             .map_err(|e| VaultError::Seal(format!("the stored server setup is malformed: {e}")))?;
+        let audit_key = AuditKey::derive(&plain);
         let derived = crate::key::Kek::derive(None, &plain, label::VAULT_SESSION_STATE);
         let session_key = aead::LessSafeKey::new(
             aead::UnboundKey::new(&aead::AES_256_GCM, derived.expose())
@@ -152,7 +158,47 @@ impl Vault {
             session_key,
             log,
             metrics: Default::default(),
+            audit_key,
+            chain: Default::default(),
         })
+    }
+
+    /// The audit chain key of the vault whose database is `store`, to
+    /// check its audit table ([`super::audit::verify`]): unsealed from the
+    /// stored server setup, which must exist (nothing is written).
+    pub fn audit_key(store: &Store, sealer: &Sealer) -> Result<AuditKey, VaultError> {
+        let sealed = store.secret(SETUP_NAME)?.ok_or_else(|| {
+            VaultError::Store("no server setup in this database: not a vault's".into())
+        })?;
+        let plain = sealer.unseal(&sealed, label::VAULT_SERVER_SETUP)?;
+        Ok(AuditKey::derive(&plain))
+    }
+
+    /// Append the audit row of one answered request to this process's
+    /// chain, under its lock: rows are stored in their chain's order.
+    fn audit_row(
+        &self,
+        event: &str,
+        record: &str,
+        outcome: &str,
+        guesses_left: Option<u32>,
+        client: &str,
+    ) -> Result<(), VaultError> {
+        let mut chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = AuditEntry {
+            chain: chain.id().to_owned(),
+            seq: chain.next_seq(),
+            at: crate::slot::now_unix() as i64,
+            event: event.to_owned(),
+            record: record.to_owned(),
+            outcome: outcome.to_owned(),
+            guesses_left,
+            client: client.to_owned(),
+        };
+        let mac = chain.mac(&self.audit_key, &entry);
+        self.store.append_audit(&entry, &mac)?;
+        chain.appended(mac);
+        Ok(())
     }
 
     /// A failure on our side: the operator hears the cause, the client
@@ -240,17 +286,21 @@ impl Vault {
             _ => return err(404, "not-found"),
         };
         self.metrics.observe(event, started.elapsed());
-        if r.is_ok() {
-            match event {
-                "login_start" => self.metrics.guess_charged(),
-                "login_finish" => self.metrics.guesses_refunded(),
-                "delete" => self.metrics.record_destroyed(),
-                _ => {}
-            }
+        if r.is_ok() && event == "login_start" {
+            self.metrics.guess_charged();
         }
-        let outcome = outcome(&r);
+        let mut outcome = outcome(&r);
         let record = audit.record.as_deref().unwrap_or("-");
         let client = client.map_or_else(|| "-".to_owned(), |a| a.ip().to_string());
+        // No answer without its audit row: a request whose row cannot be
+        // stored is answered 500 (a guess it charged stays charged).
+        let r = match self.audit_row(event, record, &outcome, audit.guesses_left, &client) {
+            Ok(()) => r,
+            Err(e) => {
+                outcome = "internal".into();
+                Err(self.internal(e))
+            }
+        };
         match audit.guesses_left {
             Some(guesses_left) => tracing::info!(
                 target: AUDIT_TARGET,
@@ -316,7 +366,7 @@ impl Vault {
             LoginRecord::Missing => return Err(err(404, "no-record")),
             LoginRecord::Destroyed => return Err(err(410, "destroyed")),
             LoginRecord::Exhausted => {
-                self.metrics.record_destroyed();
+                self.metrics.record_destroyed(Destroyed::Exhausted);
                 return Err(err(410, "destroyed"));
             }
             LoginRecord::Found {
@@ -385,12 +435,19 @@ impl Vault {
         if state.finish(fin).is_err() {
             return Err(err(401, "unauthenticated"));
         }
+        // Counted only when this request changed the record: a record
+        // destroyed meanwhile (its guesses spent by others, or a second
+        // deletion) is neither refunded nor destroyed again.
         if delete {
-            self.store.destroy(&user).map_err(|e| self.internal(e))?;
-        } else {
-            self.store
-                .login_succeeded(&user)
-                .map_err(|e| self.internal(e))?;
+            if self.store.destroy(&user).map_err(|e| self.internal(e))? {
+                self.metrics.record_destroyed(Destroyed::Deleted);
+            }
+        } else if self
+            .store
+            .login_succeeded(&user)
+            .map_err(|e| self.internal(e))?
+        {
+            self.metrics.guesses_refunded();
         }
         Ok((200, "{}".into()))
     }
@@ -601,34 +658,35 @@ where
 }
 
 /// `/metrics` and `/healthz`, each connection on its own task with the
-/// same time limits as the vault's (at most 64 at once: a scraper needs
-/// one).
+/// same time limits as the vault's, at most [`METRICS_CONNECTIONS`] at
+/// once: the port has no authentication, so it may cost the vault little.
 async fn serve_metrics(listener: tokio::net::TcpListener, vault: Arc<Vault>, limits: Limits) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(64));
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    let health = Arc::new(Health::default());
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                (vault.log)(&format!("accepting a metrics connection: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        let vault = vault.clone();
+        let (vault, health) = (vault.clone(), health.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                let vault = vault.clone();
+                let (vault, health) = (vault.clone(), health.clone());
                 async move {
                     let (status, body) = match (req.method().as_str(), req.uri().path()) {
                         ("GET", "/metrics") => (200, vault.metrics().render()),
-                        ("GET", "/healthz") => {
-                            let v = vault.clone();
-                            match tokio::task::spawn_blocking(move || v.healthy()).await {
-                                Ok(Ok(())) => (200, "ok\n".to_owned()),
-                                Ok(Err(e)) => (503, format!("database: {e}\n")),
-                                Err(_) => (503, "internal\n".to_owned()),
-                            }
-                        }
+                        ("GET", "/healthz") => match health.check(&vault).await {
+                            true => (200, "ok\n".to_owned()),
+                            false => (503, "database unavailable\n".to_owned()),
+                        },
                         ("GET", _) => (404, "not found\n".to_owned()),
                         _ => (405, "method not allowed\n".to_owned()),
                     };
@@ -647,6 +705,56 @@ async fn serve_metrics(listener: tokio::net::TcpListener, vault: Arc<Vault>, lim
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let _ = tokio::time::timeout(limits.connection_lifetime, served).await;
         });
+    }
+}
+
+/// Connections the metrics port serves at once.
+const METRICS_CONNECTIONS: usize = 4;
+/// How long a health answer is reused.
+const HEALTH_FRESH: Duration = Duration::from_secs(1);
+/// How long the database may take to answer a health check.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The database health check: one at a time, its answer reused for
+/// [`HEALTH_FRESH`], so probes cannot queue behind the vault's own
+/// requests on the store's lock; a database that does not answer within
+/// [`HEALTH_TIMEOUT`] is unhealthy, and no second check starts while the
+/// first is still stuck.
+#[derive(Default)]
+struct Health {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    stuck: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Health {
+    async fn check(&self, vault: &Arc<Vault>) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut last = self.last.lock().await;
+        if let Some((at, ok)) = *last
+            && at.elapsed() < HEALTH_FRESH
+        {
+            return ok;
+        }
+        let ok = if self.stuck.load(Ordering::SeqCst) {
+            false
+        } else {
+            self.stuck.store(true, Ordering::SeqCst);
+            let (v, stuck) = (vault.clone(), self.stuck.clone());
+            let ping = tokio::task::spawn_blocking(move || {
+                let r = v.healthy();
+                stuck.store(false, Ordering::SeqCst);
+                if let Err(e) = &r {
+                    (v.log)(&format!("health check: {e}"));
+                }
+                r.is_ok()
+            });
+            matches!(
+                tokio::time::timeout(HEALTH_TIMEOUT, ping).await,
+                Ok(Ok(true))
+            )
+        };
+        *last = Some((std::time::Instant::now(), ok));
+        ok
     }
 }
 
