@@ -1170,3 +1170,134 @@ fn the_audit_table_chains_every_answer_and_its_check_names_the_first_tampered_en
         &format!("audit chain {chain} breaks at entry 3: expected entry 2"),
     );
 }
+
+/// One round of the failover test: a primary with a synchronous standby,
+/// wrong-guess traffic, the primary killed mid-traffic, the standby
+/// promoted; the vault reaches it through its multi-host URL. Returns the
+/// guesses answered before and after the promotion.
+fn failover_round(max: u32) -> (u64, u64) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let primary = Postgres::start_with(
+        "-c wal_level=replica -c max_wal_senders=4 -c synchronous_standby_names=standby1 -c synchronous_commit=on",
+    );
+    let standby = Postgres::start_with_standby(&primary, "standby1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while primary.psql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") != "1"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby never became synchronous"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let url = format!(
+        "postgres://coffer@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let token = Token::new();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = Server::start_logging(
+        &token,
+        &url,
+        max,
+        &["--listen", "127.0.0.1:0"],
+        log.reopen().unwrap().into(),
+    );
+    let users: Vec<(String, Vec<u8>)> = (0..3).map(|_| register(&server.url, b"right")).collect();
+    let said = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        !said.contains("WARNING"),
+        "synchronously replicated: {said}"
+    );
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let promoted = std::sync::Arc::new(AtomicBool::new(false));
+    let after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let traffic: Vec<_> = users
+        .iter()
+        .cloned()
+        .map(|(user, key)| {
+            let (url, stop) = (server.url.clone(), stop.clone());
+            let (promoted, after) = (promoted.clone(), after.clone());
+            std::thread::spawn(move || {
+                let client = Client::new(&url, None).unwrap();
+                let mut answered = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let was_promoted = promoted.load(Ordering::SeqCst);
+                    match client.login(&user, b"wrong", &key, false) {
+                        // The server answered the start: a guess it charged.
+                        Err(VaultError::WrongPassword { .. }) => {
+                            answered += 1;
+                            if was_promoted {
+                                after.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+                    }
+                }
+                (user, answered)
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    primary.kill();
+    standby.promote();
+    promoted.store(true, Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    for t in traffic {
+        let (user, answered) = t.join().unwrap();
+        let stored: i64 = standby
+            .psql(&format!(
+                "SELECT failed_guesses FROM records WHERE user_id = '{user}'"
+            ))
+            .parse()
+            .unwrap();
+        assert!(
+            stored as u64 >= answered,
+            "{user}: {answered} guesses answered, only {stored} on the promoted standby"
+        );
+        assert!(
+            stored <= i64::from(max),
+            "{user}: {stored} guesses charged, limit {max}"
+        );
+        assert!(answered <= u64::from(max));
+        total += answered;
+    }
+    let after = after.load(Ordering::SeqCst);
+    (total - after, after)
+}
+
+#[test]
+fn a_failover_to_a_synchronous_standby_loses_no_answered_guess() {
+    for round in 0..2 {
+        let (before, after) = failover_round(40);
+        // The traffic was real: guesses were answered on the old primary,
+        // and on the promoted one (the vault found it by itself).
+        assert!(
+            before > 0 && after > 0,
+            "round {round}: {before} answered before, {after} after"
+        );
+    }
+}
+
+#[test]
+fn a_vault_on_an_unreplicated_database_says_so_at_start() {
+    let pg = Postgres::start();
+    let token = Token::new();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = Server::start_logging(
+        &token,
+        &pg.url(),
+        3,
+        &["--listen", "127.0.0.1:0"],
+        log.reopen().unwrap().into(),
+    );
+    drop(server);
+    let said = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        said.contains("WARNING: the database is not synchronously replicated"),
+        "{said}"
+    );
+}

@@ -203,6 +203,9 @@ fn serve(a: &ServeArgs) -> Result<()> {
     let sqlite = sqlite_path(&a.store.db);
     let sealer = sealer(&a.store, "serve")?;
     let store = Store::open(&a.store.db).map_err(vault_err)?;
+    if let Some(w) = store.replication_warning().map_err(vault_err)? {
+        eprintln!("coffer vault: WARNING: {w} (docs/backends/vault.md, \"High availability\")");
+    }
     // Never print a PostgreSQL URL: it may hold a password.
     let db = match &sqlite {
         Some(p) => p.display().to_string(),

@@ -14,7 +14,8 @@ use super::VaultError;
 use super::audit::Entry as AuditEntry;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Schema version this build writes.
@@ -130,7 +131,70 @@ pub enum Store {
     /// A SQLite file.
     Sqlite(Mutex<Connection>),
     /// A PostgreSQL database, possibly shared by several replicas.
-    Postgres(Mutex<postgres::Client>),
+    Postgres(Box<Mutex<PgConn>>),
+}
+
+/// A PostgreSQL connection that reconnects after it was lost (its URL may
+/// name a primary and its standbys, with `target_session_attrs=read-write`:
+/// after a failover the next request finds the new primary), and that
+/// notices a commit PostgreSQL made only locally.
+pub struct PgConn {
+    config: postgres::Config,
+    client: postgres::Client,
+    /// Set by a WARNING that a wait for synchronous replication was
+    /// cancelled: the commit is local only.
+    replication_cancelled: Arc<AtomicBool>,
+}
+
+impl PgConn {
+    fn connect(url: &str) -> Result<Self, VaultError> {
+        let mut config: postgres::Config = url.parse().map_err(pg)?;
+        let flag = Arc::new(AtomicBool::new(false));
+        let seen = flag.clone();
+        config.notice_callback(move |notice| {
+            if notice.message().contains("synchronous replication") {
+                seen.store(true, Ordering::SeqCst);
+            }
+        });
+        let client = Self::open(&config)?;
+        Ok(Self {
+            config,
+            client,
+            replication_cancelled: flag,
+        })
+    }
+
+    fn open(config: &postgres::Config) -> Result<postgres::Client, VaultError> {
+        let mut client = config.connect(postgres::NoTls).map_err(pg)?;
+        // Never time out while a commit waits for the standby.
+        client
+            .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+            .map_err(pg)?;
+        Ok(client)
+    }
+
+    /// Reconnect if the connection was lost; the next query reports a
+    /// failure to.
+    fn ensure_open(&mut self) {
+        if self.client.is_closed()
+            && let Ok(c) = Self::open(&self.config)
+        {
+            self.client = c;
+        }
+    }
+}
+
+impl std::ops::Deref for PgConn {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
 }
 
 fn pg(e: postgres::Error) -> VaultError {
@@ -184,7 +248,7 @@ impl Store {
     /// supported: keep the database on a private network or a socket) and
     /// create the schema if needed.
     pub fn open_postgres(url: &str) -> Result<Self, VaultError> {
-        let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(pg)?;
+        let mut client = PgConn::connect(url)?;
         let mut tx = client.transaction().map_err(pg)?;
         // Replicas starting together must not race on CREATE TABLE.
         tx.execute("SELECT pg_advisory_xact_lock(7307206)", &[])
@@ -201,7 +265,7 @@ impl Store {
         )
         .map_err(pg)?;
         tx.commit().map_err(pg)?;
-        Ok(Self::Postgres(Mutex::new(client)))
+        Ok(Self::Postgres(Box::new(Mutex::new(client))))
     }
 
     /// Open `sqlite:PATH`, `postgres://...`, or a bare path (SQLite).
@@ -220,11 +284,51 @@ impl Store {
         }
     }
 
-    fn pg(&self) -> Option<std::sync::MutexGuard<'_, postgres::Client>> {
+    fn pg(&self) -> Option<std::sync::MutexGuard<'_, PgConn>> {
         match self {
-            Store::Postgres(c) => Some(c.lock().unwrap_or_else(|p| p.into_inner())),
+            Store::Postgres(c) => {
+                let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+                c.ensure_open();
+                Some(c)
+            }
             Store::Sqlite(_) => None,
         }
+    }
+
+    /// Whether a PostgreSQL database is replicated as a guess limit needs:
+    /// `None` when it is (or for SQLite), else what is missing, for the
+    /// operator to hear at start-up.
+    pub fn replication_warning(&self) -> Result<Option<String>, VaultError> {
+        let Some(mut c) = self.pg() else {
+            return Ok(None);
+        };
+        let show = |c: &mut PgConn, what: &str| -> Result<String, VaultError> {
+            Ok(c.query_one(&format!("SHOW {what}"), &[])
+                .map_err(pg)?
+                .get(0))
+        };
+        let names = show(&mut c, "synchronous_standby_names")?;
+        let commit = show(&mut c, "synchronous_commit")?;
+        let sync: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')",
+                &[],
+            )
+            .map_err(pg)?
+            .get(0);
+        Ok(if names.trim().is_empty() {
+            Some("the database is not synchronously replicated (synchronous_standby_names is empty): a failover to a standby can lose charged guesses, giving them back to a guesser".into())
+        } else if !matches!(commit.as_str(), "on" | "remote_apply") {
+            Some(format!(
+                "synchronous_commit is `{commit}`, not `on` or `remote_apply`: a charged guess may not be on the standby when it is answered"
+            ))
+        } else if sync == 0 {
+            Some(format!(
+                "no synchronous standby is connected (synchronous_standby_names = `{names}`): every login start will wait until one is"
+            ))
+        } else {
+            None
+        })
     }
 
     /// The sealed secret `name`, if stored.
@@ -319,6 +423,8 @@ impl Store {
     /// destroyed instead (a tombstone stays).
     pub fn login_start(&self, user: &str, max: u32) -> Result<LoginRecord, VaultError> {
         if let Some(mut c) = self.pg() {
+            let cancelled = c.replication_cancelled.clone();
+            cancelled.store(false, Ordering::SeqCst);
             let mut tx = c.transaction().map_err(pg)?;
             let row = tx
                 .query_opt(
@@ -351,6 +457,14 @@ impl Store {
                 }
             };
             tx.commit().map_err(pg)?;
+            if cancelled.swap(false, Ordering::SeqCst) {
+                // PostgreSQL reports success with only a WARNING when the
+                // wait for the standby was cancelled: the charge is local
+                // and a failover could lose it. No answer.
+                return Err(VaultError::Store(
+                    "the guess was committed locally but its wait for the synchronous standby was cancelled; not answering".into(),
+                ));
+            }
             return Ok(out);
         }
         let mut conn = self.conn();

@@ -149,6 +149,100 @@ impl Postgres {
     }
 
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// A cluster started with `extra` server options (`-c name=value ...`).
+    pub fn start_with(extra: &str) -> Self {
+        let pg = Self::new_dir();
+        let data = pg.data();
+        let out = pg
+            .as_pg("initdb")
+            .args(["-A", "trust", "-U", "coffer", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.run(extra);
+        pg
+    }
+
+    /// A hot standby of `primary` (pg_basebackup -R), connecting as
+    /// `application_name=NAME`, started.
+    pub fn start_with_standby(primary: &Postgres, name: &str) -> Self {
+        let pg = Self::new_dir();
+        let conn = format!(
+            "host=127.0.0.1 port={} user=coffer application_name={name}",
+            primary.port
+        );
+        let out = pg
+            .as_pg("pg_basebackup")
+            .args(["-R", "-X", "stream", "-d", &conn, "-D"])
+            .arg(pg.data())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.run("");
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILL the postmaster, as a machine dying would (its backends end
+    /// when they notice).
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        let ok = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Promote a standby to primary and wait until it is.
+    pub fn promote(&self) {
+        let out = self
+            .as_pg("pg_ctl")
+            .args(["-w", "-D"])
+            .arg(self.data())
+            .arg("promote")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `psql -tA -c SQL` on this cluster: its output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-tA", "-h", "127.0.0.1", "-U", "coffer", "-d", "postgres"])
+            .args(["-p", &self.port.to_string(), "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn new_dir() -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL is not installed (hsm-sim/install-deps.sh installs it)")
             .filter_map(|e| e.ok())
@@ -170,20 +264,14 @@ impl Postgres {
                 .unwrap();
             assert!(ok.success());
         }
-        let data = pg.dir.path().join("data");
-        let out = pg
-            .as_pg("initdb")
-            .args(["-A", "trust", "-U", "coffer", "-E", "UTF8", "-D"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        pg
+    }
+
+    fn run(&self, extra: &str) {
+        let pg = self;
+        let data = pg.data();
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=on",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=on {extra}",
             pg.port,
             pg.dir.path().display()
         );
@@ -201,7 +289,6 @@ impl Postgres {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        pg
     }
 
     pub fn url(&self) -> String {
