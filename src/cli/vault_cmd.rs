@@ -139,7 +139,7 @@ fn sqlite_path(db: &str) -> Option<PathBuf> {
 
 /// What seals the vault's secrets: the HSM key, or with
 /// `--insecure-local-key` a key file beside the database.
-fn sealer(d: &DbArgs, command: &str) -> Result<Sealer> {
+fn sealer(d: &DbArgs, command: &str, create: bool) -> Result<Sealer> {
     match (&d.hsm_module, &d.hsm_uri) {
         (Some(module), Some(uri)) => {
             let uri = TokenKey::parse(uri).map_err(|e| Error::Usage(format!("--hsm-uri: {e}")))?;
@@ -158,6 +158,12 @@ fn sealer(d: &DbArgs, command: &str) -> Result<Sealer> {
                 .unwrap_or_else(|| PathBuf::from("coffer-vault"))
                 .into_os_string();
             key.push(".key");
+            if !create && !Path::new(&key).exists() {
+                return Err(Error::Usage(format!(
+                    "--insecure-local-key: no key file at {}",
+                    Path::new(&key).display()
+                )));
+            }
             let s = Sealer::local_file(Path::new(&key)).map_err(vault_err)?;
             eprintln!(
                 "coffer vault: WARNING: --insecure-local-key: the server's secrets are sealed by {}; whoever can read it and the database can test passwords offline. Use --hsm-module for anything but a demo.",
@@ -173,8 +179,8 @@ fn sealer(d: &DbArgs, command: &str) -> Result<Sealer> {
 
 /// `coffer vault audit verify`.
 fn audit_verify(d: &DbArgs) -> Result<()> {
-    let sealer = sealer(d, "audit verify")?;
-    let store = Store::open(&d.db).map_err(vault_err)?;
+    let sealer = sealer(d, "audit verify", false)?;
+    let store = Store::open_read_only(&d.db).map_err(vault_err)?;
     let key = Vault::audit_key(&store, &sealer).map_err(vault_err)?;
     let rows = store.audit_entries().map_err(vault_err)?;
     match coffer::vault::audit::verify(&key, rows) {
@@ -201,7 +207,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
         _ => None,
     };
     let sqlite = sqlite_path(&a.store.db);
-    let sealer = sealer(&a.store, "serve")?;
+    let sealer = sealer(&a.store, "serve", true)?;
     let store = Store::open(&a.store.db).map_err(vault_err)?;
     if let Some(w) = store.replication_warning().map_err(vault_err)? {
         eprintln!("coffer vault: WARNING: {w} (docs/backends/vault.md, \"High availability\")");

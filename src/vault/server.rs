@@ -196,7 +196,13 @@ impl Vault {
             client: client.to_owned(),
         };
         let mac = chain.mac(&self.audit_key, &entry);
-        self.store.append_audit(&entry, &mac)?;
+        if let Err(e) = self.store.append_audit(&entry, &mac) {
+            // Whether the row was stored is unknown (a commit whose answer
+            // was lost, a failover): go on in a new chain, never reusing a
+            // place.
+            *chain = Chain::new();
+            return Err(e);
+        }
         chain.appended(mac);
         Ok(())
     }
@@ -285,10 +291,6 @@ impl Vault {
             path::DELETE => ("delete", self.login_finish(body, true, &mut audit)),
             _ => return err(404, "not-found"),
         };
-        self.metrics.observe(event, started.elapsed());
-        if r.is_ok() && event == "login_start" {
-            self.metrics.guess_charged();
-        }
         let mut outcome = outcome(&r);
         let record = audit.record.as_deref().unwrap_or("-");
         let client = client.map_or_else(|| "-".to_owned(), |a| a.ip().to_string());
@@ -301,6 +303,10 @@ impl Vault {
                 Err(self.internal(e))
             }
         };
+        self.metrics.observe(event, started.elapsed());
+        if r.is_ok() && event == "login_start" {
+            self.metrics.guess_charged();
+        }
         match audit.guesses_left {
             Some(guesses_left) => tracing::info!(
                 target: AUDIT_TARGET,

@@ -144,6 +144,8 @@ pub struct PgConn {
     /// Set by a WARNING that a wait for synchronous replication was
     /// cancelled: the commit is local only.
     replication_cancelled: Arc<AtomicBool>,
+    /// When a reconnection was last tried.
+    last_attempt: Option<std::time::Instant>,
 }
 
 impl PgConn {
@@ -151,35 +153,79 @@ impl PgConn {
         let mut config: postgres::Config = url.parse().map_err(pg)?;
         let flag = Arc::new(AtomicBool::new(false));
         let seen = flag.clone();
+        // Any WARNING fails the write it came with: the one that matters
+        // ("canceling wait for synchronous replication", translated with
+        // the server's lc_messages) is told by its untranslated severity.
         config.notice_callback(move |notice| {
-            if notice.message().contains("synchronous replication") {
+            if notice.parsed_severity() == Some(postgres::error::Severity::Warning) {
                 seen.store(true, Ordering::SeqCst);
             }
         });
+        // A primary that vanishes without a reset (a machine dying) must
+        // not hold the store for TCP's two hours: unless the URL says.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config
+                .keepalives_idle(Duration::from_secs(30))
+                .keepalives_interval(Duration::from_secs(10))
+                .keepalives_retries(3);
+        }
         let client = Self::open(&config)?;
         Ok(Self {
             config,
             client,
             replication_cancelled: flag,
+            last_attempt: None,
         })
+    }
+
+    /// Fail a write whose commit came with a WARNING (a cancelled wait for
+    /// the synchronous standby: the commit is local only); the flag is
+    /// cleared each time the store is taken ([`Store::pg`]).
+    fn confirm(&self) -> Result<(), VaultError> {
+        if self.replication_cancelled.swap(false, Ordering::SeqCst) {
+            return Err(VaultError::Store(
+                "PostgreSQL committed with a warning (a cancelled wait for the synchronous standby, or another): the write may be on this server only; not answering".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn open(config: &postgres::Config) -> Result<postgres::Client, VaultError> {
         let mut client = config.connect(postgres::NoTls).map_err(pg)?;
-        // Never time out while a commit waits for the standby.
+        // Never time out while a commit waits for the standby; and wait
+        // for it at least until it has the commit on disk.
         client
             .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
             .map_err(pg)?;
+        let commit: String = client
+            .query_one("SHOW synchronous_commit", &[])
+            .map_err(pg)?
+            .get(0);
+        if matches!(commit.as_str(), "off" | "local" | "remote_write") {
+            client
+                .batch_execute("SET synchronous_commit = on")
+                .map_err(pg)?;
+        }
         Ok(client)
     }
 
-    /// Reconnect if the connection was lost; the next query reports a
+    /// Reconnect if the connection was lost (at most once a second, so a
+    /// database that is down is not hammered); the next query reports a
     /// failure to.
     fn ensure_open(&mut self) {
+        let now = std::time::Instant::now();
         if self.client.is_closed()
-            && let Ok(c) = Self::open(&self.config)
+            && self
+                .last_attempt
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
-            self.client = c;
+            self.last_attempt = Some(now);
+            if let Ok(c) = Self::open(&self.config) {
+                self.client = c;
+            }
         }
     }
 }
@@ -268,6 +314,23 @@ impl Store {
         Ok(Self::Postgres(Box::new(Mutex::new(client))))
     }
 
+    /// Open `sqlite:PATH`, `postgres://...` or a bare path to read only:
+    /// no file, schema or row is created (`vault audit verify`; also on a
+    /// read-only standby or with a role that may only read).
+    pub fn open_read_only(url: &str) -> Result<Self, VaultError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let mut client = PgConn::connect(url)?;
+            client
+                .batch_execute("SET default_transaction_read_only = on")
+                .map_err(pg)?;
+            return Ok(Self::Postgres(Box::new(Mutex::new(client))));
+        }
+        let path = Path::new(url.strip_prefix("sqlite:").unwrap_or(url));
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| VaultError::Store(format!("{}: {e}", path.display())))?;
+        Ok(Self::Sqlite(Mutex::new(conn)))
+    }
+
     /// Open `sqlite:PATH`, `postgres://...`, or a bare path (SQLite).
     pub fn open(url: &str) -> Result<Self, VaultError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -289,6 +352,7 @@ impl Store {
             Store::Postgres(c) => {
                 let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
                 c.ensure_open();
+                c.replication_cancelled.store(false, Ordering::SeqCst);
                 Some(c)
             }
             Store::Sqlite(_) => None,
@@ -309,20 +373,22 @@ impl Store {
         };
         let names = show(&mut c, "synchronous_standby_names")?;
         let commit = show(&mut c, "synchronous_commit")?;
-        let sync: i64 = c
+        // sync_state is NULL to a role without pg_read_all_stats: then
+        // nothing is said about it.
+        let (sync, seen): (i64, i64) = c
             .query_one(
-                "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')",
+                "SELECT count(*) FILTER (WHERE sync_state IN ('sync', 'quorum')), count(sync_state) FROM pg_stat_replication",
                 &[],
             )
-            .map_err(pg)?
-            .get(0);
+            .map_err(pg)
+            .map(|r| (r.get(0), r.get(1)))?;
         Ok(if names.trim().is_empty() {
             Some("the database is not synchronously replicated (synchronous_standby_names is empty): a failover to a standby can lose charged guesses, giving them back to a guesser".into())
         } else if !matches!(commit.as_str(), "on" | "remote_apply") {
             Some(format!(
                 "synchronous_commit is `{commit}`, not `on` or `remote_apply`: a charged guess may not be on the standby when it is answered"
             ))
-        } else if sync == 0 {
+        } else if sync == 0 && seen > 0 {
             Some(format!(
                 "no synchronous standby is connected (synchronous_standby_names = `{names}`): every login start will wait until one is"
             ))
@@ -381,13 +447,14 @@ impl Store {
     /// destroyed: ids are never reused).
     pub fn register(&self, user: &str, registration: &[u8]) -> Result<bool, VaultError> {
         if let Some(mut c) = self.pg() {
-            return c
+            let n = c
                 .execute(
                     "INSERT INTO records (user_id, registration, failed_guesses, created) VALUES ($1, $2, 0, $3) ON CONFLICT DO NOTHING",
                     &[&user, &registration, &now()],
                 )
-                .map(|n| n == 1)
-                .map_err(pg);
+                .map_err(pg)?;
+            c.confirm()?;
+            return Ok(n == 1);
         }
         let n = self
             .conn()
@@ -423,8 +490,6 @@ impl Store {
     /// destroyed instead (a tombstone stays).
     pub fn login_start(&self, user: &str, max: u32) -> Result<LoginRecord, VaultError> {
         if let Some(mut c) = self.pg() {
-            let cancelled = c.replication_cancelled.clone();
-            cancelled.store(false, Ordering::SeqCst);
             let mut tx = c.transaction().map_err(pg)?;
             let row = tx
                 .query_opt(
@@ -457,14 +522,10 @@ impl Store {
                 }
             };
             tx.commit().map_err(pg)?;
-            if cancelled.swap(false, Ordering::SeqCst) {
-                // PostgreSQL reports success with only a WARNING when the
-                // wait for the standby was cancelled: the charge is local
-                // and a failover could lose it. No answer.
-                return Err(VaultError::Store(
-                    "the guess was committed locally but its wait for the synchronous standby was cancelled; not answering".into(),
-                ));
-            }
+            // PostgreSQL reports success with only a WARNING when the wait
+            // for the standby was cancelled: the charge is local, and a
+            // failover could lose it. No answer.
+            c.confirm()?;
             return Ok(out);
         }
         let mut conn = self.conn();
@@ -510,13 +571,14 @@ impl Store {
     /// Whether the record was there (not destroyed meanwhile).
     pub fn login_succeeded(&self, user: &str) -> Result<bool, VaultError> {
         if let Some(mut c) = self.pg() {
-            return c
+            let n = c
                 .execute(
                     "UPDATE records SET failed_guesses = 0 WHERE user_id = $1 AND registration IS NOT NULL",
                     &[&user],
                 )
-                .map(|n| n == 1)
-                .map_err(pg);
+                .map_err(pg)?;
+            c.confirm()?;
+            return Ok(n == 1);
         }
         self.conn()
             .execute(
@@ -532,13 +594,14 @@ impl Store {
     /// keeps its time).
     pub fn destroy(&self, user: &str) -> Result<bool, VaultError> {
         if let Some(mut c) = self.pg() {
-            return c
+            let n = c
                 .execute(
                     "UPDATE records SET registration = NULL, destroyed = $2 WHERE user_id = $1 AND registration IS NOT NULL",
                     &[&user, &now()],
                 )
-                .map(|n| n == 1)
-                .map_err(pg);
+                .map_err(pg)?;
+            c.confirm()?;
+            return Ok(n == 1);
         }
         self.conn()
             .execute(
@@ -567,6 +630,7 @@ impl Store {
                 &[&id, &user, &state, &expires],
             )
             .map_err(pg)?;
+            c.confirm()?;
             return Ok(swept);
         }
         let conn = self.conn();
@@ -614,13 +678,14 @@ impl Store {
         let seq = i64::try_from(e.seq).map_err(|_| VaultError::Store("audit chain full".into()))?;
         let guesses = e.guesses_left.map(i64::from);
         if let Some(mut c) = self.pg() {
-            return c
+            c
                 .execute(
                     "INSERT INTO audit_log (chain, seq, at, event, record, outcome, guesses_left, client, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                     &[&e.chain, &seq, &e.at, &e.event, &e.record, &e.outcome, &guesses, &e.client, &mac],
                 )
-                .map(drop)
-                .map_err(pg);
+                .map_err(pg)?;
+            c.confirm()?;
+            return Ok(());
         }
         self.conn()
             .execute(
