@@ -14,6 +14,9 @@
 //! `cargo bench --bench vault_capacity` (COFFER_BENCH_SECS, default 5;
 //! PostgreSQL through the test fixture, which needs it installed).
 
+#[path = "common/pki.rs"]
+mod pki;
+
 #[path = "../tests/common/vault.rs"]
 #[allow(dead_code)]
 mod fixtures;
@@ -33,37 +36,13 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let pki = pki();
+    let pki = pki::pki().expect("openssl could not make a certificate");
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Store::open_sqlite(&dir.path().join("vault.db")).unwrap();
     run("SQLite", sqlite, pki.path(), secs, None);
     let pg = fixtures::Postgres::start();
     let store = Store::open(&pg.url()).unwrap();
     run("PostgreSQL", store, pki.path(), secs, Some(&pg));
-}
-
-/// A throwaway CA and a `localhost` certificate, made by `openssl`.
-fn pki() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let ok = std::process::Command::new("sh")
-        .arg("-ec")
-        .arg(
-            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-               -keyout ca.key -out ca.pem -subj /CN=bench-ca -days 1 \
-               -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
-             openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-               -keyout leaf.key -out leaf.csr -subj /CN=localhost
-             printf 'subjectAltName=DNS:localhost\\nextendedKeyUsage=serverAuth\\n' > ext
-             openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-               -out leaf.pem -days 1 -extfile ext",
-        )
-        .current_dir(dir.path())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "openssl could not make a certificate");
-    dir
 }
 
 /// CPU seconds (user + system) of this process's threads named `name`.

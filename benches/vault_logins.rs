@@ -9,6 +9,9 @@
 //!
 //! `cargo bench --bench vault_logins` (COFFER_BENCH_SECS, default 5).
 
+#[path = "common/pki.rs"]
+mod pki;
+
 use coffer::vault::VaultError;
 use coffer::vault::client::Client;
 use coffer::vault::hsm::Sealer;
@@ -22,33 +25,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     bench("HTTP", secs, None);
-    match pki() {
+    match pki::pki() {
         Some(pki) => bench("HTTPS", secs, Some(pki.path())),
         None => println!("vault logins over HTTPS: skipped (openssl cannot make a certificate)"),
     }
-}
-
-/// A throwaway CA and a `localhost` certificate, made by `openssl`.
-fn pki() -> Option<tempfile::TempDir> {
-    let dir = tempfile::tempdir().ok()?;
-    let ok = std::process::Command::new("sh")
-        .arg("-ec")
-        .arg(
-            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-               -keyout ca.key -out ca.pem -subj /CN=bench-ca -days 1 \
-               -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
-             openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-               -keyout leaf.key -out leaf.csr -subj /CN=localhost
-             printf 'subjectAltName=DNS:localhost\\nextendedKeyUsage=serverAuth\\n' > ext
-             openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-               -out leaf.pem -days 1 -extfile ext",
-        )
-        .current_dir(dir.path())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .ok()?
-        .success();
-    ok.then_some(dir)
 }
 
 /// Full logins for `secs` seconds per password, one client thread per core,

@@ -17,6 +17,22 @@ fn run(h: &Home, env: &[(String, String)], args: &[&str]) -> std::process::Outpu
     c.output().unwrap()
 }
 
+/// `coffer open URL -o -` with the recovery key.
+fn open_to_stdout(h: &Home, env: &[(String, String)], url: &str) -> std::process::Output {
+    run(
+        h,
+        env,
+        &[
+            "open",
+            url,
+            "-o",
+            "-",
+            "--recovery-key-file",
+            "recovery.txt",
+        ],
+    )
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -93,18 +109,7 @@ fn seal_open_verify_inspect_a_folder_and_a_stream_in_s3() {
     let url = S3Server::url("stream.coffer");
     let out = seal_stream(&h, &env, &data, &url, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(
-        &h,
-        &env,
-        &[
-            "open",
-            &url,
-            "-o",
-            "-",
-            "--recovery-key-file",
-            "recovery.txt",
-        ],
-    );
+    let out = open_to_stdout(&h, &env, &url);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stdout == data, "the stream came back whole");
     // The object is exactly what a local seal writes: same format.
@@ -144,18 +149,7 @@ fn inspect_reads_only_the_header_and_open_reads_ahead_in_ranges() {
         .collect();
     assert_eq!(gets, [format!("GET /{BUCKET}/a.coffer bytes=0-65535")]);
 
-    let out = run(
-        &h,
-        &env,
-        &[
-            "open",
-            &S3Server::url("a.coffer"),
-            "-o",
-            "-",
-            "--recovery-key-file",
-            "recovery.txt",
-        ],
-    );
+    let out = open_to_stdout(&h, &env, &S3Server::url("a.coffer"));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stdout == data);
     // Parallel, so in any order: sorted, they tile the object, 64 KiB
@@ -203,18 +197,7 @@ fn an_existing_object_is_replaced_only_with_force() {
     let out = seal_stream(&h, &env, b"second", &url, &["--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_ne!(s3.get("a.coffer"), before, "replaced");
-    let out = run(
-        &h,
-        &env,
-        &[
-            "open",
-            &url,
-            "-o",
-            "-",
-            "--recovery-key-file",
-            "recovery.txt",
-        ],
-    );
+    let out = open_to_stdout(&h, &env, &url);
     assert_eq!(out.stdout, b"second");
 }
 
@@ -240,18 +223,7 @@ fn a_part_refused_once_is_retried_alone_and_never_sent_again() {
             "part {part}: one refusal, one retry, nothing after"
         );
     }
-    let out = run(
-        &h,
-        &s3.env(),
-        &[
-            "open",
-            &S3Server::url("a.coffer"),
-            "-o",
-            "-",
-            "--recovery-key-file",
-            "recovery.txt",
-        ],
-    );
+    let out = open_to_stdout(&h, &s3.env(), &S3Server::url("a.coffer"));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stdout == data, "the archive is whole");
 }
@@ -452,18 +424,7 @@ fn a_seal_only_host_seals_into_a_bucket_it_cannot_read() {
     let url = S3Server::url("nightly/2026-11-29.coffer");
     let out = seal_stream(&host_home, &host, &data, &url, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(
-        &h,
-        &admin,
-        &[
-            "open",
-            &url,
-            "-o",
-            "-",
-            "--recovery-key-file",
-            "recovery.txt",
-        ],
-    );
+    let out = open_to_stdout(&h, &admin, &url);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stdout == data);
 
@@ -473,17 +434,6 @@ fn a_seal_only_host_seals_into_a_bucket_it_cannot_read() {
     let out = seal_stream(&host_home, &host, b"over", &earlier, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
-    let out = run(
-        &h,
-        &admin,
-        &[
-            "open",
-            &earlier,
-            "-o",
-            "-",
-            "--recovery-key-file",
-            "recovery.txt",
-        ],
-    );
+    let out = open_to_stdout(&h, &admin, &earlier);
     assert_eq!(out.stdout, b"owner's");
 }

@@ -162,11 +162,7 @@ impl Postgres {
             .arg(&data)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
         pg.run(extra);
         pg
     }
@@ -185,11 +181,7 @@ impl Postgres {
             .arg(pg.data())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
         pg.run("");
         pg
     }
@@ -220,11 +212,7 @@ impl Postgres {
             .arg("promote")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
     }
 
     /// `psql -tA -c SQL` on this cluster: its output.
@@ -284,11 +272,7 @@ impl Postgres {
             .args(["-o", &opts, "start"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
     }
 
     pub fn url(&self) -> String {
@@ -305,6 +289,16 @@ impl Drop for Postgres {
             .arg("stop")
             .output();
     }
+}
+
+/// Fail with its standard error unless the command `out` came from
+/// succeeded.
+fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn is_root() -> bool {
