@@ -23,7 +23,8 @@ COFFER="${CARGO_TARGET_DIR:-$PWD/target}/release/coffer"
 work=$(mktemp -d)
 export COFFER_S3_DIR="$work/s3" COFFER_S3_PORT=${COFFER_S3_PORT:-5077}
 trap 'bash hsm-sim/s3.sh stop 2>/dev/null; rm -rf "$work"' EXIT
-eval "$(bash hsm-sim/s3.sh start 2>/dev/null)"
+lines=$(bash hsm-sim/s3.sh start)
+eval "$lines"
 export COFFER_KEYRING="$work/keyring.json"
 "$COFFER" -q init --recovery-key-out "$work/recovery.txt"
 

@@ -18,6 +18,7 @@ ALL=(
   swtpm swtpm-tools tpm2-tools libtss2-dev   # TPM 2.0 simulator and tools
   softhsm2 opensc                 # PKCS#11 token simulator and pkcs11-tool
   age                             # benches/compare-age.sh
+  time                            # GNU time (/usr/bin/time): peak memory in benches/*.sh
   restic borgbackup               # tests/passphrase.rs: coffer as their password command
   pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool   # YubiKey (PIV) through a virtual card
   postgresql                      # vault tests: a throwaway cluster on loopback
@@ -42,21 +43,6 @@ if ((${#missing[@]})); then
 fi
 (($#)) && exit 0
 
-if ! command -v cargo >/dev/null; then
-  echo "install-deps: cargo not found. coffer needs Rust 1.89 or newer (rustup.rs); Debian 12's packaged Rust is too old." >&2
-  exit 1
-fi
-for c in rustfmt clippy; do
-  if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
-    rustup component add "$c" >&2 || true
-  fi
-done
-# packaging/deb.sh builds the Debian package with cargo-deb.
-if ! cargo-deb --version 2>/dev/null | grep -q '^cargo-deb 3\.'; then
-  echo "install-deps: installing cargo-deb (cargo install)" >&2
-  cargo install --quiet --locked cargo-deb --version 3.8.0 >&2
-fi
-
 # moto in server mode: the S3 server tests/storage.rs runs (one per test,
 # through coffer_hsm_sim::S3Server). Debian 12 has no package for it and its
 # Python refuses pip installs (PEP 668), so it goes into its own virtual
@@ -71,4 +57,19 @@ if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOT
   echo "install-deps: installing moto[server]==$MOTO_VERSION into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: cargo not found. coffer needs Rust 1.89 or newer (rustup.rs); Debian 12's packaged Rust is too old." >&2
+  exit 1
+fi
+for c in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+    rustup component add "$c" >&2 || true
+  fi
+done
+# packaging/deb.sh builds the Debian package with cargo-deb.
+if ! cargo-deb --version 2>/dev/null | grep -q '^cargo-deb 3\.'; then
+  echo "install-deps: installing cargo-deb (cargo install)" >&2
+  cargo install --quiet --locked cargo-deb --version 3.8.0 >&2
 fi

@@ -146,7 +146,8 @@ pub fn refuse_existing(path: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Remove every registered temporary file and folder, and refuse any later
+/// Remove every registered temporary file and folder, undo every other
+/// temporary output (abort uploads), and refuse any later
 /// registration or commit. For a program interrupted by a signal, just
 /// before it exits; safe to call from any thread.
 ///

@@ -32,6 +32,8 @@
 //! - `vault-server` (implies `vault`): the vault server, its storage and
 //!   its HSM sealing (`vault::server`, `vault::store`, `vault::hsm`);
 //!   pulls hyper, tokio, rustls, SQLite and PostgreSQL.
+//! - `object-storage`: archives in S3 and S3-compatible stores
+//!   (`storage::object`); pulls object_store, reqwest and tokio.
 //! - `cli`: the `coffer` binary (clap, indicatif, rpassword, signal-hook);
 //!   the library uses it only to derive `clap::ValueEnum` on the YubiKey
 //!   policy enums.

@@ -2,7 +2,8 @@
 //! installed into a virtual environment by `hsm-sim/install-deps.sh`), on
 //! a free loopback port, one per fixture, with a bucket made; and a small
 //! fault proxy in front of it that answers `503 SlowDown` to the first try
-//! of each upload part, counting what it saw.
+//! of each upload part (or `403` to every try of the part given to
+//! `refuse_part`), counting what it saw.
 //!
 //! The proxy reads request bodies by Content-Length and answers by reading
 //! moto's to the end: coffer's client and moto send no chunked bodies.

@@ -1,10 +1,12 @@
 //! Interruption: on SIGINT, SIGTERM or SIGHUP, remove this process's
 //! temporary output (`NAME.tmp-XXXXXX` files, partial `DIR.tmp-XXXXXX`
-//! folders) and exit with status 128 + the signal number, as a shell
-//! reports a command a signal ended (130, 143, 129).
+//! folders, uploads not yet completed, which are aborted) and exit with
+//! status 128 + the signal number, as a shell reports a command a signal
+//! ended (130, 143, 129). A second signal ends the process at once.
 //!
 //! Owns: the one signal-handling thread of the binary (signal-hook's safe
-//! iterator over a self-pipe; no code runs inside the signal handler).
+//! iterator over a self-pipe; inside the handler runs only signal-hook's
+//! own code: the pipe write, and the default action for a second signal).
 //!
 //! Must never: override a signal that this process inherited as ignored
 //! (`nohup` ignores SIGHUP; a shell ignores SIGINT for `cmd &` in a script),

@@ -231,7 +231,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
     if let Some(m) = a.metrics_listen {
         if !m.ip().is_loopback() {
             eprintln!(
-                "coffer vault: /metrics and /healthz on {m} are plain HTTP with no authentication: keep that address reachable by the monitoring only"
+                "coffer vault: WARNING: /metrics and /healthz on {m} are plain HTTP with no authentication: keep that address reachable by the monitoring only"
             );
         }
         server = server.with_metrics(m).map_err(vault_err)?;

@@ -72,8 +72,8 @@ pub const MAX_ARCHIVE: u64 = (1000 * (8 + 16 + 32) + 7000 * 64) as u64 * MIB as 
 const RANGE: u64 = 8 * MIB as u64;
 /// …this many at once (32 MiB in memory).
 const AHEAD: usize = 4;
-/// The first range: enough for any header, so `inspect` costs one small
-/// request.
+/// The first range: enough for a header with a few dozen slots, so
+/// `inspect` usually costs one small request.
 const FIRST_RANGE: u64 = 64 * 1024;
 /// Where the header surely ends (its slot list is at most 1 MiB,
 /// `MAX_SLOTS_LEN`): one request at a time until here, so `inspect` of
@@ -228,7 +228,6 @@ impl Store {
             force,
             buf: Vec::new(),
             next: 0,
-            written: 0,
             uploading: VecDeque::new(),
             parts: Vec::new(),
             reg: Some(reg),
@@ -271,7 +270,7 @@ fn store_error(url: &str, e: &object_store::Error) -> Error {
             "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN), or run on an EC2 instance with a role; the instance metadata service failed ({e})"
         ),
         E::Unauthenticated { .. } => format!(
-            "not signed in: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where the store's standard credentials are found ({e})"
+            "the store refused the credentials (none found, or a wrong or expired key?): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where the store's standard credentials are found ({e})"
         ),
         _ => e.to_string(),
     };
@@ -281,8 +280,13 @@ fn store_error(url: &str, e: &object_store::Error) -> Error {
     }
 }
 
+/// A failure inside `Write` or `Read`, carrying coffer's error so that
+/// [`super::surface`] names the object once.
 fn io_error(url: &str, e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(format!("{url}: {e}"))
+    io::Error::other(Error::Storage {
+        location: url.to_owned(),
+        what: e.to_string(),
+    })
 }
 
 /// The part uploads running, to cancel before an abort.
@@ -298,7 +302,6 @@ pub struct ObjectSink {
     buf: Vec<u8>,
     /// The index of the part being filled.
     next: usize,
-    written: u64,
     /// Parts sent, oldest first, not yet known to have arrived.
     uploading: VecDeque<JoinHandle<object_store::Result<PartId>>>,
     /// Parts that arrived, in order.
@@ -524,7 +527,6 @@ impl Write for ObjectSink {
         let room = part_size(self.next) - self.buf.len();
         let n = data.len().min(room);
         self.buf.extend_from_slice(&data[..n]);
-        self.written += n as u64;
         if self.buf.len() == part_size(self.next) {
             self.send_part()?;
         }

@@ -4,15 +4,16 @@
 //! derived from the server setup, which only the HSM unseals.
 //!
 //! One chain per server process ("replica"): each starts its own, with a
-//! random id, so replicas never serialise on one another; within a
-//! process, rows are appended in order under one lock.
+//! random id, at start-up and again after any row it could not store, so
+//! replicas never serialise on one another; within a process, rows are
+//! appended in order under one lock.
 //!
 //! What a check ([`verify`]) detects, for someone who can write the
 //! database but not use the HSM: a row altered, inserted, reordered or
 //! removed from within a chain, and a chain that does not start at 0. It
 //! cannot detect a chain's tail cut off, or a whole chain removed: nothing
-//! outside the database says how long each chain was (the rollback epoch
-//! of docs/backends/vault.md would).
+//! outside the database says how long each chain was (binding chain heads
+//! to a monotonic counter outside it, still to come, would).
 //!
 //! Owns: the row's canonical encoding and its MAC.
 //!
@@ -26,7 +27,7 @@ use zeroize::Zeroizing;
 /// One row of `audit_log`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// The chain (server process) it belongs to: 16 hex digits.
+    /// The chain it belongs to (one of a server process's): 16 hex digits.
     pub chain: String,
     /// Its place in the chain, from 0.
     pub seq: u64,

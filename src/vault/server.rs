@@ -298,6 +298,11 @@ impl Vault {
         // stored is answered 500 (a guess it charged stays charged).
         let r = match self.audit_row(event, record, &outcome, audit.guesses_left, &client) {
             Ok(()) => r,
+            // Already a 500 (and counted): only say why the row failed too.
+            Err(e) if outcome == "internal" => {
+                (self.log)(&format!("internal error: {e}"));
+                r
+            }
             Err(e) => {
                 outcome = "internal".into();
                 Err(self.internal(e))
