@@ -374,6 +374,9 @@ impl Header {
             pre_release = raw[start] == b'[';
             read_exact(r, &mut raw[start + 1..], "header's sealed file key")
                 .map_err(hint(pre_release))?;
+            // A JSON list of slot objects, not an encapsulation that
+            // happens to begin with `[` (1 in 256).
+            pre_release = raw[start..start + 2] == *b"[{";
             let encapsulation = Encapsulation::from_bytes(&raw[start..start + ENCAPSULATION_LEN])
                 .expect("the length read");
             let m = raw[start + ENCAPSULATION_LEN] as usize;
@@ -588,9 +591,26 @@ mod tests {
     }
 
     #[test]
-    fn bad_sealer_ids_are_refused_before_the_slots() {
+    fn an_encapsulation_that_begins_with_a_bracket_is_not_taken_for_a_pre_release_header() {
         let (_, h) = sample();
-        let good = h.to_bytes();
+        let mut bad = h.to_bytes();
+        bad[FIXED_LEN] = b'[';
+        bad[FIXED_LEN + 1] = b'x';
+        bad[FIXED_LEN + ENCAPSULATION_LEN] = 0;
+        let err = Header::read(&mut &bad[..]).unwrap_err().to_string();
+        assert!(
+            err.contains("sealer id") && !err.contains("pre-release"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_sealer_ids_are_refused_before_the_slots() {
+        // An encapsulation beginning `[{` (1 in 65536) would read as a
+        // pre-release header: take one that does not.
+        let good = std::iter::repeat_with(|| sample().1.to_bytes())
+            .find(|b| b[FIXED_LEN..FIXED_LEN + 2] != *b"[{")
+            .expect("a sample");
         let m_at = FIXED_LEN + ENCAPSULATION_LEN;
         for m in [0u8, 33, 255] {
             let mut bad = good.clone();
