@@ -1056,6 +1056,17 @@ fn metrics_count_what_the_server_knows_and_healthz_follows_the_database() {
     // Nothing from a request becomes a label: no record id in a scrape.
     assert!(!text.contains(&a) && !text.contains(&coffer::vault::server::audit_record(&a)));
 
+    // The audit table on PostgreSQL checks, read row by row, read-only:
+    // two registrations, six starts, two finishes (a refund, a deletion).
+    let out = audit_verify(&token, &pg.url());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("12 entries in 1 chains"), "{said}");
+
     // The database goes away: health says so (once its last answer, kept
     // a second, is stale), and a login's failure counts.
     drop(pg);

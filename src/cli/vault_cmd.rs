@@ -182,8 +182,11 @@ fn audit_verify(d: &DbArgs) -> Result<()> {
     let sealer = sealer(d, "audit verify", false)?;
     let store = Store::open_read_only(&d.db).map_err(vault_err)?;
     let key = Vault::audit_key(&store, &sealer).map_err(vault_err)?;
-    let rows = store.audit_entries().map_err(vault_err)?;
-    match coffer::vault::audit::verify(&key, rows) {
+    let mut check = coffer::vault::audit::Verifier::new(&key);
+    let checked = store
+        .each_audit_row(|e, mac| check.push(e, &mac))
+        .map_err(vault_err)?;
+    match checked.map(|()| check.finish()) {
         Ok(c) => {
             let mut out = std::io::stdout().lock();
             writeln!(

@@ -161,19 +161,32 @@ impl std::fmt::Display for Broken {
     }
 }
 
-/// Check `rows` (every row, ordered by chain then place): each chain
-/// starts at 0, has no gap, and every MAC follows from the one before.
-pub fn verify(
-    key: &AuditKey,
-    rows: impl IntoIterator<Item = (Entry, Vec<u8>)>,
-) -> Result<Checked, Broken> {
-    let mut checked = Checked::default();
-    let mut current: Option<(String, u64, [u8; 32])> = None;
-    for (e, mac) in rows {
-        let (next, prev) = match &current {
+/// Checks rows one at a time, in the order of the table (by chain, then
+/// place): each chain starts at 0, has no gap, and every MAC follows from
+/// the one before.
+pub struct Verifier<'k> {
+    key: &'k AuditKey,
+    checked: Checked,
+    /// The chain being checked: its id, next place and last MAC.
+    current: Option<(String, u64, [u8; 32])>,
+}
+
+impl<'k> Verifier<'k> {
+    /// A check under `key`.
+    pub fn new(key: &'k AuditKey) -> Self {
+        Self {
+            key,
+            checked: Checked::default(),
+            current: None,
+        }
+    }
+
+    /// Check the next row.
+    pub fn push(&mut self, e: Entry, mac: &[u8]) -> Result<(), Broken> {
+        let (next, prev) = match &self.current {
             Some((chain, next, prev)) if *chain == e.chain => (*next, *prev),
             _ => {
-                checked.chains += 1;
+                self.checked.chains += 1;
                 (0, [0; 32])
             }
         };
@@ -187,16 +200,34 @@ pub fn verify(
                 "expected entry {next} (entries removed, or the chain's start)"
             )));
         }
-        let want = key.mac(&prev, &e);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], &mac[..])) {
+        let want = self.key.mac(&prev, &e);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], mac)) {
             return Err(broken(
                 "its MAC does not match (it, or an entry before it, was altered)",
             ));
         }
-        checked.entries += 1;
-        current = Some((e.chain, next + 1, want));
+        self.checked.entries += 1;
+        self.current = Some((e.chain, next + 1, want));
+        Ok(())
     }
-    Ok(checked)
+
+    /// What was checked.
+    pub fn finish(self) -> Checked {
+        self.checked
+    }
+}
+
+/// Check `rows` (every row, ordered by chain then place) with a
+/// [`Verifier`].
+pub fn verify(
+    key: &AuditKey,
+    rows: impl IntoIterator<Item = (Entry, Vec<u8>)>,
+) -> Result<Checked, Broken> {
+    let mut v = Verifier::new(key);
+    for (e, mac) in rows {
+        v.push(e, &mac)?;
+    }
+    Ok(v.finish())
 }
 
 #[cfg(test)]

@@ -693,68 +693,58 @@ impl Store {
             .map_err(db)
     }
 
-    /// Every audit row with its MAC, ordered by chain and place.
-    pub fn audit_entries(&self) -> Result<Vec<(AuditEntry, Vec<u8>)>, VaultError> {
+    /// Every audit row with its MAC, ordered by chain and place, passed to
+    /// `f` one at a time (the table is never held in memory). Stops at
+    /// `f`'s first error, which is returned inside the `Ok`.
+    pub fn each_audit_row<E>(
+        &self,
+        mut f: impl FnMut(AuditEntry, Vec<u8>) -> Result<(), E>,
+    ) -> Result<Result<(), E>, VaultError> {
         const Q: &str = "SELECT chain, seq, at, event, record, outcome, guesses_left, client, mac FROM audit_log ORDER BY chain, seq";
-        let entry = |chain: String,
-                     seq: i64,
-                     at: i64,
-                     event: String,
-                     record: String,
-                     outcome: String,
-                     guesses: Option<i64>,
-                     client: String| AuditEntry {
-            chain,
-            // A negative place, or guesses beyond u32, cannot have been
-            // written by coffer: make them fail the check, not the read.
-            seq: u64::try_from(seq).unwrap_or(u64::MAX),
-            at,
-            event,
-            record,
-            outcome,
-            guesses_left: guesses.map(|g| u32::try_from(g).unwrap_or(u32::MAX)),
-            client,
-        };
+        // A negative place, or guesses beyond u32, cannot have been
+        // written by coffer: make them fail the check, not the read.
+        let place = |seq: i64| u64::try_from(seq).unwrap_or(u64::MAX);
+        let guesses = |g: Option<i64>| g.map(|g| u32::try_from(g).unwrap_or(u32::MAX));
         if let Some(mut c) = self.pg() {
-            return Ok(c
-                .query(Q, &[])
-                .map_err(pg)?
-                .into_iter()
-                .map(|r| {
-                    let e = entry(
-                        r.get(0),
-                        r.get(1),
-                        r.get(2),
-                        r.get(3),
-                        r.get(4),
-                        r.get(5),
-                        r.get(6),
-                        r.get(7),
-                    );
-                    (e, r.get(8))
-                })
-                .collect());
+            use postgres::fallible_iterator::FallibleIterator;
+            let no_params: [&(dyn postgres::types::ToSql + Sync); 0] = [];
+            let mut rows = c.query_raw(Q, no_params).map_err(pg)?;
+            while let Some(r) = rows.next().map_err(pg)? {
+                let e = AuditEntry {
+                    chain: r.get(0),
+                    seq: place(r.get(1)),
+                    at: r.get(2),
+                    event: r.get(3),
+                    record: r.get(4),
+                    outcome: r.get(5),
+                    guesses_left: guesses(r.get(6)),
+                    client: r.get(7),
+                };
+                if let Err(stop) = f(e, r.get(8)) {
+                    return Ok(Err(stop));
+                }
+            }
+            return Ok(Ok(()));
         }
         let conn = self.conn();
         let mut stmt = conn.prepare(Q).map_err(db)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    entry(
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ),
-                    r.get(8)?,
-                ))
-            })
-            .map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
+        let mut rows = stmt.query([]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            let e = AuditEntry {
+                chain: r.get(0).map_err(db)?,
+                seq: place(r.get(1).map_err(db)?),
+                at: r.get(2).map_err(db)?,
+                event: r.get(3).map_err(db)?,
+                record: r.get(4).map_err(db)?,
+                outcome: r.get(5).map_err(db)?,
+                guesses_left: guesses(r.get(6).map_err(db)?),
+                client: r.get(7).map_err(db)?,
+            };
+            if let Err(stop) = f(e, r.get(8).map_err(db)?) {
+                return Ok(Err(stop));
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Whether the database answers (`/healthz`): a read of a real row,
