@@ -56,7 +56,12 @@ pub mod keyring;
 pub mod passphrase;
 #[cfg(any(feature = "pkcs11", feature = "vault-server"))]
 pub(crate) mod pkcs11_token;
-#[cfg(any(feature = "pkcs11", feature = "vault-server"))]
+// Also the object store's percent-encoding (`pct_encode`).
+#[cfg(any(
+    feature = "pkcs11",
+    feature = "vault-server",
+    feature = "object-storage"
+))]
 pub mod pkcs11_uri;
 pub mod sealing;
 pub mod shamir;

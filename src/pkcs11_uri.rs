@@ -68,9 +68,10 @@ fn pct_decode(s: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Percent-encode `v`: every byte if `all` (for `id`), else all but
-/// unreserved characters and `extra` (RFC 7512 allows more; this is enough).
-fn pct_encode(out: &mut String, v: &[u8], all: bool, extra: &[u8]) {
+/// Percent-encode `v` onto `out`: every byte if `all` (for `id`), else all
+/// but RFC 3986's unreserved characters and `extra` (RFC 7512 allows more;
+/// this is enough). Also the object store's query values.
+pub(crate) fn pct_encode(out: &mut String, v: &[u8], all: bool, extra: &[u8]) {
     for &c in v {
         if !all && (c.is_ascii_alphanumeric() || b"-._~".contains(&c) || extra.contains(&c)) {
             out.push(c as char);

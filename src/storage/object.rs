@@ -403,7 +403,9 @@ async fn complete_if_absent(sh: &Shared, upload: &MultipartId, parts: &[PartId])
         .signed_url(http::Method::POST, &sh.path, Duration::from_secs(60))
         .await
         .map_err(|e| store_error(&sh.url, &e))?;
-    url.set_query(Some(&format!("uploadId={}", query_escape(upload))));
+    let mut query = String::from("uploadId=");
+    crate::pkcs11_uri::pct_encode(&mut query, upload.as_bytes(), false, b"");
+    url.set_query(Some(&query));
     let body = complete_body(parts);
     let mut last = String::new();
     for attempt in 0..6u32 {
@@ -469,18 +471,6 @@ async fn complete_if_absent(sh: &Shared, upload: &MultipartId, parts: &[PartId])
     Err(fail(format!(
         "completing the upload failed 6 times; last: {last}"
     )))
-}
-
-/// `s` percent-encoded for a URL query (RFC 3986 unreserved kept).
-fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The XML body of `CompleteMultipartUpload`.
