@@ -59,6 +59,33 @@ if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOT
   "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
 fi
 
+# Azurite, the Azure Blob Storage emulator tests/storage.rs runs (one per
+# test, through coffer_hsm_sim::AzureServer). Debian 12 packages no
+# Azurite: npm installs it into its own folder, every package pinned by
+# hsm-sim/azurite/package-lock.json (npm ci). Azurite 3.35.0 is the last
+# release that runs on Debian 12's Node.js 18. COFFER_AZURITE_DIR moves it.
+azdir=${COFFER_AZURITE_DIR:-/opt/coffer-azurite}
+pinned="$(cd "$(dirname "$0")" && pwd)/azurite"
+if ! cmp -s "$pinned/package-lock.json" "$azdir/package-lock.json" || [ ! -x "$azdir/node_modules/.bin/azurite-blob" ]; then
+  if ! command -v npm >/dev/null; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "install-deps: npm missing (for Azurite); run as root (or: sudo apt-get install nodejs npm)" >&2
+      exit 1
+    fi
+    echo "install-deps: installing nodejs npm" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  if [ ! -w "$(dirname "$azdir")" ] && [ ! -w "$azdir" ]; then
+    echo "install-deps: Azurite missing from $azdir; run as root (or set COFFER_AZURITE_DIR to a folder you can write)" >&2
+    exit 1
+  fi
+  echo "install-deps: installing Azurite (npm ci, hsm-sim/azurite/package-lock.json) into $azdir" >&2
+  mkdir -p "$azdir"
+  cp "$pinned/package.json" "$pinned/package-lock.json" "$azdir/"
+  (cd "$azdir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "install-deps: cargo not found. coffer needs Rust 1.89 or newer (rustup.rs); Debian 12's packaged Rust is too old." >&2
   exit 1

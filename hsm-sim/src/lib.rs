@@ -1,6 +1,6 @@
 //! Test fixtures that start real software devices (swtpm, SoftHSM2, a
-//! virtual PIV card behind pcscd, a virtual FIDO2 key, an S3 server) for coffer's
-//! integration tests.
+//! virtual PIV card behind pcscd, a virtual FIDO2 key, an S3 server, an
+//! Azure Blob Storage emulator) for coffer's integration tests.
 //!
 //! Each fixture owns its process and its state directory and tears both down
 //! on `Drop`. When a simulator is missing the fixture panics with the command
@@ -9,10 +9,13 @@
 
 pub mod swtpm;
 pub use swtpm::SwTpm;
+pub mod azure;
+pub mod fault_proxy;
 pub mod fido2;
 pub mod pcsc;
 pub mod s3;
 pub mod softhsm;
+pub use azure::AzureServer;
 pub use fido2::VirtualKey;
 pub use pcsc::VirtualCard;
 pub use s3::S3Server;
