@@ -13,7 +13,7 @@
 //! the command stops quietly with status 0 (see `reader_left`).
 //!
 //! Archives are read and written through `coffer::storage`: a path, `-`,
-//! or an object URL (`s3://bucket/key`) name where, and the same code runs
+//! or an object URL (`s3://bucket/key`, `az://container/blob`) name where, and the same code runs
 //! for each. Object stores' credentials and endpoints come from the
 //! environment here, the only place that reads it for them.
 //!
@@ -254,7 +254,8 @@ fn stdout_file() -> Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
-/// Object stores' settings, from this process's environment (`AWS_*`).
+/// Object stores' settings, from this process's environment (`AWS_*`,
+/// `AZURE_*`, `AZURITE_BLOB_STORAGE_URL`).
 fn store_options() -> storage::StoreOptions {
     storage::StoreOptions::from_pairs(
         std::env::vars_os()

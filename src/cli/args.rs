@@ -202,8 +202,8 @@ pub enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
         /// The archive to write: a file, `-` for standard output, or an
-        /// object (`s3://BUCKET/KEY`, credentials from AWS_*; see
-        /// docs/storage.md); a FIFO, a character device or /dev/fd/N is
+        /// object (`s3://BUCKET/KEY` or `az://CONTAINER/BLOB`, credentials
+        /// from AWS_* or AZURE_*; see docs/storage.md); a FIFO, a character device or /dev/fd/N is
         /// written into, not replaced
         #[arg(short, long, value_name = "ARCHIVE")]
         output: PathBuf,
@@ -250,7 +250,8 @@ pub enum Command {
     },
     /// Open an archive into a folder (or a file, or `-` for standard output)
     Open {
-        /// The archive: a file, `-` for standard input, or `s3://BUCKET/KEY`
+        /// The archive: a file, `-` for standard input, or an object
+        /// (`s3://BUCKET/KEY`, `az://CONTAINER/BLOB`)
         archive: PathBuf,
         /// Where to put what it holds: a new folder for files and folders, a
         /// file for a sealed stream, `-` for standard output; a FIFO, a
@@ -268,13 +269,15 @@ pub enum Command {
     /// Authenticate every byte of an archive and check that it would
     /// restore; write nothing
     Verify {
-        /// The archive: a file, `-` for standard input, or `s3://BUCKET/KEY`
+        /// The archive: a file, `-` for standard input, or an object
+        /// (`s3://BUCKET/KEY`, `az://CONTAINER/BLOB`)
         archive: PathBuf,
     },
     /// Show an archive's header and slots, or a keyring's (needs no factor)
     Inspect {
-        /// The archive (a file, `-` for standard input, or
-        /// `s3://BUCKET/KEY`; only its header is read) or keyring file
+        /// The archive (a file, `-` for standard input, or an object,
+        /// `s3://BUCKET/KEY` or `az://CONTAINER/BLOB`; only its header is
+        /// read) or keyring file
         archive: PathBuf,
     },
     /// Print a passphrase for another tool (restic, borg, kopia, ...),

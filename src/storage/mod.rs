@@ -68,7 +68,7 @@ pub enum Location {
 }
 
 impl Location {
-    /// `-`, a URL (`s3://bucket/key`: anything starting with a scheme and
+    /// `-`, a URL (`s3://bucket/key`, `az://container/blob`: anything starting with a scheme and
     /// `://`), or else a local path (`./s3://x` is a path).
     pub fn parse(arg: &Path) -> Location {
         if arg.as_os_str() == "-" {
@@ -89,7 +89,8 @@ impl Location {
 
 /// Credentials, endpoints and client settings for object stores, as
 /// `(name, value)` pairs named as each store's own environment names them
-/// (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, …). The
+/// (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `AZURE_STORAGE_ACCOUNT_NAME`,
+/// `AZURITE_BLOB_STORAGE_URL`, …). The
 /// library reads no environment: the binary passes its own.
 #[derive(Default, Clone)]
 pub struct StoreOptions {
@@ -102,7 +103,11 @@ impl StoreOptions {
         Self {
             pairs: pairs
                 .into_iter()
-                .filter(|(k, _)| k.starts_with("AWS_"))
+                .filter(|(k, _)| {
+                    k.starts_with("AWS_")
+                        || k.starts_with("AZURE_")
+                        || k == "AZURITE_BLOB_STORAGE_URL"
+                })
                 .collect(),
         }
     }
@@ -232,7 +237,7 @@ pub fn surface(e: Error) -> Error {
     }
 }
 
-/// A sink for an object URL (`s3://bucket/key`), replacing an existing
+/// A sink for an object URL (`s3://bucket/key`, `az://container/blob`), replacing an existing
 /// object only with `force`.
 pub fn object_sink(url: &str, force: bool, opts: &StoreOptions) -> Result<Box<dyn ArchiveSink>> {
     #[cfg(feature = "object-storage")]
@@ -297,9 +302,10 @@ mod tests {
     fn options_keep_only_store_names_and_never_show_values() {
         let o = StoreOptions::from_pairs([
             ("AWS_SECRET_ACCESS_KEY".to_owned(), "hunter2".to_owned()),
+            ("AZURE_STORAGE_ACCOUNT_KEY".to_owned(), "hunter3".to_owned()),
             ("HOME".to_owned(), "/root".to_owned()),
         ]);
-        assert_eq!(o.pairs().len(), 1);
-        assert!(!format!("{o:?}").contains("hunter2"));
+        assert_eq!(o.pairs().len(), 2);
+        assert!(!format!("{o:?}").contains("hunter"));
     }
 }

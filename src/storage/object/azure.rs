@@ -1,0 +1,250 @@
+//! Azure Blob Storage (`az://container/blob`): the client built from
+//! `AZURE_*` settings, and the conditional completion `object_store` does
+//! not make (`Put Block List` with `If-None-Match: *`).
+//!
+//! An upload is a set of uncommitted blocks; `Put Block List` makes them
+//! the blob. Azure has no call that discards uncommitted blocks: an
+//! aborted upload leaves them, never readable, until Azure collects them
+//! (a week after the blob name's last write, docs/storage.md).
+
+use super::{Built, Shared, Verdict, store_error};
+use crate::error::{Error, Result};
+use crate::storage::StoreOptions;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use object_store::azure::{AzureAuthorizer, AzureConfigKey, MicrosoftAzure, MicrosoftAzureBuilder};
+use object_store::client::{ClientOptions, HttpRequest};
+use object_store::multipart::PartId;
+use object_store::path::Path as ObjectPath;
+use reqwest::Url;
+use std::sync::Arc;
+
+/// Azurite's account, and its well-known key (public, in Microsoft's
+/// documentation): what `AZURE_STORAGE_USE_EMULATOR` reaches.
+const EMULATOR_ACCOUNT: &str = "devstoreaccount1";
+const EMULATOR_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const EMULATOR_URL: &str = "http://127.0.0.1:10000";
+
+/// What the conditional completion needs besides the client.
+pub(super) struct Completion {
+    azure: Arc<MicrosoftAzure>,
+    account: String,
+    /// The blob's URL, built as `object_store` builds it.
+    blob: Url,
+    /// `AZURE_SKIP_SIGNATURE`: requests go unsigned.
+    unsigned: bool,
+}
+
+/// The client for `container`, configured by the `AZURE_*` pairs of
+/// `opts`. With `AZURE_STORAGE_USE_EMULATOR`, Azurite at
+/// `AZURITE_BLOB_STORAGE_URL` (from `opts`, as everything else: this
+/// library reads no environment) or its default address.
+pub(super) fn build(
+    container: &str,
+    path: &ObjectPath,
+    opts: &StoreOptions,
+    url: &str,
+) -> Result<Built> {
+    let mut builder = MicrosoftAzureBuilder::new();
+    let mut client = ClientOptions::new();
+    let (mut emulator, mut emulator_url) = (false, None);
+    for (k, v) in opts.pairs() {
+        if k == "AZURITE_BLOB_STORAGE_URL" {
+            emulator_url = Some(v.as_str());
+            continue;
+        }
+        let Ok(key) = k.to_ascii_lowercase().parse::<AzureConfigKey>() else {
+            continue;
+        };
+        match key {
+            AzureConfigKey::UseEmulator => {
+                emulator = super::truthy(v);
+                continue;
+            }
+            AzureConfigKey::Client(c) => client = client.with_config(c, v),
+            _ => {}
+        }
+        builder = builder.with_config(key, v);
+    }
+    let value = |b: &MicrosoftAzureBuilder, key| b.get_config_value(&key).filter(|v| !v.is_empty());
+    if emulator {
+        // As object_store's own emulator mode, but with the address given
+        // here rather than read from the environment.
+        let account =
+            value(&builder, AzureConfigKey::AccountName).unwrap_or_else(|| EMULATOR_ACCOUNT.into());
+        let base = emulator_url.unwrap_or(EMULATOR_URL).trim_end_matches('/');
+        let credentialed = [
+            AzureConfigKey::AccessKey,
+            AzureConfigKey::SasKey,
+            AzureConfigKey::Token,
+        ]
+        .into_iter()
+        .any(|k| value(&builder, k).is_some());
+        if !credentialed {
+            builder = builder.with_access_key(EMULATOR_KEY);
+        }
+        builder = builder
+            .with_account(&account)
+            .with_endpoint(format!("{base}/{account}"))
+            .with_allow_http(true);
+        client = client.with_allow_http(true);
+    }
+    let Some(account) = value(&builder, AzureConfigKey::AccountName) else {
+        return Err(Error::Storage {
+            location: url.to_owned(),
+            what: "no storage account: set AZURE_STORAGE_ACCOUNT_NAME (or AZURE_STORAGE_USE_EMULATOR=true for Azurite)".into(),
+        });
+    };
+    let base = value(&builder, AzureConfigKey::Endpoint).unwrap_or_else(|| {
+        let fabric =
+            value(&builder, AzureConfigKey::UseFabricEndpoint).is_some_and(|v| super::truthy(&v));
+        let domain = if fabric {
+            "fabric.microsoft.com"
+        } else {
+            "core.windows.net"
+        };
+        format!("https://{account}.blob.{domain}")
+    });
+    let unsigned =
+        value(&builder, AzureConfigKey::SkipSignature).is_some_and(|v| super::truthy(&v));
+    let unconditional_only = value(&builder, AzureConfigKey::EncryptionKey)
+        .is_some()
+        .then_some("AZURE_STORAGE_ENCRYPTION_KEY");
+    let azure = Arc::new(
+        builder
+            .with_container_name(container)
+            .build()
+            .map_err(|e| store_error(url, &e))?,
+    );
+    Ok(Built {
+        store: azure.clone(),
+        client,
+        completion: super::Completion::Azure(Completion {
+            azure,
+            account,
+            blob: blob_url(&base, container, path).map_err(|what| Error::Storage {
+                location: url.to_owned(),
+                what,
+            })?,
+            unsigned,
+        }),
+        unconditional_only,
+    })
+}
+
+/// The blob's URL: the account's endpoint, the container, the blob's
+/// path segments, each percent-encoded by the URL parser (what
+/// `object_store` does, so that this request reaches the same blob).
+fn blob_url(base: &str, container: &str, path: &ObjectPath) -> std::result::Result<Url, String> {
+    let mut url =
+        Url::parse(base).map_err(|e| format!("the endpoint {base:?} is not a URL: {e}"))?;
+    url.path_segments_mut()
+        .map_err(|()| format!("the endpoint {base:?} cannot hold a path"))?
+        .push(container)
+        .extend(path.parts());
+    Ok(url)
+}
+
+/// `Put Block List` with `If-None-Match: *`, signed by `object_store`'s
+/// [`AzureAuthorizer`] (SharedKey, a bearer token or a SAS, whichever the
+/// settings gave).
+pub(super) async fn complete_if_absent(
+    sh: &Shared,
+    c: &Completion,
+    parts: &[PartId],
+) -> Result<()> {
+    use http::header::{CONTENT_LENGTH, CONTENT_TYPE, IF_NONE_MATCH};
+    let mut url = c.blob.clone();
+    url.set_query(Some("comp=blocklist"));
+    let body = block_list(parts);
+    let request = || async {
+        let mut request: HttpRequest = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(url.as_str())
+            .header(IF_NONE_MATCH, "*")
+            .header(CONTENT_TYPE, "application/xml")
+            // SharedKey signs the length: it must be set before signing.
+            .header(CONTENT_LENGTH, body.len())
+            .body(Bytes::from(body.clone()).into())
+            .map_err(|e| Error::Storage {
+                location: sh.url.clone(),
+                what: e.to_string(),
+            })?;
+        if !c.unsigned {
+            let credential = c
+                .azure
+                .credentials()
+                .get_credential()
+                .await
+                .map_err(|e| store_error(&sh.url, &e))?;
+            AzureAuthorizer::new(&credential, &c.account)
+                .try_authorize(&mut request)
+                .map_err(|e| store_error(&sh.url, &e))?;
+        }
+        Ok(request)
+    };
+    super::complete_conditionally(sh, request, judge).await
+}
+
+/// What an answer to `Put Block List` means. An existing blob is 409
+/// `BlobAlreadyExists` or 412; after a lost answer, a retry finds the
+/// blocks committed already (400 `InvalidBlockList`).
+fn judge(status: u16, body: &str) -> Verdict {
+    let code = super::xml_text(body, "Code");
+    match (status, code.as_deref()) {
+        (201, _) => Verdict::Done,
+        (412, _) | (409, Some("BlobAlreadyExists")) => Verdict::Exists,
+        (400, Some("InvalidBlockList")) => Verdict::Gone,
+        (408 | 409 | 500..=599, _) => Verdict::Transient,
+        _ => Verdict::Failed,
+    }
+}
+
+/// The XML body of `Put Block List`: the blocks `object_store` uploaded,
+/// in order, by the ids it gave them (the base64 of each part's id).
+fn block_list(parts: &[PartId]) -> String {
+    let mut body = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<BlockList>\n");
+    for p in parts {
+        body.push_str(&format!(
+            "<Uncommitted>{}</Uncommitted>\n",
+            STANDARD.encode(&p.content_id)
+        ));
+    }
+    body.push_str("</BlockList>");
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_list_names_blocks_in_order() {
+        let parts = ["00ff", "a1b2"].map(|id| PartId {
+            content_id: id.into(),
+        });
+        assert_eq!(
+            block_list(&parts),
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<BlockList>\n<Uncommitted>MDBmZg==</Uncommitted>\n<Uncommitted>YTFiMg==</Uncommitted>\n</BlockList>"
+        );
+    }
+
+    #[test]
+    fn the_blob_url_is_built_as_object_store_builds_it() {
+        let path = ObjectPath::parse("host/a b.coffer").unwrap();
+        assert_eq!(
+            blob_url("https://acct.blob.core.windows.net", "c", &path)
+                .unwrap()
+                .as_str(),
+            "https://acct.blob.core.windows.net/c/host/a%20b.coffer"
+        );
+        assert_eq!(
+            blob_url("http://127.0.0.1:10000/devstoreaccount1", "c", &path)
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:10000/devstoreaccount1/c/host/a%20b.coffer"
+        );
+    }
+}
