@@ -126,6 +126,7 @@ fn run(
         &sealer,
         1000,
         std::sync::Arc::new(|m: &str| eprintln!("{m}")),
+        Default::default(),
     )
     .unwrap();
     let tls = Tls::from_pem_files(&pki.join("leaf.pem"), &pki.join("leaf.key")).unwrap();

@@ -43,6 +43,7 @@ fn bench(transport: &str, secs: u64, pki: Option<&std::path::Path>) {
         &sealer,
         u32::MAX,
         std::sync::Arc::new(|m: &str| eprintln!("{m}")),
+        Default::default(),
     )
     .unwrap();
     let tls = pki.map(|p| Tls::from_pem_files(&p.join("leaf.pem"), &p.join("leaf.key")).unwrap());

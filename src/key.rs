@@ -68,6 +68,13 @@ pub mod label {
     /// HMAC prefix (not HKDF): one row of the vault's audit chain
     /// (`vault/audit.rs`).
     pub const VAULT_AUDIT_ROW: &[u8] = b"coffer/v1 vault audit row";
+    /// HKDF info: the vault server's key for its records' MACs and its
+    /// epoch, from the unsealed server setup (`vault/epoch.rs`).
+    pub const VAULT_STATE_KEY: &[u8] = b"coffer/v1 vault state key";
+    /// HMAC prefix (not HKDF): one record row's MAC (`vault/epoch.rs`).
+    pub const VAULT_STATE_ROW: &[u8] = b"coffer/v1 vault state row";
+    /// HMAC prefix (not HKDF): the vault's epoch row (`vault/epoch.rs`).
+    pub const VAULT_STATE_EPOCH: &[u8] = b"coffer/v1 vault state epoch";
     /// HKDF info: the sealing seed (the X-Wing decapsulation key), from BK
     /// (`sealing.rs`, format 2).
     pub const SEALING_SEED: &[u8] = b"coffer/v2 sealing seed";
@@ -113,6 +120,12 @@ pub fn random_bytes(buf: &mut [u8]) {
 /// HMAC-SHA256, the one MAC of the formats (keyring, archive header) and
 /// of FIDO2's PIN/UV auth protocols.
 pub(crate) type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// HMAC-SHA512: the vault's record MACs, which are also the terms of a
+/// sum (`vault/epoch.rs`), where 512 bits keep forging a sum out of
+/// observed terms out of reach.
+#[cfg(feature = "vault-server")]
+pub(crate) type HmacSha512 = hmac::Hmac<sha2::Sha512>;
 
 /// HKDF-SHA256 expand of `ikm` (with optional salt) under `info`, into `out`.
 pub(crate) fn hkdf_sha256(salt: Option<&[u8]>, ikm: &[u8], info: &[u8], out: &mut [u8]) {

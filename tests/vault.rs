@@ -455,10 +455,14 @@ fn fifty_concurrent_wrong_logins_across_two_replicas_share_one_limit_postgres() 
     let pg = Postgres::start();
     let token = Token::new();
     let max = 10;
+    // Both keep the epoch in one TPM's counter, advancing it in turn.
+    let tpm = coffer_hsm_sim::SwTpm::start();
+    let tcti = tpm.tcti();
+    let args = ["--listen", "127.0.0.1:0", "--epoch-tpm", tcti.as_str()];
     // The first replica creates the token key (if absent), the schema and
     // the sealed setup; the second finds them.
-    let a = Server::start_db(&token, &pg.url(), max);
-    let b = Server::start_db(&token, &pg.url(), max);
+    let a = Server::start_with(&token, &pg.url(), max, &args);
+    let b = Server::start_with(&token, &pg.url(), max, &args);
     let (user, pinned) = register(&a.url, b"right");
     // The other replica knows the record and has the same key.
     Client::new(&b.url, None)
@@ -1132,9 +1136,16 @@ fn the_audit_table_chains_every_answer_and_its_check_names_the_first_tampered_en
     let token = Token::new();
     let path = dir.path().join("vault.db");
     let db = format!("sqlite:{}", path.display());
+    let tpm = coffer_hsm_sim::SwTpm::start();
+    let tcti = tpm.tcti();
     // Two server processes in turn: two chains.
     for _ in 0..2 {
-        let server = Server::start(&token, &path, 5);
+        let server = Server::start_with(
+            &token,
+            &db,
+            5,
+            &["--listen", "127.0.0.1:0", "--epoch-tpm", &tcti],
+        );
         let (user, key) = register(&server.url, b"right");
         let client = Client::new(&server.url, None).unwrap();
         assert!(client.login(&user, b"wrong", &key, false).is_err());
@@ -1149,6 +1160,33 @@ fn the_audit_table_chains_every_answer_and_its_check_names_the_first_tampered_en
     );
     // Per process: register start and finish, two login starts, a finish.
     assert!(said.contains("10 entries in 2 chains"), "{said}");
+    assert!(said.contains("no sealed row missing"), "{said}");
+
+    // The first chain's tail cut off (in a copy): the chains alone cannot
+    // tell, the sum sealed with a later epoch does.
+    let cut = dir.path().join("cut.db");
+    copy_db(&path, &cut);
+    {
+        let conn = rusqlite::Connection::open(&cut).unwrap();
+        let first: String = conn
+            .query_row(
+                "SELECT chain FROM audit_log ORDER BY rowid LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let n = conn
+            .execute(
+                "DELETE FROM audit_log WHERE chain = ?1 AND seq = (SELECT MAX(seq) FROM audit_log WHERE chain = ?1)",
+                [&first],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    let out = audit_verify(&token, &format!("sqlite:{}", cut.display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("tail cut off"), "{err}");
 
     let conn = rusqlite::Connection::open(&path).unwrap();
     let row = |sql: &str| -> (String, i64) {
@@ -1220,12 +1258,16 @@ fn failover_round(max: u32) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let (primary, standby, url) = replicated();
     let token = Token::new();
+    // The epoch in a TPM counter too: a failover must not look like a
+    // rollback.
+    let tpm = coffer_hsm_sim::SwTpm::start();
+    let tcti = tpm.tcti();
     let log = tempfile::NamedTempFile::new().unwrap();
     let server = Server::start_logging(
         &token,
         &url,
         max,
-        &["--listen", "127.0.0.1:0"],
+        &["--listen", "127.0.0.1:0", "--epoch-tpm", &tcti],
         log.reopen().unwrap().into(),
     );
     let users: Vec<(String, Vec<u8>)> = (0..3).map(|_| register(&server.url, b"right")).collect();
@@ -1293,6 +1335,222 @@ fn failover_round(max: u32) {
             "{user}: {stored} guesses charged, limit {max}"
         );
     }
+    // The promoted database passes the rollback check against the counter.
+    drop(server);
+    let again = Server::start_with(
+        &token,
+        &standby.url(),
+        max,
+        &["--listen", "127.0.0.1:0", "--epoch-tpm", &tcti],
+    );
+    drop(again);
+}
+
+/// One login start, answered: the guesses left it says.
+fn wrong_guess(url: &str, user: &str) -> u32 {
+    let start = ClientLogin::<Suite>::start(&mut rand_core::OsRng, b"wrong").unwrap();
+    let req =
+        serde_json::json!({"user": user, "message": protocol::b64(&start.message.serialize())});
+    let (status, body) = post(url, path::LOGIN_START, req.to_string().as_bytes());
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<protocol::LoginStartResponse>(&body)
+        .unwrap()
+        .guesses_left
+}
+
+/// The SQLite database `db` and its WAL files copied to `to` (a backup
+/// of a stopped server).
+fn copy_db(db: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let (from, dest) = (
+            format!("{}{suffix}", db.display()),
+            format!("{}{suffix}", to.display()),
+        );
+        let _ = std::fs::remove_file(&dest);
+        if Path::new(&from).exists() {
+            std::fs::copy(&from, &dest).unwrap();
+        }
+    }
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_restored_or_edited_database_is_refused_and_a_crash_never_locks_the_vault_out() {
+    use common::vault::serve_refused;
+    let token = Token::new();
+    let tpm = coffer_hsm_sim::SwTpm::start();
+    let tcti = tpm.tcti();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("vault.db");
+    let url = format!("sqlite:{}", db.display());
+    let epoch = ["--listen", "127.0.0.1:0", "--epoch-tpm", tcti.as_str()];
+    let server = Server::start_with(&token, &url, 10, &epoch);
+    let (user, _) = register(&server.url, b"right");
+    // Stopped with SIGKILL, as a crash: the backup is what it left.
+    drop(server);
+    let backup = dir.path().join("backup.db");
+    copy_db(&db, &backup);
+
+    // Three wrong guesses answered, each after a crash-restart.
+    for left in [9, 8, 7] {
+        let server = Server::start_with(&token, &url, 10, &epoch);
+        let guesses_left = wrong_guess(&server.url, &user);
+        assert_eq!(guesses_left, left);
+        drop(server);
+    }
+    let latest = dir.path().join("latest.db");
+    copy_db(&db, &latest);
+
+    // The backup put back: refused, naming the rollback; exit 1.
+    copy_db(&backup, &db);
+    let out = serve_refused(&token, &url, &epoch);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("the database was rolled back"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+
+    // The backup with the latest epoch row spliced in: its records are not
+    // the ones sealed.
+    {
+        let latest = rusqlite::Connection::open(&latest).unwrap();
+        let (e, sealed, mac): (i64, Vec<u8>, Vec<u8>) = latest
+            .query_row("SELECT epoch, sealed, mac FROM epoch", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        let sums: Vec<(String, Vec<u8>)> = latest
+            .prepare("SELECT owner, sum FROM epoch_sums")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let spliced = rusqlite::Connection::open(&db).unwrap();
+        spliced
+            .execute(
+                "UPDATE epoch SET epoch = ?1, sealed = ?2, mac = ?3",
+                rusqlite::params![e, sealed, mac],
+            )
+            .unwrap();
+        spliced.execute("DELETE FROM epoch_sums", []).unwrap();
+        for (owner, sum) in sums {
+            spliced
+                .execute(
+                    "INSERT INTO epoch_sums (owner, sum) VALUES (?1, ?2)",
+                    rusqlite::params![owner, sum],
+                )
+                .unwrap();
+        }
+    }
+    let out = serve_refused(&token, &url, &epoch);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("not those sealed"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // The latest database with the guesses reset by hand: refused.
+    copy_db(&latest, &db);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("UPDATE records SET failed_guesses = 0", [])
+        .unwrap();
+    let out = serve_refused(&token, &url, &epoch);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("does not carry its MAC"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // The latest database as it was: it starts and counts on.
+    copy_db(&latest, &db);
+    let server = Server::start_with(&token, &url, 10, &epoch);
+    let guesses_left = wrong_guess(&server.url, &user);
+    assert_eq!(guesses_left, 6);
+    drop(server);
+
+    // The operator may accept the old backup deliberately.
+    copy_db(&backup, &db);
+    let adopt = [&epoch[..], &["--epoch-adopt"]].concat();
+    let server = Server::start_with(&token, &url, 10, &adopt);
+    let guesses_left = wrong_guess(&server.url, &user);
+    assert_eq!(guesses_left, 9, "the backup's count, adopted");
+}
+
+#[test]
+fn crashes_mid_traffic_never_lock_the_vault_out() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let token = Token::new();
+    let tpm = coffer_hsm_sim::SwTpm::start();
+    let tcti = tpm.tcti();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("vault.db").display());
+    let epoch = ["--listen", "127.0.0.1:0", "--epoch-tpm", tcti.as_str()];
+    let server = Server::start_with(&token, &url, 1000, &epoch);
+    let users: Vec<(String, Vec<u8>)> = (0..2).map(|_| register(&server.url, b"right")).collect();
+    drop(server);
+    let answered = std::sync::Arc::new(AtomicU64::new(0));
+    for round in 0..6u64 {
+        let server = Server::start_with(&token, &url, 1000, &epoch);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let traffic: Vec<_> = users
+            .iter()
+            .cloned()
+            .map(|(user, key)| {
+                let (url, stop, answered) = (server.url.clone(), stop.clone(), answered.clone());
+                std::thread::spawn(move || {
+                    let client = Client::new(&url, None).unwrap();
+                    while !stop.load(Ordering::SeqCst) {
+                        if let Err(VaultError::WrongPassword { .. }) =
+                            client.login(&user, b"wrong", &key, false)
+                        {
+                            answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        // SIGKILL at a different moment each round, guesses in flight.
+        std::thread::sleep(std::time::Duration::from_millis(150 + 70 * round));
+        drop(server);
+        stop.store(true, Ordering::SeqCst);
+        for t in traffic {
+            t.join().unwrap();
+        }
+    }
+    assert!(answered.load(Ordering::SeqCst) > 0, "guesses were answered");
+    // Still starts, and every answered guess is counted.
+    let _server = Server::start_with(&token, &url, 1000, &epoch);
+    let stored: u64 = users
+        .iter()
+        .map(|(u, _)| u64::from(server_failed(&url, u)))
+        .sum();
+    assert!(
+        stored >= answered.load(Ordering::SeqCst),
+        "{stored} stored, {} answered",
+        answered.load(Ordering::SeqCst)
+    );
+}
+
+/// Unrefunded guesses of `user` in the SQLite database at `url`.
+fn server_failed(url: &str, user: &str) -> u32 {
+    let path = url.strip_prefix("sqlite:").unwrap();
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT failed_guesses FROM records WHERE user_id = ?1",
+            [user],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap() as u32
 }
 
 #[test]

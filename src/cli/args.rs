@@ -335,7 +335,18 @@ impl Command {
                 | Command::Verify { .. }
                 | Command::Passphrase { .. }
                 | Command::Agent(super::agent_cmd::AgentCmd::Start(_))
-        )
+        ) || self.vault_reaches_a_tpm()
+    }
+
+    /// `vault serve --epoch-tpm`.
+    #[cfg(all(feature = "tpm2", feature = "vault-server"))]
+    fn vault_reaches_a_tpm(&self) -> bool {
+        matches!(self, Command::Vault(v) if v.may_reach_a_tpm())
+    }
+
+    #[cfg(all(feature = "tpm2", not(feature = "vault-server")))]
+    fn vault_reaches_a_tpm(&self) -> bool {
+        false
     }
 }
 

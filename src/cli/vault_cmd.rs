@@ -8,6 +8,7 @@
 use super::read_secret_file;
 use clap::{Args, Subcommand};
 use coffer::error::{Error, Result};
+use coffer::vault::epoch::EpochOptions;
 use coffer::vault::hsm::{Sealer, TokenKey};
 use coffer::vault::protocol::DEFAULT_MAX_GUESSES;
 use coffer::vault::server::{Limits, Server, Tls, Vault};
@@ -26,6 +27,14 @@ pub enum VaultCmd {
     /// The vault's tamper-evident audit table
     #[command(subcommand)]
     Audit(AuditCmd),
+}
+
+impl VaultCmd {
+    /// Whether it may open a TPM (`serve --epoch-tpm`).
+    #[cfg(feature = "tpm2")]
+    pub fn may_reach_a_tpm(&self) -> bool {
+        matches!(self, VaultCmd::Serve(a) if a.epoch_tpm.is_some())
+    }
 }
 
 /// `coffer vault audit ...`
@@ -91,6 +100,61 @@ pub struct ServeArgs {
     /// plain HTTP with no authentication: one only monitoring reaches
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Keep the vault's epoch in an NV counter of the TPM at TCTI
+    /// (device:/dev/tpmrm0, swtpm:host=H,port=P): a database restored from
+    /// before the last answered guess is refused at start
+    #[arg(long, value_name = "TCTI")]
+    epoch_tpm: Option<String>,
+    /// The NV index of --epoch-tpm's counter (created if missing)
+    #[arg(long, value_name = "INDEX", default_value = "0x0130c0ff", value_parser = nv_index, requires = "epoch_tpm")]
+    epoch_nv_index: u32,
+    /// Seal the database as it is now at the counter's value, whatever the
+    /// rollback check says (after a deliberate restore, a new or cleared
+    /// TPM, or to start using --epoch-tpm on an existing vault)
+    #[arg(long)]
+    epoch_adopt: bool,
+}
+
+/// An NV index, `0x…` or decimal, in the owner range TPM 2.0 allows
+/// (0x01000000 to 0x01ffffff).
+fn nv_index(s: &str) -> std::result::Result<u32, String> {
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("not a number: {e}"))?;
+    if !(0x0100_0000..=0x01ff_ffff).contains(&v) {
+        return Err("an NV index is between 0x01000000 and 0x01ffffff".into());
+    }
+    Ok(v)
+}
+
+/// The epoch's counter and options from `serve`'s arguments.
+fn epoch_options(a: &ServeArgs) -> Result<EpochOptions> {
+    let counter: Option<Box<dyn coffer::vault::epoch::Counter>> = match &a.epoch_tpm {
+        None => {
+            eprintln!(
+                "coffer vault: WARNING: no --epoch-tpm: a database restored from a backup would go unnoticed, giving guessers their spent guesses back (docs/backends/vault.md, \"Rollback detection\")"
+            );
+            None
+        }
+        #[cfg(feature = "tpm2")]
+        Some(tcti) => Some(Box::new(coffer::vault::epoch::TpmCounter::new(
+            tcti,
+            a.epoch_nv_index,
+        ))),
+        #[cfg(not(feature = "tpm2"))]
+        Some(_) => {
+            return Err(Error::Usage(
+                "--epoch-tpm: this build of coffer has no TPM support (cargo feature `tpm2`)"
+                    .into(),
+            ));
+        }
+    };
+    Ok(EpochOptions {
+        counter,
+        adopt: a.epoch_adopt,
+    })
 }
 
 /// `--log-format`.
@@ -186,20 +250,31 @@ fn audit_verify(d: &DbArgs) -> Result<()> {
     let checked = store
         .each_audit_row(|e, mac| check.push(e, &mac))
         .map_err(vault_err)?;
-    match checked.map(|()| check.finish()) {
-        Ok(c) => {
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "audit table intact: {} entries in {} chains (a chain's missing tail cannot be seen)",
-                c.entries, c.chains
-            )
-            .map_err(|e| Error::io("<stdout>", e))
-        }
-        Err(broken) => Err(Error::AuditBroken {
+    let c = checked
+        .map(|()| check.finish())
+        .map_err(|broken| Error::AuditBroken {
             what: broken.to_string(),
-        }),
-    }
+        })?;
+    // The rows against the sum sealed with the epoch: a tail cut off, or
+    // a chain removed, shows there.
+    let tails = match Vault::check_epoch(&store, &sealer) {
+        Ok(Some(epoch)) => {
+            format!("no sealed row missing (epoch {epoch}; rows since it began are not sealed yet)")
+        }
+        Ok(None) => "a chain's missing tail cannot be seen: this database has no epoch yet".into(),
+        Err(e) => {
+            return Err(Error::AuditBroken {
+                what: e.to_string(),
+            });
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "audit table intact: {} entries in {} chains; {tails}",
+        c.entries, c.chains
+    )
+    .map_err(|e| Error::io("<stdout>", e))
 }
 
 fn serve(a: &ServeArgs) -> Result<()> {
@@ -221,7 +296,8 @@ fn serve(a: &ServeArgs) -> Result<()> {
         None => "PostgreSQL".to_owned(),
     };
     let log = std::sync::Arc::new(|m: &str| eprintln!("coffer vault: {m}"));
-    let vault = Vault::open(store, &sealer, a.max_guesses, log).map_err(vault_err)?;
+    let epoch = epoch_options(a)?;
+    let vault = Vault::open(store, &sealer, a.max_guesses, log, epoch).map_err(vault_err)?;
     let key = hex::encode(vault.public_key());
     let limits = Limits {
         io_timeout: Duration::from_secs(a.client_timeout),

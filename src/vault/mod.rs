@@ -15,12 +15,16 @@
 pub mod audit;
 pub mod client;
 #[cfg(feature = "vault-server")]
+pub mod epoch;
+#[cfg(feature = "vault-server")]
 pub mod hsm;
 #[cfg(feature = "vault-server")]
 pub mod metrics;
 pub mod protocol;
 #[cfg(feature = "vault-server")]
 pub mod server;
+#[cfg(feature = "vault-server")]
+pub(crate) mod state;
 #[cfg(feature = "vault-server")]
 pub mod store;
 
@@ -70,4 +74,12 @@ pub enum VaultError {
     /// A failure of the token or key that seals the server's secrets.
     #[error("vault secret sealing: {0}")]
     Seal(String),
+    /// The database failed the rollback check, or its epoch could not be
+    /// advanced (`epoch.rs`).
+    #[error("vault epoch: {0}")]
+    Epoch(String),
+    /// A record row or the epoch row does not carry its MAC: written by
+    /// someone without the server's key.
+    #[error("vault database tampered with: {0}")]
+    Tampered(String),
 }

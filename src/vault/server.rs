@@ -16,9 +16,11 @@
 
 use super::VaultError;
 use super::audit::{AuditKey, Chain, Entry as AuditEntry};
+use super::epoch::{Counter, EpochOptions, Epochs, StateKey};
 use super::hsm::Sealer;
 use super::metrics::Destroyed;
 use super::protocol::{self, Suite, path};
+use super::state::State;
 use super::store::{LoginRecord, Store, Taken};
 use crate::key::label;
 use http_body_util::Full;
@@ -44,7 +46,11 @@ const SETUP_NAME: &str = "opaque-server-setup";
 
 /// The vault's state, shared by the workers.
 pub struct Vault {
-    store: Store,
+    store: Arc<Store>,
+    /// The key of the records' and the epoch's MACs (`epoch.rs`).
+    state_key: Arc<StateKey>,
+    /// The epoch's writer, when a counter keeps it.
+    epochs: Option<Arc<Epochs>>,
     setup: ServerSetup<Suite>,
     max_guesses: u32,
     /// Seals login states at rest; derived from the setup, so every replica
@@ -127,11 +133,15 @@ pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 impl Vault {
     /// Open the vault: load (or create, seal and store) the OPAQUE server
     /// setup.
+    /// With a counter in `epoch`, the database must pass the rollback
+    /// check (`epoch.rs`), and every change is answered only once its
+    /// epoch is sealed.
     pub fn open(
         store: Store,
         sealer: &Sealer,
         max_guesses: u32,
         log: Log,
+        epoch: EpochOptions,
     ) -> Result<Self, VaultError> {
         let sealed = match store.secret(SETUP_NAME)? {
             Some(s) => s,
@@ -146,6 +156,31 @@ impl Vault {
         let setup = ServerSetup::<Suite>::deserialize(&plain)
             .map_err(|e| VaultError::Seal(format!("the stored server setup is malformed: {e}")))?;
         let audit_key = AuditKey::derive(&plain);
+        let state_key = Arc::new(StateKey::derive(&plain));
+        let store = Arc::new(store);
+        let mut counter = epoch.counter;
+        let now = State {
+            store: &store,
+            key: &state_key,
+        }
+        .prepare(
+            counter.as_mut().map(|c| &mut **c as &mut dyn Counter),
+            epoch.adopt,
+        )?;
+        let epochs = counter.map(|mut c| {
+            let (store, key) = (store.clone(), state_key.clone());
+            Epochs::start(
+                now,
+                move || {
+                    State {
+                        store: &store,
+                        key: &key,
+                    }
+                    .advance(&mut *c)
+                },
+                log.clone(),
+            )
+        });
         let derived = crate::key::Kek::derive(None, &plain, label::VAULT_SESSION_STATE);
         let session_key = aead::LessSafeKey::new(
             aead::UnboundKey::new(&aead::AES_256_GCM, derived.expose())
@@ -153,6 +188,8 @@ impl Vault {
         );
         Ok(Self {
             store,
+            state_key,
+            epochs,
             setup,
             max_guesses,
             session_key,
@@ -161,6 +198,21 @@ impl Vault {
             audit_key,
             chain: Default::default(),
         })
+    }
+
+    /// The whole rollback check of `store` (`epoch.rs`), without the
+    /// counter: its epoch, or `None` if it has none yet. Reads only.
+    pub fn check_epoch(store: &Store, sealer: &Sealer) -> Result<Option<i64>, VaultError> {
+        let sealed = store.secret(SETUP_NAME)?.ok_or_else(|| {
+            VaultError::Store("no server setup in this database: not a vault's".into())
+        })?;
+        let plain = sealer.unseal(&sealed, label::VAULT_SERVER_SETUP)?;
+        let key = StateKey::derive(&plain);
+        let state = State { store, key: &key };
+        if !state.has_epoch()? {
+            return Ok(None);
+        }
+        state.check(None).map(Some)
     }
 
     /// The audit chain key of the vault whose database is `store`, to
@@ -196,7 +248,7 @@ impl Vault {
             client: client.to_owned(),
         };
         let mac = chain.mac(&self.audit_key, &entry);
-        if let Err(e) = self.store.append_audit(&entry, &mac) {
+        if let Err(e) = self.state().append_audit(&entry, &mac) {
             // Whether the row was stored is unknown (a commit whose answer
             // was lost, a failover): go on in a new chain, never reusing a
             // place.
@@ -258,6 +310,23 @@ impl Vault {
     /// The store (for operators and tests).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The records, under the state key.
+    fn state(&self) -> State<'_> {
+        State {
+            store: &self.store,
+            key: &self.state_key,
+        }
+    }
+
+    /// Wait until a change stamped `stamp` may be answered (`epoch.rs`);
+    /// at once without a counter.
+    fn sealed(&self, stamp: Option<i64>) -> Result<(), Reply> {
+        match (&self.epochs, stamp) {
+            (Some(e), Some(s)) => e.wait_sealed(s).map_err(|e| self.internal(e)),
+            _ => Ok(()),
+        }
     }
 
     /// This server's counters (`/metrics`).
@@ -353,9 +422,10 @@ impl Vault {
         let upload = RegistrationUpload::<Suite>::deserialize(&msg).map_err(|_| bad())?;
         let record = ServerRegistration::finish(upload);
         if !self
-            .store
+            .state()
             .register(&req.user, &record.serialize())
             .map_err(|e| self.internal(e))?
+            .0
         {
             return Err(err(409, "exists"));
         }
@@ -369,11 +439,13 @@ impl Vault {
         let msg = protocol::unb64(&req.message, 256).ok_or_else(bad)?;
         // Parse everything before counting: a malformed message costs no guess.
         let request = CredentialRequest::<Suite>::deserialize(&msg).map_err(|_| bad())?;
-        let (registration, guesses_left) = match self
-            .store
+        let (found, stamp) = self
+            .state()
             .login_start(&req.user, self.max_guesses)
-            .map_err(|e| self.internal(e))?
-        {
+            .map_err(|e| self.internal(e))?;
+        // Nothing is answered about a charge before its epoch is sealed.
+        self.sealed(stamp)?;
+        let (registration, guesses_left) = match found {
             LoginRecord::Missing => return Err(err(404, "no-record")),
             LoginRecord::Destroyed => return Err(err(410, "destroyed")),
             LoginRecord::Exhausted => {
@@ -450,13 +522,16 @@ impl Vault {
         // destroyed meanwhile (its guesses spent by others, or a second
         // deletion) is neither refunded nor destroyed again.
         if delete {
-            if self.store.destroy(&user).map_err(|e| self.internal(e))? {
+            let (destroyed, stamp) = self.state().destroy(&user).map_err(|e| self.internal(e))?;
+            self.sealed(stamp)?;
+            if destroyed {
                 self.metrics.record_destroyed(Destroyed::Deleted);
             }
         } else if self
-            .store
+            .state()
             .login_succeeded(&user)
             .map_err(|e| self.internal(e))?
+            .0
         {
             self.metrics.guesses_refunded();
         }
@@ -821,7 +896,14 @@ mod tests {
     fn vault(dir: &Path) -> Vault {
         let sealer = Sealer::local_file(&dir.join("key")).unwrap();
         let store = Store::open_sqlite(&dir.join("db")).unwrap();
-        Vault::open(store, &sealer, 3, Arc::new(|_: &str| {})).unwrap()
+        Vault::open(
+            store,
+            &sealer,
+            3,
+            Arc::new(|_: &str| {}),
+            Default::default(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -885,7 +967,7 @@ mod tests {
                 path::LOGIN_FINISH, path::DELETE, "/x",
             ];
             let user = "00112233445566778899aabbccddeeff";
-            v.store().register(user, b"not a record").unwrap();
+            v.state().register(user, b"not a record").unwrap();
             let (status, _) = v.handle("POST", paths[which], &body, None);
             prop_assert!((400..500).contains(&status), "{status}");
             let json = format!(

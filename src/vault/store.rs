@@ -12,14 +12,18 @@
 
 use super::VaultError;
 use super::audit::Entry as AuditEntry;
+use super::epoch::Elem;
+use super::state::{AuditVisitor, EpochRow, Record, Tx};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Schema version this build writes: 2 adds the records' MACs, stamps
+/// and prevs and the epoch tables (`epoch.rs`); a version 1 database is
+/// migrated at start-up.
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -55,7 +59,36 @@ CREATE TABLE IF NOT EXISTS audit_log (
     mac BLOB NOT NULL,
     PRIMARY KEY (chain, seq)
 );
+CREATE TABLE IF NOT EXISTS epoch (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    epoch INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    mac BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epoch_sums (
+    owner TEXT PRIMARY KEY,
+    sum BLOB NOT NULL
+);
 ";
+
+/// Version 2's columns, added to version 1's tables: table, column, its
+/// SQLite type, its PostgreSQL type.
+const V2_COLUMNS: [(&str, &str, &str, &str); 4] = [
+    (
+        "records",
+        "stamp",
+        "INTEGER NOT NULL DEFAULT 0",
+        "BIGINT NOT NULL DEFAULT 0",
+    ),
+    ("records", "prev", "BLOB", "BYTEA"),
+    ("records", "mac", "BLOB", "BYTEA"),
+    (
+        "audit_log",
+        "stamp",
+        "INTEGER NOT NULL DEFAULT 0",
+        "BIGINT NOT NULL DEFAULT 0",
+    ),
+];
 
 /// What a login start found.
 pub enum LoginRecord {
@@ -124,10 +157,26 @@ CREATE TABLE IF NOT EXISTS audit_log (
     mac BYTEA NOT NULL,
     PRIMARY KEY (chain, seq)
 );
+CREATE TABLE IF NOT EXISTS epoch (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    epoch BIGINT NOT NULL,
+    sealed BYTEA NOT NULL,
+    mac BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epoch_sums (
+    owner TEXT PRIMARY KEY,
+    sum BYTEA NOT NULL
+);
 ";
 
 /// The vault database.
-pub enum Store {
+pub struct Store {
+    db: Db,
+    /// This process's running sum's name in `epoch_sums` (`state.rs`).
+    owner: String,
+}
+
+enum Db {
     /// A SQLite file.
     Sqlite(Mutex<Connection>),
     /// A PostgreSQL database, possibly shared by several replicas.
@@ -247,10 +296,11 @@ fn pg(e: postgres::Error) -> VaultError {
     VaultError::Store(format!("PostgreSQL: {e}"))
 }
 
-fn check_version(version: Option<String>) -> Result<(), VaultError> {
-    match version {
-        None => Ok(()),
-        Some(v) if v == SCHEMA_VERSION.to_string() => Ok(()),
+/// Whether a database of schema `version` needs version 2's columns.
+fn check_version(version: Option<String>) -> Result<bool, VaultError> {
+    match version.as_deref() {
+        None | Some("1") => Ok(true),
+        Some(v) if v == SCHEMA_VERSION.to_string() => Ok(false),
         Some(v) => Err(VaultError::Store(format!(
             "database schema version {v} is not one this build knows ({SCHEMA_VERSION})"
         ))),
@@ -281,13 +331,28 @@ impl Store {
             })
             .optional()
             .map_err(db)?;
-        check_version(version)?;
+        if check_version(version)? {
+            for (table, name, sqlite, _) in V2_COLUMNS {
+                let has: bool = conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+                        params![table, name],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(db)?
+                    > 0;
+                if !has {
+                    conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {sqlite}"))
+                        .map_err(db)?;
+                }
+            }
+        }
         conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)",
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?1)",
             params![SCHEMA_VERSION.to_string()],
         )
         .map_err(db)?;
-        Ok(Self::Sqlite(Mutex::new(conn)))
+        Ok(Self::new(Db::Sqlite(Mutex::new(conn))))
     }
 
     /// Connect to PostgreSQL at `url` (`postgres://...`; TLS is not
@@ -304,14 +369,21 @@ impl Store {
             .query_opt("SELECT value FROM meta WHERE key = 'schema'", &[])
             .map_err(pg)?
             .map(|r| r.get(0));
-        check_version(version)?;
+        if check_version(version)? {
+            for (table, name, _, postgres) in V2_COLUMNS {
+                tx.batch_execute(&format!(
+                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {postgres}"
+                ))
+                .map_err(pg)?;
+            }
+        }
         tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema', $1) ON CONFLICT DO NOTHING",
+            "INSERT INTO meta (key, value) VALUES ('schema', $1) ON CONFLICT (key) DO UPDATE SET value = $1",
             &[&SCHEMA_VERSION.to_string()],
         )
         .map_err(pg)?;
         tx.commit().map_err(pg)?;
-        Ok(Self::Postgres(Box::new(Mutex::new(client))))
+        Ok(Self::new(Db::Postgres(Box::new(Mutex::new(client)))))
     }
 
     /// Open `sqlite:PATH`, `postgres://...` or a bare path to read only:
@@ -323,12 +395,66 @@ impl Store {
             client
                 .batch_execute("SET default_transaction_read_only = on")
                 .map_err(pg)?;
-            return Ok(Self::Postgres(Box::new(Mutex::new(client))));
+            return Ok(Self::new(Db::Postgres(Box::new(Mutex::new(client)))));
         }
         let path = Path::new(url.strip_prefix("sqlite:").unwrap_or(url));
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| VaultError::Store(format!("{}: {e}", path.display())))?;
-        Ok(Self::Sqlite(Mutex::new(conn)))
+        Ok(Self::new(Db::Sqlite(Mutex::new(conn))))
+    }
+
+    fn new(db: Db) -> Self {
+        let mut id = [0u8; 8];
+        crate::key::random_bytes(&mut id);
+        Self {
+            db,
+            owner: hex::encode(id),
+        }
+    }
+
+    /// This process's running sum's name (`state.rs`).
+    pub(crate) fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Run `f` in one transaction (`write`: one that may write, holding
+    /// SQLite's write lock from the start; otherwise a consistent
+    /// read-only snapshot), and commit. On PostgreSQL, a commit that came
+    /// with a WARNING fails (`PgConn::confirm`).
+    pub(crate) fn with_tx<T>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        if let Some(mut c) = self.pg() {
+            let mut b = c.build_transaction();
+            if !write {
+                b = b
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true);
+            }
+            let out = {
+                let mut tx = PgTx {
+                    tx: b.start().map_err(pg)?,
+                    write,
+                };
+                let out = f(&mut tx)?;
+                tx.tx.commit().map_err(pg)?;
+                out
+            };
+            c.confirm()?;
+            return Ok(out);
+        }
+        let mut conn = self.conn();
+        let behavior = if write {
+            TransactionBehavior::Immediate
+        } else {
+            TransactionBehavior::Deferred
+        };
+        let mut tx = SqliteTx(conn.transaction_with_behavior(behavior).map_err(db)?);
+        let out = f(&mut tx)?;
+        tx.0.commit().map_err(db)?;
+        Ok(out)
     }
 
     /// Open `sqlite:PATH`, `postgres://...`, or a bare path (SQLite).
@@ -341,21 +467,21 @@ impl Store {
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        match self {
-            Store::Sqlite(c) => c.lock().unwrap_or_else(|p| p.into_inner()),
-            Store::Postgres(_) => unreachable!("sqlite only"),
+        match &self.db {
+            Db::Sqlite(c) => c.lock().unwrap_or_else(|p| p.into_inner()),
+            Db::Postgres(_) => unreachable!("sqlite only"),
         }
     }
 
     fn pg(&self) -> Option<std::sync::MutexGuard<'_, PgConn>> {
-        match self {
-            Store::Postgres(c) => {
+        match &self.db {
+            Db::Postgres(c) => {
                 let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
                 c.ensure_open();
                 c.replication_cancelled.store(false, Ordering::SeqCst);
                 Some(c)
             }
-            Store::Sqlite(_) => None,
+            Db::Sqlite(_) => None,
         }
     }
 
@@ -440,29 +566,6 @@ impl Store {
         .map_err(db)
     }
 
-    /// Store a new record. `false` if the user id is taken (or was
-    /// destroyed: ids are never reused).
-    pub fn register(&self, user: &str, registration: &[u8]) -> Result<bool, VaultError> {
-        if let Some(mut c) = self.pg() {
-            let n = c
-                .execute(
-                    "INSERT INTO records (user_id, registration, failed_guesses, created) VALUES ($1, $2, 0, $3) ON CONFLICT DO NOTHING",
-                    &[&user, &registration, &now()],
-                )
-                .map_err(pg)?;
-            c.confirm()?;
-            return Ok(n == 1);
-        }
-        let n = self
-            .conn()
-            .execute(
-                "INSERT OR IGNORE INTO records (user_id, registration, failed_guesses, created) VALUES (?1, ?2, 0, ?3)",
-                params![user, registration, now()],
-            )
-            .map_err(db)?;
-        Ok(n == 1)
-    }
-
     /// Whether `user` has a record or tombstone.
     pub fn exists(&self, user: &str) -> Result<bool, VaultError> {
         if let Some(mut c) = self.pg() {
@@ -480,133 +583,6 @@ impl Store {
             )
             .map_err(db)?;
         Ok(n > 0)
-    }
-
-    /// Count one guess for `user`, durably, and return the record to answer
-    /// with. When `max` guesses are already unrefunded the record is
-    /// destroyed instead (a tombstone stays).
-    pub fn login_start(&self, user: &str, max: u32) -> Result<LoginRecord, VaultError> {
-        if let Some(mut c) = self.pg() {
-            let mut tx = c.transaction().map_err(pg)?;
-            let row = tx
-                .query_opt(
-                    "SELECT registration, failed_guesses FROM records WHERE user_id = $1 FOR UPDATE",
-                    &[&user],
-                )
-                .map_err(pg)?
-                .map(|r| (r.get::<_, Option<Vec<u8>>>(0), r.get::<_, i64>(1)));
-            let out = match row {
-                None => LoginRecord::Missing,
-                Some((None, _)) => LoginRecord::Destroyed,
-                Some((Some(_), failed)) if failed >= i64::from(max) => {
-                    tx.execute(
-                        "UPDATE records SET registration = NULL, destroyed = $2 WHERE user_id = $1",
-                        &[&user, &now()],
-                    )
-                    .map_err(pg)?;
-                    LoginRecord::Exhausted
-                }
-                Some((Some(registration), failed)) => {
-                    tx.execute(
-                        "UPDATE records SET failed_guesses = failed_guesses + 1 WHERE user_id = $1",
-                        &[&user],
-                    )
-                    .map_err(pg)?;
-                    LoginRecord::Found {
-                        registration,
-                        guesses_left: (i64::from(max) - failed - 1).max(0) as u32,
-                    }
-                }
-            };
-            tx.commit().map_err(pg)?;
-            // PostgreSQL reports success with only a WARNING when the wait
-            // for the standby was cancelled: the charge is local, and a
-            // failover could lose it. No answer.
-            c.confirm()?;
-            return Ok(out);
-        }
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let row: Option<(Option<Vec<u8>>, i64)> = tx
-            .query_row(
-                "SELECT registration, failed_guesses FROM records WHERE user_id = ?1",
-                params![user],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(db)?;
-        let out = match row {
-            None => LoginRecord::Missing,
-            Some((None, _)) => LoginRecord::Destroyed,
-            Some((Some(_), failed)) if failed >= i64::from(max) => {
-                tx.execute(
-                    "UPDATE records SET registration = NULL, destroyed = ?2 WHERE user_id = ?1",
-                    params![user, now()],
-                )
-                .map_err(db)?;
-                LoginRecord::Exhausted
-            }
-            Some((Some(registration), failed)) => {
-                tx.execute(
-                    "UPDATE records SET failed_guesses = failed_guesses + 1 WHERE user_id = ?1",
-                    params![user],
-                )
-                .map_err(db)?;
-                LoginRecord::Found {
-                    registration,
-                    guesses_left: (i64::from(max) - failed - 1).max(0) as u32,
-                }
-            }
-        };
-        tx.commit().map_err(db)?;
-        Ok(out)
-    }
-
-    /// A valid login finish: refund every counted guess.
-    /// Whether the record was there (not destroyed meanwhile).
-    pub fn login_succeeded(&self, user: &str) -> Result<bool, VaultError> {
-        if let Some(mut c) = self.pg() {
-            let n = c
-                .execute(
-                    "UPDATE records SET failed_guesses = 0 WHERE user_id = $1 AND registration IS NOT NULL",
-                    &[&user],
-                )
-                .map_err(pg)?;
-            c.confirm()?;
-            return Ok(n == 1);
-        }
-        self.conn()
-            .execute(
-                "UPDATE records SET failed_guesses = 0 WHERE user_id = ?1 AND registration IS NOT NULL",
-                params![user],
-            )
-            .map(|n| n == 1)
-            .map_err(db)
-    }
-
-    /// Destroy `user`'s record, leaving a tombstone. Whether this call
-    /// destroyed it (false: it was destroyed already, and its tombstone
-    /// keeps its time).
-    pub fn destroy(&self, user: &str) -> Result<bool, VaultError> {
-        if let Some(mut c) = self.pg() {
-            let n = c
-                .execute(
-                    "UPDATE records SET registration = NULL, destroyed = $2 WHERE user_id = $1 AND registration IS NOT NULL",
-                    &[&user, &now()],
-                )
-                .map_err(pg)?;
-            c.confirm()?;
-            return Ok(n == 1);
-        }
-        self.conn()
-            .execute(
-                "UPDATE records SET registration = NULL, destroyed = ?2 WHERE user_id = ?1 AND registration IS NOT NULL",
-                params![user, now()],
-            )
-            .map(|n| n == 1)
-            .map_err(db)
     }
 
     /// Keep a login's sealed server state until `expires` (Unix seconds),
@@ -668,29 +644,6 @@ impl Store {
             Some((_, _, expires)) if expires < now() => Taken::Expired,
             Some((user, state, _)) => Taken::Live { user, state },
         })
-    }
-
-    /// Append one row to the audit table (`vault/audit.rs`).
-    pub fn append_audit(&self, e: &AuditEntry, mac: &[u8]) -> Result<(), VaultError> {
-        let seq = i64::try_from(e.seq).map_err(|_| VaultError::Store("audit chain full".into()))?;
-        let guesses = e.guesses_left.map(i64::from);
-        if let Some(mut c) = self.pg() {
-            c
-                .execute(
-                    "INSERT INTO audit_log (chain, seq, at, event, record, outcome, guesses_left, client, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    &[&e.chain, &seq, &e.at, &e.event, &e.record, &e.outcome, &guesses, &e.client, &mac],
-                )
-                .map_err(pg)?;
-            c.confirm()?;
-            return Ok(());
-        }
-        self.conn()
-            .execute(
-                "INSERT INTO audit_log (chain, seq, at, event, record, outcome, guesses_left, client, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![e.chain, seq, e.at, e.event, e.record, e.outcome, guesses, e.client, mac],
-            )
-            .map(drop)
-            .map_err(db)
     }
 
     /// Every audit row with its MAC, ordered by chain and place, passed to
@@ -777,5 +730,377 @@ impl Store {
             .optional()
             .map(|o| o.map(|n| n as u32))
             .map_err(db)
+    }
+}
+
+const RECORD: &str = "user_id, registration, failed_guesses, created, destroyed, stamp, prev, mac";
+
+/// A transaction on SQLite.
+struct SqliteTx<'c>(rusqlite::Transaction<'c>);
+
+fn sqlite_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    Ok(Record {
+        user: r.get(0)?,
+        registration: r.get(1)?,
+        failed: r.get(2)?,
+        created: r.get(3)?,
+        destroyed: r.get(4)?,
+        stamp: r.get(5)?,
+        prev: r.get(6)?,
+        mac: r.get(7)?,
+    })
+}
+
+impl Tx for SqliteTx<'_> {
+    fn epoch_row(&mut self, _exclusive: bool) -> Result<Option<EpochRow>, VaultError> {
+        // A write transaction holds SQLite's one write lock already.
+        self.0
+            .query_row(
+                "SELECT epoch, sealed, mac FROM epoch WHERE id = 0",
+                [],
+                |r| {
+                    Ok(EpochRow {
+                        epoch: r.get(0)?,
+                        sealed: r.get(1)?,
+                        mac: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn put_epoch_row(&mut self, e: &EpochRow) -> Result<(), VaultError> {
+        self.0
+            .execute(
+                "INSERT OR REPLACE INTO epoch (id, epoch, sealed, mac) VALUES (0, ?1, ?2, ?3)",
+                params![e.epoch, e.sealed, e.mac],
+            )
+            .map(drop)
+            .map_err(db)
+    }
+
+    fn record(&mut self, user: &str) -> Result<Option<Record>, VaultError> {
+        self.0
+            .query_row(
+                &format!("SELECT {RECORD} FROM records WHERE user_id = ?1"),
+                params![user],
+                sqlite_record,
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn insert_record(&mut self, r: &Record) -> Result<bool, VaultError> {
+        self.0
+            .execute(
+                &format!("INSERT OR IGNORE INTO records ({RECORD}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                params![r.user, r.registration, r.failed, r.created, r.destroyed, r.stamp, r.prev, r.mac],
+            )
+            .map(|n| n == 1)
+            .map_err(db)
+    }
+
+    fn update_record(&mut self, r: &Record) -> Result<(), VaultError> {
+        self.0
+            .execute(
+                "UPDATE records SET registration = ?2, failed_guesses = ?3, destroyed = ?4, stamp = ?5, prev = ?6, mac = ?7 WHERE user_id = ?1",
+                params![r.user, r.registration, r.failed, r.destroyed, r.stamp, r.prev, r.mac],
+            )
+            .map(drop)
+            .map_err(db)
+    }
+
+    fn add_to_sum(&mut self, owner: &str, plus: &Elem, minus: &Elem) -> Result<(), VaultError> {
+        let old: Option<Vec<u8>> = self
+            .0
+            .query_row(
+                "SELECT sum FROM epoch_sums WHERE owner = ?1",
+                params![owner],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        let sum = updated_sum(old.as_deref(), plus, minus)?;
+        self.0
+            .execute(
+                "INSERT OR REPLACE INTO epoch_sums (owner, sum) VALUES (?1, ?2)",
+                params![owner, sum.0.to_vec()],
+            )
+            .map(drop)
+            .map_err(db)
+    }
+
+    fn lock_for_preparing(&mut self) -> Result<(), VaultError> {
+        // A write transaction holds SQLite's one write lock already.
+        Ok(())
+    }
+
+    fn sums(&mut self) -> Result<Vec<Vec<u8>>, VaultError> {
+        let mut stmt = self.0.prepare("SELECT sum FROM epoch_sums").map_err(db)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(db)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db)
+    }
+
+    fn reset_sums(&mut self, total: &Elem) -> Result<(), VaultError> {
+        self.0
+            .execute("DELETE FROM epoch_sums", [])
+            .and_then(|_| {
+                self.0.execute(
+                    "INSERT INTO epoch_sums (owner, sum) VALUES ('sealed', ?1)",
+                    params![total.0.to_vec()],
+                )
+            })
+            .map(drop)
+            .map_err(db)
+    }
+
+    fn insert_audit(&mut self, e: &AuditEntry, mac: &[u8], stamp: i64) -> Result<(), VaultError> {
+        let seq = audit_seq(e)?;
+        let guesses = e.guesses_left.map(i64::from);
+        self.0
+            .execute(
+                "INSERT INTO audit_log (chain, seq, at, event, record, outcome, guesses_left, client, mac, stamp) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![e.chain, seq, e.at, e.event, e.record, e.outcome, guesses, e.client, mac, stamp],
+            )
+            .map(drop)
+            .map_err(db)
+    }
+
+    fn each_audit(&mut self, f: &mut AuditVisitor<'_>) -> Result<(), VaultError> {
+        let mut stmt = self
+            .0
+            .prepare("SELECT chain, seq, mac, stamp FROM audit_log")
+            .map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            let (chain, seq, mac, stamp): (String, i64, Vec<u8>, i64) = (
+                r.get(0).map_err(db)?,
+                r.get(1).map_err(db)?,
+                r.get(2).map_err(db)?,
+                r.get(3).map_err(db)?,
+            );
+            f(&chain, seq, &mac, stamp)?;
+        }
+        Ok(())
+    }
+
+    fn restamp_audit(&mut self, stamp: i64) -> Result<(), VaultError> {
+        self.0
+            .execute("UPDATE audit_log SET stamp = ?1", params![stamp])
+            .map(drop)
+            .map_err(db)
+    }
+
+    fn each_record(
+        &mut self,
+        f: &mut dyn FnMut(Record) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        let mut stmt = self
+            .0
+            .prepare(&format!("SELECT {RECORD} FROM records"))
+            .map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            f(sqlite_record(r).map_err(db)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// An audit row's place as stored.
+fn audit_seq(e: &AuditEntry) -> Result<i64, VaultError> {
+    i64::try_from(e.seq).map_err(|_| VaultError::Store("audit chain full".into()))
+}
+
+/// `old + plus - minus` (a missing `old` is zero).
+fn updated_sum(old: Option<&[u8]>, plus: &Elem, minus: &Elem) -> Result<Elem, VaultError> {
+    let mut sum = match old {
+        None => Elem::ZERO,
+        Some(b) => Elem::from_slice(b)
+            .ok_or_else(|| VaultError::Tampered("a running sum is malformed".into()))?,
+    };
+    sum.add(plus);
+    sum.sub(minus);
+    Ok(sum)
+}
+
+/// A transaction on PostgreSQL.
+struct PgTx<'c> {
+    tx: postgres::Transaction<'c>,
+    write: bool,
+}
+
+fn pg_record(r: &postgres::Row) -> Record {
+    Record {
+        user: r.get(0),
+        registration: r.get(1),
+        failed: r.get(2),
+        created: r.get(3),
+        destroyed: r.get(4),
+        stamp: r.get(5),
+        prev: r.get(6),
+        mac: r.get(7),
+    }
+}
+
+impl Tx for PgTx<'_> {
+    fn epoch_row(&mut self, exclusive: bool) -> Result<Option<EpochRow>, VaultError> {
+        // Shared by every change, taken alone by an advance: no change is
+        // in flight while the epoch moves (`state.rs`). A read-only
+        // snapshot locks nothing.
+        let lock = match (self.write, exclusive) {
+            (false, _) => "",
+            (true, false) => " FOR SHARE",
+            (true, true) => " FOR UPDATE",
+        };
+        self.tx
+            .query_opt(
+                &format!("SELECT epoch, sealed, mac FROM epoch WHERE id = 0{lock}"),
+                &[],
+            )
+            .map(|r| {
+                r.map(|r| EpochRow {
+                    epoch: r.get(0),
+                    sealed: r.get(1),
+                    mac: r.get(2),
+                })
+            })
+            .map_err(pg)
+    }
+
+    fn put_epoch_row(&mut self, e: &EpochRow) -> Result<(), VaultError> {
+        self.tx
+            .execute(
+                "INSERT INTO epoch (id, epoch, sealed, mac) VALUES (0, $1, $2, $3) ON CONFLICT (id) DO UPDATE SET epoch = $1, sealed = $2, mac = $3",
+                &[&e.epoch, &e.sealed, &e.mac],
+            )
+            .map(drop)
+            .map_err(pg)
+    }
+
+    fn record(&mut self, user: &str) -> Result<Option<Record>, VaultError> {
+        self.tx
+            .query_opt(
+                &format!("SELECT {RECORD} FROM records WHERE user_id = $1 FOR UPDATE"),
+                &[&user],
+            )
+            .map(|r| r.as_ref().map(pg_record))
+            .map_err(pg)
+    }
+
+    fn insert_record(&mut self, r: &Record) -> Result<bool, VaultError> {
+        self.tx
+            .execute(
+                &format!("INSERT INTO records ({RECORD}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"),
+                &[&r.user, &r.registration, &r.failed, &r.created, &r.destroyed, &r.stamp, &r.prev, &r.mac],
+            )
+            .map(|n| n == 1)
+            .map_err(pg)
+    }
+
+    fn update_record(&mut self, r: &Record) -> Result<(), VaultError> {
+        self.tx
+            .execute(
+                "UPDATE records SET registration = $2, failed_guesses = $3, destroyed = $4, stamp = $5, prev = $6, mac = $7 WHERE user_id = $1",
+                &[&r.user, &r.registration, &r.failed, &r.destroyed, &r.stamp, &r.prev, &r.mac],
+            )
+            .map(drop)
+            .map_err(pg)
+    }
+
+    fn add_to_sum(&mut self, owner: &str, plus: &Elem, minus: &Elem) -> Result<(), VaultError> {
+        let old: Option<Vec<u8>> = self
+            .tx
+            .query_opt(
+                "SELECT sum FROM epoch_sums WHERE owner = $1 FOR UPDATE",
+                &[&owner],
+            )
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        let sum = updated_sum(old.as_deref(), plus, minus)?.0.to_vec();
+        self.tx
+            .execute(
+                "INSERT INTO epoch_sums (owner, sum) VALUES ($1, $2) ON CONFLICT (owner) DO UPDATE SET sum = $2",
+                &[&owner, &sum],
+            )
+            .map(drop)
+            .map_err(pg)
+    }
+
+    fn lock_for_preparing(&mut self) -> Result<(), VaultError> {
+        self.tx
+            .execute("SELECT pg_advisory_xact_lock(7307207)", &[])
+            .map(drop)
+            .map_err(pg)
+    }
+
+    fn sums(&mut self) -> Result<Vec<Vec<u8>>, VaultError> {
+        self.tx
+            .query("SELECT sum FROM epoch_sums", &[])
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .map_err(pg)
+    }
+
+    fn reset_sums(&mut self, total: &Elem) -> Result<(), VaultError> {
+        self.tx
+            .execute("DELETE FROM epoch_sums", &[])
+            .and_then(|_| {
+                self.tx.execute(
+                    "INSERT INTO epoch_sums (owner, sum) VALUES ('sealed', $1)",
+                    &[&total.0.to_vec()],
+                )
+            })
+            .map(drop)
+            .map_err(pg)
+    }
+
+    fn insert_audit(&mut self, e: &AuditEntry, mac: &[u8], stamp: i64) -> Result<(), VaultError> {
+        let seq = audit_seq(e)?;
+        let guesses = e.guesses_left.map(i64::from);
+        self.tx
+            .execute(
+                "INSERT INTO audit_log (chain, seq, at, event, record, outcome, guesses_left, client, mac, stamp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[&e.chain, &seq, &e.at, &e.event, &e.record, &e.outcome, &guesses, &e.client, &mac, &stamp],
+            )
+            .map(drop)
+            .map_err(pg)
+    }
+
+    fn each_audit(&mut self, f: &mut AuditVisitor<'_>) -> Result<(), VaultError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let no_params: [&(dyn postgres::types::ToSql + Sync); 0] = [];
+        let mut rows = self
+            .tx
+            .query_raw("SELECT chain, seq, mac, stamp FROM audit_log", no_params)
+            .map_err(pg)?;
+        while let Some(r) = rows.next().map_err(pg)? {
+            let (chain, mac): (String, Vec<u8>) = (r.get(0), r.get(2));
+            f(&chain, r.get(1), &mac, r.get(3))?;
+        }
+        Ok(())
+    }
+
+    fn restamp_audit(&mut self, stamp: i64) -> Result<(), VaultError> {
+        self.tx
+            .execute("UPDATE audit_log SET stamp = $1", &[&stamp])
+            .map(drop)
+            .map_err(pg)
+    }
+
+    fn each_record(
+        &mut self,
+        f: &mut dyn FnMut(Record) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let no_params: [&(dyn postgres::types::ToSql + Sync); 0] = [];
+        let mut rows = self
+            .tx
+            .query_raw(&format!("SELECT {RECORD} FROM records"), no_params)
+            .map_err(pg)?;
+        while let Some(r) = rows.next().map_err(pg)? {
+            f(pg_record(&r))?;
+        }
+        Ok(())
     }
 }

@@ -121,6 +121,37 @@ impl Server {
     }
 }
 
+/// `coffer vault serve` with `args` (which include `--listen`), run to be
+/// refused: its output once it exited
+/// (at most 30 s; a server that starts instead fails the test).
+pub fn serve_refused(token: &Token, db: &str, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("coffer"))
+        .env("SOFTHSM2_CONF", token.conf())
+        .args(["vault", "serve", "--db", db])
+        .args(args)
+        .args(["--hsm-module", SOFTHSM])
+        .args(["--hsm-uri", "pkcs11:token=vault-test;object=coffer-vault"])
+        .arg("--hsm-pin-file")
+        .arg(token.dir.path().join("pin"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the server started: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

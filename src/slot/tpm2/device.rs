@@ -537,6 +537,104 @@ impl Tpm {
     }
 }
 
+/// A monotonic counter in the TPM's NV memory (an NV index of type
+/// counter, written and read with owner authorization, whose password
+/// coffer needs empty as for the storage primary): it only ever grows, and
+/// survives reboots and restored disks; only clearing the TPM removes it.
+impl Tpm {
+    /// The handle of NV index `index`, if it exists.
+    fn nv_handle(
+        &mut self,
+        index: u32,
+    ) -> Result<Option<tss_esapi::handles::NvIndexHandle>, SlotError> {
+        use tss_esapi::handles::{NvIndexTpmHandle, TpmHandle};
+        let tpm_handle = NvIndexTpmHandle::new(index)
+            .map_err(|_| SlotError::Device(format!("{index:#010x} is not an NV index")))?;
+        match self
+            .ctx
+            .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(tpm_handle)))
+        {
+            Ok(h) => Ok(Some(h.into())),
+            Err(e) if kind(&e) == Some(Tss2ResponseCodeKind::Handle) => Ok(None),
+            Err(e) => Err(self.fail("looking up the NV counter", e)),
+        }
+    }
+
+    /// The counter at NV index `index`: `None` if there is no such index
+    /// (never defined, or the TPM was cleared).
+    pub fn counter_read(&mut self, index: u32) -> Result<Option<u64>, SlotError> {
+        use tss_esapi::interface_types::resource_handles::NvAuth;
+        let Some(h) = self.nv_handle(index)? else {
+            return Ok(None);
+        };
+        let r = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.nv_read(NvAuth::Owner, h, 8, 0)
+            });
+        let _ = self.ctx.tr_close(&mut h.into());
+        let data = r.map_err(|e| self.fail("reading the NV counter", e))?;
+        let bytes: [u8; 8] = data.value().try_into().map_err(|_| {
+            SlotError::Device(format!(
+                "NV index {index:#010x} is not a counter (it holds {} bytes)",
+                data.value().len()
+            ))
+        })?;
+        Ok(Some(u64::from_be_bytes(bytes)))
+    }
+
+    /// Add one to the counter at NV index `index`, defining it first if
+    /// there is none; its new value.
+    pub fn counter_increment(&mut self, index: u32) -> Result<u64, SlotError> {
+        use tss_esapi::attributes::NvIndexAttributesBuilder;
+        use tss_esapi::constants::nv_index_type::NvIndexType;
+        use tss_esapi::handles::NvIndexTpmHandle;
+        use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
+        use tss_esapi::structures::NvPublicBuilder;
+        let h = match self.nv_handle(index)? {
+            Some(h) => h,
+            None => {
+                let attrs = NvIndexAttributesBuilder::new()
+                    .with_owner_write(true)
+                    .with_owner_read(true)
+                    .with_nv_index_type(NvIndexType::Counter)
+                    .build()
+                    .map_err(tss("NV counter attributes"))?;
+                let public = NvPublicBuilder::new()
+                    .with_nv_index(
+                        NvIndexTpmHandle::new(index).map_err(tss("the NV counter's index"))?,
+                    )
+                    .with_index_name_algorithm(HashingAlgorithm::Sha256)
+                    .with_index_attributes(attrs)
+                    .with_data_area_size(8)
+                    .build()
+                    .map_err(tss("the NV counter's public area"))?;
+                self.ctx
+                    .execute_with_session(Some(AuthSession::Password), |c| {
+                        c.nv_define_space(Provision::Owner, None, public)
+                    })
+                    .map_err(|e| match kind(&e) {
+                        Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth) => {
+                            SlotError::PolicyRefused(
+                                "the TPM owner hierarchy has a password; coffer needs it empty (as tpm2-tools' defaults do)".into(),
+                            )
+                        }
+                        _ => self.fail("defining the NV counter", e),
+                    })?
+            }
+        };
+        let r = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.nv_increment(NvAuth::Owner, h)
+            });
+        let _ = self.ctx.tr_close(&mut h.into());
+        r.map_err(|e| self.fail("incrementing the NV counter", e))?;
+        self.counter_read(index)?
+            .ok_or_else(|| SlotError::Device("the NV counter vanished".into()))
+    }
+}
+
 impl Drop for Tpm {
     fn drop(&mut self) {
         self.flush_all();
