@@ -55,7 +55,8 @@ case "$cmd" in
       (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
       sleep 0.2
     done
-    make_container coffer | grep -q ' 201' || { say "azurite did not come up; its log:"; cat "$dir/azurite.log" >&2; exit 1; }
+    # 409: a container left by an Azurite still holding the port.
+    make_container coffer | grep -qE ' (201|409)' || { say "azurite did not come up; its log:"; cat "$dir/azurite.log" >&2; exit 1; }
     say "Azurite blob service running on 127.0.0.1:$port (pid $(cat "$dir/pid")), container az://coffer"
     export_lines
     ;;

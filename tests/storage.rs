@@ -82,10 +82,13 @@ trait Store: Sized {
     fn objects(&self) -> Vec<String>;
     fn get(&self, key: &str) -> Vec<u8>;
     fn fault_proxy(&self) -> FaultProxy;
-    /// Uploads neither completed nor aborted. (Azure has no abort: an
-    /// upload's uncommitted blocks stay, never readable, until Azure
-    /// collects them a week later; docs/storage.md says so.)
+    /// Uploads neither completed nor aborted: S3's multipart uploads,
+    /// Azure's blobs of uncommitted blocks.
     fn uploads(&self) -> Vec<String>;
+    /// Whether an abort removes what an upload stored. Azure has no abort:
+    /// an upload's uncommitted blocks stay, never readable, until Azure
+    /// collects them a week later (docs/storage.md says so).
+    const ABORT_REMOVES_PARTS: bool;
     /// Whether a logged request (`METHOD TARGET`) completes an upload.
     fn is_completion(request: &str) -> bool;
 }
@@ -115,6 +118,7 @@ impl Store for S3Server {
     fn uploads(&self) -> Vec<String> {
         S3Server::uploads(self)
     }
+    const ABORT_REMOVES_PARTS: bool = true;
     fn is_completion(request: &str) -> bool {
         request.starts_with("POST") && request.contains("uploadId=")
     }
@@ -143,8 +147,9 @@ impl Store for AzureServer {
         AzureServer::fault_proxy(self)
     }
     fn uploads(&self) -> Vec<String> {
-        Vec::new()
+        AzureServer::uncommitted(self)
     }
+    const ABORT_REMOVES_PARTS: bool = false;
     fn is_completion(request: &str) -> bool {
         request.starts_with("PUT") && request.contains("comp=blocklist")
     }
@@ -317,7 +322,7 @@ fn a_part_refused_once_is_retried_alone_and_never_sent_again<S: Store>() {
     assert!(out.stdout == data, "the archive is whole");
 }
 
-fn a_seal_that_fails_mid_upload_leaves_no_object_and_no_parts<S: Store>() {
+fn a_seal_that_fails_mid_upload_leaves_no_object<S: Store>() {
     let store = S::start();
     let proxy = store.fault_proxy();
     proxy.refuse_part(2);
@@ -342,10 +347,24 @@ fn a_seal_that_fails_mid_upload_leaves_no_object_and_no_parts<S: Store>() {
         "part 2 was refused"
     );
     assert!(store.objects().is_empty(), "no object appeared");
-    assert!(
-        store.uploads().is_empty(),
-        "the upload was aborted: no parts left"
-    );
+    parts_left_as_documented(&store, "a.coffer");
+}
+
+/// After an aborted upload of `key`: on S3 no parts; on Azure, which has
+/// no abort, its uncommitted blocks, unreadable (docs/storage.md).
+fn parts_left_as_documented<S: Store>(store: &S, key: &str) {
+    if S::ABORT_REMOVES_PARTS {
+        assert!(
+            store.uploads().is_empty(),
+            "the upload was aborted: no parts left"
+        );
+    } else {
+        assert_eq!(
+            store.uploads(),
+            [key],
+            "Azure keeps the uncommitted blocks until it collects them"
+        );
+    }
 }
 
 /// `coffer seal - -o URL` reaching the store through `env`, its standard
@@ -387,7 +406,7 @@ fn ended(mut child: std::process::Child, why: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-fn an_interrupted_seal_leaves_no_object_and_no_parts<S: Store>() {
+fn an_interrupted_seal_leaves_no_object<S: Store>() {
     use rustix::process::{Pid, Signal, kill_process};
     let store = S::start();
     let proxy = store.fault_proxy();
@@ -412,10 +431,7 @@ fn an_interrupted_seal_leaves_no_object_and_no_parts<S: Store>() {
         drop(stdin);
         assert_eq!(out.status.code(), Some(status), "{}", stderr(&out));
         assert!(store.objects().is_empty(), "no object appeared");
-        assert!(
-            store.uploads().is_empty(),
-            "the upload was aborted: no parts left"
-        );
+        parts_left_as_documented(&store, "cut.coffer");
     }
 }
 
@@ -445,7 +461,11 @@ fn the_store_refuses_to_replace_an_object_made_while_the_upload_ran<S: Store>() 
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
     assert_eq!(store.get("race.coffer"), theirs, "left alone");
-    assert!(store.uploads().is_empty(), "the upload was aborted");
+    // (On Azure the aborted upload's blocks now hang on the other writer's
+    // blob, discarded at its next completion or after a week.)
+    if S::ABORT_REMOVES_PARTS {
+        assert!(store.uploads().is_empty(), "the upload was aborted");
+    }
     let completions: Vec<String> = proxy
         .log()
         .requests
@@ -571,6 +591,12 @@ fn azure_errors_are_clear_and_exit_1() {
     h.init();
     let out = seal_stream(&h, &env, b"x", "az://no-such-container/a.coffer", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).lines().count(),
+        1,
+        "one line: {}",
+        stderr(&out)
+    );
     assert!(
         stderr(&out).contains("az://no-such-container/a.coffer: no such blob or container"),
         "{}",
@@ -590,6 +616,18 @@ fn azure_errors_are_clear_and_exit_1() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("refused the credentials") || stderr(&out).contains("access denied"),
+        "{}",
+        stderr(&out)
+    );
+    // Other tools' names are not taken silently.
+    let out = run(
+        &h,
+        &[("AZURE_STORAGE_ACCOUNT".into(), "acct".into())],
+        &["inspect", &AzureServer::url("a.coffer")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("set AZURE_STORAGE_ACCOUNT_NAME"),
         "{}",
         stderr(&out)
     );
@@ -623,8 +661,8 @@ mod s3 {
         inspect_reads_only_the_header_and_open_reads_ahead_in_ranges,
         an_existing_object_is_replaced_only_with_force,
         a_part_refused_once_is_retried_alone_and_never_sent_again,
-        a_seal_that_fails_mid_upload_leaves_no_object_and_no_parts,
-        an_interrupted_seal_leaves_no_object_and_no_parts,
+        a_seal_that_fails_mid_upload_leaves_no_object,
+        an_interrupted_seal_leaves_no_object,
         the_store_refuses_to_replace_an_object_made_while_the_upload_ran,
     );
 }
@@ -636,8 +674,8 @@ mod azure {
         inspect_reads_only_the_header_and_open_reads_ahead_in_ranges,
         an_existing_object_is_replaced_only_with_force,
         a_part_refused_once_is_retried_alone_and_never_sent_again,
-        a_seal_that_fails_mid_upload_leaves_no_object_and_no_parts,
-        an_interrupted_seal_leaves_no_object_and_no_parts,
+        a_seal_that_fails_mid_upload_leaves_no_object,
+        an_interrupted_seal_leaves_no_object,
         the_store_refuses_to_replace_an_object_made_while_the_upload_ran,
     );
 }

@@ -151,6 +151,23 @@ impl AzureServer {
         crate::s3::tags(&body, "Name")
     }
 
+    /// Blobs that hold only uncommitted blocks: uploads never completed,
+    /// which Azure has no call to discard (it collects them after a week).
+    pub fn uncommitted(&self) -> Vec<String> {
+        let (status, body) = self.request(
+            "GET",
+            &format!("/{CONTAINER}"),
+            "comp=list&include=uncommittedblobs&restype=container",
+            &[],
+        );
+        assert_eq!(status, 200, "list the container: {body}");
+        let committed = self.objects();
+        crate::s3::tags(&body, "Name")
+            .into_iter()
+            .filter(|n| !committed.contains(n))
+            .collect()
+    }
+
     /// A blob's bytes.
     pub fn get(&self, blob: &str) -> Vec<u8> {
         let (status, body) = self.request_bytes("GET", &format!("/{CONTAINER}/{blob}"), "", &[]);

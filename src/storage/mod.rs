@@ -9,9 +9,10 @@
 //! what exists without `force`.
 //!
 //! Must never: read the environment (credentials and endpoints come in as
-//! [`StoreOptions`], which the binary fills; the one exception is the HTTP
-//! client beneath `object_store`, reqwest, which honours `HTTPS_PROXY` and
-//! `NO_PROXY` itself, docs/storage.md), make an archive visible
+//! [`StoreOptions`], which the binary fills; the exceptions are beneath
+//! `object_store`: its HTTP client, reqwest, honours `HTTPS_PROXY` and
+//! `NO_PROXY` itself, and its Azure managed-identity client reads
+//! `IDENTITY_HEADER`, docs/storage.md), make an archive visible
 //! before its last chunk was written, or leave a partial one behind when
 //! a seal fails or is interrupted.
 

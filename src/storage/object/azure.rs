@@ -27,7 +27,13 @@ const EMULATOR_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const EMULATOR_URL: &str = "http://127.0.0.1:10000";
 
-/// What the conditional completion needs besides the client.
+/// The service version the completion asks for: `object_store`'s own
+/// (0.14), set explicitly so that an unsigned request (`AZURE_SKIP_SIGNATURE`)
+/// asks for it too.
+const SERVICE_VERSION: &str = "2023-11-03";
+
+/// What the conditional completion needs besides the client. Never derive
+/// `Debug` here: `MicrosoftAzure`'s would print the account key or SAS.
 pub(super) struct Completion {
     azure: Arc<MicrosoftAzure>,
     account: String,
@@ -35,7 +41,25 @@ pub(super) struct Completion {
     blob: Url,
     /// `AZURE_SKIP_SIGNATURE`: requests go unsigned.
     unsigned: bool,
+    /// The blob's content type by its extension (`AZURE_DEFAULT_CONTENT_TYPE`
+    /// and the like), which `object_store`'s own completion would set.
+    content_type: Option<String>,
 }
+
+/// Names other Azure tools read that `object_store` does not, and the
+/// ones it reads instead: with one of those set, the other tool's name is
+/// ignored; alone, it is an error rather than silently unused.
+const OTHER_NAMES: [(&str, &[&str]); 3] = [
+    ("AZURE_STORAGE_ACCOUNT", &["AZURE_STORAGE_ACCOUNT_NAME"]),
+    (
+        "AZURE_STORAGE_KEY",
+        &["AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_KEY"],
+    ),
+    (
+        "AZURE_STORAGE_CONNECTION_STRING",
+        &["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_USE_EMULATOR"],
+    ),
+];
 
 /// The client for `container`, configured by the `AZURE_*` pairs of
 /// `opts`. With `AZURE_STORAGE_USE_EMULATOR`, Azurite at
@@ -47,6 +71,7 @@ pub(super) fn build(
     opts: &StoreOptions,
     url: &str,
 ) -> Result<Built> {
+    let usage = |what: String| Error::Usage(format!("{url}: {what}"));
     let mut builder = MicrosoftAzureBuilder::new();
     let mut client = ClientOptions::new();
     let (mut emulator, mut emulator_url) = (false, None);
@@ -55,12 +80,22 @@ pub(super) fn build(
             emulator_url = Some(v.as_str());
             continue;
         }
+        if let Some((_, ours)) = OTHER_NAMES.iter().find(|(name, _)| name == k) {
+            if !opts.pairs().iter().any(|(o, _)| ours.contains(&o.as_str())) {
+                return Err(usage(format!("{k} is not read: set {}", ours.join(" or "))));
+            }
+            continue;
+        }
         let Ok(key) = k.to_ascii_lowercase().parse::<AzureConfigKey>() else {
             continue;
         };
         match key {
             AzureConfigKey::UseEmulator => {
-                emulator = super::truthy(v);
+                emulator = match v.to_ascii_lowercase().as_str() {
+                    "1" | "true" | "on" | "yes" | "y" => true,
+                    "0" | "false" | "off" | "no" | "n" => false,
+                    _ => return Err(usage(format!("{k}={v:?}: say true or false"))),
+                };
                 continue;
             }
             AzureConfigKey::Client(c) => client = client.with_config(c, v),
@@ -97,6 +132,13 @@ pub(super) fn build(
             what: "no storage account: set AZURE_STORAGE_ACCOUNT_NAME (or AZURE_STORAGE_USE_EMULATOR=true for Azurite)".into(),
         });
     };
+    if let Some(e) = value(&builder, AzureConfigKey::Endpoint)
+        && (e.contains('?') || e.contains('#'))
+    {
+        return Err(usage(
+            "AZURE_STORAGE_ENDPOINT carries a query or fragment: give the account's endpoint alone (a SAS goes in AZURE_STORAGE_SAS_KEY)".into(),
+        ));
+    }
     let base = value(&builder, AzureConfigKey::Endpoint).unwrap_or_else(|| {
         let fabric =
             value(&builder, AzureConfigKey::UseFabricEndpoint).is_some_and(|v| super::truthy(&v));
@@ -112,6 +154,7 @@ pub(super) fn build(
     let unconditional_only = value(&builder, AzureConfigKey::EncryptionKey)
         .is_some()
         .then_some("AZURE_STORAGE_ENCRYPTION_KEY");
+    let content_type = client.get_content_type(path).map(str::to_owned);
     let azure = Arc::new(
         builder
             .with_container_name(container)
@@ -129,6 +172,7 @@ pub(super) fn build(
                 what,
             })?,
             unsigned,
+            content_type,
         }),
         unconditional_only,
     })
@@ -160,18 +204,24 @@ pub(super) async fn complete_if_absent(
     url.set_query(Some("comp=blocklist"));
     let body = block_list(parts);
     let request = || async {
-        let mut request: HttpRequest = http::Request::builder()
+        let mut builder = http::Request::builder()
             .method(http::Method::PUT)
             .uri(url.as_str())
             .header(IF_NONE_MATCH, "*")
             .header(CONTENT_TYPE, "application/xml")
+            .header("x-ms-version", SERVICE_VERSION)
             // SharedKey signs the length: it must be set before signing.
-            .header(CONTENT_LENGTH, body.len())
-            .body(Bytes::from(body.clone()).into())
-            .map_err(|e| Error::Storage {
-                location: sh.url.clone(),
-                what: e.to_string(),
-            })?;
+            .header(CONTENT_LENGTH, body.len());
+        if let Some(t) = &c.content_type {
+            builder = builder.header("x-ms-blob-content-type", t);
+        }
+        let mut request: HttpRequest =
+            builder
+                .body(Bytes::from(body.clone()).into())
+                .map_err(|e| Error::Storage {
+                    location: sh.url.clone(),
+                    what: e.to_string(),
+                })?;
         if !c.unsigned {
             let credential = c
                 .azure
@@ -197,7 +247,9 @@ fn judge(status: u16, body: &str) -> Verdict {
         (201, _) => Verdict::Done,
         (412, _) | (409, Some("BlobAlreadyExists")) => Verdict::Exists,
         (400, Some("InvalidBlockList")) => Verdict::Gone,
-        (408 | 409 | 500..=599, _) => Verdict::Transient,
+        // Azure's other 409s (a container being deleted, an archived or
+        // immutable blob) do not pass with time.
+        (408 | 500..=599, _) => Verdict::Transient,
         _ => Verdict::Failed,
     }
 }
@@ -232,19 +284,56 @@ mod tests {
     }
 
     #[test]
-    fn the_blob_url_is_built_as_object_store_builds_it() {
-        let path = ObjectPath::parse("host/a b.coffer").unwrap();
-        assert_eq!(
-            blob_url("https://acct.blob.core.windows.net", "c", &path)
-                .unwrap()
-                .as_str(),
-            "https://acct.blob.core.windows.net/c/host/a%20b.coffer"
-        );
-        assert_eq!(
-            blob_url("http://127.0.0.1:10000/devstoreaccount1", "c", &path)
-                .unwrap()
-                .as_str(),
-            "http://127.0.0.1:10000/devstoreaccount1/c/host/a%20b.coffer"
-        );
+    fn the_blob_url_is_the_one_object_store_addresses() {
+        use object_store::signer::Signer;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for (endpoint, fabric) in [
+            (None, false),
+            (None, true),
+            (Some("http://127.0.0.1:10000/devstoreaccount1"), false),
+            (Some("https://acct.blob.example/"), false),
+            (Some("https://acct.blob.example/some/path"), false),
+        ] {
+            for key in ["host/a b.coffer", "x%y/z", "日本/ü.coffer", "a+b=c&d"] {
+                let path = ObjectPath::parse(key).unwrap();
+                let mut b = MicrosoftAzureBuilder::new()
+                    .with_account("acct")
+                    .with_access_key(EMULATOR_KEY)
+                    .with_container_name("c")
+                    .with_use_fabric_endpoint(fabric);
+                if let Some(e) = endpoint {
+                    b = b.with_endpoint(e.into()).with_allow_http(true);
+                }
+                let theirs = rt
+                    .block_on(b.build().unwrap().signed_url(
+                        http::Method::PUT,
+                        &path,
+                        std::time::Duration::from_secs(60),
+                    ))
+                    .unwrap();
+                let base = endpoint.map(str::to_owned).unwrap_or_else(|| {
+                    let d = if fabric {
+                        "fabric.microsoft.com"
+                    } else {
+                        "core.windows.net"
+                    };
+                    format!("https://acct.blob.{d}")
+                });
+                let ours = blob_url(&base, "c", &path).unwrap();
+                assert_eq!(
+                    (ours.scheme(), ours.host_str(), ours.port(), ours.path()),
+                    (
+                        theirs.scheme(),
+                        theirs.host_str(),
+                        theirs.port(),
+                        theirs.path()
+                    ),
+                    "{endpoint:?} {key}"
+                );
+            }
+        }
     }
 }

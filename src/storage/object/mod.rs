@@ -260,6 +260,12 @@ fn exists(url: &str) -> Error {
     }
 }
 
+/// `s` on one line: a store's message (Azure's has its request id and time
+/// on lines of their own) never spreads over several.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// An `object_store` failure as coffer's error, naming the object and,
 /// for credentials, the settings of its kind of store.
 fn store_error(url: &str, e: &object_store::Error) -> Error {
@@ -295,7 +301,7 @@ fn store_error(url: &str, e: &object_store::Error) -> Error {
     };
     Error::Storage {
         location: url.to_owned(),
-        what,
+        what: one_line(&what),
     }
 }
 
@@ -312,7 +318,7 @@ fn truthy(v: &str) -> bool {
 fn io_error(url: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(Error::Storage {
         location: url.to_owned(),
-        what: e.to_string(),
+        what: one_line(&e.to_string()),
     })
 }
 
@@ -448,7 +454,7 @@ where
 {
     let fail = |what: String| Error::Storage {
         location: sh.url.clone(),
-        what,
+        what: one_line(&what),
     };
     let mut last = String::new();
     for attempt in 0..6u32 {
@@ -500,10 +506,11 @@ fn xml_text(xml: &str, tag: &str) -> Option<String> {
     Some(xml[start..end].to_owned())
 }
 
-/// An error answer as "Code: Message", or its first 200 bytes.
+/// An error answer as "Code: Message" (the message's first line: Azure's
+/// go on with a request id and a time), or its first 200 bytes.
 fn describe(xml: &str) -> String {
     match (xml_text(xml, "Code"), xml_text(xml, "Message")) {
-        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), Some(m)) => format!("{c}: {}", m.lines().next().unwrap_or("")),
         (Some(c), None) => c,
         _ => xml.chars().take(200).collect(),
     }
