@@ -7,12 +7,18 @@
 //! goes. The server does all of a login's work — charges the guess in a
 //! committed transaction, evaluates the OPRF, runs the AKE, stores the
 //! sealed state, takes it back, checks the MAC — and answers 401, as for a
-//! wrong password. Its CPU time is read per thread (the server's threads
-//! are named `coffer-vault`), PostgreSQL's from its processes, so clients
-//! sharing the machine do not count.
+//! wrong password. Its CPU time is this process's, less what the client
+//! threads used (each reads its own); PostgreSQL's and swtpm's are read
+//! from their processes; so clients sharing the machine do not count.
+//!
+//! A third run keeps the epoch in swtpm's NV counter (`--epoch-tpm`,
+//! rollback detection): every login start then waits for two advances of
+//! the epoch, each a transaction and a TPM increment; swtpm's CPU is
+//! counted beside the server's.
 //!
 //! `cargo bench --bench vault_capacity` (COFFER_BENCH_SECS, default 5;
-//! PostgreSQL through the test fixture, which needs it installed).
+//! PostgreSQL and swtpm through the test fixtures, which need them
+//! installed).
 
 #[path = "common/pki.rs"]
 mod pki;
@@ -39,31 +45,46 @@ fn main() {
     let pki = pki::pki().expect("openssl could not make a certificate");
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Store::open_sqlite(&dir.path().join("vault.db")).unwrap();
-    run("SQLite", sqlite, pki.path(), secs, None);
+    run("SQLite", sqlite, pki.path(), secs, None, None);
     let pg = fixtures::Postgres::start();
     let store = Store::open(&pg.url()).unwrap();
-    run("PostgreSQL", store, pki.path(), secs, Some(&pg));
+    run("PostgreSQL", store, pki.path(), secs, Some(&pg), None);
+    let tpm = coffer_hsm_sim::SwTpm::start();
+    let sqlite = Store::open_sqlite(&dir.path().join("epoch.db")).unwrap();
+    run(
+        "SQLite, epoch in swtpm",
+        sqlite,
+        pki.path(),
+        secs,
+        None,
+        Some(&tpm),
+    );
 }
 
-/// CPU seconds (user + system) of this process's threads named `name`.
-fn thread_cpu(name: &str) -> f64 {
-    let mut ticks = 0u64;
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            ticks += stat_ticks(&t.path().join("stat"));
-        }
-    }
-    ticks as f64 / ticks_per_second()
+/// CPU seconds of every `swtpm` process (the fixture's is the only one
+/// running during the bench).
+fn swtpm_cpu() -> f64 {
+    process_cpu("swtpm")
+}
+
+/// CPU seconds of `id` (this process, or the calling thread).
+fn cpu(id: rustix::time::ClockId) -> f64 {
+    let t = rustix::time::clock_gettime(id);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// CPU seconds of every `postgres` process (the fixture's cluster is the
 /// only one running during the bench).
 fn postgres_cpu() -> f64 {
+    process_cpu("postgres")
+}
+
+/// CPU seconds of every process named `name`.
+fn process_cpu(name: &str) -> f64 {
     let mut ticks = 0u64;
     for p in std::fs::read_dir("/proc").unwrap().flatten() {
         let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-        if comm.trim() == "postgres" {
+        if comm.trim() == name {
             ticks += stat_ticks(&p.path().join("stat"));
         }
     }
@@ -118,15 +139,25 @@ fn run(
     pki: &std::path::Path,
     secs: u64,
     pg: Option<&fixtures::Postgres>,
+    tpm: Option<&coffer_hsm_sim::SwTpm>,
 ) {
     let key = tempfile::tempdir().unwrap();
     let sealer = Sealer::local_file(&key.path().join("key")).unwrap();
+    let epoch = coffer::vault::epoch::EpochOptions {
+        counter: tpm.map(|t| {
+            Box::new(coffer::vault::epoch::TpmCounter::new(
+                &t.tcti(),
+                0x0130_c0ff,
+            )) as Box<dyn coffer::vault::epoch::Counter>
+        }),
+        adopt: false,
+    };
     let vault = Vault::open(
         store,
         &sealer,
         1000,
         std::sync::Arc::new(|m: &str| eprintln!("{m}")),
-        Default::default(),
+        epoch,
     )
     .unwrap();
     let tls = Tls::from_pem_files(&pki.join("leaf.pem"), &pki.join("leaf.key")).unwrap();
@@ -143,13 +174,14 @@ fn run(
         })
         .collect();
 
-    let (cpu0, db0) = (
-        thread_cpu("coffer-vault"),
+    let (cpu0, db0, tpm0) = (
+        cpu(rustix::time::ClockId::ProcessCPUTime),
         pg.map_or(0.0, |_| postgres_cpu()),
+        tpm.map_or(0.0, |_| swtpm_cpu()),
     );
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
-    let done: usize = std::thread::scope(|s| {
+    let (done, client_cpu): (usize, f64) = std::thread::scope(|s| {
         let hs: Vec<_> = (0..CLIENTS)
             .map(|c| {
                 let (url, ca, users) = (&url, &ca, &users);
@@ -184,16 +216,23 @@ fn run(
                             assert_eq!(status, 401, "{body}");
                             n += 1;
                         }
-                        n
+                        (n, cpu(rustix::time::ClockId::ThreadCPUTime))
                     })
                     .unwrap()
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
+        let (mut n, mut client_cpu) = (0, 0.0);
+        for h in hs {
+            let (done, used) = h.join().unwrap();
+            n += done;
+            client_cpu += used;
+        }
+        (n, client_cpu)
     });
     let wall = started.elapsed().as_secs_f64();
-    let cpu = thread_cpu("coffer-vault") - cpu0;
+    let cpu = cpu(rustix::time::ClockId::ProcessCPUTime) - cpu0 - client_cpu;
     let db = pg.map_or(0.0, |_| postgres_cpu() - db0);
+    let tpm_cpu = tpm.map_or(0.0, |_| swtpm_cpu() - tpm0);
     let per_core = done as f64 / cpu;
     print!(
         "vault capacity, {label}, TLS, {CLIENTS} client threads: {done} guesses in {wall:.1} s = {:.0}/s; server CPU {cpu:.2} s = {per_core:.0} guesses/s per server core",
@@ -204,6 +243,11 @@ fn run(
             "; PostgreSQL CPU {db:.2} s ({:.0}% of server + database), {:.0} guesses/s per core of both",
             100.0 * db / (db + cpu),
             done as f64 / (cpu + db)
+        );
+    } else if tpm.is_some() {
+        println!(
+            " (the database is inside the server); swtpm CPU {tpm_cpu:.2} s, {:.0} guesses/s per core of both",
+            done as f64 / (cpu + tpm_cpu)
         );
     } else {
         println!(" (the database is inside the server)");

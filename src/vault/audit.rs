@@ -10,10 +10,10 @@
 //!
 //! What a check ([`verify`]) detects, for someone who can write the
 //! database but not use the HSM: a row altered, inserted, reordered or
-//! removed from within a chain, and a chain that does not start at 0. It
-//! cannot detect a chain's tail cut off, or a whole chain removed: nothing
-//! outside the database says how long each chain was (binding chain heads
-//! to a monotonic counter outside it, still to come, would).
+//! removed from within a chain, and a chain that does not start at 0. A
+//! chain's tail cut off, or a whole chain removed, it cannot see alone:
+//! every row is also a term of the sum sealed with the epoch (`epoch.rs`),
+//! which does, for the rows appended before the current epoch began.
 //!
 //! Owns: the row's canonical encoding and its MAC.
 //!

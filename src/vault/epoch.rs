@@ -202,12 +202,14 @@ pub trait Counter: Send {
     fn describe(&self) -> String;
 }
 
-/// A TPM 2.0 NV counter (`slot::tpm2::device`), opened per use so that a
-/// TPM restarted meanwhile is found again.
+/// A TPM 2.0 NV counter (`slot::tpm2::device`). The connection is kept
+/// between uses, and opened again after any failure (a TPM restarted, a
+/// resource manager gone).
 #[cfg(feature = "tpm2")]
 pub struct TpmCounter {
     tcti: String,
     index: u32,
+    tpm: Option<crate::slot::tpm2::device::Tpm>,
 }
 
 #[cfg(feature = "tpm2")]
@@ -217,11 +219,27 @@ impl TpmCounter {
         Self {
             tcti: tcti.to_owned(),
             index,
+            tpm: None,
         }
     }
 
-    fn tpm(&self) -> Result<crate::slot::tpm2::device::Tpm, VaultError> {
-        crate::slot::tpm2::device::Tpm::open(&self.tcti).map_err(|e| self.error(e))
+    /// Run `f` on the connection (opened if needed); drop it on failure.
+    fn with_tpm<T>(
+        &mut self,
+        f: impl FnOnce(&mut crate::slot::tpm2::device::Tpm, u32) -> Result<T, crate::error::SlotError>,
+    ) -> Result<T, VaultError> {
+        let tpm = match self.tpm.take() {
+            Some(t) => t,
+            None => crate::slot::tpm2::device::Tpm::open(&self.tcti).map_err(|e| self.error(e))?,
+        };
+        let mut tpm = tpm;
+        match f(&mut tpm, self.index) {
+            Ok(v) => {
+                self.tpm = Some(tpm);
+                Ok(v)
+            }
+            Err(e) => Err(self.error(e)),
+        }
     }
 
     fn error(&self, e: crate::error::SlotError) -> VaultError {
@@ -232,15 +250,11 @@ impl TpmCounter {
 #[cfg(feature = "tpm2")]
 impl Counter for TpmCounter {
     fn read(&mut self) -> Result<Option<u64>, VaultError> {
-        self.tpm()?
-            .counter_read(self.index)
-            .map_err(|e| self.error(e))
+        self.with_tpm(|t, index| t.counter_read(index))
     }
 
     fn increment(&mut self) -> Result<u64, VaultError> {
-        self.tpm()?
-            .counter_increment(self.index)
-            .map_err(|e| self.error(e))
+        self.with_tpm(|t, index| t.counter_increment(index))
     }
 
     fn describe(&self) -> String {
