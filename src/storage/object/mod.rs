@@ -147,7 +147,7 @@ impl Store {
             }
             "gs" => {
                 return Err(usage(
-                    "Google Cloud Storage is not supported yet (coffer reaches s3://bucket/key and az://container/blob)",
+                    "Google Cloud Storage is not supported: coffer would stream into it through GCS's XML multipart uploads, which no GCS emulator implements, so it could not be tested (docs/storage.md); coffer reaches s3://bucket/key and az://container/blob",
                 ));
             }
             _ => {
