@@ -369,12 +369,18 @@ fn parts_left_as_documented<S: Store>(store: &S, key: &str) {
 
 /// `coffer seal - -o URL` reaching the store through `env`, its standard
 /// input a pipe the caller holds.
+///
+/// The signals the tests send are reset to their default first (coreutils'
+/// `env --default-signal`): a test run started in the background inherits
+/// SIGINT ignored, and coffer rightly keeps an inherited ignore.
 fn spawn_seal(h: &Home, env: &[(String, String)], url: &str) -> std::process::Child {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+    let mut c = Command::new("env");
     c.env_clear()
         .env("COFFER_KEYRING", h.keyring())
         .env("HOME", h.dir.path())
         .envs(env.iter().map(|(k, v)| (k, v)))
+        .arg("--default-signal=INT,TERM,HUP")
+        .arg(assert_cmd::cargo::cargo_bin("coffer"))
         .args(["seal", "-", "-o", url])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped());
