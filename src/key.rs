@@ -75,6 +75,9 @@ pub mod label {
     pub const VAULT_STATE_ROW: &[u8] = b"coffer/v1 vault state row";
     /// HMAC prefix (not HKDF): the vault's epoch row (`vault/epoch.rs`).
     pub const VAULT_STATE_EPOCH: &[u8] = b"coffer/v1 vault state epoch";
+    /// HKDF info: a row's term in the vault's sealed sum, from its MAC
+    /// (`vault/epoch.rs`).
+    pub const VAULT_STATE_TERM: &[u8] = b"coffer/v1 vault state term";
     /// HKDF info: the sealing seed (the X-Wing decapsulation key), from BK
     /// (`sealing.rs`, format 2).
     pub const SEALING_SEED: &[u8] = b"coffer/v2 sealing seed";
@@ -121,9 +124,7 @@ pub fn random_bytes(buf: &mut [u8]) {
 /// of FIDO2's PIN/UV auth protocols.
 pub(crate) type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// HMAC-SHA512: the vault's record MACs, which are also the terms of a
-/// sum (`vault/epoch.rs`), where 512 bits keep forging a sum out of
-/// observed terms out of reach.
+/// HMAC-SHA512: the vault's record MACs (`vault/epoch.rs`).
 #[cfg(feature = "vault-server")]
 pub(crate) type HmacSha512 = hmac::Hmac<sha2::Sha512>;
 

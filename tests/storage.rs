@@ -503,7 +503,10 @@ fn store_errors_are_clear_and_exit_1() {
     assert!(stderr(&out).contains("no such object"), "{}", stderr(&out));
     for (url, what) in [
         ("s3://bucket-only", "name an object"),
-        ("gs://bucket/a.coffer", "Google Cloud Storage is not supported"),
+        (
+            "gs://bucket/a.coffer",
+            "Google Cloud Storage is not supported",
+        ),
         (
             "abfss://c@acct.dfs.core.windows.net/a",
             "az://CONTAINER/BLOB",

@@ -1415,38 +1415,36 @@ fn a_restored_or_edited_database_is_refused_and_a_crash_never_locks_the_vault_ou
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
 
-    // The backup with the latest epoch row spliced in: its records are not
-    // the ones sealed.
+    // The latest database with the record put back as it was in the
+    // backup (an older copy of itself, its MAC valid): the record is not
+    // the one sealed.
+    copy_db(&latest, &db);
     {
-        let latest = rusqlite::Connection::open(&latest).unwrap();
-        let (e, sealed, mac): (i64, Vec<u8>, Vec<u8>) = latest
-            .query_row("SELECT epoch, sealed, mac FROM epoch", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .unwrap();
-        let sums: Vec<(String, Vec<u8>)> = latest
-            .prepare("SELECT owner, sum FROM epoch_sums")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let spliced = rusqlite::Connection::open(&db).unwrap();
-        spliced
-            .execute(
-                "UPDATE epoch SET epoch = ?1, sealed = ?2, mac = ?3",
-                rusqlite::params![e, sealed, mac],
+        let old = rusqlite::Connection::open(&backup).unwrap();
+        type Row = (
+            Option<Vec<u8>>,
+            i64,
+            Option<i64>,
+            i64,
+            i64,
+            Option<Vec<u8>>,
+            Vec<u8>,
+        );
+        let row: Row = old
+            .query_row(
+                "SELECT registration, failed_guesses, destroyed, stamp, version, prev, mac FROM records WHERE user_id = ?1",
+                [&user],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )
             .unwrap();
-        spliced.execute("DELETE FROM epoch_sums", []).unwrap();
-        for (owner, sum) in sums {
-            spliced
-                .execute(
-                    "INSERT INTO epoch_sums (owner, sum) VALUES (?1, ?2)",
-                    rusqlite::params![owner, sum],
-                )
-                .unwrap();
-        }
+        let n = rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute(
+                "UPDATE records SET registration = ?2, failed_guesses = ?3, destroyed = ?4, stamp = ?5, version = ?6, prev = ?7, mac = ?8 WHERE user_id = ?1",
+                rusqlite::params![user, row.0, row.1, row.2, row.3, row.4, row.5, row.6],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
     }
     let out = serve_refused(&token, &url, &epoch);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
@@ -1483,6 +1481,49 @@ fn a_restored_or_edited_database_is_refused_and_a_crash_never_locks_the_vault_ou
     let server = Server::start_with(&token, &url, 10, &adopt);
     let guesses_left = wrong_guess(&server.url, &user);
     assert_eq!(guesses_left, 9, "the backup's count, adopted");
+}
+
+#[test]
+fn a_stale_epoch_row_put_back_while_the_server_runs_gets_no_answer() {
+    let token = Token::new();
+    let tpm = coffer_hsm_sim::SwTpm::start();
+    let tcti = tpm.tcti();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("vault.db");
+    let url = format!("sqlite:{}", db.display());
+    let server = Server::start_with(
+        &token,
+        &url,
+        10,
+        &["--listen", "127.0.0.1:0", "--epoch-tpm", tcti.as_str()],
+    );
+    let (user, _) = register(&server.url, b"right");
+    let read = || -> (i64, i64, Vec<u8>, Vec<u8>) {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT epoch, confirmed, sealed, mac FROM epoch", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .unwrap()
+    };
+    let stale = read();
+    assert_eq!(wrong_guess(&server.url, &user), 9);
+    assert_eq!(wrong_guess(&server.url, &user), 8);
+    assert!(read().0 > stale.0, "the epoch advanced");
+    // Put back while it runs: changes would be stamped with an epoch
+    // sealed long ago, and answered at once.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE epoch SET epoch = ?1, confirmed = ?2, sealed = ?3, mac = ?4",
+            rusqlite::params![stale.0, stale.1, stale.2, stale.3],
+        )
+        .unwrap();
+    let start = ClientLogin::<Suite>::start(&mut rand_core::OsRng, b"wrong").unwrap();
+    let req =
+        serde_json::json!({"user": user, "message": protocol::b64(&start.message.serialize())});
+    let (status, body) = post(&server.url, path::LOGIN_START, req.to_string().as_bytes());
+    assert_eq!(status, 500, "not answered: {body}");
 }
 
 #[test]

@@ -4,94 +4,133 @@
 //!
 //! **The state.** Each record row carries a MAC (HMAC-SHA512 under a key
 //! derived from the server setup, [`StateKey`]) over its fields, its
-//! *stamp* (the epoch it last changed in) and its *prev* (what its MAC
-//! was when that epoch began; zero for a row new in it). One row of table
-//! `epoch` holds the epoch number `E` and *sealed*, the sum (mod 2^512) of
-//! every record's MAC when `E` began, under a MAC of its own. Running sums
-//! (`epoch_sums`, one row per server process, so replicas never wait on
-//! one another) make that sum cheap to take.
+//! *stamp* (the epoch it last changed in), its *version* (how many times it
+//! changed) and its *prev* (its MAC when that epoch began; none for a row
+//! new in it). One row of table `epoch` holds the epoch number `E`, whether
+//! it is *confirmed*, and *sealed*: the multiset hash ([`Sum`], an LtHash)
+//! of every record's and every audit row's MAC when `E` began, all under a
+//! MAC of its own.
 //!
-//! **Advancing.** A single writer per process advances the epoch for a
-//! batch of changes ([`Epochs`]): in one transaction that holds the epoch
-//! row (every change holds it shared, so none is in flight), it increments
-//! the counter to `E + 1`, then writes `E + 1` and the running sums' total
-//! as the new sealed sum, and commits. A change stamped `s` is answered
-//! only once the epoch is `s + 2`: a crash between the increment and the
-//! commit leaves the counter one ahead, which start-up accepts.
+//! **Advancing** (`state.rs`), by one writer thread per process for every
+//! change waiting ([`Epochs`]):
+//!
+//! 1. holding the epoch row (every change holds it shared, so none is in
+//!    flight), open epoch `E + 1`, unconfirmed: its sealed sum is epoch
+//!    `E`'s, plus, for every row stamped `E`, its MAC's term less its
+//!    prev's (each MAC checked), plus every audit row stamped `E`; commit;
+//! 2. holding it again, increment the counter from `E` to `E + 1` and
+//!    confirm; commit.
+//!
+//! So the counter never passes the committed epoch: it is the epoch, or
+//! one below it while an epoch is open. Any failure leaves a state the next
+//! advance (or start) finishes; a crash never locks the vault out. A change
+//! stamped `s` is answered only once epoch `s + 2` is confirmed (a database
+//! lacking it has an epoch of `s` or less, or, on a branch cut off at a
+//! failover, an open `s + 1`: both below the counter), and its record still
+//! holds the version it wrote.
 //!
 //! **The check** (`state.rs`, at start-up): the epoch row's MAC; the counter
-//! `C` against `E` (`C` is `E` or `E + 1`; more is a database older than
-//! the last answered change); every record's MAC; and the sealed sum, equal
-//! to the sum over records of their MAC (stamp below `E`) or their prev
-//! (stamp `E`). What that detects, for someone who can write the database
-//! but not use the HSM or the TPM:
-//!
-//! - a database (or a file-system snapshot of it) restored from before the
-//!   last answered change: its epoch is too old;
-//! - a record edited (counters reset), added, or removed, and a record put
-//!   back as an older copy of itself, alone or with others and with the
-//!   current epoch row spliced in: each changes the sum;
-//! - the epoch row edited.
-//!
-//! It cannot see changes not yet answered (the current epoch: their loss
-//! costs no guess), login sessions (a replayed finish only refunds), the
-//! audit table (`audit.rs`), nor anything done by whoever holds the HSM
-//! key or can reset the TPM.
+//! against it ([`compare`]); every record's MAC; and the sealed sum, equal
+//! to the sum over records of their MAC's term (stamp below `E`) or their
+//! prev's (stamp `E`), plus the audit rows stamped below `E`. While the
+//! server runs, an epoch lower than one it has seen is refused. What that
+//! detects, for someone who can write the database but neither use the HSM
+//! nor roll back the TPM, is in docs/backends/vault.md ("Rollback
+//! detection").
 //!
 //! Owns: the canonical encoding of a record's MAC and of the epoch row's,
 //! the sum's arithmetic, and the epoch rules above.
 //!
-//! Must never: answer a change before its epoch is two behind the counter,
-//! let a crash leave the counter where start-up refuses, or put a secret
-//! in an error.
+//! Must never: answer a change before epoch `stamp + 2` is confirmed, let
+//! the counter pass a committed epoch, or put a secret in an error.
 
 use super::VaultError;
 use crate::key::{HmacSha256, HmacSha512, label};
-use hmac::{KeyInit, Mac};
+use hmac::{KeyInit, Mac as _};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
-/// A record's MAC, and a sum of them (mod 2^512, big-endian).
+/// A row's MAC (HMAC-SHA512).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Elem(pub [u8; 64]);
+pub struct Mac(pub [u8; 64]);
 
-impl Elem {
-    /// Zero: a row's prev when it is new in its epoch, and an empty sum.
-    pub const ZERO: Elem = Elem([0; 64]);
-
+impl Mac {
     /// From stored bytes; `None` unless exactly 64.
-    pub fn from_slice(b: &[u8]) -> Option<Elem> {
-        b.try_into().ok().map(Elem)
+    pub fn from_slice(b: &[u8]) -> Option<Mac> {
+        b.try_into().ok().map(Mac)
     }
 
-    /// `self += o`, mod 2^512.
-    pub fn add(&mut self, o: &Elem) {
-        let mut carry = 0u16;
-        for i in (0..64).rev() {
-            let t = u16::from(self.0[i]) + u16::from(o.0[i]) + carry;
-            self.0[i] = t as u8;
-            carry = t >> 8;
+    /// Its term in the sum: 2048 bytes expanded from it (HKDF-SHA256,
+    /// info `coffer/v1 vault state term`), as 1024 16-bit lanes.
+    pub fn term(&self) -> Sum {
+        let mut bytes = [0u8; 2 * LANES];
+        crate::key::hkdf_sha256(None, &self.0, label::VAULT_STATE_TERM, &mut bytes);
+        let mut s = Sum::ZERO;
+        for (lane, b) in s.0.iter_mut().zip(bytes.chunks_exact(2)) {
+            *lane = u16::from_le_bytes([b[0], b[1]]);
         }
-    }
-
-    /// `self -= o`, mod 2^512.
-    pub fn sub(&mut self, o: &Elem) {
-        let mut borrow = 0i16;
-        for i in (0..64).rev() {
-            let mut t = i16::from(self.0[i]) - i16::from(o.0[i]) - borrow;
-            borrow = i16::from(t < 0);
-            if t < 0 {
-                t += 256;
-            }
-            self.0[i] = t as u8;
-        }
+        s
     }
 }
 
-impl std::fmt::Debug for Elem {
+impl std::fmt::Debug for Mac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Elem({}…)", hex::encode(&self.0[..8]))
+        write!(f, "Mac({}…)", hex::encode(&self.0[..8]))
+    }
+}
+
+/// Lanes of a [`Sum`].
+pub const LANES: usize = 1024;
+
+/// A multiset hash of rows: the lane-wise sum, mod 2^16, of their terms
+/// (LtHash, as Facebook's: 1024 lanes of 16 bits). Terms are public (a
+/// MAC is stored with its row, and anyone can expand it), so the sum must
+/// resist finding other rows with the same sum: an additive hash over a
+/// few hundred bits falls to Wagner's generalized-birthday attack, this
+/// one's security rests on a lattice problem.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sum(pub [u16; LANES]);
+
+impl Sum {
+    /// The empty sum.
+    pub const ZERO: Sum = Sum([0; LANES]);
+
+    /// `self += o`.
+    pub fn add(&mut self, o: &Sum) {
+        for (a, b) in self.0.iter_mut().zip(o.0.iter()) {
+            *a = a.wrapping_add(*b);
+        }
+    }
+
+    /// `self -= o`.
+    pub fn sub(&mut self, o: &Sum) {
+        for (a, b) in self.0.iter_mut().zip(o.0.iter()) {
+            *a = a.wrapping_sub(*b);
+        }
+    }
+
+    /// As stored: the lanes little-endian.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.iter().flat_map(|l| l.to_le_bytes()).collect()
+    }
+
+    /// From stored bytes; `None` unless exactly `2 * LANES`.
+    pub fn from_bytes(b: &[u8]) -> Option<Sum> {
+        if b.len() != 2 * LANES {
+            return None;
+        }
+        let mut s = Sum::ZERO;
+        for (lane, c) in s.0.iter_mut().zip(b.chunks_exact(2)) {
+            *lane = u16::from_le_bytes([c[0], c[1]]);
+        }
+        Some(s)
+    }
+}
+
+impl std::fmt::Debug for Sum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sum({:?}…)", &self.0[..4])
     }
 }
 
@@ -107,8 +146,11 @@ pub struct Row<'a> {
     pub destroyed: Option<i64>,
     /// The epoch it last changed in.
     pub stamp: i64,
-    /// Its MAC when that epoch began (zero if new in it).
-    pub prev: Elem,
+    /// How many times it changed: a server that answers a change checks,
+    /// once the change is sealed, that the row is no older.
+    pub version: i64,
+    /// Its MAC when that epoch began (`None`: new in it).
+    pub prev: Option<Mac>,
 }
 
 /// The key of the records' and the epoch's MACs.
@@ -121,15 +163,16 @@ impl StateKey {
         Self(Zeroizing::new(*k.expose()))
     }
 
-    /// A record row's MAC: HMAC-SHA512(key, label ‖ its fields, each
-    /// length-prefixed or fixed-size).
-    pub fn row(&self, r: &Row<'_>) -> Elem {
+    fn hmac512(&self) -> HmacSha512 {
         let mut m = <HmacSha512 as KeyInit>::new_from_slice(&*self.0).expect("any key length");
-        let field = |m: &mut HmacSha512, b: &[u8]| {
-            m.update(&(b.len() as u64).to_be_bytes());
-            m.update(b);
-        };
         field(&mut m, label::VAULT_STATE_ROW);
+        m
+    }
+
+    /// A record row's MAC: HMAC-SHA512(key, label ‖ 0x00 ‖ its fields,
+    /// each length-prefixed or fixed-size).
+    pub fn row(&self, r: &Row<'_>) -> Mac {
+        let mut m = self.hmac512();
         m.update(&[0]);
         field(&mut m, r.user.as_bytes());
         match r.registration {
@@ -148,45 +191,54 @@ impl StateKey {
             }
         }
         m.update(&r.stamp.to_be_bytes());
-        m.update(&r.prev.0);
-        Elem(m.finalize().into_bytes().into())
+        m.update(&r.version.to_be_bytes());
+        match &r.prev {
+            None => m.update(&[0]),
+            Some(p) => {
+                m.update(&[1]);
+                m.update(&p.0);
+            }
+        }
+        Mac(m.finalize().into_bytes().into())
     }
 
-    /// An audit row's term in the sum: HMAC-SHA512(key, label ‖ 0x01 ‖
+    /// An audit row's MAC for the sum: HMAC-SHA512(key, label ‖ 0x01 ‖
     /// chain ‖ place ‖ the row's chain MAC ‖ stamp). Audit rows never
-    /// change, so their prev is always zero.
-    pub fn audit(&self, chain: &str, seq: u64, mac: &[u8], stamp: i64) -> Elem {
-        let mut m = <HmacSha512 as KeyInit>::new_from_slice(&*self.0).expect("any key length");
-        let field = |m: &mut HmacSha512, b: &[u8]| {
-            m.update(&(b.len() as u64).to_be_bytes());
-            m.update(b);
-        };
-        field(&mut m, label::VAULT_STATE_ROW);
+    /// change: a row new in the current epoch counts nothing yet.
+    pub fn audit(&self, chain: &str, seq: u64, mac: &[u8], stamp: i64) -> Mac {
+        let mut m = self.hmac512();
         m.update(&[1]);
         field(&mut m, chain.as_bytes());
         m.update(&seq.to_be_bytes());
         field(&mut m, mac);
         m.update(&stamp.to_be_bytes());
-        Elem(m.finalize().into_bytes().into())
+        Mac(m.finalize().into_bytes().into())
     }
 
-    /// The epoch row's MAC: HMAC-SHA256(key, label ‖ epoch ‖ sealed sum).
-    pub fn epoch(&self, epoch: i64, sealed: &Elem) -> [u8; 32] {
+    /// The epoch row's MAC: HMAC-SHA256(key, label ‖ epoch ‖ confirmed ‖
+    /// sealed sum).
+    pub fn epoch(&self, epoch: i64, confirmed: bool, sealed: &Sum) -> [u8; 32] {
         let mut m = <HmacSha256 as KeyInit>::new_from_slice(&*self.0).expect("any key length");
         m.update(&(label::VAULT_STATE_EPOCH.len() as u64).to_be_bytes());
         m.update(label::VAULT_STATE_EPOCH);
         m.update(&epoch.to_be_bytes());
-        m.update(&sealed.0);
+        m.update(&[u8::from(confirmed)]);
+        m.update(&sealed.to_bytes());
         m.finalize().into_bytes().into()
     }
 }
 
-/// A record's new stamp and prev when it changes in epoch `epoch`: a row
-/// last changed in an earlier epoch keeps its MAC as prev; one changed in
-/// this epoch already keeps the prev it has.
-pub fn restamp(epoch: i64, stamp: i64, mac: Elem, prev: Elem) -> (i64, Elem) {
+fn field(m: &mut impl hmac::Mac, b: &[u8]) {
+    m.update(&(b.len() as u64).to_be_bytes());
+    m.update(b);
+}
+
+/// A record's stamp and prev when it changes in epoch `epoch`, from the
+/// stamp, MAC and prev it had: a row last changed in an earlier epoch
+/// keeps its MAC as prev; one changed in this epoch already keeps its prev.
+pub fn restamp(epoch: i64, stamp: i64, mac: Mac, prev: Option<Mac>) -> (i64, Option<Mac>) {
     if stamp < epoch {
-        (epoch, mac)
+        (epoch, Some(mac))
     } else {
         (epoch, prev)
     }
@@ -274,43 +326,49 @@ pub struct EpochOptions {
     pub adopt: bool,
 }
 
-/// The database's epoch and the counter, compared at start-up.
+/// The database's epoch and the counter, compared.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// In step (the counter is the epoch, or one ahead after a crash).
+    /// In step: the epoch confirmed at the counter's value.
     Current,
+    /// An advance was cut short: the epoch is open (its row committed,
+    /// not confirmed); the counter is to be brought to it (if one below)
+    /// and the epoch confirmed.
+    Open,
     /// Neither exists yet: a new vault, to be started at the counter.
     Fresh,
 }
 
-/// Compare the database's epoch (`None`: no epoch row) with the counter's
-/// value (`None`: no counter).
+const ADOPT: &str = "if this is intended (a new TPM, a TPM cleared, or a database deliberately restored and accepted as it is), start once with --epoch-adopt";
+
+/// Compare the database's epoch (`None`: no epoch row; else the epoch and
+/// whether it is confirmed) with the counter's value (`None`: no counter).
+/// The counter never passes the database: an advance commits the next
+/// epoch (open) before it increments the counter, and confirms it after.
 pub fn compare(
-    epoch: Option<i64>,
+    epoch: Option<(i64, bool)>,
     counter: Option<u64>,
     what: &str,
 ) -> Result<Verdict, VaultError> {
-    let adopt = "if this is intended (a new TPM, a TPM cleared, or a database deliberately restored and accepted as it is), start once with --epoch-adopt";
     match (epoch, counter) {
         (None, None) => Ok(Verdict::Fresh),
         (None, Some(c)) => Err(VaultError::Epoch(format!(
-            "the database has no epoch, but {what} exists (at {c}): a database from before rollback detection, or another vault's; {adopt}"
+            "the database has no epoch, but {what} exists (at {c}): a database from before rollback detection, or another vault's; {ADOPT}"
         ))),
-        (Some(e), None) => Err(VaultError::Epoch(format!(
-            "the database is at epoch {e}, but {what} does not exist: another TPM, or one cleared; {adopt}"
+        (Some((e, _)), None) => Err(VaultError::Epoch(format!(
+            "the database is at epoch {e}, but {what} does not exist: another TPM, or one cleared; {ADOPT}"
         ))),
-        (Some(e), Some(c)) => {
+        (Some((e, confirmed)), Some(c)) => {
             let c = i64::try_from(c).unwrap_or(i64::MAX);
-            if c == e || c == e.saturating_add(1) {
-                Ok(Verdict::Current)
-            } else if c > e {
-                Err(VaultError::Epoch(format!(
-                    "the database was rolled back: it is at epoch {e}, but {what} is at {c}; guesses answered since epoch {e} are missing from it (a restored backup or snapshot?). Restore the latest database; {adopt}"
-                )))
-            } else {
-                Err(VaultError::Epoch(format!(
-                    "the database is at epoch {e}, ahead of {what} (at {c}): another TPM, or a counter re-created; {adopt}"
-                )))
+            match (c - e, confirmed) {
+                (0, true) => Ok(Verdict::Current),
+                (0 | -1, false) => Ok(Verdict::Open),
+                (1.., _) => Err(VaultError::Epoch(format!(
+                    "the database was rolled back: it is at epoch {e}, but {what} is at {c}; guesses answered since are missing from it (a restored backup or snapshot?). Restore the latest database; {ADOPT}"
+                ))),
+                _ => Err(VaultError::Epoch(format!(
+                    "the database is at epoch {e}, ahead of {what} (at {c}): another TPM, or a counter re-created; {ADOPT}"
+                ))),
             }
         }
     }
@@ -431,24 +489,23 @@ impl Epochs {
 mod tests {
     use super::*;
 
-    fn elem(b: u8) -> Elem {
-        let mut e = Elem::ZERO;
-        e.0[63] = b;
-        e
+    fn lane(v: u16) -> Sum {
+        let mut s = Sum::ZERO;
+        s.0[0] = v;
+        s
     }
 
     #[test]
-    fn sums_wrap_and_undo() {
-        let mut a = Elem([0xff; 64]);
-        a.add(&elem(1));
-        assert_eq!(a, Elem::ZERO, "wraps mod 2^512");
-        a.sub(&elem(1));
-        assert_eq!(a, Elem([0xff; 64]));
-        let mut b = elem(200);
-        b.add(&elem(100));
-        assert_eq!((b.0[62], b.0[63]), (1, 44), "carries");
-        b.sub(&elem(100));
-        assert_eq!(b, elem(200));
+    fn sums_wrap_lane_by_lane_and_undo() {
+        let mut a = lane(u16::MAX);
+        a.add(&lane(1));
+        assert_eq!(a, Sum::ZERO, "wraps mod 2^16");
+        a.sub(&lane(1));
+        assert_eq!(a, lane(u16::MAX));
+        let t = Mac([7; 64]).term();
+        assert_ne!(t, Sum::ZERO);
+        assert_eq!(Sum::from_bytes(&t.to_bytes()), Some(t));
+        assert_eq!(Sum::from_bytes(&[0; 10]), None);
     }
 
     #[test]
@@ -460,7 +517,8 @@ mod tests {
             failed: 1,
             destroyed: None,
             stamp: 5,
-            prev: Elem::ZERO,
+            version: 3,
+            prev: None,
         };
         let m = k.row(&base);
         let variants = [
@@ -479,8 +537,9 @@ mod tests {
                 ..base
             },
             Row { stamp: 4, ..base },
+            Row { version: 2, ..base },
             Row {
-                prev: elem(1),
+                prev: Some(Mac([0; 64])),
                 ..base
             },
         ];
@@ -488,28 +547,48 @@ mod tests {
             assert_ne!(k.row(v), m);
         }
         assert_ne!(StateKey::derive(b"other").row(&base), m);
-        assert_ne!(k.epoch(1, &m), k.epoch(2, &m));
+        let s = Sum::ZERO;
+        assert_ne!(k.epoch(1, true, &s), k.epoch(2, true, &s));
+        assert_ne!(k.epoch(1, true, &s), k.epoch(1, false, &s));
+        assert_ne!(k.audit("c", 1, b"m", 1), k.audit("c", 1, b"m", 2));
     }
 
     #[test]
     fn a_change_keeps_the_value_its_epoch_began_with() {
-        let (m1, m2) = (elem(1), elem(2));
+        let (m1, m2) = (Mac([1; 64]), Mac([2; 64]));
         // Changed first in epoch 7: prev is the MAC it had.
-        assert_eq!(restamp(7, 6, m1, Elem::ZERO), (7, m1));
+        assert_eq!(restamp(7, 6, m1, None), (7, Some(m1)));
         // Changed again in 7: prev stays.
-        assert_eq!(restamp(7, 7, m2, m1), (7, m1));
+        assert_eq!(restamp(7, 7, m2, Some(m1)), (7, Some(m1)));
     }
 
     #[test]
-    fn the_counter_may_be_the_epoch_or_one_ahead_only() {
+    fn the_counter_never_passes_the_database() {
         let w = "the counter";
         assert_eq!(compare(None, None, w).unwrap(), Verdict::Fresh);
-        assert_eq!(compare(Some(5), Some(5), w).unwrap(), Verdict::Current);
-        assert_eq!(compare(Some(5), Some(6), w).unwrap(), Verdict::Current);
-        let rolled = compare(Some(5), Some(7), w).unwrap_err().to_string();
-        assert!(rolled.contains("rolled back"), "{rolled}");
-        assert!(compare(Some(5), Some(4), w).is_err());
+        assert_eq!(
+            compare(Some((5, true)), Some(5), w).unwrap(),
+            Verdict::Current
+        );
+        // An advance cut short, before or after its increment.
+        assert_eq!(
+            compare(Some((5, false)), Some(4), w).unwrap(),
+            Verdict::Open
+        );
+        assert_eq!(
+            compare(Some((5, false)), Some(5), w).unwrap(),
+            Verdict::Open
+        );
+        for (e, c) in [((5, true), 6), ((5, false), 6), ((5, true), 9)] {
+            let rolled = compare(Some(e), Some(c), w).unwrap_err().to_string();
+            assert!(rolled.contains("rolled back"), "{rolled}");
+        }
+        assert!(
+            compare(Some((5, true)), Some(4), w).is_err(),
+            "confirmed above"
+        );
+        assert!(compare(Some((5, false)), Some(3), w).is_err());
         assert!(compare(None, Some(4), w).is_err());
-        assert!(compare(Some(4), None, w).is_err());
+        assert!(compare(Some((4, true)), None, w).is_err());
     }
 }

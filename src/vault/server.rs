@@ -20,7 +20,7 @@ use super::epoch::{Counter, EpochOptions, Epochs, StateKey};
 use super::hsm::Sealer;
 use super::metrics::Destroyed;
 use super::protocol::{self, Suite, path};
-use super::state::State;
+use super::state::{State, Written};
 use super::store::{LoginRecord, Store, Taken};
 use crate::key::label;
 use http_body_util::Full;
@@ -208,11 +208,7 @@ impl Vault {
         })?;
         let plain = sealer.unseal(&sealed, label::VAULT_SERVER_SETUP)?;
         let key = StateKey::derive(&plain);
-        let state = State { store, key: &key };
-        if !state.has_epoch()? {
-            return Ok(None);
-        }
-        state.check(None).map(Some)
+        State { store, key: &key }.check()
     }
 
     /// The audit chain key of the vault whose database is `store`, to
@@ -320,11 +316,15 @@ impl Vault {
         }
     }
 
-    /// Wait until a change stamped `stamp` may be answered (`epoch.rs`);
-    /// at once without a counter.
-    fn sealed(&self, stamp: Option<i64>) -> Result<(), Reply> {
-        match (&self.epochs, stamp) {
-            (Some(e), Some(s)) => e.wait_sealed(s).map_err(|e| self.internal(e)),
+    /// Wait until a change may be answered (`epoch.rs`): its epoch is
+    /// sealed and confirmed twice over, and its record still holds what it
+    /// wrote (or later). At once without a counter.
+    fn sealed(&self, written: Option<Written>) -> Result<(), Reply> {
+        match (&self.epochs, written) {
+            (Some(e), Some(w)) => e
+                .wait_sealed(w.stamp)
+                .and_then(|()| self.state().still_written(&w))
+                .map_err(|e| self.internal(e)),
             _ => Ok(()),
         }
     }

@@ -1,18 +1,21 @@
 //! The records and the epoch (`epoch.rs`) in the database: every change to
 //! a record, written once over both backends through [`Tx`], keeps the
-//! record's MAC, its stamp and prev, and this process's running sum; and
-//! the epoch's preparation at start-up, its check, and its advance.
+//! record's MAC, stamp, version and prev; the epoch is prepared at
+//! start-up, checked, and advanced here.
 //!
 //! Owns: the transactions that change records (each holds the epoch row
-//! shared, then the record, then this process's sum), and the one that
-//! advances the epoch (holding the epoch row alone).
+//! shared, then the record), and the advance: one transaction that opens
+//! the next epoch (holding the epoch row alone, sealing the rows changed in
+//! the current one from their own MACs), then one that brings the counter
+//! to it and confirms it.
 //!
-//! Must never: change a record without its MAC, stamp and the running
-//! sum in the same transaction, or take a row whose MAC does not check.
+//! Must never: change a record without its MAC, stamp and version in the
+//! same transaction; take a row whose MAC does not check; let the counter
+//! pass a committed epoch; accept an epoch lower than one already seen.
 
 use super::VaultError;
 use super::audit::Entry as AuditEntry;
-use super::epoch::{self, Counter, Elem, Row, StateKey, Verdict};
+use super::epoch::{self, Counter, Mac, Row, StateKey, Sum, Verdict};
 use super::store::{LoginRecord, Store};
 
 /// An audit row's place as stored (a negative one cannot be coffer's:
@@ -30,6 +33,7 @@ pub struct Record {
     pub created: i64,
     pub destroyed: Option<i64>,
     pub stamp: i64,
+    pub version: i64,
     pub prev: Option<Vec<u8>>,
     pub mac: Option<Vec<u8>>,
 }
@@ -42,20 +46,18 @@ impl Record {
             failed: self.failed,
             destroyed: self.destroyed,
             stamp: self.stamp,
-            prev: self
-                .prev
-                .as_deref()
-                .and_then(Elem::from_slice)
-                .unwrap_or(Elem::ZERO),
+            version: self.version,
+            prev: self.prev.as_deref().and_then(Mac::from_slice),
         }
     }
 
     /// Its MAC, checked: a row without one, or with one that does not
     /// check, was not written by a server holding the key.
-    fn checked_mac(&self, key: &StateKey) -> Result<Elem, VaultError> {
-        let stored = self.mac.as_deref().and_then(Elem::from_slice);
+    fn checked_mac(&self, key: &StateKey) -> Result<Mac, VaultError> {
+        let stored = self.mac.as_deref().and_then(Mac::from_slice);
+        let prev_ok = self.prev.as_deref().is_none_or(|p| p.len() == 64);
         match stored {
-            Some(m) if m == key.row(&self.row()) && self.prev_ok() => Ok(m),
+            Some(m) if prev_ok && m == key.row(&self.row()) => Ok(m),
             _ => Err(VaultError::Tampered(format!(
                 "record {} does not carry its MAC (edited, or put there by someone without the server's key)",
                 super::server::audit_record(&self.user)
@@ -63,40 +65,62 @@ impl Record {
         }
     }
 
-    fn prev_ok(&self) -> bool {
-        self.prev.as_deref().is_none_or(|p| p.len() == 64)
+    /// What it adds to the sum sealed when epoch `epoch` began: its MAC's
+    /// term if it last changed before, its prev's if it changed since.
+    fn sealed_term(&self, mac: &Mac, epoch: i64) -> Sum {
+        if self.stamp < epoch {
+            mac.term()
+        } else {
+            self.row().prev.map_or(Sum::ZERO, |p| p.term())
+        }
     }
 
-    /// Set stamp, prev and MAC for a change in epoch `epoch`, from the MAC
-    /// it had (`None`: a new row).
-    fn seal(&mut self, key: &StateKey, epoch: i64, old: Option<Elem>) -> Elem {
+    /// Set stamp, version, prev and MAC for a change in epoch `epoch`,
+    /// from the MAC it had (`None`: a new row).
+    fn seal(&mut self, key: &StateKey, epoch: i64, old: Option<Mac>) {
         let (stamp, prev) = match old {
-            None => (epoch, Elem::ZERO),
-            Some(m) => {
-                let prev = self.row().prev;
-                epoch::restamp(epoch, self.stamp, m, prev)
-            }
+            None => (epoch, None),
+            Some(m) => epoch::restamp(epoch, self.stamp, m, self.row().prev),
         };
         self.stamp = stamp;
-        self.prev = Some(prev.0.to_vec());
-        let mac = key.row(&self.row());
-        self.mac = Some(mac.0.to_vec());
-        mac
+        self.version += 1;
+        self.prev = prev.map(|p| p.0.to_vec());
+        self.mac = Some(key.row(&self.row()).0.to_vec());
     }
 }
 
 /// The epoch row as stored.
 pub struct EpochRow {
     pub epoch: i64,
+    pub confirmed: bool,
     pub sealed: Vec<u8>,
     pub mac: Vec<u8>,
 }
 
+/// The epoch row, checked.
+struct Epoch {
+    epoch: i64,
+    confirmed: bool,
+    sealed: Sum,
+}
+
 impl EpochRow {
-    fn checked(self, key: &StateKey) -> Result<(i64, Elem), VaultError> {
-        let sealed = Elem::from_slice(&self.sealed);
-        match sealed {
-            Some(s) if key.epoch(self.epoch, &s)[..] == self.mac[..] => Ok((self.epoch, s)),
+    fn new(key: &StateKey, epoch: i64, confirmed: bool, sealed: &Sum) -> Self {
+        Self {
+            epoch,
+            confirmed,
+            sealed: sealed.to_bytes(),
+            mac: key.epoch(epoch, confirmed, sealed).to_vec(),
+        }
+    }
+
+    fn checked(self, key: &StateKey) -> Result<Epoch, VaultError> {
+        match Sum::from_bytes(&self.sealed) {
+            Some(s) if key.epoch(self.epoch, self.confirmed, &s)[..] == self.mac[..] => Ok(Epoch {
+                epoch: self.epoch,
+                confirmed: self.confirmed,
+                sealed: s,
+            }),
             _ => Err(VaultError::Tampered(
                 "the epoch row does not carry its MAC".into(),
             )),
@@ -117,23 +141,22 @@ pub trait Tx {
     /// Insert `r` unless its user id is taken; whether it was inserted.
     fn insert_record(&mut self, r: &Record) -> Result<bool, VaultError>;
     fn update_record(&mut self, r: &Record) -> Result<(), VaultError>;
-    /// Add `plus - minus` to `owner`'s running sum.
-    fn add_to_sum(&mut self, owner: &str, plus: &Elem, minus: &Elem) -> Result<(), VaultError>;
     /// Serialise start-up preparations (`prepare`) across replicas.
     fn lock_for_preparing(&mut self) -> Result<(), VaultError>;
-    /// Every running sum.
-    fn sums(&mut self) -> Result<Vec<Vec<u8>>, VaultError>;
-    /// Replace every running sum by one, `total`.
-    fn reset_sums(&mut self, total: &Elem) -> Result<(), VaultError>;
     /// Append an audit row stamped `stamp`.
     fn insert_audit(&mut self, e: &AuditEntry, mac: &[u8], stamp: i64) -> Result<(), VaultError>;
-    /// Every audit row's chain, place, MAC and stamp, in turn.
-    fn each_audit(&mut self, f: &mut AuditVisitor<'_>) -> Result<(), VaultError>;
+    /// Every audit row (with `stamp`: those stamped so) in turn.
+    fn each_audit(
+        &mut self,
+        stamp: Option<i64>,
+        f: &mut AuditVisitor<'_>,
+    ) -> Result<(), VaultError>;
     /// Stamp every audit row `stamp`.
     fn restamp_audit(&mut self, stamp: i64) -> Result<(), VaultError>;
-    /// Every record, in turn.
+    /// Every record (with `stamp`: those stamped so) in turn.
     fn each_record(
         &mut self,
+        stamp: Option<i64>,
         f: &mut dyn FnMut(Record) -> Result<(), VaultError>,
     ) -> Result<(), VaultError>;
 }
@@ -144,50 +167,89 @@ pub struct State<'s> {
     pub key: &'s StateKey,
 }
 
-/// A change's outcome, and the epoch it was stamped in if it wrote.
-pub type Stamped<T> = (T, Option<i64>);
+/// A change that wrote: the record, the epoch it was stamped in, and the
+/// version it wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub user: String,
+    pub stamp: i64,
+    pub version: i64,
+}
+
+/// A change's outcome, and what it wrote, if it wrote.
+pub type Stamped<T> = (T, Option<Written>);
 
 impl State<'_> {
-    fn epoch_for_change(tx: &mut dyn Tx, key: &StateKey) -> Result<i64, VaultError> {
-        let row = tx
+    /// The epoch a change is stamped in, from the row held shared; never
+    /// one below an epoch this process has seen (a stale epoch row put
+    /// back while the server runs).
+    fn epoch_for_change(&self, tx: &mut dyn Tx) -> Result<i64, VaultError> {
+        let e = tx
             .epoch_row(false)?
-            .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?;
-        Ok(row.checked(key)?.0)
+            .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
+            .checked(self.key)?;
+        self.store.saw_epoch(e.epoch)?;
+        Ok(e.epoch)
     }
 
     /// Change `user`'s record with `f` (which returns the outcome and
-    /// whether it changed the record), keeping MAC, stamp and sum.
+    /// whether it changed the record), keeping MAC, stamp and version.
     fn change<T>(
         &self,
         user: &str,
         f: impl FnOnce(Option<&mut Record>) -> (T, bool),
     ) -> Result<Stamped<T>, VaultError> {
-        let key = self.key;
-        let owner = self.store.owner();
         self.store.with_tx(true, |tx| {
-            let epoch = Self::epoch_for_change(tx, key)?;
+            let epoch = self.epoch_for_change(tx)?;
             let mut record = tx.record(user)?;
-            let old = record.as_ref().map(|r| r.checked_mac(key)).transpose()?;
+            let old = record
+                .as_ref()
+                .map(|r| r.checked_mac(self.key))
+                .transpose()?;
             let (out, changed) = f(record.as_mut());
             match (record, old) {
                 (Some(mut r), Some(old)) if changed => {
-                    let mac = r.seal(key, epoch, Some(old));
+                    r.seal(self.key, epoch, Some(old));
                     tx.update_record(&r)?;
-                    tx.add_to_sum(owner, &mac, &old)?;
-                    Ok((out, Some(epoch)))
+                    let written = Written {
+                        user: r.user,
+                        stamp: epoch,
+                        version: r.version,
+                    };
+                    Ok((out, Some(written)))
                 }
                 _ => Ok((out, None)),
             }
         })
     }
 
+    /// After a change was sealed: its record still holds what it wrote,
+    /// or a later version (else the row was put back meanwhile, and the
+    /// change must not be answered).
+    pub fn still_written(&self, w: &Written) -> Result<(), VaultError> {
+        self.store.with_tx(false, |tx| {
+            let r = tx.record(&w.user)?.ok_or_else(|| {
+                VaultError::Tampered(format!(
+                    "record {} vanished after a change",
+                    super::server::audit_record(&w.user)
+                ))
+            })?;
+            r.checked_mac(self.key)?;
+            if r.version < w.version {
+                return Err(VaultError::Tampered(format!(
+                    "record {} was put back to an older version after a change",
+                    super::server::audit_record(&w.user)
+                )));
+            }
+            Ok(())
+        })
+    }
+
     /// Store a new record; `false` if the id is taken (or was: ids are
     /// never reused).
     pub fn register(&self, user: &str, registration: &[u8]) -> Result<Stamped<bool>, VaultError> {
-        let key = self.key;
-        let owner = self.store.owner();
         self.store.with_tx(true, |tx| {
-            let epoch = Self::epoch_for_change(tx, key)?;
+            let epoch = self.epoch_for_change(tx)?;
             let mut r = Record {
                 user: user.to_owned(),
                 registration: Some(registration.to_vec()),
@@ -195,27 +257,29 @@ impl State<'_> {
                 created: crate::slot::now_unix() as i64,
                 destroyed: None,
                 stamp: epoch,
+                version: 0,
                 prev: None,
                 mac: None,
             };
-            let mac = r.seal(key, epoch, None);
+            r.seal(self.key, epoch, None);
             if !tx.insert_record(&r)? {
                 return Ok((false, None));
             }
-            tx.add_to_sum(owner, &mac, &Elem::ZERO)?;
-            Ok((true, Some(epoch)))
+            let written = Written {
+                user: r.user,
+                stamp: epoch,
+                version: r.version,
+            };
+            Ok((true, Some(written)))
         })
     }
 
-    /// Append one row to the audit table (`audit.rs`), its term added to
-    /// the sum: a sealed row cut off later fails the check.
+    /// Append one row to the audit table (`audit.rs`), stamped with the
+    /// epoch: sealed with the next one, it cannot be cut off unseen.
     pub fn append_audit(&self, e: &AuditEntry, mac: &[u8]) -> Result<(), VaultError> {
-        let key = self.key;
-        let owner = self.store.owner();
         self.store.with_tx(true, |tx| {
-            let epoch = Self::epoch_for_change(tx, key)?;
-            tx.insert_audit(e, mac, epoch)?;
-            tx.add_to_sum(owner, &key.audit(&e.chain, e.seq, mac, epoch), &Elem::ZERO)
+            let epoch = self.epoch_for_change(tx)?;
+            tx.insert_audit(e, mac, epoch)
         })
     }
 
@@ -269,188 +333,250 @@ impl State<'_> {
         })
     }
 
-    /// Make the database's epoch ready at start-up, and return it:
-    ///
-    /// - a vault without an epoch row (new, or from before rollback
-    ///   detection), or with `adopt`: every record is sealed as it is now,
-    ///   at the counter's value (created if missing), or 0 with no counter;
-    /// - otherwise the whole check (`epoch.rs`), against the counter if
-    ///   there is one.
-    pub fn prepare(
-        &self,
-        counter: Option<&mut dyn Counter>,
-        adopt: bool,
-    ) -> Result<i64, VaultError> {
-        let key = self.key;
-        // Under one lock: replicas starting together on a new database
-        // seal it once, and the others check what it sealed.
-        let sealed_now = self.store.with_tx(true, |tx| {
-            tx.lock_for_preparing()?;
-            let stored = tx.epoch_row(true)?.map(|r| r.epoch);
-            let mut counter = counter;
-            let value = match counter.as_deref_mut() {
-                Some(c) => c.read()?,
-                None => None,
-            };
-            let fresh = match (&counter, adopt) {
-                (_, true) => true,
-                (None, false) => stored.is_none(),
-                (Some(c), false) => epoch::compare(stored, value, &c.describe())? == Verdict::Fresh,
-            };
-            if !fresh {
-                return Ok(Err(value));
-            }
-            let epoch = match counter {
-                Some(c) => {
-                    let v = match value {
-                        Some(v) => v,
-                        None => c.increment()?,
-                    };
-                    i64::try_from(v).map_err(|_| {
-                        VaultError::Epoch(format!("{} is beyond 2^63", c.describe()))
-                    })?
-                }
-                None => stored.unwrap_or(0),
-            };
-            // Every record and audit row sealed in the epoch before this
-            // one: its term is what the sum holds, and a copy of a record
-            // from before is no longer valid.
-            let mut rows = Vec::new();
-            tx.each_record(&mut |r| {
-                rows.push(r);
-                Ok(())
-            })?;
-            let mut total = Elem::ZERO;
-            for mut r in rows {
-                r.stamp = epoch - 1;
-                r.prev = None;
-                let mac = key.row(&r.row());
-                r.mac = Some(mac.0.to_vec());
-                total.add(&mac);
-                tx.update_record(&r)?;
-            }
-            tx.restamp_audit(epoch - 1)?;
-            tx.each_audit(&mut |chain, seq, mac, _| {
-                total.add(&key.audit(chain, audit_place(seq), mac, epoch - 1));
-                Ok(())
-            })?;
-            tx.reset_sums(&total)?;
-            tx.put_epoch_row(&EpochRow {
-                epoch,
-                sealed: total.0.to_vec(),
-                mac: key.epoch(epoch, &total).to_vec(),
-            })?;
-            Ok(Ok(epoch))
-        })?;
-        match sealed_now {
-            Ok(epoch) => Ok(epoch),
-            Err(counter) => self.check(counter),
-        }
-    }
-
     /// Whether the database has an epoch row.
     pub fn has_epoch(&self) -> Result<bool, VaultError> {
         self.store
             .with_tx(false, |tx| Ok(tx.epoch_row(false)?.is_some()))
     }
 
-    /// The whole check of a database whose counter reads `counter`
-    /// (`None`: no counter in use): see `epoch.rs`. Returns the epoch.
-    pub fn check(&self, counter: Option<u64>) -> Result<i64, VaultError> {
+    /// Make the database's epoch ready at start-up, and return it:
+    ///
+    /// - a vault without an epoch row (new, or from before rollback
+    ///   detection), or with `adopt`: every record and audit row is sealed
+    ///   as it is now, at the counter's value (created if missing), or 0
+    ///   with no counter;
+    /// - otherwise the whole check (`epoch.rs`), against the counter if
+    ///   there is one, and an advance cut short is finished.
+    pub fn prepare(
+        &self,
+        mut counter: Option<&mut dyn Counter>,
+        adopt: bool,
+    ) -> Result<i64, VaultError> {
         let key = self.key;
-        let epoch = self.store.with_tx(false, |tx| {
-            let (epoch, sealed) = tx
+        // The records first, in a snapshot of their own: a long read does
+        // not hold up other replicas.
+        let scanned = if adopt || !self.has_epoch()? {
+            None
+        } else {
+            Some(self.scan()?)
+        };
+        // Then under one lock: replicas starting together on a new
+        // database seal it once; the others check what it sealed.
+        self.store.with_tx(true, |tx| {
+            tx.lock_for_preparing()?;
+            let stored = tx.epoch_row(true)?.map(|r| r.checked(key)).transpose()?;
+            let value = match counter.as_deref_mut() {
+                Some(c) => c.read()?,
+                None => None,
+            };
+            let verdict = match (&counter, adopt) {
+                (_, true) => Verdict::Fresh,
+                (None, false) if stored.is_none() => Verdict::Fresh,
+                (None, false) => Verdict::Current,
+                (Some(c), false) => epoch::compare(
+                    stored.as_ref().map(|e| (e.epoch, e.confirmed)),
+                    value,
+                    &c.describe(),
+                )?,
+            };
+            match (verdict, stored, scanned) {
+                (Verdict::Fresh, ..) => {
+                    let epoch = match counter {
+                        Some(c) => {
+                            let v = match value {
+                                Some(v) => v,
+                                None => c.increment()?,
+                            };
+                            i64::try_from(v).map_err(|_| {
+                                VaultError::Epoch(format!("{} is beyond 2^63", c.describe()))
+                            })?
+                        }
+                        None => 0,
+                    };
+                    self.seal_as_is(tx, epoch)?;
+                    Ok(epoch)
+                }
+                (verdict, Some(now), Some(before)) => {
+                    // The snapshot checked is this epoch, or one just
+                    // before it that another replica has since advanced.
+                    if before > now.epoch {
+                        return Err(VaultError::Tampered(
+                            "the epoch went backwards while the database was checked".into(),
+                        ));
+                    }
+                    if verdict == Verdict::Open {
+                        let c = counter.expect("only a counter leaves an epoch open");
+                        self.confirm(tx, c, &now)?;
+                    }
+                    self.store.saw_epoch(now.epoch)?;
+                    Ok(now.epoch)
+                }
+                _ => Err(VaultError::Tampered(
+                    "the epoch row vanished while the database was checked".into(),
+                )),
+            }
+        })
+    }
+
+    /// Seal every record and audit row as it is, in the epoch before
+    /// `epoch`, and start `epoch` (confirmed) with their sum.
+    fn seal_as_is(&self, tx: &mut dyn Tx, epoch: i64) -> Result<(), VaultError> {
+        let key = self.key;
+        let mut rows = Vec::new();
+        tx.each_record(None, &mut |r| {
+            rows.push(r);
+            Ok(())
+        })?;
+        let mut total = Sum::ZERO;
+        for mut r in rows {
+            r.stamp = epoch - 1;
+            r.prev = None;
+            let mac = key.row(&r.row());
+            r.mac = Some(mac.0.to_vec());
+            total.add(&mac.term());
+            tx.update_record(&r)?;
+        }
+        tx.restamp_audit(epoch - 1)?;
+        tx.each_audit(None, &mut |chain, seq, mac, _| {
+            total.add(&key.audit(chain, audit_place(seq), mac, epoch - 1).term());
+            Ok(())
+        })?;
+        tx.put_epoch_row(&EpochRow::new(key, epoch, true, &total))?;
+        self.store.saw_epoch(epoch)
+    }
+
+    /// The whole check of the rows against the epoch row, in one
+    /// snapshot: every MAC, and the sealed sum (`epoch.rs`). Returns the
+    /// epoch.
+    fn scan(&self) -> Result<i64, VaultError> {
+        let key = self.key;
+        self.store.with_tx(false, |tx| {
+            let e = tx
                 .epoch_row(false)?
                 .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
                 .checked(key)?;
-            let mut from_records = Elem::ZERO;
-            let mut current = Elem::ZERO;
-            tx.each_record(&mut |r| {
+            let mut from_rows = Sum::ZERO;
+            tx.each_record(None, &mut |r| {
                 let mac = r.checked_mac(key)?;
-                current.add(&mac);
-                if r.stamp > epoch {
+                if r.stamp > e.epoch {
                     return Err(VaultError::Tampered(format!(
                         "record {} is stamped with a later epoch than the database's",
                         super::server::audit_record(&r.user)
                     )));
                 }
-                from_records.add(&if r.stamp < epoch { mac } else { r.row().prev });
+                from_rows.add(&r.sealed_term(&mac, e.epoch));
                 Ok(())
             })?;
-            tx.each_audit(&mut |chain, seq, mac, stamp| {
-                let term = key.audit(chain, audit_place(seq), mac, stamp);
-                current.add(&term);
-                if stamp > epoch {
+            tx.each_audit(None, &mut |chain, seq, mac, stamp| {
+                if stamp > e.epoch {
                     return Err(VaultError::Tampered(
                         "an audit row is stamped with a later epoch than the database's".into(),
                     ));
                 }
-                if stamp < epoch {
-                    from_records.add(&term);
+                if stamp < e.epoch {
+                    from_rows.add(&key.audit(chain, audit_place(seq), mac, stamp).term());
                 }
                 Ok(())
             })?;
-            if from_records != sealed {
+            if from_rows != e.sealed {
                 return Err(VaultError::Tampered(format!(
-                    "the records and audit rows are not those sealed at epoch {epoch}: one was removed (an audit chain's tail cut off?), added, or put back as an older copy of itself"
+                    "the records and audit rows are not those sealed at epoch {}: one was removed (an audit chain's tail cut off?), added, or put back as an older copy of itself",
+                    e.epoch
                 )));
             }
-            let mut sums = Elem::ZERO;
-            for s in tx.sums()? {
-                sums.add(&Elem::from_slice(&s).ok_or_else(|| {
-                    VaultError::Tampered("a running sum is malformed".into())
-                })?);
-            }
-            if sums != current {
-                return Err(VaultError::Tampered(
-                    "the running sums do not match the records".into(),
-                ));
-            }
-            Ok(epoch)
-        })?;
-        if let Some(c) = counter {
-            epoch::compare(Some(epoch), Some(c), "the counter")?;
-        }
-        Ok(epoch)
+            Ok(e.epoch)
+        })
     }
 
-    /// Advance the epoch once: holding the epoch row, bring the counter to
-    /// one past the larger of the epoch and itself, then write that epoch
-    /// and the running sums' total, and commit. Returns the new epoch.
+    /// The whole check without a counter (`vault audit verify`): the
+    /// epoch, if the database has one.
+    pub fn check(&self) -> Result<Option<i64>, VaultError> {
+        if !self.has_epoch()? {
+            return Ok(None);
+        }
+        self.scan().map(Some)
+    }
+
+    /// Bring the counter to the open epoch `e` (one increment if it is
+    /// one below) and confirm the epoch, in `tx`, which holds the epoch
+    /// row: a failure anywhere leaves a state the next try finishes.
+    fn confirm(
+        &self,
+        tx: &mut dyn Tx,
+        counter: &mut dyn Counter,
+        e: &Epoch,
+    ) -> Result<(), VaultError> {
+        let value = counter.read()?;
+        match epoch::compare(Some((e.epoch, false)), value, &counter.describe())? {
+            Verdict::Open => {}
+            _ => unreachable!("compare on an open epoch gives Open or an error"),
+        }
+        if value.and_then(|v| i64::try_from(v).ok()) == Some(e.epoch - 1) {
+            let v = counter.increment()?;
+            if i64::try_from(v).ok() != Some(e.epoch) {
+                return Err(VaultError::Epoch(format!(
+                    "{} moved by itself (to {v}, expected {}): another writer?",
+                    counter.describe(),
+                    e.epoch
+                )));
+            }
+        }
+        tx.put_epoch_row(&EpochRow::new(self.key, e.epoch, true, &e.sealed))
+    }
+
+    /// Advance the epoch once, and return the new one, confirmed:
+    ///
+    /// 1. holding the epoch row, open epoch `E + 1`: its sealed sum is
+    ///    epoch `E`'s, plus the change of every row stamped `E` (each MAC
+    ///    checked), plus every audit row stamped `E`; commit;
+    /// 2. holding it again, increment the counter from `E` to `E + 1`,
+    ///    confirm `E + 1`, commit.
+    ///
+    /// An epoch left open by a failure is taken up at step 2.
     pub fn advance(&self, counter: &mut dyn Counter) -> Result<i64, VaultError> {
         let key = self.key;
-        self.store.with_tx(true, |tx| {
-            let (epoch, _) = tx
+        let next = self.store.with_tx(true, |tx| {
+            let e = tx
                 .epoch_row(true)?
                 .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
                 .checked(key)?;
-            let read = counter.read()?;
-            epoch::compare(Some(epoch), read, &counter.describe())?;
-            let mut value = i64::try_from(read.unwrap_or(0)).unwrap_or(i64::MAX);
-            let target = epoch.max(value) + 1;
-            while value < target {
-                value = i64::try_from(counter.increment()?).unwrap_or(i64::MAX);
+            self.store.saw_epoch(e.epoch)?;
+            if !e.confirmed {
+                return Ok(e.epoch);
             }
-            if value != target {
+            epoch::compare(Some((e.epoch, true)), counter.read()?, &counter.describe())?;
+            let mut sealed = e.sealed;
+            tx.each_record(Some(e.epoch), &mut |r| {
+                let mac = r.checked_mac(key)?;
+                sealed.add(&mac.term());
+                if let Some(p) = r.row().prev {
+                    sealed.sub(&p.term());
+                }
+                Ok(())
+            })?;
+            tx.each_audit(Some(e.epoch), &mut |chain, seq, mac, stamp| {
+                sealed.add(&key.audit(chain, audit_place(seq), mac, stamp).term());
+                Ok(())
+            })?;
+            tx.put_epoch_row(&EpochRow::new(key, e.epoch + 1, false, &sealed))?;
+            Ok(e.epoch + 1)
+        })?;
+        self.store.with_tx(true, |tx| {
+            let e = tx
+                .epoch_row(true)?
+                .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
+                .checked(key)?;
+            self.store.saw_epoch(e.epoch)?;
+            if e.epoch != next {
                 return Err(VaultError::Epoch(format!(
-                    "{} moved by itself (to {value}, expected {target}): another writer?",
-                    counter.describe()
+                    "the epoch moved from {next} to {} under an advance",
+                    e.epoch
                 )));
             }
-            let mut total = Elem::ZERO;
-            for s in tx.sums()? {
-                total
-                    .add(&Elem::from_slice(&s).ok_or_else(|| {
-                        VaultError::Tampered("a running sum is malformed".into())
-                    })?);
+            if !e.confirmed {
+                self.confirm(tx, counter, &e)?;
             }
-            tx.reset_sums(&total)?;
-            tx.put_epoch_row(&EpochRow {
-                epoch: target,
-                sealed: total.0.to_vec(),
-                mac: key.epoch(target, &total).to_vec(),
-            })?;
-            Ok(target)
+            Ok(next)
         })
     }
 }
@@ -478,42 +604,84 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_crash_between_the_increment_and_the_commit_is_accepted_and_two_are_not() {
+    /// A counter whose increments fail (after moving it, or before).
+    struct Failing {
+        inner: Fake,
+        after: bool,
+    }
+
+    impl Counter for Failing {
+        fn read(&mut self) -> Result<Option<u64>, VaultError> {
+            self.inner.read()
+        }
+        fn increment(&mut self) -> Result<u64, VaultError> {
+            if self.after {
+                self.inner.increment()?;
+            }
+            Err(VaultError::Epoch("the TPM went away".into()))
+        }
+        fn describe(&self) -> String {
+            "the failing counter".into()
+        }
+    }
+
+    fn vault() -> (tempfile::TempDir, Store, StateKey) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("v.db")).unwrap();
-        let key = StateKey::derive(b"setup");
+        (dir, store, StateKey::derive(b"setup"))
+    }
+
+    #[test]
+    fn failed_advances_never_lock_the_vault_out() {
+        let (_d, store, key) = vault();
         let state = State {
             store: &store,
             key: &key,
         };
         let mut counter = Fake::default();
         assert_eq!(state.prepare(Some(&mut counter), false).unwrap(), 1);
-        let (registered, stamp) = state.register("u", b"reg").unwrap();
-        assert!(registered);
-        assert_eq!(stamp, Some(1));
+        state.register("u", b"reg").unwrap();
         assert_eq!(state.advance(&mut counter).unwrap(), 2);
-        // The counter moved, the commit was lost: one ahead.
-        counter.increment().unwrap();
-        assert_eq!(state.prepare(Some(&mut counter), false).unwrap(), 2);
-        assert_eq!(state.advance(&mut counter).unwrap(), 4, "past both");
-        assert_eq!(counter.read().unwrap(), Some(4));
-        // Two ahead: the database is older than an answered change.
-        counter.increment().unwrap();
+        // Increments that fail, after moving the counter or before, many
+        // times over: every state left is finished by the next advance or
+        // start.
+        for after in [true, false, true, true, false] {
+            let mut failing = Failing {
+                inner: counter.clone(),
+                after,
+            };
+            assert!(state.advance(&mut failing).is_err());
+            let e = state.prepare(Some(&mut counter), false).unwrap();
+            assert_eq!(Some(e as u64), counter.read().unwrap(), "finished at start");
+        }
+        let e = state.advance(&mut counter).unwrap();
+        assert_eq!(Some(e as u64), counter.read().unwrap());
+        state.login_start("u", 10).unwrap();
+        state.advance(&mut counter).unwrap();
+        assert_eq!(state.check().unwrap(), Some(e + 1));
+    }
+
+    #[test]
+    fn a_counter_past_the_database_is_a_rollback_and_adopting_takes_it() {
+        let (_d, store, key) = vault();
+        let state = State {
+            store: &store,
+            key: &key,
+        };
+        let mut counter = Fake::default();
+        state.prepare(Some(&mut counter), false).unwrap();
+        state.advance(&mut counter).unwrap();
         counter.increment().unwrap();
         let e = state.prepare(Some(&mut counter), false).unwrap_err();
         assert!(e.to_string().contains("rolled back"), "{e}");
         assert!(state.advance(&mut counter).is_err(), "nor advanced");
-        // Adopted deliberately: sealed at the counter's value.
-        assert_eq!(state.prepare(Some(&mut counter), true).unwrap(), 6);
-        assert_eq!(state.check(Some(6)).unwrap(), 6);
+        assert_eq!(state.prepare(Some(&mut counter), true).unwrap(), 3);
+        state.advance(&mut counter).unwrap();
     }
 
     #[test]
     fn changes_in_the_current_epoch_count_by_their_prev() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("v.db")).unwrap();
-        let key = StateKey::derive(b"setup");
+        let (_d, store, key) = vault();
         let state = State {
             store: &store,
             key: &key,
@@ -524,10 +692,11 @@ mod tests {
         state.advance(&mut counter).unwrap();
         // Changed twice in one epoch, then checked before it is sealed.
         state.login_start("u", 10).unwrap();
-        state.login_start("u", 10).unwrap();
-        state.check(counter.read().unwrap()).unwrap();
+        let (_, w) = state.login_start("u", 10).unwrap();
+        state.check().unwrap();
         state.advance(&mut counter).unwrap();
-        state.check(counter.read().unwrap()).unwrap();
+        state.check().unwrap();
+        state.still_written(&w.unwrap()).unwrap();
         assert_eq!(store.failed_guesses("u").unwrap(), Some(2));
     }
 }

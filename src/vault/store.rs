@@ -12,7 +12,6 @@
 
 use super::VaultError;
 use super::audit::Entry as AuditEntry;
-use super::epoch::Elem;
 use super::state::{AuditVisitor, EpochRow, Record, Tx};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::Path;
@@ -62,21 +61,24 @@ CREATE TABLE IF NOT EXISTS audit_log (
 CREATE TABLE IF NOT EXISTS epoch (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     epoch INTEGER NOT NULL,
+    confirmed INTEGER NOT NULL,
     sealed BLOB NOT NULL,
     mac BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS epoch_sums (
-    owner TEXT PRIMARY KEY,
-    sum BLOB NOT NULL
 );
 ";
 
 /// Version 2's columns, added to version 1's tables: table, column, its
 /// SQLite type, its PostgreSQL type.
-const V2_COLUMNS: [(&str, &str, &str, &str); 4] = [
+const V2_COLUMNS: [(&str, &str, &str, &str); 5] = [
     (
         "records",
         "stamp",
+        "INTEGER NOT NULL DEFAULT 0",
+        "BIGINT NOT NULL DEFAULT 0",
+    ),
+    (
+        "records",
+        "version",
         "INTEGER NOT NULL DEFAULT 0",
         "BIGINT NOT NULL DEFAULT 0",
     ),
@@ -89,6 +91,13 @@ const V2_COLUMNS: [(&str, &str, &str, &str); 4] = [
         "BIGINT NOT NULL DEFAULT 0",
     ),
 ];
+
+/// Version 2's indexes: an advance reads the rows stamped with the
+/// current epoch.
+const V2_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS records_stamp ON records (stamp);
+CREATE INDEX IF NOT EXISTS audit_log_stamp ON audit_log (stamp);
+";
 
 /// What a login start found.
 pub enum LoginRecord {
@@ -160,20 +169,18 @@ CREATE TABLE IF NOT EXISTS audit_log (
 CREATE TABLE IF NOT EXISTS epoch (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     epoch BIGINT NOT NULL,
+    confirmed BOOLEAN NOT NULL,
     sealed BYTEA NOT NULL,
     mac BYTEA NOT NULL
-);
-CREATE TABLE IF NOT EXISTS epoch_sums (
-    owner TEXT PRIMARY KEY,
-    sum BYTEA NOT NULL
 );
 ";
 
 /// The vault database.
 pub struct Store {
     db: Db,
-    /// This process's running sum's name in `epoch_sums` (`state.rs`).
-    owner: String,
+    /// The highest epoch this process has seen (`state.rs`): the database
+    /// is never accepted at a lower one while the server runs.
+    epoch_seen: std::sync::atomic::AtomicI64,
 }
 
 enum Db {
@@ -347,6 +354,7 @@ impl Store {
                 }
             }
         }
+        conn.execute_batch(V2_INDEXES).map_err(db)?;
         conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?1)",
             params![SCHEMA_VERSION.to_string()],
@@ -377,6 +385,7 @@ impl Store {
                 .map_err(pg)?;
             }
         }
+        tx.batch_execute(V2_INDEXES).map_err(pg)?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('schema', $1) ON CONFLICT (key) DO UPDATE SET value = $1",
             &[&SCHEMA_VERSION.to_string()],
@@ -404,17 +413,23 @@ impl Store {
     }
 
     fn new(db: Db) -> Self {
-        let mut id = [0u8; 8];
-        crate::key::random_bytes(&mut id);
         Self {
             db,
-            owner: hex::encode(id),
+            epoch_seen: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
-    /// This process's running sum's name (`state.rs`).
-    pub(crate) fn owner(&self) -> &str {
-        &self.owner
+    /// Note that the database was seen at `epoch`; an error if this
+    /// process saw it at a later one before (a stale epoch row put back
+    /// while the server runs: nothing is answered from it).
+    pub(crate) fn saw_epoch(&self, epoch: i64) -> Result<(), VaultError> {
+        let before = self.epoch_seen.fetch_max(epoch, Ordering::SeqCst);
+        if epoch < before {
+            return Err(VaultError::Tampered(format!(
+                "the database's epoch went back from {before} to {epoch} while the server ran (a stale epoch row put back?)"
+            )));
+        }
+        Ok(())
     }
 
     /// Run `f` in one transaction (`write`: one that may write, holding
@@ -427,12 +442,17 @@ impl Store {
         f: impl FnOnce(&mut dyn Tx) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
         if let Some(mut c) = self.pg() {
-            let mut b = c.build_transaction();
-            if !write {
-                b = b
+            // A write sees what others committed before each statement
+            // (an advance sums the rows stamped so far); a read is one
+            // snapshot.
+            let b = if write {
+                c.build_transaction()
+                    .isolation_level(postgres::IsolationLevel::ReadCommitted)
+            } else {
+                c.build_transaction()
                     .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true);
-            }
+                    .read_only(true)
+            };
             let out = {
                 let mut tx = PgTx {
                     tx: b.start().map_err(pg)?,
@@ -733,7 +753,16 @@ impl Store {
     }
 }
 
-const RECORD: &str = "user_id, registration, failed_guesses, created, destroyed, stamp, prev, mac";
+const RECORD: &str =
+    "user_id, registration, failed_guesses, created, destroyed, stamp, version, prev, mac";
+
+/// `WHERE stamp = …` for a row filter, with the placeholder given.
+fn stamped(stamp: Option<i64>, placeholder: &str) -> String {
+    match stamp {
+        Some(_) => format!(" WHERE stamp = {placeholder}"),
+        None => String::new(),
+    }
+}
 
 /// A transaction on SQLite.
 struct SqliteTx<'c>(rusqlite::Transaction<'c>);
@@ -746,8 +775,9 @@ fn sqlite_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         created: r.get(3)?,
         destroyed: r.get(4)?,
         stamp: r.get(5)?,
-        prev: r.get(6)?,
-        mac: r.get(7)?,
+        version: r.get(6)?,
+        prev: r.get(7)?,
+        mac: r.get(8)?,
     })
 }
 
@@ -756,13 +786,14 @@ impl Tx for SqliteTx<'_> {
         // A write transaction holds SQLite's one write lock already.
         self.0
             .query_row(
-                "SELECT epoch, sealed, mac FROM epoch WHERE id = 0",
+                "SELECT epoch, confirmed, sealed, mac FROM epoch WHERE id = 0",
                 [],
                 |r| {
                     Ok(EpochRow {
                         epoch: r.get(0)?,
-                        sealed: r.get(1)?,
-                        mac: r.get(2)?,
+                        confirmed: r.get::<_, i64>(1)? != 0,
+                        sealed: r.get(2)?,
+                        mac: r.get(3)?,
                     })
                 },
             )
@@ -773,8 +804,8 @@ impl Tx for SqliteTx<'_> {
     fn put_epoch_row(&mut self, e: &EpochRow) -> Result<(), VaultError> {
         self.0
             .execute(
-                "INSERT OR REPLACE INTO epoch (id, epoch, sealed, mac) VALUES (0, ?1, ?2, ?3)",
-                params![e.epoch, e.sealed, e.mac],
+                "INSERT OR REPLACE INTO epoch (id, epoch, confirmed, sealed, mac) VALUES (0, ?1, ?2, ?3, ?4)",
+                params![e.epoch, i64::from(e.confirmed), e.sealed, e.mac],
             )
             .map(drop)
             .map_err(db)
@@ -794,8 +825,8 @@ impl Tx for SqliteTx<'_> {
     fn insert_record(&mut self, r: &Record) -> Result<bool, VaultError> {
         self.0
             .execute(
-                &format!("INSERT OR IGNORE INTO records ({RECORD}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-                params![r.user, r.registration, r.failed, r.created, r.destroyed, r.stamp, r.prev, r.mac],
+                &format!("INSERT OR IGNORE INTO records ({RECORD}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![r.user, r.registration, r.failed, r.created, r.destroyed, r.stamp, r.version, r.prev, r.mac],
             )
             .map(|n| n == 1)
             .map_err(db)
@@ -804,28 +835,8 @@ impl Tx for SqliteTx<'_> {
     fn update_record(&mut self, r: &Record) -> Result<(), VaultError> {
         self.0
             .execute(
-                "UPDATE records SET registration = ?2, failed_guesses = ?3, destroyed = ?4, stamp = ?5, prev = ?6, mac = ?7 WHERE user_id = ?1",
-                params![r.user, r.registration, r.failed, r.destroyed, r.stamp, r.prev, r.mac],
-            )
-            .map(drop)
-            .map_err(db)
-    }
-
-    fn add_to_sum(&mut self, owner: &str, plus: &Elem, minus: &Elem) -> Result<(), VaultError> {
-        let old: Option<Vec<u8>> = self
-            .0
-            .query_row(
-                "SELECT sum FROM epoch_sums WHERE owner = ?1",
-                params![owner],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        let sum = updated_sum(old.as_deref(), plus, minus)?;
-        self.0
-            .execute(
-                "INSERT OR REPLACE INTO epoch_sums (owner, sum) VALUES (?1, ?2)",
-                params![owner, sum.0.to_vec()],
+                "UPDATE records SET registration = ?2, failed_guesses = ?3, destroyed = ?4, stamp = ?5, version = ?6, prev = ?7, mac = ?8 WHERE user_id = ?1",
+                params![r.user, r.registration, r.failed, r.destroyed, r.stamp, r.version, r.prev, r.mac],
             )
             .map(drop)
             .map_err(db)
@@ -834,25 +845,6 @@ impl Tx for SqliteTx<'_> {
     fn lock_for_preparing(&mut self) -> Result<(), VaultError> {
         // A write transaction holds SQLite's one write lock already.
         Ok(())
-    }
-
-    fn sums(&mut self) -> Result<Vec<Vec<u8>>, VaultError> {
-        let mut stmt = self.0.prepare("SELECT sum FROM epoch_sums").map_err(db)?;
-        let rows = stmt.query_map([], |r| r.get(0)).map_err(db)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(db)
-    }
-
-    fn reset_sums(&mut self, total: &Elem) -> Result<(), VaultError> {
-        self.0
-            .execute("DELETE FROM epoch_sums", [])
-            .and_then(|_| {
-                self.0.execute(
-                    "INSERT INTO epoch_sums (owner, sum) VALUES ('sealed', ?1)",
-                    params![total.0.to_vec()],
-                )
-            })
-            .map(drop)
-            .map_err(db)
     }
 
     fn insert_audit(&mut self, e: &AuditEntry, mac: &[u8], stamp: i64) -> Result<(), VaultError> {
@@ -867,12 +859,23 @@ impl Tx for SqliteTx<'_> {
             .map_err(db)
     }
 
-    fn each_audit(&mut self, f: &mut AuditVisitor<'_>) -> Result<(), VaultError> {
+    fn each_audit(
+        &mut self,
+        stamp: Option<i64>,
+        f: &mut AuditVisitor<'_>,
+    ) -> Result<(), VaultError> {
         let mut stmt = self
             .0
-            .prepare("SELECT chain, seq, mac, stamp FROM audit_log")
+            .prepare(&format!(
+                "SELECT chain, seq, mac, stamp FROM audit_log{}",
+                stamped(stamp, "?1")
+            ))
             .map_err(db)?;
-        let mut rows = stmt.query([]).map_err(db)?;
+        let mut rows = match stamp {
+            Some(s) => stmt.query(params![s]),
+            None => stmt.query([]),
+        }
+        .map_err(db)?;
         while let Some(r) = rows.next().map_err(db)? {
             let (chain, seq, mac, stamp): (String, i64, Vec<u8>, i64) = (
                 r.get(0).map_err(db)?,
@@ -894,13 +897,21 @@ impl Tx for SqliteTx<'_> {
 
     fn each_record(
         &mut self,
+        stamp: Option<i64>,
         f: &mut dyn FnMut(Record) -> Result<(), VaultError>,
     ) -> Result<(), VaultError> {
         let mut stmt = self
             .0
-            .prepare(&format!("SELECT {RECORD} FROM records"))
+            .prepare(&format!(
+                "SELECT {RECORD} FROM records{}",
+                stamped(stamp, "?1")
+            ))
             .map_err(db)?;
-        let mut rows = stmt.query([]).map_err(db)?;
+        let mut rows = match stamp {
+            Some(s) => stmt.query(params![s]),
+            None => stmt.query([]),
+        }
+        .map_err(db)?;
         while let Some(r) = rows.next().map_err(db)? {
             f(sqlite_record(r).map_err(db)?)?;
         }
@@ -911,18 +922,6 @@ impl Tx for SqliteTx<'_> {
 /// An audit row's place as stored.
 fn audit_seq(e: &AuditEntry) -> Result<i64, VaultError> {
     i64::try_from(e.seq).map_err(|_| VaultError::Store("audit chain full".into()))
-}
-
-/// `old + plus - minus` (a missing `old` is zero).
-fn updated_sum(old: Option<&[u8]>, plus: &Elem, minus: &Elem) -> Result<Elem, VaultError> {
-    let mut sum = match old {
-        None => Elem::ZERO,
-        Some(b) => Elem::from_slice(b)
-            .ok_or_else(|| VaultError::Tampered("a running sum is malformed".into()))?,
-    };
-    sum.add(plus);
-    sum.sub(minus);
-    Ok(sum)
 }
 
 /// A transaction on PostgreSQL.
@@ -939,8 +938,31 @@ fn pg_record(r: &postgres::Row) -> Record {
         created: r.get(3),
         destroyed: r.get(4),
         stamp: r.get(5),
-        prev: r.get(6),
-        mac: r.get(7),
+        version: r.get(6),
+        prev: r.get(7),
+        mac: r.get(8),
+    }
+}
+
+impl PgTx<'_> {
+    /// Every row `query` returns (with `stamp` as its one parameter, if
+    /// given), streamed: a large table is never held in memory.
+    fn each_row(
+        &mut self,
+        query: &str,
+        stamp: Option<i64>,
+        f: &mut dyn FnMut(&postgres::Row) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = match &stamp {
+            Some(s) => vec![s],
+            None => Vec::new(),
+        };
+        let mut rows = self.tx.query_raw(query, params).map_err(pg)?;
+        while let Some(r) = rows.next().map_err(pg)? {
+            f(&r)?;
+        }
+        Ok(())
     }
 }
 
@@ -956,14 +978,15 @@ impl Tx for PgTx<'_> {
         };
         self.tx
             .query_opt(
-                &format!("SELECT epoch, sealed, mac FROM epoch WHERE id = 0{lock}"),
+                &format!("SELECT epoch, confirmed, sealed, mac FROM epoch WHERE id = 0{lock}"),
                 &[],
             )
             .map(|r| {
                 r.map(|r| EpochRow {
                     epoch: r.get(0),
-                    sealed: r.get(1),
-                    mac: r.get(2),
+                    confirmed: r.get(1),
+                    sealed: r.get(2),
+                    mac: r.get(3),
                 })
             })
             .map_err(pg)
@@ -972,17 +995,18 @@ impl Tx for PgTx<'_> {
     fn put_epoch_row(&mut self, e: &EpochRow) -> Result<(), VaultError> {
         self.tx
             .execute(
-                "INSERT INTO epoch (id, epoch, sealed, mac) VALUES (0, $1, $2, $3) ON CONFLICT (id) DO UPDATE SET epoch = $1, sealed = $2, mac = $3",
-                &[&e.epoch, &e.sealed, &e.mac],
+                "INSERT INTO epoch (id, epoch, confirmed, sealed, mac) VALUES (0, $1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET epoch = $1, confirmed = $2, sealed = $3, mac = $4",
+                &[&e.epoch, &e.confirmed, &e.sealed, &e.mac],
             )
             .map(drop)
             .map_err(pg)
     }
 
     fn record(&mut self, user: &str) -> Result<Option<Record>, VaultError> {
+        let lock = if self.write { " FOR UPDATE" } else { "" };
         self.tx
             .query_opt(
-                &format!("SELECT {RECORD} FROM records WHERE user_id = $1 FOR UPDATE"),
+                &format!("SELECT {RECORD} FROM records WHERE user_id = $1{lock}"),
                 &[&user],
             )
             .map(|r| r.as_ref().map(pg_record))
@@ -992,8 +1016,8 @@ impl Tx for PgTx<'_> {
     fn insert_record(&mut self, r: &Record) -> Result<bool, VaultError> {
         self.tx
             .execute(
-                &format!("INSERT INTO records ({RECORD}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"),
-                &[&r.user, &r.registration, &r.failed, &r.created, &r.destroyed, &r.stamp, &r.prev, &r.mac],
+                &format!("INSERT INTO records ({RECORD}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING"),
+                &[&r.user, &r.registration, &r.failed, &r.created, &r.destroyed, &r.stamp, &r.version, &r.prev, &r.mac],
             )
             .map(|n| n == 1)
             .map_err(pg)
@@ -1002,27 +1026,8 @@ impl Tx for PgTx<'_> {
     fn update_record(&mut self, r: &Record) -> Result<(), VaultError> {
         self.tx
             .execute(
-                "UPDATE records SET registration = $2, failed_guesses = $3, destroyed = $4, stamp = $5, prev = $6, mac = $7 WHERE user_id = $1",
-                &[&r.user, &r.registration, &r.failed, &r.destroyed, &r.stamp, &r.prev, &r.mac],
-            )
-            .map(drop)
-            .map_err(pg)
-    }
-
-    fn add_to_sum(&mut self, owner: &str, plus: &Elem, minus: &Elem) -> Result<(), VaultError> {
-        let old: Option<Vec<u8>> = self
-            .tx
-            .query_opt(
-                "SELECT sum FROM epoch_sums WHERE owner = $1 FOR UPDATE",
-                &[&owner],
-            )
-            .map_err(pg)?
-            .map(|r| r.get(0));
-        let sum = updated_sum(old.as_deref(), plus, minus)?.0.to_vec();
-        self.tx
-            .execute(
-                "INSERT INTO epoch_sums (owner, sum) VALUES ($1, $2) ON CONFLICT (owner) DO UPDATE SET sum = $2",
-                &[&owner, &sum],
+                "UPDATE records SET registration = $2, failed_guesses = $3, destroyed = $4, stamp = $5, version = $6, prev = $7, mac = $8 WHERE user_id = $1",
+                &[&r.user, &r.registration, &r.failed, &r.destroyed, &r.stamp, &r.version, &r.prev, &r.mac],
             )
             .map(drop)
             .map_err(pg)
@@ -1031,26 +1036,6 @@ impl Tx for PgTx<'_> {
     fn lock_for_preparing(&mut self) -> Result<(), VaultError> {
         self.tx
             .execute("SELECT pg_advisory_xact_lock(7307207)", &[])
-            .map(drop)
-            .map_err(pg)
-    }
-
-    fn sums(&mut self) -> Result<Vec<Vec<u8>>, VaultError> {
-        self.tx
-            .query("SELECT sum FROM epoch_sums", &[])
-            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-            .map_err(pg)
-    }
-
-    fn reset_sums(&mut self, total: &Elem) -> Result<(), VaultError> {
-        self.tx
-            .execute("DELETE FROM epoch_sums", &[])
-            .and_then(|_| {
-                self.tx.execute(
-                    "INSERT INTO epoch_sums (owner, sum) VALUES ('sealed', $1)",
-                    &[&total.0.to_vec()],
-                )
-            })
             .map(drop)
             .map_err(pg)
     }
@@ -1067,18 +1052,19 @@ impl Tx for PgTx<'_> {
             .map_err(pg)
     }
 
-    fn each_audit(&mut self, f: &mut AuditVisitor<'_>) -> Result<(), VaultError> {
-        use postgres::fallible_iterator::FallibleIterator;
-        let no_params: [&(dyn postgres::types::ToSql + Sync); 0] = [];
-        let mut rows = self
-            .tx
-            .query_raw("SELECT chain, seq, mac, stamp FROM audit_log", no_params)
-            .map_err(pg)?;
-        while let Some(r) = rows.next().map_err(pg)? {
+    fn each_audit(
+        &mut self,
+        stamp: Option<i64>,
+        f: &mut AuditVisitor<'_>,
+    ) -> Result<(), VaultError> {
+        let q = format!(
+            "SELECT chain, seq, mac, stamp FROM audit_log{}",
+            stamped(stamp, "$1")
+        );
+        self.each_row(&q, stamp, &mut |r| {
             let (chain, mac): (String, Vec<u8>) = (r.get(0), r.get(2));
-            f(&chain, r.get(1), &mac, r.get(3))?;
-        }
-        Ok(())
+            f(&chain, r.get(1), &mac, r.get(3))
+        })
     }
 
     fn restamp_audit(&mut self, stamp: i64) -> Result<(), VaultError> {
@@ -1090,17 +1076,10 @@ impl Tx for PgTx<'_> {
 
     fn each_record(
         &mut self,
+        stamp: Option<i64>,
         f: &mut dyn FnMut(Record) -> Result<(), VaultError>,
     ) -> Result<(), VaultError> {
-        use postgres::fallible_iterator::FallibleIterator;
-        let no_params: [&(dyn postgres::types::ToSql + Sync); 0] = [];
-        let mut rows = self
-            .tx
-            .query_raw(&format!("SELECT {RECORD} FROM records"), no_params)
-            .map_err(pg)?;
-        while let Some(r) = rows.next().map_err(pg)? {
-            f(pg_record(&r))?;
-        }
-        Ok(())
+        let q = format!("SELECT {RECORD} FROM records{}", stamped(stamp, "$1"));
+        self.each_row(&q, stamp, &mut |r| f(pg_record(r)))
     }
 }

@@ -563,10 +563,35 @@ impl Tpm {
     /// The counter at NV index `index`: `None` if there is no such index
     /// (never defined, or the TPM was cleared).
     pub fn counter_read(&mut self, index: u32) -> Result<Option<u64>, SlotError> {
+        use tss_esapi::constants::nv_index_type::NvIndexType;
         use tss_esapi::interface_types::resource_handles::NvAuth;
         let Some(h) = self.nv_handle(index)? else {
             return Ok(None);
         };
+        // A counter, and one written: an ordinary 8-byte index could be
+        // written to any value; a counter defined but never incremented
+        // (a crash in between) counts as none yet.
+        let public = self
+            .ctx
+            .execute_without_session(|c| c.nv_read_public(h))
+            .map(|(p, _)| p.attributes());
+        let attrs = match public {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.ctx.tr_close(&mut h.into());
+                return Err(self.fail("reading the NV counter's public area", e));
+            }
+        };
+        if attrs.index_type().ok() != Some(NvIndexType::Counter) {
+            let _ = self.ctx.tr_close(&mut h.into());
+            return Err(SlotError::Device(format!(
+                "NV index {index:#010x} is not a counter: choose another index"
+            )));
+        }
+        if !attrs.written() {
+            let _ = self.ctx.tr_close(&mut h.into());
+            return Ok(None);
+        }
         let r = self
             .ctx
             .execute_with_session(Some(AuthSession::Password), |c| {
