@@ -1377,9 +1377,16 @@ fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `vault serve` refuses the database at `url`: exit 1, saying `want`.
+fn refused(token: &Token, url: &str, args: &[&str], want: &str) {
+    let out = common::vault::serve_refused(token, url, args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains(want), "{}", stderr_of(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+}
+
 #[test]
 fn a_restored_or_edited_database_is_refused_and_a_crash_never_locks_the_vault_out() {
-    use common::vault::serve_refused;
     let token = Token::new();
     let tpm = coffer_hsm_sim::SwTpm::start();
     let tcti = tpm.tcti();
@@ -1406,14 +1413,7 @@ fn a_restored_or_edited_database_is_refused_and_a_crash_never_locks_the_vault_ou
 
     // The backup put back: refused, naming the rollback; exit 1.
     copy_db(&backup, &db);
-    let out = serve_refused(&token, &url, &epoch);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("the database was rolled back"),
-        "{}",
-        stderr_of(&out)
-    );
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    refused(&token, &url, &epoch, "the database was rolled back");
 
     // The latest database with the record put back as it was in the
     // backup (an older copy of itself, its MAC valid): the record is not
@@ -1446,13 +1446,7 @@ fn a_restored_or_edited_database_is_refused_and_a_crash_never_locks_the_vault_ou
             .unwrap();
         assert_eq!(n, 1);
     }
-    let out = serve_refused(&token, &url, &epoch);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("not those sealed"),
-        "{}",
-        stderr_of(&out)
-    );
+    refused(&token, &url, &epoch, "not those sealed");
 
     // The latest database with the guesses reset by hand: refused.
     copy_db(&latest, &db);
@@ -1460,13 +1454,7 @@ fn a_restored_or_edited_database_is_refused_and_a_crash_never_locks_the_vault_ou
         .unwrap()
         .execute("UPDATE records SET failed_guesses = 0", [])
         .unwrap();
-    let out = serve_refused(&token, &url, &epoch);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("does not carry its MAC"),
-        "{}",
-        stderr_of(&out)
-    );
+    refused(&token, &url, &epoch, "does not carry its MAC");
 
     // The latest database as it was: it starts and counts on.
     copy_db(&latest, &db);

@@ -631,15 +631,18 @@ mod tests {
         (dir, store, StateKey::derive(b"setup"))
     }
 
+    /// The state of `store`, prepared at a new counter's first value.
+    fn prepared<'s>(store: &'s Store, key: &'s StateKey) -> (State<'s>, Fake) {
+        let state = State { store, key };
+        let mut counter = Fake::default();
+        assert_eq!(state.prepare(Some(&mut counter), false).unwrap(), 1);
+        (state, counter)
+    }
+
     #[test]
     fn failed_advances_never_lock_the_vault_out() {
         let (_d, store, key) = vault();
-        let state = State {
-            store: &store,
-            key: &key,
-        };
-        let mut counter = Fake::default();
-        assert_eq!(state.prepare(Some(&mut counter), false).unwrap(), 1);
+        let (state, mut counter) = prepared(&store, &key);
         state.register("u", b"reg").unwrap();
         assert_eq!(state.advance(&mut counter).unwrap(), 2);
         // Increments that fail, after moving the counter or before, many
@@ -664,12 +667,7 @@ mod tests {
     #[test]
     fn a_counter_past_the_database_is_a_rollback_and_adopting_takes_it() {
         let (_d, store, key) = vault();
-        let state = State {
-            store: &store,
-            key: &key,
-        };
-        let mut counter = Fake::default();
-        state.prepare(Some(&mut counter), false).unwrap();
+        let (state, mut counter) = prepared(&store, &key);
         state.advance(&mut counter).unwrap();
         counter.increment().unwrap();
         let e = state.prepare(Some(&mut counter), false).unwrap_err();
@@ -682,12 +680,7 @@ mod tests {
     #[test]
     fn changes_in_the_current_epoch_count_by_their_prev() {
         let (_d, store, key) = vault();
-        let state = State {
-            store: &store,
-            key: &key,
-        };
-        let mut counter = Fake::default();
-        state.prepare(Some(&mut counter), false).unwrap();
+        let (state, mut counter) = prepared(&store, &key);
         state.register("u", b"reg").unwrap();
         state.advance(&mut counter).unwrap();
         // Changed twice in one epoch, then checked before it is sealed.

@@ -864,28 +864,19 @@ impl Tx for SqliteTx<'_> {
         stamp: Option<i64>,
         f: &mut AuditVisitor<'_>,
     ) -> Result<(), VaultError> {
-        let mut stmt = self
-            .0
-            .prepare(&format!(
-                "SELECT chain, seq, mac, stamp FROM audit_log{}",
-                stamped(stamp, "?1")
-            ))
-            .map_err(db)?;
-        let mut rows = match stamp {
-            Some(s) => stmt.query(params![s]),
-            None => stmt.query([]),
-        }
-        .map_err(db)?;
-        while let Some(r) = rows.next().map_err(db)? {
+        let q = format!(
+            "SELECT chain, seq, mac, stamp FROM audit_log{}",
+            stamped(stamp, "?1")
+        );
+        self.each_row(&q, stamp, &mut |r| {
             let (chain, seq, mac, stamp): (String, i64, Vec<u8>, i64) = (
                 r.get(0).map_err(db)?,
                 r.get(1).map_err(db)?,
                 r.get(2).map_err(db)?,
                 r.get(3).map_err(db)?,
             );
-            f(&chain, seq, &mac, stamp)?;
-        }
-        Ok(())
+            f(&chain, seq, &mac, stamp)
+        })
     }
 
     fn restamp_audit(&mut self, stamp: i64) -> Result<(), VaultError> {
@@ -900,20 +891,28 @@ impl Tx for SqliteTx<'_> {
         stamp: Option<i64>,
         f: &mut dyn FnMut(Record) -> Result<(), VaultError>,
     ) -> Result<(), VaultError> {
-        let mut stmt = self
-            .0
-            .prepare(&format!(
-                "SELECT {RECORD} FROM records{}",
-                stamped(stamp, "?1")
-            ))
-            .map_err(db)?;
+        let q = format!("SELECT {RECORD} FROM records{}", stamped(stamp, "?1"));
+        self.each_row(&q, stamp, &mut |r| f(sqlite_record(r).map_err(db)?))
+    }
+}
+
+impl SqliteTx<'_> {
+    /// Every row `query` returns (with `stamp` as its one parameter, if
+    /// given), in turn.
+    fn each_row(
+        &mut self,
+        query: &str,
+        stamp: Option<i64>,
+        f: &mut dyn FnMut(&rusqlite::Row<'_>) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        let mut stmt = self.0.prepare(query).map_err(db)?;
         let mut rows = match stamp {
             Some(s) => stmt.query(params![s]),
             None => stmt.query([]),
         }
         .map_err(db)?;
         while let Some(r) = rows.next().map_err(db)? {
-            f(sqlite_record(r).map_err(db)?)?;
+            f(r)?;
         }
         Ok(())
     }

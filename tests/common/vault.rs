@@ -80,14 +80,7 @@ impl Server {
         args: &[S],
         stderr: Stdio,
     ) -> Self {
-        let mut child = Command::new(assert_cmd::cargo::cargo_bin("coffer"))
-            .env("SOFTHSM2_CONF", token.conf())
-            .args(["vault", "serve", "--db", db])
-            .args(args)
-            .args(["--hsm-module", SOFTHSM])
-            .args(["--hsm-uri", "pkcs11:token=vault-test;object=coffer-vault"])
-            .arg("--hsm-pin-file")
-            .arg(token.dir.path().join("pin"))
+        let mut child = serve_command(token, db, args)
             .args(["--max-guesses", &max_guesses.to_string()])
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -121,18 +114,24 @@ impl Server {
     }
 }
 
-/// `coffer vault serve` with `args` (which include `--listen`), run to be
-/// refused: its output once it exited
-/// (at most 30 s; a server that starts instead fails the test).
-pub fn serve_refused(token: &Token, db: &str, args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("coffer"))
-        .env("SOFTHSM2_CONF", token.conf())
+/// `coffer vault serve --db DB ARGS`, its secrets sealed by `token`.
+fn serve_command<S: AsRef<std::ffi::OsStr>>(token: &Token, db: &str, args: &[S]) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("coffer"));
+    c.env("SOFTHSM2_CONF", token.conf())
         .args(["vault", "serve", "--db", db])
         .args(args)
         .args(["--hsm-module", SOFTHSM])
         .args(["--hsm-uri", "pkcs11:token=vault-test;object=coffer-vault"])
         .arg("--hsm-pin-file")
-        .arg(token.dir.path().join("pin"))
+        .arg(token.dir.path().join("pin"));
+    c
+}
+
+/// `coffer vault serve` with `args` (which include `--listen`), run to be
+/// refused: its output once it exited
+/// (at most 30 s; a server that starts instead fails the test).
+pub fn serve_refused(token: &Token, db: &str, args: &[&str]) -> std::process::Output {
+    let mut child = serve_command(token, db, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
