@@ -117,6 +117,8 @@ struct Built {
     unconditional_only: Option<&'static str>,
 }
 
+/// Never derive `Debug` here: the clients' would print their credentials
+/// (Azure's account key or SAS).
 struct Shared {
     rt: Runtime,
     store: Arc<dyn Backend>,
