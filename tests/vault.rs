@@ -459,8 +459,10 @@ fn fifty_concurrent_wrong_logins_across_two_replicas_share_one_limit_postgres() 
     let tpm = coffer_hsm_sim::SwTpm::start();
     let tcti = tpm.tcti();
     let args = ["--listen", "127.0.0.1:0", "--epoch-tpm", tcti.as_str()];
-    // The first replica creates the token key (if absent), the schema and
-    // the sealed setup; the second finds them.
+    // The first replica creates the token key (if absent), the schema,
+    // the sealed setup and the epoch; the second finds and checks them.
+    // (Started at once, SoftHSM itself sometimes fails to find its token
+    // in one of them.)
     let a = Server::start_with(&token, &pg.url(), max, &args);
     let b = Server::start_with(&token, &pg.url(), max, &args);
     let (user, pinned) = register(&a.url, b"right");

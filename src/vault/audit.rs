@@ -13,7 +13,8 @@
 //! removed from within a chain, and a chain that does not start at 0. A
 //! chain's tail cut off, or a whole chain removed, it cannot see alone:
 //! every row is also a term of the sum sealed with the epoch (`epoch.rs`),
-//! which does, for the rows appended before the current epoch began.
+//! which does, for the rows that were in the table when an advance sealed
+//! their epoch.
 //!
 //! Owns: the row's canonical encoding and its MAC.
 //!

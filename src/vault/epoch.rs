@@ -23,7 +23,8 @@
 //!
 //! So the counter never passes the committed epoch: it is the epoch, or
 //! one below it while an epoch is open. Any failure leaves a state the next
-//! advance (or start) finishes; a crash never locks the vault out. A change
+//! advance (or start) finishes: once running, a crash never locks the vault
+//! out (a crash in the very first start needs `--epoch-adopt`). A change
 //! stamped `s` is answered only once epoch `s + 2` is confirmed (a database
 //! lacking it has an epoch of `s` or less, or, on a branch cut off at a
 //! failover, an open `s + 1`: both below the counter), and its record still
@@ -389,8 +390,9 @@ struct State {
     committed: i64,
     /// The epoch some waiting request needs.
     wanted: i64,
-    /// Why advancing failed last (answered to the waiters).
-    failed: Option<String>,
+    /// Why advancing failed last, and whether it is tampering (answered
+    /// at once; anything else is retried until a waiter's deadline).
+    failed: Option<(String, bool)>,
     /// Bumped on every attempt, so waiters know a failure is new.
     attempts: u64,
 }
@@ -433,7 +435,8 @@ impl Epochs {
                         }
                         Err(e) => {
                             log(&format!("advancing the epoch failed: {e}"));
-                            s.failed = Some(e.to_string());
+                            let tampered = matches!(e, VaultError::Tampered(_));
+                            s.failed = Some((e.to_string(), tampered));
                         }
                     }
                     writer.cv.notify_all();
@@ -464,16 +467,17 @@ impl Epochs {
             self.cv.notify_all();
         }
         while s.committed < target {
-            if let (Some(why), true) = (&s.failed, s.attempts > start) {
+            if let (Some((why, true)), true) = (&s.failed, s.attempts > start) {
                 return Err(VaultError::Epoch(format!(
-                    "the change is stored but its epoch could not be advanced: {why}"
+                    "the change is stored but its epoch cannot be advanced: {why}"
                 )));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(VaultError::Epoch(
-                    "the epoch did not advance in time; the change is stored".into(),
-                ));
+                let why = s.failed.as_ref().map_or("", |(w, _)| w.as_str());
+                return Err(VaultError::Epoch(format!(
+                    "the epoch did not advance in time; the change is stored ({why})"
+                )));
             }
             s = self
                 .cv

@@ -353,69 +353,80 @@ impl State<'_> {
         adopt: bool,
     ) -> Result<i64, VaultError> {
         let key = self.key;
-        // The records first, in a snapshot of their own: a long read does
-        // not hold up other replicas.
-        let scanned = if adopt || !self.has_epoch()? {
-            None
-        } else {
-            Some(self.scan()?)
-        };
-        // Then under one lock: replicas starting together on a new
-        // database seal it once; the others check what it sealed.
-        self.store.with_tx(true, |tx| {
-            tx.lock_for_preparing()?;
-            let stored = tx.epoch_row(true)?.map(|r| r.checked(key)).transpose()?;
-            let value = match counter.as_deref_mut() {
-                Some(c) => c.read()?,
-                None => None,
+        for _ in 0..5 {
+            // The rows first, in a snapshot of their own: a long read does
+            // not hold up other replicas.
+            let scanned = if adopt || !self.has_epoch()? {
+                None
+            } else {
+                Some(self.scan()?)
             };
-            let verdict = match (&counter, adopt) {
-                (_, true) => Verdict::Fresh,
-                (None, false) if stored.is_none() => Verdict::Fresh,
-                (None, false) => Verdict::Current,
-                (Some(c), false) => epoch::compare(
-                    stored.as_ref().map(|e| (e.epoch, e.confirmed)),
-                    value,
-                    &c.describe(),
-                )?,
-            };
-            match (verdict, stored, scanned) {
-                (Verdict::Fresh, ..) => {
-                    let epoch = match counter {
-                        Some(c) => {
-                            let v = match value {
-                                Some(v) => v,
-                                None => c.increment()?,
-                            };
-                            i64::try_from(v).map_err(|_| {
-                                VaultError::Epoch(format!("{} is beyond 2^63", c.describe()))
-                            })?
-                        }
-                        None => 0,
-                    };
-                    self.seal_as_is(tx, epoch)?;
-                    Ok(epoch)
-                }
-                (verdict, Some(now), Some(before)) => {
-                    // The snapshot checked is this epoch, or one just
-                    // before it that another replica has since advanced.
-                    if before > now.epoch {
-                        return Err(VaultError::Tampered(
-                            "the epoch went backwards while the database was checked".into(),
-                        ));
+            // Then under one lock, against the epoch row as the scan saw
+            // it: replicas starting together on a new database seal it
+            // once, and the others check what it sealed.
+            let done = self.store.with_tx(true, |tx| {
+                tx.lock_for_preparing()?;
+                let raw = tx.epoch_row(true)?;
+                let seen = raw.as_ref().map(|r| r.mac.clone());
+                // Adopting takes the database whatever its epoch row says.
+                let stored = match adopt {
+                    true => None,
+                    false => raw.map(|r| r.checked(key)).transpose()?,
+                };
+                let value = match counter.as_deref_mut() {
+                    Some(c) => c.read()?,
+                    None => None,
+                };
+                let verdict = match (&counter, adopt) {
+                    (_, true) => Verdict::Fresh,
+                    (None, false) if stored.is_none() => Verdict::Fresh,
+                    (None, false) => Verdict::Current,
+                    (Some(c), false) => epoch::compare(
+                        stored.as_ref().map(|e| (e.epoch, e.confirmed)),
+                        value,
+                        &c.describe(),
+                    )?,
+                };
+                match (verdict, stored, scanned) {
+                    (Verdict::Fresh, ..) => {
+                        let epoch = match counter.as_deref_mut() {
+                            Some(c) => {
+                                let v = match value {
+                                    Some(v) => v,
+                                    None => c.increment()?,
+                                };
+                                i64::try_from(v).map_err(|_| {
+                                    VaultError::Epoch(format!("{} is beyond 2^63", c.describe()))
+                                })?
+                            }
+                            None => 0,
+                        };
+                        self.seal_as_is(tx, epoch)?;
+                        Ok(Some((epoch, false)))
                     }
-                    if verdict == Verdict::Open {
-                        let c = counter.expect("only a counter leaves an epoch open");
-                        self.confirm(tx, c, &now)?;
+                    // What the scan checked is what is there.
+                    (verdict, Some(now), Some(checked))
+                        if seen.as_deref() == Some(&checked[..]) =>
+                    {
+                        self.store.saw_epoch(now.epoch)?;
+                        Ok(Some((now.epoch, verdict == Verdict::Open)))
                     }
-                    self.store.saw_epoch(now.epoch)?;
-                    Ok(now.epoch)
+                    // Another replica sealed or advanced it since: again.
+                    _ => Ok(None),
                 }
-                _ => Err(VaultError::Tampered(
-                    "the epoch row vanished while the database was checked".into(),
-                )),
+            })?;
+            match done {
+                Some((epoch, false)) => return Ok(epoch),
+                Some((epoch, true)) => {
+                    let c = counter.expect("only a counter leaves an epoch open");
+                    return self.finish(c, epoch);
+                }
+                None => continue,
             }
-        })
+        }
+        Err(VaultError::Epoch(
+            "the epoch kept moving while the database was checked; try again".into(),
+        ))
     }
 
     /// Seal every record and audit row as it is, in the epoch before
@@ -447,14 +458,15 @@ impl State<'_> {
 
     /// The whole check of the rows against the epoch row, in one
     /// snapshot: every MAC, and the sealed sum (`epoch.rs`). Returns the
-    /// epoch.
-    fn scan(&self) -> Result<i64, VaultError> {
+    /// epoch row's MAC (which names it).
+    fn scan(&self) -> Result<Vec<u8>, VaultError> {
         let key = self.key;
         self.store.with_tx(false, |tx| {
-            let e = tx
+            let raw = tx
                 .epoch_row(false)?
-                .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
-                .checked(key)?;
+                .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?;
+            let mac = raw.mac.clone();
+            let e = raw.checked(key)?;
             let mut from_rows = Sum::ZERO;
             tx.each_record(None, &mut |r| {
                 let mac = r.checked_mac(key)?;
@@ -484,7 +496,7 @@ impl State<'_> {
                     e.epoch
                 )));
             }
-            Ok(e.epoch)
+            Ok(mac)
         })
     }
 
@@ -494,7 +506,9 @@ impl State<'_> {
         if !self.has_epoch()? {
             return Ok(None);
         }
-        self.scan().map(Some)
+        self.scan()?;
+        self.store
+            .with_tx(false, |tx| Ok(tx.epoch_row(false)?.map(|r| r.epoch)))
     }
 
     /// Bring the counter to the open epoch `e` (one increment if it is
@@ -561,22 +575,44 @@ impl State<'_> {
             tx.put_epoch_row(&EpochRow::new(key, e.epoch + 1, false, &sealed))?;
             Ok(e.epoch + 1)
         })?;
-        self.store.with_tx(true, |tx| {
+        self.finish(counter, next)
+    }
+
+    /// Finish opening epoch `next`: first make the open epoch durable
+    /// (a write whose commit PostgreSQL confirms replicated: an open epoch
+    /// committed on a primary alone must not move the counter, or the
+    /// promoted standby would be refused), then, holding the epoch row,
+    /// bring the counter to it and confirm it. Returns the confirmed epoch
+    /// (later, if another replica went on meanwhile).
+    fn finish(&self, counter: &mut dyn Counter, next: i64) -> Result<i64, VaultError> {
+        let key = self.key;
+        let row = |tx: &mut dyn Tx| -> Result<Epoch, VaultError> {
             let e = tx
                 .epoch_row(true)?
                 .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
                 .checked(key)?;
             self.store.saw_epoch(e.epoch)?;
-            if e.epoch != next {
-                return Err(VaultError::Epoch(format!(
-                    "the epoch moved from {next} to {} under an advance",
+            if e.epoch < next {
+                return Err(VaultError::Tampered(format!(
+                    "the epoch went back from {next} to {} under an advance",
                     e.epoch
                 )));
             }
+            Ok(e)
+        };
+        self.store.with_tx(true, |tx| {
+            let e = row(tx)?;
+            if !e.confirmed {
+                tx.put_epoch_row(&EpochRow::new(key, e.epoch, false, &e.sealed))?;
+            }
+            Ok(())
+        })?;
+        self.store.with_tx(true, |tx| {
+            let e = row(tx)?;
             if !e.confirmed {
                 self.confirm(tx, counter, &e)?;
             }
-            Ok(next)
+            Ok(e.epoch)
         })
     }
 }
@@ -648,14 +684,27 @@ mod tests {
         // Increments that fail, after moving the counter or before, many
         // times over: every state left is finished by the next advance or
         // start.
-        for after in [true, false, true, true, false] {
+        for (after, at_start) in [
+            (true, true),
+            (false, false),
+            (true, false),
+            (true, true),
+            (false, true),
+        ] {
             let mut failing = Failing {
                 inner: counter.clone(),
                 after,
             };
             assert!(state.advance(&mut failing).is_err());
-            let e = state.prepare(Some(&mut counter), false).unwrap();
-            assert_eq!(Some(e as u64), counter.read().unwrap(), "finished at start");
+            // Again: it fails, or, the counter moved already, finishes.
+            let _ = state.advance(&mut failing);
+            let e = if at_start {
+                state.prepare(Some(&mut counter), false).unwrap()
+            } else {
+                state.advance(&mut counter).unwrap()
+            };
+            assert_eq!(Some(e as u64), counter.read().unwrap(), "finished");
+            assert_eq!(state.check().unwrap(), Some(e));
         }
         let e = state.advance(&mut counter).unwrap();
         assert_eq!(Some(e as u64), counter.read().unwrap());
