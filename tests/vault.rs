@@ -519,6 +519,13 @@ fn fifty_concurrent_wrong_logins_across_two_replicas_share_one_limit_postgres() 
             Err(VaultError::Destroyed)
         ));
     }
+    // A trigger planted on the records (it could put rows back inside the
+    // server's own transactions): a new replica refuses the database.
+    pg.psql(
+        "CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
+         CREATE TRIGGER keep BEFORE UPDATE ON records FOR EACH ROW EXECUTE FUNCTION keep();",
+    );
+    refused(&token, &pg.url(), &args, "trigger keep");
 }
 
 fn sh(dir: &Path, script: &str) {
@@ -1457,6 +1464,19 @@ fn a_restored_or_edited_database_is_refused_and_a_crash_never_locks_the_vault_ou
         .execute("UPDATE records SET failed_guesses = 0", [])
         .unwrap();
     refused(&token, &url, &epoch, "does not carry its MAC");
+
+    // The latest database with a trigger on the records: refused.
+    copy_db(&latest, &db);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TRIGGER keep AFTER UPDATE ON records BEGIN SELECT 1; END;")
+        .unwrap();
+    refused(
+        &token,
+        &url,
+        &epoch,
+        "runs code of its own on the vault's tables (trigger keep)",
+    );
 
     // The latest database as it was: it starts and counts on.
     copy_db(&latest, &db);

@@ -156,6 +156,13 @@ impl Vault {
         let setup = ServerSetup::<Suite>::deserialize(&plain)
             .map_err(|e| VaultError::Seal(format!("the stored server setup is malformed: {e}")))?;
         let audit_key = AuditKey::derive(&plain);
+        let foreign = store.foreign_objects()?;
+        if !foreign.is_empty() {
+            return Err(VaultError::Tampered(format!(
+                "the database runs code of its own on the vault's tables ({}): not the vault's, and able to rewrite rows under it; remove it",
+                foreign.join(", ")
+            )));
+        }
         let state_key = Arc::new(StateKey::derive(&plain));
         let store = Arc::new(store);
         let mut counter = epoch.counter;

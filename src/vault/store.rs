@@ -720,6 +720,36 @@ impl Store {
         Ok(Ok(()))
     }
 
+    /// Code the database would run on the vault's own tables: triggers,
+    /// views, rules, row-level security. None of it is the vault's; it
+    /// could rewrite rows inside the server's own transactions, so the
+    /// server refuses to start on such a database (`state.rs`).
+    pub fn foreign_objects(&self) -> Result<Vec<String>, VaultError> {
+        const TABLES: &str = "('records', 'epoch', 'audit_log', 'secrets', 'sessions', 'meta')";
+        if let Some(mut c) = self.pg() {
+            let q = format!(
+                "SELECT 'trigger ' || t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+                 WHERE c.relname IN {TABLES} AND NOT t.tgisinternal \
+                 UNION ALL SELECT 'rule ' || rulename FROM pg_rules WHERE tablename IN {TABLES} \
+                 UNION ALL SELECT 'row security on ' || relname FROM pg_class \
+                 WHERE relname IN {TABLES} AND (relrowsecurity OR relforcerowsecurity) \
+                 UNION ALL SELECT 'view ' || viewname FROM pg_views WHERE viewname IN {TABLES}"
+            );
+            return c
+                .query(&q, &[])
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .map_err(pg);
+        }
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT type || ' ' || name FROM sqlite_master WHERE type IN ('trigger', 'view')",
+            )
+            .map_err(db)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(db)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db)
+    }
+
     /// Whether the database answers (`/healthz`): a read of a real row,
     /// so SQLite touches its file.
     pub fn ping(&self) -> Result<(), VaultError> {
