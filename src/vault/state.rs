@@ -199,13 +199,29 @@ impl State<'_> {
         user: &str,
         f: impl FnOnce(Option<&mut Record>) -> (T, bool),
     ) -> Result<Stamped<T>, VaultError> {
-        self.store.with_tx(true, |tx| {
+        let done = self.store.with_tx(true, |tx| {
             let epoch = self.epoch_for_change(tx)?;
             let mut record = tx.record(user)?;
             let old = record
                 .as_ref()
                 .map(|r| r.checked_mac(self.key))
                 .transpose()?;
+            // A record this process changed lately is never older than
+            // what it wrote: else someone put it back under the running
+            // server, to fork its history.
+            let wrote = self
+                .store
+                .pending()
+                .as_ref()
+                .and_then(|p| p.get(user).map(|(_, v)| *v));
+            if let (Some(r), Some(wrote)) = (&record, wrote)
+                && r.version < wrote
+            {
+                return Err(VaultError::Tampered(format!(
+                    "record {} went back to an older version under the running server",
+                    super::server::audit_record(user)
+                )));
+            }
             let (out, changed) = f(record.as_mut());
             match (record, old) {
                 (Some(mut r), Some(old)) if changed => {
@@ -220,7 +236,17 @@ impl State<'_> {
                 }
                 _ => Ok((out, None)),
             }
-        })
+        })?;
+        self.remember(&done.1);
+        Ok(done)
+    }
+
+    /// Note a committed change, to check later that it stays
+    /// (`epoch_for_change`'s version check, and the advance's).
+    fn remember(&self, written: &Option<Written>) {
+        if let (Some(p), Some(w)) = (self.store.pending().as_mut(), written) {
+            p.insert(w.user.clone(), (w.stamp, w.version));
+        }
     }
 
     /// After a change was sealed: its record still holds what it wrote,
@@ -248,7 +274,7 @@ impl State<'_> {
     /// Store a new record; `false` if the id is taken (or was: ids are
     /// never reused).
     pub fn register(&self, user: &str, registration: &[u8]) -> Result<Stamped<bool>, VaultError> {
-        self.store.with_tx(true, |tx| {
+        let done = self.store.with_tx(true, |tx| {
             let epoch = self.epoch_for_change(tx)?;
             let mut r = Record {
                 user: user.to_owned(),
@@ -271,7 +297,9 @@ impl State<'_> {
                 version: r.version,
             };
             Ok((true, Some(written)))
-        })
+        })?;
+        self.remember(&done.1);
+        Ok(done)
     }
 
     /// Append one row to the audit table (`audit.rs`), stamped with the
@@ -353,6 +381,9 @@ impl State<'_> {
         adopt: bool,
     ) -> Result<i64, VaultError> {
         let key = self.key;
+        if counter.is_some() {
+            self.store.track_changes();
+        }
         for _ in 0..5 {
             // The rows first, in a snapshot of their own: a long read does
             // not hold up other replicas.
@@ -560,14 +591,34 @@ impl State<'_> {
             }
             epoch::compare(Some((e.epoch, true)), counter.read()?, &counter.describe())?;
             let mut sealed = e.sealed;
+            // What this process changed in epoch E must be among the rows
+            // sealed now, at the version it wrote or later.
+            let mut mine: std::collections::HashMap<String, i64> = self
+                .store
+                .pending()
+                .iter()
+                .flatten()
+                .filter(|(_, (stamp, _))| *stamp == e.epoch)
+                .map(|(u, (_, v))| (u.clone(), *v))
+                .collect();
             tx.each_record(Some(e.epoch), &mut |r| {
                 let mac = r.checked_mac(key)?;
                 sealed.add(&mac.term());
                 if let Some(p) = r.row().prev {
                     sealed.sub(&p.term());
                 }
+                if mine.get(&r.user).is_some_and(|wrote| r.version >= *wrote) {
+                    mine.remove(&r.user);
+                }
                 Ok(())
             })?;
+            if let Some(user) = mine.keys().next() {
+                return Err(VaultError::Tampered(format!(
+                    "record {} is not as this server wrote it in epoch {} (put back under the running server?)",
+                    super::server::audit_record(user),
+                    e.epoch
+                )));
+            }
             tx.each_audit(Some(e.epoch), &mut |chain, seq, mac, stamp| {
                 sealed.add(&key.audit(chain, audit_place(seq), mac, stamp).term());
                 Ok(())
@@ -607,13 +658,18 @@ impl State<'_> {
             }
             Ok(())
         })?;
-        self.store.with_tx(true, |tx| {
+        let confirmed = self.store.with_tx(true, |tx| {
             let e = row(tx)?;
             if !e.confirmed {
                 self.confirm(tx, counter, &e)?;
             }
             Ok(e.epoch)
-        })
+        })?;
+        // Changes two epochs back are sealed for good.
+        if let Some(p) = self.store.pending().as_mut() {
+            p.retain(|_, (stamp, _)| *stamp + 2 > confirmed);
+        }
+        Ok(confirmed)
     }
 }
 
@@ -724,6 +780,56 @@ mod tests {
         assert!(state.advance(&mut counter).is_err(), "nor advanced");
         assert_eq!(state.prepare(Some(&mut counter), true).unwrap(), 3);
         state.advance(&mut counter).unwrap();
+    }
+
+    /// `user`'s row as it is now, and a way to put it back.
+    fn snapshot(dir: &std::path::Path, user: &str) -> impl Fn() {
+        let conn = rusqlite::Connection::open(dir.join("v.db")).unwrap();
+        type Row = (i64, i64, i64, Option<Vec<u8>>, Option<Vec<u8>>);
+        let row: Row = conn
+            .query_row(
+                "SELECT failed_guesses, stamp, version, prev, mac FROM records WHERE user_id = ?1",
+                [user],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        let (path, user) = (dir.join("v.db"), user.to_owned());
+        move || {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute(
+                    "UPDATE records SET failed_guesses = ?2, stamp = ?3, version = ?4, prev = ?5, mac = ?6 WHERE user_id = ?1",
+                    rusqlite::params![user, row.0, row.1, row.2, row.3, row.4],
+                )
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_record_put_back_under_the_running_server_is_caught() {
+        let (d, store, key) = vault();
+        let (state, mut counter) = prepared(&store, &key);
+        state.register("u", b"reg").unwrap();
+        state.advance(&mut counter).unwrap();
+        // Forked: a change, the row put back, another change from it.
+        let put_back = snapshot(d.path(), "u");
+        state.login_start("u", 10).unwrap();
+        put_back();
+        let Err(e) = state.login_start("u", 10) else {
+            panic!("a change from the older copy went through")
+        };
+        let e = e.to_string();
+        assert!(e.contains("older version"), "{e}");
+        // Put back before the advance seals the change: caught there.
+        let (d, store, key) = vault();
+        let (state, mut counter) = prepared(&store, &key);
+        state.register("u", b"reg").unwrap();
+        state.advance(&mut counter).unwrap();
+        let put_back = snapshot(d.path(), "u");
+        state.login_start("u", 10).unwrap();
+        put_back();
+        let e = state.advance(&mut counter).unwrap_err().to_string();
+        assert!(e.contains("not as this server wrote it"), "{e}");
     }
 
     #[test]

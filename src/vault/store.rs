@@ -181,6 +181,10 @@ pub struct Store {
     /// The highest epoch this process has seen (`state.rs`): the database
     /// is never accepted at a lower one while the server runs.
     epoch_seen: std::sync::atomic::AtomicI64,
+    /// The records this process changed in epochs not yet sealed twice
+    /// over, and the epoch and version it wrote (`state.rs`); kept only
+    /// while a counter advances the epoch (else nothing would prune it).
+    pending: Mutex<Option<std::collections::HashMap<String, (i64, i64)>>>,
 }
 
 enum Db {
@@ -416,7 +420,22 @@ impl Store {
         Self {
             db,
             epoch_seen: std::sync::atomic::AtomicI64::new(i64::MIN),
+            pending: Mutex::default(),
         }
+    }
+
+    /// The records this process changed lately (`state.rs`): `None`
+    /// unless [`Store::track_changes`] was called.
+    pub(crate) fn pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<std::collections::HashMap<String, (i64, i64)>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keep the records this process changes until their epoch is sealed
+    /// twice over (a counter advances the epoch).
+    pub(crate) fn track_changes(&self) {
+        self.pending().get_or_insert_default();
     }
 
     /// Note that the database was seen at `epoch`; an error if this
