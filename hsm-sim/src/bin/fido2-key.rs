@@ -284,8 +284,15 @@ fn run(app: &mut dyn App<'static>, socket: &std::path::Path) {
         while !PLUGGED.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = std::fs::remove_file(socket);
-        let listener = match UnixListener::bind(socket) {
+        // Bound (and listening) beside it, then moved into place: the
+        // socket appears only once it takes connections, so a host that
+        // waits for it to exist is never refused.
+        let fresh = socket.with_extension("new");
+        let _ = std::fs::remove_file(&fresh);
+        let listener = match UnixListener::bind(&fresh).and_then(|l| {
+            std::fs::rename(&fresh, socket)?;
+            Ok(l)
+        }) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("fido2-key: {}: {e}", socket.display());
