@@ -456,9 +456,8 @@ fn fifty_concurrent_wrong_logins_across_two_replicas_share_one_limit_postgres() 
     let token = Token::new();
     let max = 10;
     // Both keep the epoch in one TPM's counter, advancing it in turn.
-    let tpm = coffer_hsm_sim::SwTpm::start();
-    let tcti = tpm.tcti();
-    let args = ["--listen", "127.0.0.1:0", "--epoch-tpm", tcti.as_str()];
+    let tpm = EpochTpm::start();
+    let args = tpm.args();
     // The first replica creates the token key (if absent), the schema,
     // the sealed setup and the epoch; the second finds and checks them.
     // (Started at once, SoftHSM itself sometimes fails to find its token
@@ -1145,16 +1144,10 @@ fn the_audit_table_chains_every_answer_and_its_check_names_the_first_tampered_en
     let token = Token::new();
     let path = dir.path().join("vault.db");
     let db = format!("sqlite:{}", path.display());
-    let tpm = coffer_hsm_sim::SwTpm::start();
-    let tcti = tpm.tcti();
+    let tpm = EpochTpm::start();
     // Two server processes in turn: two chains.
     for _ in 0..2 {
-        let server = Server::start_with(
-            &token,
-            &db,
-            5,
-            &["--listen", "127.0.0.1:0", "--epoch-tpm", &tcti],
-        );
+        let server = Server::start_with(&token, &db, 5, &tpm.args());
         let (user, key) = register(&server.url, b"right");
         let client = Client::new(&server.url, None).unwrap();
         assert!(client.login(&user, b"wrong", &key, false).is_err());
@@ -1269,16 +1262,10 @@ fn failover_round(max: u32) {
     let token = Token::new();
     // The epoch in a TPM counter too: a failover must not look like a
     // rollback.
-    let tpm = coffer_hsm_sim::SwTpm::start();
-    let tcti = tpm.tcti();
+    let tpm = EpochTpm::start();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let server = Server::start_logging(
-        &token,
-        &url,
-        max,
-        &["--listen", "127.0.0.1:0", "--epoch-tpm", &tcti],
-        log.reopen().unwrap().into(),
-    );
+    let server =
+        Server::start_logging(&token, &url, max, &tpm.args(), log.reopen().unwrap().into());
     let users: Vec<(String, Vec<u8>)> = (0..3).map(|_| register(&server.url, b"right")).collect();
     let said = std::fs::read_to_string(log.path()).unwrap();
     assert!(
@@ -1346,12 +1333,7 @@ fn failover_round(max: u32) {
     }
     // The promoted database passes the rollback check against the counter.
     drop(server);
-    let again = Server::start_with(
-        &token,
-        &standby.url(),
-        max,
-        &["--listen", "127.0.0.1:0", "--epoch-tpm", &tcti],
-    );
+    let again = Server::start_with(&token, &standby.url(), max, &tpm.args());
     drop(again);
 }
 
@@ -1365,6 +1347,35 @@ fn wrong_guess(url: &str, user: &str) -> u32 {
     serde_json::from_str::<protocol::LoginStartResponse>(&body)
         .unwrap()
         .guesses_left
+}
+
+/// A TPM for `--epoch-tpm` (swtpm), and the arguments that start a
+/// server on loopback keeping its epoch there.
+struct EpochTpm {
+    _tpm: coffer_hsm_sim::SwTpm,
+    tcti: String,
+}
+
+impl EpochTpm {
+    fn start() -> Self {
+        let tpm = coffer_hsm_sim::SwTpm::start();
+        Self {
+            tcti: tpm.tcti(),
+            _tpm: tpm,
+        }
+    }
+
+    fn args(&self) -> [&str; 4] {
+        ["--listen", "127.0.0.1:0", "--epoch-tpm", &self.tcti]
+    }
+}
+
+/// A folder for a vault's SQLite database: the folder, the file, its URL.
+fn sqlite_vault() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("vault.db");
+    let url = format!("sqlite:{}", db.display());
+    (dir, db, url)
 }
 
 /// The SQLite database `db` and its WAL files copied to `to` (a backup
@@ -1397,12 +1408,9 @@ fn refused(token: &Token, url: &str, args: &[&str], want: &str) {
 #[test]
 fn a_restored_or_edited_database_is_refused_and_a_crash_never_locks_the_vault_out() {
     let token = Token::new();
-    let tpm = coffer_hsm_sim::SwTpm::start();
-    let tcti = tpm.tcti();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("vault.db");
-    let url = format!("sqlite:{}", db.display());
-    let epoch = ["--listen", "127.0.0.1:0", "--epoch-tpm", tcti.as_str()];
+    let tpm = EpochTpm::start();
+    let (dir, db, url) = sqlite_vault();
+    let epoch = tpm.args();
     let server = Server::start_with(&token, &url, 10, &epoch);
     let (user, _) = register(&server.url, b"right");
     // Stopped with SIGKILL, as a crash: the backup is what it left.
@@ -1496,17 +1504,9 @@ fn a_restored_or_edited_database_is_refused_and_a_crash_never_locks_the_vault_ou
 #[test]
 fn a_stale_epoch_row_put_back_while_the_server_runs_gets_no_answer() {
     let token = Token::new();
-    let tpm = coffer_hsm_sim::SwTpm::start();
-    let tcti = tpm.tcti();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("vault.db");
-    let url = format!("sqlite:{}", db.display());
-    let server = Server::start_with(
-        &token,
-        &url,
-        10,
-        &["--listen", "127.0.0.1:0", "--epoch-tpm", tcti.as_str()],
-    );
+    let tpm = EpochTpm::start();
+    let (_dir, db, url) = sqlite_vault();
+    let server = Server::start_with(&token, &url, 10, &tpm.args());
     let (user, _) = register(&server.url, b"right");
     let read = || -> (i64, i64, Vec<u8>, Vec<u8>) {
         rusqlite::Connection::open(&db)
@@ -1540,11 +1540,9 @@ fn a_stale_epoch_row_put_back_while_the_server_runs_gets_no_answer() {
 fn crashes_mid_traffic_never_lock_the_vault_out() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let token = Token::new();
-    let tpm = coffer_hsm_sim::SwTpm::start();
-    let tcti = tpm.tcti();
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("vault.db").display());
-    let epoch = ["--listen", "127.0.0.1:0", "--epoch-tpm", tcti.as_str()];
+    let tpm = EpochTpm::start();
+    let (_dir, _, url) = sqlite_vault();
+    let epoch = tpm.args();
     let server = Server::start_with(&token, &url, 1000, &epoch);
     let users: Vec<(String, Vec<u8>)> = (0..2).map(|_| register(&server.url, b"right")).collect();
     drop(server);

@@ -245,7 +245,7 @@ fn sealer(d: &DbArgs, command: &str, create: bool) -> Result<Sealer> {
 fn audit_verify(d: &DbArgs) -> Result<()> {
     let sealer = sealer(d, "audit verify", false)?;
     let store = Store::open_read_only(&d.db).map_err(vault_err)?;
-    let key = Vault::audit_key(&store, &sealer).map_err(vault_err)?;
+    let (key, state_key) = Vault::check_keys(&store, &sealer).map_err(vault_err)?;
     let mut check = coffer::vault::audit::Verifier::new(&key);
     let checked = store
         .each_audit_row(|e, mac| check.push(e, &mac))
@@ -257,7 +257,7 @@ fn audit_verify(d: &DbArgs) -> Result<()> {
         })?;
     // The rows against the sum sealed with the epoch: a tail cut off, or
     // a chain removed, shows there.
-    let tails = match Vault::check_epoch(&store, &sealer) {
+    let tails = match Vault::check_epoch(&store, &state_key) {
         Ok(Some(epoch)) => {
             format!("no sealed row missing (epoch {epoch}; rows since it began are not sealed yet)")
         }

@@ -207,26 +207,22 @@ impl Vault {
         })
     }
 
-    /// The whole rollback check of `store` (`epoch.rs`), without the
-    /// counter: its epoch, or `None` if it has none yet. Reads only.
-    pub fn check_epoch(store: &Store, sealer: &Sealer) -> Result<Option<i64>, VaultError> {
+    /// The keys to check the database `store` with, read only (`vault
+    /// audit verify`): the audit chain key ([`super::audit::verify`]) and
+    /// the state key of the rollback check ([`Vault::check_epoch`]), both
+    /// from the stored server setup, unsealed once.
+    pub fn check_keys(store: &Store, sealer: &Sealer) -> Result<(AuditKey, StateKey), VaultError> {
         let sealed = store.secret(SETUP_NAME)?.ok_or_else(|| {
             VaultError::Store("no server setup in this database: not a vault's".into())
         })?;
         let plain = sealer.unseal(&sealed, label::VAULT_SERVER_SETUP)?;
-        let key = StateKey::derive(&plain);
-        State { store, key: &key }.check()
+        Ok((AuditKey::derive(&plain), StateKey::derive(&plain)))
     }
 
-    /// The audit chain key of the vault whose database is `store`, to
-    /// check its audit table ([`super::audit::verify`]): unsealed from the
-    /// stored server setup, which must exist (nothing is written).
-    pub fn audit_key(store: &Store, sealer: &Sealer) -> Result<AuditKey, VaultError> {
-        let sealed = store.secret(SETUP_NAME)?.ok_or_else(|| {
-            VaultError::Store("no server setup in this database: not a vault's".into())
-        })?;
-        let plain = sealer.unseal(&sealed, label::VAULT_SERVER_SETUP)?;
-        Ok(AuditKey::derive(&plain))
+    /// The whole rollback check of `store` (`epoch.rs`), without the
+    /// counter: its epoch, or `None` if it has none yet. Reads only.
+    pub fn check_epoch(store: &Store, key: &StateKey) -> Result<Option<i64>, VaultError> {
+        State { store, key }.check()
     }
 
     /// Append the audit row of one answered request to this process's
