@@ -19,12 +19,12 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("seal 64 MiB", |b| {
         b.iter(|| {
-            let mut w = StreamWriter::new(key.clone(), CHUNK, std::io::sink());
+            let mut w = StreamWriter::new(key.clone(), CHUNK, std::io::sink()).unwrap();
             w.write_all(black_box(&data)).unwrap();
             w.finish().unwrap();
         })
     });
-    let mut w = StreamWriter::new(key.clone(), CHUNK, Vec::new());
+    let mut w = StreamWriter::new(key.clone(), CHUNK, Vec::new()).unwrap();
     w.write_all(&data).unwrap();
     let sealed: std::sync::Arc<[u8]> = w.finish().unwrap().into();
     g.bench_function("open 64 MiB", |b| {
@@ -33,7 +33,8 @@ fn bench(c: &mut Criterion) {
                 key.clone(),
                 CHUNK,
                 Cursor::new(std::sync::Arc::clone(&sealed)),
-            );
+            )
+            .unwrap();
             let n = r.copy_to(&mut std::io::sink(), &mut |_| {}).unwrap();
             assert_eq!(n, LEN as u64);
         })

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Only what the demo uses: the build tools and the TPM parts (not the
 # whole test toolchain, which hsm-sim/test-all.sh installs).
-bash hsm-sim/install-deps.sh build-essential pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools
+bash hsm-sim/install-deps.sh build-essential pkg-config libssl-dev libtss2-dev swtpm swtpm-tools tpm2-tools
 echo "== building coffer (release, TPM backend only): about 5 minutes on 2 cores the first time, seconds after" >&2
 cargo build --release --no-default-features --features cli,tpm2 --target-dir target/demo
 COFFER="$PWD/target/demo/release/coffer"

@@ -10,6 +10,7 @@ set -euo pipefail
 
 ALL=(
   build-essential pkg-config      # C parts of dependencies (zstd)
+  libssl-dev                      # OpenSSL: the payload cipher (ChaCha20-Poly1305)
   libclang-dev                    # bindgen, for the virtual PIV card's littlefs2-sys
   procps                          # pgrep, in hsm-sim/pcsc.sh
   python3 python3-cryptography    # tests/independent/run.sh (Debian 12 has no pip: PEP 668)

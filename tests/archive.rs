@@ -617,3 +617,60 @@ fn not_an_archive_is_corrupt() {
         .code(4)
         .stderr(predicate::str::contains("not a coffer archive"));
 }
+
+/// An OpenSSL whose configuration allows only FIPS algorithms (as on a
+/// host in FIPS mode) has no ChaCha20-Poly1305: `seal` and `open` say so
+/// and exit 1, and leave no archive or output behind (the keyring's lock
+/// file stays, as it always does).
+#[test]
+fn an_openssl_without_chacha20_poly1305_is_a_clear_error_and_writes_nothing() {
+    let h = Home::new();
+    h.init();
+    let conf = h.write(
+        "fips-only.cnf",
+        "openssl_conf = init\n[init]\nalg_section = algs\n[algs]\ndefault_properties = fips=yes\n",
+    );
+    let data = h.write("data.txt", "some data");
+    let said = "the system's OpenSSL: cannot use ChaCha20-Poly1305";
+    h.coffer()
+        .env("OPENSSL_CONF", &conf)
+        .args(["seal", "data.txt", "-o", "a.coffer"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(said));
+    assert_eq!(
+        listing(h.dir.path()),
+        [
+            "data.txt",
+            "fips-only.cnf",
+            "keyring.json",
+            "keyring.json.lock",
+            "recovery.txt"
+        ]
+    );
+    h.coffer()
+        .arg("seal")
+        .arg(&data)
+        .args(["-o", "a.coffer"])
+        .assert()
+        .success();
+    h.coffer()
+        .env("OPENSSL_CONF", &conf)
+        .args(["open", "a.coffer", "-o", "out", "--recovery-key-file"])
+        .arg(h.recovery_key())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(said));
+    assert!(!h.path("out").exists());
+    assert_eq!(
+        listing(h.dir.path()),
+        [
+            "a.coffer",
+            "data.txt",
+            "fips-only.cnf",
+            "keyring.json",
+            "keyring.json.lock",
+            "recovery.txt"
+        ]
+    );
+}

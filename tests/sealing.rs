@@ -205,7 +205,7 @@ fn forge(pk: &SealingPublicKey, sealer: &Sealer, slots_from: &Path, payload: &[u
     assert!(real.is_sealed_to(pk));
     let (header, key) = Header::seal(sealer, 0, DEFAULT_CHUNK, real.slots.clone());
     let mut out = header.to_bytes();
-    let mut w = StreamWriter::new(key, DEFAULT_CHUNK as usize, Vec::new());
+    let mut w = StreamWriter::new(key, DEFAULT_CHUNK as usize, Vec::new()).unwrap();
     w.write_all(payload).unwrap();
     out.extend(w.finish().unwrap());
     out

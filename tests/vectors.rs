@@ -85,7 +85,7 @@ fn archive_bytes(
     payload: &[u8],
 ) -> Vec<u8> {
     let mut out = header.to_bytes();
-    let mut w = StreamWriter::new(key, chunk as usize, Vec::new());
+    let mut w = StreamWriter::new(key, chunk as usize, Vec::new()).unwrap();
     w.write_all(payload).unwrap();
     out.extend(w.finish().unwrap());
     out

@@ -9,7 +9,7 @@ use std::io::Read;
 
 fuzz_target!(|data: &[u8]| {
     let key = PayloadKey::new(&[7; 32]);
-    let mut r = StreamReader::new(key, 4096, std::io::Cursor::new(data.to_vec()));
+    let mut r = StreamReader::new(key, 4096, std::io::Cursor::new(data.to_vec())).unwrap();
     let mut out = Vec::new();
     assert!(r.read_to_end(&mut out).is_err());
 });

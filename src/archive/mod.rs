@@ -167,7 +167,8 @@ pub fn seal<W: Write + Send + 'static>(
     let (header, payload_key) = Header::seal(sealer, flags, opts.chunk_size, slots.to_vec());
     let out_err = |e| Error::io("<archive output>", e);
     out.write_all(&header.to_bytes()).map_err(out_err)?;
-    let mut sw = StreamWriter::new(payload_key, opts.chunk_size as usize, out);
+    let mut sw =
+        StreamWriter::new(payload_key, opts.chunk_size as usize, out).map_err(cipher_err)?;
     // Progress counts the content (the tar stream or the stream sealed),
     // before compression: what `open` gives back.
     let sw = match (opts.compression, source) {
@@ -257,6 +258,12 @@ pub fn file_id(f: &std::fs::File) -> io::Result<FileId> {
     Ok((m.dev(), m.ino()))
 }
 
+/// The payload cipher could not be set up (the system's OpenSSL refuses
+/// ChaCha20-Poly1305).
+fn cipher_err(e: io::Error) -> Error {
+    Error::io("the system's OpenSSL", e)
+}
+
 /// The payload of an archive as a reader: authenticated, decompressed.
 /// Reaches end of file only after the last chunk authenticated.
 ///
@@ -269,7 +276,8 @@ pub fn payload<R: Read + Send + 'static>(
     key: &PayloadKey,
     input: R,
 ) -> Result<Box<dyn Read + Send>> {
-    let sr = StreamReader::new(key.clone(), header.chunk_size as usize, input);
+    let sr =
+        StreamReader::new(key.clone(), header.chunk_size as usize, input).map_err(cipher_err)?;
     Ok(if header.flags & header::FLAG_ZSTD != 0 {
         Box::new(DrainOnEof(
             zstd::Decoder::new(sr).map_err(|e| Error::io("<archive>", e))?,
@@ -371,6 +379,7 @@ pub fn open_to_writer<R: Read + Send + 'static, W: Write>(
 ) -> Result<u64> {
     let n = if header.flags & header::FLAG_ZSTD == 0 {
         StreamReader::new(key.clone(), header.chunk_size as usize, input)
+            .map_err(cipher_err)?
             .copy_to(out, &mut |n| progress.advance(n))
     } else {
         let p = payload(header, key, input)?;

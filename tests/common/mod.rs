@@ -145,7 +145,7 @@ impl Home {
         let (header, payload_key) =
             Header::seal(&sealer, FLAG_TAR, DEFAULT_CHUNK, kr.slots.clone());
         let mut out = header.to_bytes();
-        let mut w = StreamWriter::new(payload_key, DEFAULT_CHUNK as usize, Vec::new());
+        let mut w = StreamWriter::new(payload_key, DEFAULT_CHUNK as usize, Vec::new()).unwrap();
         w.write_all(tar_bytes).unwrap();
         out.extend(w.finish().unwrap());
         out

@@ -8,7 +8,7 @@
 use super::batch::{
     BATCHES_PER_WORKER, Batch, BufferSink, BufferSource, batch_chunks, buffer_pool,
 };
-use super::{PayloadKey, StreamError, TAG_LEN, workers};
+use super::{ChunkCipher, PayloadKey, StreamError, TAG_LEN, workers};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, IoSlice, Read, Write};
@@ -49,7 +49,12 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 
 impl StreamReader {
     /// Open the chunks read from `input` (positioned just after the header).
-    pub fn new<R: Read + Send + 'static>(key: PayloadKey, chunk_size: usize, input: R) -> Self {
+    /// Fails only when the system's OpenSSL cannot open ChaCha20-Poly1305.
+    pub fn new<R: Read + Send + 'static>(
+        key: PayloadKey,
+        chunk_size: usize,
+        input: R,
+    ) -> io::Result<Self> {
         Self::with_batch(key, chunk_size, batch_chunks(chunk_size), input)
     }
 
@@ -59,15 +64,18 @@ impl StreamReader {
         chunk_size: usize,
         per_batch: usize,
         input: R,
-    ) -> Self {
+    ) -> io::Result<Self> {
         let n = workers();
+        let ciphers = (0..n)
+            .map(|_| key.opener())
+            .collect::<io::Result<Vec<_>>>()?;
         let (job_tx, job_rx) = bounded::<Batch>(n);
         let (done_tx, done_rx) = bounded::<Batch>(n);
-        for _ in 0..n {
-            let (rx, tx, key) = (job_rx.clone(), done_tx.clone(), key.clone());
+        for mut cipher in ciphers {
+            let (rx, tx) = (job_rx.clone(), done_tx.clone());
             std::thread::spawn(move || {
                 for mut batch in rx {
-                    open_batch(&key, chunk_size, &mut batch);
+                    open_batch(&mut cipher, chunk_size, &mut batch);
                     if tx.send(batch).is_err() {
                         return;
                     }
@@ -81,7 +89,7 @@ impl StreamReader {
             per_batch * (chunk_size + TAG_LEN),
         );
         std::thread::spawn(move || read_batches(input, chunk_size, job_tx, done_tx, &source));
-        Self {
+        Ok(Self {
             done: done_rx,
             pending: BTreeMap::new(),
             next: 0,
@@ -92,7 +100,7 @@ impl StreamReader {
             finished: false,
             plaintext_len: 0,
             buffers,
-        }
+        })
     }
 
     /// Plaintext bytes handed out so far.
@@ -141,12 +149,12 @@ impl StreamReader {
 
 /// Open every chunk of `batch` in its slot, stopping at the first that
 /// does not authenticate.
-fn open_batch(key: &PayloadKey, chunk_size: usize, batch: &mut Batch) {
+fn open_batch(cipher: &mut ChunkCipher, chunk_size: usize, batch: &mut Batch) {
     let slot = chunk_size + TAG_LEN;
     let chunks = batch.len.div_ceil(slot);
     for (i, s) in batch.buf[..batch.len].chunks_mut(slot).enumerate() {
         let last = batch.last && i + 1 == chunks;
-        if let Err(e) = key.open_slot(batch.first + i as u64, last, s) {
+        if let Err(e) = cipher.open_slot(batch.first + i as u64, last, s) {
             batch.error = Some(e);
             return;
         }

@@ -8,7 +8,7 @@
 use super::batch::{
     BATCHES_PER_WORKER, Batch, BufferSink, BufferSource, batch_chunks, buffer_pool,
 };
-use super::{PayloadKey, TAG_LEN, workers};
+use super::{ChunkCipher, PayloadKey, TAG_LEN, workers};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::BTreeMap;
 use std::io::{self, IoSliceMut, Read, Write};
@@ -37,22 +37,32 @@ pub struct StreamWriter<W: Write + Send + 'static> {
 }
 
 impl<W: Write + Send + 'static> StreamWriter<W> {
-    /// Seal into `out` with `chunk_size`-byte chunks.
-    pub fn new(key: PayloadKey, chunk_size: usize, out: W) -> Self {
+    /// Seal into `out` with `chunk_size`-byte chunks. Fails only when the
+    /// system's OpenSSL cannot seal with ChaCha20-Poly1305.
+    pub fn new(key: PayloadKey, chunk_size: usize, out: W) -> io::Result<Self> {
         Self::with_batch(key, chunk_size, batch_chunks(chunk_size), out)
     }
 
     /// As `new`, with `per_batch` chunks in a batch (the tests use a few).
-    pub(super) fn with_batch(key: PayloadKey, chunk_size: usize, per_batch: usize, out: W) -> Self {
+    pub(super) fn with_batch(
+        key: PayloadKey,
+        chunk_size: usize,
+        per_batch: usize,
+        out: W,
+    ) -> io::Result<Self> {
         let n = workers();
+        let ciphers = (0..n)
+            .map(|_| key.sealer())
+            .collect::<io::Result<Vec<_>>>()?;
         let (job_tx, job_rx) = bounded::<Batch>(n);
         let (done_tx, done_rx) = bounded::<Batch>(n);
-        let workers = (0..n)
-            .map(|_| {
-                let (rx, tx, key) = (job_rx.clone(), done_tx.clone(), key.clone());
+        let workers = ciphers
+            .into_iter()
+            .map(|mut cipher| {
+                let (rx, tx) = (job_rx.clone(), done_tx.clone());
                 std::thread::spawn(move || {
                     for mut batch in rx {
-                        seal_batch(&key, chunk_size, &mut batch);
+                        seal_batch(&mut cipher, chunk_size, &mut batch);
                         if tx.send(batch).is_err() {
                             return;
                         }
@@ -66,7 +76,7 @@ impl<W: Write + Send + 'static> StreamWriter<W> {
             per_batch * (chunk_size + TAG_LEN),
         );
         let writer = std::thread::spawn(move || write_in_order(done_rx, out, &sink));
-        Self {
+        Ok(Self {
             chunk_size,
             batch_plain: per_batch * chunk_size,
             current: buffers.get().expect("a fresh pool has buffers"),
@@ -77,7 +87,7 @@ impl<W: Write + Send + 'static> StreamWriter<W> {
             jobs: Some(job_tx),
             workers,
             writer: Some(writer),
-        }
+        })
     }
 
     /// An empty batch: the spare if there is one, else one from the pool
@@ -197,13 +207,13 @@ fn read_into_slots<R: Read>(
 }
 
 /// Seal every chunk of `batch` in its slot.
-fn seal_batch(key: &PayloadKey, chunk_size: usize, batch: &mut Batch) {
+fn seal_batch(cipher: &mut ChunkCipher, chunk_size: usize, batch: &mut Batch) {
     let chunks = batch.len.div_ceil(chunk_size).max(1);
     let slot = chunk_size + TAG_LEN;
     for (i, s) in batch.buf.chunks_mut(slot).take(chunks).enumerate() {
         let len = (batch.len - i * chunk_size).min(chunk_size);
         let last = batch.last && i + 1 == chunks;
-        key.seal_slot(batch.first + i as u64, last, &mut s[..len + TAG_LEN]);
+        cipher.seal_slot(batch.first + i as u64, last, &mut s[..len + TAG_LEN]);
     }
     // The sealed chunks are contiguous: every slot is full but the final
     // one, and nothing follows it.
