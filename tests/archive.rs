@@ -638,6 +638,14 @@ fn an_openssl_without_chacha20_poly1305_is_a_clear_error_and_writes_nothing() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains(said));
+    // Standard output is written in place: not even the header reaches it.
+    h.coffer()
+        .env("OPENSSL_CONF", &conf)
+        .args(["seal", "data.txt", "-o", "-"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::is_empty())
+        .stderr(predicate::str::contains(said));
     assert_eq!(
         listing(h.dir.path()),
         [

@@ -166,6 +166,7 @@ pub fn seal<W: Write + Send + 'static>(
     }
     let (header, payload_key) = Header::seal(sealer, flags, opts.chunk_size, slots.to_vec());
     let out_err = |e| Error::io("<archive output>", e);
+    payload_key.check_sealing().map_err(cipher_err)?;
     out.write_all(&header.to_bytes()).map_err(out_err)?;
     let mut sw =
         StreamWriter::new(payload_key, opts.chunk_size as usize, out).map_err(cipher_err)?;

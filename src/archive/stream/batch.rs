@@ -48,6 +48,9 @@ pub(super) struct Batch {
     pub(super) good: usize,
     /// Opening: why the chunk after the `good` ones is not released.
     pub(super) error: Option<StreamError>,
+    /// Sealing: the cipher failed on a chunk, so the batch must not be
+    /// written (nor anything after it).
+    pub(super) failed: bool,
 }
 
 /// A fixed set of batch buffers that travel from where chunks are filled
@@ -77,6 +80,7 @@ impl BufferSource {
         b.last = false;
         b.good = 0;
         b.error = None;
+        b.failed = false;
         Some(b)
     }
 }

@@ -123,3 +123,57 @@ fn plaintext_stops_at_the_damaged_chunk() {
     assert_eq!(StreamError::find(&e), Some(&StreamError::Chunk(4)));
     assert_eq!(out, &data[..4 * CS]);
 }
+
+/// The writing side of sealing never reports success for a stream with a
+/// batch missing or failed: a batch whose worker died leaves the ones
+/// after it unwritten, and a batch the cipher failed on stops the writer
+/// before anything from it is written.
+#[test]
+fn a_lost_or_failed_batch_is_an_error_not_a_short_archive() {
+    let (buffers, sink) = batch::buffer_pool(4, 2 * (CS + TAG_LEN));
+    let batch = |seq: u64, failed: bool| {
+        let mut b = buffers.get().unwrap();
+        b.seq = seq;
+        b.len = 3;
+        b.failed = failed;
+        b
+    };
+    // Batch 0 never arrives: batch 1 is not written and the end is an error.
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    tx.send(batch(1, false)).unwrap();
+    drop(tx);
+    let e = writer::write_in_order(rx, Vec::new(), &sink).unwrap_err();
+    assert!(e.to_string().contains("lost"), "{e}");
+    // Batch 1 failed: batch 0 is written, nothing after it, and an error.
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    tx.send(batch(0, false)).unwrap();
+    tx.send(batch(1, true)).unwrap();
+    tx.send(batch(2, false)).unwrap();
+    drop(tx);
+    let mut out = Vec::new();
+    let e = writer::write_in_order(rx, &mut out, &sink).unwrap_err();
+    assert!(e.to_string().contains("failed to seal"), "{e}");
+    assert_eq!(out.len(), 3);
+}
+
+/// The empty lone chunk (the only one of an empty stream, sealed and
+/// opened without an update call) is checked like any other: every bit
+/// flipped, or a zeroed tag, fails.
+#[test]
+fn the_empty_lone_chunk_is_authenticated() {
+    let ct = reference(&[]);
+    assert_eq!(ct.len(), TAG_LEN);
+    assert_eq!(open(&ct, 0).unwrap(), b"");
+    for bit in 0..TAG_LEN * 8 {
+        let mut bad = ct.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        let e = open(&bad, 0).unwrap_err();
+        assert_eq!(
+            StreamError::find(&e),
+            Some(&StreamError::Chunk(0)),
+            "bit {bit}"
+        );
+    }
+    let e = open(&[0; TAG_LEN], 0).unwrap_err();
+    assert_eq!(StreamError::find(&e), Some(&StreamError::Chunk(0)));
+}

@@ -22,8 +22,8 @@
 //! context once (`ChunkCipher`) and sets only the nonce per chunk.
 //!
 //! This module owns the format's primitives: [`TAG_LEN`], the nonce
-//! ([`nonce_bytes`]), the [`PayloadKey`] that seals and opens one chunk, and
-//! [`StreamError`]. The rest is split by direction:
+//! ([`nonce_bytes`]), the [`PayloadKey`] (and the per-thread context that
+//! seals or opens one chunk under it), and [`StreamError`]. The rest is split by direction:
 //!
 //! - `batch`: the batch buffers that carry chunks laid out as on the wire,
 //!   and the fixed pool they circulate in (what bounds memory);
@@ -109,7 +109,16 @@ pub fn nonce_bytes(counter: u64, last: bool) -> [u8; 12] {
 impl PayloadKey {
     /// Use 32 raw bytes (derived from the backup key and the archive salt).
     pub fn new(key: &[u8; 32]) -> Self {
-        Self(Arc::new(Zeroizing::new(*key)))
+        let mut k = Zeroizing::new([0u8; 32]);
+        k.copy_from_slice(key);
+        Self(Arc::new(k))
+    }
+
+    /// Whether this system can seal with the key: checked before an
+    /// archive's header is written, so that an output written in place
+    /// (standard output, a pipe) gets nothing when it cannot.
+    pub fn check_sealing(&self) -> io::Result<()> {
+        self.sealer().map(drop)
     }
 
     /// A context that seals chunks under this key, for one thread.
@@ -134,15 +143,18 @@ impl ChunkCipher {
     fn new(key: &[u8; 32], seal: bool) -> io::Result<Self> {
         let unavailable = |e: openssl::error::ErrorStack| {
             io::Error::other(format!(
-                "cannot use ChaCha20-Poly1305 (is it limited to FIPS algorithms?): {e}"
+                "cannot use ChaCha20-Poly1305 (an OpenSSL limited to FIPS algorithms has none): {e}"
             ))
         };
+        // OpenSSL's own implementation, whatever other providers or engines
+        // its configuration loads.
+        let cipher = Cipher::fetch(None, "ChaCha20-Poly1305", Some("provider=default"))
+            .map_err(unavailable)?;
         let mut ctx = CipherCtx::new().map_err(unavailable)?;
-        let cipher = Some(Cipher::chacha20_poly1305());
         if seal {
-            ctx.encrypt_init(cipher, Some(key), None)
+            ctx.encrypt_init(Some(&cipher), Some(key), None)
         } else {
-            ctx.decrypt_init(cipher, Some(key), None)
+            ctx.decrypt_init(Some(&cipher), Some(key), None)
         }
         .map_err(unavailable)?;
         Ok(Self { ctx })
@@ -150,7 +162,9 @@ impl ChunkCipher {
 
     /// Seal chunk `counter` in place in `slot`: all but its last
     /// [`TAG_LEN`] bytes are the plaintext, the tag goes into those.
-    fn seal_slot(&mut self, counter: u64, last: bool, slot: &mut [u8]) {
+    /// `false`: OpenSSL failed, and the slot holds nothing to write.
+    #[must_use]
+    fn seal_slot(&mut self, counter: u64, last: bool, slot: &mut [u8]) -> bool {
         let nonce = nonce_bytes(counter, last);
         let (data, tag) = slot.split_at_mut(slot.len() - TAG_LEN);
         let len = data.len();
@@ -163,13 +177,7 @@ impl ChunkCipher {
             })
             .and_then(|n| ctx.cipher_final(&mut []).map(|f| n + f))
             .and_then(|n| ctx.tag(tag).map(|()| n));
-        // A keyed context sealing a chunk of at most 2^31 bytes cannot
-        // fail: only memory corruption gets here.
-        assert_eq!(
-            sealed.ok(),
-            Some(len),
-            "OpenSSL failed to seal chunk {counter}"
-        );
+        sealed.ok() == Some(len)
     }
 
     /// Open chunk `counter` (ciphertext and tag, all of `slot`) in place;
@@ -198,9 +206,16 @@ impl ChunkCipher {
                 _ => ctx.cipher_update_inplace(data, len),
             })
             .and_then(|n| ctx.cipher_final(&mut []).map(|f| n + f));
+        // The whole tag was compared: OpenSSL compares as many bytes as
+        // the context's tag length says.
+        let whole_tag = ctx.tag_length() == TAG_LEN;
         match opened {
-            Ok(n) if n == len => {}
-            _ => return Err(StreamError::Chunk(counter)),
+            Ok(n) if n == len && whole_tag => {}
+            _ => {
+                // Decrypted but not authentic: not left in the buffer.
+                data.fill(0);
+                return Err(StreamError::Chunk(counter));
+            }
         }
         if len == 0 && counter > 0 {
             return Err(StreamError::EmptyChunk(counter));

@@ -133,15 +133,21 @@ impl<W: Write + Send + 'static> StreamWriter<W> {
 
     fn join(&mut self) -> io::Result<W> {
         self.jobs = None;
+        let mut worker_died = false;
         for w in self.workers.drain(..) {
-            let _ = w.join();
+            worker_died |= w.join().is_err();
         }
-        match self.writer.take() {
+        let written = match self.writer.take() {
             Some(h) => h
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("archive writer panicked"))),
             None => Err(io::Error::other("archive writer already finished")),
+        };
+        // A batch a dead worker held was never written.
+        if worker_died && written.is_ok() {
+            return Err(io::Error::other("a sealing thread died"));
         }
+        written
     }
 
     /// Read `input` to its end straight into chunk slots, a batch per
@@ -206,14 +212,18 @@ fn read_into_slots<R: Read>(
     Ok(n)
 }
 
-/// Seal every chunk of `batch` in its slot.
+/// Seal every chunk of `batch` in its slot; marks it failed if the
+/// cipher fails on one.
 fn seal_batch(cipher: &mut ChunkCipher, chunk_size: usize, batch: &mut Batch) {
     let chunks = batch.len.div_ceil(chunk_size).max(1);
     let slot = chunk_size + TAG_LEN;
     for (i, s) in batch.buf.chunks_mut(slot).take(chunks).enumerate() {
         let len = (batch.len - i * chunk_size).min(chunk_size);
         let last = batch.last && i + 1 == chunks;
-        cipher.seal_slot(batch.first + i as u64, last, &mut s[..len + TAG_LEN]);
+        if !cipher.seal_slot(batch.first + i as u64, last, &mut s[..len + TAG_LEN]) {
+            batch.failed = true;
+            return;
+        }
     }
     // The sealed chunks are contiguous: every slot is full but the final
     // one, and nothing follows it.
@@ -221,7 +231,7 @@ fn seal_batch(cipher: &mut ChunkCipher, chunk_size: usize, batch: &mut Batch) {
 }
 
 /// Write sealed batches in order, each with one `write`.
-fn write_in_order<W: Write>(
+pub(super) fn write_in_order<W: Write>(
     done: Receiver<Batch>,
     mut out: W,
     buffers: &BufferSink,
@@ -229,12 +239,25 @@ fn write_in_order<W: Write>(
     let mut next = 0u64;
     let mut pending: BTreeMap<u64, Batch> = BTreeMap::new();
     for batch in done {
+        if batch.failed {
+            // Returning drops the buffer pool's sink: the filling side
+            // then stops with this error instead of waiting for buffers.
+            return Err(io::Error::other(format!(
+                "OpenSSL failed to seal a chunk of batch {}",
+                batch.seq
+            )));
+        }
         pending.insert(batch.seq, batch);
         while let Some(b) = pending.remove(&next) {
             out.write_all(&b.buf[..b.len])?;
             buffers.put(b);
             next += 1;
         }
+    }
+    // Every batch sent was written: one missing (its worker died) leaves
+    // the ones after it here.
+    if !pending.is_empty() {
+        return Err(io::Error::other("a sealed batch was lost"));
     }
     out.flush()?;
     Ok(out)
