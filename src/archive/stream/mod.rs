@@ -23,7 +23,8 @@
 //!
 //! This module owns the format's primitives: [`TAG_LEN`], the nonce
 //! ([`nonce_bytes`]), the [`PayloadKey`] (and the per-thread context that
-//! seals or opens one chunk under it), and [`StreamError`]. The rest is split by direction:
+//! seals or opens one chunk under it), and [`StreamError`]. The rest is
+//! split by direction:
 //!
 //! - `batch`: the batch buffers that carry chunks laid out as on the wire,
 //!   and the fixed pool they circulate in (what bounds memory);
