@@ -27,8 +27,8 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// Bytes read from a file at a time.
-const READ_BUF: usize = 1 << 20;
+/// At most this many bytes are read from a file at a time.
+const READ_MAX: usize = 1 << 20;
 
 /// A file's identity: device and inode.
 pub type FileId = (u64, u64);
@@ -59,9 +59,13 @@ const CLOSE_BATCH: usize = 64;
 /// the one its header was made from, then closes it. Two of the six system
 /// calls a small file costs leave the walker's thread this way, in
 /// batches, so no file waits on another thread.
-fn close_files(rx: crossbeam_channel::Receiver<Vec<Sealed>>) -> Vec<Notice> {
+fn close_files(
+    rx: crossbeam_channel::Receiver<Vec<Sealed>>,
+    spent: crossbeam_channel::Sender<Vec<PathBuf>>,
+) -> Vec<Notice> {
     let mut notices = Vec::new();
     for batch in rx {
+        let mut paths = Vec::with_capacity(batch.len());
         for (fd, st, shown) in batch {
             let changed = rustix::fs::fstat(&fd).map_or(true, |a| {
                 a.st_size != st.st_size
@@ -74,24 +78,34 @@ fn close_files(rx: crossbeam_channel::Receiver<Vec<Sealed>>) -> Vec<Notice> {
                     kind: NoticeKind::Changed,
                     what: "changed while it was sealed".into(),
                 });
+            } else {
+                paths.push(shown);
             }
+            drop(fd);
         }
+        // Freed by the walker that made them: freeing many small
+        // allocations on another thread makes the two contend for the
+        // allocator.
+        let _ = spent.try_send(paths);
     }
     notices
 }
 
-struct Packer<'n, W> {
-    w: W,
+struct Packer<'n> {
+    /// The tar stream, batched for the cipher; file content is read
+    /// straight into it.
+    w: Batches,
     /// Files waiting for the closing thread, and the way there.
     to_close: Vec<Sealed>,
     closer: crossbeam_channel::Sender<Vec<Sealed>>,
+    /// The closing thread's spent paths, to be freed here.
+    spent: crossbeam_channel::Receiver<Vec<PathBuf>>,
     exclude: &'n [FileId],
     notices: &'n mut Vec<Notice>,
     /// First archive path of each multiply-linked inode.
     links: HashMap<FileId, Vec<u8>>,
     users: HashMap<u32, Vec<u8>>,
     groups: HashMap<u32, Vec<u8>>,
-    buf: Vec<u8>,
 }
 
 /// Write `paths` as a tar stream into `w`. Each path is stored under its
@@ -119,7 +133,7 @@ pub fn pack<W: Write>(
     // The walk (every system call on the sealed files) runs on its own
     // thread and hands the tar stream over in large batches, so this thread
     // only feeds the cipher: no per-file synchronisation.
-    let (full_tx, full_rx) = crossbeam_channel::bounded::<Vec<u8>>(BATCHES);
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, usize)>(BATCHES);
     let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(BATCHES + 2);
     let mut w = w;
     let mut write_err = None;
@@ -132,22 +146,24 @@ pub fn pack<W: Write>(
             .stack_size(WALK_STACK)
             .spawn_scoped(scope, move || -> Result<()> {
                 let out = Batches {
-                    buf: Vec::with_capacity(BATCH),
+                    buf: vec![0; BATCH],
+                    filled: 0,
                     full: full_tx,
                     empty: empty_rx,
                 };
                 let (close_tx, close_rx) = crossbeam_channel::bounded(4);
-                let closer = std::thread::spawn(move || close_files(close_rx));
+                let (spent_tx, spent_rx) = crossbeam_channel::bounded(8);
+                let closer = std::thread::spawn(move || close_files(close_rx, spent_tx));
                 let mut pk = Packer {
                     w: out,
                     to_close: Vec::with_capacity(CLOSE_BATCH),
                     closer: close_tx,
+                    spent: spent_rx,
                     exclude,
                     notices,
                     links: HashMap::new(),
                     users: HashMap::new(),
                     groups: HashMap::new(),
-                    buf: vec![0u8; READ_BUF],
                 };
                 for (p, name) in tops {
                     // The top path itself is named by the person sealing:
@@ -188,8 +204,8 @@ pub fn pack<W: Write>(
                 w.send().map_err(|e| Error::io("<archive output>", e))
             })
             .map_err(|e| Error::io("<walker thread>", e))?;
-        for buf in full_rx.iter() {
-            if let Err(e) = w.write_all(&buf) {
+        for (buf, n) in full_rx.iter() {
+            if let Err(e) = w.write_all(&buf[..n]) {
                 write_err = Some(e);
                 break;
             }
@@ -218,38 +234,56 @@ const BATCH: usize = 1 << 20;
 /// Batches in flight between the walker and the cipher.
 const BATCHES: usize = 4;
 
-/// The walker's side of the hand-over: a `Write` that collects the tar
-/// stream into batches and sends the full ones.
+/// The walker's side of the hand-over: the tar stream collected into
+/// batch buffers (kept at their full length, zeroed once; the count of
+/// bytes filled travels with each), the full ones sent to the cipher.
 struct Batches {
     buf: Vec<u8>,
-    full: crossbeam_channel::Sender<Vec<u8>>,
+    filled: usize,
+    full: crossbeam_channel::Sender<(Vec<u8>, usize)>,
     empty: crossbeam_channel::Receiver<Vec<u8>>,
 }
 
 impl Batches {
     fn send(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
+        if self.filled == 0 {
             return Ok(());
         }
-        let next = self
-            .empty
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+        let next = self.empty.try_recv().unwrap_or_else(|_| vec![0; BATCH]);
         let full = std::mem::replace(&mut self.buf, next);
-        self.full.send(full).map_err(|_| {
+        let n = std::mem::take(&mut self.filled);
+        self.full.send((full, n)).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the archive writer stopped")
-        })?;
-        self.buf.clear();
-        Ok(())
+        })
+    }
+
+    /// Free room for at most `want` bytes (at least one: a full batch is
+    /// sent first), to be filled in place and counted by [`Self::commit`].
+    fn room(&mut self, want: usize) -> std::io::Result<&mut [u8]> {
+        if self.filled == self.buf.len() {
+            self.send()?;
+        }
+        let end = self.buf.len().min(self.filled + want);
+        Ok(&mut self.buf[self.filled..end])
+    }
+
+    /// `n` bytes of the room were filled.
+    fn commit(&mut self, n: usize) {
+        self.filled += n;
     }
 }
 
 impl Write for Batches {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= BATCH {
+        if self.filled + data.len() > self.buf.len() {
             self.send()?;
+            // A header larger than a batch (a long path, many xattrs).
+            if data.len() > self.buf.len() {
+                self.buf.resize(data.len(), 0);
+            }
         }
+        self.buf[self.filled..self.filled + data.len()].copy_from_slice(data);
+        self.filled += data.len();
         Ok(data.len())
     }
 
@@ -269,7 +303,7 @@ fn time(secs: i64, nanos: i64) -> Time {
     }
 }
 
-impl<W: Write> Packer<'_, W> {
+impl Packer<'_> {
     fn notice(&mut self, path: &Path, kind: NoticeKind, what: impl Into<String>) {
         self.notices.push(Notice {
             path: path.to_path_buf(),
@@ -641,14 +675,18 @@ impl<W: Write> Packer<'_, W> {
         self.to_close.push((fd, st, shown.to_path_buf()));
         if self.to_close.len() >= CLOSE_BATCH {
             let batch = std::mem::replace(&mut self.to_close, Vec::with_capacity(CLOSE_BATCH));
+            while let Ok(paths) = self.spent.try_recv() {
+                drop(paths);
+            }
             // The closing thread lives until the walk ends.
             let _ = self.closer.send(batch);
         }
         Ok(())
     }
 
-    /// Copy exactly `len` bytes from `offset`: at most that many are read,
-    /// and zeros stand in for what is missing. Returns whether any were.
+    /// Copy exactly `len` bytes from `offset`, read straight into the
+    /// stream's batch buffer: at most that many are read, and zeros stand
+    /// in for what is missing. Returns whether any were.
     fn copy_range(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -656,44 +694,44 @@ impl<W: Write> Packer<'_, W> {
         offset: u64,
         len: u64,
     ) -> Result<bool> {
+        let out_err = |e| Error::io("<archive output>", e);
         let mut done = 0u64;
         let mut short = false;
         while done < len {
-            let want = (len - done).min(self.buf.len() as u64) as usize;
-            let n = if short {
-                0
+            let want = (len - done).min(READ_MAX as u64) as usize;
+            let room = self.w.room(want).map_err(out_err)?;
+            let got = if short {
+                Ok(0)
             } else {
                 loop {
-                    match rustix::io::pread(fd, &mut self.buf[..want], offset + done) {
-                        Ok(n) => break n,
+                    match rustix::io::pread(fd, &mut *room, offset + done) {
                         Err(rustix::io::Errno::INTR) => continue,
-                        Err(err) => {
-                            let at = offset + done;
-                            self.notice(
-                                shown,
-                                NoticeKind::Changed,
-                                format!(
-                                    "read error at byte {at}: {err}; stored with zeros from there"
-                                ),
-                            );
-                            break 0;
-                        }
+                        r => break r,
                     }
+                }
+            };
+            let n = match got {
+                Ok(n) => n,
+                Err(err) => {
+                    let at = offset + done;
+                    self.notice(
+                        shown,
+                        NoticeKind::Changed,
+                        format!("read error at byte {at}: {err}; stored with zeros from there"),
+                    );
+                    0
                 }
             };
             if n == 0 {
                 short = true;
-                self.buf[..want].fill(0);
-                let w = std::mem::take(&mut self.buf);
-                self.out(&w[..want])?;
-                self.buf = w;
-                done += want as u64;
+                let room = self.w.room(want).map_err(out_err)?;
+                room.fill(0);
+                let k = room.len();
+                self.w.commit(k);
+                done += k as u64;
                 continue;
             }
-            let w = std::mem::take(&mut self.buf);
-            let r = self.out(&w[..n]);
-            self.buf = w;
-            r?;
+            self.w.commit(n);
             done += n as u64;
         }
         Ok(short)
@@ -767,4 +805,66 @@ fn special_xattrs(dir: BorrowedFd<'_>, name: &OsStr, st: &rustix::fs::Stat, e: &
     }
     let via = crate::fsutil::proc_fd_path(fd.as_fd());
     super::xattrs::read_from(super::xattrs::Source::Proc(&via), e, false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever mix of headers (one larger than a batch among them) and
+    /// content read in place goes in, the batches hand over exactly those
+    /// bytes in order, and every batch but an oversized one stays its size.
+    #[test]
+    fn batches_hand_over_exactly_what_was_written_and_read() {
+        let (full_tx, full_rx) = crossbeam_channel::unbounded();
+        // No buffer comes back: each batch is a fresh one.
+        let (empty_tx, empty_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+        let mut b = Batches {
+            buf: vec![0; BATCH],
+            filled: 0,
+            full: full_tx,
+            empty: empty_rx,
+        };
+        let mut expected = Vec::new();
+        let mut n = 0u8;
+        let mut next = |len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|_| {
+                    n = n.wrapping_add(1);
+                    n
+                })
+                .collect()
+        };
+        for len in [512, BATCH - 700, 3000, BATCH + 4096, 10, BATCH, 1] {
+            // A header through `Write`.
+            let h = next(len);
+            b.write_all(&h).unwrap();
+            expected.extend_from_slice(&h);
+            // Content filled in place, in pieces as `copy_range` does.
+            let content = next(len / 2 + 1);
+            let mut done = 0;
+            while done < content.len() {
+                let room = b.room(content.len() - done).unwrap();
+                let k = room.len();
+                assert!(k > 0);
+                room.copy_from_slice(&content[done..done + k]);
+                b.commit(k);
+                done += k;
+            }
+            expected.extend_from_slice(&content);
+        }
+        b.send().unwrap();
+        drop(b);
+        drop(empty_tx);
+        let mut got = Vec::new();
+        for (buf, filled) in full_rx.iter() {
+            assert!(
+                buf.len() == BATCH || filled == buf.len(),
+                "an oversized batch is only what it holds"
+            );
+            got.extend_from_slice(&buf[..filled]);
+        }
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected);
+    }
 }
