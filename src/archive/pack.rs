@@ -134,6 +134,10 @@ pub fn pack<W: Write>(
     // thread and hands the tar stream over in large batches, so this thread
     // only feeds the cipher: no per-file synchronisation.
     let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, usize)>(BATCHES);
+    // Room for every buffer that can exist but the walker's own: it makes
+    // one only when none is waiting here, so at most BATCHES in `full`,
+    // one being written and one being filled. The writing side's `send`
+    // back must never block.
     let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(BATCHES + 2);
     let mut w = w;
     let mut write_err = None;
@@ -263,12 +267,14 @@ impl Batches {
         if self.filled == self.buf.len() {
             self.send()?;
         }
+        debug_assert!(want > 0, "room for nothing");
         let end = self.buf.len().min(self.filled + want);
         Ok(&mut self.buf[self.filled..end])
     }
 
     /// `n` bytes of the room were filled.
     fn commit(&mut self, n: usize) {
+        debug_assert!(self.filled + n <= self.buf.len(), "committed past the room");
         self.filled += n;
     }
 }
@@ -277,7 +283,8 @@ impl Write for Batches {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if self.filled + data.len() > self.buf.len() {
             self.send()?;
-            // A header larger than a batch (a long path, many xattrs).
+            // Headers and a sparse map larger than a batch (a map of many
+            // segments can be megabytes).
             if data.len() > self.buf.len() {
                 self.buf.resize(data.len(), 0);
             }
@@ -376,13 +383,21 @@ impl Packer<'_> {
         None
     }
 
-    /// `e`'s headers, within what every reader accepts: an entry whose pax
-    /// header would pass [`tar::MAX_EXTENDED`] loses its xattrs and ACLs,
-    /// and is left out if that is not enough (a notice says which). `None`:
-    /// left out; a hard link naming it must then not be written.
+    /// `e`'s headers (and a sparse file's map after them), within what
+    /// every reader accepts: an entry whose pax header would pass
+    /// [`tar::MAX_EXTENDED`] loses its xattrs and ACLs, and is left out if
+    /// that is not enough (a notice says which). A sparse map is part of
+    /// the content, not of that limit. `None`: left out; a hard link
+    /// naming it must then not be written.
     fn header(&mut self, e: &mut Entry, shown: &Path) -> Option<Vec<u8>> {
-        let h = write::encode(e);
-        if h.len() as u64 <= tar::MAX_EXTENDED {
+        let within = |e: &Entry| {
+            let (mut h, map) = write::encode_parts(e);
+            (h.len() as u64 <= tar::MAX_EXTENDED).then(|| {
+                h.extend_from_slice(&map);
+                h
+            })
+        };
+        if let Some(h) = within(e) {
             return Some(h);
         }
         if !e.xattrs.is_empty() || e.acl_access.is_some() || e.acl_default.is_some() {
@@ -394,8 +409,7 @@ impl Packer<'_> {
                 NoticeKind::Skipped,
                 "its xattrs and ACLs, more than 1 MiB together, were not sealed",
             );
-            let h = write::encode(e);
-            if h.len() as u64 <= tar::MAX_EXTENDED {
+            if let Some(h) = within(e) {
                 return Some(h);
             }
         }
@@ -811,21 +825,45 @@ fn special_xattrs(dir: BorrowedFd<'_>, name: &OsStr, st: &rustix::fs::Stat, e: &
 mod tests {
     use super::*;
 
-    /// Whatever mix of headers (one larger than a batch among them) and
-    /// content read in place goes in, the batches hand over exactly those
-    /// bytes in order, and every batch but an oversized one stays its size.
-    #[test]
-    fn batches_hand_over_exactly_what_was_written_and_read() {
-        let (full_tx, full_rx) = crossbeam_channel::unbounded();
-        // No buffer comes back: each batch is a fresh one.
-        let (empty_tx, empty_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
-        let mut b = Batches {
+    /// Where full batches arrive, and where their buffers go back.
+    type Ends = (
+        crossbeam_channel::Receiver<(Vec<u8>, usize)>,
+        crossbeam_channel::Sender<Vec<u8>>,
+    );
+
+    /// A walker's hand-over as in `pack`, with its receiving end.
+    fn batches() -> (Batches, Ends) {
+        let (full_tx, full_rx) = crossbeam_channel::bounded(BATCHES);
+        let (empty_tx, empty_rx) = crossbeam_channel::bounded(BATCHES + 2);
+        let b = Batches {
             buf: vec![0; BATCH],
             filled: 0,
             full: full_tx,
             empty: empty_rx,
         };
-        let mut expected = Vec::new();
+        (b, (full_rx, empty_tx))
+    }
+
+    /// Take what was handed over, giving the buffers back as `pack` does.
+    fn drain(
+        full: &crossbeam_channel::Receiver<(Vec<u8>, usize)>,
+        empty: &crossbeam_channel::Sender<Vec<u8>>,
+        got: &mut Vec<u8>,
+    ) {
+        while let Ok((buf, n)) = full.try_recv() {
+            got.extend_from_slice(&buf[..n]);
+            let _ = empty.try_send(buf);
+        }
+    }
+
+    /// Whatever mix of headers (larger than a batch among them: a sparse
+    /// map can be) and content filled in place goes in, exactly those
+    /// bytes come out in order, through buffers given back and reused
+    /// (an oversized one included).
+    #[test]
+    fn batches_hand_over_exactly_what_was_written_and_read() {
+        let (mut b, (full, empty)) = batches();
+        let (mut expected, mut got) = (Vec::new(), Vec::new());
         let mut n = 0u8;
         let mut next = |len: usize| -> Vec<u8> {
             (0..len)
@@ -835,12 +873,19 @@ mod tests {
                 })
                 .collect()
         };
-        for len in [512, BATCH - 700, 3000, BATCH + 4096, 10, BATCH, 1] {
-            // A header through `Write`.
+        for len in [
+            512,
+            BATCH - 700,
+            3000,
+            3 * BATCH + 4096,
+            10,
+            BATCH,
+            1,
+            2 * BATCH,
+        ] {
             let h = next(len);
             b.write_all(&h).unwrap();
             expected.extend_from_slice(&h);
-            // Content filled in place, in pieces as `copy_range` does.
             let content = next(len / 2 + 1);
             let mut done = 0;
             while done < content.len() {
@@ -852,19 +897,111 @@ mod tests {
                 done += k;
             }
             expected.extend_from_slice(&content);
+            drain(&full, &empty, &mut got);
         }
         b.send().unwrap();
-        drop(b);
-        drop(empty_tx);
-        let mut got = Vec::new();
-        for (buf, filled) in full_rx.iter() {
-            assert!(
-                buf.len() == BATCH || filled == buf.len(),
-                "an oversized batch is only what it holds"
-            );
-            got.extend_from_slice(&buf[..filled]);
-        }
+        drain(&full, &empty, &mut got);
         assert_eq!(got.len(), expected.len());
         assert!(got == expected);
+    }
+
+    /// `copy_range` on real descriptors: a file shorter than the range
+    /// asked (it shrank), read across a batch boundary, gives its bytes
+    /// then zeros, exactly the range's length, and says it was short; a
+    /// descriptor that cannot be read gives zeros and a notice naming the
+    /// byte.
+    #[test]
+    fn copy_range_stores_exactly_the_range_zeros_for_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8 + 1).collect();
+        std::fs::write(&path, &data).unwrap();
+        let (w, (full, empty)) = batches();
+        let (close_tx, _close_rx) = crossbeam_channel::bounded(1);
+        let (_spent_tx, spent_rx) = crossbeam_channel::bounded(1);
+        let mut notices = Vec::new();
+        let mut pk = Packer {
+            w,
+            to_close: Vec::new(),
+            closer: close_tx,
+            spent: spent_rx,
+            exclude: &[],
+            notices: &mut notices,
+            links: HashMap::new(),
+            users: HashMap::new(),
+            groups: HashMap::new(),
+        };
+        // 100 bytes before the batch ends: the read crosses into the next.
+        let lead = vec![7u8; BATCH - 100];
+        pk.w.write_all(&lead).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let short = pk.copy_range(file.as_fd(), &path, 1000, 5000).unwrap();
+        assert!(short);
+        let folder = std::fs::File::open(dir.path()).unwrap();
+        let short = pk.copy_range(folder.as_fd(), dir.path(), 0, 700).unwrap();
+        assert!(short);
+        pk.w.send().unwrap();
+        drop(pk);
+        let mut got = Vec::new();
+        drain(&full, &empty, &mut got);
+        let mut expected = lead;
+        expected.extend_from_slice(&data[1000..]);
+        expected.resize(expected.len() + 3000, 0);
+        expected.resize(expected.len() + 700, 0);
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected);
+        assert_eq!(notices.len(), 1);
+        assert!(
+            notices[0].what.starts_with("read error at byte 0:"),
+            "{}",
+            notices[0].what
+        );
+    }
+
+    /// A sparse file's map is content, not header: one of 100,000
+    /// segments (megabytes of map) is stored, and reads back.
+    #[test]
+    fn a_sparse_map_larger_than_the_header_limit_is_stored() {
+        let (w, _ends) = batches();
+        let (close_tx, _close_rx) = crossbeam_channel::bounded(1);
+        let (_spent_tx, spent_rx) = crossbeam_channel::bounded(1);
+        let mut notices = Vec::new();
+        let mut pk = Packer {
+            w,
+            to_close: Vec::new(),
+            closer: close_tx,
+            spent: spent_rx,
+            exclude: &[],
+            notices: &mut notices,
+            links: HashMap::new(),
+            users: HashMap::new(),
+            groups: HashMap::new(),
+        };
+        let segs: Vec<Segment> = (0..100_000u64)
+            .map(|i| Segment {
+                offset: 1_000_000_000_000 + i * 8192,
+                len: 1,
+            })
+            .collect();
+        let mut e = Entry {
+            kind: Some(Kind::File),
+            path: b"img".to_vec(),
+            mode: 0o644,
+            size: 1_000_000_000_000 + 100_000 * 8192,
+            sparse: Some(segs.clone()),
+            ..Entry::default()
+        };
+        let h = pk.header(&mut e, Path::new("img")).expect("stored");
+        drop(pk);
+        assert!(notices.is_empty());
+        assert!(h.len() as u64 > tar::MAX_EXTENDED);
+        let mut v = h;
+        v.extend(std::iter::repeat_n(1u8, segs.len()));
+        v.resize(v.len() + write::padding(segs.len() as u64), 0);
+        v.extend_from_slice(&write::END);
+        let mut p = tar::read::Parser::new(&v[..]);
+        let back = p.next_entry().unwrap().unwrap();
+        assert_eq!(back.sparse.as_deref(), Some(&segs[..]));
+        assert_eq!(back.size, e.size);
     }
 }

@@ -107,6 +107,16 @@ fn base(path: &[u8]) -> &[u8] {
 /// followed by [`Entry::stored_len`] bytes of content and
 /// [`padding`]`(`[`Entry::stored_len`]`)` zero bytes.
 pub fn encode(e: &Entry) -> Vec<u8> {
+    let (mut out, map) = encode_parts(e);
+    out.extend_from_slice(&map);
+    out
+}
+
+/// [`encode`] in its two parts: the headers (what a reader limits to
+/// [`super::MAX_EXTENDED`]), and the sparse map that starts the content
+/// (empty unless `e` is sparse; a reader takes up to
+/// [`super::MAX_SPARSE_SEGMENTS`] segments there).
+pub fn encode_parts(e: &Entry) -> (Vec<u8>, Vec<u8>) {
     let kind = e.kind();
     let mut pax = Vec::new();
     let mut name: Vec<u8> = e.path.clone();
@@ -183,8 +193,7 @@ pub fn encode(e: &Entry) -> Vec<u8> {
         out.resize(out.len() + padding(pax.len() as u64), 0);
     }
     out.extend_from_slice(&ustar(&name, kind.flag(), size, e, &e.link));
-    out.extend_from_slice(&map);
-    out
+    (out, map)
 }
 
 /// The end-of-archive marker: two zero blocks.
