@@ -844,6 +844,23 @@ mod tests {
         (b, (full_rx, empty_tx))
     }
 
+    /// A walker writing into `w`, its closing thread's ends left hanging.
+    fn packer(w: Batches, notices: &mut Vec<Notice>) -> Packer<'_> {
+        let (closer, _) = crossbeam_channel::bounded(1);
+        let (_, spent) = crossbeam_channel::bounded(1);
+        Packer {
+            w,
+            to_close: Vec::new(),
+            closer,
+            spent,
+            exclude: &[],
+            notices,
+            links: HashMap::new(),
+            users: HashMap::new(),
+            groups: HashMap::new(),
+        }
+    }
+
     /// Take what was handed over, giving the buffers back as `pack` does.
     fn drain(
         full: &crossbeam_channel::Receiver<(Vec<u8>, usize)>,
@@ -917,20 +934,8 @@ mod tests {
         let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8 + 1).collect();
         std::fs::write(&path, &data).unwrap();
         let (w, (full, empty)) = batches();
-        let (close_tx, _close_rx) = crossbeam_channel::bounded(1);
-        let (_spent_tx, spent_rx) = crossbeam_channel::bounded(1);
         let mut notices = Vec::new();
-        let mut pk = Packer {
-            w,
-            to_close: Vec::new(),
-            closer: close_tx,
-            spent: spent_rx,
-            exclude: &[],
-            notices: &mut notices,
-            links: HashMap::new(),
-            users: HashMap::new(),
-            groups: HashMap::new(),
-        };
+        let mut pk = packer(w, &mut notices);
         // 100 bytes before the batch ends: the read crosses into the next.
         let lead = vec![7u8; BATCH - 100];
         pk.w.write_all(&lead).unwrap();
@@ -963,20 +968,8 @@ mod tests {
     #[test]
     fn a_sparse_map_larger_than_the_header_limit_is_stored() {
         let (w, _ends) = batches();
-        let (close_tx, _close_rx) = crossbeam_channel::bounded(1);
-        let (_spent_tx, spent_rx) = crossbeam_channel::bounded(1);
         let mut notices = Vec::new();
-        let mut pk = Packer {
-            w,
-            to_close: Vec::new(),
-            closer: close_tx,
-            spent: spent_rx,
-            exclude: &[],
-            notices: &mut notices,
-            links: HashMap::new(),
-            users: HashMap::new(),
-            groups: HashMap::new(),
-        };
+        let mut pk = packer(w, &mut notices);
         let segs: Vec<Segment> = (0..100_000u64)
             .map(|i| Segment {
                 offset: 1_000_000_000_000 + i * 8192,
