@@ -390,7 +390,7 @@ impl State<'_> {
             let scanned = if adopt || !self.has_epoch()? {
                 None
             } else {
-                Some(self.scan()?)
+                Some(self.scan()?.0)
             };
             // Then under one lock, against the epoch row as the scan saw
             // it: replicas starting together on a new database seal it
@@ -489,8 +489,8 @@ impl State<'_> {
 
     /// The whole check of the rows against the epoch row, in one
     /// snapshot: every MAC, and the sealed sum (`epoch.rs`). Returns the
-    /// epoch row's MAC (which names it).
-    fn scan(&self) -> Result<Vec<u8>, VaultError> {
+    /// epoch row's MAC (which names it) and its epoch.
+    fn scan(&self) -> Result<(Vec<u8>, i64), VaultError> {
         let key = self.key;
         self.store.with_tx(false, |tx| {
             let raw = tx
@@ -527,7 +527,7 @@ impl State<'_> {
                     e.epoch
                 )));
             }
-            Ok(mac)
+            Ok((mac, e.epoch))
         })
     }
 
@@ -537,9 +537,7 @@ impl State<'_> {
         if !self.has_epoch()? {
             return Ok(None);
         }
-        self.scan()?;
-        self.store
-            .with_tx(false, |tx| Ok(tx.epoch_row(false)?.map(|r| r.epoch)))
+        self.scan().map(|(_, epoch)| Some(epoch))
     }
 
     /// Bring the counter to the open epoch `e` (one increment if it is

@@ -184,8 +184,12 @@ pub struct Store {
     /// The records this process changed in epochs not yet sealed twice
     /// over, and the epoch and version it wrote (`state.rs`); kept only
     /// while a counter advances the epoch (else nothing would prune it).
-    pending: Mutex<Option<std::collections::HashMap<String, (i64, i64)>>>,
+    pending: Mutex<Option<Pending>>,
 }
+
+/// Records a process changed lately: user id to the epoch and version it
+/// wrote (`Store::pending`).
+pub(crate) type Pending = std::collections::HashMap<String, (i64, i64)>;
 
 enum Db {
     /// A SQLite file.
@@ -426,9 +430,7 @@ impl Store {
 
     /// The records this process changed lately (`state.rs`): `None`
     /// unless [`Store::track_changes`] was called.
-    pub(crate) fn pending(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Option<std::collections::HashMap<String, (i64, i64)>>> {
+    pub(crate) fn pending(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -169,16 +169,24 @@ impl ChunkCipher {
         let nonce = nonce_bytes(counter, last);
         let (data, tag) = slot.split_at_mut(slot.len() - TAG_LEN);
         let len = data.len();
-        let ctx = &mut self.ctx;
-        let sealed = ctx
+        let sealed = self
+            .ctx
             .encrypt_init(None, None, Some(&nonce))
-            .and_then(|()| match len {
-                0 => Ok(0),
-                _ => ctx.cipher_update_inplace(data, len),
-            })
-            .and_then(|n| ctx.cipher_final(&mut []).map(|f| n + f))
-            .and_then(|n| ctx.tag(tag).map(|()| n));
+            .and_then(|()| self.run(data))
+            .and_then(|n| self.ctx.tag(tag).map(|()| n));
         sealed.ok() == Some(len)
+    }
+
+    /// Encrypt or decrypt `data` in place under the nonce just set, and
+    /// finish (sealing: the tag is ready; opening: the tag set was
+    /// compared). Returns the bytes processed.
+    fn run(&mut self, data: &mut [u8]) -> Result<usize, openssl::error::ErrorStack> {
+        let len = data.len();
+        let n = match len {
+            0 => 0,
+            _ => self.ctx.cipher_update_inplace(data, len)?,
+        };
+        Ok(n + self.ctx.cipher_final(&mut [])?)
     }
 
     /// Open chunk `counter` (ciphertext and tag, all of `slot`) in place;
@@ -196,20 +204,16 @@ impl ChunkCipher {
         let nonce = nonce_bytes(counter, last);
         let (data, tag) = slot.split_at_mut(slot.len() - TAG_LEN);
         let len = data.len();
-        let ctx = &mut self.ctx;
         // The tag is compared (in constant time) by the final call: any
         // failure on the way is the chunk not authenticating.
-        let opened = ctx
+        let opened = self
+            .ctx
             .decrypt_init(None, None, Some(&nonce))
-            .and_then(|()| ctx.set_tag(tag))
-            .and_then(|()| match len {
-                0 => Ok(0),
-                _ => ctx.cipher_update_inplace(data, len),
-            })
-            .and_then(|n| ctx.cipher_final(&mut []).map(|f| n + f));
+            .and_then(|()| self.ctx.set_tag(tag))
+            .and_then(|()| self.run(data));
         // The whole tag was compared: OpenSSL compares as many bytes as
         // the context's tag length says.
-        let whole_tag = ctx.tag_length() == TAG_LEN;
+        let whole_tag = self.ctx.tag_length() == TAG_LEN;
         match opened {
             Ok(n) if n == len && whole_tag => {}
             _ => {
