@@ -1399,7 +1399,7 @@ fn stderr_of(out: &std::process::Output) -> String {
 
 /// `vault serve` refuses the database at `url`: exit 1, saying `want`.
 fn refused(token: &Token, url: &str, args: &[&str], want: &str) {
-    let out = common::vault::serve_refused(token, url, args);
+    let out = common::vault::serve_until_exit(token, url, args);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     assert!(stderr_of(&out).contains(want), "{}", stderr_of(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
@@ -1493,12 +1493,71 @@ fn a_restored_or_edited_database_is_refused_and_a_crash_never_locks_the_vault_ou
     assert_eq!(guesses_left, 6);
     drop(server);
 
-    // The operator may accept the old backup deliberately.
+    // The operator may accept the old backup deliberately: adopting
+    // seals it and exits, so that the flag cannot stay in a service's
+    // command line and take every restored backup from then on.
     copy_db(&backup, &db);
     let adopt = [&epoch[..], &["--epoch-adopt"]].concat();
-    let server = Server::start_with(&token, &url, 10, &adopt);
+    let out = common::vault::serve_until_exit(&token, &url, &adopt);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("start the server again without --epoch-adopt"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    let server = Server::start_with(&token, &url, 10, &epoch);
     let guesses_left = wrong_guess(&server.url, &user);
     assert_eq!(guesses_left, 9, "the backup's count, adopted");
+}
+
+#[test]
+fn an_nv_index_that_is_not_the_owners_plain_counter_is_refused() {
+    let token = Token::new();
+    let tpm = EpochTpm::start();
+    let (_dir, _db, url) = sqlite_vault();
+    for (index, attrs, want) in [
+        ("0x01300001", "ownerread|ownerwrite", "is not a counter"),
+        // May jump ahead after a power loss: the database would then look
+        // rolled back.
+        (
+            "0x01300002",
+            "ownerread|ownerwrite|nt=counter|orderly",
+            "a counter coffer did not define",
+        ),
+        // Written with its own (empty) authorization: not the owner's alone.
+        (
+            "0x01300003",
+            "ownerread|ownerwrite|authwrite|nt=counter",
+            "a counter coffer did not define",
+        ),
+    ] {
+        let defined = std::process::Command::new("tpm2_nvdefine")
+            .args(["-T", &tpm.tcti, "-C", "o", "-s", "8", "-a", attrs, index])
+            .env("TSS2_LOG", "all+none")
+            .output()
+            .unwrap();
+        assert!(defined.status.success(), "{}", stderr_of(&defined));
+        let args = [&tpm.args()[..], &["--epoch-nv-index", index]].concat();
+        refused(&token, &url, &args, want);
+    }
+}
+
+#[test]
+fn a_registration_answered_is_never_lost_to_a_backup_from_before_it() {
+    let token = Token::new();
+    let tpm = EpochTpm::start();
+    let (dir, db, url) = sqlite_vault();
+    let epoch = tpm.args();
+    let server = Server::start_with(&token, &url, 10, &epoch);
+    register(&server.url, b"right");
+    drop(server);
+    let before = dir.path().join("before.db");
+    copy_db(&db, &before);
+    // Answered only once sealed: a database from before it is then
+    // behind the counter (it used to be answered at once, and the backup
+    // taken over it with nothing said).
+    let server = Server::start_with(&token, &url, 10, &epoch);
+    register(&server.url, b"other");
+    drop(server);
+    copy_db(&before, &db);
+    refused(&token, &url, &epoch, "the database was rolled back");
 }
 
 #[test]

@@ -110,8 +110,9 @@ pub struct ServeArgs {
     epoch_nv_index: u32,
     /// Seal the database as it is now at the counter's value, whatever the
     /// rollback check says (after a deliberate restore, a new or cleared
-    /// TPM, or to start using --epoch-tpm on an existing vault)
-    #[arg(long)]
+    /// TPM, or to start using --epoch-tpm on an existing vault), and exit
+    /// without serving: with every replica stopped, once
+    #[arg(long, requires = "epoch_tpm")]
     epoch_adopt: bool,
 }
 
@@ -298,6 +299,14 @@ fn serve(a: &ServeArgs) -> Result<()> {
     let log = std::sync::Arc::new(|m: &str| eprintln!("coffer vault: {m}"));
     let epoch = epoch_options(a)?;
     let vault = Vault::open(store, &sealer, a.max_guesses, log, epoch).map_err(vault_err)?;
+    if a.epoch_adopt {
+        // Once, not at every start: left in a service's command line it
+        // would accept every restored backup from then on.
+        eprintln!(
+            "coffer vault: adopted database {db} as it is now, at the counter's value; start the server again without --epoch-adopt"
+        );
+        return Ok(());
+    }
     let key = hex::encode(vault.public_key());
     let limits = Limits {
         io_timeout: Duration::from_secs(a.client_timeout),

@@ -424,14 +424,16 @@ impl Vault {
         let msg = protocol::unb64(&req.message, 1024).ok_or_else(bad)?;
         let upload = RegistrationUpload::<Suite>::deserialize(&msg).map_err(|_| bad())?;
         let record = ServerRegistration::finish(upload);
-        if !self
+        let (stored, written) = self
             .state()
             .register(&req.user, &record.serialize())
-            .map_err(|e| self.internal(e))?
-            .0
-        {
+            .map_err(|e| self.internal(e))?;
+        if !stored {
             return Err(err(409, "exists"));
         }
+        // A registration answered is sealed too: a database restored from
+        // before it is then refused, instead of losing it unseen.
+        self.sealed(written)?;
         Ok((200, "{}".into()))
     }
 

@@ -18,10 +18,52 @@ use super::audit::Entry as AuditEntry;
 use super::epoch::{self, Counter, Mac, Row, StateKey, Sum, Verdict};
 use super::store::{LoginRecord, Store};
 
-/// An audit row's place as stored (a negative one cannot be coffer's:
-/// its term then fails the sum).
+/// An audit row's place as stored, as the sum takes it. A negative one is
+/// never coffer's and counts as `u64::MAX` (sealed like any row stamped
+/// before an advance; `vault audit verify` finds it out of its chain).
 fn audit_place(seq: i64) -> u64 {
     u64::try_from(seq).unwrap_or(u64::MAX)
+}
+
+/// Every record (with `stamp`: those stamped so) in turn, each id once.
+/// The rows come ordered by id, so a copy would come next to its original:
+/// a table rebuilt without its key could otherwise hold 2^16 copies of an
+/// older row, which the sum (16-bit lanes) would not see.
+fn each_record(
+    tx: &mut dyn Tx,
+    stamp: Option<i64>,
+    f: &mut dyn FnMut(Record) -> Result<(), VaultError>,
+) -> Result<(), VaultError> {
+    let mut last: Option<String> = None;
+    tx.each_record(stamp, &mut |r| {
+        if last.as_deref() == Some(&r.user[..]) {
+            return Err(VaultError::Tampered(format!(
+                "record {} is stored more than once (its table has lost its key)",
+                super::server::audit_record(&r.user)
+            )));
+        }
+        last = Some(r.user.clone());
+        f(r)
+    })
+}
+
+/// Every audit row (with `stamp`: those stamped so) in turn, each place
+/// once (as [`each_record`]).
+fn each_audit(
+    tx: &mut dyn Tx,
+    stamp: Option<i64>,
+    f: &mut AuditVisitor<'_>,
+) -> Result<(), VaultError> {
+    let mut last: Option<(String, i64)> = None;
+    tx.each_audit(stamp, &mut |chain, seq, mac, stamp| {
+        if last.as_ref().is_some_and(|(c, s)| c == chain && *s == seq) {
+            return Err(VaultError::Tampered(format!(
+                "audit row {seq} of chain {chain} is stored more than once (its table has lost its key)"
+            )));
+        }
+        last = Some((chain.to_owned(), seq));
+        f(chain, seq, mac, stamp)
+    })
 }
 
 /// A record row as stored.
@@ -188,7 +230,7 @@ impl State<'_> {
             .epoch_row(false)?
             .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
             .checked(self.key)?;
-        self.store.saw_epoch(e.epoch)?;
+        self.store.saw_epoch(e.epoch, e.confirmed)?;
         Ok(e.epoch)
     }
 
@@ -381,7 +423,8 @@ impl State<'_> {
         adopt: bool,
     ) -> Result<i64, VaultError> {
         let key = self.key;
-        if counter.is_some() {
+        let has_counter = counter.is_some();
+        if has_counter {
             self.store.track_changes();
         }
         for _ in 0..5 {
@@ -432,14 +475,14 @@ impl State<'_> {
                             }
                             None => 0,
                         };
-                        self.seal_as_is(tx, epoch)?;
+                        self.seal_as_is(tx, epoch, has_counter && !adopt)?;
                         Ok(Some((epoch, false)))
                     }
                     // What the scan checked is what is there.
                     (verdict, Some(now), Some(checked))
                         if seen.as_deref() == Some(&checked[..]) =>
                     {
-                        self.store.saw_epoch(now.epoch)?;
+                        self.store.saw_epoch(now.epoch, now.confirmed)?;
                         Ok(Some((now.epoch, verdict == Verdict::Open)))
                     }
                     // Another replica sealed or advanced it since: again.
@@ -462,13 +505,42 @@ impl State<'_> {
 
     /// Seal every record and audit row as it is, in the epoch before
     /// `epoch`, and start `epoch` (confirmed) with their sum.
-    fn seal_as_is(&self, tx: &mut dyn Tx, epoch: i64) -> Result<(), VaultError> {
+    ///
+    /// Only rows this vault wrote are taken: every record carries its MAC
+    /// and it checks, or none carries one (a version 1 database, from
+    /// before MACs: trust on first use). Records that carry MACs in a
+    /// database without an epoch row had it removed (sealing and the
+    /// epoch row commit together): with `refuse_sealed` (a counter, and
+    /// no `--epoch-adopt`) that is refused.
+    fn seal_as_is(
+        &self,
+        tx: &mut dyn Tx,
+        epoch: i64,
+        refuse_sealed: bool,
+    ) -> Result<(), VaultError> {
         let key = self.key;
         let mut rows = Vec::new();
-        tx.each_record(None, &mut |r| {
+        each_record(tx, None, &mut |r| {
             rows.push(r);
             Ok(())
         })?;
+        let with_mac = rows.iter().filter(|r| r.mac.is_some()).count();
+        if with_mac > 0 {
+            if let Some(r) = rows.iter().find(|r| r.mac.is_none()) {
+                return Err(VaultError::Tampered(format!(
+                    "record {} carries no MAC while other records do (its MAC was removed)",
+                    super::server::audit_record(&r.user)
+                )));
+            }
+            for r in &rows {
+                r.checked_mac(key)?;
+            }
+            if refuse_sealed {
+                return Err(VaultError::Epoch(format!(
+                    "the epoch row is missing, but the database's {with_mac} records were sealed by this vault: it was removed; to take the database as it is now (accepting that guesses counted since it was last sealed may come back), start once with --epoch-adopt"
+                )));
+            }
+        }
         let mut total = Sum::ZERO;
         for mut r in rows {
             r.stamp = epoch - 1;
@@ -479,12 +551,12 @@ impl State<'_> {
             tx.update_record(&r)?;
         }
         tx.restamp_audit(epoch - 1)?;
-        tx.each_audit(None, &mut |chain, seq, mac, _| {
+        each_audit(tx, None, &mut |chain, seq, mac, _| {
             total.add(&key.audit(chain, audit_place(seq), mac, epoch - 1).term());
             Ok(())
         })?;
         tx.put_epoch_row(&EpochRow::new(key, epoch, true, &total))?;
-        self.store.saw_epoch(epoch)
+        self.store.saw_epoch(epoch, true)
     }
 
     /// The whole check of the rows against the epoch row, in one
@@ -499,7 +571,7 @@ impl State<'_> {
             let mac = raw.mac.clone();
             let e = raw.checked(key)?;
             let mut from_rows = Sum::ZERO;
-            tx.each_record(None, &mut |r| {
+            each_record(tx, None, &mut |r| {
                 let mac = r.checked_mac(key)?;
                 if r.stamp > e.epoch {
                     return Err(VaultError::Tampered(format!(
@@ -510,7 +582,7 @@ impl State<'_> {
                 from_rows.add(&r.sealed_term(&mac, e.epoch));
                 Ok(())
             })?;
-            tx.each_audit(None, &mut |chain, seq, mac, stamp| {
+            each_audit(tx, None, &mut |chain, seq, mac, stamp| {
                 if stamp > e.epoch {
                     return Err(VaultError::Tampered(
                         "an audit row is stamped with a later epoch than the database's".into(),
@@ -583,7 +655,7 @@ impl State<'_> {
                 .epoch_row(true)?
                 .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
                 .checked(key)?;
-            self.store.saw_epoch(e.epoch)?;
+            self.store.saw_epoch(e.epoch, e.confirmed)?;
             if !e.confirmed {
                 return Ok(e.epoch);
             }
@@ -599,7 +671,7 @@ impl State<'_> {
                 .filter(|(_, (stamp, _))| *stamp == e.epoch)
                 .map(|(u, (_, v))| (u.clone(), *v))
                 .collect();
-            tx.each_record(Some(e.epoch), &mut |r| {
+            each_record(tx, Some(e.epoch), &mut |r| {
                 let mac = r.checked_mac(key)?;
                 sealed.add(&mac.term());
                 if let Some(p) = r.row().prev {
@@ -617,7 +689,7 @@ impl State<'_> {
                     e.epoch
                 )));
             }
-            tx.each_audit(Some(e.epoch), &mut |chain, seq, mac, stamp| {
+            each_audit(tx, Some(e.epoch), &mut |chain, seq, mac, stamp| {
                 sealed.add(&key.audit(chain, audit_place(seq), mac, stamp).term());
                 Ok(())
             })?;
@@ -640,7 +712,7 @@ impl State<'_> {
                 .epoch_row(true)?
                 .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
                 .checked(key)?;
-            self.store.saw_epoch(e.epoch)?;
+            self.store.saw_epoch(e.epoch, e.confirmed)?;
             if e.epoch < next {
                 return Err(VaultError::Tampered(format!(
                     "the epoch went back from {next} to {} under an advance",
@@ -827,6 +899,113 @@ mod tests {
         // At the advance that would seal it.
         let e = forked(|state, counter| state.advance(counter).map(drop));
         assert!(e.contains("not as this server wrote it"), "{e}");
+    }
+
+    /// SQL run on the test vault's file, as someone who can write it.
+    fn edit(dir: &std::path::Path, sql: &str) {
+        rusqlite::Connection::open(dir.join("v.db"))
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    }
+
+    /// The test vault's store opened again, as at a restart.
+    fn restarted(dir: &std::path::Path) -> Store {
+        Store::open_sqlite(&dir.join("v.db")).unwrap()
+    }
+
+    #[test]
+    fn copies_of_an_older_row_are_refused_though_they_cancel_in_the_sum() {
+        let (d, store, key) = vault();
+        let (state, mut counter) = prepared(&store, &key);
+        state.register("u", b"reg").unwrap();
+        state.advance(&mut counter).unwrap();
+        state.advance(&mut counter).unwrap();
+        edit(d.path(), "CREATE TABLE kept AS SELECT * FROM records");
+        for _ in 0..3 {
+            state.login_start("u", 10).unwrap();
+        }
+        state.advance(&mut counter).unwrap();
+        state.advance(&mut counter).unwrap();
+        // The table rebuilt without its key, holding the current row once
+        // and 2^16 copies of the older one: each lane of the sum is 16
+        // bits, so the copies add nothing to it.
+        edit(
+            d.path(),
+            "CREATE TABLE plain AS SELECT * FROM records; DROP TABLE records; \
+             ALTER TABLE plain RENAME TO records; \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 65536) \
+             INSERT INTO records SELECT kept.* FROM kept, n; DROP TABLE kept;",
+        );
+        // A change under the running server finds more than one row.
+        let e = state
+            .login_start("u", 10)
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stored 65537 times"), "{e}");
+        // At the next start, the scan finds the copies.
+        let again = restarted(d.path());
+        let state = State {
+            store: &again,
+            key: &key,
+        };
+        let e = state
+            .prepare(Some(&mut counter), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stored more than once"), "{e}");
+    }
+
+    #[test]
+    fn sealing_as_is_takes_no_edited_record_and_no_removed_epoch_row() {
+        let (d, store, key) = vault();
+        let (state, mut counter) = prepared(&store, &key);
+        state.register("u", b"reg").unwrap();
+        state.register("v", b"reg").unwrap();
+        for _ in 0..3 {
+            state.login_start("u", 10).unwrap();
+        }
+        state.advance(&mut counter).unwrap();
+        let start = |counter: Option<&mut dyn Counter>, adopt: bool| {
+            let store = restarted(d.path());
+            let state = State {
+                store: &store,
+                key: &key,
+            };
+            state.prepare(counter, adopt).map_err(|e| e.to_string())
+        };
+        // The epoch row removed, on a counter cleared with the TPM: that
+        // takes --epoch-adopt, or an operator would never hear of it.
+        edit(d.path(), "DELETE FROM epoch");
+        let e = start(Some(&mut Fake::default()), false).unwrap_err();
+        assert!(
+            e.contains("the epoch row is missing") && e.contains("--epoch-adopt"),
+            "{e}"
+        );
+        // A count reset as well: refused, adopting or not, with a counter
+        // or none (sealed anew, it would have been taken as it is).
+        edit(
+            d.path(),
+            "UPDATE records SET failed_guesses = 0 WHERE user_id = 'u'",
+        );
+        for (with_counter, adopt) in [(true, true), (false, false)] {
+            let mut c = counter.clone();
+            let c = with_counter.then_some(&mut c as &mut dyn Counter);
+            let e = start(c, adopt).unwrap_err();
+            assert!(e.contains("does not carry its MAC"), "{e}");
+        }
+        // Its MAC removed too, beside others that carry theirs: refused.
+        edit(
+            d.path(),
+            "UPDATE records SET mac = NULL WHERE user_id = 'u'",
+        );
+        let e = start(Some(&mut counter.clone()), true).unwrap_err();
+        assert!(e.contains("carries no MAC while other records do"), "{e}");
+        // Every MAC removed: a version 1 database, taken on first use.
+        edit(d.path(), "UPDATE records SET mac = NULL");
+        start(Some(&mut counter.clone()), true).unwrap();
+        assert_eq!(store.failed_guesses("u").unwrap(), Some(0));
     }
 
     #[test]

@@ -440,11 +440,19 @@ impl Store {
         self.pending().get_or_insert_default();
     }
 
-    /// Note that the database was seen at `epoch`; an error if this
-    /// process saw it at a later one before (a stale epoch row put back
-    /// while the server runs: nothing is answered from it).
-    pub(crate) fn saw_epoch(&self, epoch: i64) -> Result<(), VaultError> {
-        let before = self.epoch_seen.fetch_max(epoch, Ordering::SeqCst);
+    /// Note that the database was seen at `epoch` (`confirmed` or open);
+    /// an error if this process saw it at a later one before (a stale
+    /// epoch row put back while the server runs: nothing is answered from
+    /// it).
+    ///
+    /// An open epoch counts as the one before it: its row may have been
+    /// read from a primary whose commit of it never reached the standby
+    /// (the commit failed with PostgreSQL's WARNING), and after a failover
+    /// the promoted standby rightly holds the epoch before. A confirmed
+    /// epoch was opened by a commit PostgreSQL confirmed replicated.
+    pub(crate) fn saw_epoch(&self, epoch: i64, confirmed: bool) -> Result<(), VaultError> {
+        let durable = if confirmed { epoch } else { epoch - 1 };
+        let before = self.epoch_seen.fetch_max(durable, Ordering::SeqCst);
         if epoch < before {
             return Err(VaultError::Tampered(format!(
                 "the database's epoch went back from {before} to {epoch} while the server ran (a stale epoch row put back?)"
@@ -807,6 +815,31 @@ impl Store {
 const RECORD: &str =
     "user_id, registration, failed_guesses, created, destroyed, stamp, version, prev, mac";
 
+/// An update of `user`'s record must change exactly one row: the table's
+/// key keeps ids unique, and a table rebuilt without it could hold copies
+/// of one record (copies that the multiset sum of `epoch.rs` counts only
+/// modulo 2^16).
+fn one_row(changed: u64, user: &str) -> Result<(), VaultError> {
+    match changed {
+        1 => Ok(()),
+        n => Err(VaultError::Tampered(format!(
+            "record {} is stored {n} times (its table has lost its key)",
+            super::server::audit_record(user)
+        ))),
+    }
+}
+
+/// The epoch row, of at most one (PostgreSQL's `query_opt` refuses a
+/// second by itself).
+fn one_epoch_row(mut rows: Vec<EpochRow>) -> Result<Option<EpochRow>, VaultError> {
+    match rows.len() {
+        0 | 1 => Ok(rows.pop()),
+        _ => Err(VaultError::Tampered(
+            "the epoch table holds more than one row (it has lost its key)".into(),
+        )),
+    }
+}
+
 /// `WHERE stamp = …` for a row filter, with the placeholder given.
 fn stamped(stamp: Option<i64>, placeholder: &str) -> String {
     match stamp {
@@ -835,21 +868,21 @@ fn sqlite_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
 impl Tx for SqliteTx<'_> {
     fn epoch_row(&mut self, _exclusive: bool) -> Result<Option<EpochRow>, VaultError> {
         // A write transaction holds SQLite's one write lock already.
-        self.0
-            .query_row(
-                "SELECT epoch, confirmed, sealed, mac FROM epoch WHERE id = 0",
-                [],
-                |r| {
-                    Ok(EpochRow {
-                        epoch: r.get(0)?,
-                        confirmed: r.get::<_, i64>(1)? != 0,
-                        sealed: r.get(2)?,
-                        mac: r.get(3)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(db)
+        let mut stmt = self
+            .0
+            .prepare("SELECT epoch, confirmed, sealed, mac FROM epoch WHERE id = 0 LIMIT 2")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(EpochRow {
+                    epoch: r.get(0)?,
+                    confirmed: r.get::<_, i64>(1)? != 0,
+                    sealed: r.get(2)?,
+                    mac: r.get(3)?,
+                })
+            })
+            .map_err(db)?;
+        one_epoch_row(rows.collect::<rusqlite::Result<_>>().map_err(db)?)
     }
 
     fn put_epoch_row(&mut self, e: &EpochRow) -> Result<(), VaultError> {
@@ -889,8 +922,8 @@ impl Tx for SqliteTx<'_> {
                 "UPDATE records SET registration = ?2, failed_guesses = ?3, destroyed = ?4, stamp = ?5, version = ?6, prev = ?7, mac = ?8 WHERE user_id = ?1",
                 params![r.user, r.registration, r.failed, r.destroyed, r.stamp, r.version, r.prev, r.mac],
             )
-            .map(drop)
             .map_err(db)
+            .and_then(|n| one_row(n as u64, &r.user))
     }
 
     fn lock_for_preparing(&mut self) -> Result<(), VaultError> {
@@ -916,7 +949,7 @@ impl Tx for SqliteTx<'_> {
         f: &mut AuditVisitor<'_>,
     ) -> Result<(), VaultError> {
         let q = format!(
-            "SELECT chain, seq, mac, stamp FROM audit_log{}",
+            "SELECT chain, seq, mac, stamp FROM audit_log{} ORDER BY chain, seq",
             stamped(stamp, "?1")
         );
         self.each_row(&q, stamp, &mut |r| {
@@ -942,7 +975,10 @@ impl Tx for SqliteTx<'_> {
         stamp: Option<i64>,
         f: &mut dyn FnMut(Record) -> Result<(), VaultError>,
     ) -> Result<(), VaultError> {
-        let q = format!("SELECT {RECORD} FROM records{}", stamped(stamp, "?1"));
+        let q = format!(
+            "SELECT {RECORD} FROM records{} ORDER BY user_id",
+            stamped(stamp, "?1")
+        );
         self.each_row(&q, stamp, &mut |r| f(sqlite_record(r).map_err(db)?))
     }
 }
@@ -1079,8 +1115,8 @@ impl Tx for PgTx<'_> {
                 "UPDATE records SET registration = $2, failed_guesses = $3, destroyed = $4, stamp = $5, version = $6, prev = $7, mac = $8 WHERE user_id = $1",
                 &[&r.user, &r.registration, &r.failed, &r.destroyed, &r.stamp, &r.version, &r.prev, &r.mac],
             )
-            .map(drop)
             .map_err(pg)
+            .and_then(|n| one_row(n, &r.user))
     }
 
     fn lock_for_preparing(&mut self) -> Result<(), VaultError> {
@@ -1108,7 +1144,7 @@ impl Tx for PgTx<'_> {
         f: &mut AuditVisitor<'_>,
     ) -> Result<(), VaultError> {
         let q = format!(
-            "SELECT chain, seq, mac, stamp FROM audit_log{}",
+            "SELECT chain, seq, mac, stamp FROM audit_log{} ORDER BY chain, seq",
             stamped(stamp, "$1")
         );
         self.each_row(&q, stamp, &mut |r| {
@@ -1129,7 +1165,10 @@ impl Tx for PgTx<'_> {
         stamp: Option<i64>,
         f: &mut dyn FnMut(Record) -> Result<(), VaultError>,
     ) -> Result<(), VaultError> {
-        let q = format!("SELECT {RECORD} FROM records{}", stamped(stamp, "$1"));
+        let q = format!(
+            "SELECT {RECORD} FROM records{} ORDER BY user_id",
+            stamped(stamp, "$1")
+        );
         self.each_row(&q, stamp, &mut |r| f(pg_record(r)))
     }
 }

@@ -128,9 +128,9 @@ fn serve_command<S: AsRef<std::ffi::OsStr>>(token: &Token, db: &str, args: &[S])
 }
 
 /// `coffer vault serve` with `args` (which include `--listen`), run to be
-/// refused: its output once it exited
+/// refused or to adopt a database: its output once it exited
 /// (at most 30 s; a server that starts instead fails the test).
-pub fn serve_refused(token: &Token, db: &str, args: &[&str]) -> std::process::Output {
+pub fn serve_until_exit(token: &Token, db: &str, args: &[&str]) -> std::process::Output {
     let mut child = serve_command(token, db, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

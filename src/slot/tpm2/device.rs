@@ -588,6 +588,21 @@ impl Tpm {
                 "NV index {index:#010x} is not a counter: choose another index"
             )));
         }
+        // As `counter_increment` defines it: an orderly counter may jump
+        // ahead after a power loss (the database then looks rolled back),
+        // and one its own authorization or a policy may write, or the
+        // platform defined, is not the owner's alone.
+        if attrs.orderly()
+            || attrs.auth_write()
+            || attrs.policy_write()
+            || attrs.platform_create()
+            || !attrs.owner_write()
+        {
+            let _ = self.ctx.tr_close(&mut h.into());
+            return Err(SlotError::Device(format!(
+                "NV index {index:#010x} is a counter coffer did not define (orderly, or written by more than the owner): choose another index"
+            )));
+        }
         if !attrs.written() {
             let _ = self.ctx.tr_close(&mut h.into());
             return Ok(None);
