@@ -512,10 +512,24 @@ fn store_errors_are_clear_and_exit_1() {
             "az://CONTAINER/BLOB",
         ),
         ("ftp://host/a.coffer", "unknown kind of store"),
+        // A SAS pasted into the URL: refused, and its signature unsaid.
+        ("az://coffer/a.coffer?sv=1&sig=SECRET", "query or fragment"),
+        (
+            "https://acct.blob.core.windows.net/c/a?sig=SECRET",
+            "query or fragment",
+        ),
+        // Names a URL would resolve elsewhere ($root's blob "x.coffer",
+        // or blob "dir").
+        ("az://../x.coffer", "not a container name"),
+        ("az://Coffer/x.coffer", "not a container name"),
+        ("az://coffer/dir/", "starts or ends with '/'"),
+        ("az://coffer//x", "starts or ends with '/'"),
+        ("s3://../x.coffer", "not a bucket name"),
     ] {
         let out = seal_stream(&h, &env, b"x", url, &[]);
         assert_eq!(out.status.code(), Some(2), "{url}: {}", stderr(&out));
         assert!(stderr(&out).contains(what), "{url}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("SECRET"), "{}", stderr(&out));
     }
     let out = run(&h, &env, &["open", "x.coffer", "-o", &S3Server::url("out")]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -628,6 +642,20 @@ fn azure_errors_are_clear_and_exit_1() {
         "{}",
         stderr(&out)
     );
+    // Two kinds of credential: object_store would use one and ignore the
+    // other (a write-only SAS beside a broader key), so neither is used.
+    let mut both = AzureServer::env_for(&az.endpoint());
+    both.push(("AZURE_STORAGE_SAS_KEY".into(), az.sas("cw")));
+    let out = seal_stream(&h, &both, b"x", &AzureServer::url("two.coffer"), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "more than one kind of Azure credential is set (AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_KEY)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(az.uncommitted().is_empty(), "nothing sent");
     // Other tools' names are not taken silently.
     let out = run(
         &h,

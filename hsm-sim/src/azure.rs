@@ -151,8 +151,11 @@ impl AzureServer {
         crate::s3::tags(&body, "Name")
     }
 
-    /// Blobs that hold only uncommitted blocks: uploads never completed,
-    /// which Azure has no call to discard (it collects them after a week).
+    /// Blobs that hold uncommitted blocks: uploads never completed, which
+    /// Azure has no call to discard (it collects them a week after the
+    /// name's last write). Blobs of uncommitted blocks alone, and
+    /// committed blobs with uncommitted blocks beside (an upload refused
+    /// at completion, the name being taken).
     pub fn uncommitted(&self) -> Vec<String> {
         let (status, body) = self.request(
             "GET",
@@ -164,8 +167,23 @@ impl AzureServer {
         let committed = self.objects();
         crate::s3::tags(&body, "Name")
             .into_iter()
-            .filter(|n| !committed.contains(n))
+            .filter(|n| !committed.contains(n) || self.has_uncommitted_blocks(n))
             .collect()
+    }
+
+    /// Whether committed blob `blob` has uncommitted blocks too.
+    fn has_uncommitted_blocks(&self, blob: &str) -> bool {
+        let (status, body) = self.request(
+            "GET",
+            &format!("/{CONTAINER}/{blob}"),
+            "blocklisttype=uncommitted&comp=blocklist",
+            &[],
+        );
+        assert_eq!(status, 200, "the block list of {blob}: {body}");
+        let list = body
+            .split_once("<UncommittedBlocks>")
+            .map_or("", |(_, rest)| rest);
+        list.contains("<Block>")
     }
 
     /// A blob's bytes.

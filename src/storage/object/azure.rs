@@ -104,6 +104,29 @@ pub(super) fn build(
         builder = builder.with_config(key, v);
     }
     let value = |b: &MicrosoftAzureBuilder, key| b.get_config_value(&key).filter(|v| !v.is_empty());
+    // object_store takes the first kind of credential it finds and
+    // ignores the rest: a write-only SAS beside a pod's workload identity
+    // would go unused, the broader identity used instead. One kind only.
+    let kinds: Vec<&str> = [
+        (AzureConfigKey::Token, "AZURE_STORAGE_TOKEN"),
+        (AzureConfigKey::AccessKey, "AZURE_STORAGE_ACCOUNT_KEY"),
+        (
+            AzureConfigKey::FederatedTokenFile,
+            "AZURE_FEDERATED_TOKEN_FILE",
+        ),
+        (AzureConfigKey::ClientSecret, "AZURE_STORAGE_CLIENT_SECRET"),
+        (AzureConfigKey::SasKey, "AZURE_STORAGE_SAS_KEY"),
+    ]
+    .into_iter()
+    .filter(|(k, _)| value(&builder, *k).is_some())
+    .map(|(_, name)| name)
+    .collect();
+    if kinds.len() > 1 {
+        return Err(usage(format!(
+            "more than one kind of Azure credential is set ({}); only one would be used, the others silently ignored: unset all but the one meant",
+            kinds.join(", ")
+        )));
+    }
     if emulator {
         // As object_store's own emulator mode, but with the address given
         // here rather than read from the environment.

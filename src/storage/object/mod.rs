@@ -137,7 +137,14 @@ impl Store {
     /// The object at `url` (`s3://bucket/key`, `az://container/blob`),
     /// with credentials, endpoint and client settings from `opts`.
     pub fn open(url: &str, opts: &StoreOptions) -> Result<Store> {
-        let usage = |what: &str| Error::Usage(format!("{url}: {what}"));
+        // Never print a query or fragment: a pasted SAS's signature.
+        let shown = url.split(['?', '#']).next().unwrap_or_default();
+        let usage = |what: &str| Error::Usage(format!("{shown}: {what}"));
+        if shown.len() < url.len() {
+            return Err(usage(
+                "a URL's query or fragment is not read (a SAS or other credentials go in the environment: AZURE_STORAGE_SAS_KEY, AWS_*); name the object without '?' or '#'",
+            ));
+        }
         let (scheme, rest) = url.split_once("://").expect("Location::parse saw ://");
         let (form, azure) = match scheme {
             "s3" | "s3a" => ("s3://BUCKET/KEY", false),
@@ -164,6 +171,18 @@ impl Store {
         else {
             return Err(usage(&format!("name an object: {form}")));
         };
+        if !bucket_name_ok(bucket, azure) {
+            return Err(usage(if azure {
+                "not a container name (3 to 63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit; or $root)"
+            } else {
+                "not a bucket name (letters, digits, '.', '-' and '_'; not '.' or '..')"
+            }));
+        }
+        if key.starts_with('/') || key.ends_with('/') {
+            return Err(usage(&format!(
+                "not a usable object key: it starts or ends with '/' (name one object: {form})"
+            )));
+        }
         let path =
             ObjectPath::parse(key).map_err(|e| usage(&format!("not a usable object key: {e}")))?;
         // object_store signs with ring; its HTTP client's TLS uses the
@@ -307,6 +326,27 @@ fn store_error(url: &str, e: &object_store::Error) -> Error {
     }
 }
 
+/// Whether `name` may name a bucket (S3: letters, digits, `.`, `-`, `_`,
+/// as old buckets and other stores allow; never `.` or `..`, which a URL
+/// would resolve away) or an Azure container (Azure's rule, or `$root`).
+fn bucket_name_ok(name: &str, azure: bool) -> bool {
+    if azure {
+        let b = name.as_bytes();
+        let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        return name == "$root"
+            || ((3..=63).contains(&b.len())
+                && b.iter().all(|c| inner(c) || *c == b'-')
+                && inner(&b[0])
+                && inner(&b[b.len() - 1])
+                && !name.contains("--"));
+    }
+    name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+}
+
 /// A boolean setting as `object_store` reads one.
 fn truthy(v: &str) -> bool {
     matches!(
@@ -413,7 +453,16 @@ impl ObjectSink {
                         .complete_multipart(&sh.path, &self.upload, self.parts.clone()),
                 )
                 .map(drop)
-                .map_err(|e| store_error(&sh.url, &e));
+                .map_err(|e| match e {
+                    // object_store retries the completion itself: after an
+                    // answer lost on the way back, the retry finds the
+                    // upload done (S3: no such upload; Azure: its blocks
+                    // committed already).
+                    object_store::Error::NotFound { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. } => store_error(&sh.url, &e),
+                    _ => maybe_completed(store_error(&sh.url, &e)),
+                });
         }
         sh.rt.block_on(async {
             match &sh.completion {
@@ -459,6 +508,8 @@ where
         what: one_line(&what),
     };
     let mut last = String::new();
+    // Whether a try may have reached the store with its answer lost.
+    let mut lost = false;
     for attempt in 0..6u32 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
@@ -467,6 +518,7 @@ where
             Ok(r) => r,
             Err(e) => {
                 last = e.to_string();
+                lost = true;
                 continue;
             }
         };
@@ -475,6 +527,7 @@ where
             Ok(b) => String::from_utf8_lossy(&b).into_owned(),
             Err(e) => {
                 last = e.to_string();
+                lost = true;
                 continue;
             }
         };
@@ -496,9 +549,28 @@ where
             }
         }
     }
-    Err(fail(format!(
+    let failed = fail(format!(
         "completing the upload failed 6 times; last: {last}"
-    )))
+    ));
+    Err(if lost {
+        maybe_completed(failed)
+    } else {
+        failed
+    })
+}
+
+/// A completion's error when a try may have gone through unanswered: the
+/// object may be there, and be this archive.
+fn maybe_completed(e: Error) -> Error {
+    match e {
+        Error::Storage { location, what } => Error::Storage {
+            location,
+            what: format!(
+                "{what}; a try whose answer was lost may have completed it: then the object is this archive, whole (check it with `coffer verify`)"
+            ),
+        },
+        e => e,
+    }
 }
 
 /// The text of the first `<tag>` in an S3 or Azure answer.
