@@ -49,8 +49,12 @@ case "$cmd" in
     fi
     [ -x "$azurite" ] || { say "$azurite missing: run bash hsm-sim/install-deps.sh as root"; exit 1; }
     mkdir -p "$dir"
-    (cd "$dir" && nohup "$azurite" --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence \
-        --disableTelemetry --skipApiVersionCheck >>"$dir/azurite.log" 2>&1 & echo $! > "$dir/pid")
+    # exec: the background job is Azurite itself, so the pid file names it
+    # and no shell is left holding this script's standard output (which
+    # kept `$(azure.sh start)` waiting for Azurite to end).
+    (cd "$dir" && exec nohup "$azurite" --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence \
+        --disableTelemetry --skipApiVersionCheck >>"$dir/azurite.log" 2>&1 </dev/null) &
+    echo $! > "$dir/pid"
     for _ in $(seq 100); do
       (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
       sleep 0.2
