@@ -545,6 +545,7 @@ fn a_seal_only_host_seals_into_a_bucket_it_cannot_read() {
     let host = S3Server::env_for(&s3.endpoint(), (&sealer_key.id, &sealer_key.secret));
     let admin = S3Server::env_for(&s3.endpoint(), (&admin_key.id, &admin_key.secret));
     a_seal_only_host_seals_where_it_cannot_read(&admin, &host, S3Server::url);
+    assert!(s3.uploads().is_empty(), "the refused upload was aborted");
 }
 
 #[test]
@@ -559,6 +560,10 @@ fn a_seal_only_host_seals_into_an_azure_container_it_cannot_read() {
         .collect();
     host.push(("AZURE_STORAGE_SAS_KEY".into(), az.sas("cw")));
     a_seal_only_host_seals_where_it_cannot_read(&admin, &host, AzureServer::url);
+    // Azure cannot abort: the host, refused a HEAD, learns the name is
+    // taken by a write that creates nothing, before uploading any block
+    // (which would stay under the owner's archive for a week).
+    assert!(az.uncommitted().is_empty(), "{:?}", az.uncommitted());
 }
 
 /// The owner seals with `admin`; a host with a seal-only keyring and the

@@ -222,43 +222,72 @@ pub(super) async fn complete_if_absent(
     c: &Completion,
     parts: &[PartId],
 ) -> Result<()> {
+    let body = block_list(parts);
+    super::complete_conditionally(sh, || put_block_list_if_absent(sh, c, &body), judge).await
+}
+
+/// Whether a blob is at the name, asked of a host that may write but not
+/// read (its `HEAD` refused): `Put Block List` with `If-None-Match: *`
+/// naming one block never uploaded (a random id, as long as
+/// `object_store`'s). Azure answers 409 or 412 when a blob is there, and
+/// 400 `InvalidBlockList` when not, creating nothing (Azurite does the
+/// same; tested). So a taken name is refused before the upload, not after
+/// it, when its blocks would stay under that name for a week. `None`: no
+/// telling (the upload goes on; its completion is what enforces it).
+pub(super) async fn taken(sh: &Shared, c: &Completion) -> Option<bool> {
+    let mut id = [0u8; 16];
+    crate::key::random_bytes(&mut id);
+    let never_uploaded = PartId {
+        content_id: hex::encode(id),
+    };
+    let body = block_list(&[never_uploaded]);
+    let request = put_block_list_if_absent(sh, c, &body).await.ok()?;
+    let response = sh.http.execute(request).await.ok()?;
+    let status = response.status().as_u16();
+    let text = response.into_body().bytes().await.ok()?;
+    match judge(status, &String::from_utf8_lossy(&text)) {
+        Verdict::Exists => Some(true),
+        Verdict::Gone => Some(false),
+        _ => None,
+    }
+}
+
+/// The request `Put Block List` with `If-None-Match: *` and `body`, built
+/// and signed anew for each try.
+async fn put_block_list_if_absent(sh: &Shared, c: &Completion, body: &str) -> Result<HttpRequest> {
     use http::header::{CONTENT_LENGTH, CONTENT_TYPE, IF_NONE_MATCH};
     let mut url = c.blob.clone();
     url.set_query(Some("comp=blocklist"));
-    let body = block_list(parts);
-    let request = || async {
-        let mut builder = http::Request::builder()
-            .method(http::Method::PUT)
-            .uri(url.as_str())
-            .header(IF_NONE_MATCH, "*")
-            .header(CONTENT_TYPE, "application/xml")
-            .header("x-ms-version", SERVICE_VERSION)
-            // SharedKey signs the length: it must be set before signing.
-            .header(CONTENT_LENGTH, body.len());
-        if let Some(t) = &c.content_type {
-            builder = builder.header("x-ms-blob-content-type", t);
-        }
-        let mut request: HttpRequest =
-            builder
-                .body(Bytes::from(body.clone()).into())
-                .map_err(|e| Error::Storage {
-                    location: sh.url.clone(),
-                    what: e.to_string(),
-                })?;
-        if !c.unsigned {
-            let credential = c
-                .azure
-                .credentials()
-                .get_credential()
-                .await
-                .map_err(|e| store_error(&sh.url, &e))?;
-            AzureAuthorizer::new(&credential, &c.account)
-                .try_authorize(&mut request)
-                .map_err(|e| store_error(&sh.url, &e))?;
-        }
-        Ok(request)
-    };
-    super::complete_conditionally(sh, request, judge).await
+    let mut builder = http::Request::builder()
+        .method(http::Method::PUT)
+        .uri(url.as_str())
+        .header(IF_NONE_MATCH, "*")
+        .header(CONTENT_TYPE, "application/xml")
+        .header("x-ms-version", SERVICE_VERSION)
+        // SharedKey signs the length: it must be set before signing.
+        .header(CONTENT_LENGTH, body.len());
+    if let Some(t) = &c.content_type {
+        builder = builder.header("x-ms-blob-content-type", t);
+    }
+    let mut request: HttpRequest =
+        builder
+            .body(Bytes::from(body.to_owned()).into())
+            .map_err(|e| Error::Storage {
+                location: sh.url.clone(),
+                what: e.to_string(),
+            })?;
+    if !c.unsigned {
+        let credential = c
+            .azure
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(|e| store_error(&sh.url, &e))?;
+        AzureAuthorizer::new(&credential, &c.account)
+            .try_authorize(&mut request)
+            .map_err(|e| store_error(&sh.url, &e))?;
+    }
+    Ok(request)
 }
 
 /// What an answer to `Put Block List` means. An existing blob is 409

@@ -229,9 +229,20 @@ impl Store {
         if !force {
             // Early, for a clear message before any upload; the store's
             // conditional completion is what enforces it. A bucket that
-            // may be written but not read answers 403 here: go on.
-            if sh.rt.block_on(sh.store.head(&sh.path)).is_ok() {
-                return Err(exists(&sh.url));
+            // may be written but not read answers 403 here: on Azure, ask
+            // by a write that creates nothing (`azure::taken`), since a
+            // refused upload's blocks would stay under the name; on S3,
+            // go on (the refused upload is aborted).
+            match sh.rt.block_on(sh.store.head(&sh.path)) {
+                Ok(_) => return Err(exists(&sh.url)),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(_) => {
+                    if let Completion::Azure(c) = &sh.completion
+                        && sh.rt.block_on(azure::taken(sh, c)) == Some(true)
+                    {
+                        return Err(exists(&sh.url));
+                    }
+                }
             }
         }
         let tasks: Tasks = Arc::default();
