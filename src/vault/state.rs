@@ -26,7 +26,8 @@ fn audit_place(seq: i64) -> u64 {
 }
 
 /// Every record (with `stamp`: those stamped so) in turn, each id once.
-/// The rows come ordered by id, so a copy would come next to its original:
+/// The rows come ordered by id, bytewise (a collation of the table's own
+/// could call distinct ids equal), so a copy would come next to its original:
 /// a table rebuilt without its key could otherwise hold 2^16 copies of an
 /// older row, which the sum (16-bit lanes) would not see.
 fn each_record(
@@ -230,7 +231,7 @@ impl State<'_> {
             .epoch_row(false)?
             .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
             .checked(self.key)?;
-        self.store.saw_epoch(e.epoch, e.confirmed)?;
+        self.store.saw_epoch(e.epoch)?;
         Ok(e.epoch)
     }
 
@@ -482,7 +483,7 @@ impl State<'_> {
                     (verdict, Some(now), Some(checked))
                         if seen.as_deref() == Some(&checked[..]) =>
                     {
-                        self.store.saw_epoch(now.epoch, now.confirmed)?;
+                        self.store.saw_epoch(now.epoch)?;
                         Ok(Some((now.epoch, verdict == Verdict::Open)))
                     }
                     // Another replica sealed or advanced it since: again.
@@ -556,7 +557,7 @@ impl State<'_> {
             Ok(())
         })?;
         tx.put_epoch_row(&EpochRow::new(key, epoch, true, &total))?;
-        self.store.saw_epoch(epoch, true)
+        self.store.saw_epoch(epoch)
     }
 
     /// The whole check of the rows against the epoch row, in one
@@ -655,7 +656,7 @@ impl State<'_> {
                 .epoch_row(true)?
                 .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
                 .checked(key)?;
-            self.store.saw_epoch(e.epoch, e.confirmed)?;
+            self.store.saw_epoch(e.epoch)?;
             if !e.confirmed {
                 return Ok(e.epoch);
             }
@@ -712,7 +713,7 @@ impl State<'_> {
                 .epoch_row(true)?
                 .ok_or_else(|| VaultError::Tampered("the epoch row is missing".into()))?
                 .checked(key)?;
-            self.store.saw_epoch(e.epoch, e.confirmed)?;
+            self.store.saw_epoch(e.epoch)?;
             if e.epoch < next {
                 return Err(VaultError::Tampered(format!(
                     "the epoch went back from {next} to {} under an advance",
