@@ -525,6 +525,7 @@ fn store_errors_are_clear_and_exit_1() {
         ("az://coffer/dir/", "starts or ends with '/'"),
         ("az://coffer//x", "starts or ends with '/'"),
         ("s3://../x.coffer", "not a bucket name"),
+        ("az://$web/x?.coffer", "query or fragment"),
     ] {
         let out = seal_stream(&h, &env, b"x", url, &[]);
         assert_eq!(out.status.code(), Some(2), "{url}: {}", stderr(&out));
@@ -661,6 +662,10 @@ fn azure_errors_are_clear_and_exit_1() {
         stderr(&out)
     );
     assert!(az.uncommitted().is_empty(), "nothing sent");
+    // Chosen by AZURE_CREDENTIAL_TYPE, as object_store reads it: the SAS.
+    both.push(("AZURE_CREDENTIAL_TYPE".into(), "sas_token".into()));
+    let out = seal_stream(&h, &both, b"x", &AzureServer::url("two.coffer"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
     // Other tools' names are not taken silently.
     let out = run(
         &h,
@@ -681,7 +686,7 @@ fn azure_errors_are_clear_and_exit_1() {
         "{}",
         stderr(&out)
     );
-    assert!(az.objects().is_empty());
+    assert_eq!(az.objects(), ["two.coffer"], "only the SAS's archive");
 }
 
 /// Each scenario against each store.

@@ -104,26 +104,33 @@ pub(super) fn build(
         builder = builder.with_config(key, v);
     }
     let value = |b: &MicrosoftAzureBuilder, key| b.get_config_value(&key).filter(|v| !v.is_empty());
-    // object_store takes the first kind of credential it finds and
-    // ignores the rest: a write-only SAS beside a pod's workload identity
-    // would go unused, the broader identity used instead. One kind only.
-    let kinds: Vec<&str> = [
-        (AzureConfigKey::Token, "AZURE_STORAGE_TOKEN"),
-        (AzureConfigKey::AccessKey, "AZURE_STORAGE_ACCOUNT_KEY"),
-        (
-            AzureConfigKey::FederatedTokenFile,
-            "AZURE_FEDERATED_TOKEN_FILE",
-        ),
-        (AzureConfigKey::ClientSecret, "AZURE_STORAGE_CLIENT_SECRET"),
-        (AzureConfigKey::SasKey, "AZURE_STORAGE_SAS_KEY"),
+    // Without AZURE_CREDENTIAL_TYPE, object_store takes the first complete
+    // kind of credential it finds and ignores the rest: a write-only SAS
+    // beside a pod's workload identity would go unused, the broader
+    // identity used instead. One kind only, then, named as it was set.
+    let set = |k: AzureConfigKey| value(&builder, k).is_some();
+    let principal = set(AzureConfigKey::ClientId) && set(AzureConfigKey::AuthorityId);
+    let named = |k: AzureConfigKey| {
+        opts.pairs()
+            .iter()
+            .find(|(name, _)| name.to_ascii_lowercase().parse::<AzureConfigKey>().ok() == Some(k))
+            .map_or_else(|| k.as_ref().to_ascii_uppercase(), |(name, _)| name.clone())
+    };
+    let kinds: Vec<String> = [
+        (AzureConfigKey::Token, true),
+        (AzureConfigKey::AccessKey, true),
+        (AzureConfigKey::FederatedTokenFile, principal),
+        (AzureConfigKey::ClientSecret, principal),
+        (AzureConfigKey::SasKey, true),
     ]
     .into_iter()
-    .filter(|(k, _)| value(&builder, *k).is_some())
-    .map(|(_, name)| name)
+    .filter(|(k, complete)| *complete && set(*k))
+    .map(|(k, _)| named(k))
     .collect();
-    if kinds.len() > 1 {
+    let chosen = value(&builder, AzureConfigKey::CredentialType).is_some_and(|t| t != "auto");
+    if kinds.len() > 1 && !chosen {
         return Err(usage(format!(
-            "more than one kind of Azure credential is set ({}); only one would be used, the others silently ignored: unset all but the one meant",
+            "more than one kind of Azure credential is set ({}); only one would be used, the others silently ignored: unset all but the one meant, or choose with AZURE_CREDENTIAL_TYPE",
             kinds.join(", ")
         )));
     }

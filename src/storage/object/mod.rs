@@ -137,15 +137,21 @@ impl Store {
     /// The object at `url` (`s3://bucket/key`, `az://container/blob`),
     /// with credentials, endpoint and client settings from `opts`.
     pub fn open(url: &str, opts: &StoreOptions) -> Result<Store> {
-        // Never print a query or fragment: a pasted SAS's signature.
-        let shown = url.split(['?', '#']).next().unwrap_or_default();
+        let (scheme, rest) = url.split_once("://").expect("Location::parse saw ://");
+        // An S3 key may hold '?' and '#' (object_store encodes them).
+        // Anywhere else they begin a query or fragment: never printed (a
+        // pasted SAS's signature) and refused.
+        let s3 = matches!(scheme, "s3" | "s3a");
+        let shown = match s3 {
+            true => url,
+            false => url.split(['?', '#']).next().unwrap_or_default(),
+        };
         let usage = |what: &str| Error::Usage(format!("{shown}: {what}"));
         if shown.len() < url.len() {
             return Err(usage(
-                "a URL's query or fragment is not read (a SAS or other credentials go in the environment: AZURE_STORAGE_SAS_KEY, AWS_*); name the object without '?' or '#'",
+                "a URL's query or fragment is not read (a SAS or other credentials go in the environment: AZURE_STORAGE_SAS_KEY); name the blob without '?' or '#'",
             ));
         }
-        let (scheme, rest) = url.split_once("://").expect("Location::parse saw ://");
         let (form, azure) = match scheme {
             "s3" | "s3a" => ("s3://BUCKET/KEY", false),
             "az" | "azure" => ("az://CONTAINER/BLOB", true),
@@ -173,9 +179,9 @@ impl Store {
         };
         if !bucket_name_ok(bucket, azure) {
             return Err(usage(if azure {
-                "not a container name (3 to 63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit; or $root)"
+                "not a container name (3 to 63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit; or $root, $web, $logs)"
             } else {
-                "not a bucket name (letters, digits, '.', '-' and '_'; not '.' or '..')"
+                "not a bucket name (letters, digits, '.', '-', '_' and ':'; not '.' or '..')"
             }));
         }
         if key.starts_with('/') || key.ends_with('/') {
@@ -338,13 +344,14 @@ fn store_error(url: &str, e: &object_store::Error) -> Error {
 }
 
 /// Whether `name` may name a bucket (S3: letters, digits, `.`, `-`, `_`,
-/// as old buckets and other stores allow; never `.` or `..`, which a URL
-/// would resolve away) or an Azure container (Azure's rule, or `$root`).
+/// and Ceph's `tenant:bucket`, as old buckets and other stores allow;
+/// never `.` or `..`, which a URL would resolve away) or an Azure
+/// container (Azure's rule, or one of its `$` containers).
 fn bucket_name_ok(name: &str, azure: bool) -> bool {
     if azure {
         let b = name.as_bytes();
         let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-        return name == "$root"
+        return matches!(name, "$root" | "$web" | "$logs")
             || ((3..=63).contains(&b.len())
                 && b.iter().all(|c| inner(c) || *c == b'-')
                 && inner(&b[0])
@@ -355,7 +362,7 @@ fn bucket_name_ok(name: &str, azure: bool) -> bool {
         && name != ".."
         && name
             .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b':'))
 }
 
 /// A boolean setting as `object_store` reads one.
@@ -465,13 +472,12 @@ impl ObjectSink {
                 )
                 .map(drop)
                 .map_err(|e| match e {
+                    object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. } => store_error(&sh.url, &e),
                     // object_store retries the completion itself: after an
                     // answer lost on the way back, the retry finds the
-                    // upload done (S3: no such upload; Azure: its blocks
-                    // committed already).
-                    object_store::Error::NotFound { .. }
-                    | object_store::Error::PermissionDenied { .. }
-                    | object_store::Error::Unauthenticated { .. } => store_error(&sh.url, &e),
+                    // upload done (S3: no such upload, a 404; Azure: its
+                    // blocks committed already, a 400).
                     _ => maybe_completed(store_error(&sh.url, &e)),
                 });
         }
