@@ -534,6 +534,13 @@ fn store_errors_are_clear_and_exit_1() {
     }
     let out = run(&h, &env, &["open", "x.coffer", "-o", &S3Server::url("out")]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = run(
+        &h,
+        &env,
+        &["open", "x.coffer", "-o", "az://c/out?sig=SECRET"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("SECRET"), "{}", stderr(&out));
     assert!(s3.objects().is_empty() && s3.uploads().is_empty());
 }
 
@@ -602,9 +609,9 @@ fn a_seal_only_host_seals_where_it_cannot_read(
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stdout == data);
 
-    // It cannot check first whether an object exists; the store refuses
-    // to replace one at completion (If-None-Match), and the owner's
-    // archive is untouched.
+    // It may not read whether an object exists: S3 refuses the
+    // replacement at completion (If-None-Match), Azure already when asked
+    // by a write that creates nothing; the owner's archive is untouched.
     let out = seal_stream(&host_home, &host, b"over", &earlier, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
@@ -666,6 +673,10 @@ fn azure_errors_are_clear_and_exit_1() {
     both.push(("AZURE_CREDENTIAL_TYPE".into(), "sas_token".into()));
     let out = seal_stream(&h, &both, b"x", &AzureServer::url("two.coffer"), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The write-only SAS it is, not the account key: no read.
+    let out = run(&h, &both, &["inspect", &AzureServer::url("two.coffer")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
     // Other tools' names are not taken silently.
     let out = run(
         &h,

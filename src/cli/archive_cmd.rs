@@ -734,10 +734,11 @@ pub(super) fn open(
     force: bool,
     numeric_owner: bool,
 ) -> Result<()> {
-    if let Location::Object(url) = Location::parse(output) {
-        return Err(Error::Usage(format!(
-            "{url}: `open` writes to a local path or `-`; the archive itself may be an object"
-        )));
+    // The URL is not repeated: one with a query could carry a SAS.
+    if let Location::Object(_) = Location::parse(output) {
+        return Err(Error::Usage(
+            "-o: `open` writes to a local path or `-`, not to an object store; the archive itself may be an object".into(),
+        ));
     }
     let (header, input, len) = read_archive(archive_path)?;
     let (got, unlocked) = unlock_archive(cli, env, archive_path, &header, Want::PayloadKey)?;

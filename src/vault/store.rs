@@ -821,6 +821,10 @@ const RECORD: &str =
 fn one_row(changed: u64, user: &str) -> Result<(), VaultError> {
     match changed {
         1 => Ok(()),
+        0 => Err(VaultError::Tampered(format!(
+            "record {} vanished under a change",
+            super::server::audit_record(user)
+        ))),
         n => Err(VaultError::Tampered(format!(
             "record {} is stored {n} times (its table has lost its key)",
             super::server::audit_record(user)
@@ -828,8 +832,8 @@ fn one_row(changed: u64, user: &str) -> Result<(), VaultError> {
     }
 }
 
-/// The epoch row, of at most one (PostgreSQL's `query_opt` refuses a
-/// second by itself).
+/// The epoch row, of at most one (a table rebuilt without its key could
+/// hold two).
 fn one_epoch_row(mut rows: Vec<EpochRow>) -> Result<Option<EpochRow>, VaultError> {
     match rows.len() {
         0 | 1 => Ok(rows.pop()),
@@ -1061,20 +1065,25 @@ impl Tx for PgTx<'_> {
             (true, false) => " FOR SHARE",
             (true, true) => " FOR UPDATE",
         };
-        self.tx
-            .query_opt(
-                &format!("SELECT epoch, confirmed, sealed, mac FROM epoch WHERE id = 0{lock}"),
+        let rows = self
+            .tx
+            .query(
+                &format!(
+                    "SELECT epoch, confirmed, sealed, mac FROM epoch WHERE id = 0 LIMIT 2{lock}"
+                ),
                 &[],
             )
-            .map(|r| {
-                r.map(|r| EpochRow {
+            .map_err(pg)?;
+        one_epoch_row(
+            rows.iter()
+                .map(|r| EpochRow {
                     epoch: r.get(0),
                     confirmed: r.get(1),
                     sealed: r.get(2),
                     mac: r.get(3),
                 })
-            })
-            .map_err(pg)
+                .collect(),
+        )
     }
 
     fn put_epoch_row(&mut self, e: &EpochRow) -> Result<(), VaultError> {

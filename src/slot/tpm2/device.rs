@@ -590,17 +590,20 @@ impl Tpm {
         }
         // As `counter_increment` defines it: an orderly counter may jump
         // ahead after a power loss (the database then looks rolled back),
-        // and one its own authorization or a policy may write, or the
-        // platform defined, is not the owner's alone.
+        // and one its own authorization, a policy or the platform may
+        // write, or the platform defined, is not the owner's alone; the
+        // owner must be able to read it.
         if attrs.orderly()
             || attrs.auth_write()
             || attrs.policy_write()
+            || attrs.pp_write()
             || attrs.platform_create()
             || !attrs.owner_write()
+            || !attrs.owner_read()
         {
             let _ = self.ctx.tr_close(&mut h.into());
             return Err(SlotError::Device(format!(
-                "NV index {index:#010x} is a counter coffer did not define (orderly, or written by more than the owner): choose another index"
+                "NV index {index:#010x} is a counter coffer did not define (orderly, written by more than the owner, or not readable by it): choose another index"
             )));
         }
         if !attrs.written() {

@@ -177,7 +177,13 @@ impl Store {
         else {
             return Err(usage(&format!("name an object: {form}")));
         };
-        if !bucket_name_ok(bucket, azure) {
+        // Fabric's OneLake names workspaces by Fabric's rules, not Azure's.
+        let fabric = azure
+            && opts
+                .pairs()
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("AZURE_USE_FABRIC_ENDPOINT") && truthy(v));
+        if !bucket_name_ok(bucket, azure, fabric) {
             return Err(usage(if azure {
                 "not a container name (3 to 63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit; or $root, $web, $logs)"
             } else {
@@ -346,8 +352,12 @@ fn store_error(url: &str, e: &object_store::Error) -> Error {
 /// Whether `name` may name a bucket (S3: letters, digits, `.`, `-`, `_`,
 /// and Ceph's `tenant:bucket`, as old buckets and other stores allow;
 /// never `.` or `..`, which a URL would resolve away) or an Azure
-/// container (Azure's rule, or one of its `$` containers).
-fn bucket_name_ok(name: &str, azure: bool) -> bool {
+/// container (Azure's rule, or one of its `$` containers; on Fabric's
+/// endpoint, only never `.` or `..`).
+fn bucket_name_ok(name: &str, azure: bool, fabric: bool) -> bool {
+    if fabric {
+        return name != "." && name != "..";
+    }
     if azure {
         let b = name.as_bytes();
         let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
