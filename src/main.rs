@@ -54,7 +54,7 @@ fn main() -> std::process::ExitCode {
     raise_descriptor_limit();
     let args = cli::Cli::parse();
     #[cfg(all(feature = "tpm2", target_os = "linux"))]
-    if args.command.may_reach_a_tpm() {
+    if args.may_reach_a_tpm() {
         quiet_tss_logs();
     }
     match cli::run(&args) {

@@ -326,7 +326,8 @@ impl Command {
         matches!(
             self,
             Command::Enroll(_)
-                // A version 1 keyring unlocks once to be upgraded.
+                // A version 1 keyring unlocks once to be upgraded
+                // (`Cli::may_reach_a_tpm` looks).
                 | Command::Seal { .. }
                 | Command::Remove { .. }
                 | Command::Rotate { .. }

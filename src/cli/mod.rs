@@ -122,19 +122,42 @@ impl Cli {
                 factors.add(kind, f.slot.clone(), read_secret_file(&f.path)?);
             }
         }
-        let path = match &self.keyring {
-            Some(p) => p.clone(),
-            None => default_keyring_path().ok_or_else(|| {
-                Error::Usage("no keyring path: set --keyring, COFFER_KEYRING or HOME".into())
-            })?,
-        };
         Ok(Env {
             // With --json, stderr carries only errors (and warnings that
             // change the exit status), never progress lines.
             ui: TerminalUi::new(self.quiet || self.json, self.no_prompt),
             factors,
-            keyring: KeyringFile::new(path),
+            keyring: KeyringFile::new(self.keyring_path()?),
         })
+    }
+
+    /// `--keyring`, else [`default_keyring_path`].
+    fn keyring_path(&self) -> Result<PathBuf> {
+        match &self.keyring {
+            Some(p) => Ok(p.clone()),
+            None => default_keyring_path().ok_or_else(|| {
+                Error::Usage("no keyring path: set --keyring, COFFER_KEYRING or HOME".into())
+            }),
+        }
+    }
+
+    /// Whether this run may reach a TPM (`main` then quiets libtss2's
+    /// logs, before anything is read). `seal` reaches one only to upgrade
+    /// a version 1 keyring: its keyring is looked at first, and with a
+    /// sealing key it is not counted (any doubt, and it is).
+    #[cfg(feature = "tpm2")]
+    pub fn may_reach_a_tpm(&self) -> bool {
+        if !self.command.may_reach_a_tpm() {
+            return false;
+        }
+        if !matches!(self.command, Command::Seal { .. }) {
+            return true;
+        }
+        let seals_alone = self
+            .keyring_path()
+            .and_then(|p| KeyringFile::new(p).load())
+            .is_ok_and(|k| k.sealer().is_some());
+        !seals_alone
     }
 }
 
