@@ -1168,3 +1168,112 @@ fn a_refused_archive_leaves_nothing_even_after_making_folders_read_only() {
         "a half-made folder was left"
     );
 }
+
+#[test]
+fn a_default_acl_above_the_target_is_not_inherited() {
+    let h = home();
+    let src = h.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    for f in ["src/private", "src/sub/private"] {
+        std::fs::write(h.path(f), b"alice's").unwrap();
+        std::fs::set_permissions(h.path(f), std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    let (code, err) = seal(&h, &[&src], "a.coffer");
+    assert_eq!(code, 0, "{err}");
+    // Restores go under a folder whose default ACL gives a group
+    // everything: what is made in it inherits that.
+    let restores = h.path("restores");
+    std::fs::create_dir(&restores).unwrap();
+    run(Command::new("setfacl")
+        .args(["-d", "-m", "g:99:rwx,u:1234:rwx"])
+        .arg(&restores));
+    let (code, err) = open(&h, "a.coffer", "restores/x");
+    assert_eq!(code, 0, "{err}");
+    for p in [
+        "x",
+        "x/src",
+        "x/src/private",
+        "x/src/sub",
+        "x/src/sub/private",
+    ] {
+        let path = restores.join(p);
+        for acl in ["system.posix_acl_access", "system.posix_acl_default"] {
+            let mut buf = [0u8; 256];
+            assert_eq!(
+                rustix::fs::getxattr(&path, acl, &mut buf).map(drop),
+                Err(rustix::io::Errno::NODATA),
+                "{p}: {acl} inherited from the folder above"
+            );
+        }
+    }
+    let mode = std::fs::metadata(restores.join("x/src/sub/private"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o640, "{mode:o}");
+}
+
+#[test]
+fn a_name_that_folds_onto_another_fails_the_restore_instead_of_losing_a_file() {
+    use coffer::archive::unpack::{UnpackOptions, unpack};
+    use tar::EntryType::{Directory, Regular};
+    let folding = UnpackOptions {
+        names_fold: Some(true),
+        ..Default::default()
+    };
+    // A file system that folds case answers for `README` with the
+    // `readme` restored before it: the name is there, though this run
+    // never made it under that name. Here that entry is made by hand
+    // under the very name asked for, which is all the restore can see: a
+    // file before a file (which tar semantics would replace, losing one),
+    // a folder before a folder (which would merge two into one), a folder
+    // before a file.
+    for (stray_is_dir, t, entry) in [
+        (
+            false,
+            tar_of(&[ustar(b"README", Regular, 3, None)]),
+            "README",
+        ),
+        (
+            true,
+            tar_of(&[
+                ustar(b"Docs/", Directory, 0, None),
+                ustar(b"Docs/a", Regular, 3, None),
+            ]),
+            "Docs",
+        ),
+        (true, tar_of(&[ustar(b"Docs", Regular, 3, None)]), "Docs"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let stray = dir.path().join(entry);
+        if stray_is_dir {
+            std::fs::create_dir(&stray).unwrap();
+        } else {
+            std::fs::write(&stray, b"the other").unwrap();
+        }
+        let mut notices = Vec::new();
+        let e = unpack(&t[..], dir.path(), folding, &mut notices)
+            .map(drop)
+            .unwrap_err();
+        assert!(e.to_string().contains("but for case"), "{entry}: {e}");
+        assert_eq!(e.category(), coffer::error::Category::Other, "{entry}: {e}");
+        if !stray_is_dir {
+            assert_eq!(std::fs::read(&stray).unwrap(), b"the other", "kept");
+        }
+    }
+    // Without a collision the mode changes nothing: folders re-entered,
+    // and an exact duplicate replaced, as tar does.
+    let t = tar_of(&[
+        ustar(b"d/", Directory, 0, None),
+        ustar(b"d/f", Regular, 3, None),
+        ustar(b"e/g", Regular, 3, None),
+        ustar(b"d/f", Regular, 3, None),
+        ustar(b"d/h", Regular, 3, None),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut notices = Vec::new();
+    unpack(&t[..], dir.path(), folding, &mut notices).unwrap();
+    for f in ["d/f", "d/h", "e/g"] {
+        assert_eq!(std::fs::read(dir.path().join(f)).unwrap(), b"EEE", "{f}");
+    }
+}

@@ -472,6 +472,10 @@ fn replace_dir(tmp: fsutil::TempDir, dst: &Path, force: bool) -> Result<()> {
         }
         Ok(())
     })?;
+    if let Some(a) = &aside {
+        // The old tree may hold folders it made read-only.
+        fsutil::make_removable(a.path());
+    }
     drop(aside);
     fsutil::sync_dir(&parent)
 }

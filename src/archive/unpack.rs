@@ -47,11 +47,15 @@ pub const CHECKPOINT: usize = 64;
 /// Bytes of content written at a time.
 const WRITE_BUF: usize = 1 << 20;
 
-/// How to restore owners.
+/// How to restore owners, and what the target is like.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UnpackOptions {
     /// Restore owners by id, ignoring names (tar's `--numeric-owner`).
     pub numeric_owner: bool,
+    /// Whether the target tells names apart only up to case. `None`:
+    /// ask it (two probe folders, made and removed first). A test may
+    /// say `Some(true)` of a file system that does not.
+    pub names_fold: Option<bool>,
 }
 
 /// What an unpack or validation did, for tests of its cost.
@@ -245,6 +249,37 @@ struct Unpacker<'n> {
     writers: Writers,
     /// Paths of entries left out (devices when not root).
     skipped: std::collections::HashSet<Vec<u8>>,
+    /// On a target that does not tell names apart by case (vfat, exFAT,
+    /// a casefolded ext4 folder, some CIFS shares): the names this run
+    /// made, as keyed by [`Unpacker::path_key`]. Any other name found
+    /// there is another entry's under a folded name (`collides`).
+    folds: Option<(std::collections::HashSet<u64>, std::hash::RandomState)>,
+}
+
+/// Whether the empty folder `root` finds a name under another case: two
+/// probe folders that differ only in case, made and removed at once.
+fn folds_names(root: BorrowedFd<'_>, dst: &Path) -> Result<bool> {
+    let io = |e: Errno| Error::io(dst, e.into());
+    let (lower, upper) = (".coffer-name-probe", ".COFFER-NAME-PROBE");
+    rustix::fs::mkdirat(root, lower, Mode::from_raw_mode(0o700)).map_err(io)?;
+    let folds = match rustix::fs::mkdirat(root, upper, Mode::from_raw_mode(0o700)) {
+        Err(Errno::EXIST) => true,
+        Ok(()) => {
+            rustix::fs::unlinkat(root, upper, AtFlags::REMOVEDIR).map_err(io)?;
+            false
+        }
+        Err(e) => return Err(io(e)),
+    };
+    rustix::fs::unlinkat(root, lower, AtFlags::REMOVEDIR).map_err(io)?;
+    Ok(folds)
+}
+
+fn collides(path: &[u8], dst: &Path) -> Error {
+    Error::Refused(format!(
+        "entry {} has the name of another entry restored before it, but for case: the file system at {} does not tell such names apart, so one would be lost; nothing was restored. Restore onto a file system that does (or `coffer open … -o - | tar -x` to choose)",
+        display_bytes(path),
+        dst.display()
+    ))
 }
 
 /// Unpack the tar stream `r` into the existing, empty folder `dst`.
@@ -263,6 +298,12 @@ pub fn unpack<R: Read>(
         Mode::empty(),
     )
     .map_err(|e| Error::io(dst, e.into()))?;
+    super::xattrs::drop_inherited_acls(root.as_fd());
+    let folds = match opts.names_fold {
+        Some(f) => f,
+        None => folds_names(root.as_fd(), dst)?,
+    }
+    .then(Default::default);
     let mut u = Unpacker {
         root,
         root_path: dst.to_path_buf(),
@@ -276,6 +317,7 @@ pub fn unpack<R: Read>(
         buf: vec![0u8; WRITE_BUF],
         writers: Writers::new(super::stream::workers()),
         skipped: Default::default(),
+        folds,
     };
     let mut p = Parser::new(r);
     while let Some(e) = p.next_entry()? {
@@ -287,6 +329,10 @@ pub fn unpack<R: Read>(
     }
     let written = u.writers.finish()?;
     u.notices.extend(written);
+    // On disk before the folder is put in place: a power loss after
+    // "opened" must not leave files empty, and a write that fails only at
+    // write-back (a full disk, an NFS quota) must fail the restore.
+    rustix::fs::syncfs(&u.root).map_err(|e| Error::io(dst, e.into()))?;
     Ok((p.into_inner(), u.stats))
 }
 
@@ -554,6 +600,19 @@ impl Unpacker<'_> {
         }
         self.ensure_top_fd()?;
         for c in &comps[common..] {
+            // On a target that folds names, a folder there already that
+            // this run did not make is another entry's.
+            if self.folds.is_some() && !self.made(c) {
+                match rustix::fs::statat(
+                    top_fd(&self.levels, &self.root),
+                    *c,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ) {
+                    Err(Errno::NOENT) => self.mark_made(c),
+                    Ok(_) => return Err(collides(shown, &self.root_path)),
+                    Err(e) => return Err(Error::io(shown_path(&self.root_path, shown), e.into())),
+                }
+            }
             let fd = open_dir(
                 top_fd(&self.levels, &self.root),
                 c,
@@ -601,12 +660,53 @@ impl Unpacker<'_> {
         shown: &[u8],
         make: impl Fn(BorrowedFd<'_>) -> std::result::Result<T, Errno>,
     ) -> Result<std::result::Result<T, Errno>> {
-        match make(top_fd(&self.levels, &self.root)) {
+        let made = match make(top_fd(&self.levels, &self.root)) {
+            // On a target that folds names, only a name this run made is
+            // an earlier entry of the same name (replaced, as tar does).
+            Err(Errno::EXIST) if self.folds.is_some() && !self.made(name) => {
+                return Err(collides(shown, &self.root_path));
+            }
             Err(Errno::EXIST) => {
                 self.make_room(name, shown)?;
-                Ok(make(top_fd(&self.levels, &self.root)))
+                make(top_fd(&self.levels, &self.root))
             }
-            r => Ok(r),
+            r => r,
+        };
+        if made.is_ok() {
+            self.mark_made(name);
+        }
+        Ok(made)
+    }
+
+    /// `name` in the innermost folder, as a key of `folds`: the folder
+    /// names and `name`, hashed with the run's own random key (so no
+    /// archive can be made to collide in it).
+    fn path_key(&self, name: &[u8]) -> Option<u64> {
+        use std::hash::{BuildHasher, Hasher};
+        let (_, state) = self.folds.as_ref()?;
+        let mut h = state.build_hasher();
+        for l in &self.levels {
+            h.write(&l.name);
+            h.write_u8(0);
+        }
+        h.write(name);
+        Some(h.finish())
+    }
+
+    /// Whether this run made `name` in the innermost folder (always, on a
+    /// target that does not fold names: not tracked there).
+    fn made(&self, name: &[u8]) -> bool {
+        match (self.path_key(name), &self.folds) {
+            (Some(k), Some((set, _))) => set.contains(&k),
+            _ => true,
+        }
+    }
+
+    fn mark_made(&mut self, name: &[u8]) {
+        if let Some(k) = self.path_key(name)
+            && let Some((set, _)) = self.folds.as_mut()
+        {
+            set.insert(k);
         }
     }
 
@@ -872,7 +972,15 @@ impl Unpacker<'_> {
         })?;
         match made {
             Ok(()) => Ok(()),
-            Err(Errno::NOENT | Errno::PERM | Errno::ISDIR) => Err(bad_link(&e.path, &e.link)),
+            Err(Errno::NOENT | Errno::ISDIR) => Err(bad_link(&e.path, &e.link)),
+            // The source is a file this run made: refused, it is the file
+            // system that takes no hard links (vfat, exFAT), not the
+            // archive that is corrupt.
+            Err(Errno::PERM) => Err(Error::Refused(format!(
+                "entry {} is a hard link, which the file system at {} does not take: nothing was restored; restore onto a Linux file system",
+                display_bytes(&e.path),
+                self.root_path.display()
+            ))),
             Err(err) => Err(self.io(&e.path, err)),
         }
     }

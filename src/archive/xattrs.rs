@@ -199,6 +199,18 @@ pub fn read_from(src: Source<'_>, e: &mut Entry, is_dir: bool) {
     }
 }
 
+/// Remove the ACLs the folder `fd` inherited when it was made (a default
+/// ACL on the folder above it): else every entry restored into it would
+/// inherit them, and a file stored `0640` could come back readable by a
+/// group named in that default ACL. Entries that carry ACLs of their own
+/// get them set as stored; the others get their mode alone, as GNU tar
+/// `--acls` leaves them. A file system without ACLs has none to remove.
+pub fn drop_inherited_acls(fd: BorrowedFd<'_>) {
+    for key in [ACL_DEFAULT, ACL_ACCESS] {
+        let _ = rustix::fs::fremovexattr(fd, key);
+    }
+}
+
 /// Set `e`'s xattrs and ACLs on the open file `fd`. Returns what could
 /// not be set, for the caller's notices.
 pub fn write(fd: BorrowedFd<'_>, e: &Entry) -> Vec<String> {

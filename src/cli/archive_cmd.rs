@@ -749,7 +749,10 @@ pub(super) fn open(
         let mut out = stdout_file()?;
         archive::open_to_writer(&header, &key, input, &mut out, &bar).map(|_| Vec::new())
     } else {
-        let opts = archive::UnpackOptions { numeric_owner };
+        let opts = archive::UnpackOptions {
+            numeric_owner,
+            ..Default::default()
+        };
         archive::open_to_path(&header, &key, input, output, force, opts, &bar)
     };
     shown.done();
