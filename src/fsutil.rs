@@ -169,8 +169,17 @@ pub fn remove_temporaries() {
 /// that it can be removed even when an archive made some read-only or
 /// mode 0000 and we are not root. Walks with descriptors, never following
 /// a symlink; best effort.
+///
+/// Nothing to do as root, who removes read-only folders anyway; and there
+/// the tree's folders may belong to the owners restored, any of whom could
+/// swap one for a symlink between the listing and the `chmodat` (which
+/// follows it) and have root change the mode of any path. Not as root,
+/// every folder in the tree is ours.
 pub fn make_removable(root: &Path) {
     use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    if rustix::process::geteuid().is_root() {
+        return;
+    }
     let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let Ok(top) = rustix::fs::open(root, dir_flags, Mode::empty()) else {
         return;
@@ -188,7 +197,7 @@ pub fn make_removable(root: &Path) {
             }
             // By name in its parent: a mode 0000 folder cannot be opened
             // before its mode changes. `name` was a folder when listed, in
-            // a folder only we can write.
+            // a folder only we can write (not being root: see above).
             let _ = rustix::fs::chmodat(&fd, name, Mode::from_raw_mode(0o700), AtFlags::empty());
             if let Ok(sub) = rustix::fs::openat(&fd, name, dir_flags, Mode::empty()) {
                 stack.push(sub);

@@ -256,18 +256,18 @@ struct Unpacker<'n> {
     folds: Option<(std::collections::HashSet<u64>, std::hash::RandomState)>,
 }
 
-/// Whether the empty folder `root` finds a name under another case: two
-/// probe folders that differ only in case, made and removed at once.
+/// Whether the empty folder `root` finds a name under another case: a
+/// probe folder made, looked up under its name in capitals (the same
+/// folder: the file system folds case), and removed. Only a lookup, so a
+/// retransmitted NFS `mkdir` cannot pass for a fold.
 fn folds_names(root: BorrowedFd<'_>, dst: &Path) -> Result<bool> {
     let io = |e: Errno| Error::io(dst, e.into());
     let (lower, upper) = (".coffer-name-probe", ".COFFER-NAME-PROBE");
     rustix::fs::mkdirat(root, lower, Mode::from_raw_mode(0o700)).map_err(io)?;
-    let folds = match rustix::fs::mkdirat(root, upper, Mode::from_raw_mode(0o700)) {
-        Err(Errno::EXIST) => true,
-        Ok(()) => {
-            rustix::fs::unlinkat(root, upper, AtFlags::REMOVEDIR).map_err(io)?;
-            false
-        }
+    let probe = rustix::fs::statat(root, lower, AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
+    let folds = match rustix::fs::statat(root, upper, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st.st_dev == probe.st_dev && st.st_ino == probe.st_ino,
+        Err(Errno::NOENT) => false,
         Err(e) => return Err(io(e)),
     };
     rustix::fs::unlinkat(root, lower, AtFlags::REMOVEDIR).map_err(io)?;
@@ -973,14 +973,20 @@ impl Unpacker<'_> {
         match made {
             Ok(()) => Ok(()),
             Err(Errno::NOENT | Errno::ISDIR) => Err(bad_link(&e.path, &e.link)),
-            // The source is a file this run made: refused, it is the file
-            // system that takes no hard links (vfat, exFAT), not the
-            // archive that is corrupt.
-            Err(Errno::PERM) => Err(Error::Refused(format!(
-                "entry {} is a hard link, which the file system at {} does not take: nothing was restored; restore onto a Linux file system",
-                display_bytes(&e.path),
-                self.root_path.display()
-            ))),
+            // EPERM for a folder (a corrupt archive), else from the file
+            // system: one that takes no hard links (vfat, exFAT), or a
+            // kernel rule (fs.protected_hardlinks) refusing this one.
+            Err(Errno::PERM) => match rustix::fs::statat(&fd, *tlast, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                    Err(bad_link(&e.path, &e.link))
+                }
+                _ => Err(Error::Refused(format!(
+                    "entry {} is a hard link to {}, which the file system at {} refused (EPERM: a file system without hard links, such as vfat or exFAT, or fs.protected_hardlinks): nothing was restored",
+                    display_bytes(&e.path),
+                    display_bytes(&e.link),
+                    self.root_path.display()
+                ))),
+            },
             Err(err) => Err(self.io(&e.path, err)),
         }
     }
@@ -1062,4 +1068,26 @@ fn write_at(fd: BorrowedFd<'_>, mut buf: &[u8], mut offset: u64) -> std::result:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_finds_no_fold_on_a_case_sensitive_folder_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = rustix::fs::open(
+            dir.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        assert!(!folds_names(fd.as_fd(), dir.path()).unwrap());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // A name in capitals alone is no fold: the probe looks for its own
+        // folder under that name, not for any entry.
+        std::fs::create_dir(dir.path().join(".COFFER-NAME-PROBE")).unwrap();
+        assert!(!folds_names(fd.as_fd(), dir.path()).unwrap());
+    }
 }
