@@ -146,6 +146,29 @@ pub fn refuse_existing(path: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Rename `from` to `to` only if nothing is at `to` (`RENAME_NOREPLACE`):
+/// a plain rename replaces an empty folder, such as one made at `to`
+/// after [`refuse_existing`] looked. On a file system without that flag
+/// (`EINVAL`), a look and the plain rename, as before.
+pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    use rustix::fs::{CWD, RenameFlags};
+    let exists = || Error::AlreadyExists {
+        path: to.to_path_buf(),
+        hint: ": give --force to replace it".into(),
+    };
+    match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => Err(exists()),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            if to.symlink_metadata().is_ok() {
+                return Err(exists());
+            }
+            std::fs::rename(from, to).map_err(|e| Error::io(to, e))
+        }
+        Err(e) => Err(Error::io(to, e.into())),
+    }
+}
+
 /// Remove every registered temporary file and folder, undo every other
 /// temporary output (abort uploads), and refuse any later
 /// registration or commit. For a program interrupted by a signal, just
@@ -425,6 +448,23 @@ pub fn proc_fd_path(fd: rustix::fd::BorrowedFd<'_>) -> PathBuf {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_restored_folder_never_replaces_an_empty_folder_made_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("r.tmp"), dir.path().join("r"));
+        std::fs::create_dir(&from).unwrap();
+        std::fs::write(from.join("f"), b"restored").unwrap();
+        // Made after the check that nothing is there: std's rename would
+        // replace it.
+        std::fs::create_dir(&to).unwrap();
+        let e = rename_noreplace(&from, &to).unwrap_err();
+        assert!(matches!(e, Error::AlreadyExists { .. }), "{e}");
+        assert!(from.join("f").exists() && std::fs::read_dir(&to).unwrap().count() == 0);
+        std::fs::remove_dir(&to).unwrap();
+        rename_noreplace(&from, &to).unwrap();
+        assert_eq!(std::fs::read(to.join("f")).unwrap(), b"restored");
+    }
 
     #[test]
     fn atomic_write_is_0600_and_refuses_clobber() {

@@ -463,12 +463,19 @@ fn replace_dir(tmp: fsutil::TempDir, dst: &Path, force: bool) -> Result<()> {
             std::fs::rename(dst, a.path().join("old")).map_err(|e| Error::io(dst, e))?;
         }
         let kept = tmp.keep();
-        if let Err(e) = std::fs::rename(&kept, dst) {
+        // Without --force, never onto something made there meanwhile
+        // (a plain rename would replace an empty folder).
+        let renamed = match force {
+            true => std::fs::rename(&kept, dst).map_err(|e| Error::io(dst, e)),
+            false => fsutil::rename_noreplace(&kept, dst),
+        };
+        if let Err(e) = renamed {
+            fsutil::make_removable(&kept);
             let _ = std::fs::remove_dir_all(&kept);
             if let Some(a) = &aside {
                 let _ = std::fs::rename(a.path().join("old"), dst);
             }
-            return Err(Error::io(dst, e));
+            return Err(e);
         }
         Ok(())
     })?;
