@@ -138,12 +138,16 @@ impl Drop for TempRegistration {
 /// `force`.
 pub fn refuse_existing(path: &Path, force: bool) -> Result<()> {
     if !force && path.symlink_metadata().is_ok() {
-        return Err(Error::AlreadyExists {
-            path: path.to_path_buf(),
-            hint: ": give --force to replace it".into(),
-        });
+        return Err(exists(path));
     }
     Ok(())
+}
+
+fn exists(path: &Path) -> Error {
+    Error::AlreadyExists {
+        path: path.to_path_buf(),
+        hint: ": give --force to replace it".into(),
+    }
 }
 
 /// Rename `from` to `to` only if nothing is at `to` (`RENAME_NOREPLACE`):
@@ -152,17 +156,11 @@ pub fn refuse_existing(path: &Path, force: bool) -> Result<()> {
 /// (`EINVAL`), a look and the plain rename, as before.
 pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     use rustix::fs::{CWD, RenameFlags};
-    let exists = || Error::AlreadyExists {
-        path: to.to_path_buf(),
-        hint: ": give --force to replace it".into(),
-    };
     match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::EXIST) => Err(exists()),
+        Err(rustix::io::Errno::EXIST) => Err(exists(to)),
         Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
-            if to.symlink_metadata().is_ok() {
-                return Err(exists());
-            }
+            refuse_existing(to, false)?;
             std::fs::rename(from, to).map_err(|e| Error::io(to, e))
         }
         Err(e) => Err(Error::io(to, e.into())),

@@ -142,9 +142,10 @@ impl Store {
         // Anywhere else they begin a query or fragment: never printed (a
         // pasted SAS's signature) and refused.
         let s3 = matches!(scheme, "s3" | "s3a");
-        let shown = match s3 {
-            true => url,
-            false => url.split(['?', '#']).next().unwrap_or_default(),
+        let shown = if s3 {
+            url
+        } else {
+            url.split(['?', '#']).next().unwrap_or_default()
         };
         let usage = |what: &str| Error::Usage(format!("{shown}: {what}"));
         if shown.len() < url.len() {
